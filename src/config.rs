@@ -1,0 +1,694 @@
+//! The configuration schema (`/etc/snaprtcd/snaprtcd.toml`), its defaults and its validation.
+//!
+//! Parsing (`Config::from_toml`) is separate from reading the file (`Config::load`) so tests
+//! and `check-config` share one path. Every error carries the file, the line and column and the
+//! dotted key it is about: `snaprtcd.toml:12:11: signaling.keepalive: ...`.
+//!
+//! Unknown keys are errors everywhere (`deny_unknown_fields`): a typo in a key must not silently
+//! fall back to a default on a device nobody is watching.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its config when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/snaprtcd/snaprtcd.toml";
+
+/// The whole configuration. Each section has its own struct; every field has a default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener, UDP port for WebRTC, limits on viewers, CORS and auth.
+    pub server: ServerConfig,
+    /// Which camera and how it is captured.
+    pub camera: CameraConfig,
+    /// How frames become H.264.
+    pub encoder: EncoderConfig,
+    /// JPEG stills (`/snapshot.jpg`, data channel).
+    pub snapshot: SnapshotConfig,
+    /// The SnapRTC-compatible SignalR hub.
+    pub signaling: SignalingConfig,
+    /// mDNS advertisement of `_snaprtc._tcp`.
+    pub mdns: MdnsConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP (and WebSocket) listen address. `PORT` in the environment overrides its port.
+    pub listen: SocketAddr,
+    /// The one UDP port every WebRTC viewer uses (one firewall rule).
+    pub rtc_udp_port: u16,
+    /// Extra addresses announced as host candidates (1:1 NAT, e.g. a cloud VM's public IP).
+    pub public_addrs: Vec<std::net::IpAddr>,
+    /// Most WebRTC viewers at once (WHEP and SnapRTC sessions together); more get 503.
+    pub max_viewers: usize,
+    /// Origins allowed by CORS; `"*"` allows any origin.
+    pub cors_origins: Vec<String>,
+    /// `none`: open; `token`: hub, WHEP and snapshots need the bearer token.
+    pub auth: AuthMode,
+    /// Where the bearer token lives; created (random, mode 0600) when missing.
+    pub auth_token_file: PathBuf,
+    /// Largest HTTP request body accepted (SDP offers, PATCH fragments).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            rtc_udp_port: 8555,
+            public_addrs: Vec::new(),
+            max_viewers: 16,
+            cors_origins: vec!["*".to_owned()],
+            auth: AuthMode::None,
+            auth_token_file: PathBuf::from("/var/lib/snaprtcd/token"),
+            max_body_bytes: 65536,
+        }
+    }
+}
+
+/// Who may use the hub, WHEP and snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who can reach the port.
+    None,
+    /// `Authorization: Bearer T` or `?access_token=T`.
+    Token,
+}
+
+/// `[camera]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    /// `auto`: first usable V4L2 camera, else the test pattern.
+    pub source: SourceKind,
+    /// V4L2 device node (`/dev/v4l/by-id/...` paths work).
+    pub device: PathBuf,
+    /// Requested width; the closest the camera offers is used.
+    pub width: u32,
+    /// Requested height; the closest the camera offers is used.
+    pub height: u32,
+    /// Requested frame rate; the closest the camera offers is used.
+    pub fps: u32,
+    /// Pixel format to ask the camera for; `auto` prefers H.264 > MJPEG > YUYV/NV12.
+    pub format: CaptureFormat,
+    /// V4L2 controls set after opening, by name: `brightness = 10`.
+    pub controls: BTreeMap<String, i64>,
+    /// The `exec` source: a program that writes H.264 or MJPEG to stdout.
+    pub exec: ExecConfig,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Auto,
+            device: PathBuf::from("/dev/video0"),
+            width: 1280,
+            height: 720,
+            fps: 30,
+            format: CaptureFormat::Auto,
+            controls: BTreeMap::new(),
+            exec: ExecConfig::default(),
+        }
+    }
+}
+
+/// `[camera] source`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Auto,
+    V4l2,
+    Exec,
+    Testsrc,
+}
+
+/// `[camera] format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureFormat {
+    Auto,
+    H264,
+    Mjpeg,
+    Yuyv,
+    Nv12,
+}
+
+/// `[camera.exec]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// argv of the program (no shell); it writes the stream to stdout.
+    pub command: Vec<String>,
+    /// What the program writes.
+    pub format: ExecFormat,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            command: [
+                "rpicam-vid",
+                "-t",
+                "0",
+                "--inline",
+                "--codec",
+                "h264",
+                "-o",
+                "-",
+            ]
+            .map(String::from)
+            .to_vec(),
+            format: ExecFormat::H264,
+        }
+    }
+}
+
+/// `[camera.exec] format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecFormat {
+    H264,
+    Mjpeg,
+}
+
+/// `[encoder]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// `auto`: passthrough when the source gives H.264, else software.
+    pub kind: EncoderKind,
+    /// Target bitrate of the software encoder.
+    pub bitrate_kbps: u32,
+    /// Time between periodic IDR frames (the GOP).
+    #[serde(with = "humantime_serde")]
+    pub keyframe_interval: Duration,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            kind: EncoderKind::Auto,
+            bitrate_kbps: 2000,
+            keyframe_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[encoder] kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    Auto,
+    Passthrough,
+    Software,
+}
+
+/// `[snapshot]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// JPEG quality (1-100) for stills encoded from raw frames.
+    pub quality: u8,
+    /// Send one still on every data channel as soon as it opens.
+    pub on_connect: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            quality: 85,
+            on_connect: true,
+        }
+    }
+}
+
+/// `[signaling]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalingConfig {
+    /// Path of the SignalR hub (SnapRTC pages use `/snaprtc-hub`).
+    pub hub_path: String,
+    /// `all`: the daemon joins every session as the capture side; `none`: pure relay.
+    pub join_sessions: JoinSessions,
+    /// Interval of server Ping messages.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// A client silent this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// Time from negotiate to handshake, and from connect to handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Largest SignalR record; a bigger one closes that connection.
+    pub max_message_bytes: usize,
+    /// Most hub connections at once (negotiated tokens count too); more get 503.
+    pub max_connections: usize,
+    /// Most sessions (groups) at once.
+    pub max_sessions: usize,
+    /// Most connections in one session.
+    pub max_members_per_session: usize,
+    /// Messages queued towards one client; a client that lets it fill is disconnected.
+    pub max_queued_messages: usize,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        Self {
+            hub_path: "/snaprtc-hub".to_owned(),
+            join_sessions: JoinSessions::All,
+            keepalive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            max_message_bytes: 65536,
+            max_connections: 1000,
+            max_sessions: 10000,
+            max_members_per_session: 8,
+            max_queued_messages: 64,
+        }
+    }
+}
+
+/// `[signaling] join_sessions`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinSessions {
+    All,
+    None,
+}
+
+/// `[mdns]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MdnsConfig {
+    /// Advertise `<instance>._snaprtc._tcp.local.`.
+    pub enabled: bool,
+    /// Instance name; empty means the hostname.
+    pub instance_name: String,
+    /// Interfaces to advertise on; empty means every up, non-loopback interface.
+    pub interfaces: Vec<String>,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            instance_name: String::new(),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `snaprtcd=debug,info`. `SNAPRTCD_LOG` overrides it.
+    pub level: String,
+    /// `text`, `json`, or `journald` (also chosen automatically under systemd).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[log] format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+    Journald,
+}
+
+/// A config error with its place in the file: prints as `FILE:LINE:COL: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `<string>` for text that came from nowhere.
+    pub file: String,
+    /// 1-based line and column; `None` when the error is not about a place (e.g. an unreadable file).
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path, e.g. `signaling.keepalive`; empty when unknown.
+    pub key: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A semantic problem found after parsing: which key, and what is wrong.
+struct Invalid {
+    key: &'static str,
+    message: String,
+}
+
+impl Config {
+    /// Parse and validate TOML text. `file` only names the source in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let position = e.span().map(|s| line_col(text, s.start));
+            let (key, message) = split_toml_message(e.message());
+            ConfigError {
+                file: file.to_owned(),
+                position,
+                key,
+                message,
+            }
+        })?;
+        if let Err(invalid) = config.validate() {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                position: key_position(text, invalid.key),
+                key: invalid.key.to_owned(),
+                message: invalid.message,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Read and parse a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            position: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_toml(&text, &file)
+    }
+
+    /// Apply the environment: `PORT` replaces the listen port (container platforms set it).
+    pub fn apply_env_port(&mut self, port: Option<&str>) -> Result<(), ConfigError> {
+        let Some(port) = port else { return Ok(()) };
+        let port: u16 = port.trim().parse().map_err(|_| ConfigError {
+            file: "environment".to_owned(),
+            position: None,
+            key: "PORT".to_owned(),
+            message: format!("{port:?} is not a port number (0-65535)"),
+        })?;
+        self.server.listen.set_port(port);
+        Ok(())
+    }
+
+    /// The effective config as TOML, every default filled in.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), Invalid> {
+            Err(Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        let s = &self.server;
+        if s.max_viewers == 0 {
+            return bad("server.max_viewers", "must be at least 1");
+        }
+        if s.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        for origin in &s.cors_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return bad(
+                    "server.cors_origins",
+                    format!("{origin:?} is not \"*\" or an origin like \"https://example.com\""),
+                );
+            }
+        }
+        if s.auth == AuthMode::Token && s.auth_token_file.as_os_str().is_empty() {
+            return bad(
+                "server.auth_token_file",
+                "must be set when auth = \"token\"",
+            );
+        }
+        let c = &self.camera;
+        if !(16..=7680).contains(&c.width) || c.width % 2 != 0 {
+            return bad(
+                "camera.width",
+                format!("{} is not an even number of pixels in 16..=7680", c.width),
+            );
+        }
+        if !(16..=4320).contains(&c.height) || c.height % 2 != 0 {
+            return bad(
+                "camera.height",
+                format!("{} is not an even number of pixels in 16..=4320", c.height),
+            );
+        }
+        if !(1..=120).contains(&c.fps) {
+            return bad("camera.fps", format!("{} is not in 1..=120", c.fps));
+        }
+        if c.source == SourceKind::Exec && c.exec.command.is_empty() {
+            return bad(
+                "camera.exec.command",
+                "must name a program when source = \"exec\"",
+            );
+        }
+        let e = &self.encoder;
+        if !(50..=50_000).contains(&e.bitrate_kbps) {
+            return bad(
+                "encoder.bitrate_kbps",
+                format!("{} is not in 50..=50000", e.bitrate_kbps),
+            );
+        }
+        if e.keyframe_interval < Duration::from_millis(500)
+            || e.keyframe_interval > Duration::from_secs(60)
+        {
+            return bad("encoder.keyframe_interval", "must be between 500ms and 60s");
+        }
+        if !(1..=100).contains(&self.snapshot.quality) {
+            return bad(
+                "snapshot.quality",
+                format!("{} is not in 1..=100", self.snapshot.quality),
+            );
+        }
+        let g = &self.signaling;
+        if !g.hub_path.starts_with('/') || g.hub_path.len() < 2 || g.hub_path.ends_with('/') {
+            return bad(
+                "signaling.hub_path",
+                format!(
+                    "{:?} must start with '/', name something, and not end with '/'",
+                    g.hub_path
+                ),
+            );
+        }
+        if g.hub_path.contains(['?', '#', ' ']) {
+            return bad(
+                "signaling.hub_path",
+                format!("{:?} must not contain '?', '#' or spaces", g.hub_path),
+            );
+        }
+        if g.keepalive < Duration::from_millis(100) {
+            return bad("signaling.keepalive", "must be at least 100ms");
+        }
+        if g.client_timeout <= g.keepalive {
+            return bad(
+                "signaling.client_timeout",
+                format!(
+                    "{} must be longer than keepalive ({}); clients ping at the same interval",
+                    humantime::format_duration(g.client_timeout),
+                    humantime::format_duration(g.keepalive)
+                ),
+            );
+        }
+        if g.handshake_timeout < Duration::from_millis(100) {
+            return bad("signaling.handshake_timeout", "must be at least 100ms");
+        }
+        if g.max_message_bytes < 1024 {
+            return bad("signaling.max_message_bytes", "must be at least 1024");
+        }
+        for (key, v) in [
+            ("signaling.max_connections", g.max_connections),
+            ("signaling.max_sessions", g.max_sessions),
+            (
+                "signaling.max_members_per_session",
+                g.max_members_per_session,
+            ),
+            ("signaling.max_queued_messages", g.max_queued_messages),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if g.max_members_per_session < 2 {
+            return bad(
+                "signaling.max_members_per_session",
+                "must be at least 2 (an initiator and a capture)",
+            );
+        }
+        if self.log.level.trim().is_empty() {
+            return bad("log.level", "must not be empty (e.g. \"info\")");
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            return bad(
+                "log.level",
+                format!("{:?} is not a log filter: {e}", self.log.level),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// toml's messages name the problem; pull out "unknown field `x`" style keys where present.
+fn split_toml_message(message: &str) -> (String, String) {
+    let message = message.trim().to_owned();
+    let key = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    (key, message)
+}
+
+/// Where a dotted key's value is in the text, for errors found after parsing.
+fn key_position(text: &str, dotted: &str) -> Option<(usize, usize)> {
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut item = doc.as_item();
+    for part in dotted.split('.') {
+        item = item.get(part)?;
+    }
+    let span = item
+        .span()
+        .or_else(|| item.as_value().and_then(|v| v.span()))?;
+    Some(line_col(text, span.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/snaprtcd.toml");
+
+    #[test]
+    fn shipped_config_parses_and_matches_the_defaults() {
+        let shipped =
+            Config::from_toml(SHIPPED, "config/snaprtcd.toml").expect("shipped config is valid");
+        assert_eq!(
+            shipped,
+            Config::default(),
+            "config/snaprtcd.toml must document the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::from_toml("", "x").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line_and_column() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n";
+        let err = Config::from_toml(text, "a.toml").unwrap_err();
+        assert_eq!(err.position, Some((3, 1)), "{err}");
+        assert_eq!(err.key, "listne");
+        assert!(
+            err.to_string()
+                .starts_with("a.toml:3:1: listne: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_rejected() {
+        let err = Config::from_toml("[camara]\nsource = \"v4l2\"\n", "a.toml").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(1), "{err}");
+        assert!(err.message.contains("camara"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_enum_name_the_place() {
+        let err =
+            Config::from_toml("[signaling]\nmax_sessions = \"many\"\n", "a.toml").unwrap_err();
+        assert_eq!(err.position, Some((2, 16)), "{err}");
+        let err = Config::from_toml("[camera]\nsource = \"webcam\"\n", "a.toml").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        assert!(err.message.contains("webcam"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = Config::from_toml(
+            "[signaling]\nkeepalive = \"250ms\"\nclient_timeout = \"1m\"\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(c.signaling.keepalive, Duration::from_millis(250));
+        assert_eq!(c.signaling.client_timeout, Duration::from_secs(60));
+        let err = Config::from_toml("[signaling]\nkeepalive = \"soon\"\n", "a").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let text = "[signaling]\nkeepalive = \"10s\"\nclient_timeout = \"5s\"\n";
+        let err = Config::from_toml(text, "a.toml").unwrap_err();
+        assert_eq!(err.key, "signaling.client_timeout");
+        assert_eq!(err.position, Some((3, 18)), "{err}");
+        let err = Config::from_toml("[signaling]\nhub_path = \"hub\"\n", "a.toml").unwrap_err();
+        assert_eq!(err.to_string(), "a.toml:2:12: signaling.hub_path: \"hub\" must start with '/', name something, and not end with '/'");
+    }
+
+    #[test]
+    fn bad_listen_address_is_rejected() {
+        let err = Config::from_toml("[server]\nlisten = \"localhost\"\n", "a").unwrap_err();
+        assert_eq!(err.position, Some((2, 10)), "{err}");
+    }
+
+    #[test]
+    fn port_from_environment() {
+        let mut c = Config::default();
+        c.apply_env_port(Some("9000")).unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert!(c.apply_env_port(Some("http")).is_err());
+        c.apply_env_port(None).unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let mut c = Config::default();
+        c.signaling.keepalive = Duration::from_millis(1500);
+        c.camera.controls.insert("brightness".into(), 10);
+        let text = c.to_toml();
+        assert_eq!(Config::from_toml(&text, "printed").unwrap(), c, "{text}");
+    }
+}

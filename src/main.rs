@@ -1,0 +1,3 @@
+fn main() {
+    println!("snaprtcd {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,361 @@
+//! Media: what the capture pipeline hands to everyone who shows video.
+//!
+//! The pipeline (one per camera) owns the encoder and publishes [`EncodedFrame`]s on a bounded
+//! broadcast. Every viewer holds a [`FrameSubscriber`]; frames are `Bytes`, so the fan-out never
+//! copies a frame per viewer. A viewer that falls behind loses its place in the broadcast
+//! (bounded memory), skips to the next keyframe and asks for one; it never makes the pipeline
+//! wait. Keyframe requests and still requests go back to the pipeline as typed messages on
+//! bounded channels; the pipeline's keyframe policy coalesces and rate-limits them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// One H.264 access unit in Annex-B form, as every viewer receives it.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    /// Annex-B access unit; an IDR is preceded by SPS and PPS.
+    pub data: Bytes,
+    /// True for an IDR access unit (a viewer can start decoding here).
+    pub keyframe: bool,
+    /// Capture time relative to the pipeline's start (monotonic; drives RTP timestamps).
+    pub timestamp: Duration,
+}
+
+/// Why a keyframe was asked for (counted in `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyframeCause {
+    /// A viewer joined and needs an IDR to start.
+    NewViewer,
+    /// A viewer lost packets (RTCP PLI).
+    Pli,
+    /// A viewer asked for a full refresh (RTCP FIR).
+    Fir,
+    /// A viewer fell behind the broadcast and skipped ahead.
+    Lagged,
+    /// The GOP interval elapsed.
+    Periodic,
+}
+
+impl KeyframeCause {
+    /// Label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyframeCause::NewViewer => "new_viewer",
+            KeyframeCause::Pli => "pli",
+            KeyframeCause::Fir => "fir",
+            KeyframeCause::Lagged => "lagged",
+            KeyframeCause::Periodic => "periodic",
+        }
+    }
+}
+
+/// A request for a JPEG still no larger than `max_bytes`.
+#[derive(Debug)]
+pub struct StillRequest {
+    /// Upper bound on the JPEG's size (a data channel's max-message-size).
+    pub max_bytes: usize,
+    /// Where the still (or why there is none) goes.
+    pub reply: oneshot::Sender<Result<Bytes, StillError>>,
+}
+
+/// Why no still could be had.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StillError {
+    #[error("no frame captured yet")]
+    NoFrame,
+    #[error("the still cannot be made to fit {0} bytes")]
+    TooLarge(usize),
+    #[error("the media pipeline is not running")]
+    Stopped,
+    #[error("JPEG encoding failed: {0}")]
+    Encode(String),
+}
+
+/// Camera state as shown in `/health`, `/metrics`, logs and the systemd status line.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MediaStatus {
+    /// `starting`, `streaming`, `no_signal` (camera lost; slate shown), `stopped`.
+    pub state: CameraState,
+    /// Human name of the source, e.g. `testsrc`, `/dev/video0 (YUYV)`, `exec rpicam-vid`.
+    pub source: String,
+    /// Input format, e.g. `YUYV`, `MJPEG`, `H264`, `I420`.
+    pub format: String,
+    /// Frame size being sent.
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second measured over the last seconds.
+    pub fps_measured: f32,
+    /// Encoder in use: `passthrough`, `openh264`.
+    pub encoder: String,
+}
+
+/// The camera's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CameraState {
+    #[default]
+    Starting,
+    Streaming,
+    NoSignal,
+    Stopped,
+}
+
+impl CameraState {
+    /// Label used in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Streaming => "streaming",
+            CameraState::NoSignal => "no_signal",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
+/// The cloneable handle to one camera's pipeline, given to the RTC engine, HTTP and the daemon.
+#[derive(Clone)]
+pub struct MediaHandle {
+    frames: broadcast::Sender<EncodedFrame>,
+    keyframes: mpsc::Sender<KeyframeCause>,
+    stills: mpsc::Sender<StillRequest>,
+    status: watch::Receiver<MediaStatus>,
+}
+
+/// The pipeline's side of a [`MediaHandle`]: where it publishes and what it receives.
+pub struct MediaPorts {
+    /// Publish encoded frames here (`send` never blocks; lagging receivers lose frames).
+    pub frames: broadcast::Sender<EncodedFrame>,
+    /// Keyframe requests from viewers.
+    pub keyframes: mpsc::Receiver<KeyframeCause>,
+    /// Still requests.
+    pub stills: mpsc::Receiver<StillRequest>,
+    /// Publish state changes here.
+    pub status: watch::Sender<MediaStatus>,
+}
+
+/// Bounds of the channels between the pipeline and its users.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelLimits {
+    /// Encoded frames buffered for the slowest viewer before it loses its place.
+    pub frames: usize,
+    /// Pending keyframe requests (extra ones are dropped: one pending request is enough).
+    pub keyframes: usize,
+    /// Pending still requests; more get an error at once.
+    pub stills: usize,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        Self {
+            frames: 64,
+            keyframes: 16,
+            stills: 16,
+        }
+    }
+}
+
+/// Make the two ends: the handle for users, the ports for the pipeline.
+pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
+    let (frames, _) = broadcast::channel(limits.frames.max(1));
+    let (kf_tx, kf_rx) = mpsc::channel(limits.keyframes.max(1));
+    let (st_tx, st_rx) = mpsc::channel(limits.stills.max(1));
+    let (status_tx, status_rx) = watch::channel(MediaStatus::default());
+    (
+        MediaHandle {
+            frames: frames.clone(),
+            keyframes: kf_tx,
+            stills: st_tx,
+            status: status_rx,
+        },
+        MediaPorts {
+            frames,
+            keyframes: kf_rx,
+            stills: st_rx,
+            status: status_tx,
+        },
+    )
+}
+
+impl MediaHandle {
+    /// A new viewer's frame stream. It starts at the next keyframe, and one is requested.
+    pub fn subscribe(&self) -> FrameSubscriber {
+        let rx = self.frames.subscribe();
+        self.request_keyframe(KeyframeCause::NewViewer);
+        FrameSubscriber {
+            rx,
+            waiting_for_keyframe: true,
+            keyframes: self.keyframes.clone(),
+            skipped: 0,
+        }
+    }
+
+    /// Ask for an IDR soon; never blocks (a full queue already holds a request).
+    pub fn request_keyframe(&self, cause: KeyframeCause) {
+        let _ = self.keyframes.try_send(cause);
+    }
+
+    /// The latest still as a JPEG of at most `max_bytes`.
+    pub async fn still(&self, max_bytes: usize) -> Result<Bytes, StillError> {
+        let (reply, rx) = oneshot::channel();
+        self.stills
+            .try_send(StillRequest { max_bytes, reply })
+            .map_err(|_| StillError::Stopped)?;
+        rx.await.map_err(|_| StillError::Stopped)?
+    }
+
+    /// The camera's state now.
+    pub fn status(&self) -> MediaStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Watch the camera's state (for the systemd status line and logs).
+    pub fn watch_status(&self) -> watch::Receiver<MediaStatus> {
+        self.status.clone()
+    }
+
+    /// How many frame subscribers exist (viewers holding a stream).
+    pub fn subscriber_count(&self) -> usize {
+        self.frames.receiver_count()
+    }
+}
+
+/// A viewer's place in the frame broadcast.
+pub struct FrameSubscriber {
+    rx: broadcast::Receiver<EncodedFrame>,
+    waiting_for_keyframe: bool,
+    keyframes: mpsc::Sender<KeyframeCause>,
+    skipped: u64,
+}
+
+impl FrameSubscriber {
+    /// The next frame this viewer can decode; `None` once the pipeline has stopped.
+    ///
+    /// After falling behind, frames up to the next keyframe are skipped (a decoder cannot use
+    /// them) and a keyframe is requested so the wait is short.
+    pub async fn recv(&mut self) -> Option<EncodedFrame> {
+        loop {
+            match self.rx.recv().await {
+                Ok(frame) => {
+                    if let Some(frame) = self.accept(frame) {
+                        return Some(frame);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Non-async variant for owners that poll (the RTC loop): the next decodable frame if one
+    /// is ready, `Err(Closed)` when the pipeline stopped.
+    pub fn try_recv(&mut self) -> Result<Option<EncodedFrame>, SubscriberClosed> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(frame) => {
+                    if let Some(frame) = self.accept(frame) {
+                        return Ok(Some(frame));
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
+                Err(broadcast::error::TryRecvError::Closed) => return Err(SubscriberClosed),
+            }
+        }
+    }
+
+    /// Frames this viewer skipped because it fell behind or joined mid-GOP.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    fn accept(&mut self, frame: EncodedFrame) -> Option<EncodedFrame> {
+        if self.waiting_for_keyframe && !frame.keyframe {
+            self.skipped += 1;
+            return None;
+        }
+        self.waiting_for_keyframe = false;
+        Some(frame)
+    }
+
+    fn lagged(&mut self, n: u64) {
+        self.skipped += n;
+        if !self.waiting_for_keyframe {
+            self.waiting_for_keyframe = true;
+            let _ = self.keyframes.try_send(KeyframeCause::Lagged);
+        }
+    }
+}
+
+/// The pipeline behind a [`FrameSubscriber`] has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the media pipeline stopped")]
+pub struct SubscriberClosed;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u64, keyframe: bool) -> EncodedFrame {
+        EncodedFrame {
+            data: Bytes::from(vec![n as u8; 4]),
+            keyframe,
+            timestamp: Duration::from_millis(n * 33),
+        }
+    }
+
+    #[test]
+    fn new_subscriber_starts_at_a_keyframe_and_asks_for_one() {
+        let (media, mut ports) = channel(ChannelLimits::default());
+        let mut sub = media.subscribe();
+        assert_eq!(
+            ports.keyframes.try_recv().ok(),
+            Some(KeyframeCause::NewViewer)
+        );
+        ports.frames.send(frame(1, false)).unwrap();
+        ports.frames.send(frame(2, true)).unwrap();
+        ports.frames.send(frame(3, false)).unwrap();
+        assert_eq!(sub.try_recv().unwrap().unwrap().data[0], 2);
+        assert_eq!(sub.try_recv().unwrap().unwrap().data[0], 3);
+        assert!(sub.try_recv().unwrap().is_none());
+        assert_eq!(sub.skipped(), 1);
+    }
+
+    #[test]
+    fn lagging_subscriber_skips_to_the_next_keyframe_and_memory_stays_bounded() {
+        let limits = ChannelLimits {
+            frames: 4,
+            ..ChannelLimits::default()
+        };
+        let (media, mut ports) = channel(limits);
+        let mut slow = media.subscribe();
+        let _ = ports.keyframes.try_recv();
+        ports.frames.send(frame(0, true)).unwrap();
+        assert_eq!(slow.try_recv().unwrap().unwrap().data[0], 0);
+        // The pipeline never waits: 100 frames go out while the viewer reads nothing.
+        for n in 1..100 {
+            ports.frames.send(frame(n, n == 97)).unwrap();
+        }
+        assert_eq!(
+            ports.frames.len(),
+            4,
+            "the broadcast holds only its capacity"
+        );
+        let next = slow.try_recv().unwrap().unwrap();
+        assert_eq!(
+            next.data[0], 97,
+            "resumes at the keyframe, not in the middle of a GOP"
+        );
+        assert_eq!(ports.keyframes.try_recv().ok(), Some(KeyframeCause::Lagged));
+        assert!(slow.skipped() >= 96);
+    }
+
+    #[test]
+    fn closed_pipeline_ends_the_stream() {
+        let (media, ports) = channel(ChannelLimits::default());
+        let mut sub = media.subscribe();
+        drop(ports);
+        drop(media);
+        assert_eq!(sub.try_recv().unwrap_err(), SubscriberClosed);
+    }
+}
