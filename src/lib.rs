@@ -9,8 +9,11 @@
 //!
 //! - [`config`]: the TOML schema, defaults, validation with `file:line:col` errors.
 //! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests.
+//! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
+//!   channels.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
 pub mod config;
 pub mod media;
+pub mod rtc;

@@ -1,0 +1,413 @@
+//! The one task that owns the UDP socket and every viewer's `Rtc`.
+//!
+//! Inputs (datagrams, frames, stills, commands, timeouts) arrive in one `select!`; after each
+//! input the `Rtc` it touched is drained with `poll_output` until it returns a timeout (str0m's
+//! single-mutation rule). Frames come from one [`FrameSubscriber`] held while any viewer takes
+//! video: the encoder runs once, each viewer costs packetisation and SRTP only.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
+use str0m::{Candidate, Input};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
+use super::viewer::{Viewer, ViewerEvent};
+use super::{Command, RtcError, RtcHandle, RtcStats, Shared, ViewerId};
+use crate::config::Config;
+use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
+
+/// Commands waiting for the engine; senders wait (HTTP handlers), never the engine.
+const COMMAND_QUEUE: usize = 64;
+/// Finished stills waiting to be written.
+const STILL_QUEUE: usize = 16;
+/// Largest UDP datagram read.
+const RECV_BUF: usize = 2048;
+/// Longest the loop sleeps without looking at liveness.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// What the engine is built from (see [`EngineSettings::from_config`]).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Where the one UDP socket binds (port 0 in tests).
+    pub bind: SocketAddr,
+    /// Addresses announced as host candidates (with the bound port).
+    pub hosts: Vec<HostAddr>,
+    /// `[server] max_viewers`.
+    pub max_viewers: usize,
+    /// `[snapshot] on_connect`: a still when a data channel opens.
+    pub snapshot_on_connect: bool,
+}
+
+impl EngineSettings {
+    /// From `[server]` and `[snapshot]`: binds `0.0.0.0:rtc_udp_port`; announces every up
+    /// IPv4 interface address (loopback only when `listen` is loopback) plus `public_addrs`.
+    pub fn from_config(config: &Config) -> Self {
+        let s = &config.server;
+        let loopback = s.listen.ip().is_loopback();
+        Self {
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, s.rtc_udp_port)),
+            hosts: host_addrs(loopback, &s.public_addrs),
+            max_viewers: s.max_viewers,
+            snapshot_on_connect: config.snapshot.on_connect,
+        }
+    }
+}
+
+/// The bound engine; [`Engine::run`] it on a task, hand [`Engine::handle`]s to callers.
+pub struct Engine {
+    socket: UdpSocket,
+    port: u16,
+    handle: RtcHandle,
+    commands: mpsc::Receiver<Command>,
+    media: MediaHandle,
+    hosts: Vec<HostAddr>,
+}
+
+impl Engine {
+    /// Bind the UDP socket. Fails if the port is taken.
+    pub async fn bind(settings: EngineSettings, media: MediaHandle) -> io::Result<Self> {
+        init_crypto();
+        let socket = UdpSocket::bind(settings.bind).await?;
+        let port = socket.local_addr()?.port();
+        let mut candidates = Vec::new();
+        for h in &settings.hosts {
+            match Candidate::host(SocketAddr::from((h.ip, port)), "udp") {
+                Ok(c) => candidates.push(c),
+                Err(e) => tracing::warn!(ip = %h.ip, error = %e, "not a usable host candidate"),
+            }
+        }
+        tracing::info!(
+            port,
+            candidates = ?candidates.iter().map(|c| c.addr()).collect::<Vec<_>>(),
+            "webrtc udp listening"
+        );
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let handle = RtcHandle {
+            commands: tx,
+            shared: Arc::new(Shared {
+                candidates,
+                max_viewers: settings.max_viewers,
+                snapshot_on_connect: settings.snapshot_on_connect,
+            }),
+        };
+        Ok(Self {
+            socket,
+            port,
+            handle,
+            commands,
+            media,
+            hosts: settings.hosts,
+        })
+    }
+
+    pub fn handle(&self) -> RtcHandle {
+        self.handle.clone()
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Serve until `cancel` fires (or every handle is gone).
+    pub async fn run(self, cancel: CancellationToken) {
+        let Engine {
+            socket,
+            port,
+            handle,
+            mut commands,
+            media,
+            hosts,
+        } = self;
+        let max_viewers = handle.shared.max_viewers;
+        drop(handle);
+        let (still_tx, mut still_rx) = mpsc::channel(STILL_QUEUE);
+        let mut st = State {
+            socket,
+            port,
+            picker: LocalAddrPicker::new(hosts),
+            viewers: Vec::new(),
+            subscriber: None,
+            media,
+            still_tx,
+            tasks: JoinSet::new(),
+            max_viewers,
+            totals: RtcStats::default(),
+            events: Vec::new(),
+        };
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let deadline = st.deadline();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => st.handle_command(cmd),
+                    None => break,
+                },
+                r = st.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => st.handle_datagram(&buf[..n], source),
+                    Err(e) => tracing::debug!(error = %e, "udp recv failed"),
+                },
+                frame = next_frame(&mut st.subscriber) => match frame {
+                    Some(frame) => st.handle_frame(&frame),
+                    None => st.subscriber = None,
+                },
+                Some((id, channel, still)) = still_rx.recv() => st.handle_still(id, channel, still),
+                Some(_) = st.tasks.join_next(), if !st.tasks.is_empty() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => st.handle_timeouts(),
+            }
+            st.sweep();
+        }
+        for v in &mut st.viewers {
+            v.rtc.disconnect();
+        }
+        st.tasks.shutdown().await;
+        tracing::info!(viewers = st.viewers.len(), "webrtc engine stopped");
+    }
+}
+
+type StillResult = (
+    ViewerId,
+    str0m::channel::ChannelId,
+    Result<bytes::Bytes, String>,
+);
+
+struct State {
+    socket: UdpSocket,
+    port: u16,
+    picker: LocalAddrPicker,
+    viewers: Vec<Viewer>,
+    /// Held while any viewer takes video; dropped when none does (the pipeline may idle).
+    subscriber: Option<FrameSubscriber>,
+    media: MediaHandle,
+    still_tx: mpsc::Sender<StillResult>,
+    /// Still requests waiting on the pipeline (bounded by its still queue).
+    tasks: JoinSet<()>,
+    max_viewers: usize,
+    /// Counters of viewers already removed, plus engine-level ones.
+    totals: RtcStats,
+    /// Scratch for viewer events (reused).
+    events: Vec<ViewerEvent>,
+}
+
+async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// UDP is lossy anyway: a full socket buffer drops the datagram rather than stall every viewer.
+fn send(socket: &UdpSocket, t: &Transmit) {
+    if let Err(e) = socket.try_send_to(&t.contents, t.destination) {
+        tracing::trace!(error = %e, dest = %t.destination, "udp send dropped");
+    }
+}
+
+impl State {
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        self.viewers
+            .iter()
+            .map(Viewer::next_timeout)
+            .fold(now + MAX_IDLE, Instant::min)
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register { viewer, reply } => {
+                if self.viewers.len() >= self.max_viewers {
+                    let _ = reply.send(Err(RtcError::Full {
+                        max: self.max_viewers,
+                    }));
+                    return;
+                }
+                tracing::info!(viewer = %viewer.id, kind = ?viewer.kind, "viewer added");
+                self.viewers.push(*viewer);
+                let i = self.viewers.len() - 1;
+                self.drain(i, Instant::now());
+                let _ = reply.send(Ok(()));
+            }
+            Command::Close { id, reply } => {
+                let r = match self.viewers.iter().position(|v| v.id == id) {
+                    Some(i) => {
+                        let mut v = self.viewers.swap_remove(i);
+                        v.rtc.disconnect();
+                        self.retire(&v, "closed");
+                        Ok(())
+                    }
+                    None => Err(RtcError::NotFound),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Patch {
+                id,
+                if_match,
+                candidates,
+                reply,
+            } => {
+                let r = match self.viewers.iter().position(|v| v.id == id) {
+                    Some(i) => {
+                        let v = &mut self.viewers[i];
+                        match super::whep::check_if_match(&v.etag, if_match.as_deref()) {
+                            Ok(()) => {
+                                for c in candidates {
+                                    v.rtc.add_remote_candidate(c);
+                                }
+                                self.drain(i, Instant::now());
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    None => Err(RtcError::NotFound),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let now = Instant::now();
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            return;
+        };
+        let destination = match source.ip() {
+            IpAddr::V4(_) => self.picker.pick(source, self.port),
+            IpAddr::V6(_) => return,
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if let Some(i) = self.viewers.iter().position(|v| v.rtc.accepts(&input)) {
+            self.viewers[i].handle_input(input, now);
+            self.drain(i, now);
+        } else {
+            tracing::trace!(%source, "datagram for no viewer");
+        }
+    }
+
+    fn handle_frame(&mut self, frame: &EncodedFrame) {
+        let now = Instant::now();
+        for i in 0..self.viewers.len() {
+            if self.viewers[i].wants_video() {
+                self.viewers[i].write_frame(frame, now);
+                self.drain(i, now);
+            }
+        }
+    }
+
+    fn handle_still(
+        &mut self,
+        id: ViewerId,
+        channel: str0m::channel::ChannelId,
+        still: Result<bytes::Bytes, String>,
+    ) {
+        if let Some(i) = self.viewers.iter().position(|v| v.id == id) {
+            self.viewers[i].send_still(channel, still);
+            self.drain(i, Instant::now());
+        }
+    }
+
+    fn handle_timeouts(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.viewers.len() {
+            if self.viewers[i].next_timeout() <= now {
+                self.viewers[i].handle_timeout(now);
+                self.drain(i, now);
+            }
+        }
+    }
+
+    /// Drain viewer `i` and act on what it asked for.
+    fn drain(&mut self, i: usize, now: Instant) {
+        let socket = &self.socket;
+        let mut events = std::mem::take(&mut self.events);
+        self.viewers[i].drain(now, |t| send(socket, t), &mut events);
+        for e in events.drain(..) {
+            match e {
+                ViewerEvent::Connected => {
+                    let v = &self.viewers[i];
+                    tracing::info!(viewer = %v.id, after = ?now.duration_since(v.created), "viewer connected");
+                    if v.wants_video() && self.subscriber.is_none() {
+                        // Subscribing asks the pipeline for a keyframe itself.
+                        self.subscriber = Some(self.media.subscribe());
+                    }
+                }
+                ViewerEvent::Keyframe(cause) => self.media.request_keyframe(cause),
+                ViewerEvent::Still { channel, max_bytes } => {
+                    let media = self.media.clone();
+                    let tx = self.still_tx.clone();
+                    let id = self.viewers[i].id;
+                    self.tasks.spawn(async move {
+                        let still = media.still(max_bytes).await.map_err(|e| match e {
+                            StillError::NoFrame => "no frame captured yet".to_owned(),
+                            other => other.to_string(),
+                        });
+                        let _ = tx.send((id, channel, still)).await;
+                    });
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    /// Remove dead and silent viewers; let go of the frame stream when nobody takes video.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.viewers.len() {
+            if self.viewers[i].is_alive(now) {
+                i += 1;
+                continue;
+            }
+            let mut v = self.viewers.swap_remove(i);
+            v.rtc.disconnect();
+            self.totals.timed_out += 1;
+            self.retire(&v, "ICE failed or silent");
+        }
+        if self.subscriber.is_some() && !self.viewers.iter().any(Viewer::wants_video) {
+            self.subscriber = None;
+        }
+    }
+
+    fn retire(&mut self, v: &Viewer, why: &str) {
+        tracing::info!(viewer = %v.id, kind = ?v.kind, frames = v.frames_sent, why, "viewer removed");
+        self.totals.frames_sent += v.frames_sent;
+        self.totals.bytes_out += v.bytes_out;
+        self.totals.stills_sent += v.stills_sent;
+    }
+
+    fn stats(&self) -> RtcStats {
+        let mut s = self.totals.clone();
+        s.viewers = self.viewers.len();
+        s.connected = self.viewers.iter().filter(|v| v.is_connected()).count();
+        for v in &self.viewers {
+            s.frames_sent += v.frames_sent;
+            s.bytes_out += v.bytes_out;
+            s.stills_sent += v.stills_sent;
+        }
+        s
+    }
+}
+
+/// str0m needs a process-wide crypto provider (aws-lc-rs); installing twice is harmless.
+fn init_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+}

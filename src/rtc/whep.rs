@@ -1,0 +1,420 @@
+//! WHEP (RFC 9725) over HTTP: `POST /whep`, `PATCH`/`DELETE /whep/{id}`, `OPTIONS`.
+//!
+//! Written as functions from `http::Request<Bytes>` to `http::Response<Full<Bytes>>` so the
+//! router mounts them as they are; the engine does the WebRTC. [`check_if_match`] and
+//! [`route`] are the pure bookkeeping (ETag rules, paths), unit-tested below.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::{RtcError, RtcHandle, ViewerId, ViewerKind};
+use crate::config::{AuthMode, Config};
+
+/// Seconds a client over `max_viewers` is told to wait.
+pub const RETRY_AFTER_SECS: u32 = 5;
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// What WHEP needs from the config.
+#[derive(Debug, Clone)]
+pub struct WhepSettings {
+    /// `[server] cors_origins`.
+    pub cors_origins: Vec<String>,
+    /// The bearer token when `auth = "token"`.
+    pub token: Option<String>,
+    /// `[server] max_body_bytes`.
+    pub max_body_bytes: usize,
+}
+
+impl WhepSettings {
+    /// `token` is the contents of `auth_token_file` (read by the daemon) when auth is on.
+    pub fn from_config(config: &Config, token: Option<String>) -> Self {
+        Self {
+            cors_origins: config.server.cors_origins.clone(),
+            token: match config.server.auth {
+                AuthMode::Token => token,
+                AuthMode::None => None,
+            },
+            max_body_bytes: config.server.max_body_bytes,
+        }
+    }
+}
+
+/// Which WHEP endpoint a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/whep`
+    Endpoint,
+    /// `/whep/{id}`
+    Resource(ViewerId),
+    /// `/whep/…` that is no viewer id.
+    Unknown,
+}
+
+/// Map a path to a WHEP route; `None` when the path is not WHEP's.
+pub fn route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/whep")?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Some(Route::Endpoint);
+    }
+    let id = rest.strip_prefix('/')?;
+    Some(ViewerId::parse(id).map_or(Route::Unknown, Route::Resource))
+}
+
+/// RFC 9725 §4.3.1 with RFC 9110 §13.1.1: PATCH must carry `If-Match`; `*` or the current
+/// ETag passes, anything else is stale.
+pub fn check_if_match(etag: &str, if_match: Option<&str>) -> Result<(), RtcError> {
+    let Some(if_match) = if_match else {
+        return Err(RtcError::PreconditionRequired);
+    };
+    let ok = if_match
+        .split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag);
+    if ok {
+        Ok(())
+    } else {
+        Err(RtcError::PreconditionFailed)
+    }
+}
+
+/// WHEP endpoint: one per daemon, cheap to clone.
+#[derive(Clone)]
+pub struct Whep {
+    rtc: RtcHandle,
+    settings: std::sync::Arc<WhepSettings>,
+}
+
+/// Response body used throughout.
+pub type Body = Full<Bytes>;
+
+impl Whep {
+    pub fn new(rtc: RtcHandle, settings: WhepSettings) -> Self {
+        Self {
+            rtc,
+            settings: std::sync::Arc::new(settings),
+        }
+    }
+
+    /// Largest body [`read_body`] should accept for WHEP requests.
+    pub fn max_body_bytes(&self) -> usize {
+        self.settings.max_body_bytes
+    }
+
+    /// Serve a request whose path [`route`] accepted; the body is already read.
+    pub async fn handle(&self, req: Request<Bytes>) -> Response<Body> {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut resp = self.dispatch(req).await;
+        self.cors(origin.as_ref(), resp.headers_mut());
+        resp
+    }
+
+    async fn dispatch(&self, req: Request<Bytes>) -> Response<Body> {
+        let Some(route) = route(req.uri().path()) else {
+            return text(StatusCode::NOT_FOUND, "not a WHEP path");
+        };
+        if req.method() == Method::OPTIONS {
+            return options(route);
+        }
+        if !self.authorized(&req) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        if req.body().len() > self.settings.max_body_bytes {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds max_body_bytes");
+        }
+        match (route, req.method()) {
+            (Route::Endpoint, &Method::POST) => self.post(req).await,
+            (Route::Resource(id), &Method::PATCH) => self.patch(id, req).await,
+            (Route::Resource(id), &Method::DELETE) => match self.rtc.close(id).await {
+                Ok(()) => text(StatusCode::OK, ""),
+                Err(e) => error(e),
+            },
+            (Route::Unknown, _) => text(StatusCode::NOT_FOUND, "no such WHEP resource"),
+            (Route::Endpoint, _) => method_not_allowed("OPTIONS, POST"),
+            (Route::Resource(_), _) => method_not_allowed("OPTIONS, PATCH, DELETE"),
+        }
+    }
+
+    async fn post(&self, req: Request<Bytes>) -> Response<Body> {
+        if !content_type_is(req.headers(), SDP) {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/sdp",
+            );
+        }
+        let Ok(offer) = String::from_utf8(req.into_body().to_vec()) else {
+            return text(StatusCode::BAD_REQUEST, "unparsable SDP offer: not UTF-8");
+        };
+        match self.rtc.answer(offer, ViewerKind::Whep).await {
+            Ok(a) => {
+                let mut r = Response::new(Full::new(Bytes::from(a.sdp)));
+                *r.status_mut() = StatusCode::CREATED;
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+                insert(h, header::LOCATION, &format!("/whep/{}", a.id));
+                insert(h, header::ETAG, &a.etag);
+                h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+                r
+            }
+            Err(e) => error(e),
+        }
+    }
+
+    async fn patch(&self, id: ViewerId, req: Request<Bytes>) -> Response<Body> {
+        if !content_type_is(req.headers(), SDPFRAG) {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/trickle-ice-sdpfrag",
+            );
+        }
+        let if_match = req
+            .headers()
+            .get(header::IF_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let Ok(frag) = std::str::from_utf8(req.body()) else {
+            return text(StatusCode::BAD_REQUEST, "fragment is not UTF-8");
+        };
+        match self.rtc.patch(id, if_match, frag).await {
+            Ok(()) => text(StatusCode::NO_CONTENT, ""),
+            Err(e) => error(e),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Bytes>) -> bool {
+        let Some(token) = &self.settings.token else {
+            return true;
+        };
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let query = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
+        bearer
+            .or(query)
+            .is_some_and(|t| ct_eq(t.as_bytes(), token.as_bytes()))
+    }
+
+    fn cors(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
+        let origins = &self.settings.cors_origins;
+        let allow = if origins.iter().any(|o| o == "*") {
+            Some(HeaderValue::from_static("*"))
+        } else {
+            origin
+                .filter(|o| origins.iter().any(|a| a.as_bytes() == o.as_bytes()))
+                .cloned()
+        };
+        if let Some(allow) = allow {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("OPTIONS, POST, PATCH, DELETE"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("Location, ETag, Accept-Patch, Accept-Post, Retry-After"),
+            );
+        }
+    }
+}
+
+/// Read a request body, refusing more than `limit` bytes (413) without buffering it all.
+pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Request<Bytes>, Response<Body>>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds max_body_bytes");
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(Request::from_parts(parts, c.to_bytes())),
+        Err(_) => Err(too_large()),
+    }
+}
+
+fn options(route: Route) -> Response<Body> {
+    let mut r = text(StatusCode::NO_CONTENT, "");
+    let h = r.headers_mut();
+    match route {
+        Route::Endpoint => {
+            h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+            h.insert("accept-post", HeaderValue::from_static(SDP));
+        }
+        _ => {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+            );
+            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+        }
+    }
+    r
+}
+
+/// The HTTP status for each engine error (400 and 406 say why in the body).
+pub fn status_of(e: &RtcError) -> StatusCode {
+    match e {
+        RtcError::BadOffer(_) | RtcError::BadFragment(_) => StatusCode::BAD_REQUEST,
+        RtcError::NoVideo | RtcError::NoH264 | RtcError::NothingToSend => {
+            StatusCode::NOT_ACCEPTABLE
+        }
+        RtcError::Full { .. } | RtcError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        RtcError::NotFound => StatusCode::NOT_FOUND,
+        RtcError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        RtcError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+    }
+}
+
+fn error(e: RtcError) -> Response<Body> {
+    let mut r = text(status_of(&e), &e.to_string());
+    if matches!(e, RtcError::Full { .. }) {
+        insert(
+            r.headers_mut(),
+            header::RETRY_AFTER,
+            &RETRY_AFTER_SECS.to_string(),
+        );
+    }
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn insert(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn content_type_is(h: &HeaderMap, want: &str) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+/// Compare without an early exit on the first differing byte.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let id = ViewerId::random();
+        assert_eq!(route("/whep"), Some(Route::Endpoint));
+        assert_eq!(route("/whep/"), Some(Route::Endpoint));
+        assert_eq!(route(&format!("/whep/{id}")), Some(Route::Resource(id)));
+        assert_eq!(route("/whep/nope"), Some(Route::Unknown));
+        assert_eq!(route("/whepx"), None);
+        assert_eq!(route("/"), None);
+    }
+
+    #[test]
+    fn if_match_rules() {
+        let etag = "\"abc\"";
+        assert_eq!(
+            check_if_match(etag, None),
+            Err(RtcError::PreconditionRequired)
+        );
+        assert_eq!(check_if_match(etag, Some("\"abc\"")), Ok(()));
+        assert_eq!(check_if_match(etag, Some("W/\"abc\"")), Ok(()));
+        assert_eq!(check_if_match(etag, Some("*")), Ok(()));
+        assert_eq!(check_if_match(etag, Some("\"x\", \"abc\"")), Ok(()));
+        assert_eq!(
+            check_if_match(etag, Some("\"old\"")),
+            Err(RtcError::PreconditionFailed)
+        );
+        assert_eq!(
+            check_if_match(etag, Some("")),
+            Err(RtcError::PreconditionFailed)
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(status_of(&RtcError::BadOffer("x".into())), 400);
+        assert_eq!(status_of(&RtcError::NoVideo), 406);
+        assert_eq!(status_of(&RtcError::NoH264), 406);
+        assert_eq!(status_of(&RtcError::Full { max: 1 }), 503);
+        assert_eq!(status_of(&RtcError::PreconditionFailed), 412);
+        assert_eq!(status_of(&RtcError::PreconditionRequired), 428);
+        assert_eq!(status_of(&RtcError::NotFound), 404);
+        let r = error(RtcError::Full { max: 1 });
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+    }
+
+    #[test]
+    fn options_advertises_sdp() {
+        let r = options(Route::Endpoint);
+        assert_eq!(r.status(), 204);
+        assert_eq!(r.headers()["accept-post"], SDP);
+        assert!(content_type_is(
+            &{
+                let mut h = HeaderMap::new();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/SDP; charset=x"),
+                );
+                h
+            },
+            SDP
+        ));
+        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"a", b"ab"));
+    }
+
+    #[tokio::test]
+    async fn read_body_refuses_large_bodies() {
+        let req = Request::builder()
+            .body(Full::new(Bytes::from(vec![0u8; 2048])))
+            .unwrap();
+        assert_eq!(read_body(req, 1024).await.unwrap_err().status(), 413);
+        let req = Request::builder()
+            .body(Full::new(Bytes::from_static(b"v=0")))
+            .unwrap();
+        assert_eq!(read_body(req, 1024).await.unwrap().body().as_ref(), b"v=0");
+    }
+}
