@@ -1,0 +1,256 @@
+//! The WebRTC engine against a real str0m peer over loopback UDP: the peer offers recvonly
+//! H.264 video plus a data channel, and must get video frames, a JPEG on open, a JPEG per
+//! `snap`, and a JSON error for anything else. A fake pipeline feeds Annex-B frames through
+//! `media::channel()` and answers still requests.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use snaprtcd::media::{self, ChannelLimits, EncodedFrame, MediaHandle, MediaPorts};
+use snaprtcd::rtc::candidates::HostAddr;
+use snaprtcd::rtc::{Engine, EngineSettings, RtcError, RtcHandle, ViewerKind};
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+const FAKE_JPEG_LEN: usize = 20_000;
+
+/// A pipeline stand-in: 30 frames/s, an IDR every 30 frames or when asked, stills on request.
+fn spawn_fake_pipeline(mut ports: MediaPorts, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(33));
+        let mut n: u64 = 0;
+        let mut idr_due = true;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                Some(_) = ports.keyframes.recv() => idr_due = true,
+                Some(req) = ports.stills.recv() => {
+                    let len = FAKE_JPEG_LEN.min(req.max_bytes);
+                    let mut jpeg = vec![0x55u8; len];
+                    jpeg[..2].copy_from_slice(&[0xff, 0xd8]);
+                    jpeg[len - 2..].copy_from_slice(&[0xff, 0xd9]);
+                    let _ = req.reply.send(Ok(Bytes::from(jpeg)));
+                }
+                _ = tick.tick() => {
+                    let key = idr_due || n % 30 == 0;
+                    idr_due = false;
+                    let _ = ports.frames.send(fake_frame(n, key));
+                    n += 1;
+                }
+            }
+        }
+    });
+}
+
+/// An Annex-B access unit: SPS+PPS+IDR for keyframes, one non-IDR slice otherwise.
+fn fake_frame(n: u64, keyframe: bool) -> EncodedFrame {
+    let mut d = Vec::new();
+    if keyframe {
+        d.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80]);
+        d.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+        d.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+        d.extend(std::iter::repeat_n(0x11, 3000));
+    } else {
+        d.extend_from_slice(&[0, 0, 0, 1, 0x41]);
+        d.extend(std::iter::repeat_n(0x22, 800));
+    }
+    EncodedFrame {
+        data: Bytes::from(d),
+        keyframe,
+        timestamp: Duration::from_millis(n * 33),
+    }
+}
+
+async fn start(max_viewers: usize) -> (RtcHandle, MediaHandle, CancellationToken) {
+    let (media, ports) = media::channel(ChannelLimits::default());
+    let cancel = CancellationToken::new();
+    spawn_fake_pipeline(ports, cancel.clone());
+    let settings = EngineSettings {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        hosts: vec![HostAddr {
+            ip: Ipv4Addr::LOCALHOST,
+            netmask: Ipv4Addr::new(255, 0, 0, 0),
+        }],
+        max_viewers,
+        snapshot_on_connect: true,
+    };
+    let engine = Engine::bind(settings, media.clone()).await.unwrap();
+    let handle = engine.handle();
+    tokio::spawn(engine.run(cancel.clone()));
+    (handle, media, cancel)
+}
+
+/// A str0m peer like a browser: full ICE, offers recvonly video and a data channel.
+struct Peer {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+impl Peer {
+    async fn new() -> (Self, String, str0m::change::SdpPendingOffer) {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut rtc = Rtc::builder().enable_h264(true).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        api.add_channel("snap".into());
+        let (offer, pending) = api.apply().unwrap();
+        (Self { rtc, socket, local }, offer.to_sdp_string(), pending)
+    }
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    frames: usize,
+    jpegs: usize,
+    errors: usize,
+}
+
+#[tokio::test]
+async fn str0m_peer_gets_h264_frames_and_jpegs_on_the_data_channel() {
+    let (rtc, _media, cancel) = start(4).await;
+    let (mut peer, offer, pending) = Peer::new().await;
+    let answer = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    assert!(answer.sdp.contains("H264/90000"), "{}", answer.sdp);
+    assert!(answer.sdp.contains("profile-level-id=42e01f"), "{}", answer.sdp);
+    assert!(answer.sdp.contains("packetization-mode=1"), "{}", answer.sdp);
+    assert!(answer.sdp.contains("a=candidate:"), "server candidates in the answer");
+    peer.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer.sdp).unwrap())
+        .unwrap();
+
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let mut channel = None;
+    let mut sent_snap = false;
+    let mut buf = vec![0u8; 2048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !(seen.frames >= 20 && seen.jpegs >= 2 && seen.errors >= 1) {
+        // Drain the peer (str0m's rule), then wait for a datagram or its timeout.
+        let timeout = loop {
+            match peer.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    peer.socket.send_to(&t.contents, t.destination).await.unwrap();
+                }
+                Output::Event(e) => match e {
+                    Event::MediaData(d) => {
+                        assert_eq!(d.params.spec().codec, str0m::format::Codec::H264);
+                        seen.frames += 1;
+                    }
+                    Event::ChannelOpen(id, _) => channel = Some(id),
+                    Event::ChannelData(d) if d.binary => {
+                        assert_eq!(&d.data[..2], &[0xff, 0xd8], "a JPEG");
+                        assert!(d.data.len() <= 65_536);
+                        seen.jpegs += 1;
+                        let mut ch = peer.rtc.channel(d.id).unwrap();
+                        if !sent_snap {
+                            assert!(ch.write(false, b"snap").unwrap());
+                            assert!(ch.write(false, b"bogus").unwrap());
+                            sent_snap = true;
+                        }
+                    }
+                    Event::ChannelData(d) => {
+                        let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+                        assert!(v["error"].is_string(), "{v}");
+                        seen.errors += 1;
+                    }
+                    _ => {}
+                },
+            }
+        };
+        let wait = tokio::time::Instant::from_std(timeout);
+        tokio::select! {
+            r = peer.socket.recv_from(&mut buf) => {
+                let (n, source) = r.unwrap();
+                let input = Input::Receive(Instant::now(), Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: peer.local,
+                    contents: DatagramRecv::try_from(&buf[..n]).unwrap(),
+                });
+                peer.rtc.handle_input(input).unwrap();
+            }
+            _ = tokio::time::sleep_until(wait) => {
+                peer.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+            }
+            _ = tokio::time::sleep_until(deadline) => panic!("timed out: {seen:?}"),
+        }
+    }
+    assert!(channel.is_some());
+    eprintln!("peer got {seen:?} in {:?}", started.elapsed());
+
+    let stats = rtc.stats().await.unwrap();
+    assert_eq!((stats.viewers, stats.connected), (1, 1));
+    assert!(stats.frames_sent >= 20 && stats.stills_sent >= 2, "{stats:?}");
+
+    rtc.close(answer.id).await.unwrap();
+    assert_eq!(rtc.stats().await.unwrap().viewers, 0);
+    assert_eq!(rtc.close(answer.id).await, Err(RtcError::NotFound));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn bad_offers_and_limits_are_refused_with_reasons() {
+    let (rtc, _media, cancel) = start(1).await;
+    assert!(matches!(
+        rtc.answer("garbage".into(), ViewerKind::Whep).await,
+        Err(RtcError::BadOffer(_))
+    ));
+    let audio_only = {
+        let mut r = Rtc::builder().build(Instant::now());
+        let mut api = r.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        api.apply().unwrap().0.to_sdp_string()
+    };
+    assert_eq!(
+        rtc.answer(audio_only, ViewerKind::Whep).await.unwrap_err(),
+        RtcError::NoVideo
+    );
+    let vp8_only = {
+        let mut r = Rtc::builder().clear_codecs().enable_vp8(true).build(Instant::now());
+        let mut api = r.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        api.apply().unwrap().0.to_sdp_string()
+    };
+    assert_eq!(
+        rtc.answer(vp8_only, ViewerKind::Whep).await.unwrap_err(),
+        RtcError::NoH264
+    );
+
+    // A data-channel-only offer is fine for SnapRTC, not for WHEP.
+    let (_p1, offer1, _) = Peer::new().await;
+    let first = rtc
+        .answer(offer1, ViewerKind::SnapRtc { session: "s".into() })
+        .await
+        .unwrap();
+    let (_p2, offer2, _) = Peer::new().await;
+    assert_eq!(
+        rtc.answer(offer2, ViewerKind::Whep).await.unwrap_err(),
+        RtcError::Full { max: 1 }
+    );
+    rtc.close(first.id).await.unwrap();
+    let (_p3, offer3, _) = Peer::new().await;
+    let third = rtc.answer(offer3, ViewerKind::Whep).await.unwrap();
+
+    // WHEP trickle ETag rules.
+    let frag = "a=candidate:1 1 udp 2113937151 127.0.0.1 40000 typ host\r\n";
+    assert_eq!(
+        rtc.patch(third.id, None, frag).await,
+        Err(RtcError::PreconditionRequired)
+    );
+    assert_eq!(
+        rtc.patch(third.id, Some("\"stale\"".into()), frag).await,
+        Err(RtcError::PreconditionFailed)
+    );
+    rtc.patch(third.id, Some(third.etag.clone()), frag).await.unwrap();
+    cancel.cancel();
+}
