@@ -86,8 +86,9 @@ pub async fn run(
     info!(version = env!("CARGO_PKG_VERSION"), "ready");
 
     let result = tokio::select! {
+        biased;
         _ = cancel.cancelled() => Ok(()),
-        Some(ended) = services.join_next() => {
+        Some(ended) = services.join_next(), if !cancel.is_cancelled() => {
             let name = ended.unwrap_or("a");
             error!(service = name, "service stopped unexpectedly; shutting down");
             cancel.cancel();
