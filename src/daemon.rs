@@ -32,6 +32,8 @@ pub struct Listeners {
 pub enum DaemonError {
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("cannot bind the WebRTC UDP port: {0}")]
+    Rtc(#[source] std::io::Error),
     #[error("the {0} service stopped unexpectedly")]
     ServiceEnded(&'static str),
 }
@@ -66,11 +68,35 @@ pub async fn run(
         tracker.clone(),
     );
 
+    // Until the capture pipeline is wired in, the engine gets a frame source with no frames.
+    let (media, _media_ports) = crate::media::channel(crate::media::ChannelLimits::default());
+    let engine = crate::rtc::Engine::bind(
+        crate::rtc::EngineSettings::from_config(&config),
+        media.clone(),
+    )
+    .await
+    .map_err(DaemonError::Rtc)?;
+    let rtc_addr = engine.local_addr().ok();
+    let rtc = engine.handle();
+    {
+        let cancel = cancel.clone();
+        services.spawn(async move {
+            engine.run(cancel).await;
+            "rtc"
+        });
+    }
+    let whep = crate::rtc::whep::Whep::new(
+        rtc.clone(),
+        crate::rtc::whep::WhepSettings::from_config(&config, auth.clone()),
+    );
+
     let http_addr = listeners.http.local_addr().ok();
     let state = Arc::new(AppState {
         config: config.clone(),
         auth,
         signaling,
+        rtc,
+        whep,
     });
     {
         let (cancel, tracker) = (cancel.clone(), tracker.clone());
@@ -81,6 +107,9 @@ pub async fn run(
     }
     if let Some(addr) = http_addr {
         info!(%addr, hub = %config.signaling.hub_path, "http listening");
+    }
+    if let Some(addr) = rtc_addr {
+        info!(%addr, "rtc listening");
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(version = env!("CARGO_PKG_VERSION"), "ready");

@@ -7,6 +7,8 @@
 //! | `POST {hub}/negotiate`        | SignalR negotiate (v1), WebSockets only                  |
 //! | `GET {hub}?id=TOKEN`          | SignalR WebSocket                                        |
 //! | `OPTIONS *`                   | CORS preflight for the listed origins                    |
+//! | `GET /`                       | the viewer page (`src/web/index.html`)                   |
+//! | `POST /whep`, `PATCH`/`DELETE /whep/{id}` | WHEP (`rtc::whep`)                           |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub auth: Auth,
     pub signaling: SignalingHandle,
+    /// The WebRTC engine (viewer counts) and its WHEP endpoint.
+    pub rtc: crate::rtc::RtcHandle,
+    pub whep: crate::rtc::whep::Whep,
 }
 
 /// Accept HTTP connections until `cancel` fires. Connection tasks are tracked by `tracker`.
@@ -95,7 +100,12 @@ pub async fn serve(
 async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut response = if req.method() == Method::OPTIONS {
-        preflight(&req, state)
+        let mut r = preflight(&req, state);
+        if let Some(route) = crate::rtc::whep::route(req.uri().path()) {
+            r.headers_mut()
+                .extend(crate::rtc::whep::options(route).headers().clone());
+        }
+        r
     } else {
         dispatch(req, state).await
     };
@@ -126,7 +136,34 @@ async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         }
         return upgrade(req, state).await;
     }
+    if crate::rtc::whep::route(path).is_some() {
+        let limit = state.whep.max_body_bytes();
+        return match crate::rtc::whep::read_body(req, limit).await {
+            Ok(req) => state.whep.handle(req).await,
+            Err(too_large) => too_large,
+        };
+    }
+    if path == "/" || path == "/index.html" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => viewer_page(),
+            _ => method_not_allowed("GET, HEAD"),
+        };
+    }
     text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// The viewer page: one HTML file, plain JS, embedded at build time.
+fn viewer_page() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        include_str!("web/index.html").as_bytes(),
+    )));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 async fn health(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
@@ -141,11 +178,15 @@ async fn health(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
         return text(StatusCode::OK, format!("{now} snaprtcd/{version}\n"));
     }
     let stats = state.signaling.stats().await.unwrap_or_default();
+    let rtc = state.rtc.stats().await.unwrap_or_default();
     let body = serde_json::json!({
         "status": "ok",
         "time": now,
         "version": version,
         "signaling": { "connections": stats.connections, "sessions": stats.sessions },
+        "viewers": rtc.viewers,
+        "max_viewers": state.rtc.max_viewers(),
+        "auth": state.auth.is_on(),
     });
     json(StatusCode::OK, &body)
 }

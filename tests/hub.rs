@@ -346,7 +346,7 @@ async fn token_auth_guards_negotiate_and_upgrade_but_not_health() {
     let token_file = dir.path("token");
     std::fs::write(&token_file, "let-me-in\n").unwrap();
     let d = Daemon::start(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nauth = \"token\"\nauth_token_file = \"{}\"\n[signaling]\njoin_sessions = \"none\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nrtc_udp_port = 0\nauth = \"token\"\nauth_token_file = \"{}\"\n[signaling]\njoin_sessions = \"none\"\n",
         token_file.display()
     ));
     assert_eq!(negotiate(d.addr, "").status, 401);
@@ -376,7 +376,7 @@ async fn missing_token_file_is_created_private_and_logged() {
     let dir = common::TempDir::new("auth");
     let token_file = dir.path("state/token");
     let mut d = Daemon::start(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nauth = \"token\"\nauth_token_file = \"{}\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nrtc_udp_port = 0\nauth = \"token\"\nauth_token_file = \"{}\"\n",
         token_file.display()
     ));
     let line = d.wait_for_log("created a new access token", Duration::from_secs(1));
@@ -397,7 +397,7 @@ async fn missing_token_file_is_created_private_and_logged() {
 #[tokio::test]
 async fn cors_preflight_answers_listed_origins_only() {
     let d = Daemon::start(
-        "[server]\nlisten = \"127.0.0.1:0\"\ncors_origins = [\"https://app.example\"]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nrtc_udp_port = 0\ncors_origins = [\"https://app.example\"]\n",
     );
     let preflight = |origin: &str| {
         d.http(&format!(

@@ -119,9 +119,20 @@ async fn str0m_peer_gets_h264_frames_and_jpegs_on_the_data_channel() {
     let (mut peer, offer, pending) = Peer::new().await;
     let answer = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
     assert!(answer.sdp.contains("H264/90000"), "{}", answer.sdp);
-    assert!(answer.sdp.contains("profile-level-id=42e01f"), "{}", answer.sdp);
-    assert!(answer.sdp.contains("packetization-mode=1"), "{}", answer.sdp);
-    assert!(answer.sdp.contains("a=candidate:"), "server candidates in the answer");
+    assert!(
+        answer.sdp.contains("profile-level-id=42e01f"),
+        "{}",
+        answer.sdp
+    );
+    assert!(
+        answer.sdp.contains("packetization-mode=1"),
+        "{}",
+        answer.sdp
+    );
+    assert!(
+        answer.sdp.contains("a=candidate:"),
+        "server candidates in the answer"
+    );
     peer.rtc
         .sdp_api()
         .accept_answer(pending, SdpAnswer::from_sdp_string(&answer.sdp).unwrap())
@@ -139,7 +150,10 @@ async fn str0m_peer_gets_h264_frames_and_jpegs_on_the_data_channel() {
             match peer.rtc.poll_output().unwrap() {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => {
-                    peer.socket.send_to(&t.contents, t.destination).await.unwrap();
+                    peer.socket
+                        .send_to(&t.contents, t.destination)
+                        .await
+                        .unwrap();
                 }
                 Output::Event(e) => match e {
                     Event::MediaData(d) => {
@@ -190,7 +204,10 @@ async fn str0m_peer_gets_h264_frames_and_jpegs_on_the_data_channel() {
 
     let stats = rtc.stats().await.unwrap();
     assert_eq!((stats.viewers, stats.connected), (1, 1));
-    assert!(stats.frames_sent >= 20 && stats.stills_sent >= 2, "{stats:?}");
+    assert!(
+        stats.frames_sent >= 20 && stats.stills_sent >= 2,
+        "{stats:?}"
+    );
 
     rtc.close(answer.id).await.unwrap();
     assert_eq!(rtc.stats().await.unwrap().viewers, 0);
@@ -216,7 +233,10 @@ async fn bad_offers_and_limits_are_refused_with_reasons() {
         RtcError::NoVideo
     );
     let vp8_only = {
-        let mut r = Rtc::builder().clear_codecs().enable_vp8(true).build(Instant::now());
+        let mut r = Rtc::builder()
+            .clear_codecs()
+            .enable_vp8(true)
+            .build(Instant::now());
         let mut api = r.sdp_api();
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         api.apply().unwrap().0.to_sdp_string()
@@ -229,7 +249,12 @@ async fn bad_offers_and_limits_are_refused_with_reasons() {
     // A data-channel-only offer is fine for SnapRTC, not for WHEP.
     let (_p1, offer1, _) = Peer::new().await;
     let first = rtc
-        .answer(offer1, ViewerKind::SnapRtc { session: "s".into() })
+        .answer(
+            offer1,
+            ViewerKind::SnapRtc {
+                session: "s".into(),
+            },
+        )
         .await
         .unwrap();
     let (_p2, offer2, _) = Peer::new().await;
@@ -251,6 +276,8 @@ async fn bad_offers_and_limits_are_refused_with_reasons() {
         rtc.patch(third.id, Some("\"stale\"".into()), frag).await,
         Err(RtcError::PreconditionFailed)
     );
-    rtc.patch(third.id, Some(third.etag.clone()), frag).await.unwrap();
+    rtc.patch(third.id, Some(third.etag.clone()), frag)
+        .await
+        .unwrap();
     cancel.cancel();
 }

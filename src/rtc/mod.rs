@@ -184,7 +184,7 @@ impl RtcHandle {
             if !summary.has_h264 {
                 return Err(RtcError::NoH264);
             }
-        } else if !summary.has_data && !(summary.has_video && summary.has_h264) {
+        } else if !(summary.has_data || (summary.has_video && summary.has_h264)) {
             return Err(RtcError::NothingToSend);
         }
         let offer =

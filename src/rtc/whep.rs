@@ -10,33 +10,27 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::{RtcError, RtcHandle, ViewerId, ViewerKind};
-use crate::config::{AuthMode, Config};
+use crate::auth::Auth;
+use crate::config::Config;
 
 /// Seconds a client over `max_viewers` is told to wait.
 pub const RETRY_AFTER_SECS: u32 = 5;
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
-/// What WHEP needs from the config.
+/// What WHEP needs besides the engine.
 #[derive(Debug, Clone)]
 pub struct WhepSettings {
-    /// `[server] cors_origins`.
-    pub cors_origins: Vec<String>,
-    /// The bearer token when `auth = "token"`.
-    pub token: Option<String>,
+    /// Who may POST/PATCH/DELETE (`[server] auth`).
+    pub auth: Auth,
     /// `[server] max_body_bytes`.
     pub max_body_bytes: usize,
 }
 
 impl WhepSettings {
-    /// `token` is the contents of `auth_token_file` (read by the daemon) when auth is on.
-    pub fn from_config(config: &Config, token: Option<String>) -> Self {
+    pub fn from_config(config: &Config, auth: Auth) -> Self {
         Self {
-            cors_origins: config.server.cors_origins.clone(),
-            token: match config.server.auth {
-                AuthMode::Token => token,
-                AuthMode::None => None,
-            },
+            auth,
             max_body_bytes: config.server.max_body_bytes,
         }
     }
@@ -104,22 +98,16 @@ impl Whep {
         self.settings.max_body_bytes
     }
 
-    /// Serve a request whose path [`route`] accepted; the body is already read.
+    /// Serve a request whose path [`route`] accepted; the body is already read (see
+    /// [`read_body`]). CORS headers are the router's job.
     pub async fn handle(&self, req: Request<Bytes>) -> Response<Body> {
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut resp = self.dispatch(req).await;
-        self.cors(origin.as_ref(), resp.headers_mut());
-        resp
-    }
-
-    async fn dispatch(&self, req: Request<Bytes>) -> Response<Body> {
         let Some(route) = route(req.uri().path()) else {
             return text(StatusCode::NOT_FOUND, "not a WHEP path");
         };
         if req.method() == Method::OPTIONS {
             return options(route);
         }
-        if !self.authorized(&req) {
+        if !self.settings.auth.allows(req.headers(), req.uri().query()) {
             let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required");
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -186,52 +174,6 @@ impl Whep {
             Err(e) => error(e),
         }
     }
-
-    fn authorized(&self, req: &Request<Bytes>) -> bool {
-        let Some(token) = &self.settings.token else {
-            return true;
-        };
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let query = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
-        bearer
-            .or(query)
-            .is_some_and(|t| ct_eq(t.as_bytes(), token.as_bytes()))
-    }
-
-    fn cors(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
-        let origins = &self.settings.cors_origins;
-        let allow = if origins.iter().any(|o| o == "*") {
-            Some(HeaderValue::from_static("*"))
-        } else {
-            origin
-                .filter(|o| origins.iter().any(|a| a.as_bytes() == o.as_bytes()))
-                .cloned()
-        };
-        if let Some(allow) = allow {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("OPTIONS, POST, PATCH, DELETE"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("Authorization, Content-Type, If-Match"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("Location, ETag, Accept-Patch, Accept-Post, Retry-After"),
-            );
-        }
-    }
 }
 
 /// Read a request body, refusing more than `limit` bytes (413) without buffering it all.
@@ -256,7 +198,7 @@ where
     }
 }
 
-fn options(route: Route) -> Response<Body> {
+pub fn options(route: Route) -> Response<Body> {
     let mut r = text(StatusCode::NO_CONTENT, "");
     let h = r.headers_mut();
     match route {
@@ -333,11 +275,6 @@ fn content_type_is(h: &HeaderMap, want: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
 }
 
-/// Compare without an early exit on the first differing byte.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +340,6 @@ mod tests {
             },
             SDP
         ));
-        assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"a", b"ab"));
     }
 
     #[tokio::test]

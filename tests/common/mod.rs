@@ -194,7 +194,7 @@ fn base_config(extra: &str, dir: &TempDir) -> String {
     let mut text = String::new();
     let has = |section: &str| extra.contains(&format!("[{section}]"));
     if !has("server") {
-        text.push_str("[server]\nlisten = \"127.0.0.1:0\"\n");
+        text.push_str("[server]\nlisten = \"127.0.0.1:0\"\nrtc_udp_port = 0\n");
     }
     if !has("mdns") {
         text.push_str("[mdns]\nenabled = false\n");
