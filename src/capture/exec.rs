@@ -189,7 +189,10 @@ impl Source for ExecSource {
                 });
             }
             if self.last_byte.elapsed() > STALL {
-                return Err(CaptureError::Ended(format!("{} wrote nothing for {STALL:?}", self.program)));
+                return Err(CaptureError::Ended(format!(
+                    "{} wrote nothing for {STALL:?}",
+                    self.program
+                )));
             }
             if started.elapsed() > Duration::from_secs(1) {
                 return Err(CaptureError::Stalled(started.elapsed()));

@@ -125,7 +125,11 @@ pub fn resolve(camera: &CameraConfig) -> SourceSpec {
 /// Open a source once.
 pub fn open(spec: &SourceSpec, camera: &CameraConfig) -> Result<Box<dyn Source>, CaptureError> {
     Ok(match spec {
-        SourceSpec::Testsrc => Box::new(testsrc::TestSource::new(camera.width, camera.height, camera.fps)?),
+        SourceSpec::Testsrc => Box::new(testsrc::TestSource::new(
+            camera.width,
+            camera.height,
+            camera.fps,
+        )?),
         SourceSpec::V4l2(path) => Box::new(v4l2::V4l2Source::open(path, camera)?),
         SourceSpec::Exec => Box::new(exec::ExecSource::spawn(&camera.exec)?),
     })
@@ -254,7 +258,14 @@ fn run(
                 if tx.send(CaptureEvent::Started(info)).is_err() {
                     return;
                 }
-                stream(source.as_mut(), &tx, &keyframe_requests, &counters, &cancel, &mut backoff)
+                stream(
+                    source.as_mut(),
+                    &tx,
+                    &keyframe_requests,
+                    &counters,
+                    &cancel,
+                    &mut backoff,
+                )
             }
             Err(e) => e.to_string(),
         };
@@ -299,7 +310,9 @@ fn stream(
         match source.next_frame() {
             Ok(frame) => {
                 backoff.reset();
-                counters.frames_captured.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters
+                    .frames_captured
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if matches!(frame.payload, Payload::H264(_)) {
                     // H.264 pictures depend on each other: never drop one, wait instead
                     // (passthrough is cheap, so the wait is short).
@@ -311,7 +324,9 @@ fn stream(
                 match tx.try_send(CaptureEvent::Frame(frame)) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
-                        counters.frames_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        counters
+                            .frames_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(TrySendError::Disconnected(_)) => return "pipeline stopped".into(),
                 }

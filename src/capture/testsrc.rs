@@ -99,7 +99,8 @@ fn text_scale(height: u32) -> usize {
 
 /// The background every test picture starts from.
 fn bars(width: u32, height: u32) -> Result<I420, CaptureError> {
-    let mut p = I420::filled(width, height, 16, 128, 128).map_err(|e| CaptureError::Open(e.to_string()))?;
+    let mut p =
+        I420::filled(width, height, 16, 128, 128).map_err(|e| CaptureError::Open(e.to_string()))?;
     let (w, h) = (width as usize, height as usize);
     let bar_w = w.div_ceil(7);
     for (i, c) in BARS.iter().enumerate() {
@@ -108,7 +109,14 @@ fn bars(width: u32, height: u32) -> Result<I420, CaptureError> {
     // A grey ramp below the bars shows scaling and banding.
     for i in 0..16 {
         let v = 16 + (i * 219 / 15) as u8;
-        fill_rect(&mut p, i * w / 16, h * 2 / 3, w / 16 + 1, h / 3, (v, 128, 128));
+        fill_rect(
+            &mut p,
+            i * w / 16,
+            h * 2 / 3,
+            w / 16 + 1,
+            h / 3,
+            (v, 128, 128),
+        );
     }
     Ok(p)
 }
@@ -117,7 +125,13 @@ fn bars(width: u32, height: u32) -> Result<I420, CaptureError> {
 fn clock_text(now: SystemTime) -> String {
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let s = d.as_secs() % 86_400;
-    format!("{:02}:{:02}:{:02}.{:03}", s / 3600, (s / 60) % 60, s % 60, d.subsec_millis())
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60,
+        d.subsec_millis()
+    )
 }
 
 /// The grey "NO SIGNAL" picture with the wall clock, so a viewer sees the stream is alive.
@@ -130,11 +144,23 @@ pub fn slate(width: u32, height: u32) -> I420 {
     let scale = text_scale(h) * 2;
     let text = "NO SIGNAL";
     let tw = text.len() * 6 * scale;
-    draw_text(&mut p, (w as usize).saturating_sub(tw) / 2, h as usize / 2 - 4 * scale, scale, text);
+    draw_text(
+        &mut p,
+        (w as usize).saturating_sub(tw) / 2,
+        h as usize / 2 - 4 * scale,
+        scale,
+        text,
+    );
     let clock = clock_text(SystemTime::now());
     let small = text_scale(h);
     let cw = clock.len() * 6 * small;
-    draw_text(&mut p, (w as usize).saturating_sub(cw) / 2, h as usize * 3 / 4, small, &clock);
+    draw_text(
+        &mut p,
+        (w as usize).saturating_sub(cw) / 2,
+        h as usize * 3 / 4,
+        small,
+        &clock,
+    );
     p
 }
 
@@ -173,8 +199,16 @@ impl TestSource {
         let span_y = (h * 2 / 3).saturating_sub(side).max(1);
         let t = n as usize * 4;
         // Bounce inside the bars area.
-        let bx = if (t / span_x) % 2 == 0 { t % span_x } else { span_x - t % span_x };
-        let by = if (t / span_y) % 2 == 0 { t % span_y } else { span_y - t % span_y };
+        let bx = if (t / span_x) % 2 == 0 {
+            t % span_x
+        } else {
+            span_x - t % span_x
+        };
+        let by = if (t / span_y) % 2 == 0 {
+            t % span_y
+        } else {
+            span_y - t % span_y
+        };
         fill_rect(&mut p, bx & !1, by & !1, side, side, (235, 128, 128));
         let scale = text_scale(h as u32);
         let counter = format!("{n:08}");
@@ -208,7 +242,11 @@ impl Source for TestSource {
             }
             let next = at + interval;
             // After a stall, do not try to catch up with a burst.
-            self.next_at = Some(if next < Instant::now() { Instant::now() } else { next });
+            self.next_at = Some(if next < Instant::now() {
+                Instant::now()
+            } else {
+                next
+            });
         }
         let picture = self.picture(self.frame, SystemTime::now());
         self.frame += 1;

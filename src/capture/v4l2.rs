@@ -29,7 +29,13 @@ const STALL: Duration = Duration::from_secs(3);
 /// Formats we can use, best first for `format = "auto"`.
 fn preference(format: CaptureFormat) -> Vec<PixelFormat> {
     match format {
-        CaptureFormat::Auto => vec![H264, PixelFormat::MJPG, PixelFormat::JPEG, PixelFormat::YUYV, NV12],
+        CaptureFormat::Auto => vec![
+            H264,
+            PixelFormat::MJPG,
+            PixelFormat::JPEG,
+            PixelFormat::YUYV,
+            NV12,
+        ],
         CaptureFormat::H264 => vec![H264],
         CaptureFormat::Mjpeg => vec![PixelFormat::MJPG, PixelFormat::JPEG],
         CaptureFormat::Yuyv => vec![PixelFormat::YUYV],
@@ -43,7 +49,10 @@ fn fourcc(pf: PixelFormat) -> String {
 
 fn is_video_capture(dev: &Device) -> bool {
     dev.capabilities()
-        .map(|c| c.device_capabilities().contains(CapabilityFlags::VIDEO_CAPTURE))
+        .map(|c| {
+            c.device_capabilities()
+                .contains(CapabilityFlags::VIDEO_CAPTURE)
+        })
         .unwrap_or(false)
 }
 
@@ -127,10 +136,14 @@ fn apply_controls(dev: &mut Device, camera: &CameraConfig) {
                 let v = (*value).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
                 match dev.write_control_raw(*cid, v) {
                     Ok(()) => tracing::info!(control = %name, value = v, "camera control set"),
-                    Err(e) => tracing::warn!(control = %name, value = v, error = %e, "camera refused the control"),
+                    Err(e) => {
+                        tracing::warn!(control = %name, value = v, error = %e, "camera refused the control")
+                    }
                 }
             }
-            None => tracing::warn!(control = %name, "the camera has no such control (see `v4l2-ctl -L`)"),
+            None => {
+                tracing::warn!(control = %name, "the camera has no such control (see `v4l2-ctl -L`)")
+            }
         }
     }
 }
@@ -162,9 +175,15 @@ impl V4l2Source {
     pub fn open(path: &Path, camera: &CameraConfig) -> Result<Self, CaptureError> {
         let open_err = |e: std::io::Error| CaptureError::Open(format!("{}: {e}", path.display()));
         let mut dev = Device::open(path).map_err(open_err)?;
-        let card = dev.capabilities().map(|c| c.card().to_string()).unwrap_or_default();
+        let card = dev
+            .capabilities()
+            .map(|c| c.card().to_string())
+            .unwrap_or_default();
         if !is_video_capture(&dev) {
-            return Err(CaptureError::NoFormat(format!("{} is not a video capture node", path.display())));
+            return Err(CaptureError::NoFormat(format!(
+                "{} is not a video capture node",
+                path.display()
+            )));
         }
         let offered = formats(&dev);
         let pf = preference(camera.format)
@@ -174,7 +193,11 @@ impl V4l2Source {
                 CaptureError::NoFormat(format!(
                     "{} offers {} but not {:?}",
                     path.display(),
-                    offered.iter().map(|p| fourcc(*p)).collect::<Vec<_>>().join(","),
+                    offered
+                        .iter()
+                        .map(|p| fourcc(*p))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     camera.format
                 ))
             })?;
@@ -182,16 +205,20 @@ impl V4l2Source {
         let size = closest_size(&candidate_sizes(&dev, pf, want), want).unwrap_or(want);
         let interval = closest_interval(&dev, pf, size, camera.fps);
         apply_controls(&mut dev, camera);
-        let control = force_keyframe_control(&dev)
-            .and_then(|cid| Device::open(path).ok().map(|d| (d, cid)));
+        let control =
+            force_keyframe_control(&dev).and_then(|cid| Device::open(path).ok().map(|d| (d, cid)));
         let capture = dev
             .video_capture(PixFormat::new(size.0, size.1, pf))
             .map_err(open_err)?;
         let fmt = capture.format();
         if fmt.pixel_format() != pf {
-            return Err(CaptureError::NoFormat(format!("driver switched to {}", fourcc(fmt.pixel_format()))));
+            return Err(CaptureError::NoFormat(format!(
+                "driver switched to {}",
+                fourcc(fmt.pixel_format())
+            )));
         }
-        let (width, height, bytes_per_line) = (fmt.width(), fmt.height(), fmt.bytes_per_line() as usize);
+        let (width, height, bytes_per_line) =
+            (fmt.width(), fmt.height(), fmt.bytes_per_line() as usize);
         match capture.set_frame_interval(interval) {
             Ok(got) => tracing::debug!(interval = %got, "frame interval set"),
             Err(e) => tracing::debug!(error = %e, "device does not take a frame interval"),
@@ -222,23 +249,35 @@ impl V4l2Source {
         let n = unsafe { libc::poll(&mut fds, 1, timeout.as_millis() as libc::c_int) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e.into()) };
+            return if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e.into())
+            };
         }
-        if fds.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 && fds.revents & libc::POLLIN == 0 {
-            return Err(CaptureError::Ended(format!("{} disconnected", self.path.display())));
+        if fds.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+            && fds.revents & libc::POLLIN == 0
+        {
+            return Err(CaptureError::Ended(format!(
+                "{} disconnected",
+                self.path.display()
+            )));
         }
         Ok(n > 0 && fds.revents & libc::POLLIN != 0)
     }
-
 }
 
 /// A filled buffer as a payload: raw formats converted to I420, compressed ones copied out.
 fn convert(layout: (PixelFormat, u32, u32, usize), data: &[u8]) -> Result<Payload, String> {
     let (pf, w, h, bpl) = (layout.0, layout.1 & !1, layout.2 & !1, layout.3);
     if pf == PixelFormat::YUYV {
-        I420::from_yuyv(w, h, bpl, data).map(Payload::I420).map_err(|e| e.to_string())
+        I420::from_yuyv(w, h, bpl, data)
+            .map(Payload::I420)
+            .map_err(|e| e.to_string())
     } else if pf == NV12 {
-        I420::from_nv12(w, h, bpl, data).map(Payload::I420).map_err(|e| e.to_string())
+        I420::from_nv12(w, h, bpl, data)
+            .map(Payload::I420)
+            .map_err(|e| e.to_string())
     } else if pf == H264 {
         Ok(Payload::H264(Bytes::copy_from_slice(data)))
     } else {
@@ -267,7 +306,10 @@ impl Source for V4l2Source {
         let started = Instant::now();
         loop {
             if self.last_frame.elapsed() > STALL {
-                return Err(CaptureError::Ended(format!("{} delivered nothing for {STALL:?}", self.path.display())));
+                return Err(CaptureError::Ended(format!(
+                    "{} delivered nothing for {STALL:?}",
+                    self.path.display()
+                )));
             }
             if started.elapsed() > Duration::from_secs(1) {
                 return Err(CaptureError::Stalled(started.elapsed()));
@@ -275,7 +317,12 @@ impl Source for V4l2Source {
             if !self.wait(Duration::from_millis(200))? {
                 continue;
             }
-            let layout = (self.pixel_format, self.width, self.height, self.bytes_per_line);
+            let layout = (
+                self.pixel_format,
+                self.width,
+                self.height,
+                self.bytes_per_line,
+            );
             let converted = self.stream.dequeue(|buf| {
                 if buf.is_error() || buf.is_empty() {
                     return Ok(None);
@@ -301,7 +348,9 @@ impl Source for V4l2Source {
                 }
                 Err(e) => {
                     return Err(match e.raw_os_error() {
-                        Some(libc::ENODEV) => CaptureError::Ended(format!("{} disconnected", self.path.display())),
+                        Some(libc::ENODEV) => {
+                            CaptureError::Ended(format!("{} disconnected", self.path.display()))
+                        }
                         _ => CaptureError::Io(e),
                     })
                 }
@@ -324,9 +373,10 @@ pub fn first_usable_device(camera: &CameraConfig) -> Option<PathBuf> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.strip_prefix("video").is_some_and(|d| d.parse::<u32>().is_ok()))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.strip_prefix("video")
+                    .is_some_and(|d| d.parse::<u32>().is_ok())
+            })
         })
         .collect();
     nodes.sort_by_key(|p| {
@@ -359,14 +409,26 @@ pub fn list_devices() -> Result<String, CaptureError> {
         out.push_str("no V4L2 capture devices found\n");
         return Ok(out);
     }
-    let _ = writeln!(out, "{:<14} {:<24} {:<6} {:<11} fps", "DEVICE", "CARD", "FORMAT", "SIZE");
+    let _ = writeln!(
+        out,
+        "{:<14} {:<24} {:<6} {:<11} fps",
+        "DEVICE", "CARD", "FORMAT", "SIZE"
+    );
     for dev in &devices {
-        let path = dev.path().map(|p| p.display().to_string()).unwrap_or_default();
-        let card = dev.capabilities().map(|c| c.card().to_string()).unwrap_or_default();
+        let path = dev
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let card = dev
+            .capabilities()
+            .map(|c| c.card().to_string())
+            .unwrap_or_default();
         let card: String = card.chars().take(24).collect();
         for pf in formats(dev) {
             let sizes: Vec<(u32, u32)> = match dev.frame_sizes(pf) {
-                Ok(FrameSizes::Discrete(list)) => list.iter().map(|s| (s.width(), s.height())).collect(),
+                Ok(FrameSizes::Discrete(list)) => {
+                    list.iter().map(|s| (s.width(), s.height())).collect()
+                }
                 Ok(FrameSizes::Stepwise(s)) | Ok(FrameSizes::Continuous(s)) => {
                     let _ = writeln!(
                         out,
@@ -395,7 +457,12 @@ pub fn list_devices() -> Result<String, CaptureError> {
                     Ok(other) => other.to_string(),
                     Err(_) => String::new(),
                 };
-                let _ = writeln!(out, "{path:<14} {card:<24} {:<6} {:<11} {rates}", fourcc(pf), format!("{w}x{h}"));
+                let _ = writeln!(
+                    out,
+                    "{path:<14} {card:<24} {:<6} {:<11} {rates}",
+                    fourcc(pf),
+                    format!("{w}x{h}")
+                );
             }
         }
     }
@@ -408,7 +475,13 @@ mod tests {
 
     #[test]
     fn closest_size_prefers_the_nearest_area() {
-        let sizes = [(320, 180), (640, 360), (640, 480), (1280, 720), (1920, 1080)];
+        let sizes = [
+            (320, 180),
+            (640, 360),
+            (640, 480),
+            (1280, 720),
+            (1920, 1080),
+        ];
         assert_eq!(closest_size(&sizes, (1280, 720)), Some((1280, 720)));
         assert_eq!(closest_size(&sizes, (1200, 700)), Some((1280, 720)));
         assert_eq!(closest_size(&sizes, (640, 470)), Some((640, 480)));

@@ -116,7 +116,8 @@ impl AccessUnitSplitter {
         self.buf.extend_from_slice(data);
         loop {
             let current = self.nal_start;
-            let next = start_codes(&self.buf, self.scan).find(|&(sc, _)| current.is_none_or(|s| sc > s));
+            let next =
+                start_codes(&self.buf, self.scan).find(|&(sc, _)| current.is_none_or(|s| sc > s));
             let Some((sc, payload)) = next else {
                 break;
             };
@@ -150,7 +151,11 @@ impl AccessUnitSplitter {
     /// The NAL unit at `start..end` (start code included) is complete. Returns how far the
     /// buffer's indices moved down (an access unit before it was emitted).
     fn complete_nal(&mut self, start: usize, end: usize) -> usize {
-        let sc_len = if self.buf.get(start + 2) == Some(&1) { 3 } else { 4 };
+        let sc_len = if self.buf.get(start + 2) == Some(&1) {
+            3
+        } else {
+            4
+        };
         let nal = &self.buf[(start + sc_len).min(end)..end];
         let Some(t) = nal_type(nal) else {
             return 0;
@@ -281,7 +286,12 @@ mod tests {
 
     /// A stream of three access units: SPS PPS IDR | P | P(two slices).
     fn stream() -> (Vec<u8>, Vec<Vec<u8>>) {
-        let au1 = [n(0x67, &[66, 0xc0, 31]), n(0x68, &[0xce]), n(0x65, &[0x88, 1, 2, 3])].concat();
+        let au1 = [
+            n(0x67, &[66, 0xc0, 31]),
+            n(0x68, &[0xce]),
+            n(0x65, &[0x88, 1, 2, 3]),
+        ]
+        .concat();
         let au2 = [n(0x09, &[0xf0]), n(0x41, &[0x9a, 4, 5])].concat();
         let au3 = [n(0x41, &[0x9a, 6]), n(0x41, &[0x40, 7])].concat();
         let all = [au1.clone(), au2.clone(), au3.clone()].concat();

@@ -64,7 +64,9 @@ impl OpenH264Encoder {
             .profile(Profile::Baseline)
             .usage_type(UsageType::CameraVideoRealTime)
             .rate_control_mode(RateControlMode::Bitrate)
-            .bitrate(BitRate::from_bps(settings.bitrate_kbps.saturating_mul(1000)))
+            .bitrate(BitRate::from_bps(
+                settings.bitrate_kbps.saturating_mul(1000),
+            ))
             .max_frame_rate(FrameRate::from_hz(settings.fps.max(1) as f32))
             .skip_frames(false)
             .scene_change_detect(false)
@@ -112,12 +114,16 @@ impl VideoEncoder for OpenH264Encoder {
 
 /// Decodes H.264 only when a still is asked of an H.264 source (never per frame).
 pub fn decode_last_picture(access_units: &[Bytes]) -> Result<Option<I420>, EncodeError> {
-    let mut dec = openh264::decoder::Decoder::new().map_err(|e| EncodeError::Setup(e.to_string()))?;
+    let mut dec =
+        openh264::decoder::Decoder::new().map_err(|e| EncodeError::Setup(e.to_string()))?;
     let mut last = None;
     for au in access_units {
         match dec.decode(au) {
             Ok(Some(yuv)) => {
-                last = Some(super::yuv::from_yuv_source(&yuv).map_err(|e| EncodeError::Encode(e.to_string()))?)
+                last = Some(
+                    super::yuv::from_yuv_source(&yuv)
+                        .map_err(|e| EncodeError::Encode(e.to_string()))?,
+                )
             }
             Ok(None) => {}
             Err(e) => return Err(EncodeError::Encode(e.to_string())),
@@ -149,10 +155,16 @@ mod tests {
         let mut keys = 0;
         for i in 0..10u64 {
             let out = enc.encode(&pic, i * 33, i == 0 || i == 5).unwrap().unwrap();
-            let types: Vec<u8> = nal_units(&out.data).iter().filter_map(|n| nal_type(n)).collect();
+            let types: Vec<u8> = nal_units(&out.data)
+                .iter()
+                .filter_map(|n| nal_type(n))
+                .collect();
             if out.keyframe {
                 keys += 1;
-                assert!(types.contains(&nal::SPS) && types.contains(&nal::PPS), "{types:?}");
+                assert!(
+                    types.contains(&nal::SPS) && types.contains(&nal::PPS),
+                    "{types:?}"
+                );
                 let sps = nal_units(&out.data)
                     .into_iter()
                     .find(|n| nal_type(n) == Some(nal::SPS))

@@ -34,7 +34,10 @@ impl ImageBuffer for YuvRows<'_> {
         let row = y as usize;
         let luma = &self.0.y_plane()[row * w..(row + 1) * w];
         let c = (row / 2) * (w / 2);
-        let (u, v) = (&self.0.u_plane()[c..c + w / 2], &self.0.v_plane()[c..c + w / 2]);
+        let (u, v) = (
+            &self.0.u_plane()[c..c + w / 2],
+            &self.0.v_plane()[c..c + w / 2],
+        );
         buffers[0].extend_from_slice(luma);
         for x in 0..w {
             buffers[1].push(u[x / 2]);
@@ -84,7 +87,9 @@ pub fn decode_to_i420(jpeg: &[u8]) -> Result<I420, DecodeError> {
     let rgb = if ew == w {
         rgb[..w * eh * 3].to_vec()
     } else {
-        (0..eh).flat_map(|r| rgb[r * w * 3..(r * w + ew) * 3].iter().copied()).collect()
+        (0..eh)
+            .flat_map(|r| rgb[r * w * 3..(r * w + ew) * 3].iter().copied())
+            .collect()
     };
     I420::from_rgb(ew as u32, eh as u32, &rgb).map_err(|e| DecodeError(e.to_string()))
 }
@@ -112,7 +117,8 @@ pub fn fit(source: StillSource<'_>, quality: u8, max_bytes: usize) -> Result<Byt
         StillSource::Raw(p) => std::borrow::Cow::Borrowed(p),
     };
     loop {
-        let qualities = std::iter::once(quality).chain(QUALITY_STEPS.into_iter().filter(|&q| q < quality));
+        let qualities =
+            std::iter::once(quality).chain(QUALITY_STEPS.into_iter().filter(|&q| q < quality));
         for q in qualities {
             let jpeg = encode_i420(&picture, q)?;
             if jpeg.len() <= max_bytes {
@@ -122,7 +128,9 @@ pub fn fit(source: StillSource<'_>, quality: u8, max_bytes: usize) -> Result<Byt
         if picture.width() / 2 < MIN_WIDTH {
             return Err(StillError::TooLarge(max_bytes));
         }
-        let smaller = picture.half().map_err(|e| StillError::Encode(e.to_string()))?;
+        let smaller = picture
+            .half()
+            .map_err(|e| StillError::Encode(e.to_string()))?;
         picture = std::borrow::Cow::Owned(smaller);
     }
 }
@@ -185,7 +193,10 @@ mod tests {
     #[test]
     fn fit_gives_up_with_an_error() {
         let p = noisy(320, 240);
-        assert_eq!(fit(StillSource::Raw(&p), 85, 100), Err(StillError::TooLarge(100)));
+        assert_eq!(
+            fit(StillSource::Raw(&p), 85, 100),
+            Err(StillError::TooLarge(100))
+        );
     }
 
     #[test]

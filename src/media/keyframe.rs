@@ -124,7 +124,16 @@ mod tests {
     fn requests_are_coalesced_and_rate_limited() {
         let mut p = KeyframePolicy::new(Duration::from_secs(10), MIN_FORCED_GAP);
         let requests: Vec<(u32, KeyframeCause)> = (1..60)
-            .map(|f| (f, if f % 2 == 0 { KeyframeCause::Pli } else { KeyframeCause::NewViewer }))
+            .map(|f| {
+                (
+                    f,
+                    if f % 2 == 0 {
+                        KeyframeCause::Pli
+                    } else {
+                        KeyframeCause::NewViewer
+                    },
+                )
+            })
             .collect();
         let idrs = drive(&mut p, Instant::now(), 60, &requests);
         // 59 requests in ~2 s: IDRs at 0 (first picture), then one per 500 ms at most.
@@ -133,7 +142,11 @@ mod tests {
         for w in idrs.windows(2) {
             assert!(FRAME * (w[1].0 - w[0].0) >= MIN_FORCED_GAP);
         }
-        assert_eq!(idrs[1].1, KeyframeCause::NewViewer, "the first cause is reported");
+        assert_eq!(
+            idrs[1].1,
+            KeyframeCause::NewViewer,
+            "the first cause is reported"
+        );
     }
 
     #[test]

@@ -233,7 +233,8 @@ impl MediaCounters {
 /// The cloneable handle to one camera's pipeline, given to the RTC engine, HTTP and the daemon.
 #[derive(Clone)]
 pub struct MediaHandle {
-    frames: broadcast::Sender<EncodedFrame>,
+    /// Weak, so the broadcast closes (subscribers see the end) when the pipeline stops.
+    frames: broadcast::WeakSender<EncodedFrame>,
     keyframes: mpsc::Sender<KeyframeCause>,
     stills: mpsc::Sender<StillRequest>,
     status: watch::Receiver<MediaStatus>,
@@ -284,7 +285,7 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
     let counters = Arc::new(MediaCounters::default());
     (
         MediaHandle {
-            frames: frames.clone(),
+            frames: frames.downgrade(),
             keyframes: kf_tx,
             stills: st_tx,
             status: status_rx,
@@ -303,7 +304,11 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
 impl MediaHandle {
     /// A new viewer's frame stream. It starts at the next keyframe, and one is requested.
     pub fn subscribe(&self) -> FrameSubscriber {
-        let rx = self.frames.subscribe();
+        let rx = match self.frames.upgrade() {
+            Some(tx) => tx.subscribe(),
+            // The pipeline stopped: a stream that is already closed.
+            None => broadcast::channel(1).1,
+        };
         self.request_keyframe(KeyframeCause::NewViewer);
         FrameSubscriber {
             rx,
@@ -344,7 +349,7 @@ impl MediaHandle {
 
     /// How many frame subscribers exist (viewers holding a stream).
     pub fn subscriber_count(&self) -> usize {
-        self.frames.receiver_count()
+        self.frames.upgrade().map_or(0, |tx| tx.receiver_count())
     }
 }
 

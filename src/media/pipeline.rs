@@ -28,7 +28,9 @@ use super::{
     channel, CameraState, ChannelLimits, EncodedFrame, KeyframeCause, MediaCounters, MediaHandle,
     MediaPorts, StillError,
 };
-use crate::capture::{self, testsrc, CaptureEvent, CaptureThread, CapturedFrame, Payload, SourceSpec};
+use crate::capture::{
+    self, testsrc, CaptureEvent, CaptureThread, CapturedFrame, Payload, SourceSpec,
+};
 use crate::config::{Config, EncoderKind};
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
@@ -167,7 +169,10 @@ impl MediaLoop {
             s.source = match spec {
                 SourceSpec::Testsrc => "testsrc".into(),
                 SourceSpec::V4l2(p) => p.display().to_string(),
-                SourceSpec::Exec => format!("exec {}", cam.exec.command.first().map_or("", |s| s.as_str())),
+                SourceSpec::Exec => format!(
+                    "exec {}",
+                    cam.exec.command.first().map_or("", |s| s.as_str())
+                ),
             };
         });
         counters.record_progress();
@@ -219,7 +224,9 @@ impl MediaLoop {
             while let Ok(req) = self.ports.stills.try_recv() {
                 let still = self.latest.still(self.quality, req.max_bytes);
                 if still.is_ok() {
-                    self.counters.stills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters
+                        .stills
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let _ = req.reply.send(still);
             }
@@ -248,7 +255,9 @@ impl MediaLoop {
             CaptureEvent::Frame(frame) => self.handle_frame(frame),
             CaptureEvent::Lost { reason, .. } => {
                 if self.state != CameraState::NoSignal {
-                    self.counters.camera_losses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters
+                        .camera_losses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%reason, "no signal");
                     self.set_state(CameraState::NoSignal);
                     self.force_idr = true;
@@ -288,7 +297,9 @@ impl MediaLoop {
                 }
                 self.latest = Latest::Jpeg(jpeg);
             }
-            Payload::H264(au) if self.kind == EncoderKind::Software => self.reencode(au, timestamp, now),
+            Payload::H264(au) if self.kind == EncoderKind::Software => {
+                self.reencode(au, timestamp, now)
+            }
             Payload::H264(au) => self.pass_through(au, timestamp, now),
         }
     }
@@ -296,7 +307,10 @@ impl MediaLoop {
     fn warn_if_passthrough_impossible(&mut self, what: &str) {
         if self.kind == EncoderKind::Passthrough && !self.warned_reencode {
             self.warned_reencode = true;
-            tracing::warn!(input = what, "[encoder] kind = \"passthrough\" needs an H.264 source; encoding in software");
+            tracing::warn!(
+                input = what,
+                "[encoder] kind = \"passthrough\" needs an H.264 source; encoding in software"
+            );
         }
     }
 
@@ -314,7 +328,10 @@ impl MediaLoop {
         self.set_encoder_name("passthrough");
         self.latest.push_h264(data.clone(), keyframe);
         if keyframe {
-            let cause = self.policy.poll_keyframe(now).unwrap_or(KeyframeCause::Periodic);
+            let cause = self
+                .policy
+                .poll_keyframe(now)
+                .unwrap_or(KeyframeCause::Periodic);
             self.counters.record_keyframe(cause);
             self.policy.handle_keyframe_sent(now);
         } else if self.policy.has_pending() {
@@ -386,12 +403,15 @@ impl MediaLoop {
         match result {
             Ok(Some(out)) => {
                 if out.keyframe {
-                    self.counters.record_keyframe(due.unwrap_or(KeyframeCause::Periodic));
+                    self.counters
+                        .record_keyframe(due.unwrap_or(KeyframeCause::Periodic));
                     self.policy.handle_keyframe_sent(now);
                     self.force_idr = false;
                 }
                 if slate {
-                    self.counters.frames_slate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters
+                        .frames_slate
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 self.set_encoder_name(encoder_name(slate));
                 self.publish(out.data, out.keyframe, timestamp);
@@ -418,7 +438,9 @@ impl MediaLoop {
     }
 
     fn publish(&mut self, data: Bytes, keyframe: bool, timestamp: Duration) {
-        self.counters.frames_encoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .frames_encoded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // No receivers is fine (nobody watching); the frame is simply not kept.
         let _ = self.ports.frames.send(EncodedFrame {
             data,
@@ -446,4 +468,43 @@ impl MediaLoop {
 
 fn encoder_name(_slate: bool) -> &'static str {
     "openh264"
+}
+
+/// Encode `frames` pictures of the test pattern as the pipeline would, on virtual time (picture
+/// `n` is at `n / fps` seconds): the keyframe policy, openh264, SPS/PPS on IDRs. Deterministic,
+/// for file tests and the benchmark's floor comparison.
+pub fn encode_test_pattern(
+    width: u32,
+    height: u32,
+    fps: u32,
+    frames: u64,
+    encoder: &crate::config::EncoderConfig,
+) -> Result<Vec<EncodedFrame>, PipelineError> {
+    let source = testsrc::TestSource::new(width, height, fps)
+        .map_err(|e| EncodeError::Setup(e.to_string()))?
+        .unpaced();
+    let mut enc = OpenH264Encoder::new(SoftwareSettings {
+        bitrate_kbps: encoder.bitrate_kbps,
+        fps,
+    })?;
+    let mut policy = KeyframePolicy::new(encoder.keyframe_interval, MIN_FORCED_GAP);
+    let t0 = Instant::now();
+    let mut out = Vec::with_capacity(frames as usize);
+    for n in 0..frames {
+        let at = Duration::from_secs(n) / fps.max(1);
+        let now = t0 + at;
+        let picture = source.picture(n, std::time::UNIX_EPOCH + at);
+        let force = policy.poll_keyframe(now).is_some();
+        if let Some(pic) = enc.encode(&picture, at.as_millis() as u64, force)? {
+            if pic.keyframe {
+                policy.handle_keyframe_sent(now);
+            }
+            out.push(EncodedFrame {
+                data: pic.data,
+                keyframe: pic.keyframe,
+                timestamp: at,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -123,12 +123,18 @@ mod tests {
     fn gop_memory_is_bounded_and_restarts_at_idr() {
         let mut l = Latest::None;
         l.push_h264(Bytes::from_static(b"p"), false);
-        assert!(matches!(l, Latest::None), "no IDR yet: nothing to decode from");
+        assert!(
+            matches!(l, Latest::None),
+            "no IDR yet: nothing to decode from"
+        );
         l.push_h264(Bytes::from_static(b"i"), true);
         for _ in 0..MAX_GOP_FRAMES + 5 {
             l.push_h264(Bytes::from_static(b"p"), false);
         }
-        assert!(matches!(l, Latest::None), "GOP too long: dropped, not grown");
+        assert!(
+            matches!(l, Latest::None),
+            "GOP too long: dropped, not grown"
+        );
         l.push_h264(Bytes::from_static(b"i"), true);
         assert!(matches!(&l, Latest::Gop(g) if g.len() == 1));
     }

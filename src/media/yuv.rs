@@ -129,7 +129,12 @@ impl I420 {
     }
 
     /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines).
-    pub fn from_yuyv(width: u32, height: u32, stride: usize, src: &[u8]) -> Result<Self, PictureError> {
+    pub fn from_yuyv(
+        width: u32,
+        height: u32,
+        stride: usize,
+        src: &[u8],
+    ) -> Result<Self, PictureError> {
         check_size(width, height)?;
         let (w, h) = (width as usize, height as usize);
         let stride = stride.max(w * 2);
@@ -154,7 +159,12 @@ impl I420 {
     }
 
     /// NV12 (Y plane, then interleaved UV at half size), both with `stride` bytes per line.
-    pub fn from_nv12(width: u32, height: u32, stride: usize, src: &[u8]) -> Result<Self, PictureError> {
+    pub fn from_nv12(
+        width: u32,
+        height: u32,
+        stride: usize,
+        src: &[u8],
+    ) -> Result<Self, PictureError> {
         check_size(width, height)?;
         let (w, h) = (width as usize, height as usize);
         let stride = stride.max(w);
