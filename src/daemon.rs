@@ -32,6 +32,8 @@ pub struct Listeners {
 pub enum DaemonError {
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("cannot start the media pipeline: {0}")]
+    Media(#[source] crate::media::PipelineError),
     #[error("cannot bind the WebRTC UDP port: {0}")]
     Rtc(#[source] std::io::Error),
     #[error("the {0} service stopped unexpectedly")]
@@ -68,8 +70,8 @@ pub async fn run(
         tracker.clone(),
     );
 
-    // Until the capture pipeline is wired in, the engine gets a frame source with no frames.
-    let (media, _media_ports) = crate::media::channel(crate::media::ChannelLimits::default());
+    let (media, pipeline) =
+        crate::media::spawn(&config, cancel.child_token()).map_err(DaemonError::Media)?;
     let engine = crate::rtc::Engine::bind(
         crate::rtc::EngineSettings::from_config(&config),
         media.clone(),
@@ -140,6 +142,8 @@ pub async fn run(
         );
         services.abort_all();
     }
+    // The pipeline's threads see the cancelled token; joining them blocks, so off the runtime.
+    let _ = tokio::task::spawn_blocking(move || pipeline.join()).await;
     info!("stopped");
     result
 }

@@ -8,13 +8,16 @@
 //! HTTP/WebSocket → `signaling` codec → hub.
 //!
 //! - [`cli`]: the command line (clap), and where the effective config comes from.
+//! - [`capture`]: the `Source` trait and its test pattern, V4L2 and `exec` implementations; the
+//!   capture thread that reopens a lost camera with backoff.
 //! - [`config`]: the TOML schema, defaults, validation with `file:line:col` errors.
 //! - [`daemon`]: builds every part from the config, owns the tasks, shuts down in time.
 //! - [`http`]: hyper routes, CORS, health; each route hands work to its owner.
 //! - [`auth`]: the bearer token (created on first start) and the request check.
 //! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), and their
 //!   tokio shell (one hub task, one task per WebSocket).
-//! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests.
+//! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests; the
+//!   pipeline (encode once, keyframe policy, slate), openh264, Annex-B parsing, JPEG stills.
 //! - [`logging`]: text, JSON or journald logs.
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
 //!   channels.
@@ -22,6 +25,7 @@
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
 pub mod auth;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -7,7 +7,20 @@
 //! wait. Keyframe requests and still requests go back to the pipeline as typed messages on
 //! bounded channels; the pipeline's keyframe policy coalesces and rate-limits them.
 
-use std::time::Duration;
+pub mod annexb;
+pub mod encoder;
+pub mod jpeg;
+pub mod keyframe;
+pub mod pipeline;
+pub mod still;
+pub mod yuv;
+
+pub use pipeline::{spawn, PipelineError, PipelineGuard};
+pub use still::{snapshot_once, SnapshotError};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -39,6 +52,26 @@ pub enum KeyframeCause {
 }
 
 impl KeyframeCause {
+    /// Every cause, in the order of [`MediaCounters::keyframes`].
+    pub const ALL: [KeyframeCause; 5] = [
+        KeyframeCause::NewViewer,
+        KeyframeCause::Pli,
+        KeyframeCause::Fir,
+        KeyframeCause::Lagged,
+        KeyframeCause::Periodic,
+    ];
+
+    /// Index into [`MediaCounters::keyframes`].
+    pub fn index(self) -> usize {
+        match self {
+            KeyframeCause::NewViewer => 0,
+            KeyframeCause::Pli => 1,
+            KeyframeCause::Fir => 2,
+            KeyframeCause::Lagged => 3,
+            KeyframeCause::Periodic => 4,
+        }
+    }
+
     /// Label used in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -113,13 +146,99 @@ impl CameraState {
     }
 }
 
+/// Upper bounds (milliseconds) of the encode-time histogram buckets; the last bucket is +Inf.
+pub const ENCODE_BUCKETS_MS: [u64; 7] = [1, 2, 5, 10, 20, 50, 100];
+
+/// Monotonic counters the pipeline bumps and `/metrics` and the systemd watchdog read.
+/// Written by the pipeline threads only (relaxed atomics: each value is independent).
+#[derive(Debug)]
+pub struct MediaCounters {
+    /// Frames the source delivered.
+    pub frames_captured: AtomicU64,
+    /// Frames dropped between capture and encoder because the encoder was busy.
+    pub frames_dropped: AtomicU64,
+    /// Access units published to viewers (camera and slate).
+    pub frames_encoded: AtomicU64,
+    /// Of those, "no signal" slate pictures.
+    pub frames_slate: AtomicU64,
+    /// IDRs sent, by cause (index with [`KeyframeCause::index`]).
+    pub keyframes: [AtomicU64; 5],
+    /// Software encode time histogram: counts per [`ENCODE_BUCKETS_MS`] bucket, then +Inf.
+    pub encode_time_buckets: [AtomicU64; 8],
+    /// Total software encode time in microseconds (the histogram's sum).
+    pub encode_time_micros: AtomicU64,
+    /// JPEG stills served.
+    pub stills: AtomicU64,
+    /// Times the camera was lost.
+    pub camera_losses: AtomicU64,
+    epoch: Instant,
+    last_progress_ms: AtomicU64,
+}
+
+impl Default for MediaCounters {
+    fn default() -> Self {
+        Self {
+            frames_captured: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            frames_encoded: AtomicU64::new(0),
+            frames_slate: AtomicU64::new(0),
+            keyframes: Default::default(),
+            encode_time_buckets: Default::default(),
+            encode_time_micros: AtomicU64::new(0),
+            stills: AtomicU64::new(0),
+            camera_losses: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl MediaCounters {
+    /// The media loop went round (a frame or slate was published, or it is waiting normally).
+    pub fn record_progress(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the media loop last made progress: the systemd watchdog is only fed while
+    /// this is small.
+    pub fn since_progress(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Count one software encode that took `took`.
+    pub fn record_encode_time(&self, took: Duration) {
+        let ms = took.as_millis() as u64;
+        let bucket = ENCODE_BUCKETS_MS
+            .iter()
+            .position(|&b| ms < b)
+            .unwrap_or(ENCODE_BUCKETS_MS.len());
+        self.encode_time_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.encode_time_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Count one IDR sent for `cause`.
+    pub fn record_keyframe(&self, cause: KeyframeCause) {
+        self.keyframes[cause.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Read a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 /// The cloneable handle to one camera's pipeline, given to the RTC engine, HTTP and the daemon.
 #[derive(Clone)]
 pub struct MediaHandle {
-    frames: broadcast::Sender<EncodedFrame>,
+    /// Weak, so the broadcast closes (subscribers see the end) when the pipeline stops.
+    frames: broadcast::WeakSender<EncodedFrame>,
     keyframes: mpsc::Sender<KeyframeCause>,
     stills: mpsc::Sender<StillRequest>,
     status: watch::Receiver<MediaStatus>,
+    counters: Arc<MediaCounters>,
 }
 
 /// The pipeline's side of a [`MediaHandle`]: where it publishes and what it receives.
@@ -132,6 +251,8 @@ pub struct MediaPorts {
     pub stills: mpsc::Receiver<StillRequest>,
     /// Publish state changes here.
     pub status: watch::Sender<MediaStatus>,
+    /// Counters shared with the handle (metrics, watchdog).
+    pub counters: Arc<MediaCounters>,
 }
 
 /// Bounds of the channels between the pipeline and its users.
@@ -161,18 +282,21 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
     let (kf_tx, kf_rx) = mpsc::channel(limits.keyframes.max(1));
     let (st_tx, st_rx) = mpsc::channel(limits.stills.max(1));
     let (status_tx, status_rx) = watch::channel(MediaStatus::default());
+    let counters = Arc::new(MediaCounters::default());
     (
         MediaHandle {
-            frames: frames.clone(),
+            frames: frames.downgrade(),
             keyframes: kf_tx,
             stills: st_tx,
             status: status_rx,
+            counters: counters.clone(),
         },
         MediaPorts {
             frames,
             keyframes: kf_rx,
             stills: st_rx,
             status: status_tx,
+            counters,
         },
     )
 }
@@ -180,7 +304,11 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
 impl MediaHandle {
     /// A new viewer's frame stream. It starts at the next keyframe, and one is requested.
     pub fn subscribe(&self) -> FrameSubscriber {
-        let rx = self.frames.subscribe();
+        let rx = match self.frames.upgrade() {
+            Some(tx) => tx.subscribe(),
+            // The pipeline stopped: a stream that is already closed.
+            None => broadcast::channel(1).1,
+        };
         self.request_keyframe(KeyframeCause::NewViewer);
         FrameSubscriber {
             rx,
@@ -214,9 +342,14 @@ impl MediaHandle {
         self.status.clone()
     }
 
+    /// The pipeline's counters (metrics, watchdog progress).
+    pub fn counters(&self) -> &Arc<MediaCounters> {
+        &self.counters
+    }
+
     /// How many frame subscribers exist (viewers holding a stream).
     pub fn subscriber_count(&self) -> usize {
-        self.frames.receiver_count()
+        self.frames.upgrade().map_or(0, |tx| tx.receiver_count())
     }
 }
 

@@ -1,0 +1,256 @@
+//! The `exec` source: a program (argv, no shell) that writes H.264 (Annex-B) or MJPEG to stdout,
+//! e.g. `rpicam-vid -t 0 --inline --codec h264 -o -` on a Raspberry Pi. Frames are cut from the
+//! byte stream whatever the pipe's read boundaries; the program's stderr goes to the log. When it
+//! exits, the capture thread restarts it with backoff.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
+use crate::config::{ExecConfig, ExecFormat};
+use crate::media::annexb::AccessUnitSplitter;
+
+/// Largest frame accepted from a program (a 4K intra picture fits).
+const MAX_FRAME_BYTES: usize = 8 << 20;
+/// No byte for this long: the program is stuck; restart it.
+const STALL: Duration = Duration::from_secs(5);
+/// How long one wait for output lasts before `next_frame` reports `Stalled`.
+const POLL_SLICE: Duration = Duration::from_millis(250);
+
+/// Cuts JPEG images (SOI `FF D8` .. EOI `FF D9`) out of a byte stream.
+#[derive(Debug, Default)]
+pub struct MjpegSplitter {
+    buf: BytesMut,
+    scan: usize,
+}
+
+impl MjpegSplitter {
+    pub fn handle_input(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > MAX_FRAME_BYTES {
+            self.buf.clear();
+            self.scan = 0;
+        }
+    }
+
+    /// The next complete JPEG, if any.
+    pub fn poll_frame(&mut self) -> Option<Bytes> {
+        // Find the start of an image; drop anything before it.
+        let soi = self.buf.windows(2).position(|w| w == [0xff, 0xd8])?;
+        if soi > 0 {
+            let _ = self.buf.split_to(soi);
+            self.scan = 0;
+        }
+        let from = self.scan.max(2);
+        match self.buf[from..].windows(2).position(|w| w == [0xff, 0xd9]) {
+            Some(p) => {
+                let end = from + p + 2;
+                self.scan = 0;
+                Some(self.buf.split_to(end).freeze())
+            }
+            None => {
+                self.scan = self.buf.len().saturating_sub(1).max(2);
+                None
+            }
+        }
+    }
+}
+
+enum Splitter {
+    H264(AccessUnitSplitter),
+    Mjpeg(MjpegSplitter),
+}
+
+/// A running program whose stdout is the video.
+pub struct ExecSource {
+    child: Child,
+    stdout: ChildStdout,
+    program: String,
+    format: ExecFormat,
+    splitter: Splitter,
+    buf: Vec<u8>,
+    last_byte: Instant,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExecSource {
+    /// Start the program.
+    pub fn spawn(config: &ExecConfig) -> Result<Self, CaptureError> {
+        let (program, args) = config
+            .command
+            .split_first()
+            .ok_or_else(|| CaptureError::Open("[camera.exec] command is empty".into()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| CaptureError::Open(format!("{program}: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| CaptureError::Open("no stdout pipe".into()))?;
+        let name = std::path::Path::new(program)
+            .file_name()
+            .map_or_else(|| program.clone(), |n| n.to_string_lossy().into_owned());
+        // The stderr reader ends when the program closes stderr (it exits or is killed).
+        let stderr_thread = child.stderr.take().and_then(|stderr| {
+            let name = name.clone();
+            std::thread::Builder::new()
+                .name("exec-stderr".into())
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        match line {
+                            Ok(line) if !line.trim().is_empty() => {
+                                tracing::info!(target: "snaprtcd::exec", program = %name, "{}", line.trim_end())
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .ok()
+        });
+        let splitter = match config.format {
+            ExecFormat::H264 => Splitter::H264(AccessUnitSplitter::new(MAX_FRAME_BYTES)),
+            ExecFormat::Mjpeg => Splitter::Mjpeg(MjpegSplitter::default()),
+        };
+        Ok(Self {
+            child,
+            stdout,
+            program: name,
+            format: config.format,
+            splitter,
+            buf: vec![0; 64 * 1024],
+            last_byte: Instant::now(),
+            stderr_thread,
+        })
+    }
+
+    fn poll_frame(&mut self) -> Option<Payload> {
+        match &mut self.splitter {
+            Splitter::H264(s) => s.poll_access_unit().map(Payload::H264),
+            Splitter::Mjpeg(s) => s.poll_frame().map(Payload::Mjpeg),
+        }
+    }
+
+    /// Wait up to `timeout` for stdout to be readable.
+    fn wait_readable(&self, timeout: Duration) -> std::io::Result<bool> {
+        let mut fds = libc::pollfd {
+            fd: self.stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, the fd is owned by self and open.
+        let n = unsafe { libc::poll(&mut fds, 1, timeout.as_millis() as libc::c_int) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(n > 0)
+    }
+
+    fn exit_reason(&mut self) -> String {
+        match self.child.wait() {
+            Ok(status) => format!("{} exited ({status})", self.program),
+            Err(e) => format!("{} ended: {e}", self.program),
+        }
+    }
+}
+
+impl Source for ExecSource {
+    fn info(&self) -> SourceInfo {
+        SourceInfo {
+            name: format!("exec {}", self.program),
+            format: match self.format {
+                ExecFormat::H264 => "H264".into(),
+                ExecFormat::Mjpeg => "MJPEG".into(),
+            },
+            width: 0,
+            height: 0,
+        }
+    }
+
+    fn next_frame(&mut self) -> Result<CapturedFrame, CaptureError> {
+        let started = Instant::now();
+        loop {
+            if let Some(payload) = self.poll_frame() {
+                return Ok(CapturedFrame {
+                    payload,
+                    captured_at: Instant::now(),
+                });
+            }
+            if self.last_byte.elapsed() > STALL {
+                return Err(CaptureError::Ended(format!(
+                    "{} wrote nothing for {STALL:?}",
+                    self.program
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(1) {
+                return Err(CaptureError::Stalled(started.elapsed()));
+            }
+            if !self.wait_readable(POLL_SLICE)? {
+                continue;
+            }
+            let n = self.stdout.read(&mut self.buf)?;
+            if n == 0 {
+                // End of stream: flush the last access unit, then report the exit.
+                if let Splitter::H264(s) = &mut self.splitter {
+                    if let Some(au) = s.finish() {
+                        return Ok(CapturedFrame {
+                            payload: Payload::H264(au),
+                            captured_at: Instant::now(),
+                        });
+                    }
+                }
+                return Err(CaptureError::Ended(self.exit_reason()));
+            }
+            self.last_byte = Instant::now();
+            match &mut self.splitter {
+                Splitter::H264(s) => s.handle_input(&self.buf[..n]),
+                Splitter::Mjpeg(s) => s.handle_input(&self.buf[..n]),
+            }
+        }
+    }
+}
+
+impl Drop for ExecSource {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mjpeg_frames_are_cut_across_reads() {
+        let a = [0xff, 0xd8, 1, 2, 0xff, 0x00, 3, 0xff, 0xd9];
+        let b = [0xff, 0xd8, 4, 0xff, 0xd9];
+        let stream = [&[9, 9][..], &a, &b].concat();
+        for cut in 0..stream.len() {
+            let mut s = MjpegSplitter::default();
+            let mut got = Vec::new();
+            for piece in [&stream[..cut], &stream[cut..]] {
+                s.handle_input(piece);
+                while let Some(f) = s.poll_frame() {
+                    got.push(f.to_vec());
+                }
+            }
+            assert_eq!(got, vec![a.to_vec(), b.to_vec()], "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Capture: where pictures come from. Every source sits behind [`Source`], a blocking
+//! `next_frame()` that runs on the capture thread ([`CaptureThread`]), which owns the source,
+//! reopens it with backoff when it fails, and hands frames to the pipeline over a bounded
+//! channel. Sources: [`testsrc`] (a test pattern), [`v4l2`] (cameras), [`exec`] (a program's
+//! H.264 or MJPEG stdout, e.g. `rpicam-vid`).
+
+pub mod exec;
+pub mod testsrc;
+pub mod v4l2;
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CameraConfig, SourceKind};
+use crate::media::yuv::I420;
+use crate::media::MediaCounters;
+
+pub use v4l2::list_devices;
+
+/// What a source hands over: a raw picture or a compressed frame to pass through.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A raw picture (converted from YUYV/NV12 by the source).
+    I420(I420),
+    /// One JPEG (MJPEG camera or program).
+    Mjpeg(Bytes),
+    /// One H.264 access unit in Annex-B form.
+    H264(Bytes),
+}
+
+impl Payload {
+    pub fn format(&self) -> &'static str {
+        match self {
+            Payload::I420(_) => "I420",
+            Payload::Mjpeg(_) => "MJPEG",
+            Payload::H264(_) => "H264",
+        }
+    }
+}
+
+/// One frame and when it was captured.
+#[derive(Debug, Clone)]
+pub struct CapturedFrame {
+    pub payload: Payload,
+    pub captured_at: Instant,
+}
+
+/// Describes an opened source for `/health` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// e.g. `testsrc`, `/dev/video0 (vivid)`, `exec rpicam-vid`.
+    pub name: String,
+    /// Camera format, e.g. `YUYV`, `MJPEG`, `H264`.
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Why a source could not be opened or stopped delivering.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open the source: {0}")]
+    Open(String),
+    #[error("no usable format: {0}")]
+    NoFormat(String),
+    #[error("the source failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the source ended: {0}")]
+    Ended(String),
+    #[error("no frame for {0:?}")]
+    Stalled(Duration),
+    #[error("V4L2 is only available on Linux")]
+    Unsupported,
+}
+
+/// A source of frames. `next_frame` blocks until a frame arrives (at most about a second: it
+/// returns `Stalled` rather than hang, so its thread can notice cancellation).
+pub trait Source: Send {
+    fn info(&self) -> SourceInfo;
+
+    fn next_frame(&mut self) -> Result<CapturedFrame, CaptureError>;
+
+    /// Ask the camera for a keyframe (H.264 cameras); false if it cannot.
+    fn request_keyframe(&mut self) -> bool {
+        false
+    }
+}
+
+/// Which source to (re)open: `auto` resolved to a concrete kind once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    Testsrc,
+    V4l2(std::path::PathBuf),
+    Exec,
+}
+
+/// Resolve `[camera] source` to what will be opened, logging the `auto` choice.
+pub fn resolve(camera: &CameraConfig) -> SourceSpec {
+    match camera.source {
+        SourceKind::Testsrc => SourceSpec::Testsrc,
+        SourceKind::Exec => SourceSpec::Exec,
+        SourceKind::V4l2 => SourceSpec::V4l2(camera.device.clone()),
+        SourceKind::Auto => match v4l2::first_usable_device(camera) {
+            Some(path) => {
+                tracing::info!(device = %path.display(), "camera found");
+                SourceSpec::V4l2(path)
+            }
+            None => {
+                tracing::warn!(
+                    "no usable V4L2 camera found; showing the test pattern. Plug in a camera and \
+                     restart, or set [camera] source = \"v4l2\" with device = \"/dev/videoN\" \
+                     (see `snaprtcd list-devices`), or source = \"exec\" for rpicam-vid"
+                );
+                SourceSpec::Testsrc
+            }
+        },
+    }
+}
+
+/// Open a source once.
+pub fn open(spec: &SourceSpec, camera: &CameraConfig) -> Result<Box<dyn Source>, CaptureError> {
+    Ok(match spec {
+        SourceSpec::Testsrc => Box::new(testsrc::TestSource::new(
+            camera.width,
+            camera.height,
+            camera.fps,
+        )?),
+        SourceSpec::V4l2(path) => Box::new(v4l2::V4l2Source::open(path, camera)?),
+        SourceSpec::Exec => Box::new(exec::ExecSource::spawn(&camera.exec)?),
+    })
+}
+
+/// Retry delays after a failure: 1 s, 2 s, 5 s, then every 5 s.
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = match self.failures {
+            0 => 1,
+            1 => 2,
+            _ => 5,
+        };
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_secs(d)
+    }
+
+    /// The source delivered: start over at 1 s next time.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What the capture thread tells the pipeline.
+#[derive(Debug)]
+pub enum CaptureEvent {
+    /// The source opened.
+    Started(SourceInfo),
+    /// A frame.
+    Frame(CapturedFrame),
+    /// The source failed or could not be opened; retrying after `retry_in`.
+    Lost { reason: String, retry_in: Duration },
+}
+
+/// The named thread that owns the source. Dropping it cancels and joins the thread.
+pub struct CaptureThread {
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Frames buffered between capture and encoder; a slow encoder makes capture drop frames.
+const FRAME_QUEUE: usize = 2;
+
+impl CaptureThread {
+    /// Start capturing `spec`; events arrive on the returned receiver.
+    pub fn spawn(
+        spec: SourceSpec,
+        camera: CameraConfig,
+        keyframe_requests: Receiver<()>,
+        counters: Arc<MediaCounters>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<(Self, Receiver<CaptureEvent>)> {
+        let (tx, rx) = mpsc::sync_channel(FRAME_QUEUE);
+        let token = cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || run(spec, camera, tx, keyframe_requests, counters, token))?;
+        Ok((
+            Self {
+                cancel,
+                handle: Some(handle),
+            },
+            rx,
+        ))
+    }
+
+    /// Stop and wait for the thread.
+    pub fn join(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() {
+                tracing::error!("capture thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for CaptureThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sleep up to `d`, waking early on cancellation. Returns false if cancelled.
+pub(crate) fn sleep_unless_cancelled(d: Duration, cancel: &CancellationToken) -> bool {
+    let end = Instant::now() + d;
+    while !cancel.is_cancelled() {
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+    false
+}
+
+fn run(
+    spec: SourceSpec,
+    camera: CameraConfig,
+    tx: SyncSender<CaptureEvent>,
+    keyframe_requests: Receiver<()>,
+    counters: Arc<MediaCounters>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    let mut warned = false;
+    while !cancel.is_cancelled() {
+        let failure = match open(&spec, &camera) {
+            Ok(mut source) => {
+                let info = source.info();
+                if warned {
+                    tracing::info!(source = %info.name, format = %info.format, "camera is back");
+                } else {
+                    tracing::info!(source = %info.name, format = %info.format, width = info.width, height = info.height, "capture started");
+                }
+                if tx.send(CaptureEvent::Started(info)).is_err() {
+                    return;
+                }
+                stream(
+                    source.as_mut(),
+                    &tx,
+                    &keyframe_requests,
+                    &counters,
+                    &cancel,
+                    &mut backoff,
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        let retry_in = backoff.next_delay();
+        if !warned {
+            tracing::warn!(reason = %failure, ?retry_in, "camera lost; showing the no-signal slate and retrying");
+            warned = true;
+        } else {
+            tracing::debug!(reason = %failure, ?retry_in, "camera still unavailable");
+        }
+        if tx
+            .send(CaptureEvent::Lost {
+                reason: failure,
+                retry_in,
+            })
+            .is_err()
+        {
+            return;
+        }
+        if !sleep_unless_cancelled(retry_in, &cancel) {
+            return;
+        }
+    }
+}
+
+/// Pump frames until the source fails (returns why) or cancellation.
+fn stream(
+    source: &mut dyn Source,
+    tx: &SyncSender<CaptureEvent>,
+    keyframe_requests: &Receiver<()>,
+    counters: &MediaCounters,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> String {
+    while !cancel.is_cancelled() {
+        if keyframe_requests.try_iter().count() > 0 {
+            source.request_keyframe();
+        }
+        match source.next_frame() {
+            Ok(frame) => {
+                backoff.reset();
+                counters
+                    .frames_captured
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if matches!(frame.payload, Payload::H264(_)) {
+                    // H.264 pictures depend on each other: never drop one, wait instead
+                    // (passthrough is cheap, so the wait is short).
+                    if tx.send(CaptureEvent::Frame(frame)).is_err() {
+                        return "pipeline stopped".into();
+                    }
+                    continue;
+                }
+                match tx.try_send(CaptureEvent::Frame(frame)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        counters
+                            .frames_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Disconnected(_)) => return "pipeline stopped".into(),
+                }
+            }
+            Err(e) => return e.to_string(),
+        }
+    }
+    "cancelled".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_1_2_5_then_5_and_resets() {
+        let mut b = Backoff::default();
+        let secs: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 5, 5, 5]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,280 @@
+//! The test pattern: colour bars, a moving box, a frame counter and the wall clock, drawn
+//! straight into I420. Also draws the "no signal" slate the pipeline shows when a camera is lost.
+//!
+//! Cheap by construction: the bars are drawn once; each picture is a copy of them plus a box and
+//! a few digits.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
+use crate::media::yuv::{even, I420};
+
+/// 5x7 glyphs, one byte a row, bit 4 leftmost.
+fn glyph(c: char) -> [u8; 7] {
+    match c {
+        '0' => [0x0e, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0e],
+        '1' => [0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x0e],
+        '2' => [0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f],
+        '3' => [0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e],
+        '4' => [0x02, 0x06, 0x0a, 0x12, 0x1f, 0x02, 0x02],
+        '5' => [0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e],
+        '6' => [0x06, 0x08, 0x10, 0x1e, 0x11, 0x11, 0x0e],
+        '7' => [0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+        '8' => [0x0e, 0x11, 0x11, 0x0e, 0x11, 0x11, 0x0e],
+        '9' => [0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c],
+        ':' => [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00],
+        '.' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c],
+        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
+        'O' => [0x0e, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0e],
+        'S' => [0x0f, 0x10, 0x10, 0x0e, 0x01, 0x01, 0x1e],
+        'I' => [0x0e, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e],
+        'G' => [0x0e, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0f],
+        'A' => [0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11],
+        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1f],
+        _ => [0; 7],
+    }
+}
+
+/// Draw `text` in luma at (x, y) with `scale`-pixel dots, on a dark backing box.
+fn draw_text(p: &mut I420, x: usize, y: usize, scale: usize, text: &str) {
+    let w = p.width() as usize;
+    let h = p.height() as usize;
+    let (yp, _, _) = p.planes_mut();
+    let cols = text.chars().count() * 6 * scale;
+    for r in y.saturating_sub(scale)..(y + 8 * scale).min(h) {
+        for c in x.saturating_sub(scale)..(x + cols).min(w) {
+            yp[r * w + c] = 16;
+        }
+    }
+    for (i, ch) in text.chars().enumerate() {
+        let g = glyph(ch);
+        for (gr, bits) in g.iter().enumerate() {
+            for gc in 0..5 {
+                if bits & (0x10 >> gc) == 0 {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (px, py) = (x + (i * 6 + gc) * scale + dx, y + gr * scale + dy);
+                        if px < w && py < h {
+                            yp[py * w + px] = 235;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fill a rectangle with one colour (luma and chroma).
+fn fill_rect(p: &mut I420, x: usize, y: usize, rw: usize, rh: usize, yuv: (u8, u8, u8)) {
+    let w = p.width() as usize;
+    let h = p.height() as usize;
+    let (yp, up, vp) = p.planes_mut();
+    for r in y.min(h)..(y + rh).min(h) {
+        yp[r * w + x.min(w)..r * w + (x + rw).min(w)].fill(yuv.0);
+    }
+    let cw = w / 2;
+    for r in (y / 2).min(h / 2)..((y + rh) / 2).min(h / 2) {
+        let (a, b) = (r * cw + (x / 2).min(cw), r * cw + ((x + rw) / 2).min(cw));
+        up[a..b].fill(yuv.1);
+        vp[a..b].fill(yuv.2);
+    }
+}
+
+/// Seven 75% colour bars (white, yellow, cyan, green, magenta, red, blue) in BT.601 YUV.
+const BARS: [(u8, u8, u8); 7] = [
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+];
+
+fn text_scale(height: u32) -> usize {
+    (height as usize / 120).max(1)
+}
+
+/// The background every test picture starts from.
+fn bars(width: u32, height: u32) -> Result<I420, CaptureError> {
+    let mut p =
+        I420::filled(width, height, 16, 128, 128).map_err(|e| CaptureError::Open(e.to_string()))?;
+    let (w, h) = (width as usize, height as usize);
+    let bar_w = w.div_ceil(7);
+    for (i, c) in BARS.iter().enumerate() {
+        fill_rect(&mut p, i * bar_w, 0, bar_w, h * 2 / 3, *c);
+    }
+    // A grey ramp below the bars shows scaling and banding.
+    for i in 0..16 {
+        let v = 16 + (i * 219 / 15) as u8;
+        fill_rect(
+            &mut p,
+            i * w / 16,
+            h * 2 / 3,
+            w / 16 + 1,
+            h / 3,
+            (v, 128, 128),
+        );
+    }
+    Ok(p)
+}
+
+/// `HH:MM:SS.mmm` of the wall clock (UTC).
+fn clock_text(now: SystemTime) -> String {
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60,
+        d.subsec_millis()
+    )
+}
+
+/// The grey "NO SIGNAL" picture with the wall clock, so a viewer sees the stream is alive.
+pub fn slate(width: u32, height: u32) -> I420 {
+    let (w, h) = (even(width), even(height));
+    let mut p = match I420::filled(w, h, 60, 128, 128) {
+        Ok(p) => p,
+        Err(_) => return slate(320, 240),
+    };
+    let scale = text_scale(h) * 2;
+    let text = "NO SIGNAL";
+    let tw = text.len() * 6 * scale;
+    draw_text(
+        &mut p,
+        (w as usize).saturating_sub(tw) / 2,
+        h as usize / 2 - 4 * scale,
+        scale,
+        text,
+    );
+    let clock = clock_text(SystemTime::now());
+    let small = text_scale(h);
+    let cw = clock.len() * 6 * small;
+    draw_text(
+        &mut p,
+        (w as usize).saturating_sub(cw) / 2,
+        h as usize * 3 / 4,
+        small,
+        &clock,
+    );
+    p
+}
+
+/// The test pattern source, paced at `fps` like a camera.
+pub struct TestSource {
+    background: I420,
+    fps: u32,
+    frame: u64,
+    next_at: Option<Instant>,
+    paced: bool,
+}
+
+impl TestSource {
+    pub fn new(width: u32, height: u32, fps: u32) -> Result<Self, CaptureError> {
+        Ok(Self {
+            background: bars(even(width), even(height))?,
+            fps: fps.max(1),
+            frame: 0,
+            next_at: None,
+            paced: true,
+        })
+    }
+
+    /// Produce pictures as fast as asked (benchmarks, file tests).
+    pub fn unpaced(mut self) -> Self {
+        self.paced = false;
+        self
+    }
+
+    /// Picture number `n` (the box position and counter depend on `n` only).
+    pub fn picture(&self, n: u64, now: SystemTime) -> I420 {
+        let mut p = self.background.clone();
+        let (w, h) = (p.width() as usize, p.height() as usize);
+        let side = (h / 6).max(2);
+        let span_x = w.saturating_sub(side).max(1);
+        let span_y = (h * 2 / 3).saturating_sub(side).max(1);
+        let t = n as usize * 4;
+        // Bounce inside the bars area.
+        let bx = if (t / span_x) % 2 == 0 {
+            t % span_x
+        } else {
+            span_x - t % span_x
+        };
+        let by = if (t / span_y) % 2 == 0 {
+            t % span_y
+        } else {
+            span_y - t % span_y
+        };
+        fill_rect(&mut p, bx & !1, by & !1, side, side, (235, 128, 128));
+        let scale = text_scale(h as u32);
+        let counter = format!("{n:08}");
+        let y = h - 10 * scale;
+        draw_text(&mut p, 2 * scale, y, scale, &counter);
+        let clock = clock_text(now);
+        let cx = w.saturating_sub(clock.len() * 6 * scale + 2 * scale);
+        draw_text(&mut p, cx, y, scale, &clock);
+        p
+    }
+}
+
+impl Source for TestSource {
+    fn info(&self) -> SourceInfo {
+        SourceInfo {
+            name: "testsrc".into(),
+            format: "I420".into(),
+            width: self.background.width(),
+            height: self.background.height(),
+        }
+    }
+
+    fn next_frame(&mut self) -> Result<CapturedFrame, CaptureError> {
+        let interval = Duration::from_secs(1) / self.fps;
+        if self.paced {
+            let now = Instant::now();
+            let at = *self.next_at.get_or_insert(now);
+            if at > now {
+                // Pacing like a camera's sensor clock; bounded by one frame interval.
+                std::thread::sleep(at - now);
+            }
+            let next = at + interval;
+            // After a stall, do not try to catch up with a burst.
+            self.next_at = Some(if next < Instant::now() {
+                Instant::now()
+            } else {
+                next
+            });
+        }
+        let picture = self.picture(self.frame, SystemTime::now());
+        self.frame += 1;
+        Ok(CapturedFrame {
+            payload: Payload::I420(picture),
+            captured_at: Instant::now(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pictures_move_and_have_the_requested_size() {
+        let src = TestSource::new(321, 240, 30).unwrap();
+        let a = src.picture(0, UNIX_EPOCH);
+        let b = src.picture(10, UNIX_EPOCH);
+        assert_eq!((a.width(), a.height()), (320, 240));
+        assert_ne!(a, b, "box and counter move");
+        let s = slate(320, 240);
+        assert_eq!((s.width(), s.height()), (320, 240));
+    }
+
+    #[test]
+    fn clock_text_is_utc_time_of_day() {
+        let t = UNIX_EPOCH + Duration::from_millis(3_723_004);
+        assert_eq!(clock_text(t), "01:02:03.004");
+    }
+}

@@ -1,0 +1,399 @@
+//! H.264 Annex-B byte streams: NAL units behind `00 00 01` / `00 00 00 01` start codes.
+//!
+//! [`AccessUnitSplitter`] turns a byte stream that arrives in arbitrary pieces (pipe reads) into
+//! whole access units (one picture each). [`ParamSetInserter`] makes sure every IDR is preceded
+//! by SPS and PPS, as Safari/iOS and late joiners need, even when a camera sends them only once.
+//! Both are pure: bytes in, bytes out; they never panic on bad input.
+
+use bytes::{Bytes, BytesMut};
+
+/// NAL unit types used here (ITU-T H.264 table 7-1).
+pub mod nal {
+    pub const SLICE: u8 = 1;
+    pub const IDR: u8 = 5;
+    pub const SEI: u8 = 6;
+    pub const SPS: u8 = 7;
+    pub const PPS: u8 = 8;
+    pub const AUD: u8 = 9;
+}
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// Positions of NAL units in `buf`: `(start_code_start, payload_start)` for each start code.
+fn start_codes(buf: &[u8], from: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = from;
+    std::iter::from_fn(move || {
+        while i + 3 <= buf.len() {
+            if buf[i + 2] > 1 {
+                i += 3;
+                continue;
+            }
+            if buf[i] == 0 && buf[i + 1] == 0 && buf[i + 2] == 1 {
+                let sc = if i > 0 && buf[i - 1] == 0 { i - 1 } else { i };
+                let payload = i + 3;
+                i = payload;
+                return Some((sc, payload));
+            }
+            i += 1;
+        }
+        None
+    })
+}
+
+/// The NAL units of one Annex-B buffer, without their start codes.
+pub fn nal_units(buf: &[u8]) -> Vec<&[u8]> {
+    let codes: Vec<(usize, usize)> = start_codes(buf, 0).collect();
+    let mut out = Vec::with_capacity(codes.len());
+    for (k, &(_, payload)) in codes.iter().enumerate() {
+        let end = codes.get(k + 1).map_or(buf.len(), |&(sc, _)| sc);
+        if payload < end {
+            out.push(&buf[payload..end]);
+        }
+    }
+    out
+}
+
+/// `nal_unit_type` of a NAL unit (first byte after the start code).
+pub fn nal_type(nal: &[u8]) -> Option<u8> {
+    nal.first().map(|b| b & 0x1f)
+}
+
+/// True if the access unit holds an IDR slice.
+pub fn is_idr(au: &[u8]) -> bool {
+    nal_units(au).iter().any(|n| nal_type(n) == Some(nal::IDR))
+}
+
+fn is_vcl(t: u8) -> bool {
+    (1..=5).contains(&t)
+}
+
+/// `first_mb_in_slice == 0`: the slice starts a new picture (Exp-Golomb `0` is a single 1 bit).
+fn first_slice_of_picture(nal: &[u8]) -> bool {
+    nal.get(1).is_some_and(|b| b & 0x80 != 0)
+}
+
+/// Splits an Annex-B byte stream into access units, whatever the read boundaries.
+///
+/// An access unit ends where the next one starts: at an AUD, SPS, PPS or SEI that follows a
+/// picture's slices, or at a slice with `first_mb_in_slice == 0`. An access unit is therefore
+/// emitted when the first NAL unit of the next one is complete (one picture of latency) or at
+/// [`finish`](Self::finish). Memory is bounded by `max_au_bytes`: a longer unit is dropped.
+#[derive(Debug)]
+pub struct AccessUnitSplitter {
+    buf: BytesMut,
+    /// Where to resume looking for start codes in `buf`.
+    scan: usize,
+    /// Start of the NAL unit being read (its start code), if one started.
+    nal_start: Option<usize>,
+    /// The current access unit already holds a slice.
+    au_has_vcl: bool,
+    ready: std::collections::VecDeque<Bytes>,
+    max_au_bytes: usize,
+    dropped: u64,
+}
+
+impl AccessUnitSplitter {
+    /// A splitter that drops access units larger than `max_au_bytes`.
+    pub fn new(max_au_bytes: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            scan: 0,
+            nal_start: None,
+            au_has_vcl: false,
+            ready: Default::default(),
+            max_au_bytes: max_au_bytes.max(64),
+            dropped: 0,
+        }
+    }
+
+    /// Access units dropped for being too large.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Feed the next piece of the stream.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        loop {
+            let current = self.nal_start;
+            let next =
+                start_codes(&self.buf, self.scan).find(|&(sc, _)| current.is_none_or(|s| sc > s));
+            let Some((sc, payload)) = next else {
+                break;
+            };
+            let shift = match current {
+                Some(start) => self.complete_nal(start, sc),
+                None => {
+                    // Bytes before the first start code are not H.264; forget them.
+                    let _ = self.buf.split_to(sc);
+                    sc
+                }
+            };
+            self.nal_start = Some(sc - shift);
+            self.scan = payload - shift;
+        }
+        // A start code may straddle this read and the next one.
+        self.scan = self.scan.max(self.buf.len().saturating_sub(2));
+        if self.buf.len() > self.max_au_bytes.saturating_mul(2) {
+            // A stream without start codes, or a unit far too large: drop it all.
+            self.dropped += 1;
+            self.reset();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.scan = 0;
+        self.nal_start = None;
+        self.au_has_vcl = false;
+    }
+
+    /// The NAL unit at `start..end` (start code included) is complete. Returns how far the
+    /// buffer's indices moved down (an access unit before it was emitted).
+    fn complete_nal(&mut self, start: usize, end: usize) -> usize {
+        let sc_len = if self.buf.get(start + 2) == Some(&1) {
+            3
+        } else {
+            4
+        };
+        let nal = &self.buf[(start + sc_len).min(end)..end];
+        let Some(t) = nal_type(nal) else {
+            return 0;
+        };
+        let starts_new = if is_vcl(t) {
+            self.au_has_vcl && first_slice_of_picture(nal)
+        } else {
+            self.au_has_vcl && matches!(t, nal::AUD | nal::SPS | nal::PPS | nal::SEI | 14..=18)
+        };
+        let shift = if starts_new && start > 0 {
+            self.emit(start);
+            start
+        } else {
+            0
+        };
+        if is_vcl(t) {
+            self.au_has_vcl = true;
+        }
+        shift
+    }
+
+    fn emit(&mut self, upto: usize) {
+        let au = self.buf.split_to(upto).freeze();
+        self.au_has_vcl = false;
+        if au.len() > self.max_au_bytes {
+            self.dropped += 1;
+        } else if !au.is_empty() {
+            self.ready.push_back(au);
+        }
+    }
+
+    /// The next complete access unit, if any.
+    pub fn poll_access_unit(&mut self) -> Option<Bytes> {
+        self.ready.pop_front()
+    }
+
+    /// The stream ended: whatever is buffered is the last access unit.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        if let Some(start) = self.nal_start.take() {
+            let end = self.buf.len();
+            self.complete_nal(start, end);
+        }
+        let len = self.buf.len();
+        if len > 0 && self.au_has_vcl {
+            self.emit(len);
+        }
+        self.reset();
+        self.ready.pop_front()
+    }
+}
+
+/// Keeps the latest SPS and PPS and puts them before every IDR that lacks them.
+#[derive(Debug, Default)]
+pub struct ParamSetInserter {
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+}
+
+impl ParamSetInserter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether both parameter sets have been seen (a decoder can start at the next IDR).
+    pub fn ready(&self) -> bool {
+        self.sps.is_some() && self.pps.is_some()
+    }
+
+    /// The access unit as it must be sent, and whether it is a keyframe (IDR).
+    pub fn process(&mut self, au: Bytes) -> (Bytes, bool) {
+        let nals = nal_units(&au);
+        let mut has_sps = false;
+        let mut has_pps = false;
+        let mut idr = false;
+        for n in &nals {
+            match nal_type(n) {
+                Some(nal::SPS) => {
+                    has_sps = true;
+                    self.sps = Some(Bytes::copy_from_slice(n));
+                }
+                Some(nal::PPS) => {
+                    has_pps = true;
+                    self.pps = Some(Bytes::copy_from_slice(n));
+                }
+                Some(nal::IDR) => idr = true,
+                _ => {}
+            }
+        }
+        if !idr || (has_sps && has_pps) {
+            return (au, idr);
+        }
+        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
+            // No parameter sets known yet: a decoder cannot use this IDR either.
+            return (au, idr);
+        };
+        let mut out = BytesMut::with_capacity(au.len() + sps.len() + pps.len() + 8);
+        // Keep an AUD first if there is one.
+        let mut rest: &[u8] = &au;
+        if nals.first().and_then(|n| nal_type(n)) == Some(nal::AUD) {
+            if let Some((sc, _)) = start_codes(&au, 0).nth(1) {
+                out.extend_from_slice(&au[..sc]);
+                rest = &au[sc..];
+            }
+        }
+        if !has_sps {
+            out.extend_from_slice(&START_CODE);
+            out.extend_from_slice(sps);
+        }
+        if !has_pps {
+            out.extend_from_slice(&START_CODE);
+            out.extend_from_slice(pps);
+        }
+        out.extend_from_slice(rest);
+        (out.freeze(), true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn n(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0, 0, 1, t];
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// A stream of three access units: SPS PPS IDR | P | P(two slices).
+    fn stream() -> (Vec<u8>, Vec<Vec<u8>>) {
+        let au1 = [
+            n(0x67, &[66, 0xc0, 31]),
+            n(0x68, &[0xce]),
+            n(0x65, &[0x88, 1, 2, 3]),
+        ]
+        .concat();
+        let au2 = [n(0x09, &[0xf0]), n(0x41, &[0x9a, 4, 5])].concat();
+        let au3 = [n(0x41, &[0x9a, 6]), n(0x41, &[0x40, 7])].concat();
+        let all = [au1.clone(), au2.clone(), au3.clone()].concat();
+        (all, vec![au1, au2, au3])
+    }
+
+    fn split_all(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut s = AccessUnitSplitter::new(1 << 20);
+        let mut out = Vec::new();
+        for p in pieces {
+            s.handle_input(p);
+            while let Some(au) = s.poll_access_unit() {
+                out.push(au.to_vec());
+            }
+        }
+        while let Some(au) = s.finish() {
+            out.push(au.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn splits_access_units_in_one_read() {
+        let (all, aus) = stream();
+        assert_eq!(split_all(&[&all]), aus);
+    }
+
+    #[test]
+    fn splits_access_units_at_every_read_boundary() {
+        let (all, aus) = stream();
+        for cut in 0..=all.len() {
+            let (a, b) = all.split_at(cut);
+            assert_eq!(split_all(&[a, b]), aus, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = all.chunks(1).collect();
+        assert_eq!(split_all(&bytes), aus, "one byte a read");
+    }
+
+    #[test]
+    fn garbage_before_the_first_start_code_is_skipped() {
+        let (all, aus) = stream();
+        let with_junk = [vec![7, 7, 7], all].concat();
+        assert_eq!(split_all(&[&with_junk]), aus);
+    }
+
+    #[test]
+    fn param_sets_are_inserted_before_idr_when_missing() {
+        let (_, aus) = stream();
+        let mut ins = ParamSetInserter::new();
+        let (first, key) = ins.process(Bytes::from(aus[0].clone()));
+        assert!(key);
+        assert_eq!(first.to_vec(), aus[0], "already complete: untouched");
+        let (p, key) = ins.process(Bytes::from(aus[1].clone()));
+        assert!(!key);
+        assert_eq!(p.to_vec(), aus[1]);
+        let bare_idr = [n(0x09, &[0x10]), n(0x65, &[0x88, 9])].concat();
+        let (idr, key) = ins.process(Bytes::from(bare_idr));
+        assert!(key);
+        let types: Vec<u8> = nal_units(&idr).iter().filter_map(|n| nal_type(n)).collect();
+        assert_eq!(types, vec![nal::AUD, nal::SPS, nal::PPS, nal::IDR]);
+    }
+
+    proptest! {
+        #[test]
+        fn splitter_never_panics_and_never_loses_a_byte_of_good_streams(
+            junk in proptest::collection::vec(any::<u8>(), 0..400),
+            cuts in proptest::collection::vec(0usize..600, 0..8),
+        ) {
+            // Arbitrary bytes, arbitrary cuts: no panic, bounded output.
+            let mut s = AccessUnitSplitter::new(256);
+            let mut pos = 0;
+            let mut cuts = cuts;
+            cuts.sort();
+            for c in cuts.into_iter().chain([junk.len()]) {
+                let c = c.min(junk.len());
+                if c >= pos {
+                    s.handle_input(&junk[pos..c]);
+                    pos = c;
+                }
+                while let Some(au) = s.poll_access_unit() {
+                    prop_assert!(au.len() <= 256);
+                }
+            }
+            while let Some(au) = s.finish() {
+                prop_assert!(au.len() <= 256);
+            }
+            let mut ins = ParamSetInserter::new();
+            let _ = ins.process(Bytes::from(junk));
+        }
+
+        #[test]
+        fn good_stream_survives_any_cuts(cuts in proptest::collection::vec(0usize..40, 0..10)) {
+            let (all, aus) = stream();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(all.len())).collect();
+            cuts.sort();
+            let mut pieces = Vec::new();
+            let mut pos = 0;
+            for c in cuts.into_iter().chain([all.len()]) {
+                pieces.push(&all[pos..c]);
+                pos = c;
+            }
+            prop_assert_eq!(split_all(&pieces), aus);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! When to send an IDR: a pure state machine (no clock, no IO; time comes in as `Instant`).
+//!
+//! Requests (new viewer, PLI, FIR, a lagging viewer) are coalesced: however many arrive, one
+//! IDR answers them all. Forced IDRs are at least `min_gap` apart (an IDR costs several P frames
+//! of bandwidth, and a burst of PLIs must not turn the stream into all-intra). Independently,
+//! an IDR goes out every `interval` (the GOP), so a viewer that missed one recovers.
+//!
+//! Drive it once per picture: `handle_request` for every request that arrived, then
+//! `poll_keyframe(now)` says whether this picture must be an IDR; report every IDR actually
+//! produced (also ones the encoder or camera made on its own) with `handle_keyframe_sent`.
+
+use std::time::{Duration, Instant};
+
+use super::KeyframeCause;
+
+/// The keyframe policy of one pipeline.
+#[derive(Debug, Clone)]
+pub struct KeyframePolicy {
+    min_gap: Duration,
+    interval: Duration,
+    last_idr: Option<Instant>,
+    pending: Option<KeyframeCause>,
+}
+
+/// Smallest time between two forced IDRs.
+pub const MIN_FORCED_GAP: Duration = Duration::from_millis(500);
+
+impl KeyframePolicy {
+    /// `interval`: the periodic GOP; `min_gap`: least time between forced IDRs.
+    pub fn new(interval: Duration, min_gap: Duration) -> Self {
+        Self {
+            min_gap,
+            interval: interval.max(min_gap),
+            last_idr: None,
+            pending: None,
+        }
+    }
+
+    /// A viewer asked for a keyframe. Later requests before the IDR are merged into this one.
+    pub fn handle_request(&mut self, cause: KeyframeCause) {
+        if self.pending.is_none() {
+            self.pending = Some(cause);
+        }
+    }
+
+    /// An IDR went out at `now` (forced or not): pending requests are satisfied.
+    pub fn handle_keyframe_sent(&mut self, now: Instant) {
+        self.last_idr = Some(now);
+        self.pending = None;
+    }
+
+    /// Must the picture encoded at `now` be an IDR, and why. Does not change state: call
+    /// [`handle_keyframe_sent`](Self::handle_keyframe_sent) once the IDR is made.
+    pub fn poll_keyframe(&self, now: Instant) -> Option<KeyframeCause> {
+        let Some(last) = self.last_idr else {
+            // Nothing sent yet: the first picture is always an IDR.
+            return Some(self.pending.unwrap_or(KeyframeCause::Periodic));
+        };
+        let since = now.saturating_duration_since(last);
+        if since >= self.interval {
+            return Some(self.pending.unwrap_or(KeyframeCause::Periodic));
+        }
+        match self.pending {
+            Some(cause) if since >= self.min_gap => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// When the next IDR is due if no picture forces one earlier (for an idle source's timer).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let last = self.last_idr?;
+        let periodic = last + self.interval;
+        Some(match self.pending {
+            Some(_) => (last + self.min_gap).min(periodic),
+            None => periodic,
+        })
+    }
+
+    /// A request is waiting.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: Duration = Duration::from_millis(33);
+
+    /// Run `frames` pictures from `t0`, injecting requests at the given frame numbers; return
+    /// the frame numbers that were IDRs and why.
+    fn drive(
+        policy: &mut KeyframePolicy,
+        t0: Instant,
+        frames: u32,
+        requests: &[(u32, KeyframeCause)],
+    ) -> Vec<(u32, KeyframeCause)> {
+        let mut idrs = Vec::new();
+        for f in 0..frames {
+            let now = t0 + FRAME * f;
+            for (_, cause) in requests.iter().filter(|(at, _)| *at == f) {
+                policy.handle_request(*cause);
+            }
+            if let Some(cause) = policy.poll_keyframe(now) {
+                policy.handle_keyframe_sent(now);
+                idrs.push((f, cause));
+            }
+        }
+        idrs
+    }
+
+    #[test]
+    fn first_picture_is_an_idr_then_every_interval() {
+        let mut p = KeyframePolicy::new(Duration::from_secs(1), MIN_FORCED_GAP);
+        let idrs = drive(&mut p, Instant::now(), 100, &[]);
+        let at: Vec<u32> = idrs.iter().map(|i| i.0).collect();
+        // 1 s / 33 ms: the picture at 1023 ms is the first at or past the interval.
+        assert_eq!(at, vec![0, 31, 62, 93]);
+        assert!(idrs.iter().all(|i| i.1 == KeyframeCause::Periodic));
+    }
+
+    #[test]
+    fn requests_are_coalesced_and_rate_limited() {
+        let mut p = KeyframePolicy::new(Duration::from_secs(10), MIN_FORCED_GAP);
+        let requests: Vec<(u32, KeyframeCause)> = (1..60)
+            .map(|f| {
+                (
+                    f,
+                    if f % 2 == 0 {
+                        KeyframeCause::Pli
+                    } else {
+                        KeyframeCause::NewViewer
+                    },
+                )
+            })
+            .collect();
+        let idrs = drive(&mut p, Instant::now(), 60, &requests);
+        // 59 requests in ~2 s: IDRs at 0 (first picture), then one per 500 ms at most.
+        let at: Vec<u32> = idrs.iter().map(|i| i.0).collect();
+        assert_eq!(at, vec![0, 16, 32, 48]);
+        for w in idrs.windows(2) {
+            assert!(FRAME * (w[1].0 - w[0].0) >= MIN_FORCED_GAP);
+        }
+        assert_eq!(
+            idrs[1].1,
+            KeyframeCause::NewViewer,
+            "the first cause is reported"
+        );
+    }
+
+    #[test]
+    fn request_right_after_an_idr_waits_for_the_gap_then_fires_once() {
+        let mut p = KeyframePolicy::new(Duration::from_secs(10), MIN_FORCED_GAP);
+        let t0 = Instant::now();
+        assert!(p.poll_keyframe(t0).is_some());
+        p.handle_keyframe_sent(t0);
+        p.handle_request(KeyframeCause::Fir);
+        p.handle_request(KeyframeCause::Pli);
+        assert_eq!(p.poll_keyframe(t0 + Duration::from_millis(499)), None);
+        assert_eq!(p.poll_timeout(), Some(t0 + MIN_FORCED_GAP));
+        let t1 = t0 + MIN_FORCED_GAP;
+        assert_eq!(p.poll_keyframe(t1), Some(KeyframeCause::Fir));
+        p.handle_keyframe_sent(t1);
+        assert!(!p.has_pending());
+        assert_eq!(p.poll_keyframe(t1 + Duration::from_secs(1)), None);
+        assert_eq!(p.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn an_idr_the_source_made_satisfies_pending_requests() {
+        let mut p = KeyframePolicy::new(Duration::from_secs(2), MIN_FORCED_GAP);
+        let t0 = Instant::now();
+        p.handle_keyframe_sent(t0);
+        p.handle_request(KeyframeCause::NewViewer);
+        p.handle_keyframe_sent(t0 + Duration::from_millis(100));
+        assert_eq!(p.poll_keyframe(t0 + Duration::from_secs(1)), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! Stills: what the latest picture is, and the one-shot `snaprtcd snapshot` without a daemon.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::encoder::decode_last_picture;
+use super::jpeg::{fit, StillSource};
+use super::yuv::I420;
+use super::StillError;
+use crate::capture::{self, CaptureError, Payload};
+use crate::config::Config;
+
+/// Most H.264 access units kept since the last IDR to make a still of an H.264 source; a
+/// longer GOP stops keeping them until the next IDR (memory stays bounded).
+const MAX_GOP_FRAMES: usize = 600;
+
+/// The latest picture, kept in the cheapest form: stills are made from it only when asked.
+#[derive(Debug, Default)]
+pub enum Latest {
+    #[default]
+    None,
+    /// A raw picture (testsrc, YUYV/NV12 camera, slate).
+    Raw(I420),
+    /// An MJPEG camera's frame, served as is when it fits.
+    Jpeg(Bytes),
+    /// H.264 since the last IDR: decoded only when a still is asked.
+    Gop(Vec<Bytes>),
+}
+
+impl Latest {
+    /// Keep an H.264 access unit (`keyframe` starts a new GOP).
+    pub fn push_h264(&mut self, au: Bytes, keyframe: bool) {
+        if keyframe {
+            *self = Latest::Gop(vec![au]);
+            return;
+        }
+        if let Latest::Gop(gop) = self {
+            if gop.len() < MAX_GOP_FRAMES {
+                gop.push(au);
+            } else {
+                *self = Latest::None;
+            }
+        }
+    }
+
+    /// A JPEG of at most `max_bytes` of the latest picture.
+    pub fn still(&self, quality: u8, max_bytes: usize) -> Result<Bytes, StillError> {
+        match self {
+            Latest::None => Err(StillError::NoFrame),
+            Latest::Raw(p) => fit(StillSource::Raw(p), quality, max_bytes),
+            Latest::Jpeg(j) => fit(StillSource::Jpeg(j), quality, max_bytes),
+            Latest::Gop(aus) => {
+                let picture = decode_last_picture(aus)
+                    .map_err(|e| StillError::Encode(e.to_string()))?
+                    .ok_or(StillError::NoFrame)?;
+                fit(StillSource::Raw(&picture), quality, max_bytes)
+            }
+        }
+    }
+}
+
+/// Why `snaprtcd snapshot` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Still(#[from] StillError),
+    #[error("no usable frame within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One JPEG from the configured source, without the daemon (for setting a camera up).
+pub fn snapshot_once(config: &Config) -> Result<Bytes, SnapshotError> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let spec = capture::resolve(&config.camera);
+    let mut source = capture::open(&spec, &config.camera)?;
+    let quality = config.snapshot.quality;
+    let started = Instant::now();
+    let mut latest = Latest::None;
+    // Cameras often deliver dark or partial first frames while they settle: skip a few.
+    let mut raw_seen = 0;
+    while started.elapsed() < LIMIT {
+        let frame = match source.next_frame() {
+            Ok(f) => f,
+            Err(CaptureError::Stalled(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match frame.payload {
+            Payload::I420(p) => {
+                raw_seen += 1;
+                latest = Latest::Raw(p);
+                if raw_seen >= 3 || spec == capture::SourceSpec::Testsrc {
+                    return Ok(latest.still(quality, usize::MAX)?);
+                }
+            }
+            Payload::Mjpeg(j) => {
+                raw_seen += 1;
+                if raw_seen >= 3 {
+                    return Ok(Latest::Jpeg(j).still(quality, usize::MAX)?);
+                }
+            }
+            Payload::H264(au) => {
+                let key = super::annexb::is_idr(&au);
+                latest.push_h264(au, key);
+                if matches!(&latest, Latest::Gop(_)) {
+                    if let Ok(jpeg) = latest.still(quality, usize::MAX) {
+                        return Ok(jpeg);
+                    }
+                }
+            }
+        }
+    }
+    Err(SnapshotError::Timeout(LIMIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gop_memory_is_bounded_and_restarts_at_idr() {
+        let mut l = Latest::None;
+        l.push_h264(Bytes::from_static(b"p"), false);
+        assert!(
+            matches!(l, Latest::None),
+            "no IDR yet: nothing to decode from"
+        );
+        l.push_h264(Bytes::from_static(b"i"), true);
+        for _ in 0..MAX_GOP_FRAMES + 5 {
+            l.push_h264(Bytes::from_static(b"p"), false);
+        }
+        assert!(
+            matches!(l, Latest::None),
+            "GOP too long: dropped, not grown"
+        );
+        l.push_h264(Bytes::from_static(b"i"), true);
+        assert!(matches!(&l, Latest::Gop(g) if g.len() == 1));
+    }
+
+    #[test]
+    fn testsrc_snapshot_is_a_jpeg() {
+        let mut config = Config::default();
+        config.camera.source = crate::config::SourceKind::Testsrc;
+        config.camera.width = 320;
+        config.camera.height = 240;
+        let jpeg = snapshot_once(&config).unwrap();
+        assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+        let p = super::super::jpeg::decode_to_i420(&jpeg).unwrap();
+        assert_eq!((p.width(), p.height()), (320, 240));
+    }
+}

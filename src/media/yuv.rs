@@ -1,0 +1,323 @@
+//! Raw pictures in the one layout the encoders take: I420 (planar 4:2:0, BT.601 limited range),
+//! and the conversions into it from what cameras give.
+
+use openh264::formats::YUVSource;
+
+/// A planar 4:2:0 picture: the full-size Y plane, then U and V at half size, no padding.
+/// Width and height are even (cameras and H.264 4:2:0 both need it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct I420 {
+    width: u32,
+    height: u32,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for I420 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "I420({}x{})", self.width, self.height)
+    }
+}
+
+/// Why a buffer could not be read as a picture.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PictureError {
+    #[error("picture size {width}x{height} is not usable (even, 2..=8192)")]
+    BadSize { width: u32, height: u32 },
+    #[error("buffer of {got} bytes is too small: {want} needed")]
+    Short { got: usize, want: usize },
+}
+
+/// Round a requested size down to what 4:2:0 needs (even, at least 2).
+pub fn even(v: u32) -> u32 {
+    (v & !1).max(2)
+}
+
+fn check_size(width: u32, height: u32) -> Result<(), PictureError> {
+    if width < 2 || height < 2 || width % 2 == 1 || height % 2 == 1 || width > 8192 || height > 8192
+    {
+        return Err(PictureError::BadSize { width, height });
+    }
+    Ok(())
+}
+
+fn check_len(got: usize, want: usize) -> Result<(), PictureError> {
+    if got < want {
+        return Err(PictureError::Short { got, want });
+    }
+    Ok(())
+}
+
+impl I420 {
+    /// Bytes of an I420 picture of this size.
+    pub fn len_for(width: u32, height: u32) -> usize {
+        let (w, h) = (width as usize, height as usize);
+        w * h + 2 * ((w / 2) * (h / 2))
+    }
+
+    /// A picture filled with one colour.
+    pub fn filled(width: u32, height: u32, y: u8, u: u8, v: u8) -> Result<Self, PictureError> {
+        check_size(width, height)?;
+        let luma = width as usize * height as usize;
+        let chroma = luma / 4;
+        let mut data = Vec::with_capacity(luma + 2 * chroma);
+        data.resize(luma, y);
+        data.resize(luma + chroma, u);
+        data.resize(luma + 2 * chroma, v);
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// Wrap a contiguous I420 buffer (Y, U, V planes without padding).
+    pub fn from_vec(width: u32, height: u32, data: Vec<u8>) -> Result<Self, PictureError> {
+        check_size(width, height)?;
+        let want = Self::len_for(width, height);
+        check_len(data.len(), want)?;
+        let mut data = data;
+        data.truncate(want);
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// The whole buffer (Y, U, V).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn luma_len(&self) -> usize {
+        self.width as usize * self.height as usize
+    }
+
+    fn chroma_len(&self) -> usize {
+        self.luma_len() / 4
+    }
+
+    pub fn y_plane(&self) -> &[u8] {
+        &self.data[..self.luma_len()]
+    }
+
+    pub fn u_plane(&self) -> &[u8] {
+        let l = self.luma_len();
+        &self.data[l..l + self.chroma_len()]
+    }
+
+    pub fn v_plane(&self) -> &[u8] {
+        let l = self.luma_len() + self.chroma_len();
+        &self.data[l..l + self.chroma_len()]
+    }
+
+    /// Mutable planes (Y, U, V) for drawing.
+    pub fn planes_mut(&mut self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        let l = self.luma_len();
+        let c = self.chroma_len();
+        let (y, rest) = self.data.split_at_mut(l);
+        let (u, v) = rest.split_at_mut(c);
+        (y, u, &mut v[..c])
+    }
+
+    /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines).
+    pub fn from_yuyv(
+        width: u32,
+        height: u32,
+        stride: usize,
+        src: &[u8],
+    ) -> Result<Self, PictureError> {
+        check_size(width, height)?;
+        let (w, h) = (width as usize, height as usize);
+        let stride = stride.max(w * 2);
+        check_len(src.len(), stride * (h - 1) + w * 2)?;
+        let mut out = Self::filled(width, height, 0, 128, 128)?;
+        let (yp, up, vp) = out.planes_mut();
+        for row in 0..h {
+            let line = &src[row * stride..row * stride + w * 2];
+            let ydst = &mut yp[row * w..(row + 1) * w];
+            for (d, s) in ydst.iter_mut().zip(line.iter().step_by(2)) {
+                *d = *s;
+            }
+            if row % 2 == 0 {
+                let c = (row / 2) * (w / 2);
+                for (i, px) in line.chunks_exact(4).enumerate() {
+                    up[c + i] = px[1];
+                    vp[c + i] = px[3];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// NV12 (Y plane, then interleaved UV at half size), both with `stride` bytes per line.
+    pub fn from_nv12(
+        width: u32,
+        height: u32,
+        stride: usize,
+        src: &[u8],
+    ) -> Result<Self, PictureError> {
+        check_size(width, height)?;
+        let (w, h) = (width as usize, height as usize);
+        let stride = stride.max(w);
+        let uv_off = stride * h;
+        check_len(src.len(), uv_off + stride * (h / 2 - 1) + w)?;
+        let mut out = Self::filled(width, height, 0, 128, 128)?;
+        let (yp, up, vp) = out.planes_mut();
+        for row in 0..h {
+            yp[row * w..(row + 1) * w].copy_from_slice(&src[row * stride..row * stride + w]);
+        }
+        for row in 0..h / 2 {
+            let line = &src[uv_off + row * stride..uv_off + row * stride + w];
+            let c = row * (w / 2);
+            for (i, px) in line.chunks_exact(2).enumerate() {
+                up[c + i] = px[0];
+                vp[c + i] = px[1];
+            }
+        }
+        Ok(out)
+    }
+
+    /// Packed RGB (3 bytes a pixel), into I420 with BT.601 limited-range integer maths.
+    pub fn from_rgb(width: u32, height: u32, src: &[u8]) -> Result<Self, PictureError> {
+        check_size(width, height)?;
+        let (w, h) = (width as usize, height as usize);
+        check_len(src.len(), w * h * 3)?;
+        let mut out = Self::filled(width, height, 0, 128, 128)?;
+        let (yp, up, vp) = out.planes_mut();
+        for row in 0..h {
+            for col in 0..w {
+                let p = &src[(row * w + col) * 3..(row * w + col) * 3 + 3];
+                let (r, g, b) = (p[0] as i32, p[1] as i32, p[2] as i32);
+                yp[row * w + col] = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8;
+                if row % 2 == 0 && col % 2 == 0 {
+                    let c = (row / 2) * (w / 2) + col / 2;
+                    up[c] = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
+                    vp[c] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A copy at half the width and height (2x2 box filter), kept even.
+    pub fn half(&self) -> Result<Self, PictureError> {
+        let (nw, nh) = (even(self.width / 2), even(self.height / 2));
+        let mut out = Self::filled(nw, nh, 0, 128, 128)?;
+        let (w, cw) = (self.width as usize, self.width as usize / 2);
+        let (ys, us, vs) = (self.y_plane(), self.u_plane(), self.v_plane());
+        let (yd, ud, vd) = out.planes_mut();
+        let shrink = |src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, dh: usize| {
+            for r in 0..dh {
+                for c in 0..dw {
+                    let (r0, c0) = ((r * 2).min(sh - 1), (c * 2).min(sw - 1));
+                    let (r1, c1) = ((r0 + 1).min(sh - 1), (c0 + 1).min(sw - 1));
+                    let sum = src[r0 * sw + c0] as u32
+                        + src[r0 * sw + c1] as u32
+                        + src[r1 * sw + c0] as u32
+                        + src[r1 * sw + c1] as u32;
+                    dst[r * dw + c] = ((sum + 2) / 4) as u8;
+                }
+            }
+        };
+        let h = self.height as usize;
+        shrink(ys, w, h, yd, nw as usize, nh as usize);
+        shrink(us, cw, h / 2, ud, nw as usize / 2, nh as usize / 2);
+        shrink(vs, cw, h / 2, vd, nw as usize / 2, nh as usize / 2);
+        Ok(out)
+    }
+}
+
+impl YUVSource for I420 {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.width as usize, self.height as usize)
+    }
+
+    fn strides(&self) -> (usize, usize, usize) {
+        let w = self.width as usize;
+        (w, w / 2, w / 2)
+    }
+
+    fn y(&self) -> &[u8] {
+        self.y_plane()
+    }
+
+    fn u(&self) -> &[u8] {
+        self.u_plane()
+    }
+
+    fn v(&self) -> &[u8] {
+        self.v_plane()
+    }
+}
+
+/// Copy any openh264 picture (e.g. a decoded one, with padded strides) into an [`I420`].
+pub fn from_yuv_source(src: &impl YUVSource) -> Result<I420, PictureError> {
+    let (w, h) = src.dimensions();
+    let (width, height) = (even(w as u32), even(h as u32));
+    let (sy, su, sv) = src.strides();
+    let mut out = I420::filled(width, height, 0, 128, 128)?;
+    let (ow, oh) = (width as usize, height as usize);
+    check_len(src.y().len(), sy * (oh - 1) + ow)?;
+    check_len(src.u().len(), su * (oh / 2 - 1) + ow / 2)?;
+    check_len(src.v().len(), sv * (oh / 2 - 1) + ow / 2)?;
+    let (yd, ud, vd) = out.planes_mut();
+    for r in 0..oh {
+        yd[r * ow..(r + 1) * ow].copy_from_slice(&src.y()[r * sy..r * sy + ow]);
+    }
+    for r in 0..oh / 2 {
+        let cw = ow / 2;
+        ud[r * cw..(r + 1) * cw].copy_from_slice(&src.u()[r * su..r * su + cw]);
+        vd[r * cw..(r + 1) * cw].copy_from_slice(&src.v()[r * sv..r * sv + cw]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuyv_and_nv12_convert_with_strides() {
+        // 4x2 YUYV with 2 bytes of padding per line.
+        let yuyv = [
+            10, 100, 11, 200, 12, 101, 13, 201, 0, 0, //
+            20, 102, 21, 202, 22, 103, 23, 203, 0, 0,
+        ];
+        let p = I420::from_yuyv(4, 2, 10, &yuyv).unwrap();
+        assert_eq!(p.y_plane(), &[10, 11, 12, 13, 20, 21, 22, 23]);
+        assert_eq!(p.u_plane(), &[100, 101]);
+        assert_eq!(p.v_plane(), &[200, 201]);
+
+        let nv12 = [1, 2, 3, 4, 9, 5, 6, 7, 8, 9, 50, 60, 51, 61, 9];
+        let p = I420::from_nv12(4, 2, 5, &nv12).unwrap();
+        assert_eq!(p.y_plane(), &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(p.u_plane(), &[50, 51]);
+        assert_eq!(p.v_plane(), &[60, 61]);
+    }
+
+    #[test]
+    fn short_or_odd_buffers_are_errors_not_panics() {
+        assert!(I420::from_yuyv(4, 2, 8, &[0; 10]).is_err());
+        assert!(I420::from_nv12(4, 2, 4, &[0; 3]).is_err());
+        assert!(I420::from_rgb(3, 2, &[0; 18]).is_err());
+        assert!(I420::from_vec(4, 4, vec![0; 5]).is_err());
+    }
+
+    #[test]
+    fn half_keeps_the_picture_even() {
+        let p = I420::filled(6, 6, 50, 60, 70).unwrap();
+        let h = p.half().unwrap();
+        assert_eq!((h.width(), h.height()), (2, 2));
+        assert!(h.y_plane().iter().all(|&v| v == 50));
+        assert!(h.v_plane().iter().all(|&v| v == 70));
+    }
+}

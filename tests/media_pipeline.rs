@@ -1,0 +1,190 @@
+//! The running pipeline: testsrc through openh264 to a subscriber, stills, cancellation;
+//! H.264 from a program passed through without the software encoder; a program that dies
+//! turns into the "no signal" slate and comes back.
+//!
+//! The `exec` tests need `ffmpeg` with libx264 (Debian package `ffmpeg`); they are skipped with
+//! a message when it is absent.
+
+use std::process::Command;
+use std::time::Duration;
+
+use snaprtcd::config::{Config, EncoderKind, ExecFormat, SourceKind};
+use snaprtcd::media::annexb::{nal, nal_type, nal_units};
+use snaprtcd::media::pipeline::spawn;
+use snaprtcd::media::{CameraState, FrameSubscriber, MediaCounters, MediaHandle};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn testsrc_config() -> Config {
+    let mut c = Config::default();
+    c.camera.source = SourceKind::Testsrc;
+    c.camera.width = 320;
+    c.camera.height = 240;
+    c.camera.fps = 30;
+    c
+}
+
+fn have_ffmpeg() -> bool {
+    Command::new("ffmpeg").arg("-version").output().is_ok()
+}
+
+fn ffmpeg_x264(extra: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.push("testsrc2=size=640x480:rate=30".into());
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv.extend(
+        [
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-tune",
+            "zerolatency",
+            "-f",
+            "h264",
+            "-",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    argv
+}
+
+async fn next(sub: &mut FrameSubscriber) -> snaprtcd::media::EncodedFrame {
+    timeout(WAIT, sub.recv())
+        .await
+        .expect("a frame within the timeout")
+        .expect("pipeline running")
+}
+
+async fn wait_state(media: &MediaHandle, state: CameraState) {
+    let mut rx = media.watch_status();
+    timeout(WAIT, rx.wait_for(|s| s.state == state))
+        .await
+        .unwrap_or_else(|_| panic!("state {state:?} within {WAIT:?}; now {:?}", media.status()))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testsrc_frames_reach_a_subscriber_and_stills_work() {
+    let cancel = CancellationToken::new();
+    let (media, guard) = spawn(&testsrc_config(), cancel.clone()).unwrap();
+    let mut sub = media.subscribe();
+    let first = next(&mut sub).await;
+    assert!(first.keyframe, "a subscriber starts at an IDR");
+    let types: Vec<u8> = nal_units(&first.data)
+        .iter()
+        .filter_map(|n| nal_type(n))
+        .collect();
+    assert!(types.starts_with(&[nal::SPS, nal::PPS]), "{types:?}");
+    let mut last = first.timestamp;
+    for _ in 0..30 {
+        let f = next(&mut sub).await;
+        assert!(f.timestamp > last, "timestamps increase");
+        last = f.timestamp;
+    }
+    let status = media.status();
+    assert_eq!(status.state, CameraState::Streaming);
+    assert_eq!(status.encoder, "openh264");
+    assert_eq!(status.source, "testsrc");
+
+    let jpeg = timeout(WAIT, media.still(256 * 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    assert!(jpeg.len() <= 256 * 1024);
+
+    cancel.cancel();
+    // The stream ends (no hang), and the guard joins the threads.
+    while timeout(WAIT, sub.recv()).await.unwrap().is_some() {}
+    guard.join();
+    assert_eq!(media.status().state, CameraState::Stopped);
+    assert!(media.still(1000).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_h264_is_passed_through_without_the_software_encoder() {
+    if !have_ffmpeg() {
+        eprintln!("SKIPPED: ffmpeg not installed (apt-get install ffmpeg)");
+        return;
+    }
+    let mut config = testsrc_config();
+    config.camera.source = SourceKind::Exec;
+    config.camera.exec.command = ffmpeg_x264(&[]);
+    config.camera.exec.format = ExecFormat::H264;
+    config.encoder.kind = EncoderKind::Auto;
+    let cancel = CancellationToken::new();
+    let (media, guard) = spawn(&config, cancel.clone()).unwrap();
+    let mut sub = media.subscribe();
+    let mut saw_x264 = false;
+    for i in 0..45 {
+        let f = next(&mut sub).await;
+        if i == 0 {
+            assert!(f.keyframe);
+        }
+        saw_x264 |= f.data.windows(4).any(|w| w == b"x264");
+    }
+    assert!(
+        saw_x264,
+        "the bytes are libx264's own (its SEI), not a re-encode"
+    );
+    let status = media.status();
+    assert_eq!(status.encoder, "passthrough");
+    assert_eq!(status.format, "H264");
+    let c = media.counters();
+    let sw_encodes: u64 = c.encode_time_buckets.iter().map(MediaCounters::get).sum();
+    assert_eq!(
+        sw_encodes,
+        MediaCounters::get(&c.frames_slate),
+        "openh264 encoded nothing but the slate shown before the program's first frame"
+    );
+    // A still of an H.264 source is decoded on demand.
+    let jpeg = timeout(WAIT, media.still(256 * 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    cancel.cancel();
+    guard.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_dies_shows_the_slate_and_is_restarted() {
+    if !have_ffmpeg() {
+        eprintln!("SKIPPED: ffmpeg not installed (apt-get install ffmpeg)");
+        return;
+    }
+    let mut config = testsrc_config();
+    config.camera.source = SourceKind::Exec;
+    // One second of video, then the program exits; it is restarted after 1 s.
+    config.camera.exec.command = ffmpeg_x264(&["-t", "1"]);
+    let cancel = CancellationToken::new();
+    let (media, guard) = spawn(&config, cancel.clone()).unwrap();
+    let mut sub = media.subscribe();
+    wait_state(&media, CameraState::Streaming).await;
+    wait_state(&media, CameraState::NoSignal).await;
+    let slate_before = MediaCounters::get(&media.counters().frames_slate);
+    // Viewers keep receiving (slate) frames while the camera is gone.
+    let _ = next(&mut sub).await;
+    wait_state(&media, CameraState::Streaming).await;
+    assert!(MediaCounters::get(&media.counters().frames_slate) >= slate_before);
+    assert!(MediaCounters::get(&media.counters().camera_losses) >= 1);
+    assert!(media.counters().since_progress() < Duration::from_secs(1));
+    cancel.cancel();
+    guard.join();
+}
