@@ -99,6 +99,7 @@ pub async fn run(
         signaling,
         rtc,
         whep,
+        media: media.clone(),
     });
     {
         let (cancel, tracker) = (cancel.clone(), tracker.clone());

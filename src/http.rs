@@ -44,6 +44,8 @@ pub struct AppState {
     /// The WebRTC engine (viewer counts) and its WHEP endpoint.
     pub rtc: crate::rtc::RtcHandle,
     pub whep: crate::rtc::whep::Whep,
+    /// The camera pipeline (status and counters for `/health` and `/metrics`).
+    pub media: crate::media::MediaHandle,
 }
 
 /// Accept HTTP connections until `cancel` fires. Connection tasks are tracked by `tracker`.
@@ -143,6 +145,12 @@ async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<Body> {
             Err(too_large) => too_large,
         };
     }
+    if path == "/metrics" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => metrics(state).await,
+            _ => method_not_allowed("GET, HEAD"),
+        };
+    }
     if path == "/" || path == "/index.html" {
         return match *req.method() {
             Method::GET | Method::HEAD => viewer_page(),
@@ -150,6 +158,24 @@ async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         };
     }
     text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state.
+async fn metrics(state: &AppState) -> Response<Body> {
+    let signaling = state.signaling.stats().await.unwrap_or_default();
+    let rtc = state.rtc.stats().await.unwrap_or_default();
+    let body = crate::metrics::render(&crate::metrics::Snapshot {
+        rtc: &rtc,
+        media: state.media.counters(),
+        camera: &state.media.status(),
+        signaling: &signaling,
+    });
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 /// The viewer page: one HTML file, plain JS, embedded at build time.
@@ -187,8 +213,21 @@ async fn health(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
         "viewers": rtc.viewers,
         "max_viewers": state.rtc.max_viewers(),
         "auth": state.auth.is_on(),
+        "camera": camera_json(&state.media.status()),
     });
     json(StatusCode::OK, &body)
+}
+
+fn camera_json(c: &crate::media::MediaStatus) -> serde_json::Value {
+    serde_json::json!({
+        "state": c.state.as_str(),
+        "source": c.source,
+        "format": c.format,
+        "width": c.width,
+        "height": c.height,
+        "fps": c.fps_measured,
+        "encoder": c.encoder,
+    })
 }
 
 async fn negotiate(req: &Request<Incoming>, state: &AppState) -> Response<Body> {

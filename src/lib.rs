@@ -19,6 +19,7 @@
 //! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests; the
 //!   pipeline (encode once, keyframe policy, slate), openh264, Annex-B parsing, JPEG stills.
 //! - [`logging`]: text, JSON or journald logs.
+//! - [`metrics`]: `GET /metrics` in Prometheus text, rendered from the owners' snapshots.
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
 //!   channels.
 //!
@@ -32,5 +33,6 @@ pub mod daemon;
 pub mod http;
 pub mod logging;
 pub mod media;
+pub mod metrics;
 pub mod rtc;
 pub mod signaling;

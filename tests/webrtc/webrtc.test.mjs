@@ -1,0 +1,232 @@
+// snaprtcd's WebRTC side in headless Chromium: WHEP, the viewer page, 8 viewers, bad input,
+// time to first frame. Run through run.sh (it puts Chromium and the daemon in a network
+// namespace with a veth address, so Chromium gathers a host candidate).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startDaemon, launchBrowser, healthJson, metrics, waitFor, median } from "./lib.mjs";
+
+// Page-side helpers (installed in every page): a WHEP client and a frame counter.
+const pageHelpers = () => {
+  window.whepConnect = async (opts = {}) => {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    if (opts.audioOnly) pc.addTransceiver("audio", { direction: "recvonly" });
+    else pc.addTransceiver("video", { direction: "recvonly" });
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    const started = performance.now();
+    const r = await fetch("/whep", {
+      method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+    });
+    const res = {
+      pc, status: r.status, location: r.headers.get("Location"), etag: r.headers.get("ETag"),
+      retryAfter: r.headers.get("Retry-After"), body: await r.text(), started, firstFrameMs: null,
+    };
+    if (r.status === 201) {
+      if (opts.video) {
+        const v = document.createElement("video");
+        v.muted = true; v.autoplay = true; v.playsInline = true;
+        document.body.appendChild(v);
+        pc.ontrack = (ev) => {
+          v.srcObject = new MediaStream([ev.track]);
+          v.play().catch(() => {});
+          v.requestVideoFrameCallback(() => { res.firstFrameMs = performance.now() - started; });
+        };
+        res.video = v;
+      }
+      await pc.setRemoteDescription({ type: "answer", sdp: res.body });
+    } else {
+      pc.close();
+    }
+    return res;
+  };
+  window.framesDecoded = async (pc) => {
+    let n = 0;
+    (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") n = s.framesDecoded || 0; });
+    return n;
+  };
+};
+
+let daemon, browser;
+before(async () => {
+  daemon = await startDaemon();
+  browser = await launchBrowser();
+  await browser.context.addInitScript(pageHelpers);
+});
+after(async () => {
+  await browser?.close();
+  await daemon?.stop();
+});
+
+async function page(path = "/health") {
+  const p = await browser.context.newPage();
+  await p.goto(daemon.base + path);
+  return p;
+}
+
+test("WHEP: 201 with Location, ETag and H.264 CB; frames decode; DELETE frees the viewer", async () => {
+  const p = await page();
+  const r = await p.evaluate(async () => {
+    const w = await whepConnect();
+    window.w = w;
+    return { status: w.status, location: w.location, etag: w.etag, body: w.body };
+  });
+  assert.equal(r.status, 201, r.body);
+  assert.match(r.location, /^\/whep\/[0-9a-f]{32}$/);
+  assert.ok(r.etag && r.etag.length > 2, "ETag");
+  assert.match(r.body, /a=rtpmap:\d+ H264\/90000/);
+  assert.match(r.body, /profile-level-id=42e01f/);
+  assert.match(r.body, /packetization-mode=1/);
+  assert.match(r.body, /a=candidate:/);
+  await waitFor(() => p.evaluate(async () => (await framesDecoded(w.pc)) >= 30), 10000, "30 decoded frames");
+  assert.equal((await healthJson(daemon.base)).viewers, 1);
+  const del = await p.evaluate(async () => (await fetch(w.location, { method: "DELETE" })).status);
+  assert.equal(del, 200);
+  assert.equal((await healthJson(daemon.base)).viewers, 0);
+  const m = await metrics(daemon.base);
+  assert.equal(m["snaprtcd_viewers"], 0);
+  const again = await p.evaluate(async () => (await fetch(w.location, { method: "DELETE" })).status);
+  assert.equal(again, 404);
+  await p.close();
+});
+
+test("viewer page at / plays >= 60 frames in 5 s, the picture is not flat, Snapshot gets a JPEG", async () => {
+  const p = await page("/");
+  await waitFor(() => p.evaluate(() => window.snaprtc.framesDecoded > 0), 10000, "first frame");
+  const f0 = await p.evaluate(() => window.snaprtc.framesDecoded);
+  const t0 = Date.now();
+  await waitFor(() => Date.now() - t0 >= 5000, 6000, "5 s of playback");
+  const f1 = await p.evaluate(() => window.snaprtc.framesDecoded);
+  assert.ok(f1 - f0 >= 60, `decoded ${f1 - f0} frames in 5 s`);
+  const spread = await p.evaluate(() => {
+    const v = document.getElementById("video");
+    const c = document.createElement("canvas");
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    const g = c.getContext("2d");
+    g.drawImage(v, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    let min = 255, max = 0;
+    for (let i = 0; i < d.length; i += 4 * 97) { const y = (d[i] + d[i + 1] + d[i + 2]) / 3; min = Math.min(min, y); max = Math.max(max, y); }
+    return { min, max, w: c.width, h: c.height };
+  });
+  assert.equal(spread.w, 640);
+  assert.equal(spread.h, 480);
+  assert.ok(spread.max - spread.min > 64, `picture is flat: ${JSON.stringify(spread)}`);
+  // One still arrives on connect, the button asks for another.
+  await waitFor(() => p.evaluate(() => window.snaprtc.stills >= 1), 5000, "still on connect");
+  const before = await p.evaluate(() => window.snaprtc.stills);
+  await p.click("#snap");
+  await waitFor(() => p.evaluate((n) => window.snaprtc.stills > n, before), 5000, "still after Snapshot");
+  const img = await p.evaluate(async () => {
+    const b = await createImageBitmap(await (await fetch(document.getElementById("still").src)).blob());
+    return [b.width, b.height];
+  });
+  assert.deepEqual(img, [640, 480]);
+  await p.close();
+  await waitFor(async () => (await healthJson(daemon.base)).viewers === 0, 5000, "page's viewer gone");
+});
+
+test("8 viewers at once all decode; frames encoded ~ frames captured (encoded once)", async () => {
+  const m0 = await metrics(daemon.base);
+  const p = await page();
+  const n = await p.evaluate(async () => {
+    window.ws = [];
+    for (let i = 0; i < 8; i++) window.ws.push(await whepConnect());
+    return window.ws.filter((w) => w.status === 201).length;
+  });
+  assert.equal(n, 8);
+  await waitFor(() => p.evaluate(async () => {
+    for (const w of window.ws) if ((await framesDecoded(w.pc)) < 30) return false;
+    return true;
+  }), 15000, "30 frames on each of 8 viewers");
+  const m1 = await metrics(daemon.base);
+  const captured = m1["snaprtcd_frames_captured_total"] - m0["snaprtcd_frames_captured_total"];
+  const encoded = m1["snaprtcd_frames_encoded_total"] - m0["snaprtcd_frames_encoded_total"];
+  const sent = m1["snaprtcd_frames_sent_total"] - m0["snaprtcd_frames_sent_total"];
+  console.log(`8 viewers: captured ${captured}, encoded ${encoded}, sent ${sent}`);
+  assert.ok(encoded <= captured + 2, `encoded ${encoded} > captured ${captured}`);
+  assert.ok(sent >= 8 * 30, `sent ${sent}`);
+  assert.equal(m1["snaprtcd_viewers"], 8);
+  await p.evaluate(async () => { for (const w of window.ws) { await fetch(w.location, { method: "DELETE" }); w.pc.close(); } });
+  assert.equal((await healthJson(daemon.base)).viewers, 0);
+  await p.close();
+});
+
+test("bad input gets the right status and the daemon keeps serving", async () => {
+  const base = daemon.base;
+  const post = (body, type = "application/sdp") =>
+    fetch(base + "/whep", { method: "POST", headers: { "Content-Type": type }, body });
+  let r = await post("this is not sdp");
+  assert.equal(r.status, 400);
+  assert.match(await r.text(), /SDP/);
+  r = await post("v=0\r\n", "text/plain");
+  assert.equal(r.status, 415);
+  r = await post("v=0\r\n" + "a=x\r\n".repeat(2 * 1024 * 1024 / 5));
+  assert.equal(r.status, 413);
+
+  const p = await page();
+  const audio = await p.evaluate(async () => { const w = await whepConnect({ audioOnly: true }); return [w.status, w.body]; });
+  assert.equal(audio[0], 406);
+  assert.match(audio[1], /video/);
+
+  const w = await p.evaluate(async () => { window.w = await whepConnect(); return { location: w.location, etag: w.etag }; });
+  const frag = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuv\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2113937151 10.1.2.3 9 typ host\r\n";
+  const patch = (headers) => fetch(base + w.location, {
+    method: "PATCH", headers: { "Content-Type": "application/trickle-ice-sdpfrag", ...headers }, body: frag,
+  });
+  assert.equal((await patch({ "If-Match": '"stale"' })).status, 412);
+  assert.equal((await patch({})).status, 428);
+  assert.equal((await patch({ "If-Match": w.etag })).status, 204);
+  const opts = await fetch(base + "/whep", { method: "OPTIONS", headers: { Origin: "http://example.com" } });
+  assert.ok([200, 204].includes(opts.status));
+  assert.equal(opts.headers.get("accept-post"), "application/sdp");
+  await fetch(base + w.location, { method: "DELETE" });
+  await p.evaluate(() => window.w.pc.close());
+  await p.close();
+  assert.equal((await fetch(base + "/health")).status, 200);
+});
+
+test("a flood of WHEP POSTs over max_viewers gets 503 + Retry-After, then service resumes", async () => {
+  const small = await startDaemon("max_viewers = 3");
+  try {
+    const p = await browser.context.newPage();
+    await p.goto(small.base + "/health");
+    const statuses = await p.evaluate(async () => {
+      const all = await Promise.all(Array.from({ length: 10 }, () => whepConnect()));
+      window.flood = all;
+      return all.map((w) => [w.status, w.retryAfter]);
+    });
+    assert.equal(statuses.filter(([s]) => s === 201).length, 3, JSON.stringify(statuses));
+    for (const [s, ra] of statuses.filter(([s]) => s !== 201)) {
+      assert.equal(s, 503);
+      assert.ok(Number(ra) > 0, "Retry-After");
+    }
+    await p.evaluate(async () => { for (const w of window.flood.filter((w) => w.status === 201)) { await fetch(w.location, { method: "DELETE" }); w.pc.close(); } });
+    const again = await p.evaluate(async () => { const w = await whepConnect(); w.pc.close(); await fetch(w.location, { method: "DELETE" }); return w.status; });
+    assert.equal(again, 201);
+    await p.close();
+  } finally {
+    await small.stop();
+  }
+});
+
+test("time to first frame (WHEP POST -> first decoded frame), median of 10", async () => {
+  const p = await page();
+  const times = [];
+  for (let i = 0; i < 10; i++) {
+    const ms = await p.evaluate(async () => {
+      const w = await whepConnect({ video: true });
+      const end = performance.now() + 10000;
+      while (w.firstFrameMs === null && performance.now() < end) await new Promise((r) => setTimeout(r, 5));
+      await fetch(w.location, { method: "DELETE" });
+      w.pc.close();
+      w.video.remove();
+      return w.firstFrameMs;
+    });
+    assert.ok(ms !== null, "no frame within 10 s");
+    times.push(ms);
+  }
+  const med = median(times);
+  console.log(`time to first frame: median ${med.toFixed(0)} ms over 10 (all: ${times.map((t) => t.toFixed(0)).join(", ")})`);
+  assert.ok(med < 1500, `median time to first frame ${med} ms`);
+  await p.close();
+});
