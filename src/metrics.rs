@@ -30,23 +30,93 @@ pub fn render(s: &Snapshot<'_>) -> String {
     };
     let one = |v: f64| vec![(String::new(), v)];
 
-    metric("snaprtcd_viewers", "gauge", "WebRTC viewers now (WHEP and SnapRTC).", &one(s.rtc.viewers as f64));
-    metric("snaprtcd_viewers_connected", "gauge", "Viewers with ICE and DTLS up.", &one(s.rtc.connected as f64));
-    metric("snaprtcd_viewers_timed_out_total", "counter", "Viewers removed because ICE failed or they fell silent.", &one(s.rtc.timed_out as f64));
-    metric("snaprtcd_sessions", "gauge", "SnapRTC hub sessions now.", &one(s.signaling.sessions as f64));
-    metric("snaprtcd_hub_connections", "gauge", "SnapRTC hub connections now.", &one(s.signaling.connections as f64));
-    metric("snaprtcd_frames_captured_total", "counter", "Frames the camera delivered.", &one(get(&s.media.frames_captured) as f64));
-    metric("snaprtcd_frames_dropped_total", "counter", "Frames dropped before the encoder because it was busy.", &one(get(&s.media.frames_dropped) as f64));
-    metric("snaprtcd_frames_encoded_total", "counter", "Access units published to viewers (encoded once for all).", &one(get(&s.media.frames_encoded) as f64));
-    metric("snaprtcd_frames_sent_total", "counter", "Frames written to viewers (one per frame per viewer).", &one(s.rtc.frames_sent as f64));
-    metric("snaprtcd_bytes_out_total", "counter", "WebRTC UDP bytes sent.", &one(s.rtc.bytes_out as f64));
-    metric("snaprtcd_stills_sent_total", "counter", "JPEG stills sent over data channels.", &one(s.rtc.stills_sent as f64));
+    metric(
+        "snaprtcd_viewers",
+        "gauge",
+        "WebRTC viewers now (WHEP and SnapRTC).",
+        &one(s.rtc.viewers as f64),
+    );
+    metric(
+        "snaprtcd_viewers_connected",
+        "gauge",
+        "Viewers with ICE and DTLS up.",
+        &one(s.rtc.connected as f64),
+    );
+    metric(
+        "snaprtcd_viewers_timed_out_total",
+        "counter",
+        "Viewers removed because ICE failed or they fell silent.",
+        &one(s.rtc.timed_out as f64),
+    );
+    metric(
+        "snaprtcd_sessions",
+        "gauge",
+        "SnapRTC hub sessions now.",
+        &one(s.signaling.sessions as f64),
+    );
+    metric(
+        "snaprtcd_hub_connections",
+        "gauge",
+        "SnapRTC hub connections now.",
+        &one(s.signaling.connections as f64),
+    );
+    metric(
+        "snaprtcd_frames_captured_total",
+        "counter",
+        "Frames the camera delivered.",
+        &one(get(&s.media.frames_captured) as f64),
+    );
+    metric(
+        "snaprtcd_frames_dropped_total",
+        "counter",
+        "Frames dropped before the encoder because it was busy.",
+        &one(get(&s.media.frames_dropped) as f64),
+    );
+    metric(
+        "snaprtcd_frames_encoded_total",
+        "counter",
+        "Access units published to viewers (encoded once for all).",
+        &one(get(&s.media.frames_encoded) as f64),
+    );
+    metric(
+        "snaprtcd_frames_sent_total",
+        "counter",
+        "Frames written to viewers (one per frame per viewer).",
+        &one(s.rtc.frames_sent as f64),
+    );
+    metric(
+        "snaprtcd_bytes_out_total",
+        "counter",
+        "WebRTC UDP bytes sent.",
+        &one(s.rtc.bytes_out as f64),
+    );
+    metric(
+        "snaprtcd_stills_sent_total",
+        "counter",
+        "JPEG stills sent over data channels.",
+        &one(s.rtc.stills_sent as f64),
+    );
     let kf: Vec<_> = KeyframeCause::ALL
         .iter()
-        .map(|c| (format!("{{cause=\"{}\"}}", c.as_str()), get(&s.media.keyframes[c.index()]) as f64))
+        .map(|c| {
+            (
+                format!("{{cause=\"{}\"}}", c.as_str()),
+                get(&s.media.keyframes[c.index()]) as f64,
+            )
+        })
         .collect();
-    metric("snaprtcd_keyframes_total", "counter", "IDR frames sent, by cause.", &kf);
-    metric("snaprtcd_camera_losses_total", "counter", "Times the camera was lost.", &one(get(&s.media.camera_losses) as f64));
+    metric(
+        "snaprtcd_keyframes_total",
+        "counter",
+        "IDR frames sent, by cause.",
+        &kf,
+    );
+    metric(
+        "snaprtcd_camera_losses_total",
+        "counter",
+        "Times the camera was lost.",
+        &one(get(&s.media.camera_losses) as f64),
+    );
 
     // Encode time histogram (cumulative buckets, seconds).
     let mut cumulative = 0u64;
@@ -58,16 +128,44 @@ pub fn render(s: &Snapshot<'_>) -> String {
             .map_or("+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1000.0));
         hist.push((format!("_bucket{{le=\"{le}\"}}"), cumulative as f64));
     }
-    hist.push(("_sum".to_owned(), get(&s.media.encode_time_micros) as f64 / 1e6));
+    hist.push((
+        "_sum".to_owned(),
+        get(&s.media.encode_time_micros) as f64 / 1e6,
+    ));
     hist.push(("_count".to_owned(), cumulative as f64));
-    metric("snaprtcd_encode_seconds", "histogram", "Software encode time per frame.", &hist);
+    metric(
+        "snaprtcd_encode_seconds",
+        "histogram",
+        "Software encode time per frame.",
+        &hist,
+    );
 
-    let states: Vec<_> = [CameraState::Starting, CameraState::Streaming, CameraState::NoSignal, CameraState::Stopped]
-        .iter()
-        .map(|st| (format!("{{state=\"{}\"}}", st.as_str()), f64::from(u8::from(*st == s.camera.state))))
-        .collect();
-    metric("snaprtcd_camera_state", "gauge", "1 for the camera's current state.", &states);
-    metric("snaprtcd_camera_fps", "gauge", "Frames per second measured at capture.", &one(f64::from(s.camera.fps_measured)));
+    let states: Vec<_> = [
+        CameraState::Starting,
+        CameraState::Streaming,
+        CameraState::NoSignal,
+        CameraState::Stopped,
+    ]
+    .iter()
+    .map(|st| {
+        (
+            format!("{{state=\"{}\"}}", st.as_str()),
+            f64::from(u8::from(*st == s.camera.state)),
+        )
+    })
+    .collect();
+    metric(
+        "snaprtcd_camera_state",
+        "gauge",
+        "1 for the camera's current state.",
+        &states,
+    );
+    metric(
+        "snaprtcd_camera_fps",
+        "gauge",
+        "Frames per second measured at capture.",
+        &one(f64::from(s.camera.fps_measured)),
+    );
     out
 }
 

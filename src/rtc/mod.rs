@@ -285,7 +285,9 @@ fn new_rtc(now: Instant) -> Rtc {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
         .clear_codecs()
-        .set_sctp_max_buffered_amount(2 * MAX_STILL_BYTES);
+        .set_sctp_max_buffered_amount(2 * MAX_STILL_BYTES)
+        // Lets the player render at once instead of buffering (live camera, LAN).
+        .set_extension(14, str0m::rtp::Extension::PlayoutDelay);
     let codecs = cfg.codec_config();
     for (pt, rtx, profile) in [H264_CB, H264_BASELINE] {
         codecs.add_h264(pt.into(), Some(rtx.into()), true, profile);

@@ -17,6 +17,9 @@ use crate::media::{EncodedFrame, KeyframeCause};
 /// Stills a viewer may have in flight at once; more `snap`s get a "busy" reply.
 pub const MAX_PENDING_STILLS: usize = 2;
 
+/// Most a player should buffer before rendering (RTP playout-delay extension).
+const PLAYOUT_DELAY_MAX: MediaTime = MediaTime::from_millis(100);
+
 /// What a viewer wants from the engine after an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewerEvent {
@@ -147,6 +150,7 @@ impl Viewer {
             return;
         };
         let ticks = (frame.timestamp.as_micros() * 9 / 100) as u64;
+        let writer = writer.playout_delay(MediaTime::ZERO, PLAYOUT_DELAY_MAX);
         match writer.write(pt, now, MediaTime::from_90khz(ticks), frame.data.to_vec()) {
             Ok(()) => self.frames_sent += 1,
             Err(e) => tracing::debug!(viewer = %self.id, error = %e, "video write failed"),
