@@ -67,6 +67,13 @@ fn fake_frame(n: u64, keyframe: bool) -> EncodedFrame {
 }
 
 async fn start(max_viewers: usize) -> (RtcHandle, MediaHandle, CancellationToken) {
+    start_with(max_viewers, Duration::from_secs(15)).await
+}
+
+async fn start_with(
+    max_viewers: usize,
+    silence_timeout: Duration,
+) -> (RtcHandle, MediaHandle, CancellationToken) {
     let (media, ports) = media::channel(ChannelLimits::default());
     let cancel = CancellationToken::new();
     spawn_fake_pipeline(ports, cancel.clone());
@@ -78,6 +85,7 @@ async fn start(max_viewers: usize) -> (RtcHandle, MediaHandle, CancellationToken
         }],
         max_viewers,
         snapshot_on_connect: true,
+        silence_timeout,
     };
     let engine = Engine::bind(settings, media.clone()).await.unwrap();
     let handle = engine.handle();
@@ -279,5 +287,26 @@ async fn bad_offers_and_limits_are_refused_with_reasons() {
     rtc.patch(third.id, Some(third.etag.clone()), frag)
         .await
         .unwrap();
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_peer_that_never_speaks_is_removed_after_the_silence_timeout() {
+    let (rtc, _media, cancel) = start_with(4, Duration::from_millis(300)).await;
+    let (_peer, offer, _) = Peer::new().await;
+    rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    assert_eq!(rtc.stats().await.unwrap().viewers, 1);
+    // The engine wakes at least once a second to look at liveness.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = rtc.stats().await.unwrap();
+        if s.viewers == 0 {
+            assert_eq!(s.timed_out, 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "viewer not removed");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cancel.cancel();
 }

@@ -43,6 +43,8 @@ pub struct EngineSettings {
     pub max_viewers: usize,
     /// `[snapshot] on_connect`: a still when a data channel opens.
     pub snapshot_on_connect: bool,
+    /// A viewer silent this long is removed ([`super::SILENCE_TIMEOUT`]; tests shorten it).
+    pub silence_timeout: Duration,
 }
 
 impl EngineSettings {
@@ -56,6 +58,7 @@ impl EngineSettings {
             hosts: host_addrs(loopback, &s.public_addrs),
             max_viewers: s.max_viewers,
             snapshot_on_connect: config.snapshot.on_connect,
+            silence_timeout: super::SILENCE_TIMEOUT,
         }
     }
 }
@@ -95,6 +98,7 @@ impl Engine {
                 candidates,
                 max_viewers: settings.max_viewers,
                 snapshot_on_connect: settings.snapshot_on_connect,
+                silence_timeout: settings.silence_timeout,
             }),
         };
         Ok(Self {

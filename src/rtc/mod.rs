@@ -162,6 +162,7 @@ pub(crate) struct Shared {
     pub candidates: Vec<Candidate>,
     pub max_viewers: usize,
     pub snapshot_on_connect: bool,
+    pub silence_timeout: Duration,
 }
 
 /// H.264 payload types we answer with: Constrained Baseline first, Baseline as a fallback
@@ -169,7 +170,8 @@ pub(crate) struct Shared {
 const H264_CB: (u8, u8, u32) = (108, 109, 0x42e01f);
 const H264_BASELINE: (u8, u8, u32) = (127, 121, 0x42001f);
 
-/// Interval of str0m's ICE checks being silent before a viewer is dropped.
+/// How long a viewer may send nothing (browsers send ICE consent checks every few seconds and
+/// RTCP every second) before it is dropped; default of [`EngineSettings::silence_timeout`].
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl RtcHandle {
@@ -211,6 +213,7 @@ impl RtcHandle {
             etag.clone(),
             max_message,
             self.shared.snapshot_on_connect,
+            self.shared.silence_timeout,
             now,
         );
         let (reply, rx) = oneshot::channel();

@@ -11,7 +11,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt
 use str0m::net::Transmit;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
-use super::{ViewerId, ViewerKind, SILENCE_TIMEOUT};
+use super::{ViewerId, ViewerKind};
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Stills a viewer may have in flight at once; more `snap`s get a "busy" reply.
@@ -49,8 +49,9 @@ pub struct Viewer {
     connected: bool,
     /// Skip frames until an IDR (joined mid-GOP).
     needs_keyframe: bool,
-    /// Last datagram from the peer (or creation): silence beyond `SILENCE_TIMEOUT` ends it.
+    /// Last datagram from the peer (or creation): silence beyond `silence_timeout` ends it.
     last_rx: Instant,
+    silence_timeout: Duration,
     /// str0m's next timeout.
     next_timeout: Instant,
     pending_stills: usize,
@@ -69,6 +70,7 @@ impl Viewer {
         etag: String,
         max_message: usize,
         snapshot_on_connect: bool,
+        silence_timeout: Duration,
         now: Instant,
     ) -> Self {
         Self {
@@ -82,6 +84,7 @@ impl Viewer {
             connected: false,
             needs_keyframe: true,
             last_rx: now,
+            silence_timeout,
             next_timeout: now,
             pending_stills: 0,
             created: now,
@@ -104,9 +107,9 @@ impl Viewer {
         self.next_timeout
     }
 
-    /// Alive: str0m has not given up, and the peer spoke within `SILENCE_TIMEOUT`.
+    /// Alive: str0m has not given up, and the peer spoke within the silence timeout.
     pub fn is_alive(&self, now: Instant) -> bool {
-        self.rtc.is_alive() && now.saturating_duration_since(self.last_rx) < SILENCE_TIMEOUT
+        self.rtc.is_alive() && now.saturating_duration_since(self.last_rx) < self.silence_timeout
     }
 
     /// A datagram this viewer accepted (`Rtc::accepts` was true).
