@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
-use super::viewer::{Viewer, ViewerEvent};
+use super::viewer::{VideoFrame, Viewer, ViewerEvent};
 use super::{Command, RtcError, RtcHandle, RtcStats, Shared, ViewerId};
 use crate::config::Config;
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
@@ -31,6 +31,12 @@ const STILL_QUEUE: usize = 16;
 const RECV_BUF: usize = 2048;
 /// Longest the loop sleeps without looking at liveness.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Keep the frame stream (and the GOP cache) this long after the last video viewer leaves, so
+/// a viewer who reloads starts from the cache instead of waiting for an IDR.
+const SUBSCRIBER_LINGER: Duration = Duration::from_secs(10);
+/// Bounds of the GOP cache; a longer GOP is not cached (viewers wait for an IDR instead).
+const GOP_MAX_FRAMES: usize = 150;
+const GOP_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// What the engine is built from (see [`EngineSettings::from_config`]).
 #[derive(Debug, Clone)]
@@ -138,6 +144,8 @@ impl Engine {
             picker: LocalAddrPicker::new(hosts),
             viewers: Vec::new(),
             subscriber: None,
+            video_idle_since: None,
+            gop: Gop::default(),
             media,
             still_tx,
             tasks: JoinSet::new(),
@@ -187,8 +195,12 @@ struct State {
     port: u16,
     picker: LocalAddrPicker,
     viewers: Vec<Viewer>,
-    /// Held while any viewer takes video; dropped when none does (the pipeline may idle).
+    /// Held while any viewer takes video, and `SUBSCRIBER_LINGER` after.
     subscriber: Option<FrameSubscriber>,
+    /// Since when no viewer takes video (the subscriber is dropped after the linger).
+    video_idle_since: Option<Instant>,
+    /// Frames since the last keyframe: a joining viewer starts from here at once.
+    gop: Gop,
     media: MediaHandle,
     still_tx: mpsc::Sender<StillResult>,
     /// Still requests waiting on the pipeline (bounded by its still queue).
@@ -308,11 +320,37 @@ impl State {
 
     fn handle_frame(&mut self, frame: &EncodedFrame) {
         let now = Instant::now();
+        let skipped = self.subscriber.as_ref().map_or(0, FrameSubscriber::skipped);
+        let frame = VideoFrame::new(frame);
+        self.gop.push(&frame, skipped);
         for i in 0..self.viewers.len() {
             if self.viewers[i].wants_video() {
-                self.viewers[i].write_frame(frame, now);
+                self.viewers[i].write_frame(&frame, now);
                 self.drain(i, now);
             }
+        }
+    }
+
+    /// A viewer just connected: replay the cached GOP to it (squeezed before the live edge),
+    /// or ask for a keyframe when there is none.
+    fn start_video(&mut self, i: usize, now: Instant) {
+        if self.subscriber.is_none() {
+            // Subscribing asks the pipeline for a keyframe itself.
+            self.subscriber = Some(self.media.subscribe());
+            self.gop = Gop::default();
+            return;
+        }
+        let frames = self.gop.frames.clone();
+        let Some(last) = frames.last() else {
+            self.media
+                .request_keyframe(crate::media::KeyframeCause::NewViewer);
+            return;
+        };
+        let k = frames.len() as u64;
+        for (n, f) in frames.iter().enumerate() {
+            let ticks = last.ticks.saturating_sub(k - 1 - n as u64);
+            self.viewers[i].write_catch_up(f, ticks, now);
+            self.drain(i, now);
         }
     }
 
@@ -342,15 +380,15 @@ impl State {
     fn drain(&mut self, i: usize, now: Instant) {
         let socket = &self.socket;
         let mut events = std::mem::take(&mut self.events);
+        let mut start_video = Vec::new();
         self.viewers[i].drain(now, |t| send(socket, t), &mut events);
         for e in events.drain(..) {
             match e {
                 ViewerEvent::Connected => {
                     let v = &self.viewers[i];
                     tracing::info!(viewer = %v.id, after = ?now.duration_since(v.created), "viewer connected");
-                    if v.wants_video() && self.subscriber.is_none() {
-                        // Subscribing asks the pipeline for a keyframe itself.
-                        self.subscriber = Some(self.media.subscribe());
+                    if v.wants_video() {
+                        start_video.push(i);
                     }
                 }
                 ViewerEvent::Keyframe(cause) => self.media.request_keyframe(cause),
@@ -369,6 +407,9 @@ impl State {
             }
         }
         self.events = events;
+        for i in start_video {
+            self.start_video(i, now);
+        }
     }
 
     /// Remove dead and silent viewers; let go of the frame stream when nobody takes video.
@@ -385,8 +426,15 @@ impl State {
             self.totals.timed_out += 1;
             self.retire(&v, "ICE failed or silent");
         }
-        if self.subscriber.is_some() && !self.viewers.iter().any(Viewer::wants_video) {
-            self.subscriber = None;
+        if self.viewers.iter().any(Viewer::wants_video) {
+            self.video_idle_since = None;
+        } else if self.subscriber.is_some() {
+            let since = *self.video_idle_since.get_or_insert(now);
+            if now.duration_since(since) >= SUBSCRIBER_LINGER {
+                self.subscriber = None;
+                self.gop = Gop::default();
+                self.video_idle_since = None;
+            }
         }
     }
 
@@ -407,6 +455,37 @@ impl State {
             s.stills_sent += v.stills_sent;
         }
         s
+    }
+}
+
+/// The frames since the last keyframe, while they fit the bounds.
+#[derive(Default)]
+struct Gop {
+    frames: Vec<VideoFrame>,
+    bytes: usize,
+    /// The subscriber's skip count when the cache started: a skip means a hole in it.
+    skipped: u64,
+}
+
+impl Gop {
+    fn push(&mut self, frame: &VideoFrame, skipped: u64) {
+        if frame.keyframe {
+            self.frames.clear();
+            self.bytes = 0;
+            self.skipped = skipped;
+        } else if self.frames.is_empty() {
+            return;
+        }
+        let fits =
+            self.frames.len() < GOP_MAX_FRAMES && self.bytes + frame.data.len() <= GOP_MAX_BYTES;
+        if skipped != self.skipped || !fits {
+            // A hole (this engine fell behind) or too long a GOP: no cache until the next IDR.
+            self.frames.clear();
+            self.bytes = 0;
+            return;
+        }
+        self.bytes += frame.data.len();
+        self.frames.push(frame.clone());
     }
 }
 

@@ -211,9 +211,11 @@ impl RtcHandle {
             kind,
             rtc,
             etag.clone(),
-            max_message,
-            self.shared.snapshot_on_connect,
-            self.shared.silence_timeout,
+            viewer::ViewerOptions {
+                max_message,
+                snapshot_on_connect: self.shared.snapshot_on_connect,
+                silence_timeout: self.shared.silence_timeout,
+            },
             now,
         );
         let (reply, rx) = oneshot::channel();

@@ -20,12 +20,31 @@ pub const MAX_PENDING_STILLS: usize = 2;
 /// Most a player should buffer before rendering (RTP playout-delay extension).
 const PLAYOUT_DELAY_MAX: MediaTime = MediaTime::from_millis(100);
 
+/// An encoded frame as viewers are written it: the bytes shared (one copy for every viewer),
+/// the RTP time in 90 kHz ticks.
+#[derive(Debug, Clone)]
+pub struct VideoFrame {
+    pub data: std::sync::Arc<[u8]>,
+    pub keyframe: bool,
+    pub ticks: u64,
+}
+
+impl VideoFrame {
+    pub fn new(frame: &EncodedFrame) -> Self {
+        Self {
+            data: std::sync::Arc::from(&frame.data[..]),
+            keyframe: frame.keyframe,
+            ticks: (frame.timestamp.as_micros() * 9 / 100) as u64,
+        }
+    }
+}
+
 /// What a viewer wants from the engine after an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewerEvent {
     /// ICE and DTLS are up: video may flow.
     Connected,
-    /// The peer asked for a keyframe (PLI/FIR), or the viewer just started.
+    /// The peer asked for a keyframe (PLI/FIR).
     Keyframe(KeyframeCause),
     /// Send a still of at most `max_bytes` on channel `channel`.
     Still {
@@ -62,17 +81,31 @@ pub struct Viewer {
     pub bytes_out: u64,
 }
 
+/// How a viewer behaves (from the engine's settings and the peer's offer).
+#[derive(Debug, Clone, Copy)]
+pub struct ViewerOptions {
+    /// Largest data channel message the peer takes (capped at `MAX_STILL_BYTES`).
+    pub max_message: usize,
+    /// Send a still when a data channel opens.
+    pub snapshot_on_connect: bool,
+    /// Remove the viewer after this long without a datagram from it.
+    pub silence_timeout: Duration,
+}
+
 impl Viewer {
     pub fn new(
         id: ViewerId,
         kind: ViewerKind,
         rtc: Rtc,
         etag: String,
-        max_message: usize,
-        snapshot_on_connect: bool,
-        silence_timeout: Duration,
+        opts: ViewerOptions,
         now: Instant,
     ) -> Self {
+        let ViewerOptions {
+            max_message,
+            snapshot_on_connect,
+            silence_timeout,
+        } = opts;
         Self {
             id,
             kind,
@@ -128,12 +161,9 @@ impl Viewer {
         }
     }
 
-    /// Write one encoded frame (skipped until this viewer's first keyframe).
-    pub fn write_frame(&mut self, frame: &EncodedFrame, now: Instant) {
-        let Some((mid, pt)) = &mut self.video else {
-            return;
-        };
-        if !self.connected {
+    /// Write one live frame (skipped until this viewer's first keyframe).
+    pub fn write_frame(&mut self, frame: &VideoFrame, now: Instant) {
+        if !self.wants_video() {
             return;
         }
         if self.needs_keyframe {
@@ -143,6 +173,34 @@ impl Viewer {
             self.needs_keyframe = false;
             tracing::debug!(viewer = %self.id, after = ?now.duration_since(self.created), "first keyframe out");
         }
+        self.write_at(frame, frame.ticks, now);
+    }
+
+    /// Write a cached frame of the current GOP at RTP time `ticks` (the engine squeezes the
+    /// catch-up burst just before the live edge, so the player shows the live picture at once
+    /// instead of replaying the GOP). The first one must be the GOP's keyframe.
+    pub fn write_catch_up(&mut self, frame: &VideoFrame, ticks: u64, now: Instant) {
+        if !self.wants_video() {
+            return;
+        }
+        if frame.keyframe && self.needs_keyframe {
+            self.needs_keyframe = false;
+            tracing::debug!(viewer = %self.id, after = ?now.duration_since(self.created), "started from the cached GOP");
+        }
+        if !self.needs_keyframe {
+            self.write_at(frame, ticks, now);
+        }
+    }
+
+    /// Whether this viewer still waits for a keyframe to start.
+    pub fn needs_keyframe(&self) -> bool {
+        self.needs_keyframe
+    }
+
+    fn write_at(&mut self, frame: &VideoFrame, ticks: u64, now: Instant) {
+        let Some((mid, pt)) = &mut self.video else {
+            return;
+        };
         let Some(writer) = self.rtc.writer(*mid) else {
             return;
         };
@@ -152,9 +210,8 @@ impl Viewer {
         let Some(pt) = *pt else {
             return;
         };
-        let ticks = (frame.timestamp.as_micros() * 9 / 100) as u64;
         let writer = writer.playout_delay(MediaTime::ZERO, PLAYOUT_DELAY_MAX);
-        match writer.write(pt, now, MediaTime::from_90khz(ticks), frame.data.to_vec()) {
+        match writer.write(pt, now, MediaTime::from_90khz(ticks), frame.data.clone()) {
             Ok(()) => self.frames_sent += 1,
             Err(e) => tracing::debug!(viewer = %self.id, error = %e, "video write failed"),
         }
@@ -240,9 +297,6 @@ impl Viewer {
             Event::Connected => {
                 self.connected = true;
                 self.needs_keyframe = true;
-                if self.video.is_some() {
-                    events.push(ViewerEvent::Keyframe(KeyframeCause::NewViewer));
-                }
                 events.push(ViewerEvent::Connected);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {

@@ -1,0 +1,156 @@
+// WebRTC benchmark: server CPU and RSS with 1, 4 and 16 WHEP viewers (headless Chromium,
+// every viewer decoding), the extra cost per viewer, and time to first frame (median of 10),
+// for snaprtcd and for aiortc serving the same 640x480@30 test pattern. Run via run.sh.
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { startDaemon, launchBrowser, median } from "../../tests/webrtc/lib.mjs";
+
+const COUNTS = (process.env.BENCH_VIEWERS || "1,4,16").split(",").map(Number);
+const WINDOW_MS = Number(process.env.BENCH_WINDOW_MS || 10000);
+const TICKS = 100; // USER_HZ on Linux
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function cpuTicks(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return Number(f[11]) + Number(f[12]); // utime + stime
+}
+function rssMiB(pid) {
+  const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/);
+  return Number(m[1]) / 1024;
+}
+
+const pageHelpers = () => {
+  window.connect = async () => {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const v = document.createElement("video");
+    v.muted = true; v.autoplay = true; v.playsInline = true;
+    document.body.appendChild(v);
+    const started = performance.now();
+    const res = { pc, v, firstFrameMs: null };
+    pc.ontrack = (ev) => {
+      v.srcObject = new MediaStream([ev.track]);
+      v.play().catch(() => {});
+      v.requestVideoFrameCallback(() => { res.firstFrameMs = performance.now() - started; });
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    // aiortc is not ICE-lite: give it our candidates (wait for gathering, as its examples do).
+    if (pc.iceGatheringState !== "complete") {
+      await new Promise((r) => { pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r(); setTimeout(r, 2000); });
+    }
+    const r = await fetch("/whep", { method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp });
+    if (r.status !== 201) throw new Error("WHEP " + r.status + " " + await r.text());
+    res.location = r.headers.get("Location");
+    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    return res;
+  };
+  window.decoded = async () => {
+    const out = [];
+    for (const w of window.viewers) {
+      let n = 0;
+      (await w.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") n = s.framesDecoded || 0; });
+      out.push(n);
+    }
+    return out;
+  };
+  window.closeAll = async () => {
+    for (const w of window.viewers) { await fetch(w.location, { method: "DELETE" }).catch(() => {}); w.pc.close(); w.v.remove(); }
+    window.viewers = [];
+  };
+};
+
+async function measure(name, base, pid, browser) {
+  const page = await browser.context.newPage();
+  await page.goto(base + (name === "snaprtcd" ? "/health" : "/"));
+  const rows = [];
+  const idle0 = cpuTicks(pid);
+  await sleep(WINDOW_MS / 2);
+  const idle = ((cpuTicks(pid) - idle0) / TICKS) / (WINDOW_MS / 2000) * 100;
+  const idleRss = rssMiB(pid);
+  for (const n of COUNTS) {
+    await page.evaluate(async (n) => {
+      window.viewers = [];
+      for (let i = 0; i < n; i++) window.viewers.push(await connect());
+    }, n);
+    // Warm up until every viewer decodes, then measure.
+    const end = Date.now() + 20000;
+    while (Math.min(...await page.evaluate(() => decoded())) < 30) {
+      if (Date.now() > end) throw new Error(`${name}: not every viewer decodes with ${n} viewers`);
+      await sleep(200);
+    }
+    const d0 = await page.evaluate(() => decoded());
+    const c0 = cpuTicks(pid);
+    await sleep(WINDOW_MS);
+    const cpu = ((cpuTicks(pid) - c0) / TICKS) / (WINDOW_MS / 1000) * 100;
+    const d1 = await page.evaluate(() => decoded());
+    const fps = d1.map((x, i) => (x - d0[i]) / (WINDOW_MS / 1000));
+    const rss = rssMiB(pid);
+    rows.push({ n, cpu, rss, minFps: Math.min(...fps), meanFps: fps.reduce((a, b) => a + b, 0) / fps.length });
+    console.error(`${name} ${n} viewers: cpu ${cpu.toFixed(1)}% rss ${rss.toFixed(1)} MiB fps min ${Math.min(...fps).toFixed(1)}`);
+    await page.evaluate(() => closeAll());
+    await sleep(2000);
+  }
+  // Time to first frame: 10 joins, each 600 ms after the last (past the keyframe rate limit).
+  const ttff = [];
+  for (let i = 0; i < 10; i++) {
+    await sleep(600);
+    const ms = await page.evaluate(async () => {
+      window.viewers = [await connect()];
+      const w = window.viewers[0];
+      const end = performance.now() + 10000;
+      while (w.firstFrameMs === null && performance.now() < end) await new Promise((r) => setTimeout(r, 5));
+      const t = w.firstFrameMs;
+      await closeAll();
+      return t;
+    });
+    ttff.push(ms);
+  }
+  await page.close();
+  return { name, idle, idleRss, rows, ttff: median(ttff.filter((t) => t !== null)) };
+}
+
+async function startAiortc() {
+  const py = process.env.AIORTC_PYTHON || "python3";
+  const proc = spawn(py, [new URL("./aiortc_server.py", import.meta.url).pathname], { stdio: ["ignore", "pipe", "inherit"] });
+  const port = await new Promise((resolve, reject) => {
+    let buf = "";
+    proc.stdout.on("data", (c) => { buf += c; const m = buf.match(/listening (\d+)/); if (m) resolve(m[1]); });
+    proc.on("exit", (code) => reject(new Error("aiortc server exited " + code)));
+  });
+  return { base: `http://127.0.0.1:${port}`, proc, stop: () => proc.kill("SIGTERM") };
+}
+
+const browser = await launchBrowser();
+await browser.context.addInitScript(pageHelpers);
+const results = [];
+try {
+  const d = await startDaemon();
+  try { results.push(await measure("snaprtcd", d.base, d.proc.pid, browser)); } finally { await d.stop(); }
+  const a = await startAiortc();
+  try { results.push(await measure("aiortc", a.base, a.proc.pid, browser)); } finally { a.stop(); }
+} finally {
+  await browser.close();
+}
+
+// Markdown for docs/BENCHMARKS.md.
+const out = [];
+out.push(`| server | viewers | CPU (% of one core) | RSS (MiB) | viewer fps (min / mean) |`);
+out.push(`|---|---:|---:|---:|---|`);
+for (const r of results) {
+  out.push(`| ${r.name} | 0 | ${r.idle.toFixed(1)} | ${r.idleRss.toFixed(1)} | – |`);
+  for (const row of r.rows) {
+    out.push(`| ${r.name} | ${row.n} | ${row.cpu.toFixed(1)} | ${row.rss.toFixed(1)} | ${row.minFps.toFixed(1)} / ${row.meanFps.toFixed(1)} |`);
+  }
+}
+out.push("");
+out.push(`| server | extra CPU per viewer (1→${COUNTS.at(-1)}) | extra RSS per viewer | time to first frame (median of 10) |`);
+out.push(`|---|---:|---:|---:|`);
+for (const r of results) {
+  const a = r.rows[0], b = r.rows.at(-1);
+  const k = b.n - a.n || 1;
+  out.push(`| ${r.name} | ${((b.cpu - a.cpu) / k).toFixed(2)} % | ${((b.rss - a.rss) / k).toFixed(2)} MiB | ${r.ttff.toFixed(0)} ms |`);
+}
+const s = results.find((r) => r.name === "snaprtcd"), a = results.find((r) => r.name === "aiortc");
+const at4 = (r) => r.rows.find((x) => x.n === 4);
+if (s && a && at4(s) && at4(a)) out.push(`\nAt 4 viewers aiortc uses ${(at4(a).cpu / at4(s).cpu).toFixed(1)}× the CPU of snaprtcd.`);
+console.log(out.join("\n"));
