@@ -494,3 +494,51 @@ fn init_crypto() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(keyframe: bool, len: usize, ticks: u64) -> VideoFrame {
+        VideoFrame {
+            data: Arc::from(vec![0u8; len]),
+            keyframe,
+            ticks,
+        }
+    }
+
+    #[test]
+    fn gop_starts_at_a_keyframe_and_restarts_at_the_next() {
+        let mut g = Gop::default();
+        g.push(&f(false, 10, 1), 0);
+        assert!(g.frames.is_empty(), "no cache before a keyframe");
+        g.push(&f(true, 10, 2), 0);
+        g.push(&f(false, 10, 3), 0);
+        assert_eq!(g.frames.len(), 2);
+        g.push(&f(true, 10, 4), 0);
+        assert_eq!(g.frames.len(), 1);
+        assert!(g.frames[0].keyframe);
+    }
+
+    #[test]
+    fn gop_is_dropped_on_a_hole_or_when_too_big() {
+        let mut g = Gop::default();
+        g.push(&f(true, 10, 1), 0);
+        g.push(&f(false, 10, 2), 3);
+        assert!(
+            g.frames.is_empty(),
+            "the engine skipped frames: the cache has a hole"
+        );
+        g.push(&f(false, 10, 3), 3);
+        assert!(g.frames.is_empty(), "stays empty until the next keyframe");
+        g.push(&f(true, GOP_MAX_BYTES, 4), 3);
+        assert_eq!(g.frames.len(), 1);
+        g.push(&f(false, 1, 5), 3);
+        assert!(g.frames.is_empty(), "over the byte bound");
+        g.push(&f(true, 1, 6), 3);
+        for t in 0..GOP_MAX_FRAMES as u64 {
+            g.push(&f(false, 1, 7 + t), 3);
+        }
+        assert!(g.frames.is_empty(), "over the frame bound");
+    }
+}
