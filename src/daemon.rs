@@ -62,6 +62,9 @@ pub async fn run(
 
     let signaling = crate::signaling::spawn(
         config.signaling.clone(),
+        // The WebRTC engine answers for the built-in capture member once it is wired in;
+        // until then `join_sessions = "all"` acts as "none".
+        None,
         cancel.child_token(),
         tracker.clone(),
     );
