@@ -448,7 +448,8 @@ impl HubTask {
             match output {
                 HubOutput::Deliver { to, message } => match self.clients.get(&to) {
                     Some(Client::Remote { outbound, .. }) => {
-                        if outbound.try_send(encode(message)).is_err() {
+                        let delivered = outbound.try_send(encode(message)).is_ok();
+                        if !delivered {
                             warn!(
                                 member = to.0,
                                 "client is not reading its messages; disconnecting it"
