@@ -64,12 +64,6 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let mut services: JoinSet<&'static str> = JoinSet::new();
 
-    let signaling = crate::signaling::spawn(
-        config.signaling.clone(),
-        cancel.child_token(),
-        tracker.clone(),
-    );
-
     let (media, pipeline) =
         crate::media::spawn(&config, cancel.child_token()).map_err(DaemonError::Media)?;
     let engine = crate::rtc::Engine::bind(
@@ -87,6 +81,14 @@ pub async fn run(
             "rtc"
         });
     }
+    // The engine answers for the built-in SnapRTC capture member (`join_sessions = "all"`).
+    let answerer: Arc<dyn crate::signaling::capture::Answerer> = Arc::new(rtc.clone());
+    let signaling = crate::signaling::spawn(
+        config.signaling.clone(),
+        Some(answerer),
+        cancel.child_token(),
+        tracker.clone(),
+    );
     let whep = crate::rtc::whep::Whep::new(
         rtc.clone(),
         crate::rtc::whep::WhepSettings::from_config(&config, auth.clone()),

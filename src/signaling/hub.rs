@@ -230,6 +230,11 @@ pub enum HubOutput {
     /// An initiator waits in `session` and no capture side is there: the daemon's capture
     /// member may join (only when [`HubConfig::capture_wanted`] is on).
     CaptureWanted { session: SessionId },
+    /// Every remote member left `session`, so the local `member` was taken out of it too.
+    LocalLeft {
+        member: MemberId,
+        session: SessionId,
+    },
 }
 
 /// Limits and behaviour of the hub.
@@ -254,6 +259,8 @@ pub struct Hub {
     sessions: HashMap<SessionId, Session>,
     /// Sessions each member is in, so a disconnect leaves them all.
     memberships: HashMap<MemberId, Vec<SessionId>>,
+    /// Members that are the daemon itself; they never keep a session alive on their own.
+    locals: std::collections::HashSet<MemberId>,
     outputs: VecDeque<HubOutput>,
 }
 
@@ -263,8 +270,15 @@ impl Hub {
             config,
             sessions: HashMap::new(),
             memberships: HashMap::new(),
+            locals: std::collections::HashSet::new(),
             outputs: VecDeque::new(),
         }
+    }
+
+    /// Member API: `member` is the daemon's own capture side. When the last remote member of
+    /// a session leaves, local members leave with it ([`HubOutput::LocalLeft`]).
+    pub fn mark_local(&mut self, member: MemberId) {
+        self.locals.insert(member);
     }
 
     /// Sessions open now.
@@ -379,10 +393,20 @@ impl Hub {
     }
 
     fn remove_from_session(&mut self, member: MemberId, session: &SessionId) {
-        if let Some(s) = self.sessions.get_mut(session) {
-            s.members.retain(|(m, _)| *m != member);
-            if s.members.is_empty() {
-                self.sessions.remove(session);
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        s.members.retain(|(m, _)| *m != member);
+        if s.members.iter().all(|(m, _)| self.locals.contains(m)) {
+            let locals: Vec<MemberId> = s.members.iter().map(|(m, _)| *m).collect();
+            self.sessions.remove(session);
+            for local in locals {
+                self.locals.remove(&local);
+                self.memberships.remove(&local);
+                self.outputs.push_back(HubOutput::LocalLeft {
+                    member: local,
+                    session: session.clone(),
+                });
             }
         }
     }
@@ -822,6 +846,61 @@ mod tests {
             },
         );
         assert!(drain(&mut h).is_empty(), "a capture side is already there");
+    }
+
+    #[test]
+    fn local_member_leaves_with_the_last_remote_member() {
+        let mut h = Hub::new(HubConfig {
+            max_sessions: 10,
+            max_members_per_session: 8,
+            capture_wanted: true,
+        });
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        drain(&mut h);
+        h.mark_local(MemberId(100));
+        h.join(MemberId(100), sid("a"), true).unwrap();
+        drain(&mut h);
+        let offer = raw("\"o\"");
+        call(
+            &mut h,
+            1,
+            None,
+            Method::SignalCapture {
+                session: sid("a"),
+                payload: offer.clone(),
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(100, Outbound::SignalCapture(offer))]
+        );
+        h.signal(
+            MemberId(100),
+            &sid("a"),
+            Outbound::SignalInitiator(raw("\"ans\"")),
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(1, Outbound::SignalInitiator(raw("\"ans\"")))]
+        );
+        h.handle_disconnect(MemberId(1));
+        assert_eq!(
+            drain(&mut h),
+            vec![HubOutput::LocalLeft {
+                member: MemberId(100),
+                session: sid("a")
+            }]
+        );
+        assert_eq!(h.session_count(), 0);
+        assert!(h.memberships.is_empty() && h.locals.is_empty());
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! - [`signalr`]: the wire codec and one connection's protocol state (pure).
 //! - [`hub`]: sessions, relay, limits and connection admission (pure).
+//! - [`snappeer`]: simple-peer signal payloads (lz-string or JSON), pure.
+//! - [`capture`]: the daemon's own capture side in SnapRTC sessions.
 //! - [`ws`]: the tokio shell: the hub task and one task per WebSocket.
 
+pub mod capture;
 pub mod hub;
 pub mod signalr;
+pub mod snappeer;
 pub mod ws;
 
 pub use ws::{spawn, SignalingHandle, SignalingStats};

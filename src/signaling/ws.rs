@@ -24,11 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::capture::{self, Answerer};
 use super::hub::{
-    AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request,
+    AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request, SessionId,
 };
 use super::signalr::{ConnOutput, Connection, ConnectionConfig, ServerMessage};
-use crate::config::SignalingConfig;
+use crate::config::{JoinSessions, SignalingConfig};
 
 /// Commands to the hub task.
 enum Command {
@@ -83,29 +84,42 @@ pub struct SignalingHandle {
 }
 
 /// Start the hub task. It stops when `cancel` fires; connection tasks are tracked by `tracker`.
+///
+/// With an `answerer` and `join_sessions = "all"`, the daemon joins every session an initiator
+/// opens as its capture side; otherwise the hub is a pure relay.
 pub fn spawn(
     config: SignalingConfig,
+    answerer: Option<Arc<dyn Answerer>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> SignalingHandle {
     // Every connection sends through this queue; a full queue slows readers, never the hub.
     let (tx, rx) = mpsc::channel(1024);
+    let answerer = answerer.filter(|_| config.join_sessions == JoinSessions::All);
     let hub = Hub::new(HubConfig {
         max_sessions: config.max_sessions,
         max_members_per_session: config.max_members_per_session,
-        // The built-in capture member arrives with the WebRTC engine; until then
-        // `join_sessions = "all"` acts as "none".
-        capture_wanted: false,
+        capture_wanted: answerer.is_some(),
     });
     let admissions = Admissions::new(config.max_connections, config.handshake_timeout);
+    let (capture, replies) = match answerer {
+        Some(answerer) => {
+            let (in_tx, in_rx) = mpsc::channel(64);
+            let (reply_tx, reply_rx) = mpsc::channel(64);
+            tracker.spawn(capture::run(answerer, in_rx, reply_tx, cancel.clone()));
+            (Some(in_tx), Some(reply_rx))
+        }
+        None => (None, None),
+    };
     let task = HubTask {
         hub,
         admissions,
         clients: HashMap::new(),
         next_member: 1,
         max_queued: config.max_queued_messages,
+        capture,
     };
-    tracker.spawn(task.run(rx, cancel.clone()));
+    tracker.spawn(task.run(rx, replies, cancel.clone()));
     SignalingHandle {
         commands: tx,
         config: Arc::new(config),
@@ -298,6 +312,13 @@ async fn send_text(
 /// How long a closing connection may take to send its Close record at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -305,10 +326,15 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// A connected client as the hub task knows it.
-struct Client {
-    outbound: mpsc::Sender<Bytes>,
-    kill: CancellationToken,
+/// A hub member as the hub task knows it.
+enum Client {
+    /// A WebSocket connection.
+    Remote {
+        outbound: mpsc::Sender<Bytes>,
+        kill: CancellationToken,
+    },
+    /// The daemon's capture side in one session.
+    Local { session: SessionId },
 }
 
 struct HubTask {
@@ -317,21 +343,59 @@ struct HubTask {
     clients: HashMap<MemberId, Client>,
     next_member: u64,
     max_queued: usize,
+    /// To the capture-member task, when the daemon joins sessions.
+    capture: Option<mpsc::Sender<capture::Incoming>>,
 }
 
 impl HubTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
-        info!(max_queued = self.max_queued, "signaling hub running");
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut replies: Option<mpsc::Receiver<capture::Reply>>,
+        cancel: CancellationToken,
+    ) {
+        info!(
+            capture = self.capture.is_some(),
+            max_queued = self.max_queued,
+            "signaling hub running"
+        );
         loop {
             tokio::select! {
                 command = rx.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
                 },
+                Some(reply) = recv_opt(&mut replies) => self.local_signal(reply),
                 _ = cancel.cancelled() => break,
             }
         }
         debug!("signaling hub stopped");
+    }
+
+    /// The capture member answered: relay as `signalInitiator` if it is still in the session.
+    fn local_signal(&mut self, reply: capture::Reply) {
+        if matches!(self.clients.get(&reply.member), Some(Client::Local { .. })) {
+            self.hub.signal(
+                reply.member,
+                &reply.session,
+                Outbound::SignalInitiator(reply.payload),
+            );
+            self.drain();
+        }
+    }
+
+    /// An initiator waits alone: join the session as its capture side.
+    fn join_capture(&mut self, session: SessionId) {
+        let member = MemberId(self.next_member);
+        self.next_member += 1;
+        self.hub.mark_local(member);
+        match self.hub.join(member, session.clone(), true) {
+            Ok(()) => {
+                info!(%session, "joined the session as its capture side");
+                self.clients.insert(member, Client::Local { session });
+            }
+            Err(e) => warn!(%session, error = %e, "cannot join the session as its capture side"),
+        }
     }
 
     fn handle(&mut self, command: Command) {
@@ -356,7 +420,8 @@ impl HubTask {
                 let result = self.admissions.connect(token.as_deref(), now).map(|()| {
                     let member = MemberId(self.next_member);
                     self.next_member += 1;
-                    self.clients.insert(member, Client { outbound, kill });
+                    self.clients
+                        .insert(member, Client::Remote { outbound, kill });
                     member
                 });
                 let _ = reply.send(result);
@@ -381,21 +446,37 @@ impl HubTask {
         let mut dropped = Vec::new();
         while let Some(output) = self.hub.poll_output() {
             match output {
-                HubOutput::Deliver { to, message } => {
-                    let Some(client) = self.clients.get(&to) else {
-                        continue;
-                    };
-                    let bytes = encode(message);
-                    if client.outbound.try_send(bytes).is_err() {
-                        warn!(
-                            member = to.0,
-                            "client is not reading its messages; disconnecting it"
-                        );
-                        dropped.push(to);
+                HubOutput::Deliver { to, message } => match self.clients.get(&to) {
+                    Some(Client::Remote { outbound, .. }) => {
+                        let delivered = outbound.try_send(encode(message)).is_ok();
+                        if !delivered {
+                            warn!(
+                                member = to.0,
+                                "client is not reading its messages; disconnecting it"
+                            );
+                            dropped.push(to);
+                        }
                     }
-                }
-                HubOutput::CaptureWanted { session } => {
-                    debug!(%session, "an initiator waits for a capture side");
+                    Some(Client::Local { session }) => {
+                        if let (Outbound::SignalCapture(payload), Some(capture)) =
+                            (message, &self.capture)
+                        {
+                            let incoming = capture::Incoming {
+                                member: to,
+                                session: session.clone(),
+                                payload,
+                            };
+                            if capture.try_send(incoming).is_err() {
+                                warn!(%session, "capture side is busy; offer dropped");
+                            }
+                        }
+                    }
+                    None => {}
+                },
+                HubOutput::CaptureWanted { session } => self.join_capture(session),
+                HubOutput::LocalLeft { member, session } => {
+                    debug!(%session, "initiator gone; capture side leaves the session");
+                    self.clients.remove(&member);
                 }
             }
         }
@@ -405,8 +486,9 @@ impl HubTask {
     }
 
     fn remove(&mut self, member: MemberId) {
-        if let Some(client) = self.clients.remove(&member) {
-            client.kill.cancel();
+        if let Some(Client::Remote { kill, .. }) = self.clients.get(&member) {
+            kill.cancel();
+            self.clients.remove(&member);
             self.admissions.disconnect();
             self.hub.handle_disconnect(member);
             self.drain();
