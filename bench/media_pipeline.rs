@@ -102,7 +102,10 @@ fn pipeline(w: u32, h: u32, n: u64) -> String {
     config.camera.width = w;
     config.camera.height = h;
     config.camera.fps = FPS;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let cancel = CancellationToken::new();
         let (media, guard) = spawn_with(&config, SourceSpec::Testsrc, cancel.clone()).unwrap();
@@ -143,7 +146,9 @@ fn thread_cpu() -> Vec<(String, f64)> {
     };
     for t in tasks.flatten() {
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let name = stat[stat.find('(').unwrap_or(0) + 1..close].to_string();
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)

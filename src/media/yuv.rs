@@ -137,7 +137,11 @@ impl I420 {
 
     /// A picture whose buffer comes from (and returns to) `pool`, content unspecified: the
     /// caller overwrites every byte.
-    pub fn uninit_in(pool: &Arc<BufferPool>, width: u32, height: u32) -> Result<Self, PictureError> {
+    pub fn uninit_in(
+        pool: &Arc<BufferPool>,
+        width: u32,
+        height: u32,
+    ) -> Result<Self, PictureError> {
         check_size(width, height)?;
         Ok(Self {
             width,
