@@ -236,6 +236,28 @@ pub(crate) fn sleep_unless_cancelled(d: Duration, cancel: &CancellationToken) ->
     false
 }
 
+/// Wait `d` before the next attempt, but retry at once when a missing device node reappears
+/// (a re-plugged camera resumes without waiting out the backoff). False if cancelled.
+fn wait_for_retry(d: Duration, spec: &SourceSpec, cancel: &CancellationToken) -> bool {
+    let SourceSpec::V4l2(path) = spec else {
+        return sleep_unless_cancelled(d, cancel);
+    };
+    if path.exists() {
+        return sleep_unless_cancelled(d, cancel);
+    }
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if !sleep_unless_cancelled(Duration::from_millis(100), cancel) {
+            return false;
+        }
+        if path.exists() {
+            // udev may still be setting permissions: a short grace, then try.
+            return sleep_unless_cancelled(Duration::from_millis(200), cancel);
+        }
+    }
+    true
+}
+
 fn run(
     spec: SourceSpec,
     camera: CameraConfig,
@@ -288,7 +310,7 @@ fn run(
         {
             return;
         }
-        if !sleep_unless_cancelled(retry_in, &cancel) {
+        if !wait_for_retry(retry_in, &spec, &cancel) {
             return;
         }
     }

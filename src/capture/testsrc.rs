@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
-use crate::media::yuv::{even, I420};
+use crate::media::yuv::{even, BufferPool, I420};
+use std::sync::Arc;
 
 /// 5x7 glyphs, one byte a row, bit 4 leftmost.
 fn glyph(c: char) -> [u8; 7] {
@@ -167,6 +168,7 @@ pub fn slate(width: u32, height: u32) -> I420 {
 /// The test pattern source, paced at `fps` like a camera.
 pub struct TestSource {
     background: I420,
+    pool: Arc<BufferPool>,
     fps: u32,
     frame: u64,
     next_at: Option<Instant>,
@@ -177,6 +179,7 @@ impl TestSource {
     pub fn new(width: u32, height: u32, fps: u32) -> Result<Self, CaptureError> {
         Ok(Self {
             background: bars(even(width), even(height))?,
+            pool: BufferPool::new(4),
             fps: fps.max(1),
             frame: 0,
             next_at: None,
@@ -192,7 +195,7 @@ impl TestSource {
 
     /// Picture number `n` (the box position and counter depend on `n` only).
     pub fn picture(&self, n: u64, now: SystemTime) -> I420 {
-        let mut p = self.background.clone();
+        let mut p = self.background.copy_in(&self.pool);
         let (w, h) = (p.width() as usize, p.height() as usize);
         let side = (h / 6).max(2);
         let span_x = w.saturating_sub(side).max(1);

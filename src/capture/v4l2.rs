@@ -18,7 +18,8 @@ use linuxvideo::{BufType, CapabilityFlags, Device, Fract};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
 use crate::config::{CameraConfig, CaptureFormat};
-use crate::media::yuv::I420;
+use crate::media::yuv::{BufferPool, I420};
+use std::sync::Arc;
 
 const H264: PixelFormat = PixelFormat::from_fourcc(*b"H264");
 const NV12: PixelFormat = PixelFormat::from_fourcc(*b"NV12");
@@ -168,6 +169,7 @@ pub struct V4l2Source {
     bytes_per_line: usize,
     last_frame: Instant,
     corrupt: u64,
+    pool: Arc<BufferPool>,
 }
 
 impl V4l2Source {
@@ -235,6 +237,7 @@ impl V4l2Source {
             bytes_per_line,
             last_frame: Instant::now(),
             corrupt: 0,
+            pool: BufferPool::new(4),
         })
     }
 
@@ -268,14 +271,18 @@ impl V4l2Source {
 }
 
 /// A filled buffer as a payload: raw formats converted to I420, compressed ones copied out.
-fn convert(layout: (PixelFormat, u32, u32, usize), data: &[u8]) -> Result<Payload, String> {
+fn convert(
+    layout: (PixelFormat, u32, u32, usize),
+    pool: &Arc<BufferPool>,
+    data: &[u8],
+) -> Result<Payload, String> {
     let (pf, w, h, bpl) = (layout.0, layout.1 & !1, layout.2 & !1, layout.3);
     if pf == PixelFormat::YUYV {
-        I420::from_yuyv(w, h, bpl, data)
+        I420::from_yuyv_in(Some(pool), w, h, bpl, data)
             .map(Payload::I420)
             .map_err(|e| e.to_string())
     } else if pf == NV12 {
-        I420::from_nv12(w, h, bpl, data)
+        I420::from_nv12_in(Some(pool), w, h, bpl, data)
             .map(Payload::I420)
             .map_err(|e| e.to_string())
     } else if pf == H264 {
@@ -323,11 +330,12 @@ impl Source for V4l2Source {
                 self.height,
                 self.bytes_per_line,
             );
+            let pool = &self.pool;
             let converted = self.stream.dequeue(|buf| {
                 if buf.is_error() || buf.is_empty() {
                     return Ok(None);
                 }
-                Ok(Some(convert(layout, &buf)))
+                Ok(Some(convert(layout, pool, &buf)))
             });
             match converted {
                 Ok(Some(Ok(payload))) => {

@@ -50,7 +50,8 @@ pub struct SoftwareSettings {
     pub fps: u32,
 }
 
-/// openh264: H.264 Constrained Baseline, real-time camera mode, one thread, IDRs only when
+/// openh264: H.264 Constrained Baseline, real-time camera mode, bitrate control (it may skip a
+/// picture to hold the rate), one thread, IDRs only when
 /// asked (the pipeline's keyframe policy owns the GOP), SPS/PPS in front of every IDR.
 pub struct OpenH264Encoder {
     inner: openh264::encoder::Encoder,
@@ -68,7 +69,8 @@ impl OpenH264Encoder {
                 settings.bitrate_kbps.saturating_mul(1000),
             ))
             .max_frame_rate(FrameRate::from_hz(settings.fps.max(1) as f32))
-            .skip_frames(false)
+            // Frame skipping is how openh264 holds the bitrate (it warns without it).
+            .skip_frames(true)
             .scene_change_detect(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)

@@ -250,6 +250,9 @@ impl MediaLoop {
                 self.ports.status.send_modify(|s| {
                     s.source = info.name.clone();
                     s.format = info.format.clone();
+                    if info.width > 0 && info.height > 0 {
+                        (s.width, s.height) = (info.width, info.height);
+                    }
                 });
             }
             CaptureEvent::Frame(frame) => self.handle_frame(frame),
@@ -380,9 +383,15 @@ impl MediaLoop {
     }
 
     fn encode(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
-        if !slate {
-            self.slate_size = (picture.width(), picture.height());
+        let size = (picture.width(), picture.height());
+        if !slate && self.slate_size != size {
+            self.slate_size = size;
         }
+        self.ports.status.send_if_modified(|s| {
+            let changed = (s.width, s.height) != size;
+            (s.width, s.height) = size;
+            changed
+        });
         if self.encoder.is_none() {
             match OpenH264Encoder::new(self.software) {
                 Ok(e) => self.encoder = Some(e),
@@ -453,12 +462,9 @@ impl MediaLoop {
         let elapsed = now.saturating_duration_since(self.fps_window.0);
         if elapsed >= Duration::from_secs(1) {
             let fps = self.fps_window.1 as f32 / elapsed.as_secs_f32();
-            let (w, h) = self.slate_size;
             self.ports.status.send_if_modified(|s| {
-                let changed = (s.fps_measured - fps).abs() > 0.05 || s.width != w || s.height != h;
+                let changed = (s.fps_measured - fps).abs() > 0.05;
                 s.fps_measured = fps;
-                s.width = w;
-                s.height = h;
                 changed
             });
             self.fps_window = (now, 0);

@@ -1,0 +1,210 @@
+//! Media pipeline benchmark: sustained frames/s, CPU-seconds per 1000 frames and RSS of the
+//! whole pipeline (testsrc -> capture thread -> media thread -> openh264 -> broadcast -> one
+//! subscriber) at 640x480@30 and 1280x720@30, beside the floor: bare openh264 encoding of the
+//! same test pictures (thread CPU time of the encode calls only).
+//!
+//! Run: `cargo bench --bench media_pipeline` (prints a Markdown table). Each case runs in its
+//! own process so RSS figures do not mix. `SNAPRTCD_BENCH_FRAMES` sets the frames per case.
+
+use std::process::Command;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use snaprtcd::capture::testsrc::TestSource;
+use snaprtcd::capture::SourceSpec;
+use snaprtcd::config::{Config, SourceKind};
+use snaprtcd::media::encoder::{OpenH264Encoder, SoftwareSettings, VideoEncoder};
+use snaprtcd::media::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
+use snaprtcd::media::pipeline::spawn_with;
+use tokio_util::sync::CancellationToken;
+
+const CASES: [(u32, u32); 2] = [(640, 480), (1280, 720)];
+const FPS: u32 = 30;
+
+fn frames() -> u64 {
+    std::env::var("SNAPRTCD_BENCH_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bare openh264 on the same pictures, fed at the same 30 fps as the pipeline (a tight loop
+/// would keep the encoder's working set hot in cache, which a real-time stream never has):
+/// only the encode calls are timed.
+fn floor(w: u32, h: u32, n: u64) -> String {
+    let config = Config::default();
+    let src = TestSource::new(w, h, FPS).unwrap().unpaced();
+    let mut enc = OpenH264Encoder::new(SoftwareSettings {
+        bitrate_kbps: config.encoder.bitrate_kbps,
+        fps: FPS,
+    })
+    .unwrap();
+    let mut policy = KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP);
+    let t0 = Instant::now();
+    let mut cpu = Duration::ZERO;
+    let mut out = 0u64;
+    let mut busy = Duration::ZERO;
+    let mut gen = Duration::ZERO;
+    for i in 0..n {
+        let at = Duration::from_secs(i) / FPS;
+        let due = t0 + at;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let g0 = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        let pic = src.picture(i, UNIX_EPOCH + at);
+        gen += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - g0;
+        let started = Instant::now();
+        let force = policy.poll_keyframe(t0 + at).is_some();
+        let before = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        let r = enc.encode(&pic, at.as_millis() as u64, force).unwrap();
+        cpu += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - before;
+        busy += started.elapsed();
+        if let Some(r) = r {
+            out += r.data.len() as u64;
+            if r.keyframe {
+                policy.handle_keyframe_sent(t0 + at);
+            }
+        }
+    }
+    let per_1000 = cpu.as_secs_f64() * 1000.0 / n as f64;
+    format!(
+        "floor {w}x{h} frames={n} cpu_s_per_1000={per_1000:.3} max_fps={:.1} rss_kib={} bytes={out} testsrc_cpu_s_per_1000={:.3}",
+        n as f64 / busy.as_secs_f64(),
+        rss_kib("VmHWM:"),
+        gen.as_secs_f64() * 1000.0 / n as f64
+    )
+}
+
+/// The real pipeline at 30 fps, one subscriber reading every frame.
+fn pipeline(w: u32, h: u32, n: u64) -> String {
+    let mut config = Config::default();
+    config.camera.source = SourceKind::Testsrc;
+    config.camera.width = w;
+    config.camera.height = h;
+    config.camera.fps = FPS;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cancel = CancellationToken::new();
+        let (media, guard) = spawn_with(&config, SourceSpec::Testsrc, cancel.clone()).unwrap();
+        let mut sub = media.subscribe();
+        // Warm up: the first IDR.
+        sub.recv().await.unwrap();
+        let cpu0 = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID);
+        let wall0 = Instant::now();
+        let mut bytes = 0u64;
+        for _ in 0..n {
+            bytes += sub.recv().await.unwrap().data.len() as u64;
+        }
+        let wall = wall0.elapsed();
+        let cpu = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+        let threads: Vec<String> = thread_cpu()
+            .into_iter()
+            .map(|(name, s)| format!("{name}:{s:.2}"))
+            .collect();
+        eprintln!("threads (cpu s since start): {}", threads.join(" "));
+        let dropped = media.counters().frames_dropped.load(std::sync::atomic::Ordering::Relaxed);
+        cancel.cancel();
+        guard.join();
+        format!(
+            "pipeline {w}x{h} frames={n} fps={:.2} cpu_s_per_1000={:.3} rss_kib={} dropped={dropped} bytes={bytes} skipped={}",
+            n as f64 / wall.as_secs_f64(),
+            cpu.as_secs_f64() * 1000.0 / n as f64,
+            rss_kib("VmHWM:"),
+            sub.skipped()
+        )
+    })
+}
+
+/// CPU seconds so far of each named thread of this process (from /proc, 10 ms resolution).
+fn thread_cpu() -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let name = stat[stat.find('(').unwrap_or(0) + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        out.push((name, ticks / 100.0));
+    }
+    out
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn main() {
+    if let Ok(case) = std::env::var("SNAPRTCD_BENCH_CASE") {
+        let parts: Vec<&str> = case.split(':').collect();
+        let (w, h) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        let line = match parts[0] {
+            "floor" => floor(w, h, frames()),
+            _ => pipeline(w, h, frames()),
+        };
+        println!("{line}");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let run = |kind: &str, w: u32, h: u32| -> String {
+        let out = Command::new(&exe)
+            .env("SNAPRTCD_BENCH_CASE", format!("{kind}:{w}:{h}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("{text}");
+        text
+    };
+    println!("| case | frames/s | CPU s / 1000 frames | peak RSS (MiB) | vs floor |");
+    println!("|---|---|---|---|---|");
+    for (w, h) in CASES {
+        let f = run("floor", w, h);
+        let p = run("pipeline", w, h);
+        let fc: f64 = field(&f, "cpu_s_per_1000").parse().unwrap_or(f64::NAN);
+        let pc: f64 = field(&p, "cpu_s_per_1000").parse().unwrap_or(f64::NAN);
+        let mib = |l: &str| field(l, "rss_kib").parse::<f64>().unwrap_or(0.0) / 1024.0;
+        println!(
+            "| bare openh264 {w}x{h}@{FPS} | {} (max) | {fc:.3} | {:.1} | 1.00x |",
+            field(&f, "max_fps"),
+            mib(&f)
+        );
+        println!(
+            "| pipeline {w}x{h}@{FPS} | {} | {pc:.3} | {:.1} | {:.2}x |",
+            field(&p, "fps"),
+            mib(&p),
+            pc / fc
+        );
+    }
+}
