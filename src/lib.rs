@@ -9,8 +9,13 @@
 //!
 //! - [`config`]: the TOML schema, defaults, validation with `file:line:col` errors.
 //! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests.
+//! - [`discovery`]: mDNS advertisement of `_snaprtc._tcp` (instance, port, TXT), goodbye on exit.
+//! - [`systemd`]: `sd_notify` (ready, status, reload, stop), the progress-gated watchdog, the
+//!   stable device id in the state directory.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
 pub mod config;
+pub mod discovery;
 pub mod media;
+pub mod systemd;
