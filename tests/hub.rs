@@ -1,0 +1,516 @@
+//! The SignalR hub over real sockets: the SnapRTC exchange, errors, limits, keep-alive, auth,
+//! CORS, shutdown. The official JavaScript client is exercised in tests/node/.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::signalr::{Client, Read, RS};
+use common::{negotiate, token_of, Daemon, WsExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+fn completion(id: &str) -> Read {
+    Read::Record(json!({"type":3,"invocationId":id}))
+}
+
+fn invocation(target: &str, args: serde_json::Value) -> Read {
+    Read::Record(json!({"type":1,"target":target,"arguments":args}))
+}
+
+const RELAY: &str = "[signaling]\njoin_sessions = \"none\"\n";
+
+#[tokio::test]
+async fn snaprtc_exchange_is_relayed_without_echo() {
+    let d = Daemon::start(RELAY);
+    let mut init = Client::open(d.addr).await;
+    let mut cap = Client::open(d.addr).await;
+    init.invoke("0", "Sync", json!(["room-1", false])).await;
+    assert_eq!(init.read_non_ping().await, completion("0"));
+    cap.invoke("0", "sync", json!(["room-1", true])).await;
+    assert_eq!(
+        init.read_non_ping().await,
+        invocation("signalStart", json!([]))
+    );
+    assert_eq!(cap.read_non_ping().await, completion("0"));
+
+    // The payload goes through byte for byte: escapes are not re-encoded.
+    let offer = r#"{"type":1,"invocationId":"1","target":"SignalCapture","arguments":["room-1","N4Ig\u00e9\n\/"]}"#;
+    init.send_raw(&format!("{offer}{RS}")).await;
+    let raw = loop {
+        match cap.ws.next_raw().await {
+            t if t.contains("signalCapture") => break t,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        raw,
+        format!(r#"{{"type":1,"target":"signalCapture","arguments":["N4Ig\u00e9\n\/"]}}{RS}"#)
+    );
+    assert_eq!(init.read_non_ping().await, completion("1"));
+
+    cap.send_call("SignalInitiator", json!(["room-1", "answer"]))
+        .await;
+    assert_eq!(
+        init.read_non_ping().await,
+        invocation("signalInitiator", json!(["answer"]))
+    );
+    // No echo to the capture side, and `send` gets no Completion.
+    assert_eq!(cap.read_within(Duration::from_millis(300)).await, None);
+}
+
+#[tokio::test]
+async fn sessions_are_isolated() {
+    let d = Daemon::start(RELAY);
+    let mut a = Client::open(d.addr).await;
+    let mut b = Client::open(d.addr).await;
+    let mut c = Client::open(d.addr).await;
+    a.invoke("0", "Sync", json!(["one", false])).await;
+    b.invoke("0", "Sync", json!(["two", false])).await;
+    assert_eq!(a.read_non_ping().await, completion("0"));
+    assert_eq!(b.read_non_ping().await, completion("0"));
+    c.invoke("0", "Sync", json!(["two", true])).await;
+    assert_eq!(
+        b.read_non_ping().await,
+        invocation("signalStart", json!([]))
+    );
+    c.send_call("SignalInitiator", json!(["two", "x"])).await;
+    assert_eq!(
+        b.read_non_ping().await,
+        invocation("signalInitiator", json!(["x"]))
+    );
+    assert_eq!(
+        a.read_within(Duration::from_millis(300)).await,
+        None,
+        "session one heard nothing"
+    );
+}
+
+#[tokio::test]
+async fn invoke_errors_are_completions_and_the_connection_survives() {
+    let d = Daemon::start(RELAY);
+    let mut c = Client::open(d.addr).await;
+    let cases = [
+        ("Nope", json!([])),
+        ("Sync", json!(["s"])),
+        ("Sync", json!([1, true])),
+        ("Sync", json!(["s", "yes"])),
+        ("Sync", json!(["", true])),
+        ("Sync", json!(["a b", true])),
+        ("Sync", json!(["x".repeat(129), true])),
+        ("SignalCapture", json!(["s", {"type":"offer"}])),
+    ];
+    for (i, (target, args)) in cases.into_iter().enumerate() {
+        let id = i.to_string();
+        c.invoke(&id, target, args.clone()).await;
+        match c.read_non_ping().await {
+            Read::Record(v) => {
+                assert_eq!(v["type"], 3, "{target} {args}");
+                assert_eq!(v["invocationId"], id.as_str());
+                assert!(
+                    v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{target} {args}: {v}"
+                );
+            }
+            Read::Closed => panic!("closed after {target} {args}"),
+        }
+    }
+    c.send_call("Nope", json!([])).await;
+    c.invoke("ok", "Sync", json!(["fine", false])).await;
+    assert_eq!(
+        c.read_non_ping().await,
+        completion("ok"),
+        "send got no reply; the connection still works"
+    );
+}
+
+#[tokio::test]
+async fn session_and_member_limits_give_error_completions() {
+    let d = Daemon::start(
+        "[signaling]\njoin_sessions = \"none\"\nmax_sessions = 1\nmax_members_per_session = 2\n",
+    );
+    let mut a = Client::open(d.addr).await;
+    let mut b = Client::open(d.addr).await;
+    let mut c = Client::open(d.addr).await;
+    a.invoke("0", "Sync", json!(["s", false])).await;
+    assert_eq!(a.read_non_ping().await, completion("0"));
+    a.invoke("1", "Sync", json!(["t", false])).await;
+    let Read::Record(v) = a.read_non_ping().await else {
+        panic!()
+    };
+    assert!(
+        v["error"].as_str().unwrap().contains("Too many sessions"),
+        "{v}"
+    );
+    b.invoke("0", "Sync", json!(["s", true])).await;
+    assert_eq!(b.read_non_ping().await, completion("0"));
+    c.invoke("0", "Sync", json!(["s", false])).await;
+    let Read::Record(v) = c.read_non_ping().await else {
+        panic!()
+    };
+    assert!(
+        v["error"].as_str().unwrap().contains("Session is full"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_message_closes_only_that_connection() {
+    let d = Daemon::start("[signaling]\njoin_sessions = \"none\"\nmax_message_bytes = 2048\n");
+    let mut big = Client::open(d.addr).await;
+    let mut other = Client::open(d.addr).await;
+    big.invoke("0", "SignalCapture", json!(["s", "x".repeat(3000)]))
+        .await;
+    match big.read_non_ping().await {
+        Read::Record(v) => {
+            assert_eq!(v["type"], 7);
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("larger than the limit of 2048 bytes"),
+                "{v}"
+            );
+        }
+        Read::Closed => panic!("no Close record"),
+    }
+    assert_eq!(big.read().await, Read::Closed);
+    other.invoke("1", "Sync", json!(["s", false])).await;
+    assert_eq!(other.read_non_ping().await, completion("1"));
+}
+
+#[tokio::test]
+async fn garbage_closes_that_connection_and_the_daemon_keeps_serving() {
+    let d = Daemon::start(RELAY);
+    // Before the handshake.
+    for bad in [
+        "hello\u{1e}",
+        "{\"protocol\":\"messagepack\",\"version\":1}\u{1e}",
+        "{\"protocol\":\"json\",\"version\":2}\u{1e}",
+    ] {
+        let mut c = Client::connect(&d.ws_url("/snaprtc-hub")).await.unwrap();
+        c.send_raw(bad).await;
+        match c.read().await {
+            Read::Record(v) => assert!(v["error"].as_str().is_some(), "{bad}: {v}"),
+            Read::Closed => panic!("{bad}: closed without an error"),
+        }
+        assert_eq!(c.read().await, Read::Closed, "{bad}");
+    }
+    // After the handshake.
+    for bad in [
+        "not json\u{1e}",
+        "{\"type\":42}\u{1e}",
+        "{\"type\":1}\u{1e}",
+        "[]\u{1e}",
+    ] {
+        let mut c = Client::open(d.addr).await;
+        c.send_raw(bad).await;
+        let Read::Record(v) = c.read_non_ping().await else {
+            panic!("{bad}: no Close record")
+        };
+        assert_eq!(v["type"], 7, "{bad}: {v}");
+        assert_eq!(c.read().await, Read::Closed, "{bad}");
+    }
+    let mut c = Client::open(d.addr).await;
+    c.ws.send_binary(vec![1, 2, 3]).await;
+    let Read::Record(v) = c.read_non_ping().await else {
+        panic!("binary: no Close record")
+    };
+    assert!(v["error"].as_str().unwrap().contains("binary"), "{v}");
+    assert_eq!(
+        d.http("GET /health HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+    let mut ok = Client::open(d.addr).await;
+    ok.invoke("0", "Sync", json!(["after", false])).await;
+    assert_eq!(ok.read_non_ping().await, completion("0"));
+}
+
+#[tokio::test]
+async fn keepalive_pings_and_silent_clients_are_dropped() {
+    let d = Daemon::start(
+        "[signaling]\njoin_sessions = \"none\"\nkeepalive = \"200ms\"\nclient_timeout = \"1s\"\n",
+    );
+    let mut c = Client::open(d.addr).await;
+    let start = Instant::now();
+    assert_eq!(c.read().await, Read::Record(json!({"type":6})));
+    let first_ping = start.elapsed();
+    assert!(
+        first_ping < Duration::from_millis(900),
+        "first ping after {first_ping:?}"
+    );
+    // Stay silent: the server must give up after client_timeout with a Close record.
+    let close = loop {
+        match c.read().await {
+            Read::Record(v) if v["type"] == 6 => continue,
+            other => break other,
+        }
+    };
+    let Read::Record(v) = close else {
+        panic!("closed without a Close record")
+    };
+    assert_eq!(v["type"], 7);
+    assert!(v["error"].as_str().unwrap().contains("timeout"), "{v}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "dropped after {waited:?}"
+    );
+
+    // A client that pings is kept.
+    let mut alive = Client::open(d.addr).await;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        alive.send(json!({"type":6})).await;
+        match alive.read().await {
+            Read::Record(v) => assert_eq!(v["type"], 6, "{v}"),
+            Read::Closed => panic!("a pinging client was dropped"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn negotiate_tokens_are_single_use_and_unknown_ones_get_404() {
+    let d = Daemon::start(RELAY);
+    let token = token_of(&negotiate(d.addr, ""));
+    assert!(token.len() >= 32, "128 bits as hex: {token}");
+    let url = d.ws_url(&format!("/snaprtc-hub?id={token}"));
+    let mut first = Client::connect(&url).await.unwrap();
+    first.handshake().await;
+    let again = Client::connect(&url).await;
+    assert!(
+        matches!(again, Err(tungstenite::Error::Http(ref r)) if r.status() == 404),
+        "{:?}",
+        again.err()
+    );
+    let unknown =
+        Client::connect(&d.ws_url("/snaprtc-hub?id=00000000000000000000000000000000")).await;
+    assert!(matches!(unknown, Err(tungstenite::Error::Http(ref r)) if r.status() == 404));
+    // skipNegotiation: no id at all.
+    let mut skip = Client::connect(&d.ws_url("/snaprtc-hub")).await.unwrap();
+    skip.handshake().await;
+    let get = d.http("GET /snaprtc-hub/negotiate HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(get.status, 405);
+    assert_eq!(get.header("allow"), Some("POST"));
+}
+
+#[tokio::test]
+async fn unused_tokens_expire_after_the_handshake_timeout() {
+    let mut d = Daemon::start("[signaling]\njoin_sessions = \"none\"\nhandshake_timeout = \"300ms\"\nmax_connections = 1\n");
+    let token = token_of(&negotiate(d.addr, ""));
+    // While the token is live it holds the only place.
+    assert_eq!(negotiate(d.addr, "").status, 503);
+    // Wait for the expiry by watching the clock, not by sleeping a guessed amount.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = negotiate(d.addr, "");
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the token never expired");
+        d.wait_for_log("", Duration::from_millis(50));
+        std::thread::yield_now();
+    }
+    let old = Client::connect(&d.ws_url(&format!("/snaprtc-hub?id={token}"))).await;
+    assert!(matches!(old, Err(tungstenite::Error::Http(ref r)) if r.status() == 404));
+}
+
+#[tokio::test]
+async fn connection_limit_gives_503_at_negotiate_and_upgrade() {
+    let d = Daemon::start("[signaling]\njoin_sessions = \"none\"\nmax_connections = 2\n");
+    let _a = Client::open(d.addr).await;
+    let _b = Client::open(d.addr).await;
+    let r = negotiate(d.addr, "");
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    let up = Client::connect(&d.ws_url("/snaprtc-hub")).await;
+    assert!(
+        matches!(up, Err(tungstenite::Error::Http(ref r)) if r.status() == 503),
+        "{:?}",
+        up.err()
+    );
+    drop(_a);
+    // The place comes back once the hub has seen the close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while negotiate(d.addr, "").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn token_auth_guards_negotiate_and_upgrade_but_not_health() {
+    let dir = common::TempDir::new("auth");
+    let token_file = dir.path("token");
+    std::fs::write(&token_file, "let-me-in\n").unwrap();
+    let d = Daemon::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nauth = \"token\"\nauth_token_file = \"{}\"\n[signaling]\njoin_sessions = \"none\"\n",
+        token_file.display()
+    ));
+    assert_eq!(negotiate(d.addr, "").status, 401);
+    assert_eq!(
+        negotiate(d.addr, "Authorization: Bearer nope\r\n").status,
+        401
+    );
+    let r = negotiate(d.addr, "Authorization: Bearer let-me-in\r\n");
+    assert_eq!(r.status, 200);
+    let token = token_of(&r);
+    let no_auth = Client::connect(&d.ws_url(&format!("/snaprtc-hub?id={token}"))).await;
+    assert!(matches!(no_auth, Err(tungstenite::Error::Http(ref r)) if r.status() == 401));
+    let mut c =
+        Client::connect(&d.ws_url(&format!("/snaprtc-hub?id={token}&access_token=let-me-in")))
+            .await
+            .unwrap();
+    c.handshake().await;
+    assert_eq!(
+        d.http("GET /health HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn missing_token_file_is_created_private_and_logged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new("auth");
+    let token_file = dir.path("state/token");
+    let mut d = Daemon::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nauth = \"token\"\nauth_token_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let line = d.wait_for_log("created a new access token", Duration::from_secs(1));
+    assert!(line.contains(&token_file.display().to_string()), "{line}");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.trim().len() >= 32);
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let r = negotiate(
+        d.addr,
+        &format!("Authorization: Bearer {}\r\n", token.trim()),
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_answers_listed_origins_only() {
+    let d = Daemon::start(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncors_origins = [\"https://app.example\"]\n",
+    );
+    let preflight = |origin: &str| {
+        d.http(&format!(
+            "OPTIONS /snaprtc-hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-requested-with, x-signalr-user-agent, authorization\r\n\r\n"
+        ))
+    };
+    let ok = preflight("https://app.example");
+    assert!(ok.status == 204 || ok.status == 200);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    let headers = ok
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["x-requested-with", "x-signalr-user-agent", "authorization"] {
+        assert!(headers.contains(h), "{headers}");
+    }
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    let other = preflight("https://evil.example");
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    assert_eq!(other.header("access-control-allow-methods"), None);
+    let post = negotiate(d.addr, "Origin: https://app.example\r\n");
+    assert_eq!(
+        post.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+}
+
+#[tokio::test]
+async fn health_has_a_timestamp_and_the_version() {
+    let d = Daemon::start("");
+    let r = d.http("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let body = r.text();
+    assert!(body.starts_with("20") && body.contains('T'), "{body}");
+    assert!(body.contains(env!("CARGO_PKG_VERSION")), "{body}");
+    let r = d.http("GET /health HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(d.http("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").status, 404);
+}
+
+#[tokio::test]
+async fn sigterm_sends_close_records_and_exits_within_two_seconds() {
+    let mut d = Daemon::start(RELAY);
+    let mut c = Client::open(d.addr).await;
+    c.invoke("0", "Sync", json!(["s", false])).await;
+    assert_eq!(c.read_non_ping().await, completion("0"));
+    let start = Instant::now();
+    d.signal("TERM");
+    let Read::Record(v) = c.read_non_ping().await else {
+        panic!("no Close record")
+    };
+    assert_eq!(v["type"], 7, "{v}");
+    let status = d
+        .wait_exit(Duration::from_secs(2))
+        .expect("still running 2 s after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(d.log.iter().any(|l| l.contains("stopped")));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_and_memory_stays_bounded() {
+    let d = Daemon::start("[signaling]\njoin_sessions = \"none\"\nmax_queued_messages = 8\nmax_message_bytes = 65536\n");
+    // The stuck reader: a tiny receive buffer, and it never reads after joining.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(d.addr).await.unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(d.ws_url("/snaprtc-hub"), stream)
+        .await
+        .unwrap();
+    use futures_util::SinkExt;
+    stuck
+        .send(tungstenite::Message::text(format!("{{\"protocol\":\"json\",\"version\":1}}{RS}{{\"type\":1,\"target\":\"Sync\",\"arguments\":[\"flood\",true]}}{RS}")))
+        .await
+        .unwrap();
+    let mut sender = Client::open(d.addr).await;
+    sender.invoke("0", "Sync", json!(["flood", false])).await;
+    // (The stuck reader's Sync may land first and send signalStart.)
+    loop {
+        if let Read::Record(v) = sender.read_non_ping().await {
+            if v["type"] == 3 {
+                break;
+            }
+        }
+    }
+    let rss_before = d.rss_kib();
+    let payload = "p".repeat(60_000);
+    let mut disconnected = false;
+    for i in 0..400 {
+        sender
+            .send_call("SignalCapture", json!(["flood", payload]))
+            .await;
+        if i % 20 == 19 {
+            let r = d.http("GET /health HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n");
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            if v["signaling"]["connections"] == 1 {
+                disconnected = true;
+                break;
+            }
+        }
+    }
+    assert!(disconnected, "the stuck client was never dropped");
+    let grown = d.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    // The sender is unaffected.
+    sender.invoke("1", "Sync", json!(["other", false])).await;
+    assert_eq!(sender.read_non_ping().await, completion("1"));
+}
