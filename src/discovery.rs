@@ -24,9 +24,11 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mdns_sd::{DaemonEvent, IfKind, ServiceDaemon, ServiceInfo, UnregisterStatus};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthMode, Config};
@@ -328,7 +330,9 @@ impl Advertiser {
             .unregister(&self.fullname)
             .map_err(DiscoveryError::Responder)?;
         match tokio::time::timeout(GOODBYE_TIMEOUT, done.recv_async()).await {
-            Ok(Ok(UnregisterStatus::OK)) => tracing::info!(service = %self.fullname, "mdns goodbye sent"),
+            Ok(Ok(UnregisterStatus::OK)) => {
+                tracing::info!(service = %self.fullname, "mdns goodbye sent")
+            }
             Ok(other) => tracing::warn!(?other, "mdns goodbye not confirmed"),
             Err(_) => tracing::warn!("mdns goodbye timed out"),
         }
@@ -339,7 +343,7 @@ impl Advertiser {
 }
 
 /// Starts advertising `config` on `http_port` as `device_id`; the returned future runs until
-/// `cancel` and then sends goodbyes. Put it in the daemon's `JoinSet`.
+/// `cancel` and then sends goodbyes.
 pub fn start(
     config: &Config,
     http_port: u16,
@@ -349,6 +353,84 @@ pub fn start(
     let ad = Advertisement::new(config, http_port, device_id, &HostFacts::detect());
     let advertiser = Advertiser::start(&ad)?;
     Ok(advertiser.run(cancel))
+}
+
+/// The daemon's mDNS service: advertises what `config` says, re-advertises (goodbye, then
+/// the new records) when a reload changes them, stays quiet while `[mdns] enabled = false`,
+/// and runs until `cancel`. A responder that cannot start is logged, not fatal: the camera
+/// still works by address.
+pub async fn supervise(
+    mut config: watch::Receiver<Arc<Config>>,
+    http_port: u16,
+    device_id: String,
+    cancel: CancellationToken,
+) {
+    loop {
+        let current = config.borrow_and_update().clone();
+        let wanted = current
+            .mdns
+            .enabled
+            .then(|| Advertisement::new(&current, http_port, &device_id, &HostFacts::detect()));
+        let running = match &wanted {
+            None => None,
+            Some(ad) => match Advertiser::start(ad) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::error!(error = %e, "mDNS advertisement failed; find the device by address");
+                    None
+                }
+            },
+        };
+        let child = cancel.child_token();
+        let run = async {
+            match running {
+                Some(a) => {
+                    if let Err(e) = a.run(child.clone()).await {
+                        tracing::error!(error = %e, "mDNS responder stopped");
+                    }
+                }
+                None => child.cancelled().await,
+            }
+        };
+        tokio::pin!(run);
+        // Wait for a reload that changes the records, or the end.
+        let mut finished = false;
+        loop {
+            tokio::select! {
+                _ = &mut run, if !finished => {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    // The responder died on its own: retry on the next config change.
+                    finished = true;
+                }
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        // No more reloads: run until cancelled.
+                        if !finished {
+                            (&mut run).await;
+                        } else {
+                            cancel.cancelled().await;
+                        }
+                        return;
+                    }
+                    let new = config.borrow().clone();
+                    let new_ad = new.mdns.enabled.then(|| {
+                        Advertisement::new(&new, http_port, &device_id, &HostFacts::detect())
+                    });
+                    if new_ad != wanted || finished {
+                        tracing::info!("mDNS settings changed; re-advertising");
+                        break;
+                    }
+                }
+                _ = cancel.cancelled(), if finished => return,
+            }
+        }
+        child.cancel();
+        if !finished {
+            (&mut run).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -411,7 +493,10 @@ mod tests {
     #[test]
     fn srv_target_avoids_the_name_another_responder_owns() {
         assert_eq!(srv_host("raspberrypi", "ab12", false), "raspberrypi.local.");
-        assert_eq!(srv_host("RaspberryPi", "ab12", true), "snaprtcd-ab12.local.");
+        assert_eq!(
+            srv_host("RaspberryPi", "ab12", true),
+            "snaprtcd-ab12.local."
+        );
         assert_eq!(srv_host("my_host.lan", "ab12", false), "my-host.local.");
         assert_eq!(srv_host("", "ab12", false), "snaprtcd-ab12.local.");
     }

@@ -17,6 +17,7 @@
 //! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests.
 //! - [`logging`]: text, JSON or journald logs.
 //! - [`discovery`]: mDNS advertisement of `_snaprtc._tcp` (instance, port, TXT), goodbye on exit.
+//! - [`reload`]: SIGHUP → re-read, validate, publish the new config or keep the old one.
 //! - [`systemd`]: `sd_notify` (ready, status, reload, stop), the progress-gated watchdog, the
 //!   stable device id in the state directory.
 //!
@@ -30,5 +31,6 @@ pub mod discovery;
 pub mod http;
 pub mod logging;
 pub mod media;
+pub mod reload;
 pub mod signaling;
 pub mod systemd;

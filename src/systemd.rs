@@ -230,10 +230,12 @@ impl Watchdog {
         hb
     }
 
-    /// Pings systemd every `period/2` while all loops advance, until `cancel`. Returns at
-    /// once when systemd set no watchdog (`period` is `None`).
+    /// Pings systemd every `period/2` while all loops advance, until `cancel`. Without a
+    /// watchdog (`period` is `None`) it just waits for `cancel`, so it can live in the
+    /// daemon's `JoinSet` either way.
     pub async fn run(self, period: Option<Duration>, cancel: CancellationToken) {
         let Some(period) = period else {
+            cancel.cancelled().await;
             return;
         };
         let names: Vec<&'static str> = self.loops.iter().map(|(n, _)| *n).collect();
@@ -254,7 +256,10 @@ impl Watchdog {
                 match event {
                     WatchdogEvent::Ping => notify_watchdog(),
                     WatchdogEvent::Stalled(name) => {
-                        tracing::error!(loop_name = name, "loop stalled; withholding watchdog pings")
+                        tracing::error!(
+                            loop_name = name,
+                            "loop stalled; withholding watchdog pings"
+                        )
                     }
                     WatchdogEvent::Recovered(name) => {
                         tracing::warn!(loop_name = name, "loop moves again; watchdog pings resume")
@@ -416,15 +421,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn watchdog_task_returns_without_a_period_and_on_cancel() {
+    async fn watchdog_task_runs_until_cancelled_with_or_without_a_period() {
         let cancel = CancellationToken::new();
-        Watchdog::new().run(None, cancel.clone()).await;
-        let task = tokio::spawn(Watchdog::new().run(Some(SEC), cancel.clone()));
+        let idle = tokio::spawn(Watchdog::new().run(None, cancel.clone()));
+        let armed = tokio::spawn(Watchdog::new().run(Some(SEC), cancel.clone()));
+        tokio::time::sleep(10 * SEC).await; // virtual time: many ticks pass
+        assert!(!idle.is_finished() && !armed.is_finished());
         cancel.cancel();
-        tokio::time::timeout(SEC, task)
-            .await
-            .expect("stops on cancel")
-            .expect("no panic");
+        for task in [idle, armed] {
+            tokio::time::timeout(SEC, task)
+                .await
+                .expect("stops on cancel")
+                .expect("no panic");
+        }
     }
 
     #[test]
