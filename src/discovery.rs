@@ -221,11 +221,13 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The kernel's host name (`/proc/sys/kernel/hostname`), empty when unreadable.
+/// The kernel's host name (`uname`; `/proc/sys` is hidden by the unit's `ProcSubset=pid`).
 pub fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_owned()
 }
 
 /// Whether avahi-daemon is running: its socket accepts a connection.
