@@ -36,6 +36,8 @@ pub enum DaemonError {
     Media(#[source] crate::media::PipelineError),
     #[error("cannot bind the WebRTC UDP port: {0}")]
     Rtc(#[source] std::io::Error),
+    #[error("installing the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
     #[error("the {0} service stopped unexpectedly")]
     ServiceEnded(&'static str),
 }
@@ -46,7 +48,19 @@ pub async fn run(
     listeners: Listeners,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
+    run_with(config, listeners, cancel, None).await
+}
+
+/// [`run`], plus `systemctl reload` (SIGHUP) handled with `reload`, which re-reads the config.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
+    reload: Option<crate::reload::Loader>,
+) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    // Reloaded configs are published here; parts that can change live follow it.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
     let auth = match config.server.auth {
         AuthMode::None => Auth::Open,
         AuthMode::Token => {
@@ -61,6 +75,7 @@ pub async fn run(
         }
     };
 
+    let auth_on = auth.is_on();
     let tracker = TaskTracker::new();
     let mut services: JoinSet<&'static str> = JoinSet::new();
 
@@ -116,7 +131,47 @@ pub async fn run(
     if let Some(addr) = rtc_addr {
         info!(%addr, "rtc listening");
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(loader) = reload {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(DaemonError::Signal)?;
+        let cancel = cancel.clone();
+        services.spawn(async move {
+            crate::reload::run(hangup, loader, config_tx, cancel).await;
+            "reload"
+        });
+    }
+    if let (true, Some(addr)) = (config.mdns.enabled, http_addr) {
+        let state_dir = crate::systemd::state_dir();
+        let device_id = crate::systemd::device_id(&state_dir).unwrap_or_else(|e| {
+            warn!(error = %e, "no stable device id; using the host name for this run");
+            crate::discovery::system_hostname()
+        });
+        let (rx, cancel) = (config_rx.clone(), cancel.clone());
+        services.spawn(async move {
+            crate::discovery::supervise(rx, addr.port(), device_id, cancel).await;
+            "mdns"
+        });
+    }
+    {
+        // Loops that must make progress for the watchdog to be fed register here
+        // (`watchdog.register("media")`) and beat each turn.
+        let watchdog = crate::systemd::Watchdog::new();
+        let period = crate::systemd::watchdog_period();
+        let cancel = cancel.clone();
+        services.spawn(async move {
+            watchdog.run(period, cancel).await;
+            "watchdog"
+        });
+    }
+    let status = match http_addr {
+        Some(addr) => format!(
+            "serving http://{addr}/ (hub {}, auth {})",
+            config.signaling.hub_path,
+            if auth_on { "token" } else { "off" }
+        ),
+        None => "serving".to_owned(),
+    };
+    crate::systemd::notify_ready(&status);
     info!(version = env!("CARGO_PKG_VERSION"), "ready");
 
     let result = tokio::select! {
@@ -131,7 +186,7 @@ pub async fn run(
     };
 
     info!("shutting down");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::systemd::notify_stopping();
     tracker.close();
     let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         while services.join_next().await.is_some() {}

@@ -22,6 +22,10 @@
 //! - [`metrics`]: `GET /metrics` in Prometheus text, rendered from the owners' snapshots.
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
 //!   channels.
+//! - [`discovery`]: mDNS advertisement of `_snaprtc._tcp` (instance, port, TXT), goodbye on exit.
+//! - [`reload`]: SIGHUP → re-read, validate, publish the new config or keep the old one.
+//! - [`systemd`]: `sd_notify` (ready, status, reload, stop), the progress-gated watchdog, the
+//!   stable device id in the state directory.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into this library.
 
@@ -30,9 +34,12 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod http;
 pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod rtc;
+pub mod reload;
 pub mod signaling;
+pub mod systemd;

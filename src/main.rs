@@ -85,7 +85,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             })?;
         let cancel = CancellationToken::new();
         tokio::spawn(stop_on_signal(cancel.clone()));
-        snaprtcd::daemon::run(config, snaprtcd::daemon::Listeners { http }, cancel)
+        // `systemctl reload`: the same file and PORT rule as at start.
+        let path = cli.config.clone();
+        let reload: snaprtcd::reload::Loader = Box::new(move || {
+            resolve_config(path.as_deref(), std::env::var("PORT").ok().as_deref()).map(|(c, _)| c)
+        });
+        let listeners = snaprtcd::daemon::Listeners { http };
+        snaprtcd::daemon::run_with(config, listeners, cancel, Some(reload))
             .await
             .context("daemon failed")
     })?;

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# packaging/build-debs.sh — build the Debian packages into target/debian/:
+#   snaprtcd_<version>-1_amd64.deb, _arm64.deb (aarch64-unknown-linux-gnu),
+#   _armhf.deb (armv7-unknown-linux-gnueabihf).
+#
+#   packaging/build-debs.sh [--install] [ARCH...]     ARCH: amd64 arm64 armhf (default: all)
+#
+# --install first fetches what it needs: Debian's cross gcc/g++ (openh264 is C++), the rustup
+# targets, and cargo-deb (pinned). Runs on Debian 12 (amd64); the packages need glibc >= 2.36
+# (Debian 12 / Raspberry Pi OS bookworm and newer), which is what these cross compilers target.
+#
+# Before cargo-deb runs, target/debian-assets/ gets what is generated rather than kept in git:
+# the shipped /etc config (config/snaprtcd.toml with auth = "token"), the man page snaprtcd(8)
+# and bash/zsh/fish completions from the CLI definition (examples/gen-assets.rs).
+# Every package is then checked: its binary's libraries and glibc symbol versions, and lintian
+# (no errors).
+set -euo pipefail
+CARGO_DEB_VERSION=3.8.0
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+install=0 archs=()
+for a in "$@"; do
+  case "$a" in
+    --install) install=1 ;;
+    amd64|arm64|armhf) archs+=("$a") ;;
+    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+  esac
+done
+[ ${#archs[@]} -gt 0 ] || archs=(amd64 arm64 armhf)
+
+triple() {
+  case "$1" in
+    amd64) echo x86_64-unknown-linux-gnu ;;
+    arm64) echo aarch64-unknown-linux-gnu ;;
+    armhf) echo armv7-unknown-linux-gnueabihf ;;
+  esac
+}
+gnu_prefix() {
+  case "$1" in
+    amd64) echo x86_64-linux-gnu ;;
+    arm64) echo aarch64-linux-gnu ;;
+    armhf) echo arm-linux-gnueabihf ;;
+  esac
+}
+
+if [ $install = 1 ]; then
+  pkgs=(lintian binutils)
+  for a in "${archs[@]}"; do
+    [ "$a" = amd64 ] && continue
+    p=$(gnu_prefix "$a"); pkgs+=("gcc-$p" "g++-$p" "binutils-$p")
+  done
+  missing=()
+  for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  for a in "${archs[@]}"; do rustup target add "$(triple "$a")" >/dev/null; done
+  if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
+  fi
+fi
+command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
+
+# --- generated assets ------------------------------------------------------------------------
+assets=target/debian-assets
+rm -rf "$assets"; mkdir -p "$assets"
+cargo run -q --locked --example gen-assets -- "$assets" >/dev/null
+gzip -9nf "$assets/snaprtcd.8"
+# The shipped config is the documented defaults with auth switched on: exactly one line changes.
+sed 's/^auth = "none"$/auth = "token"/' config/snaprtcd.toml > "$assets/snaprtcd.toml"
+changed=$(diff config/snaprtcd.toml "$assets/snaprtcd.toml" | grep -c '^>' || true)
+[ "$changed" = 1 ] || { echo "build-debs: expected one 'auth = \"none\"' line in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
+cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
+
+# --- packages --------------------------------------------------------------------------------
+allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|ld-linux.*\.so\.[0-9]+)$'
+mkdir -p target/debian
+for a in "${archs[@]}"; do
+  t=$(triple "$a"); p=$(gnu_prefix "$a")
+  echo "build-debs: $a ($t)"
+  if [ "$a" != amd64 ]; then
+    tu=$(echo "$t" | tr 'a-z-' 'A-Z_'); tl=$(echo "$t" | tr '-' '_')
+    export "CARGO_TARGET_${tu}_LINKER=$p-gcc" "CC_$tl=$p-gcc" "CXX_$tl=$p-g++" "AR_$tl=$p-ar"
+  fi
+  rm -f target/debian/snaprtcd_*_"$a".deb
+  cargo deb --locked --target "$t" --output target/debian/ >/dev/null
+  deb=$(ls target/debian/snaprtcd_*_"$a".deb)
+  # The binary must run on Debian 12: only base libraries, glibc symbols <= 2.36.
+  bin=target/$t/release/snaprtcd
+  libs=$(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
+  for l in $libs; do
+    [[ "$l" =~ $allowed_libs ]] || { echo "build-debs: $a binary needs $l, not in Depends" >&2; exit 1; }
+  done
+  glibc=$(readelf -V "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1)
+  [ "$(printf '%s\n2.36\n' "$glibc" | sort -V | tail -n 1)" = 2.36 ] \
+    || { echo "build-debs: $a binary needs glibc $glibc > 2.36" >&2; exit 1; }
+  lintian --fail-on error "$deb"
+  echo "build-debs: $deb ($(du -k "$deb" | cut -f1) KiB, needs glibc $glibc, libs: $(echo $libs))"
+done

@@ -1,0 +1,491 @@
+//! systemd at the edges: `sd_notify` (READY, STATUS, RELOADING, STOPPING, WATCHDOG), a
+//! watchdog that pings only while the work loops make progress, and the stable device id kept
+//! in the state directory.
+//!
+//! # Watchdog
+//!
+//! `WatchdogSec=` is only worth something if a hung daemon stops pinging. A timer that pings
+//! from its own task proves nothing but that the tokio timer works, so the loops that do the
+//! work (the media pipeline, the RTC engine) each hold a [`Heartbeat`] and call
+//! [`Heartbeat::beat`] every time round (one relaxed atomic add). [`Watchdog`] samples the
+//! counters every `WatchdogSec/2` and feeds them to the pure [`WatchdogPolicy`], which says
+//! ping only when every registered loop advanced within the last `WatchdogSec/2`. A stalled
+//! loop therefore stops the pings, and systemd restarts the service within `WatchdogSec`
+//! after that. Loops must beat at least every `WatchdogSec/4` even when idle (a timer tick
+//! in their `select!` does it).
+//!
+//! All notify calls are no-ops when `NOTIFY_SOCKET` is unset (running by hand, in tests).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+use crate::media::{CameraState, MediaStatus};
+
+/// Where state lives when systemd did not say (`StateDirectory=` sets `$STATE_DIRECTORY`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/snaprtcd";
+/// File in the state directory that holds the device id.
+pub const DEVICE_ID_FILE: &str = "device-id";
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// `READY=1` plus a first `STATUS=` line: call once every listener is bound.
+pub fn notify_ready(status: &str) {
+    notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// `STATUS=<one line>`, shown by `systemctl status`.
+pub fn notify_status(status: &str) {
+    notify(&[NotifyState::Status(status)]);
+}
+
+/// `RELOADING=1`: a SIGHUP is being handled; follow with [`notify_ready`].
+pub fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
+/// `STOPPING=1`: shutdown has begun.
+pub fn notify_stopping() {
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// `WATCHDOG=1`.
+pub fn notify_watchdog() {
+    notify(&[NotifyState::Watchdog]);
+}
+
+/// The `WatchdogSec=` systemd asked for, if any (from `$WATCHDOG_USEC`).
+pub fn watchdog_period() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// One line for `STATUS=`: "streaming 1280x720@30 to 2 viewers".
+pub fn status_line(media: &MediaStatus, viewers: usize) -> String {
+    let who = match viewers {
+        1 => "1 viewer".to_owned(),
+        n => format!("{n} viewers"),
+    };
+    match media.state {
+        CameraState::Starting => format!("starting {}; {who}", media.source),
+        CameraState::Streaming => format!(
+            "streaming {}x{}@{:.0} to {who} ({}, {})",
+            media.width, media.height, media.fps_measured, media.source, media.encoder
+        ),
+        CameraState::NoSignal => format!("no signal from {}, retrying; {who}", media.source),
+        CameraState::Stopped => format!("camera stopped; {who}"),
+    }
+}
+
+/// A loop's progress counter. Clone it into the loop; call [`beat`](Self::beat) each turn.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat(Arc<AtomicU64>);
+
+impl Heartbeat {
+    /// Record one turn of the loop.
+    pub fn beat(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Turns so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the policy wants done, drained with [`WatchdogPolicy::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchdogEvent {
+    /// Send `WATCHDOG=1`.
+    Ping,
+    /// This loop made no progress for too long; pings are withheld.
+    Stalled(&'static str),
+    /// This loop moves again.
+    Recovered(&'static str),
+}
+
+#[derive(Debug)]
+struct LoopProgress {
+    name: &'static str,
+    count: u64,
+    last_progress: Instant,
+    stalled: bool,
+}
+
+/// Decides when to ping the systemd watchdog. Pure: counters and time come in, events go out.
+///
+/// Inputs: [`handle_progress`](Self::handle_progress) with each loop's counter,
+/// [`handle_timeout`](Self::handle_timeout) at [`poll_timeout`](Self::poll_timeout).
+/// After every input, drain [`poll_event`](Self::poll_event) until `None`.
+#[derive(Debug)]
+pub struct WatchdogPolicy {
+    interval: Duration,
+    stall_after: Duration,
+    next_tick: Instant,
+    loops: Vec<LoopProgress>,
+    events: std::collections::VecDeque<WatchdogEvent>,
+}
+
+impl WatchdogPolicy {
+    /// For systemd's `period` (`WatchdogSec=`): ticks every `period/2`; a loop that has not
+    /// advanced for `period/2` withholds the ping. Every loop counts as fresh at `now`.
+    pub fn new(period: Duration, loops: &[&'static str], now: Instant) -> Self {
+        let interval = (period / 2).max(Duration::from_millis(1));
+        Self {
+            interval,
+            stall_after: interval,
+            next_tick: now + interval,
+            loops: loops
+                .iter()
+                .map(|&name| LoopProgress {
+                    name,
+                    count: 0,
+                    last_progress: now,
+                    stalled: false,
+                })
+                .collect(),
+            events: Default::default(),
+        }
+    }
+
+    /// How often the shell should sample and tick.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The current counter of loop `index` (in the order given to [`new`](Self::new)).
+    pub fn handle_progress(&mut self, index: usize, count: u64, now: Instant) {
+        if let Some(l) = self.loops.get_mut(index) {
+            if count != l.count {
+                l.count = count;
+                l.last_progress = now;
+                if l.stalled {
+                    l.stalled = false;
+                    self.events.push_back(WatchdogEvent::Recovered(l.name));
+                }
+            }
+        }
+    }
+
+    /// When the next tick is due.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Tick: decide whether this period earns a ping.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.interval;
+        let mut healthy = true;
+        for l in &mut self.loops {
+            let fresh = now.saturating_duration_since(l.last_progress) <= self.stall_after;
+            if !fresh {
+                healthy = false;
+                if !l.stalled {
+                    l.stalled = true;
+                    self.events.push_back(WatchdogEvent::Stalled(l.name));
+                }
+            }
+        }
+        if healthy {
+            self.events.push_back(WatchdogEvent::Ping);
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_event(&mut self) -> Option<WatchdogEvent> {
+        self.events.pop_front()
+    }
+}
+
+/// The thin task around [`WatchdogPolicy`]: register loops, then [`run`](Self::run) it.
+#[derive(Debug, Default)]
+pub struct Watchdog {
+    loops: Vec<(&'static str, Heartbeat)>,
+}
+
+impl Watchdog {
+    /// No loops yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A heartbeat for the loop called `name` ("media", "rtc"). Pings stop when it stalls.
+    pub fn register(&mut self, name: &'static str) -> Heartbeat {
+        let hb = Heartbeat::default();
+        self.loops.push((name, hb.clone()));
+        hb
+    }
+
+    /// Pings systemd every `period/2` while all loops advance, until `cancel`. Without a
+    /// watchdog (`period` is `None`) it just waits for `cancel`, so it can live in the
+    /// daemon's `JoinSet` either way.
+    pub async fn run(self, period: Option<Duration>, cancel: CancellationToken) {
+        let Some(period) = period else {
+            cancel.cancelled().await;
+            return;
+        };
+        let names: Vec<&'static str> = self.loops.iter().map(|(n, _)| *n).collect();
+        let mut policy = WatchdogPolicy::new(period, &names, Instant::now());
+        tracing::info!(?period, loops = ?names, "systemd watchdog armed");
+        loop {
+            let deadline = tokio::time::Instant::from_std(policy.poll_timeout());
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            let now = Instant::now();
+            for (i, (_, hb)) in self.loops.iter().enumerate() {
+                policy.handle_progress(i, hb.count(), now);
+            }
+            policy.handle_timeout(now);
+            while let Some(event) = policy.poll_event() {
+                match event {
+                    WatchdogEvent::Ping => notify_watchdog(),
+                    WatchdogEvent::Stalled(name) => {
+                        tracing::error!(
+                            loop_name = name,
+                            "loop stalled; withholding watchdog pings"
+                        )
+                    }
+                    WatchdogEvent::Recovered(name) => {
+                        tracing::warn!(loop_name = name, "loop moves again; watchdog pings resume")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why the device id could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceIdError {
+    /// The state directory or the id file could not be written.
+    #[error("keeping the device id in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// No randomness from the OS.
+    #[error("generating a device id: {0}")]
+    Random(String),
+}
+
+/// The state directory: the first entry of `$STATE_DIRECTORY` (systemd `StateDirectory=`),
+/// else [`DEFAULT_STATE_DIR`].
+pub fn state_dir() -> PathBuf {
+    state_dir_from(std::env::var_os("STATE_DIRECTORY").as_deref())
+}
+
+fn state_dir_from(var: Option<&std::ffi::OsStr>) -> PathBuf {
+    var.and_then(|v| v.to_str())
+        .and_then(|v| v.split(':').find(|p| !p.is_empty()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// A well-formed id: 8 to 64 of `[0-9a-z-]`. Anything else in the file is replaced.
+fn valid_id(id: &str) -> bool {
+    (8..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+}
+
+/// The device's stable id (16 hex digits), read from `<dir>/device-id` or created there once
+/// (written to a temporary file and renamed, so a crash never leaves half an id).
+pub fn device_id(dir: &Path) -> Result<String, DeviceIdError> {
+    let path = dir.join(DEVICE_ID_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if valid_id(id) {
+            return Ok(id.to_owned());
+        }
+        tracing::warn!(path = %path.display(), "device id file is malformed; making a new id");
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| DeviceIdError::Random(e.to_string()))?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let io_err = |source| DeviceIdError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    let tmp = dir.join(format!(".{DEVICE_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n")).map_err(io_err)?;
+    std::fs::rename(&tmp, &path).map_err(io_err)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn drain(p: &mut WatchdogPolicy) -> Vec<WatchdogEvent> {
+        std::iter::from_fn(|| p.poll_event()).collect()
+    }
+
+    #[test]
+    fn pings_every_half_period_while_loops_progress() {
+        let t0 = Instant::now();
+        let mut p = WatchdogPolicy::new(10 * SEC, &["media", "rtc"], t0);
+        assert_eq!(p.interval(), 5 * SEC);
+        assert_eq!(p.poll_timeout(), t0 + 5 * SEC);
+        for k in 1..=4u64 {
+            let now = t0 + 5 * SEC * k as u32;
+            p.handle_progress(0, k, now - SEC);
+            p.handle_progress(1, k * 7, now - SEC);
+            p.handle_timeout(now);
+            assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping], "tick {k}");
+            assert_eq!(p.poll_timeout(), now + 5 * SEC);
+        }
+    }
+
+    #[test]
+    fn no_ping_before_the_tick_is_due() {
+        let t0 = Instant::now();
+        let mut p = WatchdogPolicy::new(10 * SEC, &["media"], t0);
+        p.handle_timeout(t0 + 4 * SEC);
+        assert_eq!(drain(&mut p), vec![]);
+    }
+
+    #[test]
+    fn a_stalled_loop_withholds_pings_until_it_moves() {
+        let t0 = Instant::now();
+        let mut p = WatchdogPolicy::new(10 * SEC, &["media", "rtc"], t0);
+        // Both fresh at start: first tick pings even before any beat.
+        p.handle_timeout(t0 + 5 * SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping]);
+        // rtc keeps going, media is stuck at its counter.
+        p.handle_progress(0, 0, t0 + 10 * SEC);
+        p.handle_progress(1, 3, t0 + 10 * SEC);
+        p.handle_timeout(t0 + 10 * SEC + Duration::from_millis(1));
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Stalled("media")]);
+        // Still stuck: no ping, and no repeated Stalled event.
+        p.handle_progress(1, 4, t0 + 15 * SEC);
+        p.handle_timeout(t0 + 16 * SEC);
+        assert_eq!(drain(&mut p), vec![]);
+        // Media moves: recovered, and the next tick pings again.
+        p.handle_progress(0, 1, t0 + 17 * SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Recovered("media")]);
+        p.handle_progress(1, 5, t0 + 21 * SEC);
+        p.handle_timeout(t0 + 21 * SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping]);
+    }
+
+    #[test]
+    fn a_counter_that_does_not_change_is_not_progress() {
+        let t0 = Instant::now();
+        let mut p = WatchdogPolicy::new(2 * SEC, &["rtc"], t0);
+        p.handle_progress(0, 5, t0 + SEC);
+        p.handle_timeout(t0 + SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping]);
+        p.handle_progress(0, 5, t0 + 2 * SEC);
+        p.handle_progress(0, 5, t0 + 3 * SEC);
+        p.handle_timeout(t0 + 3 * SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Stalled("rtc")]);
+    }
+
+    #[test]
+    fn no_loops_means_the_process_itself_is_the_progress() {
+        let t0 = Instant::now();
+        let mut p = WatchdogPolicy::new(SEC, &[], t0);
+        p.handle_timeout(t0 + SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping]);
+    }
+
+    #[test]
+    fn heartbeat_counts_across_clones() {
+        let mut w = Watchdog::new();
+        let hb = w.register("media");
+        let clone = hb.clone();
+        hb.beat();
+        clone.beat();
+        assert_eq!(w.loops[0].1.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_task_runs_until_cancelled_with_or_without_a_period() {
+        let cancel = CancellationToken::new();
+        let idle = tokio::spawn(Watchdog::new().run(None, cancel.clone()));
+        let armed = tokio::spawn(Watchdog::new().run(Some(SEC), cancel.clone()));
+        tokio::time::sleep(10 * SEC).await; // virtual time: many ticks pass
+        assert!(!idle.is_finished() && !armed.is_finished());
+        cancel.cancel();
+        for task in [idle, armed] {
+            tokio::time::timeout(SEC, task)
+                .await
+                .expect("stops on cancel")
+                .expect("no panic");
+        }
+    }
+
+    #[test]
+    fn status_line_says_what_it_does() {
+        let mut m = MediaStatus {
+            state: CameraState::Streaming,
+            source: "/dev/video0 (YUYV)".into(),
+            format: "YUYV".into(),
+            width: 1280,
+            height: 720,
+            fps_measured: 29.7,
+            encoder: "openh264".into(),
+        };
+        assert_eq!(
+            status_line(&m, 2),
+            "streaming 1280x720@30 to 2 viewers (/dev/video0 (YUYV), openh264)"
+        );
+        assert!(status_line(&m, 1).contains("to 1 viewer ("));
+        m.state = CameraState::NoSignal;
+        assert_eq!(
+            status_line(&m, 0),
+            "no signal from /dev/video0 (YUYV), retrying; 0 viewers"
+        );
+    }
+
+    #[test]
+    fn state_dir_prefers_systemds_first_entry() {
+        use std::ffi::OsStr;
+        assert_eq!(state_dir_from(None), PathBuf::from("/var/lib/snaprtcd"));
+        assert_eq!(
+            state_dir_from(Some(OsStr::new("/var/lib/a:/var/lib/b"))),
+            PathBuf::from("/var/lib/a")
+        );
+        assert_eq!(
+            state_dir_from(Some(OsStr::new(""))),
+            PathBuf::from("/var/lib/snaprtcd")
+        );
+    }
+
+    #[test]
+    fn device_id_is_created_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("snaprtcd-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = device_id(&dir).expect("created");
+        assert_eq!(first.len(), 16);
+        assert!(valid_id(&first));
+        assert_eq!(device_id(&dir).expect("read back"), first);
+        // A damaged file is replaced with a fresh id.
+        std::fs::write(dir.join(DEVICE_ID_FILE), "NOT AN ID!\n").expect("write");
+        let second = device_id(&dir).expect("replaced");
+        assert_ne!(second, first);
+        assert!(valid_id(&second));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
