@@ -1,0 +1,63 @@
+//! Log setup: text on stderr, JSON lines, or the systemd journal with structured fields.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("SNAPRTCD_LOG={value:?} is not a log filter: {reason}")]
+    BadFilter { value: String, reason: String },
+    #[error("cannot connect to the journal: {0}")]
+    Journald(std::io::Error),
+    #[error("logging was already set up")]
+    AlreadySet,
+}
+
+/// Install the global subscriber. `env_filter` is `SNAPRTCD_LOG`; it wins over `[log] level`.
+/// Under systemd (`JOURNAL_STREAM` set) text logs go to the journal with their fields.
+pub fn init(
+    config: &LogConfig,
+    env_filter: Option<&str>,
+    journal_stream: bool,
+) -> Result<(), LogError> {
+    let filter = match env_filter {
+        Some(value) => EnvFilter::try_new(value).map_err(|e| LogError::BadFilter {
+            value: value.to_owned(),
+            reason: e.to_string(),
+        })?,
+        // Validated with the config.
+        None => EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let format = match config.format {
+        LogFormat::Text if journal_stream => LogFormat::Journald,
+        other => other,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Journald => {
+            let layer = tracing_journald::layer().map_err(LogError::Journald)?;
+            registry.with(layer).try_init()
+        }
+    };
+    result.map_err(|_| LogError::AlreadySet)
+}

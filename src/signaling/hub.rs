@@ -1,0 +1,881 @@
+//! The SnapRTC hub: sessions (SignalR groups) and the relay between their members. Pure: no
+//! tokio, no sockets, no clock.
+//!
+//! | client calls                        | hub does                                             |
+//! |-------------------------------------|------------------------------------------------------|
+//! | `Sync(session, ready)`              | joins `session`; when `ready`, `signalStart` to the others |
+//! | `SignalCapture(session, payload)`   | `signalCapture(payload)` to the others                |
+//! | `SignalInitiator(session, payload)` | `signalInitiator(payload)` to the others              |
+//!
+//! The original server also echoes relayed messages to the sender; no SnapRTC client reacts to
+//! its own echo, so this hub does not send it. Payloads are relayed byte for byte (raw JSON).
+//!
+//! Members are remote connections or the daemon's own capture side: both use the same member
+//! API ([`Hub::join`], [`Hub::signal`]), and the hub tells the shell, through
+//! [`HubOutput::CaptureWanted`], when an initiator waits in a session that has no capture side.
+//! **Draining rule:** after every `handle_*` or member call, drain [`Hub::poll_output`].
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+/// A validated session id: 1-128 characters of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    /// Longest accepted id.
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(s: &str) -> Result<SessionId, RequestError> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(SessionId(Arc::from(s)))
+        } else {
+            Err(RequestError::BadSession)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A JSON value kept exactly as it arrived, so relays are byte for byte. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RawJson(Arc<RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Wrap JSON text that is known to be valid (e.g. produced by `serde_json`).
+    pub fn from_string(json: String) -> Result<RawJson, serde_json::Error> {
+        RawValue::from_string(json).map(|raw| RawJson(Arc::from(raw)))
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> Self {
+        RawJson(Arc::from(raw))
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl serde::Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// A hub method call, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    Sync {
+        session: SessionId,
+        ready: bool,
+    },
+    SignalCapture {
+        session: SessionId,
+        payload: RawJson,
+    },
+    SignalInitiator {
+        session: SessionId,
+        payload: RawJson,
+    },
+}
+
+/// A client's call: the method and, for `invoke`, the id its Completion must carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub invocation_id: Option<String>,
+    pub method: Method,
+}
+
+/// Why a call was refused; the text goes to the client in an error Completion.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("Unknown hub method '{0}'")]
+    UnknownMethod(String),
+    #[error("Invocation provides {given} argument(s) but target expects {expected}.")]
+    ArgumentCount { given: usize, expected: usize },
+    #[error("Error binding arguments: argument {index} of '{method}' must be {expected}.")]
+    ArgumentType {
+        method: &'static str,
+        index: usize,
+        expected: &'static str,
+    },
+    #[error("Invalid session id: use 1-128 characters of A-Z, a-z, 0-9, '_' and '-'.")]
+    BadSession,
+    #[error("Too many sessions on this server ({0}); try again later.")]
+    TooManySessions(usize),
+    #[error("Session is full ({0} members).")]
+    SessionFull(usize),
+}
+
+impl Request {
+    /// Type the arguments of `target` (matched case-insensitively).
+    pub fn parse(
+        invocation_id: Option<String>,
+        target: &str,
+        arguments: Vec<Box<RawValue>>,
+    ) -> Result<Request, RequestError> {
+        let method = if target.eq_ignore_ascii_case("Sync") {
+            let [session, ready] = take_args::<2>(arguments)?;
+            let session = string_arg("Sync", 0, &session)?;
+            let ready: bool =
+                serde_json::from_str(ready.get()).map_err(|_| RequestError::ArgumentType {
+                    method: "Sync",
+                    index: 1,
+                    expected: "a boolean",
+                })?;
+            Method::Sync {
+                session: SessionId::parse(&session)?,
+                ready,
+            }
+        } else if target.eq_ignore_ascii_case("SignalCapture") {
+            let (session, payload) = session_and_payload("SignalCapture", arguments)?;
+            Method::SignalCapture { session, payload }
+        } else if target.eq_ignore_ascii_case("SignalInitiator") {
+            let (session, payload) = session_and_payload("SignalInitiator", arguments)?;
+            Method::SignalInitiator { session, payload }
+        } else {
+            return Err(RequestError::UnknownMethod(target.to_owned()));
+        };
+        Ok(Request {
+            invocation_id,
+            method,
+        })
+    }
+}
+
+fn take_args<const N: usize>(
+    arguments: Vec<Box<RawValue>>,
+) -> Result<[Box<RawValue>; N], RequestError> {
+    let given = arguments.len();
+    arguments
+        .try_into()
+        .map_err(|_| RequestError::ArgumentCount { given, expected: N })
+}
+
+fn string_arg(method: &'static str, index: usize, raw: &RawValue) -> Result<String, RequestError> {
+    serde_json::from_str::<String>(raw.get()).map_err(|_| RequestError::ArgumentType {
+        method,
+        index,
+        expected: "a string",
+    })
+}
+
+fn session_and_payload(
+    method: &'static str,
+    arguments: Vec<Box<RawValue>>,
+) -> Result<(SessionId, RawJson), RequestError> {
+    let [session, payload] = take_args::<2>(arguments)?;
+    let session = SessionId::parse(&string_arg(method, 0, &session)?)?;
+    // The payload must be a JSON string; it is kept raw so it is relayed byte for byte.
+    if !payload.get().starts_with('"') {
+        return Err(RequestError::ArgumentType {
+            method,
+            index: 1,
+            expected: "a string",
+        });
+    }
+    Ok((session, RawJson::from(payload)))
+}
+
+/// A hub member: a remote connection, or the daemon's own capture side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(pub u64);
+
+/// A message for one member.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// `signalStart()`: the capture side is ready.
+    SignalStart,
+    /// `signalCapture(payload)`: initiator → capture.
+    SignalCapture(RawJson),
+    /// `signalInitiator(payload)`: capture → initiator.
+    SignalInitiator(RawJson),
+    /// The answer to an `invoke`.
+    Completion {
+        invocation_id: String,
+        error: Option<String>,
+    },
+}
+
+/// What the hub asks the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubOutput {
+    /// Deliver `message` to `to`.
+    Deliver { to: MemberId, message: Outbound },
+    /// An initiator waits in `session` and no capture side is there: the daemon's capture
+    /// member may join (only when [`HubConfig::capture_wanted`] is on).
+    CaptureWanted { session: SessionId },
+}
+
+/// Limits and behaviour of the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    pub max_sessions: usize,
+    pub max_members_per_session: usize,
+    /// Emit [`HubOutput::CaptureWanted`] (`join_sessions = "all"` with a capture member).
+    pub capture_wanted: bool,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// Members in join order, with whether each said `ready` (is a capture side).
+    members: Vec<(MemberId, bool)>,
+}
+
+/// Sessions and their members.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    sessions: HashMap<SessionId, Session>,
+    /// Sessions each member is in, so a disconnect leaves them all.
+    memberships: HashMap<MemberId, Vec<SessionId>>,
+    outputs: VecDeque<HubOutput>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            config,
+            sessions: HashMap::new(),
+            memberships: HashMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Sessions open now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Members of `session` now, in join order.
+    pub fn members(&self, session: &SessionId) -> Vec<MemberId> {
+        self.sessions
+            .get(session)
+            .map(|s| s.members.iter().map(|(m, _)| *m).collect())
+            .unwrap_or_default()
+    }
+
+    /// A client's call.
+    pub fn handle_request(&mut self, from: MemberId, request: Request) {
+        let result = match request.method {
+            Method::Sync { session, ready } => self.join(from, session, ready),
+            Method::SignalCapture { session, payload } => {
+                self.signal(from, &session, Outbound::SignalCapture(payload));
+                Ok(())
+            }
+            Method::SignalInitiator { session, payload } => {
+                self.signal(from, &session, Outbound::SignalInitiator(payload));
+                Ok(())
+            }
+        };
+        if let Some(invocation_id) = request.invocation_id {
+            self.outputs.push_back(HubOutput::Deliver {
+                to: from,
+                message: Outbound::Completion {
+                    invocation_id,
+                    error: result.err().map(|e| e.to_string()),
+                },
+            });
+        }
+    }
+
+    /// A member is gone: it leaves every session; empty sessions are freed.
+    pub fn handle_disconnect(&mut self, member: MemberId) {
+        for session in self.memberships.remove(&member).unwrap_or_default() {
+            self.remove_from_session(member, &session);
+        }
+    }
+
+    /// Member API: join `session` (creating it); `ready` marks the capture side, which makes
+    /// the hub send `signalStart` to the others. Joining again updates `ready`.
+    pub fn join(
+        &mut self,
+        member: MemberId,
+        session: SessionId,
+        ready: bool,
+    ) -> Result<(), RequestError> {
+        let is_new = !self.sessions.contains_key(&session);
+        if is_new && self.sessions.len() >= self.config.max_sessions {
+            return Err(RequestError::TooManySessions(self.config.max_sessions));
+        }
+        let entry = self.sessions.entry(session.clone()).or_default();
+        match entry.members.iter_mut().find(|(m, _)| *m == member) {
+            Some(existing) => existing.1 = ready,
+            None => {
+                if entry.members.len() >= self.config.max_members_per_session {
+                    return Err(RequestError::SessionFull(
+                        self.config.max_members_per_session,
+                    ));
+                }
+                entry.members.push((member, ready));
+                self.memberships
+                    .entry(member)
+                    .or_default()
+                    .push(session.clone());
+            }
+        }
+        if ready {
+            self.signal(member, &session, Outbound::SignalStart);
+        } else if self.config.capture_wanted && !entry_has_capture(&self.sessions, &session) {
+            self.outputs.push_back(HubOutput::CaptureWanted { session });
+        }
+        Ok(())
+    }
+
+    /// Member API: leave one session.
+    pub fn leave(&mut self, member: MemberId, session: &SessionId) {
+        if let Some(list) = self.memberships.get_mut(&member) {
+            list.retain(|s| s != session);
+            if list.is_empty() {
+                self.memberships.remove(&member);
+            }
+        }
+        self.remove_from_session(member, session);
+    }
+
+    /// Member API: send `message` to every member of `session` but `from`.
+    pub fn signal(&mut self, from: MemberId, session: &SessionId, message: Outbound) {
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        for &(to, _) in &s.members {
+            if to != from {
+                self.outputs.push_back(HubOutput::Deliver {
+                    to,
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+
+    /// The next thing for the shell to do.
+    pub fn poll_output(&mut self) -> Option<HubOutput> {
+        self.outputs.pop_front()
+    }
+
+    fn remove_from_session(&mut self, member: MemberId, session: &SessionId) {
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.members.retain(|(m, _)| *m != member);
+            if s.members.is_empty() {
+                self.sessions.remove(session);
+            }
+        }
+    }
+}
+
+fn entry_has_capture(sessions: &HashMap<SessionId, Session>, session: &SessionId) -> bool {
+    sessions
+        .get(session)
+        .is_some_and(|s| s.members.iter().any(|(_, ready)| *ready))
+}
+
+/// Admission of hub connections: negotiate tokens (single use, expiring) and the connection
+/// limit. Pure; randomness and time come in from the caller.
+#[derive(Debug)]
+pub struct Admissions {
+    /// Unused tokens and when they expire. Each holds a place under `max_connections`.
+    pending: HashMap<String, Instant>,
+    active: usize,
+    max_connections: usize,
+    token_lifetime: Duration,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("too many connections")]
+    Full,
+    #[error("no such connection token")]
+    UnknownToken,
+}
+
+impl Admissions {
+    pub fn new(max_connections: usize, token_lifetime: Duration) -> Self {
+        Self {
+            pending: HashMap::new(),
+            active: 0,
+            max_connections,
+            token_lifetime,
+        }
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Negotiate: reserve a place under a new token (`token` comes from a CSPRNG).
+    pub fn negotiate(&mut self, token: String, now: Instant) -> Result<String, AdmissionError> {
+        self.handle_timeout(now);
+        if self.active + self.pending.len() >= self.max_connections {
+            return Err(AdmissionError::Full);
+        }
+        self.pending
+            .insert(token.clone(), now + self.token_lifetime);
+        Ok(token)
+    }
+
+    /// Upgrade: `Some(token)` must be a live negotiated token (used up here); `None` is
+    /// skipNegotiation and needs a free place.
+    pub fn connect(&mut self, token: Option<&str>, now: Instant) -> Result<(), AdmissionError> {
+        self.handle_timeout(now);
+        match token {
+            Some(token) => {
+                self.pending
+                    .remove(token)
+                    .ok_or(AdmissionError::UnknownToken)?;
+            }
+            None => {
+                if self.active + self.pending.len() >= self.max_connections {
+                    return Err(AdmissionError::Full);
+                }
+            }
+        }
+        self.active += 1;
+        Ok(())
+    }
+
+    /// Would a connection be admitted now (checked before answering an upgrade)?
+    pub fn check(&mut self, token: Option<&str>, now: Instant) -> Result<(), AdmissionError> {
+        self.handle_timeout(now);
+        match token {
+            Some(token) if self.pending.contains_key(token) => Ok(()),
+            Some(_) => Err(AdmissionError::UnknownToken),
+            None if self.active + self.pending.len() >= self.max_connections => {
+                Err(AdmissionError::Full)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A connection closed.
+    pub fn disconnect(&mut self) {
+        self.active = self.active.saturating_sub(1);
+    }
+
+    /// Forget expired tokens.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.pending.retain(|_, expires| *expires > now);
+    }
+
+    /// When the next token expires.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending.values().min().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> RawJson {
+        RawJson::from_string(s.to_owned()).unwrap()
+    }
+
+    fn sid(s: &str) -> SessionId {
+        SessionId::parse(s).unwrap()
+    }
+
+    fn hub() -> Hub {
+        Hub::new(HubConfig {
+            max_sessions: 3,
+            max_members_per_session: 3,
+            capture_wanted: false,
+        })
+    }
+
+    fn drain(h: &mut Hub) -> Vec<HubOutput> {
+        std::iter::from_fn(|| h.poll_output()).collect()
+    }
+
+    fn deliver(to: u64, message: Outbound) -> HubOutput {
+        HubOutput::Deliver {
+            to: MemberId(to),
+            message,
+        }
+    }
+
+    fn call(h: &mut Hub, from: u64, id: Option<&str>, method: Method) {
+        h.handle_request(
+            MemberId(from),
+            Request {
+                invocation_id: id.map(str::to_owned),
+                method,
+            },
+        );
+    }
+
+    fn ok(id: &str) -> Outbound {
+        Outbound::Completion {
+            invocation_id: id.into(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn snaprtc_exchange_between_initiator_and_capture() {
+        let mut h = hub();
+        let (init, cap) = (1, 2);
+        call(
+            &mut h,
+            init,
+            Some("0"),
+            Method::Sync {
+                session: sid("s1"),
+                ready: false,
+            },
+        );
+        assert_eq!(drain(&mut h), vec![deliver(init, ok("0"))]);
+        call(
+            &mut h,
+            cap,
+            Some("0"),
+            Method::Sync {
+                session: sid("s1"),
+                ready: true,
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(init, Outbound::SignalStart), deliver(cap, ok("0"))]
+        );
+        let offer = raw("\"N4Ig\"");
+        call(
+            &mut h,
+            init,
+            Some("1"),
+            Method::SignalCapture {
+                session: sid("s1"),
+                payload: offer.clone(),
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                deliver(cap, Outbound::SignalCapture(offer)),
+                deliver(init, ok("1"))
+            ]
+        );
+        let answer = raw("\"answer\"");
+        call(
+            &mut h,
+            cap,
+            None,
+            Method::SignalInitiator {
+                session: sid("s1"),
+                payload: answer.clone(),
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(init, Outbound::SignalInitiator(answer))],
+            "send: no Completion, no echo"
+        );
+    }
+
+    #[test]
+    fn sessions_are_isolated() {
+        let mut h = hub();
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        call(
+            &mut h,
+            2,
+            None,
+            Method::Sync {
+                session: sid("b"),
+                ready: false,
+            },
+        );
+        call(
+            &mut h,
+            3,
+            None,
+            Method::Sync {
+                session: sid("b"),
+                ready: true,
+            },
+        );
+        assert_eq!(drain(&mut h), vec![deliver(2, Outbound::SignalStart)]);
+        call(
+            &mut h,
+            1,
+            None,
+            Method::SignalCapture {
+                session: sid("a"),
+                payload: raw("\"x\""),
+            },
+        );
+        assert!(drain(&mut h).is_empty(), "nobody else is in a");
+    }
+
+    #[test]
+    fn disconnect_leaves_and_frees_empty_sessions() {
+        let mut h = hub();
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("b"),
+                ready: false,
+            },
+        );
+        call(
+            &mut h,
+            2,
+            None,
+            Method::Sync {
+                session: sid("b"),
+                ready: false,
+            },
+        );
+        assert_eq!(h.session_count(), 2);
+        h.handle_disconnect(MemberId(1));
+        assert_eq!(h.session_count(), 1);
+        assert_eq!(h.members(&sid("b")), vec![MemberId(2)]);
+        h.handle_disconnect(MemberId(2));
+        assert_eq!(h.session_count(), 0);
+        assert!(h.memberships.is_empty());
+    }
+
+    #[test]
+    fn sync_twice_does_not_duplicate_membership() {
+        let mut h = hub();
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        assert_eq!(h.members(&sid("a")), vec![MemberId(1)]);
+        h.leave(MemberId(1), &sid("a"));
+        assert_eq!(h.session_count(), 0);
+    }
+
+    #[test]
+    fn session_limit_gives_error_completion() {
+        let mut h = hub();
+        for (i, s) in ["a", "b", "c"].into_iter().enumerate() {
+            call(
+                &mut h,
+                i as u64,
+                None,
+                Method::Sync {
+                    session: sid(s),
+                    ready: false,
+                },
+            );
+        }
+        drain(&mut h);
+        call(
+            &mut h,
+            9,
+            Some("5"),
+            Method::Sync {
+                session: sid("d"),
+                ready: false,
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(
+                9,
+                Outbound::Completion {
+                    invocation_id: "5".into(),
+                    error: Some("Too many sessions on this server (3); try again later.".into())
+                }
+            )]
+        );
+        // Joining an existing session is still fine.
+        call(
+            &mut h,
+            9,
+            Some("6"),
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        assert_eq!(drain(&mut h), vec![deliver(9, ok("6"))]);
+    }
+
+    #[test]
+    fn member_limit_gives_error_completion() {
+        let mut h = hub();
+        for m in 1..=3 {
+            call(
+                &mut h,
+                m,
+                None,
+                Method::Sync {
+                    session: sid("a"),
+                    ready: false,
+                },
+            );
+        }
+        call(
+            &mut h,
+            4,
+            Some("1"),
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(
+                4,
+                Outbound::Completion {
+                    invocation_id: "1".into(),
+                    error: Some("Session is full (3 members).".into())
+                }
+            )]
+        );
+        assert_eq!(h.members(&sid("a")).len(), 3);
+    }
+
+    #[test]
+    fn capture_wanted_only_when_no_capture_is_present() {
+        let mut h = Hub::new(HubConfig {
+            max_sessions: 10,
+            max_members_per_session: 8,
+            capture_wanted: true,
+        });
+        call(
+            &mut h,
+            1,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![HubOutput::CaptureWanted { session: sid("a") }]
+        );
+        // The daemon's capture member joins through the member API.
+        h.join(MemberId(100), sid("a"), true).unwrap();
+        assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
+        call(
+            &mut h,
+            2,
+            None,
+            Method::Sync {
+                session: sid("a"),
+                ready: false,
+            },
+        );
+        assert!(drain(&mut h).is_empty(), "a capture side is already there");
+    }
+
+    #[test]
+    fn request_parsing_is_case_insensitive_and_typed() {
+        let args = |s: &str| -> Vec<Box<RawValue>> {
+            serde_json::from_str::<Vec<Box<RawValue>>>(s).unwrap()
+        };
+        let r = Request::parse(None, "SIGNALINITIATOR", args("[\"a\",\"p\"]")).unwrap();
+        assert!(matches!(r.method, Method::SignalInitiator { .. }));
+        assert_eq!(
+            Request::parse(None, "sync", args("[\"a\"]")),
+            Err(RequestError::ArgumentCount {
+                given: 1,
+                expected: 2
+            })
+        );
+        assert_eq!(
+            Request::parse(None, "sync", args("[\"a\",1]"))
+                .unwrap_err()
+                .to_string(),
+            "Error binding arguments: argument 1 of 'Sync' must be a boolean."
+        );
+        assert_eq!(
+            Request::parse(None, "Sync", args("[\"a/b\",true]")),
+            Err(RequestError::BadSession)
+        );
+        assert!(Request::parse(None, "signalcapture", args("[\"a\",null]")).is_err());
+        assert!(SessionId::parse(&"x".repeat(128)).is_ok());
+        assert!(SessionId::parse(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn tokens_are_single_use_expire_and_count_against_the_limit() {
+        let t0 = Instant::now();
+        let mut a = Admissions::new(2, Duration::from_secs(15));
+        a.negotiate("t1".into(), t0).unwrap();
+        a.negotiate("t2".into(), t0).unwrap();
+        assert_eq!(a.negotiate("t3".into(), t0), Err(AdmissionError::Full));
+        assert_eq!(a.connect(None, t0), Err(AdmissionError::Full));
+        a.connect(Some("t1"), t0).unwrap();
+        assert_eq!(
+            a.connect(Some("t1"), t0),
+            Err(AdmissionError::UnknownToken),
+            "single use"
+        );
+        assert_eq!(a.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+        assert_eq!(
+            a.check(Some("t2"), t0 + Duration::from_secs(15)),
+            Err(AdmissionError::UnknownToken),
+            "expired"
+        );
+        a.connect(None, t0 + Duration::from_secs(15)).unwrap();
+        assert_eq!(a.active(), 2);
+        a.disconnect();
+        assert_eq!(a.active(), 1);
+    }
+}
