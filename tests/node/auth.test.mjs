@@ -86,7 +86,7 @@ test('auth none: no token needed, a stray Authorization header is ignored', { ti
   assert.equal((await negotiate(daemon)).status, 200);
   assert.equal((await negotiate(daemon, { headers: { Authorization: 'Bearer whatever' } })).status, 200);
   const conn = await connect(t, daemon);
-  assert.equal(await conn.invoke('Sync', sessionId('open'), false), null);
+  assert.equal(await conn.invoke('Sync', sessionId('open'), false), undefined);
   const withToken = await connect(t, daemon, { accessTokenFactory: () => 'ignored' });
-  assert.equal(await withToken.invoke('Sync', sessionId('open'), false), null);
+  assert.equal(await withToken.invoke('Sync', sessionId('open'), false), undefined);
 });

@@ -82,7 +82,7 @@ test('send (no invocationId) relays too, and invoke completes with no result', {
   const session = sessionId('send');
   const a = await connect(t, daemon);
   const b = await connect(t, daemon);
-  assert.equal(await a.invoke('Sync', session, false), null);
+  assert.equal(await a.invoke('Sync', session, false), undefined);
   await b.send('Sync', session, true);
   await a.waitFor('signalStart');
   await a.send('SignalCapture', session, offer);

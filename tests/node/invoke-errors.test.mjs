@@ -42,7 +42,7 @@ test('official client: errors reject the invoke promise, the connection stays us
   // Still usable, and the good edge cases of the session-id rule are accepted.
   const edge = ['a', 'A'.repeat(128), 'Az09_-'];
   for (const id of edge) {
-    assert.equal(await conn.invoke('Sync', id, false), null, `session id ${JSON.stringify(id)} accepted`);
+    assert.equal(await conn.invoke('Sync', id, false), undefined, `session id ${JSON.stringify(id)} accepted`);
   }
   await conn.invoke('Sync', session, false);
   await peer.invoke('Sync', session, true);
@@ -80,6 +80,6 @@ test('official client: send of an unknown method does not break the connection',
   const daemon = await startDaemon(t);
   const conn = await connect(t, daemon);
   await conn.send('NoSuchMethod', 'x');
-  assert.equal(await conn.invoke('Sync', sessionId('send2'), false), null);
+  assert.equal(await conn.invoke('Sync', sessionId('send2'), false), undefined);
   assert.equal(conn.state, 'Connected');
 });

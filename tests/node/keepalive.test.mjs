@@ -60,5 +60,5 @@ test('an official client with a short keep-alive stays connected well past clien
   await new Promise((resolve) => setTimeout(resolve, 3000));
   assert.equal(closed, null, `closed after ${(performance.now() - start).toFixed(0)} ms: ${closed}`);
   assert.equal(conn.state, 'Connected');
-  assert.equal(await conn.invoke('Sync', sessionId('ka'), false), null);
+  assert.equal(await conn.invoke('Sync', sessionId('ka'), false), undefined);
 });

@@ -63,7 +63,7 @@ test('max_members_per_session: one member too many gets an error Completion', { 
   // The session works for its members, and the refused one did not join.
   await a.invoke('SignalCapture', session, 'offer');
   assert.deepEqual(await b.waitFor('signalCapture'), ['offer']);
-  assert.equal(await c.invoke('Sync', sessionId('other'), false), null, 'c can use another session');
+  assert.equal(await c.invoke('Sync', sessionId('other'), false), undefined, 'c can use another session');
   // When a member leaves, there is room again.
   await b.stop();
   const d = await connect(t, daemon);

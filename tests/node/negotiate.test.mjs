@@ -80,7 +80,7 @@ test('skipNegotiation: the upgrade without id is accepted (raw and official clie
   const c = await invoke(raw, 'Sync', [sessionId('skip'), false]);
   assert.ok(!('error' in c));
   const conn = await connect(t, daemon, { skipNegotiation: true });
-  assert.equal(await conn.invoke('Sync', sessionId('skip'), false), null);
+  assert.equal(await conn.invoke('Sync', sessionId('skip'), false), undefined);
 });
 
 test('a plain GET of the hub without upgrade is not a WebSocket', { timeout: 30000 }, async (t) => {
