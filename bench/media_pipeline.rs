@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 const CASES: [(u32, u32); 2] = [(640, 480), (1280, 720)];
 const FPS: u32 = 30;
+/// Stills asked per pipeline case (for the latency percentiles).
+const STILLS: usize = 60;
 
 fn frames() -> u64 {
     std::env::var("SNAPRTCD_BENCH_FRAMES")
@@ -112,6 +114,7 @@ fn pipeline(w: u32, h: u32, n: u64) -> String {
         let mut sub = media.subscribe();
         // Warm up: the first IDR.
         sub.recv().await.unwrap();
+        let threads0 = thread_cpu();
         let cpu0 = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID);
         let wall0 = Instant::now();
         let mut bytes = 0u64;
@@ -120,42 +123,87 @@ fn pipeline(w: u32, h: u32, n: u64) -> String {
         }
         let wall = wall0.elapsed();
         let cpu = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu0;
-        let threads: Vec<String> = thread_cpu()
-            .into_iter()
-            .map(|(name, s)| format!("{name}:{s:.2}"))
-            .collect();
-        eprintln!("threads (cpu s since start): {}", threads.join(" "));
-        let dropped = media.counters().frames_dropped.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "{w}x{h} thread CPU s / 1000 frames: {}",
+            thread_delta(&threads0, &thread_cpu(), n)
+        );
+        let counters = media.counters();
+        let dropped = counters.frames_dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let encode_ms = counters.encode_time_micros.load(std::sync::atomic::Ordering::Relaxed)
+            as f64
+            / 1000.0
+            / counters.frames_encoded.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+        let skipped = sub.skipped();
+        let rss = rss_kib("VmHWM:");
+        drop(sub);
+        // Stills while the camera streams: the JPEG is made from the latest picture on
+        // request. Spaced 47 ms apart so requests land at every phase of the 33 ms frame cycle.
+        let mut stills = Vec::new();
+        let mut still_bytes = 0;
+        for _ in 0..STILLS {
+            let t = Instant::now();
+            still_bytes = media.still(usize::MAX).await.unwrap().len();
+            stills.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(47)).await;
+        }
+        stills.sort();
         cancel.cancel();
         guard.join();
         format!(
-            "pipeline {w}x{h} frames={n} fps={:.2} cpu_s_per_1000={:.3} rss_kib={} dropped={dropped} bytes={bytes} skipped={}",
+            "pipeline {w}x{h} frames={n} fps={:.2} cpu_s_per_1000={:.3} rss_kib={rss} dropped={dropped} bytes={bytes} skipped={skipped} encode_wall_ms={encode_ms:.2} still_p50_ms={:.1} still_p95_ms={:.1} still_max_ms={:.1} still_bytes={still_bytes}",
             n as f64 / wall.as_secs_f64(),
             cpu.as_secs_f64() * 1000.0 / n as f64,
-            rss_kib("VmHWM:"),
-            sub.skipped()
+            percentile_ms(&stills, 50),
+            percentile_ms(&stills, 95),
+            percentile_ms(&stills, 100),
         )
     })
 }
 
-/// CPU seconds so far of each named thread of this process (from /proc, 10 ms resolution).
-fn thread_cpu() -> Vec<(String, f64)> {
+/// CPU time so far of each thread of this process, by name (from schedstat: nanoseconds).
+fn thread_cpu() -> Vec<(String, Duration)> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
     for t in tasks.flatten() {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let name = stat[stat.find('(').unwrap_or(0) + 1..close].to_string();
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        out.push((name, ticks / 100.0));
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(t.path().join("schedstat"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        out.push((name.trim().to_string(), Duration::from_nanos(ns)));
     }
     out
+}
+
+/// Per-thread CPU between two [`thread_cpu`] readings, in ms per 1000 frames.
+fn thread_delta(before: &[(String, Duration)], after: &[(String, Duration)], n: u64) -> String {
+    after
+        .iter()
+        .map(|(name, t)| {
+            let t0 = before
+                .iter()
+                .find(|(b, _)| b == name)
+                .map_or(Duration::ZERO, |(_, d)| *d);
+            format!(
+                "{name}:{:.3}",
+                t.saturating_sub(t0).as_secs_f64() * 1000.0 / n as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Percentile `p` (0..=100) of sorted durations, in ms.
+fn percentile_ms(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = (sorted.len() * p).div_ceil(100).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
 }
 
 fn field(line: &str, key: &str) -> String {
@@ -189,6 +237,7 @@ fn main() {
     };
     println!("| case | frames/s | CPU s / 1000 frames | peak RSS (MiB) | vs floor |");
     println!("|---|---|---|---|---|");
+    let mut still_rows = Vec::new();
     for (w, h) in CASES {
         let f = run("floor", w, h);
         let p = run("pipeline", w, h);
@@ -206,5 +255,18 @@ fn main() {
             mib(&p),
             pc / fc
         );
+        still_rows.push(format!(
+            "| {w}x{h} | {} | {} | {} | {} |",
+            field(&p, "still_p50_ms"),
+            field(&p, "still_p95_ms"),
+            field(&p, "still_max_ms"),
+            field(&p, "still_bytes"),
+        ));
+    }
+    println!();
+    println!("| still (`/snapshot.jpg` path, {STILLS} requests) | p50 ms | p95 ms | max ms | JPEG bytes |");
+    println!("|---|---|---|---|---|");
+    for row in still_rows {
+        println!("{row}");
     }
 }

@@ -90,11 +90,8 @@ impl std::fmt::Display for SnapshotError {
     }
 }
 
-impl std::error::Error for SnapshotError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.reason)
-    }
-}
+/// No `source()`: the message already carries the reason (`{:#}` would repeat it).
+impl std::error::Error for SnapshotError {}
 
 /// One JPEG from the configured source, without the daemon (for setting a camera up).
 pub fn snapshot_once(config: &Config) -> Result<Bytes, SnapshotError> {
