@@ -205,3 +205,47 @@ async fn vivid_dropped_and_corrupt_buffers_do_not_stop_the_stream() {
     cancel.cancel();
     guard.join();
 }
+
+/// `snaprtcd list-devices` and `snaprtcd snapshot` against the real driver (no daemon).
+#[test]
+fn vivid_cli_lists_the_device_and_takes_a_snapshot() {
+    if !in_vivid_vm() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_snaprtcd");
+    let out = Command::new(bin).arg("list-devices").output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(table.starts_with("DEVICE"), "{table}");
+    let yuyv = table
+        .lines()
+        .find(|l| l.starts_with(DEVICE) && l.contains(" YUYV "))
+        .unwrap_or_else(|| panic!("no YUYV line for {DEVICE}:\n{table}"));
+    assert!(yuyv.contains("640x480@"), "{yuyv}");
+    assert!(yuyv.contains("1280x720@"), "{yuyv}");
+
+    let dir = std::env::temp_dir();
+    let conf = dir.join("vivid-cli.toml");
+    std::fs::write(
+        &conf,
+        format!("[camera]\nsource = \"v4l2\"\ndevice = \"{DEVICE}\"\nformat = \"yuyv\"\nwidth = 1280\nheight = 720\n"),
+    )
+    .unwrap();
+    let still = dir.join("vivid-cli.jpg");
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&conf)
+        .args(["snapshot", "-o"])
+        .arg(&still)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picture = decode_to_i420(&std::fs::read(&still).unwrap()).unwrap();
+    assert_eq!((picture.width(), picture.height()), (1280, 720));
+    println!("vivid snapshot: 1280x720 JPEG from {DEVICE}");
+}
