@@ -147,13 +147,13 @@ done
 echo
 echo "$(nproc) cores, $(uptime | sed 's/.*load average/load average/')"
 echo
-echo "| server | scenario | connections held | RSS (MiB) | exchanges/s | relay p50 (ms) | relay p99 (ms) | server CPU (s) | exchanges per CPU-s |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | scenario | connections held | RSS (MiB) | exchanges/s | relay p50 (ms) | relay p99 (ms) | server CPU (s) | CPU per exchange, user + kernel (µs) | exchanges per CPU-s |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 while read -r label rest; do
   declare -A r=()
   for kv in $rest; do r[${kv%%=*}]="${kv#*=}"; done
   server="${label%%|*}"
   scenario="${label#*|}"
-  echo "| $server | $scenario | ${r[connections_held]} | ${r[rss_after_mib]} | ${r[exchanges_per_s]} | ${r[p50_ms]} | ${r[p99_ms]} | ${r[server_cpu_s]} | ${r[exchanges_per_cpu_s]} |"
+  echo "| $server | $scenario | ${r[connections_held]} | ${r[rss_after_mib]} | ${r[exchanges_per_s]} | ${r[p50_ms]} | ${r[p99_ms]} | ${r[server_cpu_s]} | ${r[server_user_us_per_exchange]} + ${r[server_sys_us_per_exchange]} | ${r[exchanges_per_cpu_s]} |"
   unset r
 done <"$results"

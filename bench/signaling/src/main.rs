@@ -243,7 +243,7 @@ async fn run(args: Args) -> Result<()> {
 
     // Measured phase.
     let active = active_pairs.min(held_pairs);
-    let server_cpu_before = args.pid.map(proc_cpu_secs).transpose()?;
+    let server_cpu_before = args.pid.map(proc_cpu).transpose()?;
     let self_cpu_before = proc_cpu_secs(std::process::id())?;
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let end = start + args.duration;
@@ -264,8 +264,15 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     let measured = tokio::time::Instant::now().saturating_duration_since(start);
-    let server_cpu = match (server_cpu_before, args.pid) {
-        (Some(before), Some(pid)) => Some(proc_cpu_secs(pid)? - before),
+    let server_split = match (server_cpu_before, args.pid) {
+        (Some(before), Some(pid)) => {
+            let after = proc_cpu(pid)?;
+            Some((after.0 - before.0, after.1 - before.1))
+        }
+        _ => None,
+    };
+    let server_cpu = match server_split {
+        Some((user, system)) => Some(user + system),
         _ => None,
     };
     let self_cpu = proc_cpu_secs(std::process::id())? - self_cpu_before;
@@ -309,7 +316,12 @@ async fn run(args: Args) -> Result<()> {
         max
     );
     let per_cpu = server_cpu.map(|c| exchanges as f64 / c.max(0.01));
-    if let Some(c) = server_cpu {
+    if let (Some(c), Some((user, system))) = (server_cpu, server_split) {
+        println!(
+            "server CPU per exchange: {:.1} us user + {:.1} us kernel",
+            1e6 * user / exchanges.max(1) as f64,
+            1e6 * system / exchanges.max(1) as f64
+        );
         println!(
             "server CPU: {:.2} s ({:.0}% of one core) -> {:.0} exchanges per server CPU-second",
             c,
@@ -333,7 +345,7 @@ async fn run(args: Args) -> Result<()> {
         rss_after = Some(m.rss_kib);
     }
     println!(
-        "RESULT server={:?} connections_held={} rss_connected_mib={} rss_after_mib={} exchanges={} seconds={:.2} exchanges_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} server_cpu_s={} exchanges_per_cpu_s={} failed_pairs={}",
+        "RESULT server={:?} connections_held={} rss_connected_mib={} rss_after_mib={} exchanges={} seconds={:.2} exchanges_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} server_cpu_s={} server_user_us_per_exchange={} server_sys_us_per_exchange={} exchanges_per_cpu_s={} failed_pairs={}",
         args.server,
         held_pairs * 2,
         rss_connected.map_or("na".into(), |k| format!("{:.1}", kib_to_mib(k))),
@@ -345,6 +357,14 @@ async fn run(args: Args) -> Result<()> {
         p99,
         max,
         server_cpu.map_or("na".into(), |c| format!("{c:.2}")),
+        server_split.map_or("na".into(), |(u, _)| format!(
+            "{:.1}",
+            1e6 * u / exchanges.max(1) as f64
+        )),
+        server_split.map_or("na".into(), |(_, k)| format!(
+            "{:.1}",
+            1e6 * k / exchanges.max(1) as f64
+        )),
         per_cpu.map_or("na".into(), |x| format!("{x:.0}")),
         failed + errors.len(),
     );
@@ -876,14 +896,25 @@ fn proc_mem(pid: u32) -> Result<Mem> {
 
 /// User + system CPU seconds of a process (all its threads), from /proc/PID/stat.
 fn proc_cpu_secs(pid: u32) -> Result<f64> {
+    let (user, system) = proc_cpu(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU seconds of a process (all its threads), from /proc/PID/stat.
+fn proc_cpu(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let after = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here (0-based 11, 12).
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / clock_ticks())
+    let field = |i: usize| -> Result<f64> {
+        Ok(f.get(i)
+            .ok_or_else(|| anyhow!("short stat"))?
+            .parse::<f64>()?
+            / clock_ticks())
+    };
+    Ok((field(11)?, field(12)?))
 }
 
 /// USER_HZ: 100 on every Linux architecture this runs on.
