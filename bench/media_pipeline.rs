@@ -150,14 +150,19 @@ fn pipeline(w: u32, h: u32, n: u64) -> String {
         let rss = rss_kib("VmHWM:");
         drop(sub);
         // Stills while the camera streams: the JPEG is made from the latest picture on
-        // request. Spaced 47 ms apart so requests land at every phase of the 33 ms frame cycle.
+        // request. Pseudo-random gaps of 20-60 ms, so requests land at every phase of the
+        // 33 ms frame cycle (a fixed gap can lock onto it).
         let mut stills = Vec::new();
         let mut still_bytes = 0;
+        let mut x: u32 = 0x9e37_79b9;
         for _ in 0..STILLS {
             let t = Instant::now();
             still_bytes = media.still(usize::MAX).await.unwrap().len();
             stills.push(t.elapsed());
-            tokio::time::sleep(Duration::from_millis(47)).await;
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            tokio::time::sleep(Duration::from_micros(20_000 + u64::from(x % 40_000))).await;
         }
         stills.sort();
         cancel.cancel();
@@ -264,8 +269,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3usize)
         .max(1);
-    let cpu = |l: &str| field(l, "cpu_s_per_1000").parse::<f64>().unwrap_or(f64::NAN);
-    println!("| case | frames/s | CPU s / 1000 frames | peak RSS (MiB) | vs floor | ratio per round |");
+    let cpu = |l: &str| {
+        field(l, "cpu_s_per_1000")
+            .parse::<f64>()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "| case | frames/s | CPU s / 1000 frames | peak RSS (MiB) | vs floor | ratio per round |"
+    );
     println!("|---|---|---|---|---|---|");
     let mut still_rows = Vec::new();
     for (w, h) in CASES {

@@ -84,8 +84,7 @@ fn init_tool_logging(config: &Config) {
 
 fn snapshot(cli: &Cli, output: &std::path::Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let (config, _) =
-        resolve_config(cli.config.as_deref(), std::env::var("PORT").ok().as_deref())?;
+    let (config, _) = resolve_config(cli.config.as_deref(), std::env::var("PORT").ok().as_deref())?;
     init_tool_logging(&config);
     let jpeg = snaprtcd::media::snapshot_once(&config).context("snapshot")?;
     if output == std::path::Path::new("-") {
@@ -94,8 +93,7 @@ fn snapshot(cli: &Cli, output: &std::path::Path) -> anyhow::Result<()> {
             .and_then(|()| out.flush())
             .context("writing the JPEG to stdout")?;
     } else {
-        std::fs::write(output, &jpeg)
-            .with_context(|| format!("writing {}", output.display()))?;
+        std::fs::write(output, &jpeg).with_context(|| format!("writing {}", output.display()))?;
         eprintln!("wrote {} ({} bytes)", output.display(), jpeg.len());
     }
     Ok(())

@@ -200,7 +200,10 @@ fn snapshot_writes_a_jpeg_of_the_configured_size() {
     );
     let jpeg = std::fs::read(&file).unwrap();
     assert_eq!(jpeg_size(&jpeg), (352, 288));
-    assert!(out.stdout.is_empty(), "nothing on stdout when writing a file");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout when writing a file"
+    );
 }
 
 #[test]

@@ -20,8 +20,7 @@ fn poll(d: &Daemon, request: &str, done: impl Fn(&HttpResponse) -> bool) -> Http
 }
 
 fn jpeg_size(jpeg: &[u8]) -> (usize, usize) {
-    let mut dec =
-        zune_jpeg::JpegDecoder::new(zune_jpeg::zune_core::bytestream::ZCursor::new(jpeg));
+    let mut dec = zune_jpeg::JpegDecoder::new(zune_jpeg::zune_core::bytestream::ZCursor::new(jpeg));
     dec.decode().expect("a decodable JPEG");
     let info = dec.info().unwrap();
     (info.width as usize, info.height as usize)
@@ -89,7 +88,10 @@ fn health_json_carries_camera_state_format_and_measured_fps() {
     let c = camera(&r);
     assert_eq!(c["source"], "testsrc", "{c}");
     assert_eq!(c["format"], "I420", "{c}");
-    assert_eq!((c["width"].as_u64(), c["height"].as_u64()), (Some(320), Some(240)));
+    assert_eq!(
+        (c["width"].as_u64(), c["height"].as_u64()),
+        (Some(320), Some(240))
+    );
     assert_eq!(c["encoder"], "openh264", "{c}");
     // The base config asks for 15 fps; the test pattern is paced like a camera.
     let fps = c["fps"].as_f64().unwrap();

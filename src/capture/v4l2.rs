@@ -499,7 +499,12 @@ pub fn format_table(devices: &[DeviceListing]) -> String {
     if devices.is_empty() {
         return "no V4L2 capture devices found\n".into();
     }
-    let pw = devices.iter().map(|d| d.path.len()).max().unwrap_or(0).max(6);
+    let pw = devices
+        .iter()
+        .map(|d| d.path.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let cw = devices
         .iter()
         .map(|d| d.card.chars().count().min(24))
@@ -524,7 +529,11 @@ pub fn format_table(devices: &[DeviceListing]) -> String {
                     format!("{}x{}..{}x{}", min.0, min.1, max.0, max.1)
                 }
             };
-            let _ = writeln!(out, "{:<pw$}  {card:<cw$}  {:<6}  {sizes}", d.path, f.fourcc);
+            let _ = writeln!(
+                out,
+                "{:<pw$}  {card:<cw$}  {:<6}  {sizes}",
+                d.path, f.fourcc
+            );
         }
     }
     out
