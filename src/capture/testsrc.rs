@@ -43,25 +43,22 @@ fn draw_text(p: &mut I420, x: usize, y: usize, scale: usize, text: &str) {
     let h = p.height() as usize;
     let (yp, _, _) = p.planes_mut();
     let cols = text.chars().count() * 6 * scale;
+    let (x0, x1) = (x.saturating_sub(scale).min(w), (x + cols).min(w));
     for r in y.saturating_sub(scale)..(y + 8 * scale).min(h) {
-        for c in x.saturating_sub(scale)..(x + cols).min(w) {
-            yp[r * w + c] = 16;
-        }
+        yp[r * w + x0..r * w + x1].fill(16);
     }
+    // Each lit dot is a scale x scale square: `scale` short row fills.
     for (i, ch) in text.chars().enumerate() {
         let g = glyph(ch);
         for (gr, bits) in g.iter().enumerate() {
             for gc in 0..5 {
-                if bits & (0x10 >> gc) == 0 {
+                let px = x + (i * 6 + gc) * scale;
+                if bits & (0x10 >> gc) == 0 || px >= w {
                     continue;
                 }
-                for dy in 0..scale {
-                    for dx in 0..scale {
-                        let (px, py) = (x + (i * 6 + gc) * scale + dx, y + gr * scale + dy);
-                        if px < w && py < h {
-                            yp[py * w + px] = 235;
-                        }
-                    }
+                let end = (px + scale).min(w);
+                for py in (y + gr * scale..y + (gr + 1) * scale).take_while(|&py| py < h) {
+                    yp[py * w + px..py * w + end].fill(235);
                 }
             }
         }
@@ -309,6 +306,18 @@ mod tests {
                 kept.remove(0);
             }
         }
+    }
+
+    #[test]
+    fn text_dots_are_scale_squares_on_a_dark_box() {
+        let mut p = I420::filled(32, 32, 128, 128, 128).unwrap();
+        draw_text(&mut p, 4, 4, 2, "1");
+        let y = |x: usize, r: usize| p.y_plane()[r * 32 + x];
+        // '1' row 0 is 0x04: the middle dot, x 8..10, rows 4..6.
+        assert_eq!((y(8, 4), y(9, 4), y(8, 5), y(9, 5)), (235, 235, 235, 235));
+        assert_eq!((y(7, 4), y(10, 4), y(8, 3)), (16, 16, 16));
+        // Outside the backing box: untouched.
+        assert_eq!((y(1, 4), y(4, 21)), (128, 128));
     }
 
     #[test]

@@ -44,8 +44,21 @@ fn preference(format: CaptureFormat) -> Vec<PixelFormat> {
     }
 }
 
+/// The FourCC as `v4l2-ctl` prints it; the big-endian flag (bit 31) as a `-BE` suffix.
 fn fourcc(pf: PixelFormat) -> String {
-    String::from_utf8_lossy(&pf.as_fourcc()).trim().to_string()
+    let mut code = pf.as_fourcc();
+    let big_endian = code[3] & 0x80 != 0;
+    code[3] &= 0x7f;
+    let text: String = code
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { ' ' })
+        .collect();
+    let text = text.trim().to_string();
+    if big_endian {
+        text + "-BE"
+    } else {
+        text
+    }
 }
 
 fn is_video_capture(dev: &Device) -> bool {
@@ -627,6 +640,14 @@ mod tests {
             "/dev/video0  vivid  YUYV    640x480@15-30 1280x720@30 1920x1080"
         );
         assert_eq!(lines[2], "/dev/video0  vivid  NV12    16x16..1920x1080");
+    }
+
+    #[test]
+    fn fourcc_names_are_printable() {
+        assert_eq!(fourcc(PixelFormat::YUYV), "YUYV");
+        assert_eq!(fourcc(PixelFormat::from_fourcc(*b"Y10 ")), "Y10");
+        let be = PixelFormat::from_fourcc([b'Y', b'1', b'6', b' ' | 0x80]);
+        assert_eq!(fourcc(be), "Y16-BE");
     }
 
     #[test]

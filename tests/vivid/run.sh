@@ -14,7 +14,9 @@ if [[ ${1:-} == --install ]] || ! command -v qemu-system-x86_64 >/dev/null || ! 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg v4l-utils >/dev/null
   vm_args+=(--install)
 fi
+# The test binary (the daemon binary the CLI test runs is built too: skip its line).
 bin=$(cargo test --test vivid --no-run --message-format=json 2>/dev/null \
+  | grep '"kind":\["test"\]' | grep '"name":"vivid"' \
   | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 [[ -x $bin ]] || { echo "vivid: could not build the test binary" >&2; exit 1; }
 rc=0
