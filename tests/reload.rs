@@ -133,3 +133,29 @@ fn a_reload_that_cannot_start_goes_back_to_the_previous_config() {
     assert!(d.child.try_wait().expect("wait").is_none(), "still running");
     drop(taken);
 }
+
+#[test]
+fn a_new_listen_address_is_bound_on_reload() {
+    let mut d = Daemon::start("");
+    let path = d.dir.path("snaprtcd.toml");
+    let good = std::fs::read_to_string(&path).expect("read config");
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let moved = good.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    assert_ne!(moved, good);
+    std::fs::write(&path, moved).expect("write");
+    d.signal("HUP");
+    d.wait_for_log("http listening on the new address", WAIT);
+    let new_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_health(new_addr, "the new port", |h| h["status"] == "ok");
+    assert!(
+        std::net::TcpStream::connect(d.addr).is_err(),
+        "the old address is closed"
+    );
+}
