@@ -146,7 +146,8 @@ pub async fn run_with(
                 let (publish, outcome) = Reload::apply(&current, loader());
                 match &outcome {
                     Outcome::Rejected(e) => {
-                        error!(error = %e, "reload rejected; still running the previous config");
+                        // In the message itself: `journalctl -u snaprtcd` shows messages, not fields.
+                        error!("reload rejected, still running the previous config: {e}");
                         note_tx.send_replace(Some(format!("reload rejected: {e}")));
                     }
                     Outcome::Unchanged => {
@@ -155,7 +156,7 @@ pub async fn run_with(
                     }
                     Outcome::Applied { changed, services, restart } => {
                         for part in restart {
-                            warn!(part, "this change takes effect after `systemctl restart snaprtcd`");
+                            warn!("[{part}] changes take effect after `systemctl restart snaprtcd`");
                         }
                         let new = Arc::new(publish.unwrap_or_else(|| (*current).clone()));
                         if *services {
@@ -173,7 +174,7 @@ pub async fn run_with(
                                     if cancel.is_cancelled() {
                                         break Err(e);
                                     }
-                                    error!(error = %e, "the new config cannot start; running the previous config");
+                                    error!("the new config cannot start, running the previous config: {e}");
                                     note_tx.send_replace(Some(format!("reload failed: {e}")));
                                 }
                             }
@@ -252,7 +253,7 @@ async fn apply(
         Ok(g) => Err((g, error)),
         // Neither config runs: nothing left to serve; systemd restarts the process.
         Err(e2) => {
-            error!(error = %e2, "the previous config cannot start again either");
+            error!("the previous config cannot start again either: {e2}");
             cancel.cancel();
             Err((Generation::empty(cancel), error))
         }
