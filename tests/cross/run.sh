@@ -95,7 +95,8 @@ fps = 15
 [mdns]
 enabled = false
 CONF
-  STATE_DIRECTORY=$tmp/$a-state run --config "$tmp/$a.toml" run > "$tmp/$a.log" 2>&1 &
+  # exec: $! must be qemu itself, so that SIGTERM reaches the daemon.
+  (export STATE_DIRECTORY=$tmp/$a-state; exec "$qemu" -L "$sysroot" "$x/usr/bin/snaprtcd" --config "$tmp/$a.toml" run) > "$tmp/$a.log" 2>&1 &
   pid=$!; pids+=("$pid")
   t0=$(date +%s.%N) up=
   for _ in $(seq 1 300); do
