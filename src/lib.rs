@@ -39,7 +39,7 @@ pub mod http;
 pub mod logging;
 pub mod media;
 pub mod metrics;
-pub mod rtc;
 pub mod reload;
+pub mod rtc;
 pub mod signaling;
 pub mod systemd;

@@ -3,6 +3,7 @@
 // for snaprtcd and for aiortc serving the same 640x480@30 test pattern. Run via run.sh.
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { startDaemon, launchBrowser, median } from "../../tests/webrtc/lib.mjs";
 
 const COUNTS = (process.env.BENCH_VIEWERS || "1,4,16").split(",").map(Number);
@@ -85,8 +86,9 @@ async function measure(name, base, pid, browser) {
     const d1 = await page.evaluate(() => decoded());
     const fps = d1.map((x, i) => (x - d0[i]) / (WINDOW_MS / 1000));
     const rss = rssMiB(pid);
-    rows.push({ n, cpu, rss, minFps: Math.min(...fps), meanFps: fps.reduce((a, b) => a + b, 0) / fps.length });
-    console.error(`${name} ${n} viewers: cpu ${cpu.toFixed(1)}% rss ${rss.toFixed(1)} MiB fps min ${Math.min(...fps).toFixed(1)}`);
+    const load = loadavg()[0];
+    rows.push({ n, cpu, rss, load, minFps: Math.min(...fps), meanFps: fps.reduce((a, b) => a + b, 0) / fps.length });
+    console.error(`${name} ${n} viewers: cpu ${cpu.toFixed(1)}% rss ${rss.toFixed(1)} MiB fps min ${Math.min(...fps).toFixed(1)} load ${load.toFixed(2)}`);
     await page.evaluate(() => closeAll());
     await sleep(2000);
   }
@@ -134,21 +136,23 @@ try {
 
 // Markdown for docs/BENCHMARKS.md.
 const out = [];
-out.push(`| server | viewers | CPU (% of one core) | RSS (MiB) | viewer fps (min / mean) |`);
-out.push(`|---|---:|---:|---:|---|`);
+// CPU is the server process's CPU-seconds (utime + stime, all threads) over the window, as %
+// of one core: what other work on the machine does to the wall clock does not count.
+out.push(`| server | viewers | CPU (% of one core) | RSS (MiB) | viewer fps (min / mean) | load avg (1 min) |`);
+out.push(`|---|---:|---:|---:|---|---:|`);
 for (const r of results) {
-  out.push(`| ${r.name} | 0 | ${r.idle.toFixed(1)} | ${r.idleRss.toFixed(1)} | – |`);
+  out.push(`| ${r.name} | 0 | ${r.idle.toFixed(1)} | ${r.idleRss.toFixed(1)} | – | |`);
   for (const row of r.rows) {
-    out.push(`| ${r.name} | ${row.n} | ${row.cpu.toFixed(1)} | ${row.rss.toFixed(1)} | ${row.minFps.toFixed(1)} / ${row.meanFps.toFixed(1)} |`);
+    out.push(`| ${r.name} | ${row.n} | ${row.cpu.toFixed(1)} | ${row.rss.toFixed(1)} | ${row.minFps.toFixed(1)} / ${row.meanFps.toFixed(1)} | ${row.load.toFixed(2)} |`);
   }
 }
 out.push("");
-out.push(`| server | extra CPU per viewer (1→${COUNTS.at(-1)}) | extra RSS per viewer | time to first frame (median of 10) |`);
+out.push(`| server | extra CPU per viewer (${COUNTS[0]}→${COUNTS.at(-1)}) | extra RSS per viewer | time to first frame (median of 10) |`);
 out.push(`|---|---:|---:|---:|`);
 for (const r of results) {
   const a = r.rows[0], b = r.rows.at(-1);
   const k = b.n - a.n || 1;
-  out.push(`| ${r.name} | ${((b.cpu - a.cpu) / k).toFixed(2)} % | ${((b.rss - a.rss) / k).toFixed(2)} MiB | ${r.ttff.toFixed(0)} ms |`);
+  out.push(`| ${r.name} | ${((b.cpu - a.cpu) / k).toFixed(2)} % of a core | ${((b.rss - a.rss) / k).toFixed(2)} MiB | ${r.ttff.toFixed(0)} ms |`);
 }
 const s = results.find((r) => r.name === "snaprtcd"), a = results.find((r) => r.name === "aiortc");
 const at4 = (r) => r.rows.find((x) => x.n === 4);
