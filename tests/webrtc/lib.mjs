@@ -74,8 +74,8 @@ export async function startDaemon(extra = "") {
   };
 }
 
-/** Headless Chromium with host candidates visible (no mDNS obfuscation), fresh profile. */
-export async function launchBrowser() {
+/** Headless Chromium with host candidates visible (no mDNS obfuscation unless `mdns`), fresh profile. */
+export async function launchBrowser({ mdns = false } = {}) {
   const tmp = join(here, ".tmp");
   mkdirSync(tmp, { recursive: true });
   process.env.TMPDIR = tmp;
@@ -86,7 +86,7 @@ export async function launchBrowser() {
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--disable-features=WebRtcHideLocalIpsWithMdns",
+      ...(mdns ? [] : ["--disable-features=WebRtcHideLocalIpsWithMdns"]),
       "--autoplay-policy=no-user-gesture-required",
     ],
   });
