@@ -10,6 +10,8 @@ to share encoded frames between peer connections. Prints `listening PORT` when r
 import argparse
 import asyncio
 import itertools
+import json
+import subprocess
 import time
 
 import av
@@ -17,17 +19,23 @@ from aiohttp import web
 from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
-    RTCRtpSender,
     RTCSessionDescription,
     VideoStreamTrack,
 )
-from aiortc.codecs import h264
-from aiortc.contrib.media import MediaRelay
+from aiortc.codecs import CODECS, h264
+from aiortc.contrib.media import MediaPlayer, MediaRelay
 
 # The same 1.5 Mbit/s as snaprtcd's `[encoder] bitrate_kbps = 1500`: aiortc starts at 1 Mbit/s
 # and follows the browser's REMB up to 3 Mbit/s, so pin all three bounds.
 BITRATE = 1_500_000
 h264.DEFAULT_BITRATE = h264.MIN_BITRATE = h264.MAX_BITRATE = BITRATE
+
+# H.264 only, as snaprtcd answers. (aiortc negotiates codecs in setRemoteDescription, before a
+# transceiver's setCodecPreferences could apply, so VP8 would win on Chrome's offer order.)
+CODECS["video"][:] = [
+    c for c in CODECS["video"]
+    if c.mimeType == "video/H264" or (c.mimeType == "video/rtx" and c.parameters.get("apt") in (99, 101))
+]
 
 # 5x7 glyphs, one int a row, bit 4 leftmost (as testsrc.rs).
 GLYPHS = {
@@ -132,8 +140,18 @@ ids = itertools.count(1)
 pcs = {}
 
 
-def make_app(width, height):
-    source = PatternTrack(width, height)
+def make_app(width, height, source_cmd=None):
+    if source_cmd:
+        # BENCH_SOURCE=h264: pass the program's H.264 through, encoded once (as snaprtcd does
+        # with an `exec` source), so only the WebRTC stack's per-viewer cost differs.
+        # The same stream in MPEG-TS (raw H.264 has no timestamps, which MediaPlayer needs).
+        cmd = list(source_cmd)
+        cmd[cmd.index("h264", cmd.index("-f", len(cmd) - 3))] = "mpegts"
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        player = MediaPlayer(proc.stdout, format="mpegts", decode=False)
+        source = player.video
+    else:
+        source = PatternTrack(width, height)
     relay = MediaRelay()
 
     async def index(_request):
@@ -152,11 +170,9 @@ def make_app(width, height):
                 pcs.pop(pc_id, None)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        h264_codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
         for t in pc.getTransceivers():
             if t.kind == "video":
                 pc.addTrack(relay.subscribe(source))
-                t.setCodecPreferences(h264_codecs)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         return web.Response(
@@ -185,6 +201,7 @@ async def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--source-cmd", type=json.loads, help="JSON argv of a program writing H.264 to stdout")
     ap.add_argument("--dump", metavar="N", type=int, help="write N raw yuv420p frames to stdout and exit")
     args = ap.parse_args()
     if args.dump:
@@ -194,7 +211,7 @@ async def main():
             for plane in p.picture(n, 0.0):
                 sys.stdout.buffer.write(plane)
         return
-    runner = web.AppRunner(make_app(args.width, args.height))
+    runner = web.AppRunner(make_app(args.width, args.height, args.source_cmd))
     await runner.setup()
     site = web.TCPSite(runner, args.host, 0)
     await site.start()
