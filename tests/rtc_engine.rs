@@ -7,11 +7,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use snaprtcd::media::{self, ChannelLimits, EncodedFrame, MediaHandle, MediaPorts};
+use snaprtcd::media::{self, ChannelLimits, EncodedFrame, KeyframeCause, MediaHandle, MediaPorts};
 use snaprtcd::rtc::candidates::HostAddr;
 use snaprtcd::rtc::{Engine, EngineSettings, RtcError, RtcHandle, ViewerKind};
 use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -21,7 +21,12 @@ const FAKE_JPEG_LEN: usize = 20_000;
 
 /// A pipeline stand-in: 30 frames/s, an IDR every 30 frames or when asked, stills on request
 /// (`jpeg_len` bytes, or the request's `max_bytes` when that is smaller, as `fit` does).
-fn spawn_fake_pipeline(mut ports: MediaPorts, cancel: CancellationToken, jpeg_len: usize) {
+fn spawn_fake_pipeline(
+    mut ports: MediaPorts,
+    cancel: CancellationToken,
+    jpeg_len: usize,
+    keyframe_causes: Option<tokio::sync::mpsc::UnboundedSender<KeyframeCause>>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(33));
         let mut n: u64 = 0;
@@ -29,7 +34,12 @@ fn spawn_fake_pipeline(mut ports: MediaPorts, cancel: CancellationToken, jpeg_le
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                Some(_) = ports.keyframes.recv() => idr_due = true,
+                Some(cause) = ports.keyframes.recv() => {
+                    idr_due = true;
+                    if let Some(tx) = &keyframe_causes {
+                        let _ = tx.send(cause);
+                    }
+                }
                 Some(req) = ports.stills.recv() => {
                     let len = jpeg_len.min(req.max_bytes);
                     let mut jpeg = vec![0x55u8; len];
@@ -92,9 +102,30 @@ async fn start_settings(
     settings: EngineSettings,
     jpeg_len: usize,
 ) -> (RtcHandle, MediaHandle, CancellationToken) {
+    start_full(settings, jpeg_len, None).await
+}
+
+fn loopback_settings() -> EngineSettings {
+    EngineSettings {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        hosts: vec![HostAddr {
+            ip: Ipv4Addr::LOCALHOST,
+            netmask: Ipv4Addr::new(255, 0, 0, 0),
+        }],
+        max_viewers: 4,
+        snapshot_on_connect: true,
+        silence_timeout: Duration::from_secs(15),
+    }
+}
+
+async fn start_full(
+    settings: EngineSettings,
+    jpeg_len: usize,
+    keyframe_causes: Option<tokio::sync::mpsc::UnboundedSender<KeyframeCause>>,
+) -> (RtcHandle, MediaHandle, CancellationToken) {
     let (media, ports) = media::channel(ChannelLimits::default());
     let cancel = CancellationToken::new();
-    spawn_fake_pipeline(ports, cancel.clone(), jpeg_len);
+    spawn_fake_pipeline(ports, cancel.clone(), jpeg_len, keyframe_causes);
     let engine = Engine::bind(settings, media.clone()).await.unwrap();
     let handle = engine.handle();
     tokio::spawn(engine.run(cancel.clone()));
@@ -280,6 +311,47 @@ async fn str0m_peer_gets_h264_frames_and_jpegs_on_the_data_channel() {
     cancel.cancel();
 }
 
+#[tokio::test]
+async fn pli_and_fir_from_a_viewer_become_keyframe_requests_with_their_cause() {
+    let (tx, mut causes) = tokio::sync::mpsc::unbounded_channel();
+    let (rtc, _media, cancel) = start_full(loopback_settings(), FAKE_JPEG_LEN, Some(tx)).await;
+    let (mut peer, offer, pending) = Peer::new().await;
+    let answer = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    peer.accept(pending, &answer.sdp);
+    let mut mid: Option<Mid> = None;
+    let mut got = 0;
+    peer.drive(Duration::from_secs(10), |_, e| {
+        if let Event::MediaData(d) = e {
+            mid = Some(d.mid);
+            got += 1;
+        }
+        got >= 5
+    })
+    .await;
+    // Whatever the engine asked for while starting (a new viewer's IDR) is not under test.
+    while causes.try_recv().is_ok() {}
+    let mid = mid.unwrap();
+    for (kind, want) in [
+        (KeyframeRequestKind::Pli, KeyframeCause::Pli),
+        (KeyframeRequestKind::Fir, KeyframeCause::Fir),
+    ] {
+        let mut w = peer.rtc.writer(mid).expect("writer");
+        assert!(w.is_request_keyframe_possible(kind), "{kind:?} negotiated");
+        w.request_keyframe(None, kind).unwrap();
+        // Keep the peer running (the request leaves on its next timeout) until the pipeline
+        // hears of it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::select! {
+                Some(cause) = causes.recv() => { assert_eq!(cause, want); break; }
+                _ = peer.frames(1) => {}
+                _ = tokio::time::sleep_until(deadline) => panic!("no {want:?} keyframe request"),
+            }
+        }
+    }
+    cancel.cancel();
+}
+
 /// `a=max-message-size` of a str0m offer replaced by `size` (removed when `None`).
 fn with_max_message_size(offer: &str, size: Option<usize>) -> String {
     let out: Vec<String> = offer
@@ -303,17 +375,7 @@ fn with_max_message_size(offer: &str, size: Option<usize>) -> String {
 #[tokio::test]
 async fn stills_fit_the_peers_max_message_size_64k_when_absent() {
     // The pipeline would make 1 MiB stills; each must be cut to what the peer takes.
-    let settings = EngineSettings {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        hosts: vec![HostAddr {
-            ip: Ipv4Addr::LOCALHOST,
-            netmask: Ipv4Addr::new(255, 0, 0, 0),
-        }],
-        max_viewers: 4,
-        snapshot_on_connect: true,
-        silence_timeout: Duration::from_secs(15),
-    };
-    let (rtc, _media, cancel) = start_settings(settings, 1 << 20).await;
+    let (rtc, _media, cancel) = start_settings(loopback_settings(), 1 << 20).await;
     for (size, want) in [
         (None, 65_536),
         (Some(30_000), 30_000),
