@@ -554,6 +554,27 @@ mod tests {
         );
     }
 
+    fn sync(session: &str, ready: bool) -> Method {
+        Method::Sync {
+            session: sid(session),
+            ready,
+        }
+    }
+
+    fn capture(session: &str, payload: RawJson) -> Method {
+        Method::SignalCapture {
+            session: sid(session),
+            payload,
+        }
+    }
+
+    fn initiator(session: &str, payload: RawJson) -> Method {
+        Method::SignalInitiator {
+            session: sid(session),
+            payload,
+        }
+    }
+
     fn ok(id: &str) -> Outbound {
         Outbound::Completion {
             invocation_id: id.into(),
@@ -565,39 +586,15 @@ mod tests {
     fn snaprtc_exchange_between_initiator_and_capture() {
         let mut h = hub();
         let (init, cap) = (1, 2);
-        call(
-            &mut h,
-            init,
-            Some("0"),
-            Method::Sync {
-                session: sid("s1"),
-                ready: false,
-            },
-        );
+        call(&mut h, init, Some("0"), sync("s1", false));
         assert_eq!(drain(&mut h), vec![deliver(init, ok("0"))]);
-        call(
-            &mut h,
-            cap,
-            Some("0"),
-            Method::Sync {
-                session: sid("s1"),
-                ready: true,
-            },
-        );
+        call(&mut h, cap, Some("0"), sync("s1", true));
         assert_eq!(
             drain(&mut h),
             vec![deliver(init, Outbound::SignalStart), deliver(cap, ok("0"))]
         );
         let offer = raw("\"N4Ig\"");
-        call(
-            &mut h,
-            init,
-            Some("1"),
-            Method::SignalCapture {
-                session: sid("s1"),
-                payload: offer.clone(),
-            },
-        );
+        call(&mut h, init, Some("1"), capture("s1", offer.clone()));
         assert_eq!(
             drain(&mut h),
             vec![
@@ -606,15 +603,7 @@ mod tests {
             ]
         );
         let answer = raw("\"answer\"");
-        call(
-            &mut h,
-            cap,
-            None,
-            Method::SignalInitiator {
-                session: sid("s1"),
-                payload: answer.clone(),
-            },
-        );
+        call(&mut h, cap, None, initiator("s1", answer.clone()));
         assert_eq!(
             drain(&mut h),
             vec![deliver(init, Outbound::SignalInitiator(answer))],
@@ -625,76 +614,20 @@ mod tests {
     #[test]
     fn sessions_are_isolated() {
         let mut h = hub();
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
-        call(
-            &mut h,
-            2,
-            None,
-            Method::Sync {
-                session: sid("b"),
-                ready: false,
-            },
-        );
-        call(
-            &mut h,
-            3,
-            None,
-            Method::Sync {
-                session: sid("b"),
-                ready: true,
-            },
-        );
+        call(&mut h, 1, None, sync("a", false));
+        call(&mut h, 2, None, sync("b", false));
+        call(&mut h, 3, None, sync("b", true));
         assert_eq!(drain(&mut h), vec![deliver(2, Outbound::SignalStart)]);
-        call(
-            &mut h,
-            1,
-            None,
-            Method::SignalCapture {
-                session: sid("a"),
-                payload: raw("\"x\""),
-            },
-        );
+        call(&mut h, 1, None, capture("a", raw("\"x\"")));
         assert!(drain(&mut h).is_empty(), "nobody else is in a");
     }
 
     #[test]
     fn disconnect_leaves_and_frees_empty_sessions() {
         let mut h = hub();
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("b"),
-                ready: false,
-            },
-        );
-        call(
-            &mut h,
-            2,
-            None,
-            Method::Sync {
-                session: sid("b"),
-                ready: false,
-            },
-        );
+        call(&mut h, 1, None, sync("a", false));
+        call(&mut h, 1, None, sync("b", false));
+        call(&mut h, 2, None, sync("b", false));
         assert_eq!(h.session_count(), 2);
         h.handle_disconnect(MemberId(1));
         assert_eq!(h.session_count(), 1);
@@ -707,24 +640,8 @@ mod tests {
     #[test]
     fn sync_twice_does_not_duplicate_membership() {
         let mut h = hub();
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
+        call(&mut h, 1, None, sync("a", false));
+        call(&mut h, 1, None, sync("a", false));
         assert_eq!(h.members(&sid("a")), vec![MemberId(1)]);
         h.leave(MemberId(1), &sid("a"));
         assert_eq!(h.session_count(), 0);
@@ -745,15 +662,7 @@ mod tests {
             );
         }
         drain(&mut h);
-        call(
-            &mut h,
-            9,
-            Some("5"),
-            Method::Sync {
-                session: sid("d"),
-                ready: false,
-            },
-        );
+        call(&mut h, 9, Some("5"), sync("d", false));
         assert_eq!(
             drain(&mut h),
             vec![deliver(
@@ -765,15 +674,7 @@ mod tests {
             )]
         );
         // Joining an existing session is still fine.
-        call(
-            &mut h,
-            9,
-            Some("6"),
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
+        call(&mut h, 9, Some("6"), sync("a", false));
         assert_eq!(drain(&mut h), vec![deliver(9, ok("6"))]);
     }
 
@@ -781,25 +682,9 @@ mod tests {
     fn member_limit_gives_error_completion() {
         let mut h = hub();
         for m in 1..=3 {
-            call(
-                &mut h,
-                m,
-                None,
-                Method::Sync {
-                    session: sid("a"),
-                    ready: false,
-                },
-            );
+            call(&mut h, m, None, sync("a", false));
         }
-        call(
-            &mut h,
-            4,
-            Some("1"),
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
+        call(&mut h, 4, Some("1"), sync("a", false));
         assert_eq!(
             drain(&mut h),
             vec![deliver(
@@ -820,15 +705,7 @@ mod tests {
             max_members_per_session: 8,
             capture_wanted: true,
         });
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
+        call(&mut h, 1, None, sync("a", false));
         assert_eq!(
             drain(&mut h),
             vec![HubOutput::CaptureWanted { session: sid("a") }]
@@ -836,15 +713,7 @@ mod tests {
         // The daemon's capture member joins through the member API.
         h.join(MemberId(100), sid("a"), true).unwrap();
         assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
-        call(
-            &mut h,
-            2,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
+        call(&mut h, 2, None, sync("a", false));
         assert!(drain(&mut h).is_empty(), "a capture side is already there");
     }
 
@@ -855,29 +724,13 @@ mod tests {
             max_members_per_session: 8,
             capture_wanted: true,
         });
-        call(
-            &mut h,
-            1,
-            None,
-            Method::Sync {
-                session: sid("a"),
-                ready: false,
-            },
-        );
+        call(&mut h, 1, None, sync("a", false));
         drain(&mut h);
         h.mark_local(MemberId(100));
         h.join(MemberId(100), sid("a"), true).unwrap();
         drain(&mut h);
         let offer = raw("\"o\"");
-        call(
-            &mut h,
-            1,
-            None,
-            Method::SignalCapture {
-                session: sid("a"),
-                payload: offer.clone(),
-            },
-        );
+        call(&mut h, 1, None, capture("a", offer.clone()));
         assert_eq!(
             drain(&mut h),
             vec![deliver(100, Outbound::SignalCapture(offer))]

@@ -181,7 +181,8 @@ impl SignalingHandle {
         // a record plus slack, so an oversized record reaches the codec and gets a Close record.
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4096)
-            .write_buffer_size(0)
+            // Frames are written out at each flush: records queued together leave in one write.
+            .write_buffer_size(65536)
             .max_write_buffer_size(limit * 2 + 65536)
             .max_message_size(Some(limit * 2 + 65536))
             .max_frame_size(Some(limit * 2 + 65536));
@@ -219,6 +220,14 @@ impl SignalingHandle {
             },
             now,
         );
+        // Long-lived futures, polled in place: re-creating a timer entry and a cancellation
+        // waiter on every pass of the loop costs more than the relay itself.
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        let killed = kill.cancelled();
+        tokio::pin!(killed);
+        let mut armed: Option<Instant> = None;
         'run: loop {
             while let Some(output) = conn.poll_output() {
                 match output {
@@ -245,7 +254,30 @@ impl SignalingHandle {
                 }
             }
             let deadline = conn.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                timer.as_mut().reset(deadline.unwrap_or(far));
+                armed = deadline;
+            }
             tokio::select! {
+                biased;
+                _ = &mut killed => {
+                    if self.cancel.is_cancelled() {
+                        conn.close(Some("Server is shutting down."));
+                    } else {
+                        // The hub gave up on this client (its queue was full): don't wait on it.
+                        conn.handle_disconnect("outbound queue full");
+                        break 'run;
+                    }
+                }
+                message = outbound.recv() => match message {
+                    Some(bytes) => {
+                        if !send_queued(&mut ws, bytes, &mut outbound, &kill).await {
+                            conn.handle_disconnect("write failed");
+                            break 'run;
+                        }
+                    }
+                    None => conn.close(Some("Disconnected by the server.")),
+                },
                 frame = ws.next() => {
                     let now = Instant::now().into_std();
                     match frame {
@@ -256,24 +288,10 @@ impl SignalingHandle {
                         Some(Err(e)) => { conn.handle_disconnect(&e.to_string()); break 'run; }
                     }
                 }
-                message = outbound.recv() => match message {
-                    Some(bytes) => {
-                        if !send_text(&mut ws, bytes, &kill, self.cancel.is_cancelled()).await {
-                            conn.handle_disconnect("write failed");
-                            break 'run;
-                        }
-                    }
-                    None => conn.close(Some("Disconnected by the server.")),
-                },
-                _ = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now().into_std()),
-                _ = kill.cancelled() => {
-                    if self.cancel.is_cancelled() {
-                        conn.close(Some("Server is shutting down."));
-                    } else {
-                        // The hub gave up on this client (its queue was full): don't wait on it.
-                        conn.handle_disconnect("outbound queue full");
-                        break 'run;
-                    }
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    timer.as_mut().reset(far);
+                    conn.handle_timeout(Instant::now().into_std());
                 }
             }
         }
@@ -304,7 +322,32 @@ async fn send_text(
         );
     }
     tokio::select! {
+        biased;
         result = ws.send(Message::Text(text)) => result.is_ok(),
+        _ = kill.cancelled() => false,
+    }
+}
+
+/// Write `first` and whatever else the hub has queued for this client already, one frame per
+/// record, with a single flush (one write to the socket when they fit its buffer).
+async fn send_queued(
+    ws: &mut WebSocketStream<TokioIo<Upgraded>>,
+    first: Bytes,
+    outbound: &mut mpsc::Receiver<Bytes>,
+    kill: &CancellationToken,
+) -> bool {
+    let write = async {
+        let mut next = Some(first);
+        while let Some(bytes) = next {
+            let text = Utf8Bytes::try_from(bytes).map_err(|_| ())?;
+            ws.feed(Message::Text(text)).await.map_err(|_| ())?;
+            next = outbound.try_recv().ok();
+        }
+        ws.flush().await.map_err(|_| ())
+    };
+    tokio::select! {
+        biased;
+        result = write => result.is_ok(),
         _ = kill.cancelled() => false,
     }
 }
@@ -315,13 +358,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

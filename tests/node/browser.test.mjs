@@ -3,98 +3,15 @@
 // @microsoft/signalr, simple-peer and lz-string exactly as SnapRTC does.
 //
 // Needs /usr/bin/chromium (Debian package `chromium`): skipped, saying so, only when it is not
-// installed. As root (CI), Chromium, the daemon and the static server all run inside a network
-// namespace of their own holding only loopback and a veth pair whose both ends are inside it, so
-// the peers can only meet on the namespace's own addresses and no packet can leave for any
-// other address. (On loopback alone Chromium gathers no candidate at all, even with
-// `--allow-loopback-in-peer-connection`.) Without root the test runs in the host's namespace and
-// says so.
+// installed. Runs in a network namespace of its own when root (see lib/browser.mjs).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm, mkdir, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { startDaemon, withTimeout } from './lib/daemon.mjs';
+import { startDaemon } from './lib/daemon.mjs';
 import { sessionId } from './lib/hub.mjs';
+import { NETNS_ADDR, launchChromium, makeNetns, skipReason, staticServer } from './lib/browser.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const here = path.dirname(fileURLToPath(import.meta.url));
-
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
-  // Also gather 127.0.0.1 candidates (a switch meant for tests): the peers may pair on either.
-  '--allow-loopback-in-peer-connection',
-];
-
-// Chromium's WebRTC stack wants at least one non-loopback network before it gathers at all; a
-// veth pair with both ends inside the namespace gives it one that leads nowhere.
-const NETNS_VETH = true;
-const NETNS_ADDR = '10.203.0.1';
-
-/** A network namespace with `lo` and the veth pair, deleted when the test ends; null when not root. */
-function makeNetns(t) {
-  if (process.getuid?.() !== 0) return null;
-  const name = `snaprtcd-br-${process.pid}`;
-  execFileSync('ip', ['netns', 'add', name]);
-  t.after(() => {
-    try {
-      execFileSync('ip', ['netns', 'del', name]);
-    } catch {
-      // already gone
-    }
-  });
-  const ip = (...args) => execFileSync('ip', ['-n', name, ...args]);
-  ip('link', 'set', 'lo', 'up');
-  if (NETNS_VETH) {
-    ip('link', 'add', 'snr0', 'type', 'veth', 'peer', 'name', 'snr1');
-    ip('addr', 'add', `${NETNS_ADDR}/24`, 'dev', 'snr0');
-    ip('link', 'set', 'snr0', 'up');
-    ip('link', 'set', 'snr1', 'up');
-    ip('route', 'add', 'default', 'dev', 'snr0');
-  }
-  return name;
-}
-
-/** Starts browser/static-server.mjs (inside `netns` if given) and returns its origin. */
-async function staticServer(t, netns) {
-  const argv = [process.execPath, path.join(here, 'browser', 'static-server.mjs')];
-  const full = netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv;
-  const child = spawn(full[0], full.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
-  t.after(() => {
-    child.stdin.end();
-    child.kill();
-  });
-  const port = await withTimeout(
-    new Promise((resolve, reject) => {
-      let out = '';
-      child.stdout.setEncoding('utf8');
-      child.stdout.on('data', (d) => {
-        out += d;
-        const m = out.match(/static listening port=(\d+)/);
-        if (m) resolve(Number(m[1]));
-      });
-      child.once('exit', (code) => reject(new Error(`static server exited with ${code}`)));
-    }),
-    10000,
-    'the static server',
-  );
-  return `http://127.0.0.1:${port}`;
-}
-
-const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed (apt-get install chromium)`;
+const skip = skipReason;
 if (skip) console.log(`# browser test skipped: ${skip}`);
 
 test('two SnapRTC pages meet through the hub and send a JPEG over the data channel', { skip, timeout: 120000 }, async (t) => {
@@ -104,25 +21,7 @@ test('two SnapRTC pages meet through the hub and send a JPEG over the data chann
   const daemon = await startDaemon(t, { wrap, config: { signaling: { join_sessions: 'none' } } });
   const origin = await staticServer(t, netns);
 
-  // Chromium leaves folders in $TMPDIR: give it one of ours, and a fresh profile.
-  const work = await mkdtemp(path.join(tmpdir(), 'snaprtcd-browser-'));
-  t.after(() => rm(work, { recursive: true, force: true }));
-  const chromeTmp = path.join(work, 'tmp');
-  await mkdir(chromeTmp);
-  let executablePath = CHROMIUM;
-  if (netns) {
-    // Playwright starts the browser itself; a wrapper puts it in the namespace (the DevTools
-    // pipe on fds 3 and 4 passes through `ip netns exec`, which execs).
-    executablePath = path.join(work, 'chromium-in-netns');
-    await writeFile(executablePath, `#!/bin/sh\nexec ip netns exec ${netns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
-  }
-  const context = await chromium.launchPersistentContext(path.join(work, 'profile'), {
-    executablePath,
-    headless: true,
-    env: { ...process.env, TMPDIR: chromeTmp },
-    args: CHROMIUM_ARGS,
-  });
-  t.after(() => context.close());
+  const context = await launchChromium(t, netns);
 
   const session = sessionId('browser');
   const query = `hub=${encodeURIComponent(daemon.hub)}&session=${encodeURIComponent(session)}`;

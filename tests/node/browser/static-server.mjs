@@ -1,4 +1,4 @@
-// A tiny static server for the browser test: the two SnapRTC pages and the npm browser builds
+// A tiny static server for the browser tests: the SnapRTC pages and the npm browser builds
 // they load. Listens on 127.0.0.1:0 and prints `static listening port=N`. Run as its own process
 // so the test can start it inside the network namespace Chromium lives in.
 
@@ -15,6 +15,7 @@ const pkg = (name) => path.dirname(require.resolve(`${name}/package.json`));
 const FILES = {
   '/initiator.html': path.join(here, 'initiator.html'),
   '/capture.html': path.join(here, 'capture.html'),
+  '/device-initiator.html': path.join(here, 'device-initiator.html'),
   '/vendor/signalr.min.js': path.join(pkg('@microsoft/signalr'), 'dist/browser/signalr.min.js'),
   '/vendor/simplepeer.min.js': path.join(pkg('simple-peer'), 'simplepeer.min.js'),
   '/vendor/lz-string.min.js': path.join(pkg('lz-string'), 'libs/lz-string.min.js'),

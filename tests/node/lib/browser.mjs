@@ -1,0 +1,114 @@
+// Headless Chromium for the browser tests: a network namespace to run in, the static server for
+// the SnapRTC pages and their npm builds, and the browser itself.
+//
+// As root (CI), Chromium, the daemon and the static server all run inside a network namespace
+// of their own holding only loopback and a veth pair whose both ends are inside it, so peers can
+// only meet on the namespace's own addresses and no packet can leave for any other address. (On
+// loopback alone Chromium gathers no candidate at all, even with
+// `--allow-loopback-in-peer-connection`.) Without root the tests run in the host's namespace and
+// say so.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, mkdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { withTimeout } from './daemon.mjs';
+
+export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  // Host candidates as IP addresses, not mDNS names.
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  // Also gather 127.0.0.1 candidates (a switch meant for tests): the peers may pair on either.
+  '--allow-loopback-in-peer-connection',
+];
+
+/** The namespace's veth address (Chromium's WebRTC wants one non-loopback network). */
+export const NETNS_ADDR = '10.203.0.1';
+
+/** Why the browser tests cannot run here, or false. */
+export const skipReason = existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed (apt-get install chromium)`;
+
+/** A network namespace with `lo` and the veth pair, deleted when the test ends; null when not root. */
+export function makeNetns(t, tag = 'br') {
+  if (process.getuid?.() !== 0) return null;
+  const name = `snaprtcd-${tag}-${process.pid}`;
+  execFileSync('ip', ['netns', 'add', name]);
+  t.after(() => {
+    try {
+      execFileSync('ip', ['netns', 'del', name]);
+    } catch {
+      // already gone
+    }
+  });
+  const ip = (...args) => execFileSync('ip', ['-n', name, ...args]);
+  ip('link', 'set', 'lo', 'up');
+  ip('link', 'add', 'snr0', 'type', 'veth', 'peer', 'name', 'snr1');
+  ip('addr', 'add', `${NETNS_ADDR}/24`, 'dev', 'snr0');
+  ip('link', 'set', 'snr0', 'up');
+  ip('link', 'set', 'snr1', 'up');
+  ip('route', 'add', 'default', 'dev', 'snr0');
+  return name;
+}
+
+/** Starts ../browser/static-server.mjs (inside `netns` if given) and returns its origin. */
+export async function staticServer(t, netns) {
+  const argv = [process.execPath, path.join(here, '..', 'browser', 'static-server.mjs')];
+  const full = netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv;
+  const child = spawn(full[0], full.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => {
+    child.stdin.end();
+    child.kill();
+  });
+  const port = await withTimeout(
+    new Promise((resolve, reject) => {
+      let out = '';
+      child.stdout.setEncoding('utf8');
+      child.stdout.on('data', (d) => {
+        out += d;
+        const m = out.match(/static listening port=(\d+)/);
+        if (m) resolve(Number(m[1]));
+      });
+      child.once('exit', (code) => reject(new Error(`static server exited with ${code}`)));
+    }),
+    10000,
+    'the static server',
+  );
+  return `http://127.0.0.1:${port}`;
+}
+
+/** Headless Chromium (inside `netns` if given) with a fresh profile, closed when the test ends. */
+export async function launchChromium(t, netns) {
+  // Chromium leaves folders in $TMPDIR: give it one of ours, and a fresh profile.
+  const work = await mkdtemp(path.join(tmpdir(), 'snaprtcd-browser-'));
+  t.after(() => rm(work, { recursive: true, force: true }));
+  const chromeTmp = path.join(work, 'tmp');
+  await mkdir(chromeTmp);
+  let executablePath = CHROMIUM;
+  if (netns) {
+    // Playwright starts the browser itself; a wrapper puts it in the namespace (the DevTools
+    // pipe on fds 3 and 4 passes through `ip netns exec`, which execs).
+    executablePath = path.join(work, 'chromium-in-netns');
+    await writeFile(executablePath, `#!/bin/sh\nexec ip netns exec ${netns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+  }
+  const context = await chromium.launchPersistentContext(path.join(work, 'profile'), {
+    executablePath,
+    headless: true,
+    env: { ...process.env, TMPDIR: chromeTmp },
+    args: CHROMIUM_ARGS,
+  });
+  t.after(() => context.close());
+  return context;
+}
