@@ -4,6 +4,7 @@
 #   _armhf.deb (armv7-unknown-linux-gnueabihf).
 #
 #   packaging/build-debs.sh [--install] [ARCH...]     ARCH: amd64 arm64 armhf (default: all)
+#   packaging/build-debs.sh --assets-only            only the generated assets (below)
 #
 # --install first fetches what it needs: Debian's cross gcc/g++ (openh264 is C++), the rustup
 # targets, and cargo-deb (pinned). Runs on Debian 12 (amd64); the packages need glibc >= 2.36
@@ -19,12 +20,13 @@ CARGO_DEB_VERSION=3.8.0
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-install=0 archs=()
+install=0 archs=() assets_only=0
 for a in "$@"; do
   case "$a" in
     --install) install=1 ;;
+    --assets-only) assets_only=1 ;;
     amd64|arm64|armhf) archs+=("$a") ;;
-    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
   esac
 done
 [ ${#archs[@]} -gt 0 ] || archs=(amd64 arm64 armhf)
@@ -61,7 +63,7 @@ if [ $install = 1 ]; then
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
   fi
 fi
-command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
+[ $assets_only = 1 ] || command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
 
 # --- generated assets ------------------------------------------------------------------------
 assets=target/debian-assets
@@ -73,6 +75,7 @@ sed 's/^auth = "none"$/auth = "token"/' config/snaprtcd.toml > "$assets/snaprtcd
 changed=$(diff config/snaprtcd.toml "$assets/snaprtcd.toml" | grep -c '^>' || true)
 [ "$changed" = 1 ] || { echo "build-debs: expected one 'auth = \"none\"' line in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
 cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
+[ $assets_only = 0 ] || exit 0
 
 # --- packages --------------------------------------------------------------------------------
 allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|ld-linux.*\.so\.[0-9]+)$'

@@ -250,6 +250,10 @@ async fn health(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
     let body = serde_json::json!({
         "status": "ok",
         "time": now,
+        "name": crate::discovery::instance_name(
+            &state.config.mdns.instance_name,
+            &crate::discovery::system_hostname(),
+        ),
         "version": version,
         "signaling": { "connections": stats.connections, "sessions": stats.sessions },
         "viewers": rtc.viewers,

@@ -11,7 +11,8 @@
 //! - [`capture`]: the `Source` trait and its test pattern, V4L2 and `exec` implementations; the
 //!   capture thread that reopens a lost camera with backoff.
 //! - [`config`]: the TOML schema, defaults, validation with `file:line:col` errors.
-//! - [`daemon`]: builds every part from the config, owns the tasks, shuts down in time.
+//! - [`daemon`]: builds every part from the config, owns the tasks, restarts them in-process on a
+//!   reload that needs it, shuts down in time.
 //! - [`http`]: hyper routes, CORS, health; each route hands work to its owner.
 //! - [`auth`]: the bearer token (created on first start) and the request check.
 //! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), and their
@@ -23,7 +24,7 @@
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
 //!   channels.
 //! - [`discovery`]: mDNS advertisement of `_snaprtc._tcp` (instance, port, TXT), goodbye on exit.
-//! - [`reload`]: SIGHUP → re-read, validate, publish the new config or keep the old one.
+//! - [`reload`]: SIGHUP → re-read, validate, decide what a change needs (live, services, restart).
 //! - [`systemd`]: `sd_notify` (ready, status, reload, stop), the progress-gated watchdog, the
 //!   stable device id in the state directory.
 //!

@@ -1,36 +1,39 @@
-//! `systemctl reload` = SIGHUP: re-read and validate the config, publish it to the parts that
-//! follow it, and on an invalid file keep running on the old one (logging `file:line:col`).
+//! `systemctl reload` = SIGHUP: re-read and validate the config, apply it, and on an invalid
+//! file keep running on the old one (logging `file:line:col`).
 //!
 //! The decision is pure ([`Reload::apply`] with the old config and the load result); the
-//! task ([`run`]) only waits for SIGHUP, calls the loader and tells systemd.
-//! Parts that can change live subscribe to the `watch` channel and restart themselves when
-//! their section differs (the mDNS advertiser does: [`crate::discovery::supervise`]). What
-//! cannot change without rebinding sockets is named in the log as needing a restart.
-
-use std::sync::Arc;
-
-use tokio::signal::unix::Signal;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+//! daemon waits for SIGHUP, calls the loader and carries the decision out:
+//!
+//! - `[mdns]` changes live: the advertiser follows the published config (goodbye, then the new
+//!   records).
+//! - every other section except `[log]` (`[server]`, `[camera]`, `[encoder]`, `[snapshot]`,
+//!   `[signaling]`) restarts the daemon's services in-process: the HTTP socket stays open (a
+//!   new `listen` is bound first), the pipeline, RTC engine, hub and HTTP server are stopped
+//!   and built again from the new config. Viewers and hub sessions are dropped and reconnect.
+//!   Sockets, device and encoder are all tied to these sections, so a finer split would save
+//!   a second of video at the price of many more states to get wrong.
+//! - `[log]` waits for `systemctl restart snaprtcd` (the log subscriber is global and set once).
 
 use crate::config::{Config, ConfigError};
-use crate::systemd;
 
 /// Reads and validates the config again (the same path and `PORT` rule as at start).
 pub type Loader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
-/// Sections whose changes only take effect after `systemctl restart` (sockets, log setup).
-const NEEDS_RESTART: &[&str] = &["server.listen", "server.rtc_udp_port", "server.auth", "log"];
+/// Parts that follow a reload without restarting anything.
+const LIVE: &[&str] = &["mdns"];
+/// Parts whose changes only take effect after `systemctl restart`.
+const NEEDS_RESTART: &[&str] = &["log"];
 
-/// What a reload did.
+/// What a reload does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The file is valid and equal to what runs.
     Unchanged,
-    /// The new config is in force for these parts; `restart` lists changes that wait for a
-    /// restart.
+    /// The new config is taken. `services`: the daemon's services are restarted in-process
+    /// for it; `restart` lists changes that wait for `systemctl restart`.
     Applied {
         changed: Vec<&'static str>,
+        services: bool,
         restart: Vec<&'static str>,
     },
     /// The file is invalid; the old config stays.
@@ -38,18 +41,25 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// One line for systemd's `STATUS=`.
+    /// One line for the log and systemd's `STATUS=`.
     pub fn status(&self) -> String {
         match self {
             Outcome::Unchanged => "config reloaded (no changes)".to_owned(),
-            Outcome::Applied { changed, restart } if restart.is_empty() => {
-                format!("config reloaded ({} changed)", changed.join(", "))
+            Outcome::Applied {
+                changed,
+                services,
+                restart,
+            } => {
+                let mut s = format!("config reloaded ({} changed", changed.join(", "));
+                if *services {
+                    s.push_str("; services restarted");
+                }
+                if !restart.is_empty() {
+                    s.push_str(&format!("; {} needs systemctl restart", restart.join(", ")));
+                }
+                s.push(')');
+                s
             }
-            Outcome::Applied { changed, restart } => format!(
-                "config reloaded ({} changed; {} need a restart)",
-                changed.join(", "),
-                restart.join(", ")
-            ),
             Outcome::Rejected(e) => format!("reload rejected, running the previous config: {e}"),
         }
     }
@@ -59,7 +69,7 @@ impl Outcome {
 pub struct Reload;
 
 impl Reload {
-    /// Returns the config to publish (if any) and the outcome.
+    /// Returns the config to apply (if any) and the outcome.
     pub fn apply(
         current: &Config,
         loaded: Result<Config, ConfigError>,
@@ -71,12 +81,22 @@ impl Reload {
                 if changed.is_empty() {
                     return (None, Outcome::Unchanged);
                 }
+                let services = changed
+                    .iter()
+                    .any(|c| !LIVE.contains(c) && !NEEDS_RESTART.contains(c));
                 let restart = changed
                     .iter()
                     .copied()
                     .filter(|c| NEEDS_RESTART.contains(c))
                     .collect();
-                (Some(new), Outcome::Applied { changed, restart })
+                (
+                    Some(new),
+                    Outcome::Applied {
+                        changed,
+                        services,
+                        restart,
+                    },
+                )
             }
         }
     }
@@ -128,45 +148,6 @@ pub fn changed_parts(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-/// Handles SIGHUP until `cancel`: reload, publish on `config`, tell systemd. Create `hangup`
-/// with `signal(SignalKind::hangup())` before reporting ready, so an early reload is not fatal.
-pub async fn run(
-    mut hangup: Signal,
-    loader: Loader,
-    config: watch::Sender<Arc<Config>>,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            got = hangup.recv() => if got.is_none() { cancel.cancelled().await; return },
-        }
-        tracing::info!("SIGHUP: reloading the config");
-        systemd::notify_reloading();
-        let current = config.borrow().clone();
-        let (publish, outcome) = Reload::apply(&current, loader());
-        match &outcome {
-            Outcome::Rejected(e) => {
-                tracing::error!(error = %e, "reload rejected; still running the previous config")
-            }
-            Outcome::Unchanged => tracing::info!("config reloaded; nothing changed"),
-            Outcome::Applied { changed, restart } => {
-                tracing::info!(?changed, "config reloaded");
-                for part in restart {
-                    tracing::warn!(
-                        part,
-                        "this change takes effect after `systemctl restart snaprtcd`"
-                    );
-                }
-            }
-        }
-        if let Some(new) = publish {
-            config.send_replace(Arc::new(new));
-        }
-        systemd::notify_ready(&outcome.status());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,12 +187,34 @@ mod tests {
             outcome,
             Outcome::Applied {
                 changed: vec!["server.listen", "server", "mdns"],
-                restart: vec!["server.listen"],
+                services: true,
+                restart: vec![],
             }
         );
         assert_eq!(
             outcome.status(),
-            "config reloaded (server.listen, server, mdns changed; server.listen need a restart)"
+            "config reloaded (server.listen, server, mdns changed; services restarted)"
+        );
+    }
+
+    #[test]
+    fn mdns_alone_applies_live_and_log_waits_for_a_restart() {
+        let mut new = Config::default();
+        new.mdns.instance_name = "garage".into();
+        let (_, outcome) = Reload::apply(&Config::default(), Ok(new.clone()));
+        assert_eq!(
+            outcome,
+            Outcome::Applied {
+                changed: vec!["mdns"],
+                services: false,
+                restart: vec![],
+            }
+        );
+        new.log.level = "debug".into();
+        let (_, outcome) = Reload::apply(&Config::default(), Ok(new));
+        assert_eq!(
+            outcome.status(),
+            "config reloaded (mdns, log changed; log needs systemctl restart)"
         );
     }
 

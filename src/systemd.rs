@@ -6,13 +6,15 @@
 //!
 //! `WatchdogSec=` is only worth something if a hung daemon stops pinging. A timer that pings
 //! from its own task proves nothing but that the tokio timer works, so the loops that do the
-//! work (the media pipeline, the RTC engine) each hold a [`Heartbeat`] and call
-//! [`Heartbeat::beat`] every time round (one relaxed atomic add). [`Watchdog`] samples the
-//! counters every `WatchdogSec/2` and feeds them to the pure [`WatchdogPolicy`], which says
-//! ping only when every registered loop advanced within the last `WatchdogSec/2`. A stalled
-//! loop therefore stops the pings, and systemd restarts the service within `WatchdogSec`
-//! after that. Loops must beat at least every `WatchdogSec/4` even when idle (a timer tick
-//! in their `select!` does it).
+//! work report their own progress: the RTC engine holds a [`Heartbeat`] and calls
+//! [`Heartbeat::beat`] every time round (one relaxed atomic add); the media thread stamps
+//! [`MediaCounters::record_progress`](crate::media::MediaCounters::record_progress) every turn,
+//! read through an age probe ([`Watchdog::register_age`]). [`Watchdog`] samples them every
+//! `WatchdogSec/2` and feeds them to the pure [`WatchdogPolicy`], which says ping only when every
+//! registered loop advanced within the last `WatchdogSec/2`. A stalled loop therefore stops the
+//! pings, and systemd restarts the service within `WatchdogSec` after that. Loops must go round
+//! at least every `WatchdogSec/4` even when idle (a timer tick in their `select!` does it; the
+//! media loop wakes every 100 ms, the engine every second).
 //!
 //! All notify calls are no-ops when `NOTIFY_SOCKET` is unset (running by hand, in tests).
 
@@ -43,6 +45,11 @@ pub fn notify_ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// `READY=1` alone: a reload is done (the live `STATUS=` line stays as it is).
+pub fn notify_reloaded() {
+    notify(&[NotifyState::Ready]);
+}
+
 /// `STATUS=<one line>`, shown by `systemctl status`.
 pub fn notify_status(status: &str) {
     notify(&[NotifyState::Status(status)]);
@@ -71,20 +78,68 @@ pub fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled()
 }
 
-/// One line for `STATUS=`: "streaming 1280x720@30 to 2 viewers".
-pub fn status_line(media: &MediaStatus, viewers: usize) -> String {
+/// One line for `STATUS=`: "streaming 1280x720@30 to 2 viewers (testsrc, openh264)",
+/// "no camera (retrying /dev/video0), 0 viewers". `note` (a rejected reload) is appended.
+pub fn status_line(media: &MediaStatus, viewers: usize, note: Option<&str>) -> String {
     let who = match viewers {
         1 => "1 viewer".to_owned(),
         n => format!("{n} viewers"),
     };
-    match media.state {
-        CameraState::Starting => format!("starting {}; {who}", media.source),
+    let mut line = match media.state {
+        CameraState::Starting => format!("starting {}, {who}", media.source),
+        CameraState::Streaming if media.encoder.is_empty() => format!(
+            "streaming {}x{} to {who} ({})",
+            media.width, media.height, media.source
+        ),
         CameraState::Streaming => format!(
             "streaming {}x{}@{:.0} to {who} ({}, {})",
             media.width, media.height, media.fps_measured, media.source, media.encoder
         ),
-        CameraState::NoSignal => format!("no signal from {}, retrying; {who}", media.source),
-        CameraState::Stopped => format!("camera stopped; {who}"),
+        CameraState::NoSignal => format!("no camera (retrying {}), {who}", media.source),
+        CameraState::Stopped => format!("camera stopped, {who}"),
+    };
+    if let Some(note) = note {
+        line.push_str("; ");
+        line.push_str(note);
+    }
+    // systemd shows one line.
+    line.replace('\n', " ")
+}
+
+/// Keeps `STATUS=` current: recomputes the line when the camera state or a reload note
+/// changes, and at least every `poll` for the viewer count (asked of the RTC engine), and
+/// sends it only when it differs from the last one sent. Runs until `cancel`.
+pub async fn report_status(
+    media: crate::media::MediaHandle,
+    rtc: crate::rtc::RtcHandle,
+    mut note: tokio::sync::watch::Receiver<Option<String>>,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
+    let mut camera = media.watch_status();
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = String::new();
+    loop {
+        let viewers = match tokio::time::timeout(poll, rtc.stats()).await {
+            Ok(Ok(stats)) => stats.viewers,
+            _ => 0,
+        };
+        let line = {
+            let note = note.borrow_and_update();
+            status_line(&camera.borrow_and_update(), viewers, note.as_deref())
+        };
+        if line != last {
+            tracing::debug!(status = %line, "status");
+            notify_status(&line);
+            last = line;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            r = camera.changed() => if r.is_err() { cancel.cancelled().await; return },
+            r = note.changed() => if r.is_err() { cancel.cancelled().await; return },
+        }
     }
 }
 
@@ -103,6 +158,10 @@ impl Heartbeat {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Ages are measured in whole milliseconds, so the same last turn seen twice can look up to
+/// a millisecond younger; a later turn counts only beyond this (loops turn every 100 ms or so).
+const AGE_RESOLUTION: Duration = Duration::from_millis(10);
 
 /// What the policy wants done, drained with [`WatchdogPolicy::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +237,21 @@ impl WatchdogPolicy {
         }
     }
 
+    /// Loop `index` last made progress `age` ago (for loops that stamp a time instead of
+    /// counting turns).
+    pub fn handle_age(&mut self, index: usize, age: Duration, now: Instant) {
+        if let Some(l) = self.loops.get_mut(index) {
+            let at = now.checked_sub(age).unwrap_or(l.last_progress);
+            if at > l.last_progress + AGE_RESOLUTION {
+                l.last_progress = at;
+                if l.stalled {
+                    l.stalled = false;
+                    self.events.push_back(WatchdogEvent::Recovered(l.name));
+                }
+            }
+        }
+    }
+
     /// When the next tick is due.
     pub fn poll_timeout(&self) -> Instant {
         self.next_tick
@@ -211,10 +285,27 @@ impl WatchdogPolicy {
     }
 }
 
+/// How the watchdog learns that a loop moved.
+enum Probe {
+    /// A counter the loop bumps each turn.
+    Count(Heartbeat),
+    /// How long ago the loop last went round.
+    Age(Box<dyn Fn() -> Duration + Send + Sync>),
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Count(hb) => write!(f, "Count({})", hb.count()),
+            Probe::Age(_) => f.write_str("Age"),
+        }
+    }
+}
+
 /// The thin task around [`WatchdogPolicy`]: register loops, then [`run`](Self::run) it.
 #[derive(Debug, Default)]
 pub struct Watchdog {
-    loops: Vec<(&'static str, Heartbeat)>,
+    loops: Vec<(&'static str, Probe)>,
 }
 
 impl Watchdog {
@@ -223,11 +314,21 @@ impl Watchdog {
         Self::default()
     }
 
-    /// A heartbeat for the loop called `name` ("media", "rtc"). Pings stop when it stalls.
+    /// A heartbeat for the loop called `name` ("rtc"). Pings stop when it stalls.
     pub fn register(&mut self, name: &'static str) -> Heartbeat {
         let hb = Heartbeat::default();
-        self.loops.push((name, hb.clone()));
+        self.loops.push((name, Probe::Count(hb.clone())));
         hb
+    }
+
+    /// Watch a loop that stamps its own progress: `age` says how long ago it last went round
+    /// (the media thread: `MediaCounters::since_progress`). Pings stop when it stalls.
+    pub fn register_age(
+        &mut self,
+        name: &'static str,
+        age: impl Fn() -> Duration + Send + Sync + 'static,
+    ) {
+        self.loops.push((name, Probe::Age(Box::new(age))));
     }
 
     /// Pings systemd every `period/2` while all loops advance, until `cancel`. Without a
@@ -238,6 +339,25 @@ impl Watchdog {
             cancel.cancelled().await;
             return;
         };
+        self.run_with(period, cancel, |event| match event {
+            WatchdogEvent::Ping => notify_watchdog(),
+            WatchdogEvent::Stalled(name) => {
+                tracing::error!(loop_name = name, "loop stalled; withholding watchdog pings")
+            }
+            WatchdogEvent::Recovered(name) => {
+                tracing::warn!(loop_name = name, "loop moves again; watchdog pings resume")
+            }
+        })
+        .await
+    }
+
+    /// [`run`](Self::run) with the events handed to `on_event` instead of systemd and the log.
+    pub async fn run_with(
+        self,
+        period: Duration,
+        cancel: CancellationToken,
+        mut on_event: impl FnMut(WatchdogEvent),
+    ) {
         let names: Vec<&'static str> = self.loops.iter().map(|(n, _)| *n).collect();
         let mut policy = WatchdogPolicy::new(period, &names, Instant::now());
         tracing::info!(?period, loops = ?names, "systemd watchdog armed");
@@ -248,23 +368,15 @@ impl Watchdog {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
             let now = Instant::now();
-            for (i, (_, hb)) in self.loops.iter().enumerate() {
-                policy.handle_progress(i, hb.count(), now);
+            for (i, (_, probe)) in self.loops.iter().enumerate() {
+                match probe {
+                    Probe::Count(hb) => policy.handle_progress(i, hb.count(), now),
+                    Probe::Age(age) => policy.handle_age(i, age(), now),
+                }
             }
             policy.handle_timeout(now);
             while let Some(event) = policy.poll_event() {
-                match event {
-                    WatchdogEvent::Ping => notify_watchdog(),
-                    WatchdogEvent::Stalled(name) => {
-                        tracing::error!(
-                            loop_name = name,
-                            "loop stalled; withholding watchdog pings"
-                        )
-                    }
-                    WatchdogEvent::Recovered(name) => {
-                        tracing::warn!(loop_name = name, "loop moves again; watchdog pings resume")
-                    }
-                }
+                on_event(event);
             }
         }
     }
@@ -403,6 +515,28 @@ mod tests {
     }
 
     #[test]
+    fn an_age_probe_counts_as_progress_only_while_it_stays_young() {
+        let t0 = Instant::now();
+        let mut p = WatchdogPolicy::new(10 * SEC, &["media"], t0);
+        // Went round 100 ms ago at each tick: pings.
+        for k in 1..=3u32 {
+            let now = t0 + 5 * SEC * k;
+            p.handle_age(0, Duration::from_millis(100), now);
+            p.handle_timeout(now);
+            assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping], "tick {k}");
+        }
+        // Last turn at t0+15s-100ms; at t0+25s its age is ~10 s: stalled, no ping.
+        p.handle_age(0, 10 * SEC - Duration::from_millis(100), t0 + 25 * SEC);
+        p.handle_timeout(t0 + 25 * SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Stalled("media")]);
+        // The same last turn measured a millisecond younger (rounding) is not progress.
+        p.handle_age(0, 10 * SEC - Duration::from_millis(101), t0 + 25 * SEC);
+        assert_eq!(drain(&mut p), vec![]);
+        p.handle_age(0, Duration::ZERO, t0 + 26 * SEC);
+        assert_eq!(drain(&mut p), vec![WatchdogEvent::Recovered("media")]);
+    }
+
+    #[test]
     fn no_loops_means_the_process_itself_is_the_progress() {
         let t0 = Instant::now();
         let mut p = WatchdogPolicy::new(SEC, &[], t0);
@@ -417,7 +551,8 @@ mod tests {
         let clone = hb.clone();
         hb.beat();
         clone.beat();
-        assert_eq!(w.loops[0].1.count(), 2);
+        assert_eq!(hb.count(), 2);
+        assert_eq!(w.loops.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -448,14 +583,18 @@ mod tests {
             encoder: "openh264".into(),
         };
         assert_eq!(
-            status_line(&m, 2),
+            status_line(&m, 2, None),
             "streaming 1280x720@30 to 2 viewers (/dev/video0 (YUYV), openh264)"
         );
-        assert!(status_line(&m, 1).contains("to 1 viewer ("));
+        assert!(status_line(&m, 1, None).contains("to 1 viewer ("));
         m.state = CameraState::NoSignal;
         assert_eq!(
-            status_line(&m, 0),
-            "no signal from /dev/video0 (YUYV), retrying; 0 viewers"
+            status_line(&m, 0, None),
+            "no camera (retrying /dev/video0 (YUYV)), 0 viewers"
+        );
+        assert_eq!(
+            status_line(&m, 0, Some("reload rejected: a.toml:3:1\nbad")),
+            "no camera (retrying /dev/video0 (YUYV)), 0 viewers; reload rejected: a.toml:3:1 bad"
         );
     }
 

@@ -443,6 +443,8 @@ async fn health_has_a_timestamp_and_the_version() {
     let r = d.http("GET /health HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n");
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["viewers"], 0, "{v}");
+    assert!(v["name"].as_str().is_some_and(|n| !n.is_empty()), "{v}");
     assert_eq!(d.http("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").status, 404);
 }
 

@@ -3,9 +3,30 @@
 // for snaprtcd and for aiortc serving the same 640x480@30 test pattern. Run via run.sh.
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { startDaemon, launchBrowser, median } from "../../tests/webrtc/lib.mjs";
 
 const COUNTS = (process.env.BENCH_VIEWERS || "1,4,16").split(",").map(Number);
+// `testsrc`: each server draws the test pattern and encodes it (snaprtcd once, aiortc once per
+// viewer). `h264`: both pass through the same ffmpeg-made 1.5 Mbit/s CBR H.264 stream (noise
+// keeps the rate full), which isolates the per-viewer cost of the WebRTC stack at full rate.
+const SOURCE = process.env.BENCH_SOURCE || "testsrc";
+export const H264_SOURCE = [
+  "ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi",
+  "-i", "testsrc2=size=640x480:rate=30,noise=alls=24:allf=t+u",
+  "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-profile:v", "baseline",
+  "-b:v", "1500k", "-maxrate", "1500k", "-bufsize", "500k", "-g", "30",
+  "-x264-params", "repeat-headers=1", "-f", "h264", "-",
+];
+const EXEC_CAMERA = `[camera]
+source = "exec"
+width = 640
+height = 480
+fps = 30
+
+[camera.exec]
+command = ${JSON.stringify(H264_SOURCE)}
+format = "h264"`;
 const WINDOW_MS = Number(process.env.BENCH_WINDOW_MS || 10000);
 const TICKS = 100; // USER_HZ on Linux
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -26,7 +47,8 @@ const pageHelpers = () => {
     const v = document.createElement("video");
     v.muted = true; v.autoplay = true; v.playsInline = true;
     document.body.appendChild(v);
-    const started = performance.now();
+    // Time to first frame counts from the WHEP POST (set below) to the first decoded frame.
+    let started = performance.now();
     const res = { pc, v, firstFrameMs: null };
     pc.ontrack = (ev) => {
       v.srcObject = new MediaStream([ev.track]);
@@ -38,18 +60,27 @@ const pageHelpers = () => {
     if (pc.iceGatheringState !== "complete") {
       await new Promise((r) => { pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r(); setTimeout(r, 2000); });
     }
+    started = performance.now();
     const r = await fetch("/whep", { method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp });
     if (r.status !== 201) throw new Error("WHEP " + r.status + " " + await r.text());
     res.location = r.headers.get("Location");
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     return res;
   };
-  window.decoded = async () => {
+  window.decoded = async (bytes = false) => {
     const out = [];
     for (const w of window.viewers) {
-      let n = 0;
-      (await w.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") n = s.framesDecoded || 0; });
-      out.push(n);
+      let n = 0, b = 0;
+      (await w.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") { n = s.framesDecoded || 0; b = s.bytesReceived || 0; } });
+      out.push(bytes ? b : n);
+    }
+    return out;
+  };
+  window.codecs = async () => {
+    const out = [];
+    for (const w of window.viewers) {
+      const st = await w.pc.getStats();
+      st.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") out.push(st.get(s.codecId)?.mimeType); });
     }
     return out;
   };
@@ -78,15 +109,21 @@ async function measure(name, base, pid, browser) {
       if (Date.now() > end) throw new Error(`${name}: not every viewer decodes with ${n} viewers`);
       await sleep(200);
     }
+    const codecs = await page.evaluate(() => codecs());
+    if (codecs.some((c) => c !== "video/H264")) throw new Error(`${name}: not all H.264: ${codecs}`);
     const d0 = await page.evaluate(() => decoded());
+    const b0 = await page.evaluate(() => decoded(true));
     const c0 = cpuTicks(pid);
     await sleep(WINDOW_MS);
     const cpu = ((cpuTicks(pid) - c0) / TICKS) / (WINDOW_MS / 1000) * 100;
     const d1 = await page.evaluate(() => decoded());
+    const b1 = await page.evaluate(() => decoded(true));
+    const kbps = b1.reduce((a, x, i) => a + (x - b0[i]), 0) / b1.length * 8 / WINDOW_MS;
     const fps = d1.map((x, i) => (x - d0[i]) / (WINDOW_MS / 1000));
     const rss = rssMiB(pid);
-    rows.push({ n, cpu, rss, minFps: Math.min(...fps), meanFps: fps.reduce((a, b) => a + b, 0) / fps.length });
-    console.error(`${name} ${n} viewers: cpu ${cpu.toFixed(1)}% rss ${rss.toFixed(1)} MiB fps min ${Math.min(...fps).toFixed(1)}`);
+    const load = loadavg()[0];
+    rows.push({ n, cpu, rss, load, kbps, minFps: Math.min(...fps), meanFps: fps.reduce((a, b) => a + b, 0) / fps.length });
+    console.error(`${name} ${n} viewers: cpu ${cpu.toFixed(1)}% rss ${rss.toFixed(1)} MiB fps min ${Math.min(...fps).toFixed(1)} ${kbps.toFixed(0)} kbit/s load ${load.toFixed(2)}`);
     await page.evaluate(() => closeAll());
     await sleep(2000);
   }
@@ -111,7 +148,8 @@ async function measure(name, base, pid, browser) {
 
 async function startAiortc() {
   const py = process.env.AIORTC_PYTHON || "python3";
-  const proc = spawn(py, [new URL("./aiortc_server.py", import.meta.url).pathname], { stdio: ["ignore", "pipe", "inherit"] });
+  const args = SOURCE === "h264" ? ["--source-cmd", JSON.stringify(H264_SOURCE)] : [];
+  const proc = spawn(py, [new URL("./aiortc_server.py", import.meta.url).pathname, ...args], { stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise((resolve, reject) => {
     let buf = "";
     proc.stdout.on("data", (c) => { buf += c; const m = buf.match(/listening (\d+)/); if (m) resolve(m[1]); });
@@ -124,7 +162,7 @@ const browser = await launchBrowser();
 await browser.context.addInitScript(pageHelpers);
 const results = [];
 try {
-  const d = await startDaemon();
+  const d = await startDaemon("", SOURCE === "h264" ? EXEC_CAMERA : undefined);
   try { results.push(await measure("snaprtcd", d.base, d.proc.pid, browser)); } finally { await d.stop(); }
   const a = await startAiortc();
   try { results.push(await measure("aiortc", a.base, a.proc.pid, browser)); } finally { a.stop(); }
@@ -134,21 +172,30 @@ try {
 
 // Markdown for docs/BENCHMARKS.md.
 const out = [];
-out.push(`| server | viewers | CPU (% of one core) | RSS (MiB) | viewer fps (min / mean) |`);
-out.push(`|---|---:|---:|---:|---|`);
+// CPU is the server process's CPU-seconds (utime + stime, all threads) over the window, as %
+// of one core: what other work on the machine does to the wall clock does not count.
+out.push(`source: ${SOURCE}, window ${WINDOW_MS / 1000} s per row\n`);
+out.push(`| server | viewers | CPU (% of one core) | RSS (MiB) | viewer fps (min / mean) | kbit/s per viewer | load avg (1 min) |`);
+out.push(`|---|---:|---:|---:|---|---:|---:|`);
 for (const r of results) {
-  out.push(`| ${r.name} | 0 | ${r.idle.toFixed(1)} | ${r.idleRss.toFixed(1)} | – |`);
+  out.push(`| ${r.name} | 0 | ${r.idle.toFixed(1)} | ${r.idleRss.toFixed(1)} | – | – | |`);
   for (const row of r.rows) {
-    out.push(`| ${r.name} | ${row.n} | ${row.cpu.toFixed(1)} | ${row.rss.toFixed(1)} | ${row.minFps.toFixed(1)} / ${row.meanFps.toFixed(1)} |`);
+    out.push(`| ${r.name} | ${row.n} | ${row.cpu.toFixed(1)} | ${row.rss.toFixed(1)} | ${row.minFps.toFixed(1)} / ${row.meanFps.toFixed(1)} | ${row.kbps.toFixed(0)} | ${row.load.toFixed(2)} |`);
   }
 }
 out.push("");
-out.push(`| server | extra CPU per viewer (1→${COUNTS.at(-1)}) | extra RSS per viewer | time to first frame (median of 10) |`);
-out.push(`|---|---:|---:|---:|`);
+// Extra cost per viewer between consecutive counts (e.g. 1→4 and 4→16) and over the whole span.
+const spans = COUNTS.slice(1).map((n, i) => [COUNTS[i], n]);
+if (COUNTS.length > 2) spans.push([COUNTS[0], COUNTS.at(-1)]);
+out.push(`| server | ${spans.map(([a, b]) => `extra CPU / RSS per viewer (${a}→${b})`).join(" | ")} | time to first frame (median of 10) |`);
+out.push(`|---|${spans.map(() => "---:|").join("")}---:|`);
 for (const r of results) {
-  const a = r.rows[0], b = r.rows.at(-1);
-  const k = b.n - a.n || 1;
-  out.push(`| ${r.name} | ${((b.cpu - a.cpu) / k).toFixed(2)} % | ${((b.rss - a.rss) / k).toFixed(2)} MiB | ${r.ttff.toFixed(0)} ms |`);
+  const cells = spans.map(([na, nb]) => {
+    const a = r.rows.find((x) => x.n === na), b = r.rows.find((x) => x.n === nb);
+    const k = b.n - a.n || 1;
+    return `${((b.cpu - a.cpu) / k).toFixed(2)} % / ${((b.rss - a.rss) / k).toFixed(2)} MiB`;
+  });
+  out.push(`| ${r.name} | ${cells.join(" | ")} | ${r.ttff.toFixed(0)} ms |`);
 }
 const s = results.find((r) => r.name === "snaprtcd"), a = results.find((r) => r.name === "aiortc");
 const at4 = (r) => r.rows.find((x) => x.n === 4);

@@ -3,6 +3,9 @@
 # namespace (as tests/webrtc/run.sh). Prints a Markdown table for docs/BENCHMARKS.md.
 #   bench/webrtc/run.sh                  # release build, 10 s windows
 #   BENCH_VIEWERS=1,4 BENCH_WINDOW_MS=5000 bench/webrtc/run.sh
+#   BENCH_SOURCE=h264 bench/webrtc/run.sh  # both pass through one ffmpeg 1.5 Mbit/s H.264 stream
+# Server CPU is process CPU-seconds over each window (not wall-clock %), so a loaded machine
+# does not inflate it; the 1-minute load average is printed beside each row.
 # Needs root (namespace). Installs Chromium, Node.js, npm, python3-venv, ffmpeg when missing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -13,6 +16,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get update -q

@@ -22,6 +22,7 @@ use super::viewer::{VideoFrame, Viewer, ViewerEvent};
 use super::{Command, RtcError, RtcHandle, RtcStats, Shared, ViewerId};
 use crate::config::Config;
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
+use crate::systemd::Heartbeat;
 
 /// Commands waiting for the engine; senders wait (HTTP handlers), never the engine.
 const COMMAND_QUEUE: usize = 64;
@@ -77,6 +78,8 @@ pub struct Engine {
     commands: mpsc::Receiver<Command>,
     media: MediaHandle,
     hosts: Vec<HostAddr>,
+    /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
+    heartbeat: Heartbeat,
 }
 
 impl Engine {
@@ -114,7 +117,14 @@ impl Engine {
             commands,
             media,
             hosts: settings.hosts,
+            heartbeat: Heartbeat::default(),
         })
+    }
+
+    /// Beat `heartbeat` every turn of the loop (the daemon registers it with the watchdog).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
     }
 
     pub fn handle(&self) -> RtcHandle {
@@ -134,6 +144,7 @@ impl Engine {
             mut commands,
             media,
             hosts,
+            heartbeat,
         } = self;
         let max_viewers = handle.shared.max_viewers;
         drop(handle);
@@ -175,6 +186,7 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline.into()) => st.handle_timeouts(),
             }
             st.sweep();
+            heartbeat.beat();
         }
         for v in &mut st.viewers {
             v.rtc.disconnect();

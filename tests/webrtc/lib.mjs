@@ -11,17 +11,14 @@ export const root = join(here, "..", "..");
 export const bin = process.env.SNAPRTCD_BIN || join(root, "target", "debug", "snaprtcd");
 
 // The test pattern the tests expect: 640x480 at 30 fps, 1.5 Mbit/s.
-export const baseConfig = (extra = "") => `
+// `camera` replaces the [camera] section (the benchmark feeds an `exec` H.264 source).
+export const baseConfig = (extra = "", camera = TESTSRC) => `
 [server]
 listen = "127.0.0.1:0"
 rtc_udp_port = 0
 max_viewers = ${extra.includes("max_viewers") ? "" : "16"}
 ${extra}
-[camera]
-source = "testsrc"
-width = 640
-height = 480
-fps = 30
+${camera}
 
 [encoder]
 bitrate_kbps = 1500
@@ -30,11 +27,17 @@ bitrate_kbps = 1500
 enabled = false
 `.replace(/^max_viewers = \n/m, "");
 
+const TESTSRC = `[camera]
+source = "testsrc"
+width = 640
+height = 480
+fps = 30`;
+
 /** Start the daemon; resolves to { base, proc, log, stop() } once it logged `ready`. */
-export async function startDaemon(extra = "") {
+export async function startDaemon(extra = "", camera = TESTSRC) {
   const dir = mkdtempSync(join(tmpdir(), "snaprtcd-webrtc-"));
   const config = join(dir, "snaprtcd.toml");
-  writeFileSync(config, baseConfig(extra));
+  writeFileSync(config, baseConfig(extra, camera));
   const proc = spawn(bin, ["--config", config], {
     env: { ...process.env, SNAPRTCD_LOG: process.env.SNAPRTCD_LOG || "info", NO_COLOR: "1" },
     stdio: ["ignore", "ignore", "pipe"],
@@ -74,8 +77,8 @@ export async function startDaemon(extra = "") {
   };
 }
 
-/** Headless Chromium with host candidates visible (no mDNS obfuscation), fresh profile. */
-export async function launchBrowser() {
+/** Headless Chromium with host candidates visible (no mDNS obfuscation unless `mdns`), fresh profile. */
+export async function launchBrowser({ mdns = false } = {}) {
   const tmp = join(here, ".tmp");
   mkdirSync(tmp, { recursive: true });
   process.env.TMPDIR = tmp;
@@ -86,7 +89,7 @@ export async function launchBrowser() {
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--disable-features=WebRtcHideLocalIpsWithMdns",
+      ...(mdns ? [] : ["--disable-features=WebRtcHideLocalIpsWithMdns"]),
       "--autoplay-policy=no-user-gesture-required",
     ],
   });

@@ -3,6 +3,9 @@
 // namespace with a veth address, so Chromium gathers a host candidate).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startDaemon, launchBrowser, healthJson, metrics, waitFor, median } from "./lib.mjs";
 
 // Page-side helpers (installed in every page): a WHEP client and a frame counter.
@@ -14,8 +17,9 @@ const pageHelpers = () => {
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const started = performance.now();
+    const auth = opts.token ? { Authorization: "Bearer " + opts.token } : {};
     const r = await fetch("/whep", {
-      method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+      method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
     });
     const res = {
       pc, status: r.status, location: r.headers.get("Location"), etag: r.headers.get("ETag"),
@@ -79,6 +83,21 @@ test("WHEP: 201 with Location, ETag and H.264 CB; frames decode; DELETE frees th
   assert.match(r.body, /a=candidate:/);
   await waitFor(() => p.evaluate(async () => (await framesDecoded(w.pc)) >= 30), 10000, "30 decoded frames");
   assert.equal((await healthJson(daemon.base)).viewers, 1);
+  // /metrics while it plays: the viewer, its bytes, keyframes by cause, encode times, camera.
+  const live = await metrics(daemon.base);
+  assert.equal(live["snaprtcd_viewers"], 1);
+  assert.equal(live["snaprtcd_viewers_connected"], 1);
+  // The test pattern is mostly still: P-frames are a few hundred bytes.
+  assert.ok(live["snaprtcd_bytes_out_total"] > 30 * 200, JSON.stringify(live));
+  assert.ok(live["snaprtcd_frames_sent_total"] >= 30);
+  assert.ok(live["snaprtcd_frames_encoded_total"] >= live["snaprtcd_frames_sent_total"] / 2);
+  const keyframes = Object.entries(live).filter(([k]) => k.startsWith("snaprtcd_keyframes_total{cause="));
+  assert.ok(keyframes.length >= 3, "keyframes labelled by cause");
+  assert.ok(keyframes.reduce((a, [, v]) => a + v, 0) >= 1, JSON.stringify(keyframes));
+  assert.ok(live["snaprtcd_encode_seconds_count"] >= 30);
+  assert.equal(live['snaprtcd_encode_seconds_bucket{le="+Inf"}'], live["snaprtcd_encode_seconds_count"]);
+  assert.equal(live['snaprtcd_camera_state{state="streaming"}'], 1);
+  assert.equal(live["snaprtcd_sessions"], 0);
   const del = await p.evaluate(async () => (await fetch(w.location, { method: "DELETE" })).status);
   assert.equal(del, 200);
   assert.equal((await healthJson(daemon.base)).viewers, 0);
@@ -111,6 +130,16 @@ test("viewer page at / plays >= 60 frames in 5 s, the picture is not flat, Snaps
   assert.equal(spread.w, 640);
   assert.equal(spread.h, 480);
   assert.ok(spread.max - spread.min > 64, `picture is flat: ${JSON.stringify(spread)}`);
+  // Device name, version and resolution from /health; live fps, bitrate and RTT from getStats.
+  const health = await healthJson(daemon.base);
+  await waitFor(() => p.evaluate(() => /RTT \d+ ms/.test(document.getElementById("rtt").textContent)), 5000, "RTT shown");
+  const shown = await p.evaluate(() => Object.fromEntries(
+    ["name", "version", "resolution", "fps", "bitrate", "rtt"].map((id) => [id, document.getElementById(id).textContent])));
+  assert.equal(shown.name, health.name);
+  assert.equal(shown.version, "v" + health.version);
+  assert.equal(shown.resolution, "640×480");
+  assert.ok(Number(shown.fps.split(" ")[0]) >= 10, JSON.stringify(shown));
+  assert.ok(Number(shown.bitrate.split(" ")[0]) > 10, JSON.stringify(shown));
   // One still arrives on connect, the button asks for another.
   await waitFor(() => p.evaluate(() => window.snaprtc.stills >= 1), 5000, "still on connect");
   const before = await p.evaluate(() => window.snaprtc.stills);
@@ -213,6 +242,103 @@ test("a flood of WHEP POSTs over max_viewers gets 503 + Retry-After, then servic
     await p.close();
   } finally {
     await small.stop();
+  }
+});
+
+test("Chromium's default mDNS (.local) host candidates do not fail the offer; it still connects", async () => {
+  const b = await launchBrowser({ mdns: true });
+  try {
+    const p = await b.context.newPage();
+    await p.goto(daemon.base + "/health");
+    const r = await p.evaluate(async () => {
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      window.pc = pc;
+      pc.addTransceiver("video", { direction: "recvonly" });
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((r) => {
+        if (pc.iceGatheringState === "complete") r();
+        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+        setTimeout(r, 5000);
+      });
+      const offer = pc.localDescription.sdp;
+      const res = await fetch("/whep", { method: "POST", headers: { "Content-Type": "application/sdp" }, body: offer });
+      const body = await res.text();
+      if (res.status === 201) await pc.setRemoteDescription({ type: "answer", sdp: body });
+      window.location_ = res.headers.get("Location");
+      return { status: res.status, body, candidates: offer.split("\r\n").filter((l) => l.startsWith("a=candidate:")) };
+    });
+    assert.equal(r.status, 201, r.body);
+    assert.ok(r.candidates.length > 0 && r.candidates.every((c) => / [0-9a-f-]+\.local /.test(c)),
+      "the offer's host candidates are mDNS names: " + JSON.stringify(r.candidates));
+    await waitFor(() => p.evaluate(async () => {
+      let n = 0;
+      (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") n = s.framesDecoded || 0; });
+      return n >= 10;
+    }), 10000, "10 frames decoded");
+    await p.evaluate(async () => { await fetch(window.location_, { method: "DELETE" }); pc.close(); });
+  } finally {
+    await b.close();
+  }
+});
+
+test("viewer page with auth: token prompt kept in localStorage, #token=, reconnect when busy and when dropped", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "snaprtcd-token-"));
+  const token = "t0k3n-" + Date.now();
+  writeFileSync(join(dir, "token"), token + "\n");
+  const d = await startDaemon(`max_viewers = 1\nauth = "token"\nauth_token_file = "${join(dir, "token")}"`);
+  try {
+    // The one viewer slot is taken: the page must wait (Retry-After) and then get in.
+    const holder = await browser.context.newPage();
+    await holder.goto(d.base + "/health");
+    const held = await holder.evaluate(async (token) => {
+      window.w = await whepConnect({ token });
+      return { status: window.w.status, denied: (await whepConnect()).status };
+    }, token);
+    assert.deepEqual(held, { status: 201, denied: 401 });
+
+    const p = await browser.context.newPage();
+    const prompts = [];
+    p.on("dialog", (dlg) => { prompts.push(dlg.type()); dlg.accept(token); });
+    await p.goto(d.base + "/");
+    await waitFor(() => p.evaluate(() => /busy/.test(window.snaprtc.lastError || "")), 10000, "busy while the slot is held");
+    assert.deepEqual(prompts, ["prompt"], "asked for the token once");
+    assert.equal(await p.evaluate(() => localStorage.getItem("snaprtcd.token")), token);
+    await holder.evaluate(async (token) => {
+      await fetch(window.w.location, { method: "DELETE", headers: { Authorization: "Bearer " + token } });
+      window.w.pc.close();
+    }, token);
+    await waitFor(() => p.evaluate(() => window.snaprtc.framesDecoded > 10), 15000, "playing after the retry");
+
+    // The device drops the viewer (as after a silence timeout): the page connects again.
+    const connects = await p.evaluate(() => window.snaprtc.connects);
+    const dropped = await p.evaluate(async (token) =>
+      (await fetch(window.snaprtc.resource, { method: "DELETE", headers: { Authorization: "Bearer " + token } })).status, token);
+    assert.equal(dropped, 200);
+    await waitFor(() => p.evaluate((n) => window.snaprtc.connects > n && window.snaprtc.state === "live", connects), 20000, "reconnected");
+    const f = await p.evaluate(() => window.snaprtc.framesDecoded);
+    await waitFor(() => p.evaluate((n) => window.snaprtc.framesDecoded > n + 10, f), 10000, "frames after reconnecting");
+    assert.equal(prompts.length, 1, "the stored token is reused");
+    const resource = await p.evaluate(() => window.snaprtc.resource);
+    await p.close();
+    await fetch(resource, { method: "DELETE", headers: { Authorization: "Bearer " + token } });
+
+    // A fresh browser profile gets the token from the URL fragment: no prompt, fragment gone.
+    const fresh = await launchBrowser();
+    try {
+      const q = await fresh.context.newPage();
+      q.on("dialog", (dlg) => { prompts.push("unexpected " + dlg.type()); dlg.dismiss(); });
+      await q.goto(d.base + "/#token=" + token);
+      await waitFor(() => q.evaluate(() => window.snaprtc.framesDecoded > 0), 15000, "playing with #token=");
+      assert.equal(await q.evaluate(() => location.hash), "");
+      assert.equal(await q.evaluate(() => localStorage.getItem("snaprtcd.token")), token);
+      assert.equal(prompts.length, 1, JSON.stringify(prompts));
+    } finally {
+      await fresh.close();
+    }
+    await holder.close();
+  } finally {
+    await d.stop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
