@@ -23,7 +23,8 @@ rc=0
 # One VM boot per entry; an entry may name several tests (they share that VM's vivid).
 for t in "vivid_formats_and_sizes_give_h264_and_stills vivid_cli_lists_the_device_and_takes_a_snapshot" \
          vivid_unplug_unload_and_reload_resume_the_stream \
-         vivid_dropped_and_corrupt_buffers_do_not_stop_the_stream; do
+         vivid_dropped_and_corrupt_buffers_do_not_stop_the_stream \
+         vivid_daemon_streams_serves_stills_and_outlives_the_camera; do
   echo "== $t"
   start=$(date +%s)
   if tests/vm/vivid-vm.sh "${vm_args[@]}" --vivid "$VIVID_OPTS" -- \
