@@ -46,8 +46,11 @@ test('initiator and capture meet, offer and answer are relayed byte for byte, no
   // Ordering is the barrier for "no echo": each connection's messages come in the order the hub
   // produced them, so by the time the initiator has the answer, an echo of its own offer would
   // already have arrived, and likewise the capture's own answer after the next round trip.
+  // (Count before invoking: the barrier may reach the capture side before the Completion
+  // reaches the initiator.)
+  const seen = capture.messages.length;
   await initiator.invoke('SignalCapture', session, 'barrier');
-  assert.deepEqual(await capture.waitFor('signalCapture', { after: capture.messages.length }), ['barrier']);
+  assert.deepEqual(await capture.waitFor('signalCapture', { after: seen }), ['barrier']);
   assert.deepEqual(initiator.messages, [['signalstart'], ['signalinitiator', answer]], 'initiator got no echo');
   assert.deepEqual(
     capture.messages,
