@@ -131,6 +131,11 @@ impl Viewer {
         self.connected
     }
 
+    /// Whether this viewer has a video m-line we send on (it takes frames once connected).
+    pub fn has_video(&self) -> bool {
+        self.video.is_some()
+    }
+
     /// Whether this viewer takes video frames (connected with a sending video m-line).
     pub fn wants_video(&self) -> bool {
         self.connected && self.video.is_some()
