@@ -5,7 +5,7 @@
 //! single-mutation rule). Frames come from one [`FrameSubscriber`] held while any viewer takes
 //! video: the encoder runs once, each viewer costs packetisation and SRTP only.
 //!
-//! The subscription is taken when the first viewer with a video m-line is added (before ICE and
+//! The subscription is taken when the first viewer with H.264 video is added (before ICE and
 //! DTLS finish, so the pipeline's IDR is usually cached by the time the viewer connects) and
 //! dropped, with the GOP cache, as soon as the last one is gone: with no subscriber the
 //! pipeline does not encode.
@@ -213,7 +213,7 @@ struct State {
     port: u16,
     picker: LocalAddrPicker,
     viewers: Vec<Viewer>,
-    /// Held while any viewer has a video m-line (connected or not); the pipeline encodes only
+    /// Held while any viewer takes video or will once connected; the pipeline encodes only
     /// while someone holds one.
     subscriber: Option<FrameSubscriber>,
     /// The frame stream ended: the pipeline is gone.
