@@ -37,6 +37,16 @@ pub enum Command {
     },
     /// Print the effective config as TOML, every default filled in
     PrintConfig,
+    /// List V4L2 capture devices with their formats, sizes and frame rates (metadata nodes
+    /// are skipped); exits 0 also when there are none
+    ListDevices,
+    /// Grab one JPEG from the configured camera ([camera] of --config, same file rules as
+    /// `run`) without the daemon; stop the daemon first if it holds the camera
+    Snapshot {
+        /// Where to write the JPEG; `-` writes it to stdout
+        #[arg(short, long, value_name = "FILE", default_value = "snapshot.jpg")]
+        output: PathBuf,
+    },
 }
 
 /// Where the effective config came from (logged at start).

@@ -8,6 +8,8 @@
 //! | `GET {hub}?id=TOKEN`          | SignalR WebSocket                                        |
 //! | `OPTIONS *`                   | CORS preflight for the listed origins                    |
 //! | `GET /`                       | the viewer page (`src/web/index.html`)                   |
+//! | `GET /snapshot.jpg`           | the latest picture as a JPEG (auth as the hub; 503 if none yet) |
+//! | `GET /metrics`                | Prometheus text                                          |
 //! | `POST /whep`, `PATCH`/`DELETE /whep/{id}` | WHEP (`rtc::whep`)                           |
 
 use std::convert::Infallible;
@@ -145,6 +147,12 @@ async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<Body> {
             Err(too_large) => too_large,
         };
     }
+    if path == "/snapshot.jpg" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => snapshot(&req, state).await,
+            _ => method_not_allowed("GET, HEAD"),
+        };
+    }
     if path == "/metrics" {
         return match *req.method() {
             Method::GET | Method::HEAD => metrics(state).await,
@@ -175,6 +183,40 @@ async fn metrics(state: &AppState) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
+    r
+}
+
+/// The latest picture as a JPEG, made on demand by the pipeline (auth as the hub).
+async fn snapshot(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
+    if !state.auth.allows(req.headers(), req.uri().query()) {
+        return unauthorized();
+    }
+    still_response(state.media.still(usize::MAX).await)
+}
+
+/// `/snapshot.jpg`'s answer to a still (or to why there is none).
+fn still_response(still: Result<Bytes, crate::media::StillError>) -> Response<Body> {
+    use crate::media::StillError;
+    let mut r = match still {
+        Ok(jpeg) => {
+            let mut r = Response::new(Full::new(jpeg));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+            r
+        }
+        Err(e @ (StillError::NoFrame | StillError::Stopped)) => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no picture yet: {e}\n"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -405,4 +447,40 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::StillError;
+    use http_body_util::BodyExt;
+
+    fn body_text(r: Response<Body>) -> String {
+        let bytes = futures_util::FutureExt::now_or_never(r.into_body().collect())
+            .expect("a Full body is ready")
+            .expect("infallible")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn still_without_a_picture_is_503_with_the_reason() {
+        let r = still_response(Err(StillError::NoFrame));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body_text(r), "no picture yet: no frame captured yet\n");
+        let r = still_response(Err(StillError::Stopped));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn still_is_an_uncached_jpeg() {
+        let r = still_response(Ok(Bytes::from_static(&[0xff, 0xd8, 0xff, 0xd9])));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "image/jpeg");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let r = still_response(Err(StillError::Encode("boom".into())));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

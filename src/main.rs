@@ -15,6 +15,14 @@ fn main() -> ExitCode {
             check_config(file.as_deref().or(cli.config.as_deref()))
         }
         Some(Command::PrintConfig) => print_config(&cli),
+        Some(Command::ListDevices) => list_devices(),
+        Some(Command::Snapshot { ref output }) => match snapshot(&cli, output) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("snaprtcd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Run) | None => match run(&cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -50,6 +58,45 @@ fn print_config(cli: &Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn list_devices() -> ExitCode {
+    match snaprtcd::capture::list_devices() {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("snaprtcd: listing V4L2 devices: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Warnings (e.g. the `auto` fallback to the test pattern) on stderr; SNAPRTCD_LOG wins.
+fn init_tool_logging(config: &Config) {
+    let mut log = config.log.clone();
+    log.level = "warn".into();
+    log.format = snaprtcd::config::LogFormat::Text;
+    let env_filter = std::env::var("SNAPRTCD_LOG").ok();
+    let _ = snaprtcd::logging::init(&log, env_filter.as_deref(), false);
+}
+
+fn snapshot(cli: &Cli, output: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (config, _) = resolve_config(cli.config.as_deref(), std::env::var("PORT").ok().as_deref())?;
+    init_tool_logging(&config);
+    let jpeg = snaprtcd::media::snapshot_once(&config).context("snapshot")?;
+    if output == std::path::Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&jpeg)
+            .and_then(|()| out.flush())
+            .context("writing the JPEG to stdout")?;
+    } else {
+        std::fs::write(output, &jpeg).with_context(|| format!("writing {}", output.display()))?;
+        eprintln!("wrote {} ({} bytes)", output.display(), jpeg.len());
+    }
+    Ok(())
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

@@ -4,7 +4,10 @@
 //! Checks: YUYV and NV12 at 640x480 and 1280x720 give valid H.264 (ffprobe) and a JPEG still;
 //! a USB-style disconnect, `rmmod vivid` and `modprobe vivid` give the slate, then frames again
 //! within 5 s of the device's return, the pipeline never stopping; dropped buffers and buffers
-//! flagged as errors do not stop the stream.
+//! flagged as errors do not stop the stream; the daemon binary itself reports the camera in
+//! `/health`, serves `/snapshot.jpg` and outlives an unplug, `rmmod` and `modprobe`.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -204,4 +207,119 @@ async fn vivid_dropped_and_corrupt_buffers_do_not_stop_the_stream() {
     );
     cancel.cancel();
     guard.join();
+}
+
+/// `snaprtcd list-devices` and `snaprtcd snapshot` against the real driver (no daemon).
+#[test]
+fn vivid_cli_lists_the_device_and_takes_a_snapshot() {
+    if !in_vivid_vm() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_snaprtcd");
+    let out = Command::new(bin).arg("list-devices").output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(table.starts_with("DEVICE"), "{table}");
+    let yuyv = table
+        .lines()
+        .find(|l| l.starts_with(DEVICE) && l.contains(" YUYV "))
+        .unwrap_or_else(|| panic!("no YUYV line for {DEVICE}:\n{table}"));
+    assert!(yuyv.contains("640x480@"), "{yuyv}");
+    assert!(yuyv.contains("1280x720@"), "{yuyv}");
+
+    let dir = std::env::temp_dir();
+    let conf = dir.join("vivid-cli.toml");
+    std::fs::write(
+        &conf,
+        format!("[camera]\nsource = \"v4l2\"\ndevice = \"{DEVICE}\"\nformat = \"yuyv\"\nwidth = 1280\nheight = 720\n"),
+    )
+    .unwrap();
+    let still = dir.join("vivid-cli.jpg");
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&conf)
+        .args(["snapshot", "-o"])
+        .arg(&still)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picture = decode_to_i420(&std::fs::read(&still).unwrap()).unwrap();
+    assert_eq!((picture.width(), picture.height()), (1280, 720));
+    println!("vivid snapshot: 1280x720 JPEG from {DEVICE}");
+}
+
+fn health(d: &common::Daemon) -> serde_json::Value {
+    let r = d.http(
+        "GET /health HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    serde_json::from_slice(&r.body).expect("health JSON")
+}
+
+/// Poll `/health` until the camera is in `state` (the log line comes from the capture thread a
+/// moment before the media thread publishes the state); how long it took.
+fn wait_camera_state(d: &common::Daemon, state: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = health(d)["camera"]["state"].clone();
+        if now == state {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "camera {state} within {within:?}; now {now}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn vivid_daemon_streams_serves_stills_and_outlives_the_camera() {
+    if !in_vivid_vm() {
+        return;
+    }
+    let vivid_opts = std::env::var("SNAPRTCD_VIVID_OPTS").unwrap_or_default();
+    let mut d = common::Daemon::start(&format!(
+        "[camera]\nsource = \"v4l2\"\ndevice = \"{DEVICE}\"\nwidth = 640\nheight = 480\nfps = 30\n"
+    ));
+    wait_camera_state(&d, "streaming", WAIT);
+    let camera = health(&d)["camera"].clone();
+    assert_eq!(
+        (camera["width"].as_u64(), camera["height"].as_u64()),
+        (Some(640), Some(480))
+    );
+    assert!(
+        camera["source"].as_str().unwrap_or("").contains(DEVICE),
+        "{camera}"
+    );
+
+    let r = d.http("GET /snapshot.jpg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    let picture = snaprtcd::media::jpeg::decode_to_i420(&r.body).expect("a JPEG");
+    assert_eq!((picture.width(), picture.height()), (640, 480));
+
+    // Unplug (vivid's disconnect control acts like a USB unplug), unload, load again.
+    sh(&format!("v4l2-ctl -d {DEVICE} -c disconnect=1"));
+    d.wait_for_log("camera lost", WAIT);
+    wait_camera_state(&d, "no_signal", WAIT);
+    sh("rmmod vivid");
+    sh(&format!("modprobe vivid {vivid_opts}"));
+    let took = wait_camera_state(&d, "streaming", Duration::from_secs(5));
+    d.wait_for_log("camera is back", WAIT);
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon is still running"
+    );
+    let r = d.http("GET /snapshot.jpg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    println!(
+        "vivid daemon: streaming, still {} bytes; camera back {took:?} after modprobe",
+        r.body.len()
+    );
 }

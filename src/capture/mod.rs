@@ -99,6 +99,20 @@ pub enum SourceSpec {
     Exec,
 }
 
+impl SourceSpec {
+    /// How errors and logs name the source: `testsrc`, the device path, `exec PROGRAM`.
+    pub fn label(&self, camera: &CameraConfig) -> String {
+        match self {
+            SourceSpec::Testsrc => "testsrc".into(),
+            SourceSpec::V4l2(path) => path.display().to_string(),
+            SourceSpec::Exec => format!(
+                "exec {}",
+                camera.exec.command.first().map_or("", |s| s.as_str())
+            ),
+        }
+    }
+}
+
 /// Resolve `[camera] source` to what will be opened, logging the `auto` choice.
 pub fn resolve(camera: &CameraConfig) -> SourceSpec {
     match camera.source {

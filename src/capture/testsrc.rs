@@ -1,8 +1,9 @@
 //! The test pattern: colour bars, a moving box, a frame counter and the wall clock, drawn
 //! straight into I420. Also draws the "no signal" slate the pipeline shows when a camera is lost.
 //!
-//! Cheap by construction: the bars are drawn once; each picture is a copy of them plus a box and
-//! a few digits.
+//! Cheap by construction: the bars are drawn once. The box moves along one band of rows, so a
+//! picture is a recycled buffer of an earlier picture with only that band
+//! restored from the bars, then the box and a few digits drawn (a sixth of a full copy).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,25 +43,22 @@ fn draw_text(p: &mut I420, x: usize, y: usize, scale: usize, text: &str) {
     let h = p.height() as usize;
     let (yp, _, _) = p.planes_mut();
     let cols = text.chars().count() * 6 * scale;
+    let (x0, x1) = (x.saturating_sub(scale).min(w), (x + cols).min(w));
     for r in y.saturating_sub(scale)..(y + 8 * scale).min(h) {
-        for c in x.saturating_sub(scale)..(x + cols).min(w) {
-            yp[r * w + c] = 16;
-        }
+        yp[r * w + x0..r * w + x1].fill(16);
     }
+    // Each lit dot is a scale x scale square: `scale` short row fills.
     for (i, ch) in text.chars().enumerate() {
         let g = glyph(ch);
         for (gr, bits) in g.iter().enumerate() {
             for gc in 0..5 {
-                if bits & (0x10 >> gc) == 0 {
+                let px = x + (i * 6 + gc) * scale;
+                if bits & (0x10 >> gc) == 0 || px >= w {
                     continue;
                 }
-                for dy in 0..scale {
-                    for dx in 0..scale {
-                        let (px, py) = (x + (i * 6 + gc) * scale + dx, y + gr * scale + dy);
-                        if px < w && py < h {
-                            yp[py * w + px] = 235;
-                        }
-                    }
+                let end = (px + scale).min(w);
+                for py in (y + gr * scale..y + (gr + 1) * scale).take_while(|&py| py < h) {
+                    yp[py * w + px..py * w + end].fill(235);
                 }
             }
         }
@@ -168,6 +166,8 @@ pub fn slate(width: u32, height: u32) -> I420 {
 /// The test pattern source, paced at `fps` like a camera.
 pub struct TestSource {
     background: I420,
+    /// Only this source's pictures live here (nobody draws on a picture once handed out), so a
+    /// recycled buffer differs from `background` only in the box band and the text line.
     pool: Arc<BufferPool>,
     fps: u32,
     frame: u64,
@@ -193,26 +193,38 @@ impl TestSource {
         self
     }
 
+    /// The band of rows the box moves along: the only rows a recycled picture must restore
+    /// from the background. (The text sits on opaque backing boxes at fixed places whose
+    /// width never shrinks, so drawing it again covers the old text.)
+    fn box_band(&self) -> std::ops::Range<usize> {
+        let h = self.background.height() as usize;
+        let side = (h / 6).max(2);
+        let by = ((h * 2 / 3).saturating_sub(side) / 2) & !1;
+        by..by + side
+    }
+
     /// Picture number `n` (the box position and counter depend on `n` only).
     pub fn picture(&self, n: u64, now: SystemTime) -> I420 {
-        let mut p = self.background.copy_in(&self.pool);
+        let (bw, bh) = (self.background.width(), self.background.height());
+        let band = self.box_band();
+        let mut p = match I420::recycled_in(&self.pool, bw, bh) {
+            Some(mut p) => {
+                p.copy_rows_from(&self.background, band.clone());
+                p
+            }
+            None => self.background.copy_in(&self.pool),
+        };
         let (w, h) = (p.width() as usize, p.height() as usize);
-        let side = (h / 6).max(2);
+        let side = band.len();
         let span_x = w.saturating_sub(side).max(1);
-        let span_y = (h * 2 / 3).saturating_sub(side).max(1);
         let t = n as usize * 4;
-        // Bounce inside the bars area.
+        // Bounce left and right across the bars.
         let bx = if (t / span_x) % 2 == 0 {
             t % span_x
         } else {
             span_x - t % span_x
         };
-        let by = if (t / span_y) % 2 == 0 {
-            t % span_y
-        } else {
-            span_y - t % span_y
-        };
-        fill_rect(&mut p, bx & !1, by & !1, side, side, (235, 128, 128));
+        fill_rect(&mut p, bx & !1, band.start, side, side, (235, 128, 128));
         let scale = text_scale(h as u32);
         let counter = format!("{n:08}");
         let y = h - 10 * scale;
@@ -273,6 +285,39 @@ mod tests {
         assert_ne!(a, b, "box and counter move");
         let s = slate(320, 240);
         assert_eq!((s.width(), s.height()), (320, 240));
+    }
+
+    #[test]
+    fn recycled_pictures_equal_freshly_drawn_ones() {
+        let at = |n: u64| UNIX_EPOCH + Duration::from_millis(n * 33);
+        let fresh = TestSource::new(640, 480, 30).unwrap();
+        // All kept alive, so the pool never gets a buffer back: every one is a full copy.
+        // 160 frames: the box bounces off the right edge (4 px a frame over 560 px).
+        let fresh_pictures: Vec<I420> = (0..160).map(|n| fresh.picture(n, at(n))).collect();
+        let recycling = TestSource::new(640, 480, 30).unwrap();
+        let mut kept = Vec::new();
+        for (n, want) in fresh_pictures.iter().enumerate() {
+            let p = recycling.picture(n as u64, at(n as u64));
+            assert!(p == *want, "picture {n} differs");
+            kept.push(p);
+            // Hand buffers back in a different order than they were taken.
+            if kept.len() == 3 {
+                kept.remove(1);
+                kept.remove(0);
+            }
+        }
+    }
+
+    #[test]
+    fn text_dots_are_scale_squares_on_a_dark_box() {
+        let mut p = I420::filled(32, 32, 128, 128, 128).unwrap();
+        draw_text(&mut p, 4, 4, 2, "1");
+        let y = |x: usize, r: usize| p.y_plane()[r * 32 + x];
+        // '1' row 0 is 0x04: the middle dot, x 8..10, rows 4..6.
+        assert_eq!((y(8, 4), y(9, 4), y(8, 5), y(9, 5)), (235, 235, 235, 235));
+        assert_eq!((y(7, 4), y(10, 4), y(8, 3)), (16, 16, 16));
+        // Outside the backing box: untouched.
+        assert_eq!((y(1, 4), y(4, 21)), (128, 128));
     }
 
     #[test]

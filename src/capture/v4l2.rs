@@ -44,8 +44,21 @@ fn preference(format: CaptureFormat) -> Vec<PixelFormat> {
     }
 }
 
+/// The FourCC as `v4l2-ctl` prints it; the big-endian flag (bit 31) as a `-BE` suffix.
 fn fourcc(pf: PixelFormat) -> String {
-    String::from_utf8_lossy(&pf.as_fourcc()).trim().to_string()
+    let mut code = pf.as_fourcc();
+    let big_endian = code[3] & 0x80 != 0;
+    code[3] &= 0x7f;
+    let text: String = code
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { ' ' })
+        .collect();
+    let text = text.trim().to_string();
+    if big_endian {
+        text + "-BE"
+    } else {
+        text
+    }
 }
 
 fn is_video_capture(dev: &Device) -> bool {
@@ -403,78 +416,168 @@ pub fn first_usable_device(camera: &CameraConfig) -> Option<PathBuf> {
     })
 }
 
-/// A compact table of every capture device: formats, sizes, frame rates.
-pub fn list_devices() -> Result<String, CaptureError> {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let mut devices: Vec<Device> = linuxvideo::list()
-        .map_err(CaptureError::Io)?
-        .filter_map(Result::ok)
-        .filter(is_video_capture)
-        .collect();
-    devices.sort_by_key(|d| d.path().ok());
-    if devices.is_empty() {
-        out.push_str("no V4L2 capture devices found\n");
-        return Ok(out);
+/// What `snaprtcd list-devices` shows of one capture node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceListing {
+    pub path: String,
+    pub card: String,
+    pub formats: Vec<FormatListing>,
+}
+
+/// One pixel format of a device and the sizes it offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormatListing {
+    /// FourCC, e.g. `YUYV`, `MJPG`, `H264`.
+    pub fourcc: String,
+    pub sizes: SizeListing,
+}
+
+/// Sizes of a format: a list (each with its frame rates) or a range.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SizeListing {
+    /// (width, height, frame rates offered).
+    Discrete(Vec<(u32, u32, Vec<f64>)>),
+    /// Any size between the two (stepwise or continuous).
+    Range { min: (u32, u32), max: (u32, u32) },
+}
+
+fn rates(dev: &Device, pf: PixelFormat, w: u32, h: u32) -> Vec<f64> {
+    match dev.frame_intervals(pf, w, h) {
+        Ok(FrameIntervals::Discrete(list)) => list
+            .iter()
+            .map(|i| {
+                let f = i.fract();
+                f.denominator() as f64 / f.numerator().max(1) as f64
+            })
+            .collect(),
+        Ok(FrameIntervals::Stepwise(s)) | Ok(FrameIntervals::Continuous(s)) => {
+            let rate = |f: &Fract| f.denominator() as f64 / f.numerator().max(1) as f64;
+            vec![rate(s.max()), rate(s.min())]
+        }
+        Err(_) => Vec::new(),
     }
-    let _ = writeln!(
-        out,
-        "{:<14} {:<24} {:<6} {:<11} fps",
-        "DEVICE", "CARD", "FORMAT", "SIZE"
-    );
-    for dev in &devices {
-        let path = dev
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let card = dev
-            .capabilities()
-            .map(|c| c.card().to_string())
-            .unwrap_or_default();
-        let card: String = card.chars().take(24).collect();
-        for pf in formats(dev) {
-            let sizes: Vec<(u32, u32)> = match dev.frame_sizes(pf) {
-                Ok(FrameSizes::Discrete(list)) => {
-                    list.iter().map(|s| (s.width(), s.height())).collect()
-                }
-                Ok(FrameSizes::Stepwise(s)) | Ok(FrameSizes::Continuous(s)) => {
-                    let _ = writeln!(
-                        out,
-                        "{path:<14} {card:<24} {:<6} {}x{}..{}x{}",
-                        fourcc(pf),
-                        s.min_width(),
-                        s.min_height(),
-                        s.max_width(),
-                        s.max_height()
-                    );
-                    continue;
-                }
-                Err(_) => continue,
+}
+
+fn describe(dev: &Device) -> DeviceListing {
+    let path = dev
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let card = dev
+        .capabilities()
+        .map(|c| c.card().to_string())
+        .unwrap_or_default();
+    let formats = formats(dev)
+        .into_iter()
+        .filter_map(|pf| {
+            let sizes = match dev.frame_sizes(pf).ok()? {
+                FrameSizes::Discrete(list) => SizeListing::Discrete(
+                    list.iter()
+                        .map(|s| (s.width(), s.height(), rates(dev, pf, s.width(), s.height())))
+                        .collect(),
+                ),
+                FrameSizes::Stepwise(s) | FrameSizes::Continuous(s) => SizeListing::Range {
+                    min: (s.min_width(), s.min_height()),
+                    max: (s.max_width(), s.max_height()),
+                },
             };
-            for (w, h) in sizes {
-                let rates = match dev.frame_intervals(pf, w, h) {
-                    Ok(FrameIntervals::Discrete(list)) => list
-                        .iter()
-                        .map(|i| {
-                            let f = i.fract();
-                            let r = f.denominator() as f64 / f.numerator().max(1) as f64;
-                            format!("{}", (r * 100.0).round() / 100.0)
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    Ok(other) => other.to_string(),
-                    Err(_) => String::new(),
-                };
-                let _ = writeln!(
-                    out,
-                    "{path:<14} {card:<24} {:<6} {:<11} {rates}",
-                    fourcc(pf),
-                    format!("{w}x{h}")
-                );
-            }
+            Some(FormatListing {
+                fourcc: fourcc(pf),
+                sizes,
+            })
+        })
+        .collect();
+    DeviceListing {
+        path,
+        card,
+        formats,
+    }
+}
+
+fn rate_text(rates: &[f64]) -> String {
+    let fmt = |r: f64| format!("{}", (r * 100.0).round() / 100.0);
+    let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rates.iter().copied().fold(0.0, f64::max);
+    match rates.len() {
+        0 => String::new(),
+        _ if (hi - lo).abs() < 0.01 => format!("@{}", fmt(hi)),
+        _ => format!("@{}-{}", fmt(lo), fmt(hi)),
+    }
+}
+
+/// The table: one line per device and format; sizes as `WxH@fps` (`@min-max` when the device
+/// offers several rates), or a `WxH..WxH` range.
+pub fn format_table(devices: &[DeviceListing]) -> String {
+    use std::fmt::Write;
+    if devices.is_empty() {
+        return "no V4L2 capture devices found\n".into();
+    }
+    let pw = devices
+        .iter()
+        .map(|d| d.path.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let cw = devices
+        .iter()
+        .map(|d| d.card.chars().count().min(24))
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<pw$}  {:<cw$}  FORMAT  SIZES@FPS", "DEVICE", "CARD");
+    for d in devices {
+        let card: String = d.card.chars().take(24).collect();
+        if d.formats.is_empty() {
+            let _ = writeln!(out, "{:<pw$}  {card:<cw$}  -       (no formats)", d.path);
+        }
+        for f in &d.formats {
+            let sizes = match &f.sizes {
+                SizeListing::Discrete(list) => list
+                    .iter()
+                    .map(|(w, h, r)| format!("{w}x{h}{}", rate_text(r)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                SizeListing::Range { min, max } => {
+                    format!("{}x{}..{}x{}", min.0, min.1, max.0, max.1)
+                }
+            };
+            let _ = writeln!(
+                out,
+                "{:<pw$}  {card:<cw$}  {:<6}  {sizes}",
+                d.path, f.fourcc
+            );
         }
     }
-    Ok(out)
+    out
+}
+
+/// Every video capture node (metadata and output nodes skipped), sorted by path.
+pub fn capture_devices() -> Result<Vec<DeviceListing>, CaptureError> {
+    let mut devices: Vec<DeviceListing> = match linuxvideo::list() {
+        Ok(list) => list
+            .filter_map(Result::ok)
+            .filter(is_video_capture)
+            .map(|d| describe(&d))
+            .collect(),
+        // No /dev at all (a container): no devices.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(CaptureError::Io(e)),
+    };
+    devices.sort_by(|a, b| {
+        let num = |p: &str| {
+            p.trim_start_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u32>()
+                .unwrap_or(u32::MAX)
+        };
+        (num(&a.path), &a.path).cmp(&(num(&b.path), &b.path))
+    });
+    Ok(devices)
+}
+
+/// A compact table of every capture device: formats, sizes, frame rates.
+pub fn list_devices() -> Result<String, CaptureError> {
+    Ok(format_table(&capture_devices()?))
 }
 
 #[cfg(test)]
@@ -502,6 +605,49 @@ mod tests {
         assert_eq!(p[0], H264);
         assert_eq!(p[1], PixelFormat::MJPG);
         assert_eq!(preference(CaptureFormat::Nv12), vec![NV12]);
+    }
+
+    #[test]
+    fn device_table_is_one_line_per_format() {
+        assert_eq!(format_table(&[]), "no V4L2 capture devices found\n");
+        let devices = [DeviceListing {
+            path: "/dev/video0".into(),
+            card: "vivid".into(),
+            formats: vec![
+                FormatListing {
+                    fourcc: "YUYV".into(),
+                    sizes: SizeListing::Discrete(vec![
+                        (640, 480, vec![30.0, 25.0, 15.0]),
+                        (1280, 720, vec![30.0]),
+                        (1920, 1080, vec![]),
+                    ]),
+                },
+                FormatListing {
+                    fourcc: "NV12".into(),
+                    sizes: SizeListing::Range {
+                        min: (16, 16),
+                        max: (1920, 1080),
+                    },
+                },
+            ],
+        }];
+        let table = format_table(&devices);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("DEVICE"));
+        assert_eq!(
+            lines[1],
+            "/dev/video0  vivid  YUYV    640x480@15-30 1280x720@30 1920x1080"
+        );
+        assert_eq!(lines[2], "/dev/video0  vivid  NV12    16x16..1920x1080");
+    }
+
+    #[test]
+    fn fourcc_names_are_printable() {
+        assert_eq!(fourcc(PixelFormat::YUYV), "YUYV");
+        assert_eq!(fourcc(PixelFormat::from_fourcc(*b"Y10 ")), "Y10");
+        let be = PixelFormat::from_fourcc([b'Y', b'1', b'6', b' ' | 0x80]);
+        assert_eq!(fourcc(be), "Y16-BE");
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Latest {
 
 /// Why `snaprtcd snapshot` failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub enum SnapshotFailure {
     #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error(transparent)]
@@ -71,11 +71,40 @@ pub enum SnapshotError {
     Timeout(Duration),
 }
 
+/// A failed `snaprtcd snapshot`, naming the source (device path, `testsrc`, `exec PROGRAM`).
+#[derive(Debug)]
+pub struct SnapshotError {
+    /// The source that was tried.
+    pub camera: String,
+    pub reason: SnapshotFailure,
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason = self.reason.to_string();
+        if reason.contains(&self.camera) {
+            f.write_str(&reason)
+        } else {
+            write!(f, "{}: {reason}", self.camera)
+        }
+    }
+}
+
+/// No `source()`: the message already carries the reason (`{:#}` would repeat it).
+impl std::error::Error for SnapshotError {}
+
 /// One JPEG from the configured source, without the daemon (for setting a camera up).
 pub fn snapshot_once(config: &Config) -> Result<Bytes, SnapshotError> {
-    const LIMIT: Duration = Duration::from_secs(10);
     let spec = capture::resolve(&config.camera);
-    let mut source = capture::open(&spec, &config.camera)?;
+    snapshot_from(&spec, config).map_err(|reason| SnapshotError {
+        camera: spec.label(&config.camera),
+        reason,
+    })
+}
+
+fn snapshot_from(spec: &capture::SourceSpec, config: &Config) -> Result<Bytes, SnapshotFailure> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let mut source = capture::open(spec, &config.camera)?;
     let quality = config.snapshot.quality;
     let started = Instant::now();
     let mut latest = Latest::None;
@@ -91,7 +120,7 @@ pub fn snapshot_once(config: &Config) -> Result<Bytes, SnapshotError> {
             Payload::I420(p) => {
                 raw_seen += 1;
                 latest = Latest::Raw(p);
-                if raw_seen >= 3 || spec == capture::SourceSpec::Testsrc {
+                if raw_seen >= 3 || *spec == capture::SourceSpec::Testsrc {
                     return Ok(latest.still(quality, usize::MAX)?);
                 }
             }
@@ -112,7 +141,7 @@ pub fn snapshot_once(config: &Config) -> Result<Bytes, SnapshotError> {
             }
         }
     }
-    Err(SnapshotError::Timeout(LIMIT))
+    Err(SnapshotFailure::Timeout(LIMIT))
 }
 
 #[cfg(test)]
@@ -149,5 +178,16 @@ mod tests {
         assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
         let p = super::super::jpeg::decode_to_i420(&jpeg).unwrap();
         assert_eq!((p.width(), p.height()), (320, 240));
+    }
+
+    #[test]
+    fn snapshot_errors_name_the_device_once() {
+        let mut config = Config::default();
+        config.camera.source = crate::config::SourceKind::V4l2;
+        config.camera.device = "/nonexistent/video9".into();
+        let err = snapshot_once(&config).unwrap_err();
+        assert_eq!(err.camera, "/nonexistent/video9");
+        let text = err.to_string();
+        assert_eq!(text.matches("/nonexistent/video9").count(), 1, "{text}");
     }
 }

@@ -67,6 +67,17 @@ impl BufferPool {
         v
     }
 
+    /// A buffer given back with exactly `len` bytes, its content what its last picture left.
+    fn take_recycled(&self, len: usize) -> Option<Vec<u8>> {
+        let mut free = self.free.lock().ok()?;
+        while let Some(v) = free.pop() {
+            if v.len() == len {
+                return Some(v);
+            }
+        }
+        None
+    }
+
     fn give(&self, v: Vec<u8>) {
         if let Ok(mut free) = self.free.lock() {
             if free.len() < self.keep {
@@ -149,6 +160,36 @@ impl I420 {
             data: pool.take(Self::len_for(width, height)),
             pool: Some(pool.clone()),
         })
+    }
+
+    /// A picture in a buffer that already held a `width`x`height` picture from `pool`, content
+    /// as that picture left it; `None` if the pool has no such buffer. Lets a source that is the
+    /// pool's only user redraw just what changed (the test pattern).
+    pub fn recycled_in(pool: &Arc<BufferPool>, width: u32, height: u32) -> Option<Self> {
+        check_size(width, height).ok()?;
+        Some(Self {
+            width,
+            height,
+            data: pool.take_recycled(Self::len_for(width, height))?,
+            pool: Some(pool.clone()),
+        })
+    }
+
+    /// Copy luma rows `rows` (and the chroma rows covering them) from `src`, same size.
+    pub fn copy_rows_from(&mut self, src: &I420, rows: std::ops::Range<usize>) {
+        if (src.width, src.height) != (self.width, self.height) {
+            return;
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (r0, r1) = (rows.start.min(h), rows.end.min(h));
+        if r0 >= r1 {
+            return;
+        }
+        let (c0, c1, cw) = (r0 / 2, r1.div_ceil(2), w / 2);
+        let (y, u, v) = self.planes_mut();
+        y[r0 * w..r1 * w].copy_from_slice(&src.y_plane()[r0 * w..r1 * w]);
+        u[c0 * cw..c1 * cw].copy_from_slice(&src.u_plane()[c0 * cw..c1 * cw]);
+        v[c0 * cw..c1 * cw].copy_from_slice(&src.v_plane()[c0 * cw..c1 * cw]);
     }
 
     /// A copy of `self` in a pooled buffer.

@@ -14,18 +14,22 @@ if [[ ${1:-} == --install ]] || ! command -v qemu-system-x86_64 >/dev/null || ! 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg v4l-utils >/dev/null
   vm_args+=(--install)
 fi
+# The test binary (the daemon binary the CLI test runs is built too: skip its line).
 bin=$(cargo test --test vivid --no-run --message-format=json 2>/dev/null \
+  | grep '"kind":\["test"\]' | grep '"name":"vivid"' \
   | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 [[ -x $bin ]] || { echo "vivid: could not build the test binary" >&2; exit 1; }
 rc=0
-for t in vivid_formats_and_sizes_give_h264_and_stills \
+# One VM boot per entry; an entry may name several tests (they share that VM's vivid).
+for t in "vivid_formats_and_sizes_give_h264_and_stills vivid_cli_lists_the_device_and_takes_a_snapshot" \
          vivid_unplug_unload_and_reload_resume_the_stream \
-         vivid_dropped_and_corrupt_buffers_do_not_stop_the_stream; do
+         vivid_dropped_and_corrupt_buffers_do_not_stop_the_stream \
+         vivid_daemon_streams_serves_stills_and_outlives_the_camera; do
   echo "== $t"
   start=$(date +%s)
   if tests/vm/vivid-vm.sh "${vm_args[@]}" --vivid "$VIVID_OPTS" -- \
       env SNAPRTCD_VIVID=1 SNAPRTCD_VIVID_OPTS="$VIVID_OPTS" RUST_BACKTRACE=1 \
-      "$bin" --exact "$t" --nocapture --test-threads=1; then
+      "$bin" --exact $t --nocapture --test-threads=1; then
     echo "== $t: ok ($(($(date +%s) - start)) s)"
   else
     echo "== $t: FAILED" >&2; rc=1
