@@ -1,17 +1,19 @@
 //! The running pipeline: testsrc through openh264 to a subscriber, stills, cancellation;
 //! H.264 from a program passed through without the software encoder; a program that dies
-//! turns into the "no signal" slate and comes back.
+//! turns into the "no signal" slate and comes back; nothing is encoded while nobody subscribes,
+//! and a subscriber after an idle spell starts at an IDR at once.
 //!
 //! The `exec` tests need `ffmpeg` with libx264 (Debian package `ffmpeg`); they are skipped with
 //! a message when it is absent.
 
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use snaprtcd::config::{Config, EncoderKind, ExecFormat, SourceKind};
 use snaprtcd::media::annexb::{nal, nal_type, nal_units};
 use snaprtcd::media::pipeline::spawn;
-use snaprtcd::media::{CameraState, FrameSubscriber, MediaCounters, MediaHandle};
+use snaprtcd::media::{CameraState, FrameSubscriber, KeyframeCause, MediaCounters, MediaHandle};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +71,19 @@ async fn next(sub: &mut FrameSubscriber) -> snaprtcd::media::EncodedFrame {
         .await
         .expect("a frame within the timeout")
         .expect("pipeline running")
+}
+
+/// Wait until `counter` reaches `at_least` (polling: the counters are plain atomics).
+async fn wait_counter(counter: &AtomicU64, at_least: u64) {
+    let deadline = Instant::now() + WAIT;
+    while MediaCounters::get(counter) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "counter at {} after {WAIT:?}, want {at_least}",
+            MediaCounters::get(counter)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn wait_state(media: &MediaHandle, state: CameraState) {
@@ -185,6 +200,69 @@ async fn a_program_that_dies_shows_the_slate_and_is_restarted() {
     assert!(MediaCounters::get(&media.counters().frames_slate) >= slate_before);
     assert!(MediaCounters::get(&media.counters().camera_losses) >= 1);
     assert!(media.counters().since_progress() < Duration::from_secs(1));
+    cancel.cancel();
+    guard.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_encoded_while_nobody_subscribes_and_a_subscriber_starts_at_an_idr() {
+    let cancel = CancellationToken::new();
+    let (media, guard) = spawn(&testsrc_config(), cancel.clone()).unwrap();
+    let c = media.counters().clone();
+    let encodes =
+        |c: &MediaCounters| -> u64 { c.encode_time_buckets.iter().map(MediaCounters::get).sum() };
+
+    // Nobody watches: the camera is captured (stills, fps, watchdog) but never encoded.
+    wait_state(&media, CameraState::Streaming).await;
+    let captured = MediaCounters::get(&c.frames_captured);
+    wait_counter(&c.frames_captured, captured + 20).await;
+    assert_eq!(MediaCounters::get(&c.frames_encoded), 0);
+    assert_eq!(encodes(&c), 0, "openh264 never ran");
+    assert!(c.since_progress() < Duration::from_secs(1));
+    assert_eq!(
+        media.status().encoder,
+        "openh264",
+        "the status still names the encoder"
+    );
+    let jpeg = timeout(WAIT, media.still(256 * 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+
+    for round in 0..2 {
+        // A subscriber: the very first picture encoded is an IDR (nothing skipped to reach it),
+        // also right after the previous IDR (round 1), despite the keyframe rate limit.
+        let new_viewer = MediaCounters::get(&c.keyframes[KeyframeCause::NewViewer.index()]);
+        let mut sub = media.subscribe();
+        let first = next(&mut sub).await;
+        assert!(first.keyframe, "round {round}: the first frame is an IDR");
+        assert_eq!(sub.skipped(), 0, "round {round}: no P-frame came before it");
+        let types: Vec<u8> = nal_units(&first.data)
+            .iter()
+            .filter_map(|n| nal_type(n))
+            .collect();
+        assert!(types.starts_with(&[nal::SPS, nal::PPS]), "{types:?}");
+        for _ in 0..5 {
+            assert!(!next(&mut sub).await.keyframe, "then P-frames");
+        }
+        assert!(
+            MediaCounters::get(&c.keyframes[KeyframeCause::NewViewer.index()]) > new_viewer,
+            "the IDR is counted as a new viewer's"
+        );
+
+        // The subscriber leaves: encoding stops again while capture goes on.
+        drop(sub);
+        let captured = MediaCounters::get(&c.frames_captured);
+        wait_counter(&c.frames_captured, captured + 2).await;
+        let encoded = MediaCounters::get(&c.frames_encoded);
+        wait_counter(&c.frames_captured, captured + 20).await;
+        assert_eq!(
+            MediaCounters::get(&c.frames_encoded),
+            encoded,
+            "round {round}: nothing encoded after the last subscriber left"
+        );
+    }
     cancel.cancel();
     guard.join();
 }

@@ -550,3 +550,70 @@ async fn a_peer_that_never_speaks_is_removed_after_the_silence_timeout() {
     }
     cancel.cancel();
 }
+
+/// Engine turns are serial: a command answered after `stats` means the previous command's turn
+/// (and its sweep, which takes or drops the frame stream) is complete.
+async fn subscribers_after_settling(rtc: &RtcHandle, media: &MediaHandle) -> usize {
+    rtc.stats().await.unwrap();
+    media.subscriber_count()
+}
+
+#[tokio::test]
+async fn the_frame_stream_is_held_only_while_a_viewer_has_video() {
+    let (rtc, media, cancel) = start(4).await;
+    assert_eq!(
+        subscribers_after_settling(&rtc, &media).await,
+        0,
+        "no viewer: no subscription, so the pipeline does not encode"
+    );
+
+    // A data-channel-only SnapRTC viewer takes no video: still no subscription.
+    let data_only = {
+        let mut r = Rtc::builder().build(Instant::now());
+        let mut api = r.sdp_api();
+        api.add_channel("snap".into());
+        api.apply().unwrap().0.to_sdp_string()
+    };
+    let stills_viewer = rtc
+        .answer(
+            data_only,
+            ViewerKind::SnapRtc {
+                session: "s".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(subscribers_after_settling(&rtc, &media).await, 0);
+
+    for round in 0..2 {
+        // The first video viewer subscribes as soon as it is added (before ICE and DTLS), so
+        // the pipeline's IDR is on its way while the peer connects.
+        let (mut a, offer, pending) = Peer::new().await;
+        let answer_a = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+        assert_eq!(subscribers_after_settling(&rtc, &media).await, 1);
+        a.accept(pending, &answer_a.sdp);
+        a.frames(5).await;
+
+        // A second viewer shares the one subscription.
+        let (mut b, offer, pending) = Peer::new().await;
+        let answer_b = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+        b.accept(pending, &answer_b.sdp);
+        b.frames(5).await;
+        assert_eq!(subscribers_after_settling(&rtc, &media).await, 1);
+
+        rtc.close(answer_a.id).await.unwrap();
+        assert_eq!(
+            subscribers_after_settling(&rtc, &media).await,
+            1,
+            "b still watches"
+        );
+        rtc.close(answer_b.id).await.unwrap();
+        assert_eq!(
+            subscribers_after_settling(&rtc, &media).await,
+            0,
+            "round {round}: the last video viewer left, the subscription is dropped at once"
+        );
+    }
+    rtc.close(stills_viewer.id).await.unwrap();
+    cancel.cancel();
+}

@@ -5,7 +5,9 @@
 //! copies a frame per viewer. A viewer that falls behind loses its place in the broadcast
 //! (bounded memory), skips to the next keyframe and asks for one; it never makes the pipeline
 //! wait. Keyframe requests and still requests go back to the pipeline as typed messages on
-//! bounded channels; the pipeline's keyframe policy coalesces and rate-limits them.
+//! bounded channels; the pipeline's keyframe policy coalesces and rate-limits them. With no
+//! subscriber the software encoder idles (capture and stills go on); the first picture encoded
+//! for a new subscriber is an IDR.
 
 pub mod annexb;
 pub mod encoder;
@@ -157,7 +159,8 @@ pub struct MediaCounters {
     pub frames_captured: AtomicU64,
     /// Frames dropped between capture and encoder because the encoder was busy.
     pub frames_dropped: AtomicU64,
-    /// Access units published to viewers (camera and slate).
+    /// Access units published to viewers (camera and slate). Flat while nobody watches a
+    /// software-encoded source: unwatched pictures are not encoded.
     pub frames_encoded: AtomicU64,
     /// Of those, "no signal" slate pictures.
     pub frames_slate: AtomicU64,
@@ -303,13 +306,17 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
 
 impl MediaHandle {
     /// A new viewer's frame stream. It starts at the next keyframe, and one is requested.
+    ///
+    /// The pipeline encodes only while the broadcast has subscribers; the first picture it
+    /// encodes for a subscriber after none is an IDR. Drop the subscriber when nobody watches.
     pub fn subscribe(&self) -> FrameSubscriber {
+        // The request goes first, so the pipeline has it when it sees the new receiver.
+        self.request_keyframe(KeyframeCause::NewViewer);
         let rx = match self.frames.upgrade() {
             Some(tx) => tx.subscribe(),
             // The pipeline stopped: a stream that is already closed.
             None => broadcast::channel(1).1,
         };
-        self.request_keyframe(KeyframeCause::NewViewer);
         FrameSubscriber {
             rx,
             waiting_for_keyframe: true,

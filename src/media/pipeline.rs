@@ -10,6 +10,12 @@
 //!
 //! Whatever the camera does, the pipeline runs: a lost camera turns into the slate (10 fps, an
 //! IDR first), and the capture thread retries with backoff. Only cancellation stops it.
+//!
+//! The software encoder only runs while the broadcast has a receiver (someone watches):
+//! capture, stills, the measured rate and the watchdog's progress go on regardless, but an
+//! unwatched picture is not encoded (nor an MJPEG one decoded). The first picture encoded after
+//! such an idle spell is an IDR, whatever the keyframe rate limit, so a new viewer starts at
+//! once. H.264 passed through costs nothing and is always forwarded.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -138,8 +144,13 @@ struct MediaLoop {
     passthrough_synced: bool,
     camera_keyframe: SyncSender<()>,
     last_camera_keyframe_request: Option<Instant>,
-    /// The next software-encoded picture must be an IDR (the stream switched source).
+    /// The next software-encoded picture must be an IDR (the stream switched source, or
+    /// encoding resumes after nobody watched).
     force_idr: bool,
+    /// Nobody watched the last picture, so it was not encoded.
+    idle: bool,
+    /// `force_idr` was set because encoding resumed (the IDR is counted as a new viewer's).
+    resumed: bool,
     latest: Latest,
     state: CameraState,
     slate_size: (u32, u32),
@@ -191,6 +202,8 @@ impl MediaLoop {
             camera_keyframe,
             last_camera_keyframe_request: None,
             force_idr: true,
+            idle: false,
+            resumed: false,
             latest: Latest::None,
             state: CameraState::Starting,
             slate_size: (even(cam.width), even(cam.height)),
@@ -218,9 +231,7 @@ impl MediaLoop {
                 self.next_slate = now.max(self.next_slate) + Duration::from_secs(1) / SLATE_FPS;
                 self.publish_slate(now);
             }
-            while let Ok(cause) = self.ports.keyframes.try_recv() {
-                self.policy.handle_request(cause);
-            }
+            self.take_keyframe_requests();
             while let Ok(req) = self.ports.stills.try_recv() {
                 let still = self.latest.still(self.quality, req.max_bytes);
                 if still.is_ok() {
@@ -294,9 +305,12 @@ impl MediaLoop {
             }
             Payload::Mjpeg(jpeg) => {
                 self.warn_if_passthrough_impossible("MJPEG");
-                match super::jpeg::decode_to_i420(&jpeg) {
-                    Ok(picture) => self.encode(&picture, timestamp, now, false),
-                    Err(e) => tracing::debug!(error = %e, "bad MJPEG frame skipped"),
+                // Unwatched, the JPEG is kept for stills without being decoded.
+                if self.watched() {
+                    match super::jpeg::decode_to_i420(&jpeg) {
+                        Ok(picture) => self.encode(&picture, timestamp, now, false),
+                        Err(e) => tracing::debug!(error = %e, "bad MJPEG frame skipped"),
+                    }
                 }
                 self.latest = Latest::Jpeg(jpeg);
             }
@@ -382,6 +396,22 @@ impl MediaLoop {
         self.latest = Latest::Raw(picture);
     }
 
+    /// Whether anyone receives the broadcast. When not, software encoding pauses; when someone
+    /// comes back, the next encoded picture is forced to be an IDR.
+    fn watched(&mut self) -> bool {
+        let watched = self.ports.frames.receiver_count() > 0;
+        if !watched {
+            // The status names the encoder that will run (systemd status line, /health).
+            self.set_encoder_name(encoder_name(self.state != CameraState::Streaming));
+        }
+        if watched && self.idle {
+            self.force_idr = true;
+            self.resumed = true;
+        }
+        self.idle = !watched;
+        watched
+    }
+
     fn encode(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
         let size = (picture.width(), picture.height());
         if !slate && self.slate_size != size {
@@ -392,6 +422,9 @@ impl MediaLoop {
             (s.width, s.height) = size;
             changed
         });
+        if !self.watched() {
+            return;
+        }
         if self.encoder.is_none() {
             match OpenH264Encoder::new(self.software) {
                 Ok(e) => self.encoder = Some(e),
@@ -401,6 +434,8 @@ impl MediaLoop {
                 }
             }
         }
+        // Requests that arrived with this picture (a new viewer's) are answered by it.
+        self.take_keyframe_requests();
         let Some(encoder) = self.encoder.as_mut() else {
             return;
         };
@@ -412,8 +447,13 @@ impl MediaLoop {
         match result {
             Ok(Some(out)) => {
                 if out.keyframe {
-                    self.counters
-                        .record_keyframe(due.unwrap_or(KeyframeCause::Periodic));
+                    // After an idle spell the IDR is forced because someone subscribed.
+                    let fallback = if std::mem::take(&mut self.resumed) {
+                        KeyframeCause::NewViewer
+                    } else {
+                        KeyframeCause::Periodic
+                    };
+                    self.counters.record_keyframe(due.unwrap_or(fallback));
                     self.policy.handle_keyframe_sent(now);
                     self.force_idr = false;
                 }
@@ -432,6 +472,12 @@ impl MediaLoop {
                 self.encoder = None;
                 self.force_idr = true;
             }
+        }
+    }
+
+    fn take_keyframe_requests(&mut self) {
+        while let Ok(cause) = self.ports.keyframes.try_recv() {
+            self.policy.handle_request(cause);
         }
     }
 

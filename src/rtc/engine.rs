@@ -4,6 +4,11 @@
 //! input the `Rtc` it touched is drained with `poll_output` until it returns a timeout (str0m's
 //! single-mutation rule). Frames come from one [`FrameSubscriber`] held while any viewer takes
 //! video: the encoder runs once, each viewer costs packetisation and SRTP only.
+//!
+//! The subscription is taken when the first viewer with H.264 video is added (before ICE and
+//! DTLS finish, so the pipeline's IDR is usually cached by the time the viewer connects) and
+//! dropped, with the GOP cache, as soon as the last one is gone: with no subscriber the
+//! pipeline does not encode.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,9 +37,6 @@ const STILL_QUEUE: usize = 16;
 const RECV_BUF: usize = 2048;
 /// Longest the loop sleeps without looking at liveness.
 const MAX_IDLE: Duration = Duration::from_secs(1);
-/// Keep the frame stream (and the GOP cache) this long after the last video viewer leaves, so
-/// a viewer who reloads starts from the cache instead of waiting for an IDR.
-const SUBSCRIBER_LINGER: Duration = Duration::from_secs(10);
 /// Bounds of the GOP cache; a longer GOP is not cached (viewers wait for an IDR instead).
 const GOP_MAX_FRAMES: usize = 150;
 const GOP_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -155,7 +157,7 @@ impl Engine {
             picker: LocalAddrPicker::new(hosts),
             viewers: Vec::new(),
             subscriber: None,
-            video_idle_since: None,
+            pipeline_stopped: false,
             gop: Gop::default(),
             media,
             still_tx,
@@ -179,7 +181,11 @@ impl Engine {
                 },
                 frame = next_frame(&mut st.subscriber) => match frame {
                     Some(frame) => st.handle_frame(&frame),
-                    None => st.subscriber = None,
+                    None => {
+                        // The pipeline stopped; never subscribe again (it would end at once).
+                        st.subscriber = None;
+                        st.pipeline_stopped = true;
+                    }
                 },
                 Some((id, channel, still)) = still_rx.recv() => st.handle_still(id, channel, still),
                 Some(_) = st.tasks.join_next(), if !st.tasks.is_empty() => {}
@@ -207,10 +213,11 @@ struct State {
     port: u16,
     picker: LocalAddrPicker,
     viewers: Vec<Viewer>,
-    /// Held while any viewer takes video, and `SUBSCRIBER_LINGER` after.
+    /// Held while any viewer takes video or will once connected; the pipeline encodes only
+    /// while someone holds one.
     subscriber: Option<FrameSubscriber>,
-    /// Since when no viewer takes video (the subscriber is dropped after the linger).
-    video_idle_since: Option<Instant>,
+    /// The frame stream ended: the pipeline is gone.
+    pipeline_stopped: bool,
     /// Frames since the last keyframe: a joining viewer starts from here at once.
     gop: Gop,
     media: MediaHandle,
@@ -347,9 +354,8 @@ impl State {
     /// or ask for a keyframe when there is none.
     fn start_video(&mut self, i: usize, now: Instant) {
         if self.subscriber.is_none() {
-            // Subscribing asks the pipeline for a keyframe itself.
-            self.subscriber = Some(self.media.subscribe());
-            self.gop = Gop::default();
+            // Normally taken when the viewer was added; subscribing asks for a keyframe itself.
+            self.follow_video_viewers();
             return;
         }
         let frames = self.gop.frames.clone();
@@ -424,7 +430,22 @@ impl State {
         }
     }
 
-    /// Remove dead and silent viewers; let go of the frame stream when nobody takes video.
+    /// Hold the frame stream exactly while some viewer has video: subscribe for the first
+    /// (the pipeline resumes encoding with an IDR), let go with the last (it stops encoding).
+    fn follow_video_viewers(&mut self) {
+        let video = self.viewers.iter().any(Viewer::has_video);
+        if video && self.subscriber.is_none() && !self.pipeline_stopped {
+            tracing::debug!("first video viewer: subscribing to the frame stream");
+            self.subscriber = Some(self.media.subscribe());
+            self.gop = Gop::default();
+        } else if !video && self.subscriber.is_some() {
+            tracing::debug!("no video viewer left: the frame stream is released");
+            self.subscriber = None;
+            self.gop = Gop::default();
+        }
+    }
+
+    /// Remove dead and silent viewers; hold the frame stream only while a viewer has video.
     fn sweep(&mut self) {
         let now = Instant::now();
         let mut i = 0;
@@ -438,16 +459,7 @@ impl State {
             self.totals.timed_out += 1;
             self.retire(&v, "ICE failed or silent");
         }
-        if self.viewers.iter().any(Viewer::wants_video) {
-            self.video_idle_since = None;
-        } else if self.subscriber.is_some() {
-            let since = *self.video_idle_since.get_or_insert(now);
-            if now.duration_since(since) >= SUBSCRIBER_LINGER {
-                self.subscriber = None;
-                self.gop = Gop::default();
-                self.video_idle_since = None;
-            }
-        }
+        self.follow_video_viewers();
     }
 
     fn retire(&mut self, v: &Viewer, why: &str) {

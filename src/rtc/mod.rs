@@ -215,6 +215,7 @@ impl RtcHandle {
                 max_message,
                 snapshot_on_connect: self.shared.snapshot_on_connect,
                 silence_timeout: self.shared.silence_timeout,
+                expects_video: summary.has_video && summary.has_h264,
             },
             now,
         );

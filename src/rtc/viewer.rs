@@ -65,6 +65,8 @@ pub struct Viewer {
     /// Largest data channel message the peer takes (capped at `MAX_STILL_BYTES`).
     max_message: usize,
     snapshot_on_connect: bool,
+    /// The offer had H.264 video (known before str0m reports the m-line).
+    expects_video: bool,
     connected: bool,
     /// Skip frames until an IDR (joined mid-GOP).
     needs_keyframe: bool,
@@ -90,6 +92,9 @@ pub struct ViewerOptions {
     pub snapshot_on_connect: bool,
     /// Remove the viewer after this long without a datagram from it.
     pub silence_timeout: Duration,
+    /// The offer has H.264 video: the viewer will take frames once connected (str0m reports
+    /// the video m-line only then).
+    pub expects_video: bool,
 }
 
 impl Viewer {
@@ -105,6 +110,7 @@ impl Viewer {
             max_message,
             snapshot_on_connect,
             silence_timeout,
+            expects_video,
         } = opts;
         Self {
             id,
@@ -114,6 +120,7 @@ impl Viewer {
             video: None,
             max_message,
             snapshot_on_connect,
+            expects_video,
             connected: false,
             needs_keyframe: true,
             last_rx: now,
@@ -129,6 +136,12 @@ impl Viewer {
 
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// Whether this viewer takes, or will take once connected, video frames: the engine holds
+    /// the frame stream (and so the pipeline encodes) while any viewer does.
+    pub fn has_video(&self) -> bool {
+        self.video.is_some() || self.expects_video
     }
 
     /// Whether this viewer takes video frames (connected with a sending video m-line).

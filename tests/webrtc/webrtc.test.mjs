@@ -163,7 +163,8 @@ test("8 viewers at once all decode; frames encoded ~ frames captured (encoded on
     return window.ws.filter((w) => w.status === 201).length;
   });
   assert.equal(n, 8);
-  // Each viewer starts (possibly from the GOP cache), then decodes 30 more live frames.
+  // Each viewer starts (possibly from the GOP cache), then decodes 30 more live frames. Frames
+  // captured before the first viewer joined are not encoded at all: encoded <= captured.
   await waitFor(() => p.evaluate(async () => {
     for (const w of window.ws) if ((await framesDecoded(w.pc)) < 1) return false;
     return true;
@@ -184,6 +185,34 @@ test("8 viewers at once all decode; frames encoded ~ frames captured (encoded on
   assert.equal(m1["snaprtcd_viewers"], 8);
   await p.evaluate(async () => { for (const w of window.ws) { await fetch(w.location, { method: "DELETE" }); w.pc.close(); } });
   assert.equal((await healthJson(daemon.base)).viewers, 0);
+  await p.close();
+});
+
+test("nobody watching: frames are captured but not encoded; the next viewer starts at once", async () => {
+  await waitFor(async () => (await healthJson(daemon.base)).viewers === 0, 5000, "no viewer");
+  const captured = (m) => m["snaprtcd_frames_captured_total"];
+  const encoded = (m) => m["snaprtcd_frames_encoded_total"];
+  // A picture in flight when the last viewer left may still be encoded: start after it.
+  const left = await metrics(daemon.base);
+  const m0 = await waitFor(async () => { const m = await metrics(daemon.base); return captured(m) >= captured(left) + 3 && m; }, 5000, "capture goes on");
+  const m1 = await waitFor(async () => { const m = await metrics(daemon.base); return captured(m) >= captured(m0) + 30 && m; }, 5000, "30 frames captured");
+  console.log(`idle: captured ${captured(m1) - captured(m0)}, encoded ${encoded(m1) - encoded(m0)}`);
+  assert.equal(encoded(m1), encoded(m0), "frames encoded while nobody watched");
+  const camera = (await healthJson(daemon.base)).camera;
+  assert.ok(camera.fps > 10 && camera.encoder === "openh264", JSON.stringify(camera));
+  const p = await page();
+  const ms = await p.evaluate(async () => {
+    const w = await whepConnect({ video: true });
+    const end = performance.now() + 10000;
+    while (w.firstFrameMs === null && performance.now() < end) await new Promise((r) => setTimeout(r, 5));
+    await fetch(w.location, { method: "DELETE" });
+    w.pc.close();
+    return w.firstFrameMs;
+  });
+  assert.ok(ms !== null && ms < 1000, `first frame after idle in ${ms} ms`);
+  console.log(`time to first frame after idle: ${ms.toFixed(0)} ms`);
+  const m2 = await metrics(daemon.base);
+  assert.ok(m2['snaprtcd_keyframes_total{cause="new_viewer"}'] > m1['snaprtcd_keyframes_total{cause="new_viewer"}']);
   await p.close();
 });
 
