@@ -263,6 +263,19 @@ impl I420 {
         (y, u, &mut v[..c])
     }
 
+    /// A picture for a conversion to fill: a pooled buffer when `pool` is given (its content
+    /// unspecified, every byte is overwritten), else a fresh one.
+    fn output(
+        pool: Option<&Arc<BufferPool>>,
+        width: u32,
+        height: u32,
+    ) -> Result<Self, PictureError> {
+        match pool {
+            Some(p) => Self::uninit_in(p, width, height),
+            None => Self::filled(width, height, 0, 128, 128),
+        }
+    }
+
     /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines).
     pub fn from_yuyv(
         width: u32,
@@ -285,10 +298,7 @@ impl I420 {
         let (w, h) = (width as usize, height as usize);
         let stride = stride.max(w * 2);
         check_len(src.len(), stride * (h - 1) + w * 2)?;
-        let mut out = match pool {
-            Some(p) => Self::uninit_in(p, width, height)?,
-            None => Self::filled(width, height, 0, 128, 128)?,
-        };
+        let mut out = Self::output(pool, width, height)?;
         let (yp, up, vp) = out.planes_mut();
         for row in 0..h {
             let line = &src[row * stride..row * stride + w * 2];
@@ -330,10 +340,7 @@ impl I420 {
         let stride = stride.max(w);
         let uv_off = stride * h;
         check_len(src.len(), uv_off + stride * (h / 2 - 1) + w)?;
-        let mut out = match pool {
-            Some(p) => Self::uninit_in(p, width, height)?,
-            None => Self::filled(width, height, 0, 128, 128)?,
-        };
+        let mut out = Self::output(pool, width, height)?;
         let (yp, up, vp) = out.planes_mut();
         for row in 0..h {
             yp[row * w..(row + 1) * w].copy_from_slice(&src[row * stride..row * stride + w]);
