@@ -333,9 +333,7 @@ impl Generation {
         .await
         .map_err(DaemonError::Rtc)?
         .with_heartbeat(common.rtc_beat.clone());
-        if let Ok(addr) = engine.local_addr() {
-            info!(%addr, "rtc listening");
-        }
+        // (The engine logs its UDP port and the candidates it announces.)
         let rtc = engine.handle();
         {
             let cancel = cancel.clone();
