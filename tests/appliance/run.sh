@@ -22,9 +22,18 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 start=$(date +%s)
+# The guest root (debootstrap: mostly download and unpack) is built while the package compiles.
+prep_log=$(mktemp /tmp/snaprtcd-vmprep.XXXXXX)
+tests/vm/vm.sh --prepare > "$prep_log" 2>&1 &
+prep=$!
 packaging/build-debs.sh --install amd64
 built=$(date +%s)
 echo "# appliance: amd64 .deb built in $((built - start)) s"
+if ! wait "$prep"; then
+  cat "$prep_log" >&2; rm -f "$prep_log"
+  echo "tests/appliance: could not build the VM's root" >&2; exit 1
+fi
+rm -f "$prep_log"
 rc=0
 tests/vm/vm.sh --timeout 900 --mem 1536 -- \
   env SNAPRTCD_SECURITY_OUT="${SNAPRTCD_SECURITY_OUT:+$(pwd)/target/security.txt}" tests/appliance/guest.sh || rc=$?

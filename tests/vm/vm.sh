@@ -3,6 +3,7 @@
 # with systemd as PID 1, as a user's device would.
 #
 #   tests/vm/vm.sh [--timeout SEC] [--mem MIB] -- COMMAND [ARG...]
+#   tests/vm/vm.sh --prepare      only build the guest root (callers overlap it with a build)
 #
 # The current directory is shared read-write at the same path and is the working directory;
 # every other write in the guest is lost at power-off. The command's output is copied to
@@ -18,16 +19,17 @@
 # (`systemctl is-system-running --wait`): the command is itself part of the boot.
 # Needs root and: qemu-system-x86 linux-image-amd64 busybox-static debootstrap kmod cpio.
 set -euo pipefail
-timeout_s=900 mem=1024
+timeout_s=900 mem=1024 prepare=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) timeout_s=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
+    --prepare) prepare=1; shift ;;
     --) shift; break ;;
-    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done
-[ $# -gt 0 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ $# -gt 0 ] || [ $prepare = 1 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
 
 kver=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
 kernel=/boot/vmlinuz-$kver
@@ -51,6 +53,7 @@ if [ ! -e "$root/.complete" ]; then
   touch "$root.new/.complete"
   rm -rf "$root"; mv "$root.new" "$root"
 fi
+[ $prepare = 0 ] || exit 0   # --prepare: only build the guest root
 
 tmp=$(mktemp -d /tmp/snaprtcd-vm.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
