@@ -80,15 +80,24 @@ cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
 # --- packages --------------------------------------------------------------------------------
 allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|ld-linux.*\.so\.[0-9]+)$'
 mkdir -p target/debian
+# One cargo invocation builds every architecture: it keeps both cores busy through each
+# target's serial stretches (build scripts, the final crate, the link).
+targets=()
 for a in "${archs[@]}"; do
   t=$(triple "$a"); p=$(gnu_prefix "$a")
-  echo "build-debs: $a ($t)"
+  targets+=(--target "$t")
   if [ "$a" != amd64 ]; then
     tu=$(echo "$t" | tr 'a-z-' 'A-Z_'); tl=$(echo "$t" | tr '-' '_')
     export "CARGO_TARGET_${tu}_LINKER=$p-gcc" "CC_$tl=$p-gcc" "CXX_$tl=$p-g++" "AR_$tl=$p-ar"
   fi
+done
+echo "build-debs: building ${archs[*]}"
+cargo build --release --locked --bin snaprtcd "${targets[@]}"
+for a in "${archs[@]}"; do
+  t=$(triple "$a")
+  echo "build-debs: $a ($t)"
   rm -f target/debian/snaprtcd_*_"$a".deb
-  cargo deb --locked --target "$t" --output target/debian/ >/dev/null
+  cargo deb --locked --no-build --target "$t" --output target/debian/ >/dev/null
   deb=$(ls target/debian/snaprtcd_*_"$a".deb)
   # The binary must run on Debian 12: only base libraries, glibc symbols <= 2.36.
   bin=target/$t/release/snaprtcd
