@@ -240,7 +240,7 @@ pub struct SignalingConfig {
     pub hub_path: String,
     /// `all`: the daemon joins every session as the capture side; `none`: pure relay.
     pub join_sessions: JoinSessions,
-    /// Interval of server Ping messages.
+    /// A Ping goes to a client that was sent nothing for this long.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
     /// A client silent this long is dropped.

@@ -269,6 +269,32 @@ async fn keepalive_pings_and_silent_clients_are_dropped() {
 }
 
 #[tokio::test]
+async fn a_client_the_server_keeps_writing_to_is_not_pinged() {
+    let d = Daemon::start(
+        "[signaling]\njoin_sessions = \"none\"\nkeepalive = \"1s\"\nclient_timeout = \"5s\"\n",
+    );
+    let mut c = Client::open(d.addr).await;
+    // A Completion every 250 ms for 3 s: each restarts the server's keep-alive interval.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut i = 0;
+    while Instant::now() < until {
+        let id = i.to_string();
+        c.invoke(&id, "Sync", json!(["busy", false])).await;
+        assert_eq!(c.read().await, completion(&id), "pinged while busy");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        i += 1;
+    }
+    // Quiet: a Ping comes about a second after the last Completion.
+    let quiet = Instant::now();
+    assert_eq!(c.read().await, Read::Record(json!({"type":6})));
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        quiet.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn negotiate_tokens_are_single_use_and_unknown_ones_get_404() {
     let d = Daemon::start(RELAY);
     let token = token_of(&negotiate(d.addr, ""));

@@ -250,7 +250,8 @@ impl ServerMessage {
 pub struct ConnectionConfig {
     /// Largest record.
     pub max_message_bytes: usize,
-    /// Server Ping interval.
+    /// Send a Ping after this long without sending anything (as ASP.NET Core's hub does: a
+    /// busy connection is never pinged).
     pub keepalive: Duration,
     /// Drop a client silent this long.
     pub client_timeout: Duration,
@@ -286,7 +287,7 @@ pub struct Connection {
     handshake_deadline: Instant,
     /// When the client last sent anything.
     last_received: Instant,
-    /// When the next server Ping is due.
+    /// When the next server Ping is due: `keepalive` after the last thing sent.
     next_ping: Instant,
     outputs: VecDeque<ConnOutput>,
     /// Why the connection closed, for the log.
@@ -356,6 +357,12 @@ impl Connection {
         self.last_received = now;
     }
 
+    /// The shell wrote something to the client (a record of ours or one relayed by the hub):
+    /// the client knows the server is alive, so the next Ping can wait.
+    pub fn handle_sent(&mut self, now: Instant) {
+        self.next_ping = now + self.config.keepalive;
+    }
+
     /// The socket closed or failed; nothing more is sent.
     pub fn handle_disconnect(&mut self, reason: &str) {
         if self.state != State::Closed {
@@ -396,11 +403,9 @@ impl Connection {
                 if now >= self.next_ping {
                     self.outputs
                         .push_back(ConnOutput::Send(ServerMessage::Ping.encode()));
-                    // Never schedule a burst of pings after a long stall.
-                    self.next_ping = (self.next_ping + self.config.keepalive).max(now);
-                    if self.next_ping <= now {
-                        self.next_ping = now + self.config.keepalive;
-                    }
+                    // Also reset by `handle_sent` once the shell wrote it; never a burst after
+                    // a long stall.
+                    self.next_ping = now + self.config.keepalive;
                 }
             }
         }
@@ -784,6 +789,26 @@ mod tests {
         assert!(sent(&out)[0].starts_with("{\"type\":7,\"error\":\"Server timeout elapsed"));
         assert_eq!(out.last(), Some(&ConnOutput::Close));
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_connection_that_was_sent_something_is_not_pinged() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = open(t0);
+        // The hub relayed records at 10 s and 20 s: no Ping until 15 s after the last one.
+        c.handle_sent(t0 + s(10));
+        c.handle_text(b"{\"type\":6}\x1e", t0 + s(10));
+        assert_eq!(c.poll_timeout(), Some(t0 + s(25)));
+        c.handle_timeout(t0 + s(15));
+        assert!(drain(&mut c).is_empty());
+        c.handle_sent(t0 + s(20));
+        c.handle_text(b"{\"type\":6}\x1e", t0 + s(20));
+        c.handle_timeout(t0 + s(25));
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.poll_timeout(), Some(t0 + s(35)));
+        c.handle_timeout(t0 + s(35));
+        assert_eq!(sent(&drain(&mut c)), vec!["{\"type\":6}\x1e"]);
     }
 
     #[test]

@@ -236,6 +236,7 @@ impl SignalingHandle {
                             conn.handle_disconnect("write failed");
                             break 'run;
                         }
+                        conn.handle_sent(Instant::now().into_std());
                     }
                     ConnOutput::Request(request) => {
                         if self
@@ -253,8 +254,12 @@ impl SignalingHandle {
                     }
                 }
             }
+            // Deadlines move later with every record (the keep-alive, the client timeout): a
+            // timer armed earlier just fires early and `handle_timeout` finds nothing due, so
+            // it is re-armed about once per keep-alive interval, not once per record.
             let deadline = conn.poll_timeout().map(Instant::from_std);
-            if deadline != armed {
+            let later = matches!((deadline, armed), (Some(d), Some(a)) if d >= a);
+            if deadline != armed && !later {
                 timer.as_mut().reset(deadline.unwrap_or(far));
                 armed = deadline;
             }
@@ -275,6 +280,7 @@ impl SignalingHandle {
                             conn.handle_disconnect("write failed");
                             break 'run;
                         }
+                        conn.handle_sent(Instant::now().into_std());
                     }
                     None => conn.close(Some("Disconnected by the server.")),
                 },

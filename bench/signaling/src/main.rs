@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::time::{interval, interval_at, MissedTickBehavior};
+use tokio::time::{interval_at, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async, WebSocketStream};
 
@@ -80,8 +80,8 @@ struct Args {
     /// Wait this long after the last connection before reading the server's RSS.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     settle: Duration,
-    /// Client keep-alive interval (default: what each official client uses, SignalR 15 s,
-    /// PeerJS 5 s).
+    /// Client keep-alive interval (default: what each official client uses, SignalR 15 s
+    /// without sending anything, PeerJS 5 s regardless).
     #[arg(long, value_parser = humantime::parse_duration)]
     keepalive: Option<Duration>,
     /// Give up on one exchange (and that pair) after this long.
@@ -400,10 +400,6 @@ async fn pair_task(
     if ready.send(Ok(())).await.is_err() {
         return;
     }
-    let mut keepalive = interval(plan.keepalive);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    keepalive.tick().await;
-
     // Hold until the measured phase starts.
     let (start, end) = loop {
         match *phase.borrow_and_update() {
@@ -412,8 +408,8 @@ async fn pair_task(
             Phase::Connecting => {}
         }
         tokio::select! {
-            _ = keepalive.tick() => {
-                if pair.keepalive().await.is_err() {
+            _ = tokio::time::sleep_until(pair.keepalive_due(&plan)) => {
+                if pair.keepalive(&plan).await.is_err() {
                     // Reported as a failure if this pair was meant to be active.
                 }
             }
@@ -429,7 +425,6 @@ async fn pair_task(
             index,
             start,
             end,
-            &mut keepalive,
             &mut rep,
         )
         .await
@@ -445,7 +440,7 @@ async fn pair_task(
             return;
         }
         tokio::select! {
-            _ = keepalive.tick() => { let _ = pair.keepalive().await; }
+            _ = tokio::time::sleep_until(pair.keepalive_due(&plan)) => { let _ = pair.keepalive(&plan).await; }
             r = phase.changed() => if r.is_err() { return },
         }
     }
@@ -457,7 +452,6 @@ async fn exchange_loop(
     index: usize,
     start: tokio::time::Instant,
     end: tokio::time::Instant,
-    keepalive: &mut tokio::time::Interval,
     rep: &mut PairReport,
 ) -> Result<()> {
     let one = |lat: (Duration, Duration), rep: &mut PairReport| {
@@ -495,7 +489,7 @@ async fn exchange_loop(
                     .map_err(|_| anyhow!("exchange timed out"))??;
                 one(lat, rep);
             }
-            _ = keepalive.tick() => pair.keepalive().await?,
+            _ = tokio::time::sleep_until(pair.keepalive_due(plan)) => pair.keepalive(plan).await?,
             _ = tokio::time::sleep_until(end) => return Ok(()),
         }
     }
@@ -631,13 +625,25 @@ impl Pair {
         }
     }
 
-    async fn keepalive(&mut self) -> Result<()> {
+    /// When the next keep-alive of either connection is due.
+    fn keepalive_due(&self, plan: &Plan) -> tokio::time::Instant {
+        self.a.last_keepalive_reset.min(self.b.last_keepalive_reset) + plan.keepalive
+    }
+
+    /// Send a keep-alive on each connection whose interval has passed.
+    async fn keepalive(&mut self, plan: &Plan) -> Result<()> {
         let msg = match self.a.kind {
             ServerKind::Snaprtc => "{\"type\":6}\x1e",
             ServerKind::Peerjs => "{\"type\":\"HEARTBEAT\"}",
         };
-        self.a.send(msg.to_owned()).await?;
-        self.b.send(msg.to_owned()).await
+        let now = tokio::time::Instant::now();
+        for conn in [&mut self.a, &mut self.b] {
+            if now >= conn.last_keepalive_reset + plan.keepalive {
+                conn.send(msg.to_owned()).await?;
+                conn.last_keepalive_reset = now;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -653,6 +659,10 @@ struct Conn {
     ws: WebSocketStream<TcpStream>,
     kind: ServerKind,
     pending: VecDeque<String>,
+    /// Start of the current keep-alive interval. As the official clients do: the SignalR
+    /// client pings only after `keepalive` without sending anything (every send restarts the
+    /// interval); the PeerJS client sends `HEARTBEAT` every 5 s whatever else it sends.
+    last_keepalive_reset: tokio::time::Instant,
 }
 
 impl Conn {
@@ -705,11 +715,15 @@ impl Conn {
             ws,
             kind: plan.kind,
             pending: VecDeque::new(),
+            last_keepalive_reset: tokio::time::Instant::now(),
         })
     }
 
     async fn send(&mut self, text: String) -> Result<()> {
         self.ws.send(Message::text(text)).await?;
+        if self.kind == ServerKind::Snaprtc {
+            self.last_keepalive_reset = tokio::time::Instant::now();
+        }
         Ok(())
     }
 
