@@ -1,4 +1,4 @@
-// The server sends a Ping record every `keepalive`; a client that keeps talking stays.
+// The server sends a Ping record after `keepalive` with nothing else sent; a client that keeps talking stays.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
