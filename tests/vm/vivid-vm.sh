@@ -75,6 +75,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose rootfs 
 mount -t proc none \$R/proc; mount -t sysfs none \$R/sys; mount -t devtmpfs none \$R/dev
 mkdir -p \$R/dev/pts \$R/dev/shm; mount -t devpts none \$R/dev/pts; mount -t tmpfs none \$R/dev/shm
 mount -t tmpfs none \$R/tmp; mount -t tmpfs none \$R/run
+# A checkout under /tmp or /run sits on the fresh tmpfs just mounted: make its mount point.
+mkdir -p "\$R$HERE" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 project "\$R$HERE" || { echo "@@exit=95"; poweroff -f; }
 cp /run.sh \$R/tmp/run.sh
 chroot \$R /bin/sh /tmp/run.sh
@@ -105,4 +107,10 @@ if [[ -z $RC ]]; then
   tail -n 20 "$TMP/log" >&2
   exit 125
 fi
+case $RC in
+  95) echo "vivid-vm: could not mount $HERE in the VM" >&2 ;;
+  96) echo "vivid-vm: could not mount the host's root in the VM" >&2 ;;
+  97) echo "vivid-vm: modprobe vivid $VIVID_OPTS failed in the VM" >&2 ;;
+  98) echo "vivid-vm: cd $HERE failed in the VM" >&2 ;;
+esac
 exit "$RC"
