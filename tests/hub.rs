@@ -1,5 +1,5 @@
 //! The SignalR hub over real sockets: the SnapRTC exchange, errors, limits, keep-alive, auth,
-//! CORS, shutdown. The official JavaScript client is exercised in tests/node/.
+//! CORS, shutdown; and the HTTP server's body limit. The official JavaScript client is exercised in tests/node/.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -292,6 +292,54 @@ async fn a_client_the_server_keeps_writing_to_is_not_pinged() {
         "{:?}",
         quiet.elapsed()
     );
+}
+
+/// A client that sends a body over `max_body_bytes` without waiting (no `Expect: 100-continue`,
+/// as browsers' fetch) must still read the 413: the daemon drains what it refused.
+#[test]
+fn an_oversized_body_gets_413_while_the_client_is_still_sending_it() {
+    use std::io::{Read as _, Write as _};
+    let d = Daemon::start(RELAY);
+    let body = vec![b'a'; 3 << 20];
+    for chunked in [false, true] {
+        let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let length = if chunked {
+            "Transfer-Encoding: chunked".to_owned()
+        } else {
+            format!("Content-Length: {}", body.len())
+        };
+        write!(
+            s,
+            "POST /whep HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n{length}\r\n\r\n"
+        )
+        .unwrap();
+        let sent = if chunked {
+            body.chunks(64 << 10).try_for_each(|c| {
+                write!(s, "{:x}\r\n", c.len())?;
+                s.write_all(c)?;
+                s.write_all(b"\r\n")
+            })
+        } else {
+            s.write_all(&body)
+        };
+        sent.unwrap_or_else(|e| panic!("chunked={chunked}: the body could not be sent: {e}"));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("chunked={chunked}: no response: {e}"));
+            assert!(n > 0, "chunked={chunked}: closed without a response");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 413"),
+            "chunked={chunked}: {head}"
+        );
+    }
 }
 
 #[tokio::test]

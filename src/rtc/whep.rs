@@ -4,10 +4,10 @@
 //! router mounts them as they are; the engine does the WebRTC. [`check_if_match`] and
 //! [`route`] are the pure bookkeeping (ETag rules, paths), unit-tested below.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 
 use super::{RtcError, RtcHandle, ViewerId, ViewerKind};
 use crate::auth::Auth;
@@ -177,10 +177,14 @@ impl Whep {
 }
 
 /// Read a request body, refusing more than `limit` bytes (413) without buffering it all.
+///
+/// A refused body is drained in the background (see [`drain`]) so that the client, which is
+/// usually still sending it, gets to read the 413.
 pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Request<Bytes>, Response<Body>>
 where
-    B: http_body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Display,
 {
     let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds max_body_bytes");
     let declared = req
@@ -188,14 +192,63 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let (parts, mut body) = req.into_parts();
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body);
         return Err(too_large());
     }
-    let (parts, body) = req.into_parts();
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(Request::from_parts(parts, c.to_bytes())),
-        Err(_) => Err(too_large()),
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            text(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the body: {e}"),
+            )
+        })?;
+        if let Ok(mut data) = frame.into_data() {
+            if read.len() + data.remaining() > limit {
+                drain(body);
+                return Err(too_large());
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                read.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
     }
+    Ok(Request::from_parts(parts, Bytes::from(read)))
+}
+
+/// Most a refused body is read for before the connection is dropped anyway.
+const DRAIN_MAX_BYTES: usize = 8 << 20;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read and discard the rest of a refused body, up to [`DRAIN_MAX_BYTES`] or
+/// [`DRAIN_MAX_TIME`]. Closing a connection with unread data makes the kernel reset it, and a
+/// client still writing its body then reports a network error instead of our 413 ("lingering
+/// close", as nginx and Apache do). A detached task, bounded in time and bytes; it owns
+/// nothing but the body.
+fn drain<B>(mut body: B)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME, async move {
+            let mut n = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    n += data.remaining();
+                    if n > DRAIN_MAX_BYTES {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
 }
 
 pub fn options(route: Route) -> Response<Body> {
