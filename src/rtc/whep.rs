@@ -7,7 +7,7 @@
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use super::{RtcError, RtcHandle, ViewerId, ViewerKind};
 use crate::auth::Auth;
@@ -184,7 +184,7 @@ pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Request<Bytes
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds max_body_bytes");
     let declared = req
@@ -197,28 +197,19 @@ where
         drain(body);
         return Err(too_large());
     }
-    let mut read = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            text(
-                StatusCode::BAD_REQUEST,
-                &format!("could not read the body: {e}"),
-            )
-        })?;
-        if let Ok(mut data) = frame.into_data() {
-            if read.len() + data.remaining() > limit {
-                drain(body);
-                return Err(too_large());
-            }
-            while data.has_remaining() {
-                let chunk = data.chunk();
-                read.extend_from_slice(chunk);
-                let n = chunk.len();
-                data.advance(n);
-            }
+    // `&mut body`: on overflow the rest of the body is still ours to drain.
+    let read = Limited::new(&mut body, limit).collect().await;
+    match read {
+        Ok(collected) => Ok(Request::from_parts(parts, collected.to_bytes())),
+        Err(e) if e.is::<LengthLimitError>() => {
+            drain(body);
+            Err(too_large())
         }
+        Err(e) => Err(text(
+            StatusCode::BAD_REQUEST,
+            &format!("could not read the body: {e}"),
+        )),
     }
-    Ok(Request::from_parts(parts, Bytes::from(read)))
 }
 
 /// Most a refused body is read for before the connection is dropped anyway.
