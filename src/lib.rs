@@ -40,6 +40,7 @@ pub mod http;
 pub mod logging;
 pub mod media;
 pub mod metrics;
+pub mod picture;
 pub mod reload;
 pub mod rtc;
 pub mod signaling;

@@ -11,9 +11,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use snaprtcd::config::{Config, EncoderKind, ExecFormat, SourceKind};
-use snaprtcd::media::annexb::{nal, nal_type, nal_units};
 use snaprtcd::media::pipeline::spawn;
 use snaprtcd::media::{CameraState, FrameSubscriber, KeyframeCause, MediaCounters, MediaHandle};
+use snaprtcd::picture::annexb::{nal, nal_type, nal_units};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 

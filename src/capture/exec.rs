@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
 use crate::config::{ExecConfig, ExecFormat};
-use crate::media::annexb::AccessUnitSplitter;
+use crate::picture::annexb::AccessUnitSplitter;
 
 /// Largest frame accepted from a program (a 4K intra picture fits).
 const MAX_FRAME_BYTES: usize = 8 << 20;

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CameraConfig, SourceKind};
-use crate::media::yuv::I420;
 use crate::media::MediaCounters;
+use crate::picture::yuv::I420;
 
 pub use v4l2::list_devices;
 

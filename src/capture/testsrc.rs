@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
-use crate::media::yuv::{even, BufferPool, I420};
+use crate::picture::yuv::{even, BufferPool, I420};
 use std::sync::Arc;
 
 /// 5x7 glyphs, one byte a row, bit 4 leftmost.

@@ -18,7 +18,7 @@ use linuxvideo::{BufType, CapabilityFlags, Device, Fract};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
 use crate::config::{CameraConfig, CaptureFormat};
-use crate::media::yuv::{BufferPool, I420};
+use crate::picture::yuv::{BufferPool, I420};
 use std::sync::Arc;
 
 const H264: PixelFormat = PixelFormat::from_fourcc(*b"H264");

@@ -8,8 +8,8 @@ use openh264::encoder::{
 };
 use openh264::{OpenH264API, Timestamp};
 
-use super::annexb::ParamSetInserter;
-use super::yuv::I420;
+use crate::picture::annexb::ParamSetInserter;
+use crate::picture::yuv::I420;
 
 /// Why encoding failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -123,7 +123,7 @@ pub fn decode_last_picture(access_units: &[Bytes]) -> Result<Option<I420>, Encod
         match dec.decode(au) {
             Ok(Some(yuv)) => {
                 last = Some(
-                    super::yuv::from_yuv_source(&yuv)
+                    crate::picture::yuv::from_yuv_source(&yuv)
                         .map_err(|e| EncodeError::Encode(e.to_string()))?,
                 )
             }
@@ -134,7 +134,7 @@ pub fn decode_last_picture(access_units: &[Bytes]) -> Result<Option<I420>, Encod
     if last.is_none() {
         if let Ok(rest) = dec.flush_remaining() {
             if let Some(yuv) = rest.last() {
-                last = super::yuv::from_yuv_source(yuv).ok();
+                last = crate::picture::yuv::from_yuv_source(yuv).ok();
             }
         }
     }
@@ -144,7 +144,7 @@ pub fn decode_last_picture(access_units: &[Bytes]) -> Result<Option<I420>, Encod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::annexb::{nal, nal_type, nal_units};
+    use crate::picture::annexb::{nal, nal_type, nal_units};
 
     #[test]
     fn software_encoder_makes_constrained_baseline_with_param_sets_on_every_idr() {

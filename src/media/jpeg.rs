@@ -5,8 +5,8 @@ use bytes::Bytes;
 use jpeg_encoder::{ColorType, Encoder, ImageBuffer, JpegColorType, SamplingFactor};
 use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
 
-use super::yuv::I420;
 use super::StillError;
+use crate::picture::yuv::I420;
 
 /// Qualities tried, after the configured one, before the picture is made smaller.
 const QUALITY_STEPS: [u8; 4] = [70, 50, 35, 20];

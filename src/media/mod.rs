@@ -9,13 +9,11 @@
 //! subscriber the software encoder idles (capture and stills go on); the first picture encoded
 //! for a new subscriber is an IDR.
 
-pub mod annexb;
 pub mod encoder;
 pub mod jpeg;
 pub mod keyframe;
 pub mod pipeline;
 pub mod still;
-pub mod yuv;
 
 pub use pipeline::{spawn, PipelineError, PipelineGuard};
 pub use still::{snapshot_once, SnapshotError};

@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::annexb::ParamSetInserter;
 use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings, VideoEncoder};
 use super::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
 use super::still::Latest;
-use super::yuv::{even, I420};
 use super::{
     channel, CameraState, ChannelLimits, EncodedFrame, KeyframeCause, MediaCounters, MediaHandle,
     MediaPorts, StillError,
@@ -38,6 +36,8 @@ use crate::capture::{
     self, testsrc, CaptureEvent, CaptureThread, CapturedFrame, Payload, SourceSpec,
 };
 use crate::config::{Config, EncoderKind};
+use crate::picture::annexb::ParamSetInserter;
+use crate::picture::yuv::{even, I420};
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
 const SLATE_FPS: u32 = 10;
@@ -376,7 +376,7 @@ impl MediaLoop {
             return;
         };
         let picture = match decoder.decode(&au) {
-            Ok(Some(yuv)) => super::yuv::from_yuv_source(&yuv).ok(),
+            Ok(Some(yuv)) => crate::picture::yuv::from_yuv_source(&yuv).ok(),
             Ok(None) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "H.264 decode failed");

@@ -6,10 +6,10 @@ use bytes::Bytes;
 
 use super::encoder::decode_last_picture;
 use super::jpeg::{fit, StillSource};
-use super::yuv::I420;
 use super::StillError;
 use crate::capture::{self, CaptureError, Payload};
 use crate::config::Config;
+use crate::picture::yuv::I420;
 
 /// Most H.264 access units kept since the last IDR to make a still of an H.264 source; a
 /// longer GOP stops keeping them until the next IDR (memory stays bounded).
@@ -131,7 +131,7 @@ fn snapshot_from(spec: &capture::SourceSpec, config: &Config) -> Result<Bytes, S
                 }
             }
             Payload::H264(au) => {
-                let key = super::annexb::is_idr(&au);
+                let key = crate::picture::annexb::is_idr(&au);
                 latest.push_h264(au, key);
                 if matches!(&latest, Latest::Gop(_)) {
                     if let Ok(jpeg) = latest.still(quality, usize::MAX) {

@@ -1,0 +1,10 @@
+//! Pictures and bitstreams: the shared, dependency-free types that capture and media both use.
+//!
+//! This is a leaf module: it imports nothing from the rest of the crate, so `capture` (below
+//! `media`) and `media` can both build on it without importing each other.
+//!
+//! - [`yuv`]: the I420 picture, conversions into it, and the buffer pool that recycles planes.
+//! - [`annexb`]: H.264 Annex-B parsing: NAL units, access-unit splitting, SPS/PPS insertion.
+
+pub mod annexb;
+pub mod yuv;
