@@ -1,7 +1,10 @@
 //! testsrc -> openh264 -> a .h264 file that Debian's ffprobe reads back: frame count, size,
 //! profile "Constrained Baseline", an IDR at every keyframe interval (and nowhere else).
 //!
-//! Needs `ffprobe` (Debian package `ffmpeg`); skipped with a message when it is absent.
+//! Needs `ffprobe` (Debian package `ffmpeg`): under CI=true its absence fails the test; elsewhere
+//! the test is skipped with a message.
+
+mod common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,14 +12,9 @@ use std::time::Duration;
 use snaprtcd::config::EncoderConfig;
 use snaprtcd::media::pipeline::encode_test_pattern;
 
-fn have_ffprobe() -> bool {
-    Command::new("ffprobe").arg("-version").output().is_ok()
-}
-
 #[test]
 fn test_pattern_encodes_to_constrained_baseline_with_periodic_idrs() {
-    if !have_ffprobe() {
-        eprintln!("SKIPPED: ffprobe not installed (apt-get install ffmpeg)");
+    if !common::require_tool("ffprobe", "ffmpeg") {
         return;
     }
     let (w, h, fps, frames) = (640, 480, 30, 95);

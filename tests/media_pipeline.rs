@@ -3,16 +3,19 @@
 //! turns into the "no signal" slate and comes back; nothing is encoded while nobody subscribes,
 //! and a subscriber after an idle spell starts at an IDR at once.
 //!
-//! The `exec` tests need `ffmpeg` with libx264 (Debian package `ffmpeg`); they are skipped with
-//! a message when it is absent.
+//! The `exec` tests need `ffmpeg` with libx264 (Debian package `ffmpeg`): under CI=true its
+//! absence fails them; elsewhere they are skipped with a message.
 
-use std::process::Command;
+mod common;
+
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use snaprtcd::config::{Config, EncoderKind, ExecFormat, SourceKind};
 use snaprtcd::media::pipeline::spawn;
-use snaprtcd::media::{CameraState, FrameSubscriber, KeyframeCause, MediaCounters, MediaHandle};
+use snaprtcd::media::{
+    CameraState, FrameSubscriber, KeyframeCause, MediaCounters, MediaHandle, StillError,
+};
 use snaprtcd::picture::annexb::{nal, nal_type, nal_units};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +29,6 @@ fn testsrc_config() -> Config {
     c.camera.height = 240;
     c.camera.fps = 30;
     c
-}
-
-fn have_ffmpeg() -> bool {
-    Command::new("ffmpeg").arg("-version").output().is_ok()
 }
 
 fn ffmpeg_x264(extra: &[&str]) -> Vec<String> {
@@ -129,13 +128,15 @@ async fn testsrc_frames_reach_a_subscriber_and_stills_work() {
     while timeout(WAIT, sub.recv()).await.unwrap().is_some() {}
     guard.join();
     assert_eq!(media.status().state, CameraState::Stopped);
-    assert!(media.still(1000).await.is_err());
+    assert!(
+        matches!(media.still(1000).await, Err(StillError::Stopped)),
+        "a still from a stopped pipeline says the pipeline is not running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_h264_is_passed_through_without_the_software_encoder() {
-    if !have_ffmpeg() {
-        eprintln!("SKIPPED: ffmpeg not installed (apt-get install ffmpeg)");
+    if !common::require_tool("ffmpeg", "ffmpeg") {
         return;
     }
     let mut config = testsrc_config();
@@ -180,8 +181,7 @@ async fn exec_h264_is_passed_through_without_the_software_encoder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_that_dies_shows_the_slate_and_is_restarted() {
-    if !have_ffmpeg() {
-        eprintln!("SKIPPED: ffmpeg not installed (apt-get install ffmpeg)");
+    if !common::require_tool("ffmpeg", "ffmpeg") {
         return;
     }
     let mut config = testsrc_config();

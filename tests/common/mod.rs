@@ -425,3 +425,18 @@ impl WsExt
             .expect("send");
     }
 }
+
+/// Whether the external `tool` (from Debian package `package`) can run. When it cannot, a
+/// test under CI (`CI=true`) fails here naming the tool; elsewhere the caller skips, saying so.
+/// A missing tool never turns into a silent pass in CI.
+pub fn require_tool(tool: &str, package: &str) -> bool {
+    if Command::new(tool).arg("-version").output().is_ok() {
+        return true;
+    }
+    let msg = format!("{tool} is not installed (apt-get install {package})");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg}: under CI=true a missing tool fails the test");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { startDaemon, withTimeout } from './lib/daemon.mjs';
 import { connect, signalR, sessionId } from './lib/hub.mjs';
 import { openRawReady } from './lib/raw.mjs';
+import WebSocket from 'ws';
 
 const config = { signaling: { keepalive: '200ms', client_timeout: '1s' } };
 
@@ -43,22 +44,43 @@ test('server Pings arrive at the configured interval', { timeout: 30000 }, async
 
 test('an official client with a short keep-alive stays connected well past client_timeout', { timeout: 30000 }, async (t) => {
   const daemon = await startDaemon(t, { config });
+  // Count the server's Ping records as the official client's own socket receives them: the
+  // test waits for that event (15 pings, three client_timeouts of idle hub traffic), not for a
+  // stretch of wall-clock time.
+  const pings = { count: 0 };
+  class CountingWebSocket extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => {
+        pings.count += String(e.data).split('\x1e').filter((r) => r && JSON.parse(r).type === 6).length;
+      });
+    }
+  }
   const conn = new signalR.HubConnectionBuilder()
-    .withUrl(daemon.hub, { transport: signalR.HttpTransportType.WebSockets })
+    .withUrl(daemon.hub, { transport: signalR.HttpTransportType.WebSockets, WebSocket: CountingWebSocket })
     .withKeepAliveInterval(250)
     .withServerTimeout(2000)
     .configureLogging(signalR.LogLevel.None)
     .build();
   t.after(() => conn.stop());
   let closed = null;
-  conn.onclose((e) => {
+  const closedEvent = new Promise((resolve) => conn.onclose((e) => {
     closed = e ?? 'closed';
-  });
+    resolve();
+  }));
   await conn.start();
-  const start = performance.now();
-  // Three client_timeouts of idle hub traffic (the client sends only its keep-alive pings).
-  await new Promise((resolve) => setTimeout(resolve, 3000));
-  assert.equal(closed, null, `closed after ${(performance.now() - start).toFixed(0)} ms: ${closed}`);
+  const want = 15;
+  await withTimeout(
+    Promise.race([
+      closedEvent,
+      new Promise((resolve) => {
+        const poll = setInterval(() => pings.count >= want && (clearInterval(poll), resolve()), 20);
+      }),
+    ]),
+    10000,
+    `${want} server pings (got ${pings.count})`,
+  );
+  assert.equal(closed, null, `closed after ${pings.count} server pings: ${closed}`);
   assert.equal(conn.state, 'Connected');
   assert.equal(await conn.invoke('Sync', sessionId('ka'), false), undefined);
 });

@@ -86,5 +86,6 @@ test('skipNegotiation: the upgrade without id is accepted (raw and official clie
 test('a plain GET of the hub without upgrade is not a WebSocket', { timeout: 30000 }, async (t) => {
   const daemon = await startDaemon(t);
   const r = await fetch(daemon.hub);
-  assert.ok(r.status >= 400 && r.status < 500, `status ${r.status}`);
+  assert.equal(r.status, 400);
+  assert.match(await r.text(), /speaks WebSockets only/);
 });

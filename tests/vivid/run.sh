@@ -29,7 +29,7 @@ for t in "vivid_formats_and_sizes_give_h264_and_stills vivid_cli_lists_the_devic
   start=$(date +%s)
   if tests/vm/vivid-vm.sh "${vm_args[@]}" --vivid "$VIVID_OPTS" -- \
       env SNAPRTCD_VIVID=1 SNAPRTCD_VIVID_OPTS="$VIVID_OPTS" RUST_BACKTRACE=1 \
-      "$bin" --exact $t --nocapture --test-threads=1; then
+      "$bin" --ignored --exact $t --nocapture --test-threads=1; then
     echo "== $t: ok ($(($(date +%s) - start)) s)"
   else
     echo "== $t: FAILED" >&2; rc=1
