@@ -14,6 +14,7 @@
 //! process: drawing the test pattern, pacing, the capture and media threads, channel hand-offs,
 //! the keyframe policy, status and counters, and one subscriber receiving every frame. Stills
 //! are asked for after the measured window, so they are not in the CPU figure.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 use std::process::Command;
 use std::time::{Duration, Instant, UNIX_EPOCH};

@@ -1,6 +1,7 @@
 //! The built-in capture member (`join_sessions = "all"`) in-process, with a stand-in for the
 //! WebRTC engine: an initiator that opens a session gets `signalStart`, its lz-string offer is
 //! answered in the same encoding, and the capture side leaves when the initiator does.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use std::future::Future;

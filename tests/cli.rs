@@ -1,4 +1,5 @@
 //! The command line: check-config, print-config, list-devices, snapshot, --version, PORT.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! The SignalR hub over real sockets: the SnapRTC exchange, errors, limits, keep-alive, auth,
 //! CORS, shutdown; and the HTTP server's body limit. The official JavaScript client is exercised in tests/node/.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use std::time::{Duration, Instant};

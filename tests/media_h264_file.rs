@@ -3,6 +3,7 @@
 //!
 //! Needs `ffprobe` (Debian package `ffmpeg`): under CI=true its absence fails the test; elsewhere
 //! the test is skipped with a message.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 mod common;
 

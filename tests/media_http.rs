@@ -1,5 +1,6 @@
 //! The camera over HTTP: `GET /snapshot.jpg` (auth as the hub) and the camera block of
 //! `/health` as JSON.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use std::time::{Duration, Instant};

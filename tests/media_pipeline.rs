@@ -5,6 +5,7 @@
 //!
 //! The `exec` tests need `ffmpeg` with libx264 (Debian package `ffmpeg`): under CI=true its
 //! absence fails them; elsewhere they are skipped with a message.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 mod common;
 

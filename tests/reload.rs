@@ -1,5 +1,6 @@
 //! `systemctl reload` (SIGHUP): an invalid config keeps the daemon running on the old one and
 //! the log names file:line; a valid one is taken.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! H.264 video plus a data channel, and must get video frames, a JPEG on open, a JPEG per
 //! `snap`, and a JSON error for anything else. A fake pipeline feeds Annex-B frames through
 //! `media::channel()` and answers still requests.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! datagram socket stands in for systemd (`NOTIFY_SOCKET`), `WATCHDOG_USEC` arms the watchdog.
 //! READY=1 comes once listening; STATUS= says what it does and follows the viewer count;
 //! WATCHDOG=1 keeps coming while the loops run.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 mod common;
 

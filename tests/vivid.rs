@@ -7,6 +7,7 @@
 //! within 5 s of the device's return, the pipeline never stopping; dropped buffers and buffers
 //! flagged as errors do not stop the stream; the daemon binary itself reports the camera in
 //! `/health`, serves `/snapshot.jpg` and outlives an unplug, `rmmod` and `modprobe`.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The systemd watchdog is fed only while the real work loops go round: the media pipeline
 //! (testsrc) and the RTC engine each advance their probe, pings flow; stop one loop and the
 //! pings stop with that loop named.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
