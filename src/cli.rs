@@ -21,6 +21,7 @@ pub struct Cli {
     #[arg(long, short, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// What to do; none means `run`.
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -126,9 +126,13 @@ impl Default for CameraConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    /// The first V4L2 capture device that opens, else the test pattern.
     Auto,
+    /// The V4L2 device at `[camera] device`.
     V4l2,
+    /// A program's standard output (`[camera.exec]`), e.g. `rpicam-vid`.
     Exec,
+    /// The built-in moving test pattern.
     Testsrc,
 }
 
@@ -136,10 +140,15 @@ pub enum SourceKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CaptureFormat {
+    /// The best the device offers: H.264, then MJPEG, then YUYV, then NV12.
     Auto,
+    /// H.264 from the camera, passed through.
     H264,
+    /// Motion JPEG, decoded and encoded (stills use the camera's own JPEG).
     Mjpeg,
+    /// Packed 4:2:2 YUV.
     Yuyv,
+    /// Semi-planar 4:2:0 YUV.
     Nv12,
 }
 
@@ -177,7 +186,9 @@ impl Default for ExecConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecFormat {
+    /// An Annex-B H.264 elementary stream.
     H264,
+    /// Concatenated JPEG pictures.
     Mjpeg,
 }
 
@@ -208,8 +219,11 @@ impl Default for EncoderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EncoderKind {
+    /// Pass the camera's H.264 through when it gives H.264, else encode with openh264.
     Auto,
+    /// Only pass H.264 through; a source that gives anything else is an error.
     Passthrough,
+    /// Always encode with openh264.
     Software,
 }
 
@@ -282,7 +296,9 @@ impl Default for SignalingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JoinSessions {
+    /// The device answers every session an initiator opens, as its capture side.
     All,
+    /// A pure relay: the device never joins a session.
     None,
 }
 
@@ -331,8 +347,11 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines on standard error.
     Text,
+    /// One JSON object per line on standard error.
     Json,
+    /// Structured records straight to the systemd journal.
     Journald,
 }
 

@@ -11,10 +11,18 @@ use crate::config::{LogConfig, LogFormat};
 /// Why logging could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// `SNAPRTCD_LOG` or `[log] level` is not a valid filter.
     #[error("SNAPRTCD_LOG={value:?} is not a log filter: {reason}")]
-    BadFilter { value: String, reason: String },
+    BadFilter {
+        /// The filter as given.
+        value: String,
+        /// What the filter parser said.
+        reason: String,
+    },
+    /// The journal's socket could not be opened.
     #[error("cannot connect to the journal: {0}")]
     Journald(std::io::Error),
+    /// A global subscriber exists already (logging is set up once per process).
     #[error("logging was already set up")]
     AlreadySet,
 }

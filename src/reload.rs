@@ -32,8 +32,11 @@ pub enum Outcome {
     /// The new config is taken. `services`: the daemon's services are restarted in-process
     /// for it; `restart` lists changes that wait for `systemctl restart`.
     Applied {
+        /// The config sections that changed.
         changed: Vec<&'static str>,
+        /// Whether the daemon's services restart in-process for the change.
         services: bool,
+        /// Sections whose change waits for `systemctl restart` (e.g. `[log]`).
         restart: Vec<&'static str>,
     },
     /// The file is invalid; the old config stays.

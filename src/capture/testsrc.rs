@@ -176,6 +176,7 @@ pub struct TestSource {
 }
 
 impl TestSource {
+    /// A test pattern of `width`×`height` (even) paced at `fps`.
     pub fn new(width: u32, height: u32, fps: u32) -> Result<Self, CaptureError> {
         Ok(Self {
             background: bars(even(width), even(height))?,

@@ -419,8 +419,11 @@ pub fn first_usable_device(camera: &CameraConfig) -> Option<PathBuf> {
 /// What `snaprtcd list-devices` shows of one capture node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceListing {
+    /// The device node, e.g. `/dev/video0`.
     pub path: String,
+    /// The driver's card name, e.g. `HD Pro Webcam C920`.
     pub card: String,
+    /// Every pixel format it can capture.
     pub formats: Vec<FormatListing>,
 }
 
@@ -429,6 +432,7 @@ pub struct DeviceListing {
 pub struct FormatListing {
     /// FourCC, e.g. `YUYV`, `MJPG`, `H264`.
     pub fourcc: String,
+    /// The sizes offered in that format.
     pub sizes: SizeListing,
 }
 
@@ -438,7 +442,12 @@ pub enum SizeListing {
     /// (width, height, frame rates offered).
     Discrete(Vec<(u32, u32, Vec<f64>)>),
     /// Any size between the two (stepwise or continuous).
-    Range { min: (u32, u32), max: (u32, u32) },
+    Range {
+        /// Smallest (width, height).
+        min: (u32, u32),
+        /// Largest (width, height).
+        max: (u32, u32),
+    },
 }
 
 fn rates(dev: &Device, pf: PixelFormat, w: u32, h: u32) -> Vec<f64> {

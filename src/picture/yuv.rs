@@ -52,6 +52,7 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
+    /// A pool that keeps at most `keep` returned buffers for reuse.
     pub fn new(keep: usize) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
@@ -96,10 +97,22 @@ impl std::fmt::Debug for I420 {
 /// Why a buffer could not be read as a picture.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PictureError {
+    /// Odd, zero or huge dimensions.
     #[error("picture size {width}x{height} is not usable (even, 2..=8192)")]
-    BadSize { width: u32, height: u32 },
+    BadSize {
+        /// Width asked for.
+        width: u32,
+        /// Height asked for.
+        height: u32,
+    },
+    /// The buffer holds less than one picture of the stated size.
     #[error("buffer of {got} bytes is too small: {want} needed")]
-    Short { got: usize, want: usize },
+    Short {
+        /// Bytes in the buffer.
+        got: usize,
+        /// Bytes one picture needs.
+        want: usize,
+    },
 }
 
 /// Round a requested size down to what 4:2:0 needs (even, at least 2).
@@ -219,10 +232,12 @@ impl I420 {
         })
     }
 
+    /// Width in pixels (even).
     pub fn width(&self) -> u32 {
         self.width
     }
 
+    /// Height in pixels (even).
     pub fn height(&self) -> u32 {
         self.height
     }
@@ -240,15 +255,18 @@ impl I420 {
         self.luma_len() / 4
     }
 
+    /// The luma plane, `width × height` bytes.
     pub fn y_plane(&self) -> &[u8] {
         &self.data[..self.luma_len()]
     }
 
+    /// The Cb plane, `width/2 × height/2` bytes.
     pub fn u_plane(&self) -> &[u8] {
         let l = self.luma_len();
         &self.data[l..l + self.chroma_len()]
     }
 
+    /// The Cr plane, `width/2 × height/2` bytes.
     pub fn v_plane(&self) -> &[u8] {
         let l = self.luma_len() + self.chroma_len();
         &self.data[l..l + self.chroma_len()]
