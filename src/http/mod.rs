@@ -1,7 +1,7 @@
 //! The HTTP shell: hyper 1 server, connection limits, the route table, CORS.
 //!
 //! Every route, with who may call it and how much body it reads, is one row of
-//! [`routes::ROUTES`] (docs/security.md shows it). Handlers ([`handlers`]) are thin adapters
+//! [`routes::ROUTES`] (docs/security.md shows it). Handlers (`handlers.rs`) are thin adapters
 //! that hand the work to its owner (hub task, RTC engine, media pipeline).
 //!
 //! Limits, all in `[server]`: `max_http_connections` (over it: 503 and close at once),
