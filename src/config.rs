@@ -60,7 +60,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time a client has to send a whole request head (request line and headers), counted from
     /// its connection or from its first byte after the previous response; slowloris clients are
-    /// closed when it runs out.
+    /// closed when it runs out. A request body (WHEP) has as long again (else 408).
     #[serde(with = "humantime_serde", default = "default_header_read_timeout")]
     pub header_read_timeout: Duration,
     /// A keep-alive connection that sends nothing this long after a response is closed.

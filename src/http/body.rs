@@ -26,13 +26,16 @@ pub struct Drainer {
     pub cancel: CancellationToken,
 }
 
-/// Read a request body, refusing more than `limit` bytes (413) without buffering it all.
+/// Read a request body, refusing more than `limit` bytes (413) without buffering it all, and
+/// one that takes longer than `timeout` to arrive (408: a slow body holds a connection as a
+/// slow head does).
 ///
 /// A refused body is drained by `drainer` so that the client, which is usually still sending
 /// it, gets to read the 413.
 pub async fn read_body<B>(
     req: Request<B>,
     limit: usize,
+    timeout: Duration,
     drainer: &Drainer,
 ) -> Result<Request<Bytes>, Response<Body>>
 where
@@ -57,7 +60,13 @@ where
         return Err(too_large());
     }
     // `&mut body`: on overflow the rest of the body is still ours to drain.
-    let read = Limited::new(&mut body, limit).collect().await;
+    let read = tokio::time::timeout(timeout, Limited::new(&mut body, limit).collect()).await;
+    let Ok(read) = read else {
+        return Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive within header_read_timeout\n",
+        ));
+    };
     match read {
         Ok(collected) => Ok(Request::from_parts(parts, collected.to_bytes())),
         Err(e) if e.is::<LengthLimitError>() => {
@@ -107,6 +116,8 @@ mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     fn drainer() -> Drainer {
         Drainer {
             tracker: TaskTracker::new(),
@@ -120,11 +131,14 @@ mod tests {
         let req = Request::builder()
             .body(Full::new(Bytes::from(vec![0u8; 2048])))
             .unwrap();
-        assert_eq!(read_body(req, 1024, &d).await.unwrap_err().status(), 413);
+        assert_eq!(
+            read_body(req, 1024, SECOND, &d).await.unwrap_err().status(),
+            413
+        );
         let req = Request::builder()
             .body(Full::new(Bytes::from_static(b"v=0")))
             .unwrap();
-        let read = read_body(req, 1024, &d).await.unwrap();
+        let read = read_body(req, 1024, SECOND, &d).await.unwrap();
         assert_eq!(read.body().as_ref(), b"v=0");
     }
 
@@ -139,12 +153,31 @@ mod tests {
             .header(header::CONTENT_LENGTH, "1000000")
             .body(StreamBody::new(endless))
             .unwrap();
-        assert_eq!(read_body(req, 1024, &d).await.unwrap_err().status(), 413);
+        assert_eq!(
+            read_body(req, 1024, SECOND, &d).await.unwrap_err().status(),
+            413
+        );
         assert_eq!(d.tracker.len(), 1, "the drain runs under the tracker");
         d.tracker.close();
         let started = tokio::time::Instant::now();
         d.tracker.wait().await;
         assert_eq!(started.elapsed(), DRAIN_MAX_TIME);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_gets_408() {
+        let d = drainer();
+        let endless = futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+        >();
+        let req = Request::builder()
+            .header(header::CONTENT_LENGTH, "100")
+            .body(StreamBody::new(endless))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let refused = read_body(req, 1024, SECOND, &d).await.unwrap_err();
+        assert_eq!(refused.status(), 408);
+        assert_eq!(started.elapsed(), SECOND);
     }
 
     #[tokio::test]

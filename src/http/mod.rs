@@ -234,7 +234,8 @@ async fn handle(route: &Route, req: Request<Incoming>, server: &Server) -> Respo
         Handler::Whep => {
             debug_assert_eq!(route.body, BodyUse::Limited);
             let limit = state.config.server.max_body_bytes;
-            match body::read_body(req, limit, &server.drainer).await {
+            let within = server.timeouts.header_read;
+            match body::read_body(req, limit, within, &server.drainer).await {
                 Ok(req) => state.whep.handle(req).await,
                 Err(refused) => refused,
             }
