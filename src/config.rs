@@ -58,6 +58,52 @@ pub struct ServerConfig {
     pub auth_token_file: PathBuf,
     /// Largest HTTP request body accepted (SDP offers, PATCH fragments).
     pub max_body_bytes: usize,
+    /// Time a client has to send a whole request head (request line and headers), counted from
+    /// its connection or from its first byte after the previous response; slowloris clients are
+    /// closed when it runs out. A request body (WHEP) has as long again (else 408).
+    #[serde(with = "humantime_serde", default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection that sends nothing this long after a response is closed.
+    /// WebSockets are not affected: they leave the HTTP server when they upgrade.
+    #[serde(with = "humantime_serde", default = "default_keepalive_idle_timeout")]
+    pub keepalive_idle_timeout: Duration,
+    /// Most HTTP connections at once (upgraded WebSockets no longer count); over it a new
+    /// connection is answered 503 and closed at once.
+    #[serde(default = "default_max_http_connections")]
+    pub max_http_connections: usize,
+    /// Largest request head (request line and headers); a larger one gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// With `auth = "token"`: whether `/metrics` and the JSON `/health` need the token too
+    /// (`false` for Prometheus scrapers on a trusted network).
+    #[serde(default = "default_metrics_auth")]
+    pub metrics_auth: bool,
+}
+
+/// `[server] header_read_timeout`: a LAN client sends its head in milliseconds.
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[server] keepalive_idle_timeout`: browsers reuse a connection within a minute or not at all.
+fn default_keepalive_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[server] max_http_connections`: far above what a camera's viewers and scrapers need, far
+/// below the packaged unit's file limit.
+fn default_max_http_connections() -> usize {
+    256
+}
+
+/// `[server] max_header_bytes`: a browser's head with a bearer token is under 2 KiB.
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+/// `[server] metrics_auth`: the counters tell who watches; keep them behind the token.
+fn default_metrics_auth() -> bool {
+    true
 }
 
 impl Default for ServerConfig {
@@ -71,6 +117,11 @@ impl Default for ServerConfig {
             auth: AuthMode::None,
             auth_token_file: PathBuf::from("/var/lib/snaprtcd/token"),
             max_body_bytes: 65536,
+            header_read_timeout: default_header_read_timeout(),
+            keepalive_idle_timeout: default_keepalive_idle_timeout(),
+            max_http_connections: default_max_http_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            metrics_auth: default_metrics_auth(),
         }
     }
 }
@@ -389,6 +440,40 @@ struct Invalid {
     message: String,
 }
 
+/// The HTTP server's limits (`[server]`): each must leave real clients room and still bound
+/// what one client can hold.
+fn validate_http_limits(s: &ServerConfig) -> Result<(), Invalid> {
+    let bad = |key: &'static str, message: String| Err(Invalid { key, message });
+    let timeouts = [
+        ("server.header_read_timeout", s.header_read_timeout),
+        ("server.keepalive_idle_timeout", s.keepalive_idle_timeout),
+    ];
+    for (key, t) in timeouts {
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&t) {
+            return bad(
+                key,
+                format!(
+                    "{} is not between 100ms and 1h",
+                    humantime::format_duration(t)
+                ),
+            );
+        }
+    }
+    if !(1..=65536).contains(&s.max_http_connections) {
+        return bad(
+            "server.max_http_connections",
+            format!("{} is not in 1..=65536", s.max_http_connections),
+        );
+    }
+    if !(1024..=1 << 20).contains(&s.max_header_bytes) {
+        return bad(
+            "server.max_header_bytes",
+            format!("{} is not in 1024..=1048576", s.max_header_bytes),
+        );
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parse and validate TOML text. `file` only names the source in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
@@ -457,6 +542,7 @@ impl Config {
         if s.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");
         }
+        validate_http_limits(s)?;
         for origin in &s.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return bad(
@@ -684,6 +770,31 @@ mod tests {
         assert_eq!(err.position, Some((3, 18)), "{err}");
         let err = Config::from_toml("[signaling]\nhub_path = \"hub\"\n", "a.toml").unwrap_err();
         assert_eq!(err.to_string(), "a.toml:2:12: signaling.hub_path: \"hub\" must start with '/', name something, and not end with '/'");
+    }
+
+    #[test]
+    fn http_limits_are_validated_with_the_key() {
+        let cases = [
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            (
+                "keepalive_idle_timeout = \"2h\"",
+                "server.keepalive_idle_timeout",
+            ),
+            ("max_http_connections = 0", "server.max_http_connections"),
+            ("max_header_bytes = 100", "server.max_header_bytes"),
+        ];
+        for (line, key) in cases {
+            let err = Config::from_toml(&format!("[server]\n{line}\n"), "a").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        }
+        let c = Config::from_toml(
+            "[server]\nheader_read_timeout = \"1s\"\nmetrics_auth = false\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(1));
+        assert!(!c.server.metrics_auth);
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl Generation {
         );
         let whep = crate::rtc::whep::Whep::new(
             rtc.clone(),
-            crate::rtc::whep::WhepSettings::from_config(config, auth.clone()),
+            crate::rtc::whep::WhepSettings::from_config(config),
         );
         let listener = http
             .try_clone()

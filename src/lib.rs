@@ -13,7 +13,10 @@
 //! - [`config`]: the TOML schema, defaults, validation with `file:line:col` errors.
 //! - [`daemon`]: builds every part from the config, owns the tasks, restarts them in-process on a
 //!   reload that needs it, shuts down in time.
-//! - [`http`]: hyper routes, CORS, health; each route hands work to its owner.
+//! - [`http`]: the HTTP server and its limits, the route table (access policy and body limit per
+//!   route), CORS, health; each route hands work to its owner.
+//! - [`response`]: the response body type and plain answers (text, JSON, 401, 405) that `http`
+//!   and `rtc::whep` share (a leaf, so `rtc` need not import `http`).
 //! - [`auth`]: the bearer token (created on first start) and the request check.
 //! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), and their
 //!   tokio shell (one hub task, one task per WebSocket).
@@ -42,6 +45,7 @@ pub mod media;
 pub mod metrics;
 pub mod picture;
 pub mod reload;
+pub mod response;
 pub mod rtc;
 pub mod signaling;
 pub mod systemd;

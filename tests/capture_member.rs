@@ -66,7 +66,7 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
     tokio::spawn(engine.run(cancel.clone()));
     let whep = snaprtcd::rtc::whep::Whep::new(
         rtc.clone(),
-        snaprtcd::rtc::whep::WhepSettings::from_config(&config, Auth::Open),
+        snaprtcd::rtc::whep::WhepSettings::from_config(&config),
     );
     let state = Arc::new(AppState {
         config: Arc::new(config),

@@ -1,17 +1,18 @@
 //! WHEP (RFC 9725) over HTTP: `POST /whep`, `PATCH`/`DELETE /whep/{id}`, `OPTIONS`.
 //!
 //! Written as functions from `http::Request<Bytes>` to `http::Response<Full<Bytes>>` so the
-//! router mounts them as they are; the engine does the WebRTC. [`check_if_match`] and
+//! router mounts them as they are; the engine does the WebRTC. The router checks the token and
+//! reads the body (within `[server] max_body_bytes`) before [`Whep::handle`] sees a request. [`check_if_match`] and
 //! [`route`] are the pure bookkeeping (ETag rules, paths), unit-tested below.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 
 use super::{RtcError, RtcHandle, ViewerId, ViewerKind};
-use crate::auth::Auth;
 use crate::config::Config;
+use crate::response::{insert_header as insert, method_not_allowed, text, Body};
 
 /// Seconds a client over `max_viewers` is told to wait.
 pub const RETRY_AFTER_SECS: u32 = 5;
@@ -21,16 +22,13 @@ const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 /// What WHEP needs besides the engine.
 #[derive(Debug, Clone)]
 pub struct WhepSettings {
-    /// Who may POST/PATCH/DELETE (`[server] auth`).
-    pub auth: Auth,
     /// `[server] max_body_bytes`.
     pub max_body_bytes: usize,
 }
 
 impl WhepSettings {
-    pub fn from_config(config: &Config, auth: Auth) -> Self {
+    pub fn from_config(config: &Config) -> Self {
         Self {
-            auth,
             max_body_bytes: config.server.max_body_bytes,
         }
     }
@@ -82,9 +80,6 @@ pub struct Whep {
     settings: std::sync::Arc<WhepSettings>,
 }
 
-/// Response body used throughout.
-pub type Body = Full<Bytes>;
-
 impl Whep {
     pub fn new(rtc: RtcHandle, settings: WhepSettings) -> Self {
         Self {
@@ -93,25 +88,14 @@ impl Whep {
         }
     }
 
-    /// Largest body [`read_body`] should accept for WHEP requests.
-    pub fn max_body_bytes(&self) -> usize {
-        self.settings.max_body_bytes
-    }
-
-    /// Serve a request whose path [`route`] accepted; the body is already read (see
-    /// [`read_body`]). CORS headers are the router's job.
+    /// Serve a request whose path [`route`] accepted, once the router has checked its token
+    /// and read its body. CORS headers are the router's job.
     pub async fn handle(&self, req: Request<Bytes>) -> Response<Body> {
         let Some(route) = route(req.uri().path()) else {
             return text(StatusCode::NOT_FOUND, "not a WHEP path");
         };
         if req.method() == Method::OPTIONS {
             return options(route);
-        }
-        if !self.settings.auth.allows(req.headers(), req.uri().query()) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
         }
         if req.body().len() > self.settings.max_body_bytes {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds max_body_bytes");
@@ -176,72 +160,6 @@ impl Whep {
     }
 }
 
-/// Read a request body, refusing more than `limit` bytes (413) without buffering it all.
-///
-/// A refused body is drained in the background (see [`drain`]) so that the client, which is
-/// usually still sending it, gets to read the 413.
-pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Request<Bytes>, Response<Body>>
-where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, "body exceeds max_body_bytes");
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let (parts, mut body) = req.into_parts();
-    if declared.is_some_and(|n| n > limit as u64) {
-        drain(body);
-        return Err(too_large());
-    }
-    // `&mut body`: on overflow the rest of the body is still ours to drain.
-    let read = Limited::new(&mut body, limit).collect().await;
-    match read {
-        Ok(collected) => Ok(Request::from_parts(parts, collected.to_bytes())),
-        Err(e) if e.is::<LengthLimitError>() => {
-            drain(body);
-            Err(too_large())
-        }
-        Err(e) => Err(text(
-            StatusCode::BAD_REQUEST,
-            &format!("could not read the body: {e}"),
-        )),
-    }
-}
-
-/// Most a refused body is read for before the connection is dropped anyway.
-const DRAIN_MAX_BYTES: usize = 8 << 20;
-const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Read and discard the rest of a refused body, up to [`DRAIN_MAX_BYTES`] or
-/// [`DRAIN_MAX_TIME`]. Closing a connection with unread data makes the kernel reset it, and a
-/// client still writing its body then reports a network error instead of our 413 ("lingering
-/// close", as nginx and Apache do). A detached task, bounded in time and bytes; it owns
-/// nothing but the body.
-fn drain<B>(mut body: B)
-where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-{
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(DRAIN_MAX_TIME, async move {
-            let mut n = 0usize;
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Some(data) = frame.data_ref() {
-                    n += data.remaining();
-                    if n > DRAIN_MAX_BYTES {
-                        break;
-                    }
-                }
-            }
-        })
-        .await;
-    });
-}
-
 pub fn options(route: Route) -> Response<Body> {
     let mut r = text(StatusCode::NO_CONTENT, "");
     let h = r.headers_mut();
@@ -276,7 +194,7 @@ pub fn status_of(e: &RtcError) -> StatusCode {
 }
 
 fn error(e: RtcError) -> Response<Body> {
-    let mut r = text(status_of(&e), &e.to_string());
+    let mut r = text(status_of(&e), e.to_string());
     if matches!(e, RtcError::Full { .. }) {
         insert(
             r.headers_mut(),
@@ -285,31 +203,6 @@ fn error(e: RtcError) -> Response<Body> {
         );
     }
     r
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *r.status_mut() = status;
-    if !body.is_empty() {
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-    }
-    r
-}
-
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
-}
-
-fn insert(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
 }
 
 fn content_type_is(h: &HeaderMap, want: &str) -> bool {
@@ -384,17 +277,5 @@ mod tests {
             },
             SDP
         ));
-    }
-
-    #[tokio::test]
-    async fn read_body_refuses_large_bodies() {
-        let req = Request::builder()
-            .body(Full::new(Bytes::from(vec![0u8; 2048])))
-            .unwrap();
-        assert_eq!(read_body(req, 1024).await.unwrap_err().status(), 413);
-        let req = Request::builder()
-            .body(Full::new(Bytes::from_static(b"v=0")))
-            .unwrap();
-        assert_eq!(read_body(req, 1024).await.unwrap().body().as_ref(), b"v=0");
     }
 }

@@ -1,0 +1,227 @@
+//! The route handlers: each a thin adapter that hands the work to its owner (hub task, RTC
+//! engine, media pipeline). The dispatcher (`super::dispatch`) has checked the method and the
+//! route's access policy before any of these runs.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::AppState;
+use crate::auth::query_param;
+use crate::response::{json, text, Body};
+use crate::signaling::hub::AdmissionError;
+use crate::signaling::ws::ServiceError;
+
+/// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state.
+pub(super) async fn metrics(state: &AppState) -> Response<Body> {
+    let signaling = state.signaling.stats().await.unwrap_or_default();
+    let rtc = state.rtc.stats().await.unwrap_or_default();
+    let body = crate::metrics::render(&crate::metrics::Snapshot {
+        rtc: &rtc,
+        media: state.media.counters(),
+        camera: &state.media.status(),
+        signaling: &signaling,
+    });
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// The latest picture as a JPEG, made on demand by the pipeline (auth as the hub).
+pub(super) async fn snapshot(state: &AppState) -> Response<Body> {
+    still_response(state.media.still(usize::MAX).await)
+}
+
+/// `/snapshot.jpg`'s answer to a still (or to why there is none).
+fn still_response(still: Result<Bytes, crate::media::StillError>) -> Response<Body> {
+    use crate::media::StillError;
+    let mut r = match still {
+        Ok(jpeg) => {
+            let mut r = Response::new(Full::new(jpeg));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+            r
+        }
+        Err(e @ (StillError::NoFrame | StillError::Stopped)) => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no picture yet: {e}\n"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The viewer page: one HTML file, plain JS, embedded at build time.
+pub(super) fn viewer_page() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        include_str!("../web/index.html").as_bytes(),
+    )));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The seed's answer: a timestamp, plus the version.
+pub(super) fn health() -> Response<Body> {
+    let now = humantime::format_rfc3339_millis(SystemTime::now());
+    let version = env!("CARGO_PKG_VERSION");
+    text(StatusCode::OK, format!("{now} snaprtcd/{version}\n"))
+}
+
+/// Name, version, viewers, hub counts and the camera, for the viewer page and dashboards.
+pub(super) async fn health_json(state: &AppState) -> Response<Body> {
+    let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let stats = state.signaling.stats().await.unwrap_or_default();
+    let rtc = state.rtc.stats().await.unwrap_or_default();
+    let body = serde_json::json!({
+        "status": "ok",
+        "time": now,
+        "name": crate::discovery::instance_name(
+            &state.config.mdns.instance_name,
+            &crate::discovery::system_hostname(),
+        ),
+        "version": env!("CARGO_PKG_VERSION"),
+        "signaling": { "connections": stats.connections, "sessions": stats.sessions },
+        "viewers": rtc.viewers,
+        "max_viewers": state.rtc.max_viewers(),
+        "auth": state.auth.is_on(),
+        "camera": camera_json(&state.media.status()),
+    });
+    json(StatusCode::OK, &body)
+}
+
+fn camera_json(c: &crate::media::MediaStatus) -> serde_json::Value {
+    serde_json::json!({
+        "state": c.state.as_str(),
+        "source": c.source,
+        "format": c.format,
+        "width": c.width,
+        "height": c.height,
+        "fps": c.fps_measured,
+        "encoder": c.encoder,
+    })
+}
+
+pub(super) async fn negotiate(state: &AppState) -> Response<Body> {
+    match state.signaling.negotiate().await {
+        Ok((id, token)) => {
+            let mut r = Response::new(Full::new(crate::signaling::signalr::negotiate_response(
+                &id, &token,
+            )));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => service_error(e),
+    }
+}
+
+pub(super) async fn upgrade(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+    let headers = req.headers();
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let (true, Some(key), true) = (is_websocket, key, version_ok) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this hub speaks WebSockets only: connect with a WebSocket (version 13)\n",
+        );
+    };
+    let token = query_param(req.uri().query(), "id");
+    if let Err(e) = state.signaling.check(token.clone()).await {
+        return service_error(e);
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    state.signaling.serve(hyper::upgrade::on(req), token);
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+fn service_error(e: ServiceError) -> Response<Body> {
+    match e {
+        ServiceError::Admission(AdmissionError::UnknownToken) => {
+            text(StatusCode::NOT_FOUND, "No Connection with that ID\n")
+        }
+        ServiceError::Admission(AdmissionError::Full) => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections; try again later\n",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        ServiceError::Stopped => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::StillError;
+    use http_body_util::BodyExt;
+
+    fn body_text(r: Response<Body>) -> String {
+        let bytes = futures_util::FutureExt::now_or_never(r.into_body().collect())
+            .expect("a Full body is ready")
+            .expect("infallible")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn still_without_a_picture_is_503_with_the_reason() {
+        let r = still_response(Err(StillError::NoFrame));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body_text(r), "no picture yet: no frame captured yet\n");
+        let r = still_response(Err(StillError::Stopped));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn still_is_an_uncached_jpeg() {
+        let r = still_response(Ok(Bytes::from_static(&[0xff, 0xd8, 0xff, 0xd9])));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "image/jpeg");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let r = still_response(Err(StillError::Encode("boom".into())));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,301 @@
+//! The HTTP shell: hyper 1 server, connection limits, the route table, CORS.
+//!
+//! Every route, with who may call it and how much body it reads, is one row of
+//! [`routes::ROUTES`] (docs/security.md shows it). Handlers (`handlers.rs`) are thin adapters
+//! that hand the work to its owner (hub task, RTC engine, media pipeline).
+//!
+//! Limits, all in `[server]`: `max_http_connections` (over it: 503 and close at once),
+//! `header_read_timeout` (slowloris), `keepalive_idle_timeout`, `max_header_bytes` (431),
+//! `max_body_bytes` (413). A WebSocket leaves the HTTP server when it upgrades, so none of the
+//! connection timeouts apply to it; `[signaling]` bounds it.
+
+mod body;
+mod conn;
+mod handlers;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use self::body::Drainer;
+use self::conn::{SharedActivity, Timeouts, Watched};
+use self::routes::{BodyUse, Handler, Route};
+use crate::config::Config;
+use crate::response::{method_not_allowed, text, unauthorized, Body};
+
+/// What the routes need; built once by the daemon.
+pub struct AppState {
+    /// The effective config (limits, CORS, `metrics_auth`).
+    pub config: Arc<Config>,
+    /// The bearer token, if auth is on.
+    pub auth: crate::auth::Auth,
+    /// The hub task: negotiate, upgrade, counts.
+    pub signaling: crate::signaling::SignalingHandle,
+    /// The WebRTC engine (viewer counts) and its WHEP endpoint.
+    pub rtc: crate::rtc::RtcHandle,
+    /// WHEP, served by the engine.
+    pub whep: crate::rtc::whep::Whep,
+    /// The camera pipeline (status and counters for `/health` and `/metrics`).
+    pub media: crate::media::MediaHandle,
+}
+
+/// The server as every connection sees it.
+struct Server {
+    state: Arc<AppState>,
+    /// Connection timeouts from `[server]`.
+    timeouts: Timeouts,
+    /// One permit per open connection (`max_http_connections`).
+    connections: Arc<Semaphore>,
+    /// Where refused bodies are drained (the connection tracker, the cancel token).
+    drainer: Drainer,
+}
+
+/// Accept HTTP connections until `cancel` fires. Connection tasks (and body drains) are tracked
+/// by `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let server = Arc::new(Server {
+        timeouts: Timeouts::from_config(&state.config.server),
+        connections: Arc::new(Semaphore::new(state.config.server.max_http_connections)),
+        drainer: Drainer {
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        },
+        state,
+    });
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = cancel.cancelled() => break,
+                    }
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let Ok(permit) = server.connections.clone().try_acquire_owned() else {
+            refuse(stream, peer);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.spawn(serve_connection(server.clone(), stream, peer, permit));
+    }
+}
+
+/// Over `max_http_connections`: a 503 if the socket takes it at once, then close. Never waits.
+fn refuse(stream: TcpStream, peer: SocketAddr) {
+    debug!(%peer, "http connection refused: max_http_connections reached");
+    let _ = stream.try_write(
+        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    );
+}
+
+/// Serve one connection until it ends, its clock runs out, or the server stops.
+async fn serve_connection(
+    server: Arc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = SharedActivity::new(Instant::now());
+    let service = {
+        let (server, activity) = (server.clone(), activity.clone());
+        service_fn(move |req| {
+            let (server, request) = (server.clone(), activity.request());
+            async move {
+                let response = route(req, &server).await;
+                drop(request);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // The connection's own clock (`conn::Activity`) does this, and tells idle from slow.
+        .header_read_timeout(None)
+        .max_header_size(server.state.config.server.max_header_bytes)
+        .serve_connection(
+            TokioIo::new(Watched::new(stream, activity.clone())),
+            service,
+        )
+        .with_upgrades();
+    tokio::pin!(conn);
+    let cancel = server.drainer.cancel.clone();
+    loop {
+        let deadline = activity.with(|a| a.poll_timeout(&server.timeouts));
+        let expire = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "http connection ended with an error");
+                }
+                return;
+            }
+            () = activity.changed() => {}
+            () = expire => {
+                let now = Instant::now();
+                if let Some(why) = activity.with(|a| a.handle_timeout(now, &server.timeouts)) {
+                    debug!(%peer, reason = why.as_str(), "http connection closed");
+                    return;
+                }
+            }
+            () = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn route(req: Request<Incoming>, server: &Server) -> Response<Body> {
+    let state = &server.state;
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = if req.method() == Method::OPTIONS {
+        let mut r = preflight(&req, state);
+        if let Some(route) = crate::rtc::whep::route(req.uri().path()) {
+            r.headers_mut()
+                .extend(crate::rtc::whep::options(route).headers().clone());
+        }
+        r
+    } else {
+        dispatch(req, server).await
+    };
+    if let Some(origin) = origin.filter(|o| origin_allowed(&state.config, o)) {
+        add_cors(&mut response, origin);
+    }
+    response
+}
+
+/// Find the route, check the method and the access policy, and only then read a body.
+async fn dispatch(req: Request<Incoming>, server: &Server) -> Response<Body> {
+    let state = &server.state;
+    let wants_json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let hub = state.signaling.hub_path();
+    let Some(route) = routes::find(req.uri().path(), hub, wants_json) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if !route.allows_method(req.method()) {
+        return method_not_allowed(route.methods);
+    }
+    let allowed = route.access.allows(
+        &state.config.server,
+        &state.auth,
+        req.headers(),
+        req.uri().query(),
+    );
+    if !allowed {
+        return unauthorized();
+    }
+    handle(route, req, server).await
+}
+
+async fn handle(route: &Route, req: Request<Incoming>, server: &Server) -> Response<Body> {
+    let state = &server.state;
+    match route.handler {
+        Handler::Health => handlers::health(),
+        Handler::HealthJson => handlers::health_json(state).await,
+        Handler::Page => handlers::viewer_page(),
+        Handler::Negotiate => handlers::negotiate(state).await,
+        Handler::Hub => handlers::upgrade(req, state).await,
+        Handler::Snapshot => handlers::snapshot(state).await,
+        Handler::Metrics => handlers::metrics(state).await,
+        Handler::Whep => {
+            debug_assert_eq!(route.body, BodyUse::Limited);
+            let limit = state.config.server.max_body_bytes;
+            let within = server.timeouts.header_read;
+            match body::read_body(req, limit, within, &server.drainer).await {
+                Ok(req) => state.whep.handle(req).await,
+                Err(refused) => refused,
+            }
+        }
+    }
+}
+
+fn preflight(req: &Request<Incoming>, state: &AppState) -> Response<Body> {
+    let mut r = text(StatusCode::NO_CONTENT, "");
+    let allowed = req
+        .headers()
+        .get(header::ORIGIN)
+        .is_some_and(|o| origin_allowed(&state.config, o));
+    if allowed {
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
+        );
+        let requested = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_static(
+                    "Authorization, Content-Type, If-Match, X-Requested-With, X-SignalR-User-Agent",
+                )
+            });
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    }
+    r
+}
+
+fn origin_allowed(config: &Config, origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    config
+        .server
+        .cors_origins
+        .iter()
+        .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+fn add_cors(response: &mut Response<Body>, origin: HeaderValue) {
+    let h = response.headers_mut();
+    // The SignalR browser client sends credentials by default, which rules out `*`: echo the
+    // origin instead, and say the answer depends on it.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Accept-Post, Accept-Patch"),
+    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}

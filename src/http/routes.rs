@@ -1,0 +1,281 @@
+//! The route table: every path the server answers, with its methods, who may call it and how
+//! much of its body is read. `docs/security.md` shows this table; a test below keeps them in
+//! step.
+//!
+//! The dispatcher checks, in this order and before any body byte is read: the path (404), the
+//! method (405), the access policy (401). Only then does a route with [`BodyUse::Limited`] read
+//! its body, within `[server] max_body_bytes` (413).
+//!
+//! `OPTIONS` on any path is the CORS preflight: open, body ignored (browsers send no
+//! credentials on a preflight).
+
+use crate::auth::Auth;
+use crate::config::ServerConfig;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who reaches the port.
+    Open,
+    /// The bearer token when `[server] auth = "token"`.
+    Token,
+    /// Operational data (counters, camera, viewers): the bearer token when `auth = "token"`
+    /// and `metrics_auth = true`.
+    Stats,
+}
+
+impl Access {
+    /// Is a request with these credentials allowed?
+    pub fn allows(
+        self,
+        server: &ServerConfig,
+        auth: &Auth,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token => auth.allows(headers, query),
+            Access::Stats => !server.metrics_auth || auth.allows(headers, query),
+        }
+    }
+}
+
+/// How much of a request body a route reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// Never read (hyper closes the connection after the response if one was sent).
+    Ignored,
+    /// Read whole, up to `[server] max_body_bytes` (more: 413, the rest drained).
+    Limited,
+}
+
+/// Which handler serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Plain-text `/health`: a timestamp and the version (the seed's answer).
+    Health,
+    /// JSON `/health`: name, version, viewers, hub counts, camera.
+    HealthJson,
+    /// SignalR negotiate.
+    Negotiate,
+    /// The SignalR WebSocket.
+    Hub,
+    /// WHEP (`rtc::whep`).
+    Whep,
+    /// The latest picture as a JPEG.
+    Snapshot,
+    /// Prometheus text.
+    Metrics,
+    /// The viewer page.
+    Page,
+}
+
+/// Which paths a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Exactly this path.
+    Exact(&'static str),
+    /// `[signaling] hub_path`.
+    Hub,
+    /// `[signaling] hub_path` + `/negotiate`.
+    HubNegotiate,
+    /// `/whep` and `/whep/{id}`.
+    Whep,
+}
+
+/// One row of the route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The route as the docs name it.
+    pub name: &'static str,
+    /// Which paths.
+    pub path: PathMatch,
+    /// Only for requests with `Accept: application/json` (the JSON `/health`).
+    pub json_only: bool,
+    /// Methods, as the `Allow` header lists them.
+    pub methods: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// How much body is read.
+    pub body: BodyUse,
+    /// Who serves it.
+    pub handler: Handler,
+}
+
+impl Route {
+    /// Does this route take `method`?
+    pub fn allows_method(&self, method: &http::Method) -> bool {
+        self.methods.split(", ").any(|m| m == method.as_str())
+    }
+}
+
+const fn row(
+    name: &'static str,
+    path: PathMatch,
+    methods: &'static str,
+    access: Access,
+    handler: Handler,
+) -> Route {
+    Route {
+        name,
+        path,
+        json_only: false,
+        methods,
+        access,
+        body: BodyUse::Ignored,
+        handler,
+    }
+}
+
+/// Every route, first match wins.
+pub const ROUTES: &[Route] = &[
+    Route {
+        json_only: true,
+        ..row(
+            "/health (JSON)",
+            PathMatch::Exact("/health"),
+            "GET, HEAD",
+            Access::Stats,
+            Handler::HealthJson,
+        )
+    },
+    row(
+        "/health",
+        PathMatch::Exact("/health"),
+        "GET, HEAD",
+        Access::Open,
+        Handler::Health,
+    ),
+    row(
+        "/",
+        PathMatch::Exact("/"),
+        "GET, HEAD",
+        Access::Open,
+        Handler::Page,
+    ),
+    row(
+        "/index.html",
+        PathMatch::Exact("/index.html"),
+        "GET, HEAD",
+        Access::Open,
+        Handler::Page,
+    ),
+    row(
+        "{hub}/negotiate",
+        PathMatch::HubNegotiate,
+        "POST",
+        Access::Token,
+        Handler::Negotiate,
+    ),
+    row("{hub}", PathMatch::Hub, "GET", Access::Token, Handler::Hub),
+    Route {
+        body: BodyUse::Limited,
+        ..row(
+            "/whep, /whep/{id}",
+            PathMatch::Whep,
+            "POST, PATCH, DELETE",
+            Access::Token,
+            Handler::Whep,
+        )
+    },
+    row(
+        "/snapshot.jpg",
+        PathMatch::Exact("/snapshot.jpg"),
+        "GET, HEAD",
+        Access::Token,
+        Handler::Snapshot,
+    ),
+    row(
+        "/metrics",
+        PathMatch::Exact("/metrics"),
+        "GET, HEAD",
+        Access::Stats,
+        Handler::Metrics,
+    ),
+];
+
+/// The route for `path` (`hub` is `[signaling] hub_path`), or `None` (404).
+pub fn find(path: &str, hub: &str, wants_json: bool) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| {
+        let path_matches = match r.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Hub => path == hub,
+            PathMatch::HubNegotiate => path.strip_prefix(hub) == Some("/negotiate"),
+            PathMatch::Whep => crate::rtc::whep::route(path).is_some(),
+        };
+        path_matches && (wants_json || !r.json_only)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUB: &str = "/snaprtc-hub";
+
+    fn access(path: &str, json: bool) -> Option<Access> {
+        find(path, HUB, json).map(|r| r.access)
+    }
+
+    #[test]
+    fn each_path_has_its_policy() {
+        assert_eq!(access("/health", false), Some(Access::Open));
+        assert_eq!(access("/health", true), Some(Access::Stats));
+        assert_eq!(access("/metrics", false), Some(Access::Stats));
+        assert_eq!(access("/snapshot.jpg", false), Some(Access::Token));
+        assert_eq!(access("/snaprtc-hub/negotiate", false), Some(Access::Token));
+        assert_eq!(access("/snaprtc-hub", false), Some(Access::Token));
+        assert_eq!(access("/whep", false), Some(Access::Token));
+        assert_eq!(access("/whep/nope", false), Some(Access::Token));
+        assert_eq!(access("/", false), Some(Access::Open));
+        assert_eq!(access("/snaprtc-hubx", false), None);
+        assert_eq!(access("/nope", false), None);
+    }
+
+    #[test]
+    fn only_whep_reads_a_body() {
+        for r in ROUTES {
+            let want = if r.handler == Handler::Whep {
+                BodyUse::Limited
+            } else {
+                BodyUse::Ignored
+            };
+            assert_eq!(r.body, want, "{}", r.name);
+        }
+    }
+
+    #[test]
+    fn stats_need_the_token_unless_metrics_auth_is_off() {
+        let auth = Auth::Token("t".into());
+        let none = http::HeaderMap::new();
+        let mut server = ServerConfig::default();
+        assert!(!Access::Stats.allows(&server, &auth, &none, None));
+        assert!(Access::Stats.allows(&server, &auth, &none, Some("access_token=t")));
+        server.metrics_auth = false;
+        assert!(Access::Stats.allows(&server, &auth, &none, None));
+        assert!(!Access::Token.allows(&server, &auth, &none, None));
+        assert!(Access::Open.allows(&server, &auth, &none, None));
+        assert!(Access::Token.allows(&server, &Auth::Open, &none, None));
+    }
+
+    #[test]
+    fn methods_are_matched_exactly() {
+        let r = find("/metrics", HUB, false).unwrap();
+        assert!(r.allows_method(&http::Method::GET));
+        assert!(r.allows_method(&http::Method::HEAD));
+        assert!(!r.allows_method(&http::Method::POST));
+    }
+
+    #[test]
+    fn docs_security_lists_every_route() {
+        let doc = include_str!("../../docs/security.md");
+        for r in ROUTES {
+            assert!(
+                doc.contains(&format!("| `{}` |", r.name)),
+                "docs/security.md has no row for `{}`",
+                r.name
+            );
+        }
+    }
+}
