@@ -58,6 +58,31 @@ pub struct ServerConfig {
     pub auth_token_file: PathBuf,
     /// Largest HTTP request body accepted (SDP offers, PATCH fragments).
     pub max_body_bytes: usize,
+    /// Largest SDP offer or WHEP trickle fragment, in bytes, checked before any parsing
+    /// (SnapRTC offers decoded from the hub count too).
+    pub max_sdp_bytes: usize,
+    /// Most m-lines in an offer or a trickle fragment: each becomes per-viewer state in str0m.
+    pub max_sdp_media: usize,
+    /// Most `a=candidate:` lines in an offer, in a trickle fragment, and in all that one
+    /// viewer sends together: each is a remote candidate str0m keeps.
+    pub max_sdp_candidates: usize,
+}
+
+/// `[server] max_sdp_bytes`: a browser offer with audio, video, a data channel and a dozen
+/// candidates is 5-10 KB; 64 KiB leaves room for many codecs and candidates.
+pub fn default_max_sdp_bytes() -> usize {
+    65_536
+}
+
+/// `[server] max_sdp_media`: browsers offer one m-line per transceiver (a viewer page has 1-3).
+pub fn default_max_sdp_media() -> usize {
+    32
+}
+
+/// `[server] max_sdp_candidates`: a multi-homed host with IPv6, a VPN, STUN and TURN gathers
+/// a few dozen at most.
+pub fn default_max_sdp_candidates() -> usize {
+    64
 }
 
 impl Default for ServerConfig {
@@ -71,6 +96,9 @@ impl Default for ServerConfig {
             auth: AuthMode::None,
             auth_token_file: PathBuf::from("/var/lib/snaprtcd/token"),
             max_body_bytes: 65536,
+            max_sdp_bytes: default_max_sdp_bytes(),
+            max_sdp_media: default_max_sdp_media(),
+            max_sdp_candidates: default_max_sdp_candidates(),
         }
     }
 }
@@ -438,6 +466,24 @@ impl Config {
         if s.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");
         }
+        if !(1024..=1 << 20).contains(&s.max_sdp_bytes) {
+            return bad(
+                "server.max_sdp_bytes",
+                format!("{} is not in 1024..=1048576", s.max_sdp_bytes),
+            );
+        }
+        if !(1..=1024).contains(&s.max_sdp_media) {
+            return bad(
+                "server.max_sdp_media",
+                format!("{} is not in 1..=1024", s.max_sdp_media),
+            );
+        }
+        if !(1..=4096).contains(&s.max_sdp_candidates) {
+            return bad(
+                "server.max_sdp_candidates",
+                format!("{} is not in 1..=4096", s.max_sdp_candidates),
+            );
+        }
         for origin in &s.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return bad(
@@ -665,6 +711,24 @@ mod tests {
         assert_eq!(err.position, Some((3, 18)), "{err}");
         let err = Config::from_toml("[signaling]\nhub_path = \"hub\"\n", "a.toml").unwrap_err();
         assert_eq!(err.to_string(), "a.toml:2:12: signaling.hub_path: \"hub\" must start with '/', name something, and not end with '/'");
+    }
+
+    #[test]
+    fn sdp_budgets_are_validated_with_the_key() {
+        for (text, key) in [
+            ("[server]\nmax_sdp_bytes = 10\n", "server.max_sdp_bytes"),
+            ("[server]\nmax_sdp_media = 0\n", "server.max_sdp_media"),
+            (
+                "[server]\nmax_sdp_candidates = 0\n",
+                "server.max_sdp_candidates",
+            ),
+        ] {
+            let err = Config::from_toml(text, "a.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        }
+        let c = Config::from_toml("[server]\nmax_sdp_candidates = 8\n", "a").unwrap();
+        assert_eq!(c.server.max_sdp_candidates, 8);
     }
 
     #[test]
