@@ -42,7 +42,10 @@ pub enum ViewerKind {
     Whep,
     /// The built-in SnapRTC capture member in hub session `session`: stills over the data
     /// channel; video too when the offer has a video m-line that can take H.264.
-    SnapRtc { session: String },
+    SnapRtc {
+        /// The hub session (for logs).
+        session: String,
+    },
 }
 
 /// A viewer's unguessable id (it is a WHEP resource URL): 128 random bits in hex.

@@ -28,6 +28,7 @@ pub struct WhepSettings {
 }
 
 impl WhepSettings {
+    /// From `[server]`, with the daemon's `auth`.
     pub fn from_config(config: &Config, auth: Auth) -> Self {
         Self {
             auth,
@@ -86,6 +87,7 @@ pub struct Whep {
 pub type Body = Full<Bytes>;
 
 impl Whep {
+    /// WHEP on top of the engine behind `rtc`.
     pub fn new(rtc: RtcHandle, settings: WhepSettings) -> Self {
         Self {
             rtc,
@@ -242,6 +244,7 @@ where
     });
 }
 
+/// `OPTIONS` on a WHEP path: what it allows and accepts.
 pub fn options(route: Route) -> Response<Body> {
     let mut r = text(StatusCode::NO_CONTENT, "");
     let h = r.headers_mut();
