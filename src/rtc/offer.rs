@@ -511,4 +511,50 @@ a=candidate:2 1 udp 1 x.local 4001 typ host\r\na=end-of-candidates\r\n";
             vec!["candidate:1 1 udp 1 10.0.0.2 4000 typ host"]
         );
     }
+
+    /// SDP-ish lines: the prefixes the scanner and str0m's candidate parser look at, with
+    /// arbitrary tails.
+    fn sdp_lines() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let prefix = prop_oneof![
+            Just("v=0"),
+            Just("m=video "),
+            Just("m=application "),
+            Just("a=rtpmap:"),
+            Just("a=fmtp:"),
+            Just("a=inactive"),
+            Just("a=max-message-size:"),
+            Just("a=candidate:"),
+            Just("a=candidate:1 1 udp 2113937151 "),
+            Just(""),
+        ];
+        proptest::collection::vec((prefix, "\\PC{0,40}"), 0..40).prop_map(|lines| {
+            lines
+                .into_iter()
+                .map(|(p, t)| format!("{p}{t}\r\n"))
+                .collect()
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn inspect_and_parse_sdpfrag_never_panic_and_keep_the_budget(sdp in sdp_lines()) {
+            let limits = SdpLimits { max_bytes: 4096, max_media: 3, max_candidates: 5 };
+            if let Ok((cleaned, s)) = inspect_with(&sdp, &limits) {
+                proptest::prop_assert!(s.candidates + s.mdns_candidates_dropped <= 5);
+                proptest::prop_assert!(cleaned.lines().filter(|l| l.starts_with("m=")).count() <= 3);
+                // What follows inspection in `RtcHandle::answer` must not panic either.
+                let _ = str0m::change::SdpOffer::from_sdp_string(&cleaned);
+            }
+            if let Ok(c) = parse_sdpfrag(&sdp, &limits) {
+                proptest::prop_assert!(c.len() <= 5);
+            }
+        }
+
+        #[test]
+        fn inspect_never_panics_on_any_text(s in "\\PC{0,300}") {
+            let _ = inspect(&s);
+            let _ = parse_sdpfrag(&s, &SdpLimits::default());
+        }
+    }
 }
