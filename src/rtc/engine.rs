@@ -6,8 +6,10 @@
 //!
 //! A datagram is routed with `Rtc::accepts` before anything else is done for it: one from a
 //! source no viewer knows costs a parse and one `accepts` per viewer, never a syscall or an
-//! entry in a cache viewers use. Frames come from one [`FrameSubscriber`] held while any viewer takes
-//! video: the encoder runs once, each viewer costs packetisation and SRTP only.
+//! entry in a cache viewers use.
+//!
+//! Frames come from one [`FrameSubscriber`] held while any viewer takes video: the encoder
+//! runs once, each viewer costs packetisation and SRTP only.
 //!
 //! The subscription is taken when the first viewer with H.264 video is added (before ICE and
 //! DTLS finish, so the pipeline's IDR is usually cached by the time the viewer connects) and
