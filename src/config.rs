@@ -78,6 +78,14 @@ pub struct ServerConfig {
     /// (`false` for Prometheus scrapers on a trusted network).
     #[serde(default = "default_metrics_auth")]
     pub metrics_auth: bool,
+    /// Largest SDP offer or WHEP trickle fragment, in bytes, checked before any parsing
+    /// (SnapRTC offers decoded from the hub count too).
+    pub max_sdp_bytes: usize,
+    /// Most m-lines in an offer or a trickle fragment: each becomes per-viewer state in str0m.
+    pub max_sdp_media: usize,
+    /// Most `a=candidate:` lines in an offer, in a trickle fragment, and in all that one
+    /// viewer sends together: each is a remote candidate str0m keeps.
+    pub max_sdp_candidates: usize,
 }
 
 /// `[server] header_read_timeout`: a LAN client sends its head in milliseconds.
@@ -106,6 +114,23 @@ fn default_metrics_auth() -> bool {
     true
 }
 
+/// `[server] max_sdp_bytes`: a browser offer with audio, video, a data channel and a dozen
+/// candidates is 5-10 KB; 64 KiB leaves room for many codecs and candidates.
+pub fn default_max_sdp_bytes() -> usize {
+    65_536
+}
+
+/// `[server] max_sdp_media`: browsers offer one m-line per transceiver (a viewer page has 1-3).
+pub fn default_max_sdp_media() -> usize {
+    32
+}
+
+/// `[server] max_sdp_candidates`: a multi-homed host with IPv6, a VPN, STUN and TURN gathers
+/// a few dozen at most.
+pub fn default_max_sdp_candidates() -> usize {
+    64
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -122,6 +147,9 @@ impl Default for ServerConfig {
             max_http_connections: default_max_http_connections(),
             max_header_bytes: default_max_header_bytes(),
             metrics_auth: default_metrics_auth(),
+            max_sdp_bytes: default_max_sdp_bytes(),
+            max_sdp_media: default_max_sdp_media(),
+            max_sdp_candidates: default_max_sdp_candidates(),
         }
     }
 }
@@ -543,6 +571,24 @@ impl Config {
             return bad("server.max_body_bytes", "must be at least 1024");
         }
         validate_http_limits(s)?;
+        if !(1024..=1 << 20).contains(&s.max_sdp_bytes) {
+            return bad(
+                "server.max_sdp_bytes",
+                format!("{} is not in 1024..=1048576", s.max_sdp_bytes),
+            );
+        }
+        if !(1..=1024).contains(&s.max_sdp_media) {
+            return bad(
+                "server.max_sdp_media",
+                format!("{} is not in 1..=1024", s.max_sdp_media),
+            );
+        }
+        if !(1..=4096).contains(&s.max_sdp_candidates) {
+            return bad(
+                "server.max_sdp_candidates",
+                format!("{} is not in 1..=4096", s.max_sdp_candidates),
+            );
+        }
         for origin in &s.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return bad(
@@ -795,6 +841,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(1));
         assert!(!c.server.metrics_auth);
+    }
+
+    #[test]
+    fn sdp_budgets_are_validated_with_the_key() {
+        for (text, key) in [
+            ("[server]\nmax_sdp_bytes = 10\n", "server.max_sdp_bytes"),
+            ("[server]\nmax_sdp_media = 0\n", "server.max_sdp_media"),
+            (
+                "[server]\nmax_sdp_candidates = 0\n",
+                "server.max_sdp_candidates",
+            ),
+        ] {
+            let err = Config::from_toml(text, "a.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        }
+        let c = Config::from_toml("[server]\nmax_sdp_candidates = 8\n", "a").unwrap();
+        assert_eq!(c.server.max_sdp_candidates, 8);
     }
 
     #[test]

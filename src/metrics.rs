@@ -49,6 +49,24 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &one(s.rtc.timed_out as f64),
     );
     metric(
+        "snaprtcd_rtc_built_total",
+        "counter",
+        "WebRTC peer connections built (each a DTLS key and certificate; never over max_viewers at once).",
+        &one(s.rtc.rtc_built as f64),
+    );
+    metric(
+        "snaprtcd_udp_datagrams_unrouted_total",
+        "counter",
+        "UDP datagrams no viewer accepted (junk, strays).",
+        &one(s.rtc.datagrams_unrouted as f64),
+    );
+    metric(
+        "snaprtcd_local_addr_lookups_total",
+        "counter",
+        "Route lookups made to learn which local address a viewer sent to.",
+        &one(s.rtc.local_addr_lookups as f64),
+    );
+    metric(
         "snaprtcd_sessions",
         "gauge",
         "SnapRTC hub sessions now.",

@@ -7,76 +7,19 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use snaprtcd::media::{self, ChannelLimits, EncodedFrame, KeyframeCause, MediaHandle, MediaPorts};
+use snaprtcd::media::{self, ChannelLimits, KeyframeCause, MediaHandle};
 use snaprtcd::rtc::candidates::HostAddr;
 use snaprtcd::rtc::{Engine, EngineSettings, RtcError, RtcHandle, ViewerKind};
-use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
-use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::net::UdpSocket;
+use str0m::{Event, Rtc};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/rtc.rs"]
+mod support;
+
+use support::{spawn_fake_pipeline, Peer};
+
 const FAKE_JPEG_LEN: usize = 20_000;
-
-/// A pipeline stand-in: 30 frames/s, an IDR every 30 frames or when asked, stills on request
-/// (`jpeg_len` bytes, or the request's `max_bytes` when that is smaller, as `fit` does).
-fn spawn_fake_pipeline(
-    mut ports: MediaPorts,
-    cancel: CancellationToken,
-    jpeg_len: usize,
-    keyframe_causes: Option<tokio::sync::mpsc::UnboundedSender<KeyframeCause>>,
-) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(33));
-        let mut n: u64 = 0;
-        let mut idr_due = true;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                Some(cause) = ports.keyframes.recv() => {
-                    idr_due = true;
-                    if let Some(tx) = &keyframe_causes {
-                        let _ = tx.send(cause);
-                    }
-                }
-                Some(req) = ports.stills.recv() => {
-                    let len = jpeg_len.min(req.max_bytes);
-                    let mut jpeg = vec![0x55u8; len];
-                    jpeg[..2].copy_from_slice(&[0xff, 0xd8]);
-                    jpeg[len - 2..].copy_from_slice(&[0xff, 0xd9]);
-                    let _ = req.reply.send(Ok(Bytes::from(jpeg)));
-                }
-                _ = tick.tick() => {
-                    let key = idr_due || n % 30 == 0;
-                    idr_due = false;
-                    let _ = ports.frames.send(fake_frame(n, key));
-                    n += 1;
-                }
-            }
-        }
-    });
-}
-
-/// An Annex-B access unit: SPS+PPS+IDR for keyframes, one non-IDR slice otherwise.
-fn fake_frame(n: u64, keyframe: bool) -> EncodedFrame {
-    let mut d = Vec::new();
-    if keyframe {
-        d.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80]);
-        d.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
-        d.extend_from_slice(&[0, 0, 0, 1, 0x65]);
-        d.extend(std::iter::repeat_n(0x11, 3000));
-    } else {
-        d.extend_from_slice(&[0, 0, 0, 1, 0x41]);
-        d.extend(std::iter::repeat_n(0x22, 800));
-    }
-    EncodedFrame {
-        data: Bytes::from(d),
-        keyframe,
-        timestamp: Duration::from_millis(n * 33),
-    }
-}
 
 async fn start(max_viewers: usize) -> (RtcHandle, MediaHandle, CancellationToken) {
     start_with(max_viewers, Duration::from_secs(15)).await
@@ -95,6 +38,7 @@ async fn start_with(
         max_viewers,
         snapshot_on_connect: true,
         silence_timeout,
+        sdp_limits: Default::default(),
     };
     start_settings(settings, FAKE_JPEG_LEN).await
 }
@@ -116,6 +60,7 @@ fn loopback_settings() -> EngineSettings {
         max_viewers: 4,
         snapshot_on_connect: true,
         silence_timeout: Duration::from_secs(15),
+        sdp_limits: Default::default(),
     }
 }
 
@@ -131,111 +76,6 @@ async fn start_full(
     let handle = engine.handle();
     tokio::spawn(engine.run(cancel.clone()));
     (handle, media, cancel)
-}
-
-/// A str0m peer like a browser: full ICE, offers recvonly video and a data channel.
-struct Peer {
-    rtc: Rtc,
-    socket: UdpSocket,
-    local: SocketAddr,
-}
-
-impl Peer {
-    async fn new() -> (Self, String, str0m::change::SdpPendingOffer) {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let local = socket.local_addr().unwrap();
-        let mut rtc = Rtc::builder().enable_h264(true).build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-        let mut api = rtc.sdp_api();
-        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        api.add_channel("snap".into());
-        let (offer, pending) = api.apply().unwrap();
-        (Self { rtc, socket, local }, offer.to_sdp_string(), pending)
-    }
-}
-
-impl Peer {
-    /// Take the engine's answer to this peer's offer.
-    fn accept(&mut self, pending: str0m::change::SdpPendingOffer, answer: &str) {
-        self.rtc
-            .sdp_api()
-            .accept_answer(pending, SdpAnswer::from_sdp_string(answer).unwrap())
-            .unwrap();
-    }
-
-    /// Run the peer like a browser's event loop (drain it, then wait for a datagram or its
-    /// timeout) and hand every event to `on_event` until it returns true; panics after `limit`.
-    async fn drive(&mut self, limit: Duration, mut on_event: impl FnMut(&mut Rtc, Event) -> bool) {
-        let mut buf = vec![0u8; 2048];
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let timeout = loop {
-                match self.rtc.poll_output().unwrap() {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        self.socket
-                            .send_to(&t.contents, t.destination)
-                            .await
-                            .unwrap();
-                    }
-                    Output::Event(e) => {
-                        if on_event(&mut self.rtc, e) {
-                            return;
-                        }
-                    }
-                }
-            };
-            let wait = tokio::time::Instant::from_std(timeout);
-            tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    let (n, source) = r.unwrap();
-                    let input = Input::Receive(Instant::now(), Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination: self.local,
-                        contents: DatagramRecv::try_from(&buf[..n]).unwrap(),
-                    });
-                    self.rtc.handle_input(input).unwrap();
-                }
-                _ = tokio::time::sleep_until(wait) => {
-                    self.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
-                }
-                _ = tokio::time::sleep_until(deadline) => panic!("peer timed out after {limit:?}"),
-            }
-        }
-    }
-
-    /// Drive until `n` video frames arrived.
-    async fn frames(&mut self, n: usize) {
-        let mut got = 0;
-        self.drive(Duration::from_secs(10), |_, e| {
-            if matches!(e, Event::MediaData(_)) {
-                got += 1;
-            }
-            got >= n
-        })
-        .await;
-    }
-
-    /// Drive until the first binary data channel message (the still sent on open).
-    async fn first_still(&mut self) -> Vec<u8> {
-        let mut still = None;
-        self.drive(Duration::from_secs(10), |_, e| {
-            if let Event::ChannelData(d) = e {
-                if d.binary {
-                    still = Some(d.data);
-                } else {
-                    panic!(
-                        "error instead of a still: {}",
-                        String::from_utf8_lossy(&d.data)
-                    );
-                }
-            }
-            still.is_some()
-        })
-        .await;
-        still.unwrap()
-    }
 }
 
 #[derive(Default, Debug)]
@@ -616,5 +456,80 @@ async fn the_frame_stream_is_held_only_while_a_viewer_has_video() {
         );
     }
     rtc.close(stills_viewer.id).await.unwrap();
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn offers_and_fragments_over_an_sdp_budget_are_refused_naming_the_key() {
+    let mut settings = loopback_settings();
+    // A str0m peer offers two m-lines (video, data channel) and one candidate.
+    settings.sdp_limits = snaprtcd::rtc::SdpLimits {
+        max_bytes: 8192,
+        max_media: 2,
+        max_candidates: 2,
+    };
+    let (rtc, _media, cancel) = start_settings(settings, FAKE_JPEG_LEN).await;
+    let refused = |offer: String| {
+        let rtc = rtc.clone();
+        async move {
+            match rtc.answer(offer, ViewerKind::Whep).await {
+                Err(RtcError::BadOffer(why)) => why,
+                other => panic!("not refused as a bad offer: {other:?}"),
+            }
+        }
+    };
+    let (_p, offer, _) = Peer::new().await;
+    let big = format!("{offer}{}", "a=x-padding:0\r\n".repeat(600));
+    assert!(refused(big).await.contains("server.max_sdp_bytes"));
+    let media = format!("{offer}m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:9\r\n");
+    assert!(refused(media).await.contains("server.max_sdp_media"));
+    let cand = "a=candidate:9 1 udp 2113937151 127.0.0.1 40000 typ host\r\n";
+    let candidates = format!("{offer}{}", cand.repeat(2));
+    assert!(refused(candidates)
+        .await
+        .contains("server.max_sdp_candidates"));
+    assert_eq!(
+        rtc.stats().await.unwrap().rtc_built,
+        0,
+        "budgets are checked before an Rtc is built"
+    );
+
+    // One candidate in the offer: one more may trickle in, not two.
+    let answer = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    let etag = Some(answer.etag.clone());
+    match rtc.patch(answer.id, etag.clone(), &cand.repeat(2)).await {
+        Err(RtcError::BadFragment(why)) => assert!(why.contains("server.max_sdp_candidates")),
+        other => panic!("{other:?}"),
+    }
+    rtc.patch(answer.id, etag.clone(), cand).await.unwrap();
+    match rtc.patch(answer.id, etag, cand).await {
+        Err(RtcError::BadFragment(why)) => {
+            assert!(why.contains("server.max_sdp_candidates"), "{why}")
+        }
+        other => panic!("a viewer's candidates are bounded in all: {other:?}"),
+    }
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn offers_over_max_viewers_build_no_rtc() {
+    let (rtc, _media, cancel) = start(1).await;
+    let (_p, offer, _) = Peer::new().await;
+    let first = rtc.answer(offer.clone(), ViewerKind::Whep).await.unwrap();
+    let flood: Vec<_> = (0..50)
+        .map(|_| {
+            let (rtc, offer) = (rtc.clone(), offer.clone());
+            tokio::spawn(async move { rtc.answer(offer, ViewerKind::Whep).await })
+        })
+        .collect();
+    for t in flood {
+        assert_eq!(t.await.unwrap().unwrap_err(), RtcError::Full { max: 1 });
+    }
+    let s = rtc.stats().await.unwrap();
+    assert_eq!((s.viewers, s.rtc_built), (1, 1), "{s:?}");
+    // The place comes back when the viewer goes.
+    rtc.close(first.id).await.unwrap();
+    rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    assert_eq!(rtc.stats().await.unwrap().rtc_built, 2);
     cancel.cancel();
 }

@@ -48,6 +48,7 @@ async fn pings_only_while_the_media_and_rtc_loops_go_round() {
         max_viewers: 4,
         snapshot_on_connect: false,
         silence_timeout: Duration::from_secs(15),
+        sdp_limits: Default::default(),
     };
 
     let mut watchdog = Watchdog::new();

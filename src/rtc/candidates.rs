@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 /// One announced local address and the prefix it is on (for the subnet fallback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostAddr {
+    /// The address announced.
     pub ip: Ipv4Addr,
     /// Netmask of the interface; all-ones for `public_addrs` (no subnet).
     pub netmask: Ipv4Addr,
@@ -73,18 +74,31 @@ fn push_unique(out: &mut Vec<HostAddr>, a: HostAddr) {
 const PICKER_CACHE: usize = 1024;
 
 /// Which of our host addresses a datagram from a given remote address was sent to.
+///
+/// Ask it only for datagrams a viewer accepted (the engine routes first): then only viewers'
+/// addresses fill the cache, and junk from other sources neither costs a route lookup nor
+/// pushes a viewer's entry out.
 #[derive(Debug)]
 pub struct LocalAddrPicker {
     hosts: Vec<HostAddr>,
     cache: HashMap<IpAddr, Ipv4Addr>,
+    /// Route lookups made (each a socket, a connect and a getsockname).
+    lookups: u64,
 }
 
 impl LocalAddrPicker {
+    /// A picker choosing among `hosts` (the announced host candidates).
     pub fn new(hosts: Vec<HostAddr>) -> Self {
         Self {
             hosts,
             cache: HashMap::new(),
+            lookups: 0,
         }
+    }
+
+    /// Route lookups made so far (cache misses).
+    pub fn lookups(&self) -> u64 {
+        self.lookups
     }
 
     /// The local address (with `port`) that `remote` most likely sent to.
@@ -94,6 +108,7 @@ impl LocalAddrPicker {
                 if let Some(ip) = self.cache.get(&remote.ip()) {
                     *ip
                 } else {
+                    self.lookups += 1;
                     let ip = choose(&self.hosts, r, route_source(remote));
                     if self.cache.len() >= PICKER_CACHE {
                         self.cache.clear();
@@ -215,5 +230,7 @@ mod tests {
         let remote: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert_eq!(p.pick(remote, 8555), "127.0.0.1:8555".parse().unwrap());
         assert_eq!(p.cache.len(), 1);
+        let _ = p.pick("127.0.0.1:5001".parse().unwrap(), 8555);
+        assert_eq!(p.lookups(), 1, "one lookup per remote address");
     }
 }

@@ -1,9 +1,15 @@
 //! The one task that owns the UDP socket and every viewer's `Rtc`.
 //!
 //! Inputs (datagrams, frames, stills, commands, timeouts) arrive in one `select!`; after each
-//! input the `Rtc` it touched is drained with `poll_output` until it returns a timeout (str0m's
-//! single-mutation rule). Frames come from one [`FrameSubscriber`] held while any viewer takes
-//! video: the encoder runs once, each viewer costs packetisation and SRTP only.
+//! input to a viewer the engine takes the viewer's `poll_output` until `None` (the draining
+//! rule; str0m's single-mutation rule underneath), then re-reads its `poll_timeout`.
+//!
+//! A datagram is routed with `Rtc::accepts` before anything else is done for it: one from a
+//! source no viewer knows costs a parse and one `accepts` per viewer, never a syscall or an
+//! entry in a cache viewers use.
+//!
+//! Frames come from one [`FrameSubscriber`] held while any viewer takes video: the encoder
+//! runs once, each viewer costs packetisation and SRTP only.
 //!
 //! The subscription is taken when the first viewer with H.264 video is added (before ICE and
 //! DTLS finish, so the pipeline's IDR is usually cached by the time the viewer connects) and
@@ -11,7 +17,8 @@
 //! pipeline does not encode.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +30,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
-use super::viewer::{VideoFrame, Viewer, ViewerEvent};
+use super::offer::SdpLimits;
+use super::viewer::{VideoFrame, Viewer, ViewerEvent, ViewerOutput};
 use super::{Command, RtcError, RtcHandle, RtcStats, Shared, ViewerId};
 use crate::config::Config;
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
@@ -54,6 +62,8 @@ pub struct EngineSettings {
     pub snapshot_on_connect: bool,
     /// A viewer silent this long is removed ([`super::SILENCE_TIMEOUT`]; tests shorten it).
     pub silence_timeout: Duration,
+    /// `[server] max_sdp_*`: budgets for offers and trickle fragments.
+    pub sdp_limits: SdpLimits,
 }
 
 impl EngineSettings {
@@ -68,6 +78,7 @@ impl EngineSettings {
             max_viewers: s.max_viewers,
             snapshot_on_connect: config.snapshot.on_connect,
             silence_timeout: super::SILENCE_TIMEOUT,
+            sdp_limits: SdpLimits::from_config(s),
         }
     }
 }
@@ -110,6 +121,9 @@ impl Engine {
                 max_viewers: settings.max_viewers,
                 snapshot_on_connect: settings.snapshot_on_connect,
                 silence_timeout: settings.silence_timeout,
+                sdp_limits: settings.sdp_limits,
+                slots: Arc::default(),
+                rtc_built: Default::default(),
             }),
         };
         Ok(Self {
@@ -129,10 +143,12 @@ impl Engine {
         self
     }
 
+    /// A way in for callers (cloneable).
     pub fn handle(&self) -> RtcHandle {
         self.handle.clone()
     }
 
+    /// The bound UDP address (the port viewers send to).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
@@ -148,50 +164,46 @@ impl Engine {
             hosts,
             heartbeat,
         } = self;
-        let max_viewers = handle.shared.max_viewers;
+        // The engine keeps no sender: it stops when every caller's handle is gone.
+        let shared = handle.shared.clone();
         drop(handle);
         let (still_tx, mut still_rx) = mpsc::channel(STILL_QUEUE);
-        let mut st = State {
+        let mut st = State::new(
             socket,
             port,
-            picker: LocalAddrPicker::new(hosts),
-            viewers: Vec::new(),
-            subscriber: None,
-            pipeline_stopped: false,
-            gop: Gop::default(),
+            LocalAddrPicker::new(hosts),
             media,
             still_tx,
-            tasks: JoinSet::new(),
-            max_viewers,
-            totals: RtcStats::default(),
-            events: Vec::new(),
-        };
+            shared,
+        );
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let deadline = st.deadline();
+            let deadline = st.poll_timeout(Instant::now());
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => st.handle_command(cmd),
+                    Some(cmd) => st.handle_command(cmd, Instant::now()),
                     None => break,
                 },
                 r = st.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => st.handle_datagram(&buf[..n], source),
+                    Ok((n, source)) => st.handle_datagram(&buf[..n], source, Instant::now()),
                     Err(e) => tracing::debug!(error = %e, "udp recv failed"),
                 },
                 frame = next_frame(&mut st.subscriber) => match frame {
-                    Some(frame) => st.handle_frame(&frame),
+                    Some(frame) => st.handle_frame(&frame, Instant::now()),
                     None => {
                         // The pipeline stopped; never subscribe again (it would end at once).
                         st.subscriber = None;
                         st.pipeline_stopped = true;
                     }
                 },
-                Some((id, channel, still)) = still_rx.recv() => st.handle_still(id, channel, still),
+                Some((id, channel, still)) = still_rx.recv() => {
+                    st.handle_still(id, channel, still, Instant::now());
+                }
                 Some(_) = st.tasks.join_next(), if !st.tasks.is_empty() => {}
-                _ = tokio::time::sleep_until(deadline.into()) => st.handle_timeouts(),
+                _ = tokio::time::sleep_until(deadline.into()) => st.handle_timeout(Instant::now()),
             }
-            st.sweep();
+            st.sweep(Instant::now());
             heartbeat.beat();
         }
         for v in &mut st.viewers {
@@ -224,11 +236,10 @@ struct State {
     still_tx: mpsc::Sender<StillResult>,
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
-    max_viewers: usize,
+    /// Limits and admission counters shared with the handles.
+    shared: Arc<Shared>,
     /// Counters of viewers already removed, plus engine-level ones.
     totals: RtcStats,
-    /// Scratch for viewer events (reused).
-    events: Vec<ViewerEvent>,
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
@@ -246,28 +257,42 @@ fn send(socket: &UdpSocket, t: &Transmit) {
 }
 
 impl State {
-    fn deadline(&self) -> Instant {
-        let now = Instant::now();
+    fn new(
+        socket: UdpSocket,
+        port: u16,
+        picker: LocalAddrPicker,
+        media: MediaHandle,
+        still_tx: mpsc::Sender<StillResult>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            socket,
+            port,
+            picker,
+            viewers: Vec::new(),
+            subscriber: None,
+            pipeline_stopped: false,
+            gop: Gop::default(),
+            media,
+            still_tx,
+            tasks: JoinSet::new(),
+            shared,
+            totals: RtcStats::default(),
+        }
+    }
+
+    /// The earliest viewer timeout, at most [`MAX_IDLE`] away (liveness is checked then).
+    fn poll_timeout(&self, now: Instant) -> Instant {
         self.viewers
             .iter()
-            .map(Viewer::next_timeout)
+            .filter_map(Viewer::poll_timeout)
             .fold(now + MAX_IDLE, Instant::min)
     }
 
-    fn handle_command(&mut self, cmd: Command) {
+    fn handle_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
             Command::Register { viewer, reply } => {
-                if self.viewers.len() >= self.max_viewers {
-                    let _ = reply.send(Err(RtcError::Full {
-                        max: self.max_viewers,
-                    }));
-                    return;
-                }
-                tracing::info!(viewer = %viewer.id, kind = ?viewer.kind, "viewer added");
-                self.viewers.push(*viewer);
-                let i = self.viewers.len() - 1;
-                self.drain(i, Instant::now());
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(self.register(*viewer, now));
             }
             Command::Close { id, reply } => {
                 let r = match self.viewers.iter().position(|v| v.id == id) {
@@ -287,23 +312,7 @@ impl State {
                 candidates,
                 reply,
             } => {
-                let r = match self.viewers.iter().position(|v| v.id == id) {
-                    Some(i) => {
-                        let v = &mut self.viewers[i];
-                        match super::whep::check_if_match(&v.etag, if_match.as_deref()) {
-                            Ok(()) => {
-                                for c in candidates {
-                                    v.rtc.add_remote_candidate(c);
-                                }
-                                self.drain(i, Instant::now());
-                                Ok(())
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    None => Err(RtcError::NotFound),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.patch(id, if_match, candidates, now));
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
@@ -311,41 +320,78 @@ impl State {
         }
     }
 
-    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
-        let now = Instant::now();
-        let Ok(contents) = DatagramRecv::try_from(data) else {
-            return;
+    fn register(&mut self, viewer: Viewer, now: Instant) -> Result<(), RtcError> {
+        // The caller's `ViewerSlot` already keeps to the limit; this is a second fence.
+        let max = self.shared.max_viewers;
+        if self.viewers.len() >= max {
+            return Err(RtcError::Full { max });
+        }
+        tracing::info!(viewer = %viewer.id, kind = ?viewer.kind, "viewer added");
+        self.viewers.push(viewer);
+        self.process_outputs(self.viewers.len() - 1, now);
+        Ok(())
+    }
+
+    fn patch(
+        &mut self,
+        id: ViewerId,
+        if_match: Option<String>,
+        candidates: Vec<str0m::Candidate>,
+        now: Instant,
+    ) -> Result<(), RtcError> {
+        let i = self
+            .viewers
+            .iter()
+            .position(|v| v.id == id)
+            .ok_or(RtcError::NotFound)?;
+        let v = &mut self.viewers[i];
+        super::whep::check_if_match(&v.etag, if_match.as_deref())?;
+        let max = self.shared.sdp_limits.max_candidates;
+        v.handle_candidates(candidates, max, now)?;
+        self.process_outputs(i, now);
+        Ok(())
+    }
+
+    /// Route a datagram to the viewer whose `Rtc` accepts it. `accepts` reads only the
+    /// source and the contents, so the local address it arrived on (a route lookup, see
+    /// [`LocalAddrPicker`]) is looked up only for a datagram a viewer took.
+    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+        let contents = match DatagramRecv::try_from(data) {
+            Ok(c) if source.is_ipv4() => c,
+            _ => {
+                self.totals.datagrams_unrouted += 1;
+                return;
+            }
         };
-        let destination = match source.ip() {
-            IpAddr::V4(_) => self.picker.pick(source, self.port),
-            IpAddr::V6(_) => return,
-        };
-        let input = Input::Receive(
+        let mut input = Input::Receive(
             now,
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination,
+                destination: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)),
                 contents,
             },
         );
-        if let Some(i) = self.viewers.iter().position(|v| v.rtc.accepts(&input)) {
-            self.viewers[i].handle_input(input, now);
-            self.drain(i, now);
-        } else {
+        let Some(i) = self.viewers.iter().position(|v| v.rtc.accepts(&input)) else {
+            self.totals.datagrams_unrouted += 1;
             tracing::trace!(%source, "datagram for no viewer");
+            return;
+        };
+        if let Input::Receive(_, r) = &mut input {
+            r.destination = self.picker.pick(source, self.port);
         }
+        self.viewers[i].handle_input(input, now);
+        self.process_outputs(i, now);
     }
 
-    fn handle_frame(&mut self, frame: &EncodedFrame) {
-        let now = Instant::now();
+    fn handle_frame(&mut self, frame: &EncodedFrame, now: Instant) {
         let skipped = self.subscriber.as_ref().map_or(0, FrameSubscriber::skipped);
         let frame = VideoFrame::new(frame);
         self.gop.push(&frame, skipped);
         for i in 0..self.viewers.len() {
             if self.viewers[i].wants_video() {
                 self.viewers[i].write_frame(&frame, now);
-                self.drain(i, now);
+                self.process_outputs(i, now);
             }
         }
     }
@@ -368,7 +414,7 @@ impl State {
         for (n, f) in frames.iter().enumerate() {
             let ticks = last.ticks.saturating_sub(k - 1 - n as u64);
             self.viewers[i].write_catch_up(f, ticks, now);
-            self.drain(i, now);
+            self.process_outputs(i, now);
         }
     }
 
@@ -377,57 +423,60 @@ impl State {
         id: ViewerId,
         channel: str0m::channel::ChannelId,
         still: Result<bytes::Bytes, String>,
+        now: Instant,
     ) {
         if let Some(i) = self.viewers.iter().position(|v| v.id == id) {
-            self.viewers[i].send_still(channel, still);
-            self.drain(i, Instant::now());
+            self.viewers[i].handle_still(channel, still, now);
+            self.process_outputs(i, now);
         }
     }
 
-    fn handle_timeouts(&mut self) {
-        let now = Instant::now();
+    fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.viewers.len() {
-            if self.viewers[i].next_timeout() <= now {
+            if self.viewers[i].poll_timeout().is_some_and(|t| t <= now) {
                 self.viewers[i].handle_timeout(now);
-                self.drain(i, now);
+                self.process_outputs(i, now);
             }
         }
     }
 
-    /// Drain viewer `i` and act on what it asked for.
-    fn drain(&mut self, i: usize, now: Instant) {
-        let socket = &self.socket;
-        let mut events = std::mem::take(&mut self.events);
-        let mut start_video = Vec::new();
-        self.viewers[i].drain(now, |t| send(socket, t), &mut events);
-        for e in events.drain(..) {
-            match e {
-                ViewerEvent::Connected => {
+    /// The draining rule for viewer `i` after an input: act on each of its outputs until it
+    /// has none (its `poll_timeout` is then current).
+    fn process_outputs(&mut self, i: usize, now: Instant) {
+        let mut connected = false;
+        while let Some(out) = self.viewers[i].poll_output() {
+            match out {
+                ViewerOutput::Transmit(t) => send(&self.socket, &t),
+                ViewerOutput::Event(ViewerEvent::Connected) => {
                     let v = &self.viewers[i];
                     tracing::info!(viewer = %v.id, after = ?now.duration_since(v.created), "viewer connected");
-                    if v.wants_video() {
-                        start_video.push(i);
-                    }
+                    connected = true;
                 }
-                ViewerEvent::Keyframe(cause) => self.media.request_keyframe(cause),
-                ViewerEvent::Still { channel, max_bytes } => {
-                    let media = self.media.clone();
-                    let tx = self.still_tx.clone();
-                    let id = self.viewers[i].id;
-                    self.tasks.spawn(async move {
-                        let still = media.still(max_bytes).await.map_err(|e| match e {
-                            StillError::NoFrame => "no frame captured yet".to_owned(),
-                            other => other.to_string(),
-                        });
-                        let _ = tx.send((id, channel, still)).await;
-                    });
+                ViewerOutput::Event(ViewerEvent::Keyframe(cause)) => {
+                    self.media.request_keyframe(cause)
+                }
+                ViewerOutput::Event(ViewerEvent::Still { channel, max_bytes }) => {
+                    self.request_still(self.viewers[i].id, channel, max_bytes)
                 }
             }
         }
-        self.events = events;
-        for i in start_video {
+        // Whether it takes video is known once every output of this turn is handled.
+        if connected && self.viewers[i].wants_video() {
             self.start_video(i, now);
         }
+    }
+
+    /// Ask the pipeline for a still on a task; it comes back through `still_tx`.
+    fn request_still(&mut self, id: ViewerId, channel: str0m::channel::ChannelId, max: usize) {
+        let media = self.media.clone();
+        let tx = self.still_tx.clone();
+        self.tasks.spawn(async move {
+            let still = media.still(max).await.map_err(|e| match e {
+                StillError::NoFrame => "no frame captured yet".to_owned(),
+                other => other.to_string(),
+            });
+            let _ = tx.send((id, channel, still)).await;
+        });
     }
 
     /// Hold the frame stream exactly while some viewer has video: subscribe for the first
@@ -446,8 +495,7 @@ impl State {
     }
 
     /// Remove dead and silent viewers; hold the frame stream only while a viewer has video.
-    fn sweep(&mut self) {
-        let now = Instant::now();
+    fn sweep(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.viewers.len() {
             if self.viewers[i].is_alive(now) {
@@ -473,6 +521,8 @@ impl State {
         let mut s = self.totals.clone();
         s.viewers = self.viewers.len();
         s.connected = self.viewers.iter().filter(|v| v.is_connected()).count();
+        s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
+        s.local_addr_lookups = self.picker.lookups();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.bytes_out += v.bytes_out;

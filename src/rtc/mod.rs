@@ -19,6 +19,7 @@ pub mod whep;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 
 pub use engine::{Engine, EngineSettings};
+pub use offer::SdpLimits;
 
 /// Largest JPEG a peer is ever sent, whatever its `max-message-size` says.
 pub const MAX_STILL_BYTES: usize = 256 * 1024;
@@ -40,7 +42,10 @@ pub enum ViewerKind {
     Whep,
     /// The built-in SnapRTC capture member in hub session `session`: stills over the data
     /// channel; video too when the offer has a video m-line that can take H.264.
-    SnapRtc { session: String },
+    SnapRtc {
+        /// The hub session (for logs).
+        session: String,
+    },
 }
 
 /// A viewer's unguessable id (it is a WHEP resource URL): 128 random bits in hex.
@@ -79,6 +84,7 @@ impl fmt::Display for ViewerId {
 /// An accepted offer.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The new viewer (its WHEP resource is `/whep/{id}`).
     pub id: ViewerId,
     /// The SDP answer, every server candidate included.
     pub sdp: String,
@@ -89,24 +95,37 @@ pub struct Answer {
 /// Why the engine refused a request. Each maps to one HTTP status in [`whep`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RtcError {
-    #[error("unparsable SDP offer: {0}")]
+    /// The offer is not SDP, is over an SDP budget, or str0m refused it (400).
+    #[error("bad SDP offer: {0}")]
     BadOffer(String),
+    /// A WHEP offer without video (406).
     #[error("the offer has no video m-line")]
     NoVideo,
+    /// A WHEP offer whose video cannot be H.264 packetization-mode 1 (406).
     #[error("the offer's video has no H.264 with packetization-mode=1")]
     NoH264,
+    /// A SnapRTC offer with neither usable video nor a data channel (406).
     #[error("the offer has neither video nor a data channel")]
     NothingToSend,
+    /// `max_viewers` viewers already (503); no `Rtc` was built.
     #[error("too many viewers (max {max})")]
-    Full { max: usize },
+    Full {
+        /// `[server] max_viewers`.
+        max: usize,
+    },
+    /// No viewer with that id (404).
     #[error("no such viewer")]
     NotFound,
+    /// A PATCH with a stale `If-Match` (412).
     #[error("If-Match does not match the ETag")]
     PreconditionFailed,
+    /// A PATCH without `If-Match` (428).
     #[error("If-Match is required")]
     PreconditionRequired,
+    /// A trickle fragment over a budget or with a bad candidate (400).
     #[error("bad trickle ICE fragment: {0}")]
     BadFragment(String),
+    /// The engine task is gone (503).
     #[error("the WebRTC engine is not running")]
     Stopped,
 }
@@ -126,6 +145,12 @@ pub struct RtcStats {
     pub stills_sent: u64,
     /// Viewers removed because ICE failed or they fell silent.
     pub timed_out: u64,
+    /// `Rtc`s built (each a DTLS key and certificate): never more than viewers admitted.
+    pub rtc_built: u64,
+    /// Datagrams no viewer accepted (junk, strays, late packets of removed viewers).
+    pub datagrams_unrouted: u64,
+    /// Route lookups (syscalls) made to learn which local address a viewer sent to.
+    pub local_addr_lookups: u64,
 }
 
 /// Commands to the engine task (bounded queue).
@@ -156,13 +181,48 @@ pub struct RtcHandle {
     shared: Arc<Shared>,
 }
 
-/// Immutable after start: what every new `Rtc` is built with.
+/// What every new `Rtc` is built with (fixed at start), and the admission counters callers
+/// update before building one.
 pub(crate) struct Shared {
     /// Host candidates on the engine's one UDP port.
     pub candidates: Vec<Candidate>,
     pub max_viewers: usize,
     pub snapshot_on_connect: bool,
     pub silence_timeout: Duration,
+    /// Budgets for offers and trickle fragments.
+    pub sdp_limits: SdpLimits,
+    /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
+    /// of offers over `max_viewers` costs no DTLS key or certificate.
+    pub slots: Arc<AtomicUsize>,
+    /// `Rtc`s built, for [`RtcStats::rtc_built`].
+    pub rtc_built: AtomicU64,
+}
+
+/// One of the `max_viewers` places, taken before an `Rtc` is built and given back when it is
+/// dropped: with a viewer the engine removed, or with an offer that failed on the way.
+#[derive(Debug)]
+pub(crate) struct ViewerSlot {
+    taken: Arc<AtomicUsize>,
+}
+
+impl ViewerSlot {
+    /// Take a place, or [`RtcError::Full`] when all `max` are taken.
+    fn take(taken: &Arc<AtomicUsize>, max: usize) -> Result<Self, RtcError> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| ViewerSlot {
+                taken: taken.clone(),
+            })
+            .map_err(|_| RtcError::Full { max })
+    }
+}
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        self.taken.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// H.264 payload types we answer with: Constrained Baseline first, Baseline as a fallback
@@ -176,24 +236,21 @@ pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl RtcHandle {
     /// Accept `offer_sdp` and return the answer, once the new viewer is registered.
+    ///
+    /// Cheapest checks first: the SDP budgets and what the offer asks for (one pass over the
+    /// text), then a viewer slot, and only then str0m's parser and the `Rtc` (a DTLS key and
+    /// certificate).
     pub async fn answer(&self, offer_sdp: String, kind: ViewerKind) -> Result<Answer, RtcError> {
-        let (cleaned, summary) =
-            offer::inspect(&offer_sdp).map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        if kind == ViewerKind::Whep {
-            if !summary.has_video {
-                return Err(RtcError::NoVideo);
-            }
-            if !summary.has_h264 {
-                return Err(RtcError::NoH264);
-            }
-        } else if !(summary.has_data || (summary.has_video && summary.has_h264)) {
-            return Err(RtcError::NothingToSend);
-        }
+        let (cleaned, summary) = offer::inspect_with(&offer_sdp, &self.shared.sdp_limits)
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        check_kind(&kind, &summary)?;
+        let slot = ViewerSlot::take(&self.shared.slots, self.shared.max_viewers)?;
         let offer =
             SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
         let now = Instant::now();
         let mut rtc = new_rtc(now);
+        self.shared.rtc_built.fetch_add(1, Ordering::Relaxed);
         for c in &self.shared.candidates {
             rtc.add_local_candidate(c.clone());
         }
@@ -216,7 +273,9 @@ impl RtcHandle {
                 snapshot_on_connect: self.shared.snapshot_on_connect,
                 silence_timeout: self.shared.silence_timeout,
                 expects_video: summary.has_video && summary.has_h264,
+                remote_candidates: summary.candidates,
             },
+            slot,
             now,
         );
         let (reply, rx) = oneshot::channel();
@@ -245,13 +304,8 @@ impl RtcHandle {
         if_match: Option<String>,
         fragment: &str,
     ) -> Result<(), RtcError> {
-        let mut candidates = Vec::new();
-        for line in offer::fragment_candidates(fragment) {
-            match Candidate::from_sdp_string(line) {
-                Ok(c) => candidates.push(c),
-                Err(e) => return Err(RtcError::BadFragment(e.to_string())),
-            }
-        }
+        let candidates = offer::parse_sdpfrag(fragment, &self.shared.sdp_limits)
+            .map_err(|e| RtcError::BadFragment(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Patch {
             id,
@@ -306,6 +360,21 @@ impl crate::signaling::capture::Answerer for RtcHandle {
     }
 }
 
+/// WHEP needs H.264 video; SnapRTC needs a data channel or H.264 video.
+fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), RtcError> {
+    if *kind == ViewerKind::Whep {
+        if !summary.has_video {
+            return Err(RtcError::NoVideo);
+        }
+        if !summary.has_h264 {
+            return Err(RtcError::NoH264);
+        }
+    } else if !(summary.has_data || (summary.has_video && summary.has_h264)) {
+        return Err(RtcError::NothingToSend);
+    }
+    Ok(())
+}
+
 /// A fresh `Rtc` as every viewer gets it: ICE-lite (the device has only host candidates and
 /// the browser does the checks), H.264 CB only, room for a 256 KiB still in the SCTP buffer.
 fn new_rtc(now: Instant) -> Rtc {
@@ -345,5 +414,21 @@ mod tests {
         assert_eq!(ViewerId::parse("xyz"), None);
         assert_eq!(ViewerId::parse(&"g".repeat(32)), None);
         assert_eq!(ViewerId::parse("+0000000000000000000000000000000"), None);
+    }
+
+    #[test]
+    fn viewer_slots_are_bounded_and_given_back_on_drop() {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let a = ViewerSlot::take(&taken, 2).unwrap();
+        let b = ViewerSlot::take(&taken, 2).unwrap();
+        assert_eq!(
+            ViewerSlot::take(&taken, 2).unwrap_err(),
+            RtcError::Full { max: 2 }
+        );
+        assert_eq!(taken.load(Ordering::Acquire), 2, "a refusal takes nothing");
+        drop(a);
+        let _c = ViewerSlot::take(&taken, 2).unwrap();
+        drop(b);
+        assert_eq!(taken.load(Ordering::Acquire), 1);
     }
 }

@@ -1,17 +1,18 @@
 //! One peer: its `Rtc`, the video it is sent, its data channels and whether it is alive.
 //!
-//! The viewer does no IO. The engine feeds it inputs and calls [`Viewer::drain`] after each
-//! one; `drain` hands back datagrams to send and [`ViewerEvent`]s for the engine (keyframe and
-//! still requests), and remembers str0m's next timeout.
+//! The viewer does no IO. The engine feeds it inputs (`handle_*(…, now)`, frame writes) and,
+//! after each one, calls [`Viewer::poll_output`] until it returns `None`: each output is a
+//! datagram to send or a [`ViewerEvent`] for the engine (keyframe and still requests). Then
+//! [`Viewer::poll_timeout`] says when it next needs [`Viewer::handle_timeout`].
 
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::Transmit;
-use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use super::{ViewerId, ViewerKind};
+use super::{RtcError, ViewerId, ViewerKind, ViewerSlot};
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Stills a viewer may have in flight at once; more `snap`s get a "busy" reply.
@@ -24,12 +25,16 @@ const PLAYOUT_DELAY_MAX: MediaTime = MediaTime::from_millis(100);
 /// the RTP time in 90 kHz ticks.
 #[derive(Debug, Clone)]
 pub struct VideoFrame {
+    /// The Annex-B access unit.
     pub data: std::sync::Arc<[u8]>,
+    /// An IDR (with SPS and PPS).
     pub keyframe: bool,
+    /// RTP time, 90 kHz.
     pub ticks: u64,
 }
 
 impl VideoFrame {
+    /// Share `frame`'s bytes once for every viewer.
     pub fn new(frame: &EncodedFrame) -> Self {
         Self {
             data: std::sync::Arc::from(&frame.data[..]),
@@ -48,15 +53,29 @@ pub enum ViewerEvent {
     Keyframe(KeyframeCause),
     /// Send a still of at most `max_bytes` on channel `channel`.
     Still {
+        /// The channel the still goes back on.
         channel: ChannelId,
+        /// The peer's `max-message-size` (capped).
         max_bytes: usize,
     },
 }
 
+/// What [`Viewer::poll_output`] hands the engine.
+#[derive(Debug)]
+pub enum ViewerOutput {
+    /// A datagram to send from the engine's socket.
+    Transmit(Transmit),
+    /// Something only the engine can do.
+    Event(ViewerEvent),
+}
+
 /// One WebRTC peer.
 pub struct Viewer {
+    /// The viewer's id (WHEP resource).
     pub id: ViewerId,
+    /// WHEP or a SnapRTC session.
     pub kind: ViewerKind,
+    /// The peer connection; the engine asks it `accepts` and disconnects it.
     pub rtc: Rtc,
     /// WHEP ETag of the ICE session.
     pub etag: String,
@@ -75,11 +94,21 @@ pub struct Viewer {
     silence_timeout: Duration,
     /// str0m's next timeout.
     next_timeout: Instant,
+    /// Time of the latest input: a timeout str0m reports in the past is moved after it.
+    now: Instant,
     pending_stills: usize,
-    /// First time this viewer was written a frame (for time-to-first-frame logs).
+    /// Remote candidates from the offer and trickle fragments: bounded by
+    /// `max_sdp_candidates`, since str0m keeps each one.
+    remote_candidates: usize,
+    /// This viewer's place among `max_viewers`, given back when it is dropped.
+    _slot: ViewerSlot,
+    /// When the viewer was added (for time-to-connect and time-to-first-frame logs).
     pub created: Instant,
+    /// Video frames written.
     pub frames_sent: u64,
+    /// Stills sent on data channels.
     pub stills_sent: u64,
+    /// UDP payload bytes sent.
     pub bytes_out: u64,
 }
 
@@ -95,15 +124,19 @@ pub struct ViewerOptions {
     /// The offer has H.264 video: the viewer will take frames once connected (str0m reports
     /// the video m-line only then).
     pub expects_video: bool,
+    /// Remote candidates in the offer (they count against `max_sdp_candidates`).
+    pub remote_candidates: usize,
 }
 
 impl Viewer {
-    pub fn new(
+    /// A viewer for `rtc`, holding `slot` for its life.
+    pub(crate) fn new(
         id: ViewerId,
         kind: ViewerKind,
         rtc: Rtc,
         etag: String,
         opts: ViewerOptions,
+        slot: ViewerSlot,
         now: Instant,
     ) -> Self {
         let ViewerOptions {
@@ -111,6 +144,7 @@ impl Viewer {
             snapshot_on_connect,
             silence_timeout,
             expects_video,
+            remote_candidates,
         } = opts;
         Self {
             id,
@@ -126,7 +160,10 @@ impl Viewer {
             last_rx: now,
             silence_timeout,
             next_timeout: now,
+            now,
             pending_stills: 0,
+            remote_candidates,
+            _slot: slot,
             created: now,
             frames_sent: 0,
             stills_sent: 0,
@@ -134,6 +171,7 @@ impl Viewer {
         }
     }
 
+    /// ICE and DTLS are up.
     pub fn is_connected(&self) -> bool {
         self.connected
     }
@@ -149,8 +187,9 @@ impl Viewer {
         self.connected && self.video.is_some()
     }
 
-    pub fn next_timeout(&self) -> Instant {
-        self.next_timeout
+    /// When [`Viewer::handle_timeout`] is next due (as of the last [`Viewer::poll_output`]).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_timeout)
     }
 
     /// Alive: str0m has not given up, and the peer spoke within the silence timeout.
@@ -160,6 +199,7 @@ impl Viewer {
 
     /// A datagram this viewer accepted (`Rtc::accepts` was true).
     pub fn handle_input(&mut self, input: Input, now: Instant) {
+        self.now = now;
         self.last_rx = now;
         if let Err(e) = self.rtc.handle_input(input) {
             tracing::debug!(viewer = %self.id, error = %e, "viewer input failed; disconnecting");
@@ -167,15 +207,40 @@ impl Viewer {
         }
     }
 
+    /// Time passed: str0m's timers (ICE consent, RTCP, retransmits).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             tracing::debug!(viewer = %self.id, error = %e, "viewer timeout failed; disconnecting");
             self.rtc.disconnect();
         }
     }
 
+    /// WHEP trickle: add remote candidates, refusing more than `max` from this viewer in all.
+    pub fn handle_candidates(
+        &mut self,
+        candidates: Vec<Candidate>,
+        max: usize,
+        now: Instant,
+    ) -> Result<(), RtcError> {
+        self.now = now;
+        let total = self.remote_candidates + candidates.len();
+        if total > max {
+            return Err(RtcError::BadFragment(format!(
+                "the viewer would have {total} remote candidates, more than {max} \
+                 (server.max_sdp_candidates)"
+            )));
+        }
+        self.remote_candidates = total;
+        for c in candidates {
+            self.rtc.add_remote_candidate(c);
+        }
+        Ok(())
+    }
+
     /// Write one live frame (skipped until this viewer's first keyframe).
     pub fn write_frame(&mut self, frame: &VideoFrame, now: Instant) {
+        self.now = now;
         if !self.wants_video() {
             return;
         }
@@ -193,6 +258,7 @@ impl Viewer {
     /// catch-up burst just before the live edge, so the player shows the live picture at once
     /// instead of replaying the GOP). The first one must be the GOP's keyframe.
     pub fn write_catch_up(&mut self, frame: &VideoFrame, ticks: u64, now: Instant) {
+        self.now = now;
         if !self.wants_video() {
             return;
         }
@@ -203,11 +269,6 @@ impl Viewer {
         if !self.needs_keyframe {
             self.write_at(frame, ticks, now);
         }
-    }
-
-    /// Whether this viewer still waits for a keyframe to start.
-    pub fn needs_keyframe(&self) -> bool {
-        self.needs_keyframe
     }
 
     fn write_at(&mut self, frame: &VideoFrame, ticks: u64, now: Instant) {
@@ -230,8 +291,15 @@ impl Viewer {
         }
     }
 
-    /// Send a still (or an error text) on `channel`; returns whether it was sent.
-    pub fn send_still(&mut self, channel: ChannelId, still: Result<bytes::Bytes, String>) -> bool {
+    /// A still the pipeline made (or why it could not): send it (or the error text) on
+    /// `channel`; returns whether the still was sent.
+    pub fn handle_still(
+        &mut self,
+        channel: ChannelId,
+        still: Result<bytes::Bytes, String>,
+        now: Instant,
+    ) -> bool {
+        self.now = now;
         self.pending_stills = self.pending_stills.saturating_sub(1);
         let Some(mut ch) = self.rtc.channel(channel) else {
             return false;
@@ -270,17 +338,15 @@ impl Viewer {
         }
     }
 
-    /// Drain str0m's output after an input: send datagrams with `send`, collect events.
-    pub fn drain(
-        &mut self,
-        now: Instant,
-        mut send: impl FnMut(&Transmit),
-        events: &mut Vec<ViewerEvent>,
-    ) {
+    /// The next thing the engine must do for this viewer, consumed; `None` once str0m has
+    /// nothing more until its next timeout (see [`Viewer::poll_timeout`]). Call it until
+    /// `None` after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<ViewerOutput> {
         loop {
             if !self.rtc.is_alive() {
-                self.next_timeout = now;
-                return;
+                self.next_timeout = self.now;
+                return None;
             }
             let out = match self.rtc.poll_output() {
                 Ok(o) => o,
@@ -293,24 +359,29 @@ impl Viewer {
             match out {
                 Output::Timeout(t) => {
                     // Never busy-loop on a timeout in the past.
-                    self.next_timeout = t.max(now + Duration::from_millis(1));
-                    return;
+                    self.next_timeout = t.max(self.now + Duration::from_millis(1));
+                    return None;
                 }
                 Output::Transmit(t) => {
                     self.bytes_out += t.contents.len() as u64;
-                    send(&t);
+                    return Some(ViewerOutput::Transmit(t));
                 }
-                Output::Event(e) => self.handle_event(e, events),
+                Output::Event(e) => {
+                    if let Some(e) = self.handle_event(e) {
+                        return Some(ViewerOutput::Event(e));
+                    }
+                }
             }
         }
     }
 
-    fn handle_event(&mut self, e: Event, events: &mut Vec<ViewerEvent>) {
+    /// Act on a str0m event; what the engine must do about it, if anything.
+    fn handle_event(&mut self, e: Event) -> Option<ViewerEvent> {
         match e {
             Event::Connected => {
                 self.connected = true;
                 self.needs_keyframe = true;
-                events.push(ViewerEvent::Connected);
+                return Some(ViewerEvent::Connected);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 tracing::debug!(viewer = %self.id, "ICE disconnected");
@@ -326,12 +397,12 @@ impl Viewer {
                     KeyframeRequestKind::Pli => KeyframeCause::Pli,
                     KeyframeRequestKind::Fir => KeyframeCause::Fir,
                 };
-                events.push(ViewerEvent::Keyframe(cause));
+                return Some(ViewerEvent::Keyframe(cause));
             }
             Event::ChannelOpen(id, label) => {
                 tracing::debug!(viewer = %self.id, %label, "data channel open");
                 if self.snapshot_on_connect {
-                    self.want_still(id, events);
+                    return self.want_still(id);
                 }
             }
             Event::ChannelData(d) => {
@@ -341,25 +412,26 @@ impl Viewer {
                         "binary messages are not understood; send the text \"snap\"",
                     );
                 } else if d.data.trim_ascii() == b"snap" {
-                    self.want_still(d.id, events);
+                    return self.want_still(d.id);
                 } else {
                     self.reply_error(d.id, "unknown command; send the text \"snap\"");
                 }
             }
             _ => {}
         }
+        None
     }
 
-    fn want_still(&mut self, channel: ChannelId, events: &mut Vec<ViewerEvent>) {
+    fn want_still(&mut self, channel: ChannelId) -> Option<ViewerEvent> {
         if self.pending_stills >= MAX_PENDING_STILLS {
             self.reply_error(channel, "busy: a still is already on its way");
-            return;
+            return None;
         }
         self.pending_stills += 1;
-        events.push(ViewerEvent::Still {
+        Some(ViewerEvent::Still {
             channel,
             max_bytes: self.max_message,
-        });
+        })
     }
 
     fn reply_error(&mut self, channel: ChannelId, msg: &str) {

@@ -27,6 +27,7 @@ pub struct WhepSettings {
 }
 
 impl WhepSettings {
+    /// From `[server]`.
     pub fn from_config(config: &Config) -> Self {
         Self {
             max_body_bytes: config.server.max_body_bytes,
@@ -81,6 +82,7 @@ pub struct Whep {
 }
 
 impl Whep {
+    /// WHEP on top of the engine behind `rtc`.
     pub fn new(rtc: RtcHandle, settings: WhepSettings) -> Self {
         Self {
             rtc,
@@ -160,6 +162,7 @@ impl Whep {
     }
 }
 
+/// `OPTIONS` on a WHEP path: what it allows and accepts.
 pub fn options(route: Route) -> Response<Body> {
     let mut r = text(StatusCode::NO_CONTENT, "");
     let h = r.headers_mut();
