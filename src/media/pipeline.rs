@@ -17,6 +17,7 @@
 //! such an idle spell is an IDR, whatever the keyframe rate limit, so a new viewer starts at
 //! once. H.264 passed through costs nothing and is always forwarded.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings, VideoEncoder};
+use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings};
 use super::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
 use super::still::Latest;
 use super::{
@@ -127,6 +128,25 @@ pub fn spawn_with(
     ))
 }
 
+/// What the media thread does with the pictures it gets: whether the encoder runs, whether an
+/// IDR is owed because the encoded stream restarted, whether passthrough has found its IDR.
+/// The one place that state lives (the keyframe policy keeps the viewers' requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Raw pictures (camera or slate) and nobody watching: they are not encoded.
+    Idle,
+    /// Raw pictures encoded in software. `pending_idr`: the next encoded picture must be an IDR
+    /// whatever the policy's rate limit, because the encoded stream restarted (a new source, a
+    /// new encoder, someone watching again); counted under this cause unless the policy names one.
+    Encoding { pending_idr: Option<KeyframeCause> },
+    /// The camera's H.264 forwarded as it comes. `synced`: the camera's first IDR since it
+    /// (re)started has been seen; pictures before it are useless to a decoder and dropped.
+    Passthrough { synced: bool },
+}
+
+/// Name shown in the status while the camera's H.264 is forwarded unchanged.
+const PASSTHROUGH: &str = "passthrough";
+
 /// State owned by the media thread.
 struct MediaLoop {
     ports: MediaPorts,
@@ -135,22 +155,14 @@ struct MediaLoop {
     software: SoftwareSettings,
     quality: u8,
     start: Instant,
+    mode: Mode,
     policy: KeyframePolicy,
     encoder: Option<OpenH264Encoder>,
     /// Decoder for H.264 input when `kind = "software"` (re-encoding was asked for).
     decoder: Option<openh264::decoder::Decoder>,
     params: ParamSetInserter,
-    /// Passthrough waits for the camera's IDR after (re)start before sending its frames.
-    passthrough_synced: bool,
     camera_keyframe: SyncSender<()>,
     last_camera_keyframe_request: Option<Instant>,
-    /// The next software-encoded picture must be an IDR (the stream switched source, or
-    /// encoding resumes after nobody watched).
-    force_idr: bool,
-    /// Nobody watched the last picture, so it was not encoded.
-    idle: bool,
-    /// `force_idr` was set because encoding resumed (the IDR is counted as a new viewer's).
-    resumed: bool,
     latest: Latest,
     state: CameraState,
     slate_size: (u32, u32),
@@ -177,14 +189,7 @@ impl MediaLoop {
         let counters = ports.counters.clone();
         ports.status.send_modify(|s| {
             s.state = CameraState::Starting;
-            s.source = match spec {
-                SourceSpec::Testsrc => "testsrc".into(),
-                SourceSpec::V4l2(p) => p.display().to_string(),
-                SourceSpec::Exec => format!(
-                    "exec {}",
-                    cam.exec.command.first().map_or("", |s| s.as_str())
-                ),
-            };
+            s.source = spec.label(cam);
         });
         counters.record_progress();
         Ok(Self {
@@ -194,16 +199,13 @@ impl MediaLoop {
             software,
             quality: config.snapshot.quality,
             start: now,
+            mode: Mode::Idle,
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
             encoder,
             decoder: None,
             params: ParamSetInserter::new(),
-            passthrough_synced: false,
             camera_keyframe,
             last_camera_keyframe_request: None,
-            force_idr: true,
-            idle: false,
-            resumed: false,
             latest: Latest::None,
             state: CameraState::Starting,
             slate_size: (even(cam.width), even(cam.height)),
@@ -215,35 +217,51 @@ impl MediaLoop {
 
     fn run(mut self, events: Receiver<CaptureEvent>, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let now = Instant::now();
-            let wait = if self.state == CameraState::Streaming {
-                TICK
-            } else {
-                self.next_slate.saturating_duration_since(now).min(TICK)
-            };
-            match events.recv_timeout(wait) {
-                Ok(event) => self.handle_event(event),
+            match events.recv_timeout(self.wait(Instant::now())) {
+                Ok(event) => self.handle_event(event, Instant::now()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            let now = Instant::now();
-            if self.state != CameraState::Streaming && now >= self.next_slate {
-                self.next_slate = now.max(self.next_slate) + Duration::from_secs(1) / SLATE_FPS;
-                self.publish_slate(now);
-            }
-            self.take_keyframe_requests();
-            while let Ok(req) = self.ports.stills.try_recv() {
-                let still = self.latest.still(self.quality, req.max_bytes);
-                if still.is_ok() {
-                    self.counters
-                        .stills
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                let _ = req.reply.send(still);
-            }
-            self.update_fps(now);
-            self.counters.record_progress();
+            self.handle_timeout(Instant::now());
         }
+        self.shut_down();
+    }
+
+    /// How long to wait for the next capture event: until the next slate picture while the
+    /// camera is not streaming, at most a [`TICK`].
+    fn wait(&self, now: Instant) -> Duration {
+        if self.state == CameraState::Streaming {
+            TICK
+        } else {
+            self.next_slate.saturating_duration_since(now).min(TICK)
+        }
+    }
+
+    /// Work that does not wait for a camera frame: the slate, queued requests, the rate, the
+    /// watchdog's progress.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.state != CameraState::Streaming && now >= self.next_slate {
+            self.next_slate = now.max(self.next_slate) + Duration::from_secs(1) / SLATE_FPS;
+            self.publish_slate(now);
+        }
+        self.take_keyframe_requests(now);
+        self.serve_stills();
+        self.update_fps(now);
+        self.counters.record_progress();
+    }
+
+    fn serve_stills(&mut self) {
+        while let Ok(req) = self.ports.stills.try_recv() {
+            let still = self.latest.still(self.quality, req.max_bytes);
+            if still.is_ok() {
+                self.counters.stills.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = req.reply.send(still);
+        }
+    }
+
+    /// Cancelled or the capture thread is gone: answer what is queued, say so in the status.
+    fn shut_down(&mut self) {
         // Requests still queued get a clear answer rather than a dropped channel.
         while let Ok(req) = self.ports.stills.try_recv() {
             let _ = req.reply.send(Err(StillError::Stopped));
@@ -254,10 +272,12 @@ impl MediaLoop {
         });
     }
 
-    fn handle_event(&mut self, event: CaptureEvent) {
+    fn handle_event(&mut self, event: CaptureEvent, now: Instant) {
         match event {
             CaptureEvent::Started(info) => {
-                self.passthrough_synced = false;
+                if let Mode::Passthrough { synced } = &mut self.mode {
+                    *synced = false;
+                }
                 self.ports.status.send_modify(|s| {
                     s.source = info.name.clone();
                     s.format = info.format.clone();
@@ -266,16 +286,14 @@ impl MediaLoop {
                     }
                 });
             }
-            CaptureEvent::Frame(frame) => self.handle_frame(frame),
+            CaptureEvent::Frame(frame) => self.handle_frame(frame, now),
             CaptureEvent::Lost { reason, .. } => {
                 if self.state != CameraState::NoSignal {
-                    self.counters
-                        .camera_losses
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.camera_losses.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%reason, "no signal");
                     self.set_state(CameraState::NoSignal);
-                    self.force_idr = true;
-                    self.next_slate = Instant::now();
+                    self.restart_stream();
+                    self.next_slate = now;
                 }
             }
         }
@@ -288,27 +306,26 @@ impl MediaLoop {
         }
     }
 
-    fn handle_frame(&mut self, frame: CapturedFrame) {
+    fn handle_frame(&mut self, frame: CapturedFrame, now: Instant) {
         if self.state != CameraState::Streaming {
             self.set_state(CameraState::Streaming);
             // The slate's encoder stream ends; whatever comes next starts with an IDR.
-            self.force_idr = true;
+            self.restart_stream();
         }
         self.fps_window.1 += 1;
-        let now = Instant::now();
         let timestamp = frame.captured_at.saturating_duration_since(self.start);
         match frame.payload {
             Payload::I420(picture) => {
                 self.warn_if_passthrough_impossible("raw");
-                self.encode(&picture, timestamp, now, false);
+                self.handle_picture(&picture, timestamp, now, false);
                 self.latest = Latest::Raw(picture);
             }
             Payload::Mjpeg(jpeg) => {
                 self.warn_if_passthrough_impossible("MJPEG");
                 // Unwatched, the JPEG is kept for stills without being decoded.
-                if self.watched() {
+                if self.enter_software_mode() {
                     match super::jpeg::decode_to_i420(&jpeg) {
-                        Ok(picture) => self.encode(&picture, timestamp, now, false),
+                        Ok(picture) => self.handle_picture(&picture, timestamp, now, false),
                         Err(e) => tracing::debug!(error = %e, "bad MJPEG frame skipped"),
                     }
                 }
@@ -334,24 +351,24 @@ impl MediaLoop {
     /// H.264 from the camera, sent as it came (SPS/PPS added before IDRs that lack them).
     fn pass_through(&mut self, au: Bytes, timestamp: Duration, now: Instant) {
         let (data, keyframe) = self.params.process(au);
-        if keyframe && self.params.ready() {
-            self.passthrough_synced = true;
-        }
-        if !self.passthrough_synced {
+        let starts = keyframe && self.params.ready();
+        let synced = match self.mode {
+            Mode::Passthrough { synced } => synced || starts,
+            Mode::Idle | Mode::Encoding { .. } => starts,
+        };
+        self.mode = Mode::Passthrough { synced };
+        if !synced {
             // Until the camera's first IDR (after start or a slate), its pictures are useless.
             self.ask_camera_for_keyframe(now);
             return;
         }
-        self.set_encoder_name("passthrough");
+        self.set_encoder_name(PASSTHROUGH);
         self.latest.push_h264(data.clone(), keyframe);
+        let due = self.idr_due(now);
         if keyframe {
-            let cause = self
-                .policy
-                .poll_keyframe(now)
-                .unwrap_or(KeyframeCause::Periodic);
-            self.counters.record_keyframe(cause);
-            self.policy.handle_keyframe_sent(now);
-        } else if self.policy.has_pending() {
+            self.keyframe_sent(due.unwrap_or(KeyframeCause::Periodic), now);
+        } else if due.is_some_and(|cause| cause != KeyframeCause::Periodic) {
+            // A viewer asked; the camera keeps its own GOP otherwise.
             self.ask_camera_for_keyframe(now);
         }
         self.publish(data, keyframe, timestamp);
@@ -375,6 +392,7 @@ impl MediaLoop {
         let Some(decoder) = self.decoder.as_mut() else {
             return;
         };
+        // Every access unit is decoded, watched or not: the next ones refer to it.
         let picture = match decoder.decode(&au) {
             Ok(Some(yuv)) => crate::picture::yuv::from_yuv_source(&yuv).ok(),
             Ok(None) => None,
@@ -384,7 +402,7 @@ impl MediaLoop {
             }
         };
         if let Some(picture) = picture {
-            self.encode(&picture, timestamp, now, false);
+            self.handle_picture(&picture, timestamp, now, false);
             self.latest = Latest::Raw(picture);
         }
     }
@@ -392,29 +410,70 @@ impl MediaLoop {
     fn publish_slate(&mut self, now: Instant) {
         let picture = testsrc::slate(self.slate_size.0, self.slate_size.1);
         let timestamp = now.saturating_duration_since(self.start);
-        self.encode(&picture, timestamp, now, true);
+        self.handle_picture(&picture, timestamp, now, true);
         self.latest = Latest::Raw(picture);
     }
 
-    /// Whether anyone receives the broadcast. When not, software encoding pauses; when someone
-    /// comes back, the next encoded picture is forced to be an IDR.
-    fn watched(&mut self) -> bool {
-        let watched = self.ports.frames.receiver_count() > 0;
-        if !watched {
-            // The status names the encoder that will run (systemd status line, /health).
-            self.set_encoder_name(encoder_name(self.state != CameraState::Streaming));
-        }
-        if watched && self.idle {
-            self.force_idr = true;
-            self.resumed = true;
-        }
-        self.idle = !watched;
+    /// Whether anyone receives the broadcast (a query: no state changes).
+    fn watched(&self) -> bool {
+        self.ports.frames.receiver_count() > 0
+    }
+
+    /// Raw pictures are coming: encode them ([`Mode::Encoding`]) if anyone watches, else go
+    /// [`Mode::Idle`]. Coming out of idle or passthrough, the first encoded picture is an IDR.
+    /// Returns whether pictures are encoded now.
+    fn enter_software_mode(&mut self) -> bool {
+        let watched = self.watched();
+        self.mode = match (self.mode, watched) {
+            (_, false) => Mode::Idle,
+            (Mode::Idle, true) => Mode::Encoding {
+                pending_idr: Some(KeyframeCause::NewViewer),
+            },
+            (Mode::Passthrough { .. }, true) => Mode::Encoding {
+                pending_idr: Some(KeyframeCause::Periodic),
+            },
+            (mode @ Mode::Encoding { .. }, true) => mode,
+        };
+        // The status names the encoder that runs (or will, once someone watches).
+        self.set_encoder_name(OpenH264Encoder::NAME);
         watched
     }
 
-    fn encode(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
+    /// The encoded stream restarts (a new source, a new encoder): the next encoded picture is
+    /// an IDR. Idle and passthrough need nothing: leaving them forces one.
+    fn restart_stream(&mut self) {
+        if let Mode::Encoding { pending_idr } = &mut self.mode {
+            pending_idr.get_or_insert(KeyframeCause::Periodic);
+        }
+    }
+
+    /// Whether the picture at `now` must be an IDR, and the cause it is counted under: a
+    /// viewer's request or the GOP (the policy), else a restart of the stream (the mode).
+    fn idr_due(&mut self, now: Instant) -> Option<KeyframeCause> {
+        // Requests that arrived with this picture (a new viewer's) are answered by it.
+        self.take_keyframe_requests(now);
+        self.policy.handle_timeout(now);
+        let restart = match self.mode {
+            Mode::Encoding { pending_idr } => pending_idr,
+            Mode::Idle | Mode::Passthrough { .. } => None,
+        };
+        self.policy.poll_output().or(restart)
+    }
+
+    /// An IDR went out at `now`: count it under `cause`; neither the policy nor the mode owes
+    /// another.
+    fn keyframe_sent(&mut self, cause: KeyframeCause, now: Instant) {
+        self.counters.record_keyframe(cause);
+        self.policy.handle_keyframe_sent(now);
+        if let Mode::Encoding { pending_idr } = &mut self.mode {
+            *pending_idr = None;
+        }
+    }
+
+    /// A raw picture: its size goes to the status; it is encoded if anyone watches.
+    fn handle_picture(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
         let size = (picture.width(), picture.height());
-        if !slate && self.slate_size != size {
+        if !slate {
             self.slate_size = size;
         }
         self.ports.status.send_if_modified(|s| {
@@ -422,47 +481,27 @@ impl MediaLoop {
             (s.width, s.height) = size;
             changed
         });
-        if !self.watched() {
-            return;
+        if self.enter_software_mode() {
+            self.encode(picture, timestamp, now, slate);
         }
-        if self.encoder.is_none() {
-            match OpenH264Encoder::new(self.software) {
-                Ok(e) => self.encoder = Some(e),
-                Err(e) => {
-                    tracing::error!(error = %e, "software encoder unavailable");
-                    return;
-                }
-            }
-        }
-        // Requests that arrived with this picture (a new viewer's) are answered by it.
-        self.take_keyframe_requests();
-        let Some(encoder) = self.encoder.as_mut() else {
+    }
+
+    fn encode(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
+        let due = self.idr_due(now);
+        let Some(encoder) = self.encoder() else {
             return;
         };
-        let due = self.policy.poll_keyframe(now);
-        let force = due.is_some() || self.force_idr;
         let started = Instant::now();
-        let result = encoder.encode(picture, timestamp.as_millis() as u64, force);
+        let result = encoder.encode(picture, timestamp.as_millis() as u64, due.is_some());
         self.counters.record_encode_time(started.elapsed());
         match result {
             Ok(Some(out)) => {
                 if out.keyframe {
-                    // After an idle spell the IDR is forced because someone subscribed.
-                    let fallback = if std::mem::take(&mut self.resumed) {
-                        KeyframeCause::NewViewer
-                    } else {
-                        KeyframeCause::Periodic
-                    };
-                    self.counters.record_keyframe(due.unwrap_or(fallback));
-                    self.policy.handle_keyframe_sent(now);
-                    self.force_idr = false;
+                    self.keyframe_sent(due.unwrap_or(KeyframeCause::Periodic), now);
                 }
                 if slate {
-                    self.counters
-                        .frames_slate
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.frames_slate.fetch_add(1, Ordering::Relaxed);
                 }
-                self.set_encoder_name(encoder_name(slate));
                 self.publish(out.data, out.keyframe, timestamp);
             }
             Ok(None) => {}
@@ -470,14 +509,25 @@ impl MediaLoop {
                 tracing::warn!(error = %e, "encoding failed; frame skipped");
                 // A fresh encoder next time, starting with an IDR.
                 self.encoder = None;
-                self.force_idr = true;
+                self.restart_stream();
             }
         }
     }
 
-    fn take_keyframe_requests(&mut self) {
+    /// The software encoder, made again if the last one failed.
+    fn encoder(&mut self) -> Option<&mut OpenH264Encoder> {
+        if self.encoder.is_none() {
+            match OpenH264Encoder::new(self.software) {
+                Ok(e) => self.encoder = Some(e),
+                Err(e) => tracing::error!(error = %e, "software encoder unavailable"),
+            }
+        }
+        self.encoder.as_mut()
+    }
+
+    fn take_keyframe_requests(&mut self, now: Instant) {
         while let Ok(cause) = self.ports.keyframes.try_recv() {
-            self.policy.handle_request(cause);
+            self.policy.handle_request(cause, now);
         }
     }
 
@@ -493,9 +543,7 @@ impl MediaLoop {
     }
 
     fn publish(&mut self, data: Bytes, keyframe: bool, timestamp: Duration) {
-        self.counters
-            .frames_encoded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
         // No receivers is fine (nobody watching); the frame is simply not kept.
         let _ = self.ports.frames.send(EncodedFrame {
             data,
@@ -516,10 +564,6 @@ impl MediaLoop {
             self.fps_window = (now, 0);
         }
     }
-}
-
-fn encoder_name(_slate: bool) -> &'static str {
-    "openh264"
 }
 
 /// Encode `frames` pictures of the test pattern as the pipeline would, on virtual time (picture
@@ -546,7 +590,8 @@ pub fn encode_test_pattern(
         let at = Duration::from_secs(n) / fps.max(1);
         let now = t0 + at;
         let picture = source.picture(n, std::time::UNIX_EPOCH + at);
-        let force = policy.poll_keyframe(now).is_some();
+        policy.handle_timeout(now);
+        let force = policy.poll_output().is_some();
         if let Some(pic) = enc.encode(&picture, at.as_millis() as u64, force)? {
             if pic.keyframe {
                 policy.handle_keyframe_sent(now);
