@@ -67,9 +67,19 @@ fn is_vcl(t: u8) -> bool {
     (1..=5).contains(&t)
 }
 
-/// `first_mb_in_slice == 0`: the slice starts a new picture (Exp-Golomb `0` is a single 1 bit).
-fn first_slice_of_picture(nal: &[u8]) -> bool {
-    nal.get(1).is_some_and(|b| b & 0x80 != 0)
+/// A NAL unit that begins an access unit whatever came before it (H.264 7.4.1.2.3): an AUD,
+/// SPS, PPS, SEI or types 14..=18, or the first slice of a picture. `nal` starts at the NAL
+/// header; `None` while its first two bytes are not there yet.
+fn begins_access_unit(nal: &[u8]) -> Option<bool> {
+    let t = nal_type(nal)?;
+    if is_vcl(t) {
+        // `first_mb_in_slice == 0` (Exp-Golomb `0` is a single 1 bit): a new picture.
+        return nal.get(1).map(|b| b & 0x80 != 0);
+    }
+    Some(matches!(
+        t,
+        nal::AUD | nal::SPS | nal::PPS | nal::SEI | 14..=18
+    ))
 }
 
 /// Splits an Annex-B byte stream into access units, whatever the read boundaries.
@@ -77,7 +87,12 @@ fn first_slice_of_picture(nal: &[u8]) -> bool {
 /// An access unit ends where the next one starts: at an AUD, SPS, PPS or SEI that follows a
 /// picture's slices, or at a slice with `first_mb_in_slice == 0`. An access unit is therefore
 /// emitted when the first NAL unit of the next one is complete (one picture of latency) or at
-/// [`finish`](Self::finish). Memory is bounded by `max_au_bytes`: a longer unit is dropped.
+/// [`finish`](Self::finish).
+///
+/// Memory is bounded by `max_au_bytes` while buffering, not after: as soon as the unit being
+/// read (with the unit after it, if begun) holds more, it is dropped and counted, the bytes up
+/// to the next access-unit boundary are skipped, and units are dropped until the next IDR (the
+/// pictures between refer to the lost one, so no decoder could use them).
 #[derive(Debug)]
 pub struct AccessUnitSplitter {
     buf: BytesMut,
@@ -89,11 +104,15 @@ pub struct AccessUnitSplitter {
     au_has_vcl: bool,
     ready: std::collections::VecDeque<Bytes>,
     max_au_bytes: usize,
+    /// An oversize unit was dropped: skipping bytes until an access unit begins.
+    resyncing: bool,
+    /// An oversize unit was dropped: units are dropped until one holds an IDR.
+    needs_idr: bool,
     dropped: u64,
 }
 
 impl AccessUnitSplitter {
-    /// A splitter that drops access units larger than `max_au_bytes`.
+    /// A splitter that drops access units larger than `max_au_bytes` (at least 64).
     pub fn new(max_au_bytes: usize) -> Self {
         Self {
             buf: BytesMut::new(),
@@ -102,11 +121,13 @@ impl AccessUnitSplitter {
             au_has_vcl: false,
             ready: Default::default(),
             max_au_bytes: max_au_bytes.max(64),
+            resyncing: false,
+            needs_idr: false,
             dropped: 0,
         }
     }
 
-    /// Access units dropped for being too large.
+    /// Access units dropped: too large, or after a dropped one and before the next IDR.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -114,6 +135,21 @@ impl AccessUnitSplitter {
     /// Feed the next piece of the stream.
     pub fn handle_input(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+        loop {
+            if self.resyncing && !self.resync() {
+                return;
+            }
+            self.split_buffered();
+            if self.buf.len() <= self.max_au_bytes {
+                return;
+            }
+            // A unit far too large, or a stream without start codes: never buffer more.
+            self.drop_oversize();
+        }
+    }
+
+    /// Complete every NAL unit whose end is in the buffer, emitting the access units they end.
+    fn split_buffered(&mut self) {
         loop {
             let current = self.nal_start;
             let next =
@@ -134,10 +170,56 @@ impl AccessUnitSplitter {
         }
         // A start code may straddle this read and the next one.
         self.scan = self.scan.max(self.buf.len().saturating_sub(2));
-        if self.buf.len() > self.max_au_bytes.saturating_mul(2) {
-            // A stream without start codes, or a unit far too large: drop it all.
-            self.dropped += 1;
-            self.reset();
+    }
+
+    /// The unit being buffered is over the limit: drop it and skip to the next boundary.
+    fn drop_oversize(&mut self) {
+        self.dropped += 1;
+        // The NAL unit being read may begin the next access unit: then keep it.
+        let keep_from = match self.nal_start {
+            Some(start) if start > 0 && self.au_has_vcl && self.nal_begins_access_unit(start) => {
+                start
+            }
+            _ => self.buf.len().saturating_sub(3),
+        };
+        let _ = self.buf.split_to(keep_from);
+        self.scan = 0;
+        self.nal_start = None;
+        self.au_has_vcl = false;
+        self.resyncing = true;
+        self.needs_idr = true;
+    }
+
+    /// Whether the NAL unit whose start code is at `start` begins an access unit.
+    fn nal_begins_access_unit(&self, start: usize) -> bool {
+        start_codes(&self.buf, start)
+            .next()
+            .and_then(|(_, payload)| begins_access_unit(&self.buf[payload..]))
+            .unwrap_or(false)
+    }
+
+    /// Skip bytes up to the next NAL unit that begins an access unit; true once `buf` starts
+    /// there. Keeps at most a start code's worth of bytes while none is found.
+    fn resync(&mut self) -> bool {
+        // The first start code whose NAL unit begins an access unit or is not all here yet.
+        let found = start_codes(&self.buf, 0).find_map(|(sc, payload)| {
+            match begins_access_unit(&self.buf[payload..]) {
+                Some(false) => None,
+                Some(true) => Some((sc, true)),
+                None => Some((sc, false)),
+            }
+        });
+        match found {
+            Some((sc, begins)) => {
+                let _ = self.buf.split_to(sc);
+                // When its header is still to come, look again from this start code.
+                self.resyncing = !begins;
+                begins
+            }
+            None => {
+                let _ = self.buf.split_to(self.buf.len().saturating_sub(3));
+                false
+            }
         }
     }
 
@@ -146,6 +228,8 @@ impl AccessUnitSplitter {
         self.scan = 0;
         self.nal_start = None;
         self.au_has_vcl = false;
+        self.resyncing = false;
+        self.needs_idr = false;
     }
 
     /// The NAL unit at `start..end` (start code included) is complete. Returns how far the
@@ -160,11 +244,7 @@ impl AccessUnitSplitter {
         let Some(t) = nal_type(nal) else {
             return 0;
         };
-        let starts_new = if is_vcl(t) {
-            self.au_has_vcl && first_slice_of_picture(nal)
-        } else {
-            self.au_has_vcl && matches!(t, nal::AUD | nal::SPS | nal::PPS | nal::SEI | 14..=18)
-        };
+        let starts_new = self.au_has_vcl && begins_access_unit(nal).unwrap_or(false);
         let shift = if starts_new && start > 0 {
             self.emit(start);
             start
@@ -180,11 +260,21 @@ impl AccessUnitSplitter {
     fn emit(&mut self, upto: usize) {
         let au = self.buf.split_to(upto).freeze();
         self.au_has_vcl = false;
-        if au.len() > self.max_au_bytes {
-            self.dropped += 1;
-        } else if !au.is_empty() {
-            self.ready.push_back(au);
+        if au.is_empty() {
+            return;
         }
+        if au.len() > self.max_au_bytes {
+            // Complete in one read but too large: the pictures after it refer to it.
+            self.dropped += 1;
+            self.needs_idr = true;
+            return;
+        }
+        if self.needs_idr && !is_idr(&au) {
+            self.dropped += 1;
+            return;
+        }
+        self.needs_idr = false;
+        self.ready.push_back(au);
     }
 
     /// The next complete access unit, if any.
@@ -335,6 +425,68 @@ mod tests {
         let (all, aus) = stream();
         let with_junk = [vec![7, 7, 7], all].concat();
         assert_eq!(split_all(&[&with_junk]), aus);
+    }
+
+    /// IDR | P too large | P | SPS PPS IDR | P, for a splitter capped at `OVERSIZE_CAP`.
+    fn stream_with_an_oversize_unit() -> (Vec<u8>, Vec<Vec<u8>>) {
+        let idr = [
+            n(0x67, &[66, 0xc0, 31]),
+            n(0x68, &[0xce]),
+            n(0x65, &[0x88, 1]),
+        ]
+        .concat();
+        let huge = [n(0x09, &[0xf0]), n(0x41, &[0x9a; 1000])].concat();
+        let p = [n(0x09, &[0xf0]), n(0x41, &[0x9a, 2])].concat();
+        let idr2 = [n(0x09, &[0x10]), idr.clone()].concat();
+        let p2 = [n(0x09, &[0xf0]), n(0x41, &[0x9a, 3])].concat();
+        let all = [idr.clone(), huge, p, idr2.clone(), p2.clone()].concat();
+        (all, vec![idr, idr2, p2])
+    }
+
+    const OVERSIZE_CAP: usize = 200;
+
+    fn split_capped(pieces: &[&[u8]]) -> (Vec<Vec<u8>>, u64, usize) {
+        let mut s = AccessUnitSplitter::new(OVERSIZE_CAP);
+        let (mut out, mut most_buffered) = (Vec::new(), 0);
+        for p in pieces {
+            s.handle_input(p);
+            most_buffered = most_buffered.max(s.buf.len());
+            while let Some(au) = s.poll_access_unit() {
+                out.push(au.to_vec());
+            }
+        }
+        while let Some(au) = s.finish() {
+            out.push(au.to_vec());
+        }
+        (out, s.dropped(), most_buffered)
+    }
+
+    #[test]
+    fn an_oversize_unit_is_dropped_and_the_stream_resumes_at_the_next_idr() {
+        let (all, expected) = stream_with_an_oversize_unit();
+        for cut in 0..=all.len() {
+            let (a, b) = all.split_at(cut);
+            let (out, dropped, _) = split_capped(&[a, b]);
+            assert_eq!(out, expected, "cut at {cut}");
+            // The big P, then the P that refers to it (no decoder could use it).
+            assert_eq!(dropped, 2, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = all.chunks(1).collect();
+        assert_eq!(split_capped(&bytes).0, expected, "one byte a read");
+    }
+
+    #[test]
+    fn the_cap_holds_while_buffering_not_after() {
+        let (all, _) = stream_with_an_oversize_unit();
+        let pieces: Vec<&[u8]> = all.chunks(16).collect();
+        let (_, _, most) = split_capped(&pieces);
+        assert!(most <= OVERSIZE_CAP + 16, "buffered {most} bytes");
+        // Bytes without a single start code: bounded too, and nothing comes out.
+        let junk = vec![0x55u8; 10_000];
+        let pieces: Vec<&[u8]> = junk.chunks(64).collect();
+        let (out, _, most) = split_capped(&pieces);
+        assert!(out.is_empty());
+        assert!(most <= OVERSIZE_CAP + 64, "buffered {most} bytes");
     }
 
     #[test]
