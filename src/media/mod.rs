@@ -107,6 +107,17 @@ pub enum StillError {
     /// The picture cannot be shrunk below the asked size.
     #[error("the still cannot be made to fit {0} bytes")]
     TooLarge(usize),
+    /// The H.264 source's pictures are larger than a still is decoded at (its SPS says so;
+    /// nothing was decoded).
+    #[error("the source's pictures are {width}x{height}; stills are decoded up to {max_side}x{max_side}")]
+    PictureTooLarge {
+        /// Width the SPS announces.
+        width: u32,
+        /// Height the SPS announces.
+        height: u32,
+        /// The budget: see `still::max_still_side`.
+        max_side: u32,
+    },
     /// The pipeline's queue of still requests is full: ask again shortly.
     #[error("too many stills are being made; try again shortly")]
     Busy,

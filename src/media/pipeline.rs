@@ -154,6 +154,8 @@ struct MediaLoop {
     kind: EncoderKind,
     software: SoftwareSettings,
     quality: u8,
+    /// Largest side an H.264 still is decoded at (the SPS is checked first).
+    still_max_side: u32,
     start: Instant,
     mode: Mode,
     policy: KeyframePolicy,
@@ -198,6 +200,7 @@ impl MediaLoop {
             kind: config.encoder.kind,
             software,
             quality: config.snapshot.quality,
+            still_max_side: super::still::max_still_side(cam),
             start: now,
             mode: Mode::Idle,
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
@@ -252,7 +255,9 @@ impl MediaLoop {
 
     fn serve_stills(&mut self) {
         while let Ok(req) = self.ports.stills.try_recv() {
-            let still = self.latest.still(self.quality, req.max_bytes);
+            let still = self
+                .latest
+                .still(self.quality, req.max_bytes, self.still_max_side);
             if still.is_ok() {
                 self.counters.stills.fetch_add(1, Ordering::Relaxed);
             }

@@ -297,6 +297,168 @@ impl AccessUnitSplitter {
     }
 }
 
+/// Reads the bits of an RBSP (a NAL unit's payload with emulation-prevention bytes removed).
+struct BitReader {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl BitReader {
+    /// `payload`: the NAL unit after its header byte.
+    fn new(payload: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(payload.len());
+        let mut zeros = 0;
+        for &b in payload {
+            if zeros >= 2 && b == 3 {
+                zeros = 0;
+                continue;
+            }
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+            bytes.push(b);
+        }
+        Self { bytes, pos: 0 }
+    }
+
+    fn bit(&mut self) -> Option<u32> {
+        let byte = *self.bytes.get(self.pos / 8)?;
+        let bit = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(u32::from(bit))
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0u32, |acc, _| Some(acc << 1 | self.bit()?))
+    }
+
+    /// Unsigned Exp-Golomb; `None` past the end or beyond 32 bits.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let rest = self.bits(zeros)?;
+        Some(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
+    }
+
+    /// Signed Exp-Golomb (only skipped here).
+    fn se(&mut self) -> Option<()> {
+        self.ue().map(drop)
+    }
+}
+
+/// Profiles whose SPS carries chroma format, bit depths and scaling matrices (H.264 7.3.2.1.1).
+const HIGH_PROFILES: [u32; 13] = [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135];
+
+/// The picture size an SPS announces, after cropping: `(width, height)` in pixels. `sps` is the
+/// NAL unit without its start code (header byte first). `None` if it is not a well-formed SPS.
+/// A decoder allocates for this size, so it is read before anything is decoded.
+pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
+    if nal_type(sps)? != nal::SPS {
+        return None;
+    }
+    let mut r = BitReader::new(sps.get(1..)?);
+    let profile_idc = r.bits(8)?;
+    r.bits(16)?; // constraint flags, level_idc
+    r.ue()?; // seq_parameter_set_id
+    let mut chroma_format_idc = 1;
+    if HIGH_PROFILES.contains(&profile_idc) {
+        chroma_format_idc = r.ue()?;
+        if chroma_format_idc == 3 {
+            r.bit()?; // separate_colour_plane_flag
+        }
+        r.ue()?; // bit_depth_luma_minus8
+        r.ue()?; // bit_depth_chroma_minus8
+        r.bit()?; // qpprime_y_zero_transform_bypass_flag
+        if r.bit()? == 1 {
+            skip_scaling_lists(&mut r, if chroma_format_idc == 3 { 12 } else { 8 })?;
+        }
+    }
+    r.ue()?; // log2_max_frame_num_minus4
+    match r.ue()? {
+        0 => {
+            r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+        }
+        1 => {
+            r.bit()?; // delta_pic_order_always_zero_flag
+            r.se()?; // offset_for_non_ref_pic
+            r.se()?; // offset_for_top_to_bottom_field
+            for _ in 0..r.ue()?.min(255) {
+                r.se()?; // offset_for_ref_frame
+            }
+        }
+        _ => {}
+    }
+    r.ue()?; // max_num_ref_frames
+    r.bit()?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_map_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = u64::from(r.bit()?);
+    if frame_mbs_only == 0 {
+        r.bit()?; // mb_adaptive_frame_field_flag
+    }
+    r.bit()?; // direct_8x8_inference_flag
+    let mut width = width_mbs * 16;
+    let mut height = height_map_units * 16 * (2 - frame_mbs_only);
+    if r.bit()? == 1 {
+        let (unit_x, unit_y) = match chroma_format_idc {
+            1 => (2, 2 * (2 - frame_mbs_only)),
+            2 => (2, 2 - frame_mbs_only),
+            _ => (1, 2 - frame_mbs_only),
+        };
+        let (left, right) = (u64::from(r.ue()?), u64::from(r.ue()?));
+        let (top, bottom) = (u64::from(r.ue()?), u64::from(r.ue()?));
+        width = width.saturating_sub((left + right) * unit_x);
+        height = height.saturating_sub((top + bottom) * unit_y);
+    }
+    Some((
+        width.min(u64::from(u32::MAX)) as u32,
+        height.min(u64::from(u32::MAX)) as u32,
+    ))
+}
+
+fn skip_scaling_lists(r: &mut BitReader, count: usize) -> Option<()> {
+    for i in 0..count {
+        if r.bit()? == 0 {
+            continue;
+        }
+        let size = if i < 6 { 16 } else { 64 };
+        let (mut last, mut next) = (8i64, 8i64);
+        for _ in 0..size {
+            if next != 0 {
+                let code = i64::from(r.ue()?);
+                let delta = if code % 2 == 1 {
+                    (code + 1) / 2
+                } else {
+                    -code / 2
+                };
+                next = (last + delta + 256).rem_euclid(256);
+            }
+            if next != 0 {
+                last = next;
+            }
+        }
+    }
+    Some(())
+}
+
+/// The largest picture any SPS in these access units announces (by area), if any has one.
+pub fn largest_sps_dimensions<'a>(
+    access_units: impl IntoIterator<Item = &'a Bytes>,
+) -> Option<(u32, u32)> {
+    access_units
+        .into_iter()
+        .flat_map(|au| {
+            nal_units(au)
+                .into_iter()
+                .filter_map(sps_dimensions)
+                .collect::<Vec<_>>()
+        })
+        .max_by_key(|&(w, h)| u64::from(w) * u64::from(h))
+}
+
 /// Keeps the latest SPS and PPS and puts them before every IDR that lacks them.
 #[derive(Debug, Default)]
 pub struct ParamSetInserter {
@@ -489,6 +651,70 @@ mod tests {
         assert!(most <= OVERSIZE_CAP + 64, "buffered {most} bytes");
     }
 
+    /// Writes bits MSB first, with Exp-Golomb codes, for crafted SPS.
+    #[derive(Default)]
+    struct BitWriter {
+        bits: Vec<u8>,
+    }
+
+    impl BitWriter {
+        fn bits(&mut self, value: u32, n: u32) -> &mut Self {
+            for i in (0..n).rev() {
+                self.bits.push(((value >> i) & 1) as u8);
+            }
+            self
+        }
+
+        fn ue(&mut self, value: u32) -> &mut Self {
+            let v = u64::from(value) + 1;
+            let len = 64 - v.leading_zeros();
+            self.bits(0, len - 1);
+            for i in (0..len).rev() {
+                self.bits.push(((v >> i) & 1) as u8);
+            }
+            self
+        }
+
+        /// Stop bit, padding, and the bytes.
+        fn finish(&mut self) -> Vec<u8> {
+            self.bits.push(1);
+            while self.bits.len() % 8 != 0 {
+                self.bits.push(0);
+            }
+            self.bits
+                .chunks(8)
+                .map(|c| c.iter().fold(0u8, |acc, b| acc << 1 | b))
+                .collect()
+        }
+    }
+
+    /// A Constrained Baseline SPS (NAL header first) for a `width_mbs` x `height_mbs` picture.
+    fn crafted_sps(width_mbs: u32, height_mbs: u32) -> Vec<u8> {
+        let mut w = BitWriter::default();
+        w.bits(66, 8).bits(0xc0, 8).bits(51, 8); // profile, constraints, level 5.1
+        w.ue(0).ue(0).ue(0).ue(0); // sps id, log2_max_frame_num-4, poc type 0, lsb-4
+        w.ue(1).bits(0, 1); // max_num_ref_frames, gaps
+        w.ue(width_mbs - 1).ue(height_mbs - 1);
+        w.bits(1, 1).bits(1, 1).bits(0, 1).bits(0, 1); // frame_mbs_only, direct8x8, crop, vui
+        [vec![0x67], w.finish()].concat()
+    }
+
+    #[test]
+    fn sps_dimensions_are_read_with_cropping_and_emulation_prevention() {
+        assert_eq!(sps_dimensions(&crafted_sps(512, 512)), Some((8192, 8192)));
+        assert_eq!(sps_dimensions(&crafted_sps(80, 45)), Some((1280, 720)));
+        // Emulation prevention: 00 00 03 inside the payload is 00 00.
+        assert_eq!(
+            BitReader::new(&[0, 0, 3, 1]).bytes,
+            vec![0, 0, 1],
+            "the 03 is dropped"
+        );
+        // Not an SPS, truncated, or junk: None, never a panic.
+        assert_eq!(sps_dimensions(&[0x68, 0xce]), None);
+        assert_eq!(sps_dimensions(&crafted_sps(80, 45)[..4]), None);
+        assert_eq!(sps_dimensions(&[0x67, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+    }
+
     #[test]
     fn param_sets_are_inserted_before_idr_when_missing() {
         let (_, aus) = stream();
@@ -530,6 +756,7 @@ mod tests {
             while let Some(au) = s.finish() {
                 prop_assert!(au.len() <= 256);
             }
+            let _ = sps_dimensions(&[&[0x67][..], &junk].concat());
             let mut ins = ParamSetInserter::new();
             let _ = ins.process(Bytes::from(junk));
         }
