@@ -363,34 +363,13 @@ pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
     let profile_idc = r.bits(8)?;
     r.bits(16)?; // constraint flags, level_idc
     r.ue()?; // seq_parameter_set_id
-    let mut chroma_format_idc = 1;
-    if HIGH_PROFILES.contains(&profile_idc) {
-        chroma_format_idc = r.ue()?;
-        if chroma_format_idc == 3 {
-            r.bit()?; // separate_colour_plane_flag
-        }
-        r.ue()?; // bit_depth_luma_minus8
-        r.ue()?; // bit_depth_chroma_minus8
-        r.bit()?; // qpprime_y_zero_transform_bypass_flag
-        if r.bit()? == 1 {
-            skip_scaling_lists(&mut r, if chroma_format_idc == 3 { 12 } else { 8 })?;
-        }
-    }
+    let chroma_format_idc = if HIGH_PROFILES.contains(&profile_idc) {
+        skip_high_profile_fields(&mut r)?
+    } else {
+        1
+    };
     r.ue()?; // log2_max_frame_num_minus4
-    match r.ue()? {
-        0 => {
-            r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
-        }
-        1 => {
-            r.bit()?; // delta_pic_order_always_zero_flag
-            r.se()?; // offset_for_non_ref_pic
-            r.se()?; // offset_for_top_to_bottom_field
-            for _ in 0..r.ue()?.min(255) {
-                r.se()?; // offset_for_ref_frame
-            }
-        }
-        _ => {}
-    }
+    skip_pic_order_cnt(&mut r)?;
     r.ue()?; // max_num_ref_frames
     r.bit()?; // gaps_in_frame_num_value_allowed_flag
     let width_mbs = u64::from(r.ue()?) + 1;
@@ -417,6 +396,40 @@ pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
         width.min(u64::from(u32::MAX)) as u32,
         height.min(u64::from(u32::MAX)) as u32,
     ))
+}
+
+/// The high profiles' chroma format, bit depths and scaling lists; returns chroma_format_idc.
+fn skip_high_profile_fields(r: &mut BitReader) -> Option<u32> {
+    let chroma_format_idc = r.ue()?;
+    if chroma_format_idc == 3 {
+        r.bit()?; // separate_colour_plane_flag
+    }
+    r.ue()?; // bit_depth_luma_minus8
+    r.ue()?; // bit_depth_chroma_minus8
+    r.bit()?; // qpprime_y_zero_transform_bypass_flag
+    if r.bit()? == 1 {
+        skip_scaling_lists(r, if chroma_format_idc == 3 { 12 } else { 8 })?;
+    }
+    Some(chroma_format_idc)
+}
+
+/// pic_order_cnt_type and the fields that depend on it.
+fn skip_pic_order_cnt(r: &mut BitReader) -> Option<()> {
+    match r.ue()? {
+        0 => {
+            r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+        }
+        1 => {
+            r.bit()?; // delta_pic_order_always_zero_flag
+            r.se()?; // offset_for_non_ref_pic
+            r.se()?; // offset_for_top_to_bottom_field
+            for _ in 0..r.ue()?.min(255) {
+                r.se()?; // offset_for_ref_frame
+            }
+        }
+        _ => {}
+    }
+    Some(())
 }
 
 fn skip_scaling_lists(r: &mut BitReader, count: usize) -> Option<()> {
