@@ -248,6 +248,12 @@ impl MediaLoop {
             self.publish_slate(now);
         }
         self.take_keyframe_requests(now);
+        // Drained after the requests: only a camera that makes its own IDRs acts on it now; a
+        // software picture asks the policy again when it is encoded.
+        let due = self.policy.poll_output();
+        if self.mode == (Mode::Passthrough { synced: true }) {
+            self.ask_camera_if_requested(due, now);
+        }
         self.serve_stills();
         self.update_fps(now);
         self.counters.record_progress();
@@ -372,11 +378,18 @@ impl MediaLoop {
         let due = self.idr_due(now);
         if keyframe {
             self.keyframe_sent(due.unwrap_or(KeyframeCause::Periodic), now);
-        } else if due.is_some_and(|cause| cause != KeyframeCause::Periodic) {
-            // A viewer asked; the camera keeps its own GOP otherwise.
-            self.ask_camera_for_keyframe(now);
+        } else {
+            self.ask_camera_if_requested(due, now);
         }
         self.publish(data, keyframe, timestamp);
+    }
+
+    /// The policy says an IDR is due: a viewer's request goes to the camera; the camera keeps
+    /// its own GOP otherwise.
+    fn ask_camera_if_requested(&mut self, due: Option<KeyframeCause>, now: Instant) {
+        if due.is_some_and(|cause| cause != KeyframeCause::Periodic) {
+            self.ask_camera_for_keyframe(now);
+        }
     }
 
     fn ask_camera_for_keyframe(&mut self, now: Instant) {
