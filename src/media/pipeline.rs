@@ -250,6 +250,7 @@ impl MediaLoop {
         self.take_keyframe_requests(now);
         // Drained after the requests: only a camera that makes its own IDRs acts on it now; a
         // software picture asks the policy again when it is encoded.
+        self.policy.handle_timeout(now);
         let due = self.policy.poll_output();
         if self.mode == (Mode::Passthrough { synced: true }) {
             self.ask_camera_if_requested(due, now);
@@ -622,4 +623,140 @@ pub fn encode_test_pattern(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::CapturedFrame;
+    use std::sync::mpsc::Receiver;
+
+    fn media_loop(kind: EncoderKind) -> (MediaLoop, MediaHandle, Receiver<()>) {
+        let mut config = Config::default();
+        config.camera.width = 160;
+        config.camera.height = 120;
+        config.encoder.kind = kind;
+        let (handle, ports) = channel(ChannelLimits::default());
+        let (camera_tx, camera_rx) = std::sync::mpsc::sync_channel(1);
+        let media = MediaLoop::new(&config, &SourceSpec::Testsrc, ports, camera_tx).unwrap();
+        (media, handle, camera_rx)
+    }
+
+    fn frame(payload: Payload, at: Instant) -> CaptureEvent {
+        CaptureEvent::Frame(CapturedFrame {
+            payload,
+            captured_at: at,
+        })
+    }
+
+    fn raw(at: Instant) -> CaptureEvent {
+        frame(
+            Payload::I420(I420::filled(160, 120, 80, 100, 150).unwrap()),
+            at,
+        )
+    }
+
+    fn keyframes(handle: &MediaHandle, cause: KeyframeCause) -> u64 {
+        MediaCounters::get(&handle.counters().keyframes[cause.index()])
+    }
+
+    const FRAME: Duration = Duration::from_millis(33);
+
+    #[test]
+    fn software_pictures_idle_unwatched_and_resume_with_a_new_viewers_idr() {
+        let (mut media, handle, _) = media_loop(EncoderKind::Auto);
+        let t0 = Instant::now();
+        media.handle_event(raw(t0), t0);
+        assert_eq!(media.mode, Mode::Idle);
+        assert_eq!(MediaCounters::get(&handle.counters().frames_encoded), 0);
+
+        let mut sub = handle.subscribe();
+        let t1 = t0 + FRAME;
+        media.handle_event(raw(t1), t1);
+        assert_eq!(media.mode, Mode::Encoding { pending_idr: None });
+        assert_eq!(keyframes(&handle, KeyframeCause::NewViewer), 1);
+        let first = sub.rx.try_recv().unwrap();
+        assert!(first.keyframe);
+
+        // Nobody left, somebody came back 100 ms later: an IDR at once, whatever the 500 ms gap.
+        drop(sub);
+        let t2 = t1 + FRAME;
+        media.handle_event(raw(t2), t2);
+        assert_eq!(media.mode, Mode::Idle);
+        let mut sub = handle.subscribe();
+        let t3 = t2 + FRAME;
+        media.handle_event(raw(t3), t3);
+        assert!(sub.rx.try_recv().unwrap().keyframe);
+        assert_eq!(keyframes(&handle, KeyframeCause::NewViewer), 2);
+
+        // The camera is lost: the slate's first picture is an IDR too, again within the gap.
+        let t4 = t3 + FRAME;
+        let lost = CaptureEvent::Lost {
+            reason: "unplugged".into(),
+            retry_in: Duration::from_secs(1),
+        };
+        media.handle_event(lost, t4);
+        assert_eq!(
+            media.mode,
+            Mode::Encoding {
+                pending_idr: Some(KeyframeCause::Periodic)
+            }
+        );
+        media.handle_timeout(t4);
+        assert!(
+            sub.rx.try_recv().unwrap().keyframe,
+            "the slate starts at an IDR"
+        );
+        assert_eq!(keyframes(&handle, KeyframeCause::Periodic), 1);
+    }
+
+    #[test]
+    fn passthrough_waits_for_the_cameras_idr_and_forwards_requests_to_the_camera() {
+        let (mut media, handle, camera) = media_loop(EncoderKind::Auto);
+        let nal = |t: u8, body: &[u8]| [&[0, 0, 0, 1, t][..], body].concat();
+        let idr = [
+            nal(0x67, &[66, 0xc0, 31]),
+            nal(0x68, &[0xce]),
+            nal(0x65, &[0x88]),
+        ]
+        .concat();
+        let p = nal(0x41, &[0x9a]);
+        let h264 = |au: &Vec<u8>, at| frame(Payload::H264(Bytes::from(au.clone())), at);
+        let mut sub = handle.subscribe();
+        let t0 = Instant::now();
+
+        media.handle_event(h264(&p, t0), t0);
+        assert_eq!(media.mode, Mode::Passthrough { synced: false });
+        assert!(camera.try_recv().is_ok(), "asked the camera for its IDR");
+        assert!(sub.rx.try_recv().is_err(), "a P-frame before it is useless");
+
+        let t1 = t0 + FRAME;
+        media.handle_event(h264(&idr, t1), t1);
+        assert_eq!(media.mode, Mode::Passthrough { synced: true });
+        assert!(sub.rx.try_recv().unwrap().keyframe);
+        assert_eq!(keyframes(&handle, KeyframeCause::NewViewer), 1);
+        assert_eq!(handle.status().encoder, PASSTHROUGH);
+
+        // A PLI 100 ms after the IDR waits for the gap, then goes to the camera on a tick.
+        handle.request_keyframe(KeyframeCause::Pli);
+        let t2 = t1 + Duration::from_millis(100);
+        media.handle_event(h264(&p, t2), t2);
+        assert!(sub.rx.try_recv().is_ok());
+        assert!(camera.try_recv().is_err(), "within 500 ms of the last IDR");
+        let t3 = t1 + MIN_FORCED_GAP;
+        media.handle_timeout(t3);
+        assert!(camera.try_recv().is_ok(), "asked once the gap is over");
+        media.handle_event(h264(&idr, t3 + FRAME), t3 + FRAME);
+        assert_eq!(keyframes(&handle, KeyframeCause::Pli), 1);
+        assert_eq!(
+            handle
+                .counters()
+                .encode_time_buckets
+                .iter()
+                .map(MediaCounters::get)
+                .sum::<u64>(),
+            0,
+            "openh264 never ran"
+        );
+    }
 }
