@@ -30,6 +30,7 @@ pub struct MjpegSplitter {
 }
 
 impl MjpegSplitter {
+    /// Feed the next piece of the stream; a frame over 8 MiB is dropped.
     pub fn handle_input(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
         if self.buf.len() > MAX_FRAME_BYTES {

@@ -15,8 +15,10 @@ use crate::picture::yuv::I420;
 /// Why encoding failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
+    /// openh264 could not be loaded or refused the settings.
     #[error("encoder setup failed: {0}")]
     Setup(String),
+    /// openh264 failed on a picture (or, decoding, on an access unit).
     #[error("encoding failed: {0}")]
     Encode(String),
 }

@@ -138,8 +138,9 @@ pub struct MediaStatus {
     pub source: String,
     /// Input format, e.g. `YUYV`, `MJPEG`, `H264`, `I420`.
     pub format: String,
-    /// Frame size being sent.
+    /// Width of the pictures being sent.
     pub width: u32,
+    /// Height of the pictures being sent.
     pub height: u32,
     /// Frames per second measured over the last seconds.
     pub fps_measured: f32,
@@ -150,10 +151,14 @@ pub struct MediaStatus {
 /// The camera's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CameraState {
+    /// No frame yet (the slate follows after a grace second).
     #[default]
     Starting,
+    /// Frames are coming from the camera.
     Streaming,
+    /// The camera is lost; the "no signal" slate is sent while it is retried.
     NoSignal,
+    /// The pipeline has stopped.
     Stopped,
 }
 

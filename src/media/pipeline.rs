@@ -50,8 +50,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The capture or media thread could not be started.
     #[error("cannot start a pipeline thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The software encoder could not be set up.
     #[error(transparent)]
     Encoder(#[from] EncodeError),
 }

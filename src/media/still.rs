@@ -29,6 +29,7 @@ pub fn max_still_side(camera: &CameraConfig) -> u32 {
 /// The latest picture, kept in the cheapest form: stills are made from it only when asked.
 #[derive(Debug, Default)]
 pub enum Latest {
+    /// Nothing captured yet (or an H.264 GOP too long to keep).
     #[default]
     None,
     /// A raw picture (testsrc, YUYV/NV12 camera, slate).
@@ -84,10 +85,13 @@ impl Latest {
 /// Why `snaprtcd snapshot` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFailure {
+    /// The source could not be opened or read.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// A frame came but no JPEG could be made of it.
     #[error(transparent)]
     Still(#[from] StillError),
+    /// The source gave nothing usable in time.
     #[error("no usable frame within {0:?}")]
     Timeout(Duration),
 }
@@ -97,6 +101,7 @@ pub enum SnapshotFailure {
 pub struct SnapshotError {
     /// The source that was tried.
     pub camera: String,
+    /// What went wrong.
     pub reason: SnapshotFailure,
 }
 

@@ -9,11 +9,17 @@ use bytes::{Bytes, BytesMut};
 
 /// NAL unit types used here (ITU-T H.264 table 7-1).
 pub mod nal {
+    /// A slice of a non-IDR picture.
     pub const SLICE: u8 = 1;
+    /// A slice of an IDR picture (a decoder can start here).
     pub const IDR: u8 = 5;
+    /// Supplemental enhancement information.
     pub const SEI: u8 = 6;
+    /// Sequence parameter set (picture size, profile).
     pub const SPS: u8 = 7;
+    /// Picture parameter set.
     pub const PPS: u8 = 8;
+    /// Access unit delimiter.
     pub const AUD: u8 = 9;
 }
 
@@ -480,6 +486,7 @@ pub struct ParamSetInserter {
 }
 
 impl ParamSetInserter {
+    /// An inserter that has seen no parameter sets yet.
     pub fn new() -> Self {
         Self::default()
     }
