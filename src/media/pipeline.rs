@@ -37,7 +37,7 @@ use crate::capture::{
     self, testsrc, CaptureEvent, CaptureThread, CapturedFrame, Payload, SourceSpec,
 };
 use crate::config::{Config, EncoderKind};
-use crate::picture::annexb::ParamSetInserter;
+use crate::picture::annexb::{largest_sps_dimensions, ParamSetInserter};
 use crate::picture::yuv::{even, I420};
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
@@ -156,8 +156,11 @@ struct MediaLoop {
     kind: EncoderKind,
     software: SoftwareSettings,
     quality: u8,
-    /// Largest side an H.264 still is decoded at (the SPS is checked first).
-    still_max_side: u32,
+    /// Largest side H.264 is decoded at, for a still or to re-encode (its SPS is read first).
+    max_decode_side: u32,
+    /// The last SPS of re-encoded H.264 was over `max_decode_side`: its pictures are dropped
+    /// until an SPS within it comes.
+    oversize_sps: Option<(u32, u32)>,
     start: Instant,
     mode: Mode,
     policy: KeyframePolicy,
@@ -202,7 +205,8 @@ impl MediaLoop {
             kind: config.encoder.kind,
             software,
             quality: config.snapshot.quality,
-            still_max_side: super::still::max_still_side(cam),
+            max_decode_side: super::still::max_still_side(cam),
+            oversize_sps: None,
             start: now,
             mode: Mode::Idle,
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
@@ -266,7 +270,7 @@ impl MediaLoop {
         while let Ok(req) = self.ports.stills.try_recv() {
             let still = self
                 .latest
-                .still(self.quality, req.max_bytes, self.still_max_side);
+                .still(self.quality, req.max_bytes, self.max_decode_side);
             if still.is_ok() {
                 self.counters.stills.fetch_add(1, Ordering::Relaxed);
             }
@@ -407,6 +411,9 @@ impl MediaLoop {
 
     /// H.264 input with `kind = "software"`: decode and encode again (costly; asked for).
     fn reencode(&mut self, au: Bytes, timestamp: Duration, now: Instant) {
+        if !self.within_decode_budget(&au) {
+            return;
+        }
         if self.decoder.is_none() {
             self.decoder = openh264::decoder::Decoder::new().ok();
         }
@@ -426,6 +433,30 @@ impl MediaLoop {
             self.handle_picture(&picture, timestamp, now, false);
             self.latest = Latest::Raw(picture);
         }
+    }
+
+    /// Whether `au` may be decoded: the decoder allocates for the size its SPS announces, so an
+    /// SPS over [`max_still_side`](super::still::max_still_side) stops decoding (and drops the
+    /// decoder's state) until an SPS within it comes.
+    fn within_decode_budget(&mut self, au: &Bytes) -> bool {
+        let max = self.max_decode_side;
+        match largest_sps_dimensions([au]) {
+            Some((w, h)) if w > max || h > max => {
+                if self.oversize_sps != Some((w, h)) {
+                    tracing::warn!(
+                        width = w,
+                        height = h,
+                        max_side = max,
+                        "H.264 pictures too large to decode; dropped until the source is smaller"
+                    );
+                }
+                self.oversize_sps = Some((w, h));
+                self.decoder = None;
+            }
+            Some(_) => self.oversize_sps = None,
+            None => {}
+        }
+        self.oversize_sps.is_none()
     }
 
     fn publish_slate(&mut self, now: Instant) {
@@ -710,6 +741,36 @@ mod tests {
             "the slate starts at an IDR"
         );
         assert_eq!(keyframes(&handle, KeyframeCause::Periodic), 1);
+    }
+
+    #[test]
+    fn reencoding_refuses_h264_whose_sps_is_over_the_decode_budget() {
+        let (mut media, handle, _) = media_loop(EncoderKind::Software);
+        let _sub = handle.subscribe();
+        // SPS for 8192x8192 (512x512 macroblocks), then a PPS and an IDR slice.
+        let sps = [
+            0x67, 0x42, 0xc0, 0x33, 0xf4, 0x00, 0x40, 0x00, 0x08, 0x03, 0x20,
+        ];
+        let huge = [
+            &[0, 0, 0, 1][..],
+            &sps,
+            &[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80],
+            &[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x33, 0xff],
+        ]
+        .concat();
+        let t0 = Instant::now();
+        media.handle_event(frame(Payload::H264(Bytes::from(huge)), t0), t0);
+        assert!(media.decoder.is_none(), "nothing was handed to the decoder");
+        assert_eq!(media.oversize_sps, Some((8192, 8192)));
+        // A picture of an allowed size decodes and is encoded again.
+        let mut enc = OpenH264Encoder::new(media.software).unwrap();
+        let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
+        let small = enc.encode(&pic, 0, true).unwrap().unwrap().data;
+        let t1 = t0 + FRAME;
+        media.handle_event(frame(Payload::H264(small), t1), t1);
+        assert_eq!(media.oversize_sps, None);
+        assert!(media.decoder.is_some());
+        assert_eq!(MediaCounters::get(&handle.counters().frames_encoded), 1);
     }
 
     #[test]
