@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use snaprtcd::capture::testsrc::TestSource;
 use snaprtcd::capture::SourceSpec;
 use snaprtcd::config::{Config, SourceKind};
-use snaprtcd::media::encoder::{OpenH264Encoder, SoftwareSettings, VideoEncoder};
+use snaprtcd::media::encoder::{OpenH264Encoder, SoftwareSettings};
 use snaprtcd::media::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
 use snaprtcd::media::pipeline::spawn_with;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,8 @@ fn floor(w: u32, h: u32, n: u64) -> String {
         let pic = src.picture(i, UNIX_EPOCH + at);
         gen += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - g0;
         let started = Instant::now();
-        let force = policy.poll_keyframe(t0 + at).is_some();
+        policy.handle_timeout(t0 + at);
+        let force = policy.poll_output().is_some();
         let before = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
         let r = enc.encode(&pic, at.as_millis() as u64, force).unwrap();
         cpu += cpu_time(libc::CLOCK_THREAD_CPUTIME_ID) - before;

@@ -239,6 +239,15 @@ pub struct ExecConfig {
     pub command: Vec<String>,
     /// What the program writes.
     pub format: ExecFormat,
+    /// Largest H.264 access unit (one picture) buffered from the program. A larger one is
+    /// dropped while it is being read (memory stays bounded), counted in the log, and the
+    /// stream resumes at the next IDR. 4 MiB holds a 4K intra picture at high quality.
+    #[serde(default = "default_max_access_unit_bytes")]
+    pub max_access_unit_bytes: usize,
+}
+
+fn default_max_access_unit_bytes() -> usize {
+    4 << 20
 }
 
 impl Default for ExecConfig {
@@ -257,6 +266,7 @@ impl Default for ExecConfig {
             .map(String::from)
             .to_vec(),
             format: ExecFormat::H264,
+            max_access_unit_bytes: default_max_access_unit_bytes(),
         }
     }
 }
@@ -625,6 +635,15 @@ impl Config {
                 "must name a program when source = \"exec\"",
             );
         }
+        if !(64 << 10..=256 << 20).contains(&c.exec.max_access_unit_bytes) {
+            return bad(
+                "camera.exec.max_access_unit_bytes",
+                format!(
+                    "{} is not in 65536..=268435456 (64 KiB to 256 MiB)",
+                    c.exec.max_access_unit_bytes
+                ),
+            );
+        }
         let e = &self.encoder;
         if !(50..=50_000).contains(&e.bitrate_kbps) {
             return bad(
@@ -859,6 +878,25 @@ mod tests {
         }
         let c = Config::from_toml("[server]\nmax_sdp_candidates = 8\n", "a").unwrap();
         assert_eq!(c.server.max_sdp_candidates, 8);
+    }
+
+    #[test]
+    fn exec_access_unit_budget_is_validated() {
+        let text = "[camera.exec]\nmax_access_unit_bytes = 1000\n";
+        let err = Config::from_toml(text, "a.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a.toml:2:25: camera.exec.max_access_unit_bytes: 1000 is not in 65536..=268435456 (64 KiB to 256 MiB)"
+        );
+        let ok = "[camera.exec]\nmax_access_unit_bytes = 65536\n";
+        assert_eq!(
+            Config::from_toml(ok, "a.toml")
+                .unwrap()
+                .camera
+                .exec
+                .max_access_unit_bytes,
+            65536
+        );
     }
 
     #[test]

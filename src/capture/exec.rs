@@ -14,7 +14,8 @@ use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
 use crate::config::{ExecConfig, ExecFormat};
 use crate::picture::annexb::AccessUnitSplitter;
 
-/// Largest frame accepted from a program (a 4K intra picture fits).
+/// Largest MJPEG frame accepted from a program (a 4K picture fits). H.264 access units have
+/// their own bound, `[camera.exec] max_access_unit_bytes`.
 const MAX_FRAME_BYTES: usize = 8 << 20;
 /// No byte for this long: the program is stuck; restart it.
 const STALL: Duration = Duration::from_secs(5);
@@ -29,6 +30,7 @@ pub struct MjpegSplitter {
 }
 
 impl MjpegSplitter {
+    /// Feed the next piece of the stream; a frame over 8 MiB is dropped.
     pub fn handle_input(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
         if self.buf.len() > MAX_FRAME_BYTES {
@@ -73,6 +75,8 @@ pub struct ExecSource {
     format: ExecFormat,
     splitter: Splitter,
     buf: Vec<u8>,
+    /// Oversize access units already logged (the splitter counts them).
+    dropped_logged: u64,
     last_byte: Instant,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -117,7 +121,9 @@ impl ExecSource {
                 .ok()
         });
         let splitter = match config.format {
-            ExecFormat::H264 => Splitter::H264(AccessUnitSplitter::new(MAX_FRAME_BYTES)),
+            ExecFormat::H264 => {
+                Splitter::H264(AccessUnitSplitter::new(config.max_access_unit_bytes))
+            }
             ExecFormat::Mjpeg => Splitter::Mjpeg(MjpegSplitter::default()),
         };
         Ok(Self {
@@ -127,6 +133,7 @@ impl ExecSource {
             format: config.format,
             splitter,
             buf: vec![0; 64 * 1024],
+            dropped_logged: 0,
             last_byte: Instant::now(),
             stderr_thread,
         })
@@ -156,6 +163,25 @@ impl ExecSource {
             return Err(e);
         }
         Ok(n > 0)
+    }
+
+    /// Say when the splitter dropped access units: the first time, then every 100th.
+    fn log_dropped(&mut self) {
+        let Splitter::H264(s) = &self.splitter else {
+            return;
+        };
+        let dropped = s.dropped();
+        if dropped > self.dropped_logged
+            && (self.dropped_logged == 0 || dropped / 100 > self.dropped_logged / 100)
+        {
+            tracing::warn!(
+                program = %self.program,
+                dropped,
+                "H.264 access units dropped: larger than [camera.exec] max_access_unit_bytes, or \
+                 waiting for the IDR after one"
+            );
+            self.dropped_logged = dropped;
+        }
     }
 
     fn exit_reason(&mut self) -> String {
@@ -218,6 +244,7 @@ impl Source for ExecSource {
                 Splitter::H264(s) => s.handle_input(&self.buf[..n]),
                 Splitter::Mjpeg(s) => s.handle_input(&self.buf[..n]),
             }
+            self.log_dropped();
         }
     }
 }

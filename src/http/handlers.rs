@@ -59,6 +59,12 @@ fn still_response(still: Result<Bytes, crate::media::StillError>) -> Response<Bo
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
+        Err(e @ StillError::Busy) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
     r.headers_mut()
@@ -202,6 +208,17 @@ mod tests {
             .expect("infallible")
             .to_bytes();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn busy_still_queue_is_503_retry_after_and_says_busy() {
+        let r = still_response(Err(StillError::Busy));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            body_text(r),
+            "too many stills are being made; try again shortly\n"
+        );
     }
 
     #[test]

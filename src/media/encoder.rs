@@ -1,5 +1,6 @@
-//! Encoders: raw pictures in, H.264 access units out. One per pipeline, whatever the number of
-//! viewers. Kept behind a trait so a hardware encoder (Pi 4 V4L2 M2M) can join later.
+//! The encoder: raw pictures in, H.264 access units out. One per pipeline, whatever the number
+//! of viewers. There is one kind (openh264 in software), so it is a concrete type; a hardware
+//! encoder (Pi 4 V4L2 M2M) would make this an enum the pipeline matches on.
 
 use bytes::Bytes;
 use openh264::encoder::{
@@ -14,8 +15,10 @@ use crate::picture::yuv::I420;
 /// Why encoding failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
+    /// openh264 could not be loaded or refused the settings.
     #[error("encoder setup failed: {0}")]
     Setup(String),
+    /// openh264 failed on a picture (or, decoding, on an access unit).
     #[error("encoding failed: {0}")]
     Encode(String),
 }
@@ -29,24 +32,12 @@ pub struct EncodedPicture {
     pub keyframe: bool,
 }
 
-/// A video encoder of raw pictures.
-pub trait VideoEncoder: Send {
-    /// Encode one picture; `force_idr` makes it an IDR. `None`: the encoder skipped it.
-    fn encode(
-        &mut self,
-        picture: &I420,
-        timestamp_ms: u64,
-        force_idr: bool,
-    ) -> Result<Option<EncodedPicture>, EncodeError>;
-
-    /// Name shown in `/health` and metrics.
-    fn name(&self) -> &'static str;
-}
-
 /// Settings of the software encoder.
 #[derive(Debug, Clone, Copy)]
 pub struct SoftwareSettings {
+    /// Target bitrate (`[encoder] bitrate_kbps`).
     pub bitrate_kbps: u32,
+    /// Frame rate the rate control plans for (`[camera] fps`).
     pub fps: u32,
 }
 
@@ -60,6 +51,10 @@ pub struct OpenH264Encoder {
 }
 
 impl OpenH264Encoder {
+    /// Name shown in `/health`, metrics and the systemd status line.
+    pub const NAME: &'static str = "openh264";
+
+    /// Set openh264 up (fails if the library cannot be loaded or refuses the settings).
     pub fn new(settings: SoftwareSettings) -> Result<Self, EncodeError> {
         let config = EncoderConfig::new()
             .profile(Profile::Baseline)
@@ -84,10 +79,10 @@ impl OpenH264Encoder {
             out: Vec::with_capacity(256 * 1024),
         })
     }
-}
 
-impl VideoEncoder for OpenH264Encoder {
-    fn encode(
+    /// Encode one picture; `force_idr` makes it an IDR. `None`: the encoder skipped it (rate
+    /// control).
+    pub fn encode(
         &mut self,
         picture: &I420,
         timestamp_ms: u64,
@@ -107,10 +102,6 @@ impl VideoEncoder for OpenH264Encoder {
         }
         let (data, keyframe) = self.params.process(Bytes::copy_from_slice(&self.out));
         Ok(Some(EncodedPicture { data, keyframe }))
-    }
-
-    fn name(&self) -> &'static str {
-        "openh264"
     }
 }
 

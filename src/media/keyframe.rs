@@ -5,9 +5,12 @@
 //! of bandwidth, and a burst of PLIs must not turn the stream into all-intra). Independently,
 //! an IDR goes out every `interval` (the GOP), so a viewer that missed one recovers.
 //!
-//! Drive it once per picture: `handle_request` for every request that arrived, then
-//! `poll_keyframe(now)` says whether this picture must be an IDR; report every IDR actually
-//! produced (also ones the encoder or camera made on its own) with `handle_keyframe_sent`.
+//! Drive it once per picture, in the crate's draining order: `handle_request` for every request
+//! that arrived, `handle_timeout(now)` with the picture's time, then `poll_output` says whether
+//! this picture must be an IDR and why (it consumes the answer: ask once per picture). Report
+//! every IDR actually produced (also ones the encoder or camera made on its own) with
+//! `handle_keyframe_sent`; until then the reason stays and the next picture is asked again.
+//! There is no timer of its own: pictures are the clock, and an IDR can only be a picture.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,10 @@ pub struct KeyframePolicy {
     min_gap: Duration,
     interval: Duration,
     last_idr: Option<Instant>,
+    /// The first request not answered by an IDR yet (later ones merge into it).
     pending: Option<KeyframeCause>,
+    /// An IDR is due and nobody has asked for the answer yet.
+    due: Option<KeyframeCause>,
 }
 
 /// Smallest time between two forced IDRs.
@@ -33,25 +39,39 @@ impl KeyframePolicy {
             interval: interval.max(min_gap),
             last_idr: None,
             pending: None,
+            due: None,
         }
     }
 
-    /// A viewer asked for a keyframe. Later requests before the IDR are merged into this one.
-    pub fn handle_request(&mut self, cause: KeyframeCause) {
+    /// A viewer asked for a keyframe at `now`. Later requests before the IDR merge into it.
+    pub fn handle_request(&mut self, cause: KeyframeCause, now: Instant) {
         if self.pending.is_none() {
             self.pending = Some(cause);
         }
+        self.handle_timeout(now);
+    }
+
+    /// Time is `now` (a picture is about to be encoded or forwarded): an IDR may become due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.due = self.due_at(now);
     }
 
     /// An IDR went out at `now` (forced or not): pending requests are satisfied.
     pub fn handle_keyframe_sent(&mut self, now: Instant) {
         self.last_idr = Some(now);
         self.pending = None;
+        self.due = None;
     }
 
-    /// Must the picture encoded at `now` be an IDR, and why. Does not change state: call
-    /// [`handle_keyframe_sent`](Self::handle_keyframe_sent) once the IDR is made.
-    pub fn poll_keyframe(&self, now: Instant) -> Option<KeyframeCause> {
+    /// `Some(cause)`: the next picture must be an IDR, counted under `cause`. Consumes the
+    /// answer; the reason stays until [`handle_keyframe_sent`](Self::handle_keyframe_sent), so
+    /// the next `handle_timeout` makes it due again if this picture was not an IDR after all.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<KeyframeCause> {
+        self.due.take()
+    }
+
+    fn due_at(&self, now: Instant) -> Option<KeyframeCause> {
         let Some(last) = self.last_idr else {
             // Nothing sent yet: the first picture is always an IDR.
             return Some(self.pending.unwrap_or(KeyframeCause::Periodic));
@@ -64,21 +84,6 @@ impl KeyframePolicy {
             Some(cause) if since >= self.min_gap => Some(cause),
             _ => None,
         }
-    }
-
-    /// When the next IDR is due if no picture forces one earlier (for an idle source's timer).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let last = self.last_idr?;
-        let periodic = last + self.interval;
-        Some(match self.pending {
-            Some(_) => (last + self.min_gap).min(periodic),
-            None => periodic,
-        })
-    }
-
-    /// A request is waiting.
-    pub fn has_pending(&self) -> bool {
-        self.pending.is_some()
     }
 }
 
@@ -100,9 +105,10 @@ mod tests {
         for f in 0..frames {
             let now = t0 + FRAME * f;
             for (_, cause) in requests.iter().filter(|(at, _)| *at == f) {
-                policy.handle_request(*cause);
+                policy.handle_request(*cause, now);
             }
-            if let Some(cause) = policy.poll_keyframe(now) {
+            policy.handle_timeout(now);
+            if let Some(cause) = policy.poll_output() {
                 policy.handle_keyframe_sent(now);
                 idrs.push((f, cause));
             }
@@ -149,22 +155,42 @@ mod tests {
         );
     }
 
+    /// `handle_timeout(now)` then `poll_output()`, as the pipeline does once per picture.
+    fn at(p: &mut KeyframePolicy, now: Instant) -> Option<KeyframeCause> {
+        p.handle_timeout(now);
+        p.poll_output()
+    }
+
     #[test]
     fn request_right_after_an_idr_waits_for_the_gap_then_fires_once() {
         let mut p = KeyframePolicy::new(Duration::from_secs(10), MIN_FORCED_GAP);
         let t0 = Instant::now();
-        assert!(p.poll_keyframe(t0).is_some());
+        assert!(at(&mut p, t0).is_some());
         p.handle_keyframe_sent(t0);
-        p.handle_request(KeyframeCause::Fir);
-        p.handle_request(KeyframeCause::Pli);
-        assert_eq!(p.poll_keyframe(t0 + Duration::from_millis(499)), None);
-        assert_eq!(p.poll_timeout(), Some(t0 + MIN_FORCED_GAP));
+        p.handle_request(KeyframeCause::Fir, t0);
+        p.handle_request(KeyframeCause::Pli, t0);
+        assert_eq!(p.poll_output(), None, "within the gap: nothing due yet");
+        assert_eq!(at(&mut p, t0 + Duration::from_millis(499)), None);
         let t1 = t0 + MIN_FORCED_GAP;
-        assert_eq!(p.poll_keyframe(t1), Some(KeyframeCause::Fir));
+        assert_eq!(at(&mut p, t1), Some(KeyframeCause::Fir));
         p.handle_keyframe_sent(t1);
-        assert!(!p.has_pending());
-        assert_eq!(p.poll_keyframe(t1 + Duration::from_secs(1)), None);
-        assert_eq!(p.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+        assert_eq!(at(&mut p, t1 + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn poll_output_consumes_but_the_reason_stays_until_an_idr_is_sent() {
+        let mut p = KeyframePolicy::new(Duration::from_secs(10), MIN_FORCED_GAP);
+        let t0 = Instant::now();
+        p.handle_keyframe_sent(t0);
+        let t1 = t0 + Duration::from_secs(1);
+        p.handle_request(KeyframeCause::Pli, t1);
+        assert_eq!(p.poll_output(), Some(KeyframeCause::Pli));
+        assert_eq!(p.poll_output(), None, "asked once, answered once");
+        // The encoder skipped that picture: the next one is asked again.
+        assert_eq!(at(&mut p, t1 + FRAME), Some(KeyframeCause::Pli));
+        p.handle_keyframe_sent(t1 + FRAME);
+        assert_eq!(p.poll_output(), None);
+        assert_eq!(at(&mut p, t1 + FRAME * 2), None);
     }
 
     #[test]
@@ -172,8 +198,8 @@ mod tests {
         let mut p = KeyframePolicy::new(Duration::from_secs(2), MIN_FORCED_GAP);
         let t0 = Instant::now();
         p.handle_keyframe_sent(t0);
-        p.handle_request(KeyframeCause::NewViewer);
+        p.handle_request(KeyframeCause::NewViewer, t0);
         p.handle_keyframe_sent(t0 + Duration::from_millis(100));
-        assert_eq!(p.poll_keyframe(t0 + Duration::from_secs(1)), None);
+        assert_eq!(at(&mut p, t0 + Duration::from_secs(1)), None);
     }
 }

@@ -1,13 +1,18 @@
 //! Media: what the capture pipeline hands to everyone who shows video.
 //!
 //! The pipeline (one per camera) owns the encoder and publishes [`EncodedFrame`]s on a bounded
-//! broadcast. Every viewer holds a [`FrameSubscriber`]; frames are `Bytes`, so the fan-out never
-//! copies a frame per viewer. A viewer that falls behind loses its place in the broadcast
-//! (bounded memory), skips to the next keyframe and asks for one; it never makes the pipeline
-//! wait. Keyframe requests and still requests go back to the pipeline as typed messages on
-//! bounded channels; the pipeline's keyframe policy coalesces and rate-limits them. With no
-//! subscriber the software encoder idles (capture and stills go on); the first picture encoded
-//! for a new subscriber is an IDR.
+//! broadcast. Its users are few, not one per viewer: the RTC engine holds a single
+//! [`FrameSubscriber`] for all of its WebRTC viewers, taken while at least one of them wants
+//! video (see `rtc::engine`). The broadcast shares each frame's `Bytes` among subscribers; the
+//! engine then copies a frame once into an `Arc<[u8]>` (`rtc::viewer::VideoFrame::new`) that
+//! every viewer's str0m writer shares, and str0m packetises and encrypts it per viewer (each
+//! viewer has its own RTP packets and SRTP keys), which copies the bytes once per viewer.
+//!
+//! A subscriber that falls behind loses its place in the broadcast (bounded memory), skips to
+//! the next keyframe and asks for one; it never makes the pipeline wait. Keyframe requests and
+//! still requests go back to the pipeline as typed messages on bounded channels; the pipeline's
+//! keyframe policy coalesces and rate-limits them. With no subscriber the software encoder
+//! idles (capture and stills go on); the first picture encoded for a new subscriber is an IDR.
 
 pub mod encoder;
 pub mod jpeg;
@@ -96,12 +101,30 @@ pub struct StillRequest {
 /// Why no still could be had.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StillError {
+    /// The camera has not delivered a picture yet.
     #[error("no frame captured yet")]
     NoFrame,
+    /// The picture cannot be shrunk below the asked size.
     #[error("the still cannot be made to fit {0} bytes")]
     TooLarge(usize),
+    /// The H.264 source's pictures are larger than a still is decoded at (its SPS says so;
+    /// nothing was decoded).
+    #[error("the source's pictures are {width}x{height}; stills are decoded up to {max_side}x{max_side}")]
+    PictureTooLarge {
+        /// Width the SPS announces.
+        width: u32,
+        /// Height the SPS announces.
+        height: u32,
+        /// The budget: see `still::max_still_side`.
+        max_side: u32,
+    },
+    /// The pipeline's queue of still requests is full: ask again shortly.
+    #[error("too many stills are being made; try again shortly")]
+    Busy,
+    /// The pipeline has stopped (or never started).
     #[error("the media pipeline is not running")]
     Stopped,
+    /// The JPEG encoder (or the H.264 decoder behind it) failed.
     #[error("JPEG encoding failed: {0}")]
     Encode(String),
 }
@@ -115,8 +138,9 @@ pub struct MediaStatus {
     pub source: String,
     /// Input format, e.g. `YUYV`, `MJPEG`, `H264`, `I420`.
     pub format: String,
-    /// Frame size being sent.
+    /// Width of the pictures being sent.
     pub width: u32,
+    /// Height of the pictures being sent.
     pub height: u32,
     /// Frames per second measured over the last seconds.
     pub fps_measured: f32,
@@ -127,10 +151,14 @@ pub struct MediaStatus {
 /// The camera's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CameraState {
+    /// No frame yet (the slate follows after a grace second).
     #[default]
     Starting,
+    /// Frames are coming from the camera.
     Streaming,
+    /// The camera is lost; the "no signal" slate is sent while it is retried.
     NoSignal,
+    /// The pipeline has stopped.
     Stopped,
 }
 
@@ -328,12 +356,16 @@ impl MediaHandle {
         let _ = self.keyframes.try_send(cause);
     }
 
-    /// The latest still as a JPEG of at most `max_bytes`.
+    /// The latest still as a JPEG of at most `max_bytes`; [`StillError::Busy`] at once when
+    /// the pipeline's queue of still requests is full.
     pub async fn still(&self, max_bytes: usize) -> Result<Bytes, StillError> {
         let (reply, rx) = oneshot::channel();
         self.stills
             .try_send(StillRequest { max_bytes, reply })
-            .map_err(|_| StillError::Stopped)?;
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StillError::Busy,
+                mpsc::error::TrySendError::Closed(_) => StillError::Stopped,
+            })?;
         rx.await.map_err(|_| StillError::Stopped)?
     }
 
@@ -385,23 +417,6 @@ impl FrameSubscriber {
         }
     }
 
-    /// Non-async variant for owners that poll (the RTC loop): the next decodable frame if one
-    /// is ready, `Err(Closed)` when the pipeline stopped.
-    pub fn try_recv(&mut self) -> Result<Option<EncodedFrame>, SubscriberClosed> {
-        loop {
-            match self.rx.try_recv() {
-                Ok(frame) => {
-                    if let Some(frame) = self.accept(frame) {
-                        return Ok(Some(frame));
-                    }
-                }
-                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
-                Err(broadcast::error::TryRecvError::Closed) => return Err(SubscriberClosed),
-            }
-        }
-    }
-
     /// Frames this viewer skipped because it fell behind or joined mid-GOP.
     pub fn skipped(&self) -> u64 {
         self.skipped
@@ -425,14 +440,32 @@ impl FrameSubscriber {
     }
 }
 
-/// The pipeline behind a [`FrameSubscriber`] has stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the media pipeline stopped")]
-pub struct SubscriberClosed;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+
+    /// The pipeline behind a [`FrameSubscriber`] has stopped.
+    #[derive(Debug, PartialEq, Eq)]
+    struct SubscriberClosed;
+
+    impl FrameSubscriber {
+        /// The next decodable frame if one is ready, `Err` once the pipeline stopped.
+        fn try_recv(&mut self) -> Result<Option<EncodedFrame>, SubscriberClosed> {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(frame) => {
+                        if let Some(frame) = self.accept(frame) {
+                            return Ok(Some(frame));
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
+                    Err(broadcast::error::TryRecvError::Closed) => return Err(SubscriberClosed),
+                }
+            }
+        }
+    }
 
     fn frame(n: u64, keyframe: bool) -> EncodedFrame {
         EncodedFrame {
@@ -495,5 +528,25 @@ mod tests {
         drop(ports);
         drop(media);
         assert_eq!(sub.try_recv().unwrap_err(), SubscriberClosed);
+    }
+
+    #[test]
+    fn a_full_still_queue_is_busy_not_stopped() {
+        let limits = ChannelLimits {
+            stills: 1,
+            ..ChannelLimits::default()
+        };
+        let (media, ports) = channel(limits);
+        // The first request waits in the queue (nobody serves it); the second finds it full.
+        assert!(media.still(1000).now_or_never().is_none());
+        assert_eq!(
+            media.still(1000).now_or_never(),
+            Some(Err(StillError::Busy))
+        );
+        drop(ports);
+        assert_eq!(
+            media.still(1000).now_or_never(),
+            Some(Err(StillError::Stopped))
+        );
     }
 }

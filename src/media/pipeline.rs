@@ -17,6 +17,7 @@
 //! such an idle spell is an IDR, whatever the keyframe rate limit, so a new viewer starts at
 //! once. H.264 passed through costs nothing and is always forwarded.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings, VideoEncoder};
+use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings};
 use super::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
 use super::still::Latest;
 use super::{
@@ -36,7 +37,7 @@ use crate::capture::{
     self, testsrc, CaptureEvent, CaptureThread, CapturedFrame, Payload, SourceSpec,
 };
 use crate::config::{Config, EncoderKind};
-use crate::picture::annexb::ParamSetInserter;
+use crate::picture::annexb::{largest_sps_dimensions, ParamSetInserter};
 use crate::picture::yuv::{even, I420};
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
@@ -49,8 +50,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The capture or media thread could not be started.
     #[error("cannot start a pipeline thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The software encoder could not be set up.
     #[error(transparent)]
     Encoder(#[from] EncodeError),
 }
@@ -127,6 +130,25 @@ pub fn spawn_with(
     ))
 }
 
+/// What the media thread does with the pictures it gets: whether the encoder runs, whether an
+/// IDR is owed because the encoded stream restarted, whether passthrough has found its IDR.
+/// The one place that state lives (the keyframe policy keeps the viewers' requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Raw pictures (camera or slate) and nobody watching: they are not encoded.
+    Idle,
+    /// Raw pictures encoded in software. `pending_idr`: the next encoded picture must be an IDR
+    /// whatever the policy's rate limit, because the encoded stream restarted (a new source, a
+    /// new encoder, someone watching again); counted under this cause unless the policy names one.
+    Encoding { pending_idr: Option<KeyframeCause> },
+    /// The camera's H.264 forwarded as it comes. `synced`: the camera's first IDR since it
+    /// (re)started has been seen; pictures before it are useless to a decoder and dropped.
+    Passthrough { synced: bool },
+}
+
+/// Name shown in the status while the camera's H.264 is forwarded unchanged.
+const PASSTHROUGH: &str = "passthrough";
+
 /// State owned by the media thread.
 struct MediaLoop {
     ports: MediaPorts,
@@ -134,23 +156,20 @@ struct MediaLoop {
     kind: EncoderKind,
     software: SoftwareSettings,
     quality: u8,
+    /// Largest side H.264 is decoded at, for a still or to re-encode (its SPS is read first).
+    max_decode_side: u32,
+    /// The last SPS of re-encoded H.264 was over `max_decode_side`: its pictures are dropped
+    /// until an SPS within it comes.
+    oversize_sps: Option<(u32, u32)>,
     start: Instant,
+    mode: Mode,
     policy: KeyframePolicy,
     encoder: Option<OpenH264Encoder>,
     /// Decoder for H.264 input when `kind = "software"` (re-encoding was asked for).
     decoder: Option<openh264::decoder::Decoder>,
     params: ParamSetInserter,
-    /// Passthrough waits for the camera's IDR after (re)start before sending its frames.
-    passthrough_synced: bool,
     camera_keyframe: SyncSender<()>,
     last_camera_keyframe_request: Option<Instant>,
-    /// The next software-encoded picture must be an IDR (the stream switched source, or
-    /// encoding resumes after nobody watched).
-    force_idr: bool,
-    /// Nobody watched the last picture, so it was not encoded.
-    idle: bool,
-    /// `force_idr` was set because encoding resumed (the IDR is counted as a new viewer's).
-    resumed: bool,
     latest: Latest,
     state: CameraState,
     slate_size: (u32, u32),
@@ -177,14 +196,7 @@ impl MediaLoop {
         let counters = ports.counters.clone();
         ports.status.send_modify(|s| {
             s.state = CameraState::Starting;
-            s.source = match spec {
-                SourceSpec::Testsrc => "testsrc".into(),
-                SourceSpec::V4l2(p) => p.display().to_string(),
-                SourceSpec::Exec => format!(
-                    "exec {}",
-                    cam.exec.command.first().map_or("", |s| s.as_str())
-                ),
-            };
+            s.source = spec.label(cam);
         });
         counters.record_progress();
         Ok(Self {
@@ -193,17 +205,16 @@ impl MediaLoop {
             kind: config.encoder.kind,
             software,
             quality: config.snapshot.quality,
+            max_decode_side: super::still::max_still_side(cam),
+            oversize_sps: None,
             start: now,
+            mode: Mode::Idle,
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
             encoder,
             decoder: None,
             params: ParamSetInserter::new(),
-            passthrough_synced: false,
             camera_keyframe,
             last_camera_keyframe_request: None,
-            force_idr: true,
-            idle: false,
-            resumed: false,
             latest: Latest::None,
             state: CameraState::Starting,
             slate_size: (even(cam.width), even(cam.height)),
@@ -215,35 +226,60 @@ impl MediaLoop {
 
     fn run(mut self, events: Receiver<CaptureEvent>, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let now = Instant::now();
-            let wait = if self.state == CameraState::Streaming {
-                TICK
-            } else {
-                self.next_slate.saturating_duration_since(now).min(TICK)
-            };
-            match events.recv_timeout(wait) {
-                Ok(event) => self.handle_event(event),
+            match events.recv_timeout(self.wait(Instant::now())) {
+                Ok(event) => self.handle_event(event, Instant::now()),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            let now = Instant::now();
-            if self.state != CameraState::Streaming && now >= self.next_slate {
-                self.next_slate = now.max(self.next_slate) + Duration::from_secs(1) / SLATE_FPS;
-                self.publish_slate(now);
-            }
-            self.take_keyframe_requests();
-            while let Ok(req) = self.ports.stills.try_recv() {
-                let still = self.latest.still(self.quality, req.max_bytes);
-                if still.is_ok() {
-                    self.counters
-                        .stills
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                let _ = req.reply.send(still);
-            }
-            self.update_fps(now);
-            self.counters.record_progress();
+            self.handle_timeout(Instant::now());
         }
+        self.shut_down();
+    }
+
+    /// How long to wait for the next capture event: until the next slate picture while the
+    /// camera is not streaming, at most a [`TICK`].
+    fn wait(&self, now: Instant) -> Duration {
+        if self.state == CameraState::Streaming {
+            TICK
+        } else {
+            self.next_slate.saturating_duration_since(now).min(TICK)
+        }
+    }
+
+    /// Work that does not wait for a camera frame: the slate, queued requests, the rate, the
+    /// watchdog's progress.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.state != CameraState::Streaming && now >= self.next_slate {
+            self.next_slate = now.max(self.next_slate) + Duration::from_secs(1) / SLATE_FPS;
+            self.publish_slate(now);
+        }
+        self.take_keyframe_requests(now);
+        // Drained after the requests: only a camera that makes its own IDRs acts on it now; a
+        // software picture asks the policy again when it is encoded.
+        self.policy.handle_timeout(now);
+        let due = self.policy.poll_output();
+        if self.mode == (Mode::Passthrough { synced: true }) {
+            self.ask_camera_if_requested(due, now);
+        }
+        self.serve_stills();
+        self.update_fps(now);
+        self.counters.record_progress();
+    }
+
+    fn serve_stills(&mut self) {
+        while let Ok(req) = self.ports.stills.try_recv() {
+            let still = self
+                .latest
+                .still(self.quality, req.max_bytes, self.max_decode_side);
+            if still.is_ok() {
+                self.counters.stills.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = req.reply.send(still);
+        }
+    }
+
+    /// Cancelled or the capture thread is gone: answer what is queued, say so in the status.
+    fn shut_down(&mut self) {
         // Requests still queued get a clear answer rather than a dropped channel.
         while let Ok(req) = self.ports.stills.try_recv() {
             let _ = req.reply.send(Err(StillError::Stopped));
@@ -254,10 +290,12 @@ impl MediaLoop {
         });
     }
 
-    fn handle_event(&mut self, event: CaptureEvent) {
+    fn handle_event(&mut self, event: CaptureEvent, now: Instant) {
         match event {
             CaptureEvent::Started(info) => {
-                self.passthrough_synced = false;
+                if let Mode::Passthrough { synced } = &mut self.mode {
+                    *synced = false;
+                }
                 self.ports.status.send_modify(|s| {
                     s.source = info.name.clone();
                     s.format = info.format.clone();
@@ -266,16 +304,14 @@ impl MediaLoop {
                     }
                 });
             }
-            CaptureEvent::Frame(frame) => self.handle_frame(frame),
+            CaptureEvent::Frame(frame) => self.handle_frame(frame, now),
             CaptureEvent::Lost { reason, .. } => {
                 if self.state != CameraState::NoSignal {
-                    self.counters
-                        .camera_losses
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.camera_losses.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%reason, "no signal");
                     self.set_state(CameraState::NoSignal);
-                    self.force_idr = true;
-                    self.next_slate = Instant::now();
+                    self.restart_stream();
+                    self.next_slate = now;
                 }
             }
         }
@@ -288,27 +324,26 @@ impl MediaLoop {
         }
     }
 
-    fn handle_frame(&mut self, frame: CapturedFrame) {
+    fn handle_frame(&mut self, frame: CapturedFrame, now: Instant) {
         if self.state != CameraState::Streaming {
             self.set_state(CameraState::Streaming);
             // The slate's encoder stream ends; whatever comes next starts with an IDR.
-            self.force_idr = true;
+            self.restart_stream();
         }
         self.fps_window.1 += 1;
-        let now = Instant::now();
         let timestamp = frame.captured_at.saturating_duration_since(self.start);
         match frame.payload {
             Payload::I420(picture) => {
                 self.warn_if_passthrough_impossible("raw");
-                self.encode(&picture, timestamp, now, false);
+                self.handle_picture(&picture, timestamp, now, false);
                 self.latest = Latest::Raw(picture);
             }
             Payload::Mjpeg(jpeg) => {
                 self.warn_if_passthrough_impossible("MJPEG");
                 // Unwatched, the JPEG is kept for stills without being decoded.
-                if self.watched() {
+                if self.enter_software_mode() {
                     match super::jpeg::decode_to_i420(&jpeg) {
-                        Ok(picture) => self.encode(&picture, timestamp, now, false),
+                        Ok(picture) => self.handle_picture(&picture, timestamp, now, false),
                         Err(e) => tracing::debug!(error = %e, "bad MJPEG frame skipped"),
                     }
                 }
@@ -334,27 +369,34 @@ impl MediaLoop {
     /// H.264 from the camera, sent as it came (SPS/PPS added before IDRs that lack them).
     fn pass_through(&mut self, au: Bytes, timestamp: Duration, now: Instant) {
         let (data, keyframe) = self.params.process(au);
-        if keyframe && self.params.ready() {
-            self.passthrough_synced = true;
-        }
-        if !self.passthrough_synced {
+        let starts = keyframe && self.params.ready();
+        let synced = match self.mode {
+            Mode::Passthrough { synced } => synced || starts,
+            Mode::Idle | Mode::Encoding { .. } => starts,
+        };
+        self.mode = Mode::Passthrough { synced };
+        if !synced {
             // Until the camera's first IDR (after start or a slate), its pictures are useless.
             self.ask_camera_for_keyframe(now);
             return;
         }
-        self.set_encoder_name("passthrough");
+        self.set_encoder_name(PASSTHROUGH);
         self.latest.push_h264(data.clone(), keyframe);
+        let due = self.idr_due(now);
         if keyframe {
-            let cause = self
-                .policy
-                .poll_keyframe(now)
-                .unwrap_or(KeyframeCause::Periodic);
-            self.counters.record_keyframe(cause);
-            self.policy.handle_keyframe_sent(now);
-        } else if self.policy.has_pending() {
-            self.ask_camera_for_keyframe(now);
+            self.keyframe_sent(due.unwrap_or(KeyframeCause::Periodic), now);
+        } else {
+            self.ask_camera_if_requested(due, now);
         }
         self.publish(data, keyframe, timestamp);
+    }
+
+    /// The policy says an IDR is due: a viewer's request goes to the camera; the camera keeps
+    /// its own GOP otherwise.
+    fn ask_camera_if_requested(&mut self, due: Option<KeyframeCause>, now: Instant) {
+        if due.is_some_and(|cause| cause != KeyframeCause::Periodic) {
+            self.ask_camera_for_keyframe(now);
+        }
     }
 
     fn ask_camera_for_keyframe(&mut self, now: Instant) {
@@ -369,12 +411,16 @@ impl MediaLoop {
 
     /// H.264 input with `kind = "software"`: decode and encode again (costly; asked for).
     fn reencode(&mut self, au: Bytes, timestamp: Duration, now: Instant) {
+        if !self.within_decode_budget(&au) {
+            return;
+        }
         if self.decoder.is_none() {
             self.decoder = openh264::decoder::Decoder::new().ok();
         }
         let Some(decoder) = self.decoder.as_mut() else {
             return;
         };
+        // Every access unit is decoded, watched or not: the next ones refer to it.
         let picture = match decoder.decode(&au) {
             Ok(Some(yuv)) => crate::picture::yuv::from_yuv_source(&yuv).ok(),
             Ok(None) => None,
@@ -384,37 +430,102 @@ impl MediaLoop {
             }
         };
         if let Some(picture) = picture {
-            self.encode(&picture, timestamp, now, false);
+            self.handle_picture(&picture, timestamp, now, false);
             self.latest = Latest::Raw(picture);
         }
+    }
+
+    /// Whether `au` may be decoded: the decoder allocates for the size its SPS announces, so an
+    /// SPS over [`max_still_side`](super::still::max_still_side) stops decoding (and drops the
+    /// decoder's state) until an SPS within it comes.
+    fn within_decode_budget(&mut self, au: &Bytes) -> bool {
+        let max = self.max_decode_side;
+        match largest_sps_dimensions([au]) {
+            Some((w, h)) if w > max || h > max => {
+                if self.oversize_sps != Some((w, h)) {
+                    tracing::warn!(
+                        width = w,
+                        height = h,
+                        max_side = max,
+                        "H.264 pictures too large to decode; dropped until the source is smaller"
+                    );
+                }
+                self.oversize_sps = Some((w, h));
+                self.decoder = None;
+            }
+            Some(_) => self.oversize_sps = None,
+            None => {}
+        }
+        self.oversize_sps.is_none()
     }
 
     fn publish_slate(&mut self, now: Instant) {
         let picture = testsrc::slate(self.slate_size.0, self.slate_size.1);
         let timestamp = now.saturating_duration_since(self.start);
-        self.encode(&picture, timestamp, now, true);
+        self.handle_picture(&picture, timestamp, now, true);
         self.latest = Latest::Raw(picture);
     }
 
-    /// Whether anyone receives the broadcast. When not, software encoding pauses; when someone
-    /// comes back, the next encoded picture is forced to be an IDR.
-    fn watched(&mut self) -> bool {
-        let watched = self.ports.frames.receiver_count() > 0;
-        if !watched {
-            // The status names the encoder that will run (systemd status line, /health).
-            self.set_encoder_name(encoder_name(self.state != CameraState::Streaming));
-        }
-        if watched && self.idle {
-            self.force_idr = true;
-            self.resumed = true;
-        }
-        self.idle = !watched;
+    /// Whether anyone receives the broadcast (a query: no state changes).
+    fn watched(&self) -> bool {
+        self.ports.frames.receiver_count() > 0
+    }
+
+    /// Raw pictures are coming: encode them ([`Mode::Encoding`]) if anyone watches, else go
+    /// [`Mode::Idle`]. Coming out of idle or passthrough, the first encoded picture is an IDR.
+    /// Returns whether pictures are encoded now.
+    fn enter_software_mode(&mut self) -> bool {
+        let watched = self.watched();
+        self.mode = match (self.mode, watched) {
+            (_, false) => Mode::Idle,
+            (Mode::Idle, true) => Mode::Encoding {
+                pending_idr: Some(KeyframeCause::NewViewer),
+            },
+            (Mode::Passthrough { .. }, true) => Mode::Encoding {
+                pending_idr: Some(KeyframeCause::Periodic),
+            },
+            (mode @ Mode::Encoding { .. }, true) => mode,
+        };
+        // The status names the encoder that runs (or will, once someone watches).
+        self.set_encoder_name(OpenH264Encoder::NAME);
         watched
     }
 
-    fn encode(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
+    /// The encoded stream restarts (a new source, a new encoder): the next encoded picture is
+    /// an IDR. Idle and passthrough need nothing: leaving them forces one.
+    fn restart_stream(&mut self) {
+        if let Mode::Encoding { pending_idr } = &mut self.mode {
+            pending_idr.get_or_insert(KeyframeCause::Periodic);
+        }
+    }
+
+    /// Whether the picture at `now` must be an IDR, and the cause it is counted under: a
+    /// viewer's request or the GOP (the policy), else a restart of the stream (the mode).
+    fn idr_due(&mut self, now: Instant) -> Option<KeyframeCause> {
+        // Requests that arrived with this picture (a new viewer's) are answered by it.
+        self.take_keyframe_requests(now);
+        self.policy.handle_timeout(now);
+        let restart = match self.mode {
+            Mode::Encoding { pending_idr } => pending_idr,
+            Mode::Idle | Mode::Passthrough { .. } => None,
+        };
+        self.policy.poll_output().or(restart)
+    }
+
+    /// An IDR went out at `now`: count it under `cause`; neither the policy nor the mode owes
+    /// another.
+    fn keyframe_sent(&mut self, cause: KeyframeCause, now: Instant) {
+        self.counters.record_keyframe(cause);
+        self.policy.handle_keyframe_sent(now);
+        if let Mode::Encoding { pending_idr } = &mut self.mode {
+            *pending_idr = None;
+        }
+    }
+
+    /// A raw picture: its size goes to the status; it is encoded if anyone watches.
+    fn handle_picture(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
         let size = (picture.width(), picture.height());
-        if !slate && self.slate_size != size {
+        if !slate {
             self.slate_size = size;
         }
         self.ports.status.send_if_modified(|s| {
@@ -422,47 +533,27 @@ impl MediaLoop {
             (s.width, s.height) = size;
             changed
         });
-        if !self.watched() {
-            return;
+        if self.enter_software_mode() {
+            self.encode(picture, timestamp, now, slate);
         }
-        if self.encoder.is_none() {
-            match OpenH264Encoder::new(self.software) {
-                Ok(e) => self.encoder = Some(e),
-                Err(e) => {
-                    tracing::error!(error = %e, "software encoder unavailable");
-                    return;
-                }
-            }
-        }
-        // Requests that arrived with this picture (a new viewer's) are answered by it.
-        self.take_keyframe_requests();
-        let Some(encoder) = self.encoder.as_mut() else {
+    }
+
+    fn encode(&mut self, picture: &I420, timestamp: Duration, now: Instant, slate: bool) {
+        let due = self.idr_due(now);
+        let Some(encoder) = self.encoder() else {
             return;
         };
-        let due = self.policy.poll_keyframe(now);
-        let force = due.is_some() || self.force_idr;
         let started = Instant::now();
-        let result = encoder.encode(picture, timestamp.as_millis() as u64, force);
+        let result = encoder.encode(picture, timestamp.as_millis() as u64, due.is_some());
         self.counters.record_encode_time(started.elapsed());
         match result {
             Ok(Some(out)) => {
                 if out.keyframe {
-                    // After an idle spell the IDR is forced because someone subscribed.
-                    let fallback = if std::mem::take(&mut self.resumed) {
-                        KeyframeCause::NewViewer
-                    } else {
-                        KeyframeCause::Periodic
-                    };
-                    self.counters.record_keyframe(due.unwrap_or(fallback));
-                    self.policy.handle_keyframe_sent(now);
-                    self.force_idr = false;
+                    self.keyframe_sent(due.unwrap_or(KeyframeCause::Periodic), now);
                 }
                 if slate {
-                    self.counters
-                        .frames_slate
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.frames_slate.fetch_add(1, Ordering::Relaxed);
                 }
-                self.set_encoder_name(encoder_name(slate));
                 self.publish(out.data, out.keyframe, timestamp);
             }
             Ok(None) => {}
@@ -470,14 +561,25 @@ impl MediaLoop {
                 tracing::warn!(error = %e, "encoding failed; frame skipped");
                 // A fresh encoder next time, starting with an IDR.
                 self.encoder = None;
-                self.force_idr = true;
+                self.restart_stream();
             }
         }
     }
 
-    fn take_keyframe_requests(&mut self) {
+    /// The software encoder, made again if the last one failed.
+    fn encoder(&mut self) -> Option<&mut OpenH264Encoder> {
+        if self.encoder.is_none() {
+            match OpenH264Encoder::new(self.software) {
+                Ok(e) => self.encoder = Some(e),
+                Err(e) => tracing::error!(error = %e, "software encoder unavailable"),
+            }
+        }
+        self.encoder.as_mut()
+    }
+
+    fn take_keyframe_requests(&mut self, now: Instant) {
         while let Ok(cause) = self.ports.keyframes.try_recv() {
-            self.policy.handle_request(cause);
+            self.policy.handle_request(cause, now);
         }
     }
 
@@ -493,9 +595,7 @@ impl MediaLoop {
     }
 
     fn publish(&mut self, data: Bytes, keyframe: bool, timestamp: Duration) {
-        self.counters
-            .frames_encoded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
         // No receivers is fine (nobody watching); the frame is simply not kept.
         let _ = self.ports.frames.send(EncodedFrame {
             data,
@@ -516,10 +616,6 @@ impl MediaLoop {
             self.fps_window = (now, 0);
         }
     }
-}
-
-fn encoder_name(_slate: bool) -> &'static str {
-    "openh264"
 }
 
 /// Encode `frames` pictures of the test pattern as the pipeline would, on virtual time (picture
@@ -546,7 +642,8 @@ pub fn encode_test_pattern(
         let at = Duration::from_secs(n) / fps.max(1);
         let now = t0 + at;
         let picture = source.picture(n, std::time::UNIX_EPOCH + at);
-        let force = policy.poll_keyframe(now).is_some();
+        policy.handle_timeout(now);
+        let force = policy.poll_output().is_some();
         if let Some(pic) = enc.encode(&picture, at.as_millis() as u64, force)? {
             if pic.keyframe {
                 policy.handle_keyframe_sent(now);
@@ -559,4 +656,170 @@ pub fn encode_test_pattern(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::CapturedFrame;
+    use std::sync::mpsc::Receiver;
+
+    fn media_loop(kind: EncoderKind) -> (MediaLoop, MediaHandle, Receiver<()>) {
+        let mut config = Config::default();
+        config.camera.width = 160;
+        config.camera.height = 120;
+        config.encoder.kind = kind;
+        let (handle, ports) = channel(ChannelLimits::default());
+        let (camera_tx, camera_rx) = std::sync::mpsc::sync_channel(1);
+        let media = MediaLoop::new(&config, &SourceSpec::Testsrc, ports, camera_tx).unwrap();
+        (media, handle, camera_rx)
+    }
+
+    fn frame(payload: Payload, at: Instant) -> CaptureEvent {
+        CaptureEvent::Frame(CapturedFrame {
+            payload,
+            captured_at: at,
+        })
+    }
+
+    fn raw(at: Instant) -> CaptureEvent {
+        frame(
+            Payload::I420(I420::filled(160, 120, 80, 100, 150).unwrap()),
+            at,
+        )
+    }
+
+    fn keyframes(handle: &MediaHandle, cause: KeyframeCause) -> u64 {
+        MediaCounters::get(&handle.counters().keyframes[cause.index()])
+    }
+
+    const FRAME: Duration = Duration::from_millis(33);
+
+    #[test]
+    fn software_pictures_idle_unwatched_and_resume_with_a_new_viewers_idr() {
+        let (mut media, handle, _) = media_loop(EncoderKind::Auto);
+        let t0 = Instant::now();
+        media.handle_event(raw(t0), t0);
+        assert_eq!(media.mode, Mode::Idle);
+        assert_eq!(MediaCounters::get(&handle.counters().frames_encoded), 0);
+
+        let mut sub = handle.subscribe();
+        let t1 = t0 + FRAME;
+        media.handle_event(raw(t1), t1);
+        assert_eq!(media.mode, Mode::Encoding { pending_idr: None });
+        assert_eq!(keyframes(&handle, KeyframeCause::NewViewer), 1);
+        let first = sub.rx.try_recv().unwrap();
+        assert!(first.keyframe);
+
+        // Nobody left, somebody came back 100 ms later: an IDR at once, whatever the 500 ms gap.
+        drop(sub);
+        let t2 = t1 + FRAME;
+        media.handle_event(raw(t2), t2);
+        assert_eq!(media.mode, Mode::Idle);
+        let mut sub = handle.subscribe();
+        let t3 = t2 + FRAME;
+        media.handle_event(raw(t3), t3);
+        assert!(sub.rx.try_recv().unwrap().keyframe);
+        assert_eq!(keyframes(&handle, KeyframeCause::NewViewer), 2);
+
+        // The camera is lost: the slate's first picture is an IDR too, again within the gap.
+        let t4 = t3 + FRAME;
+        let lost = CaptureEvent::Lost {
+            reason: "unplugged".into(),
+            retry_in: Duration::from_secs(1),
+        };
+        media.handle_event(lost, t4);
+        assert_eq!(
+            media.mode,
+            Mode::Encoding {
+                pending_idr: Some(KeyframeCause::Periodic)
+            }
+        );
+        media.handle_timeout(t4);
+        assert!(
+            sub.rx.try_recv().unwrap().keyframe,
+            "the slate starts at an IDR"
+        );
+        assert_eq!(keyframes(&handle, KeyframeCause::Periodic), 1);
+    }
+
+    #[test]
+    fn reencoding_refuses_h264_whose_sps_is_over_the_decode_budget() {
+        let (mut media, handle, _) = media_loop(EncoderKind::Software);
+        let _sub = handle.subscribe();
+        // SPS for 8192x8192 (512x512 macroblocks), then a PPS and an IDR slice.
+        let sps = [
+            0x67, 0x42, 0xc0, 0x33, 0xf4, 0x00, 0x40, 0x00, 0x08, 0x03, 0x20,
+        ];
+        let huge = [
+            &[0, 0, 0, 1][..],
+            &sps,
+            &[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80],
+            &[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x33, 0xff],
+        ]
+        .concat();
+        let t0 = Instant::now();
+        media.handle_event(frame(Payload::H264(Bytes::from(huge)), t0), t0);
+        assert!(media.decoder.is_none(), "nothing was handed to the decoder");
+        assert_eq!(media.oversize_sps, Some((8192, 8192)));
+        // A picture of an allowed size decodes and is encoded again.
+        let mut enc = OpenH264Encoder::new(media.software).unwrap();
+        let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
+        let small = enc.encode(&pic, 0, true).unwrap().unwrap().data;
+        let t1 = t0 + FRAME;
+        media.handle_event(frame(Payload::H264(small), t1), t1);
+        assert_eq!(media.oversize_sps, None);
+        assert!(media.decoder.is_some());
+        assert_eq!(MediaCounters::get(&handle.counters().frames_encoded), 1);
+    }
+
+    #[test]
+    fn passthrough_waits_for_the_cameras_idr_and_forwards_requests_to_the_camera() {
+        let (mut media, handle, camera) = media_loop(EncoderKind::Auto);
+        let nal = |t: u8, body: &[u8]| [&[0, 0, 0, 1, t][..], body].concat();
+        let idr = [
+            nal(0x67, &[66, 0xc0, 31]),
+            nal(0x68, &[0xce]),
+            nal(0x65, &[0x88]),
+        ]
+        .concat();
+        let p = nal(0x41, &[0x9a]);
+        let h264 = |au: &Vec<u8>, at| frame(Payload::H264(Bytes::from(au.clone())), at);
+        let mut sub = handle.subscribe();
+        let t0 = Instant::now();
+
+        media.handle_event(h264(&p, t0), t0);
+        assert_eq!(media.mode, Mode::Passthrough { synced: false });
+        assert!(camera.try_recv().is_ok(), "asked the camera for its IDR");
+        assert!(sub.rx.try_recv().is_err(), "a P-frame before it is useless");
+
+        let t1 = t0 + FRAME;
+        media.handle_event(h264(&idr, t1), t1);
+        assert_eq!(media.mode, Mode::Passthrough { synced: true });
+        assert!(sub.rx.try_recv().unwrap().keyframe);
+        assert_eq!(keyframes(&handle, KeyframeCause::NewViewer), 1);
+        assert_eq!(handle.status().encoder, PASSTHROUGH);
+
+        // A PLI 100 ms after the IDR waits for the gap, then goes to the camera on a tick.
+        handle.request_keyframe(KeyframeCause::Pli);
+        let t2 = t1 + Duration::from_millis(100);
+        media.handle_event(h264(&p, t2), t2);
+        assert!(sub.rx.try_recv().is_ok());
+        assert!(camera.try_recv().is_err(), "within 500 ms of the last IDR");
+        let t3 = t1 + MIN_FORCED_GAP;
+        media.handle_timeout(t3);
+        assert!(camera.try_recv().is_ok(), "asked once the gap is over");
+        media.handle_event(h264(&idr, t3 + FRAME), t3 + FRAME);
+        assert_eq!(keyframes(&handle, KeyframeCause::Pli), 1);
+        assert_eq!(
+            handle
+                .counters()
+                .encode_time_buckets
+                .iter()
+                .map(MediaCounters::get)
+                .sum::<u64>(),
+            0,
+            "openh264 never ran"
+        );
+    }
 }

@@ -8,16 +8,28 @@ use super::encoder::decode_last_picture;
 use super::jpeg::{fit, StillSource};
 use super::StillError;
 use crate::capture::{self, CaptureError, Payload};
-use crate::config::Config;
+use crate::config::{CameraConfig, Config};
+use crate::picture::annexb::largest_sps_dimensions;
 use crate::picture::yuv::I420;
 
 /// Most H.264 access units kept since the last IDR to make a still of an H.264 source; a
 /// longer GOP stops keeping them until the next IDR (memory stays bounded).
 const MAX_GOP_FRAMES: usize = 600;
 
+/// Stills of H.264 are decoded up to this width and height at least.
+const MIN_STILL_SIDE_BUDGET: u32 = 4096;
+
+/// Largest width or height an H.264 source's still is decoded at: 4096, or twice the configured
+/// camera width or height if that is more. The decoder allocates for whatever size the SPS
+/// announces, and an `exec` program's SPS comes from outside, so it is checked first.
+pub fn max_still_side(camera: &CameraConfig) -> u32 {
+    MIN_STILL_SIDE_BUDGET.max(camera.width.max(camera.height).saturating_mul(2))
+}
+
 /// The latest picture, kept in the cheapest form: stills are made from it only when asked.
 #[derive(Debug, Default)]
 pub enum Latest {
+    /// Nothing captured yet (or an H.264 GOP too long to keep).
     #[default]
     None,
     /// A raw picture (testsrc, YUYV/NV12 camera, slate).
@@ -44,13 +56,23 @@ impl Latest {
         }
     }
 
-    /// A JPEG of at most `max_bytes` of the latest picture.
-    pub fn still(&self, quality: u8, max_bytes: usize) -> Result<Bytes, StillError> {
+    /// A JPEG of at most `max_bytes` of the latest picture. H.264 is decoded only if its SPS
+    /// announces no side over `max_side` ([`max_still_side`]).
+    pub fn still(&self, quality: u8, max_bytes: usize, max_side: u32) -> Result<Bytes, StillError> {
         match self {
             Latest::None => Err(StillError::NoFrame),
             Latest::Raw(p) => fit(StillSource::Raw(p), quality, max_bytes),
             Latest::Jpeg(j) => fit(StillSource::Jpeg(j), quality, max_bytes),
             Latest::Gop(aus) => {
+                if let Some((width, height)) = largest_sps_dimensions(aus) {
+                    if width > max_side || height > max_side {
+                        return Err(StillError::PictureTooLarge {
+                            width,
+                            height,
+                            max_side,
+                        });
+                    }
+                }
                 let picture = decode_last_picture(aus)
                     .map_err(|e| StillError::Encode(e.to_string()))?
                     .ok_or(StillError::NoFrame)?;
@@ -63,10 +85,13 @@ impl Latest {
 /// Why `snaprtcd snapshot` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFailure {
+    /// The source could not be opened or read.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// A frame came but no JPEG could be made of it.
     #[error(transparent)]
     Still(#[from] StillError),
+    /// The source gave nothing usable in time.
     #[error("no usable frame within {0:?}")]
     Timeout(Duration),
 }
@@ -76,6 +101,7 @@ pub enum SnapshotFailure {
 pub struct SnapshotError {
     /// The source that was tried.
     pub camera: String,
+    /// What went wrong.
     pub reason: SnapshotFailure,
 }
 
@@ -106,6 +132,7 @@ fn snapshot_from(spec: &capture::SourceSpec, config: &Config) -> Result<Bytes, S
     const LIMIT: Duration = Duration::from_secs(10);
     let mut source = capture::open(spec, &config.camera)?;
     let quality = config.snapshot.quality;
+    let max_side = max_still_side(&config.camera);
     let started = Instant::now();
     let mut latest = Latest::None;
     // Cameras often deliver dark or partial first frames while they settle: skip a few.
@@ -121,20 +148,20 @@ fn snapshot_from(spec: &capture::SourceSpec, config: &Config) -> Result<Bytes, S
                 raw_seen += 1;
                 latest = Latest::Raw(p);
                 if raw_seen >= 3 || *spec == capture::SourceSpec::Testsrc {
-                    return Ok(latest.still(quality, usize::MAX)?);
+                    return Ok(latest.still(quality, usize::MAX, max_side)?);
                 }
             }
             Payload::Mjpeg(j) => {
                 raw_seen += 1;
                 if raw_seen >= 3 {
-                    return Ok(Latest::Jpeg(j).still(quality, usize::MAX)?);
+                    return Ok(Latest::Jpeg(j).still(quality, usize::MAX, max_side)?);
                 }
             }
             Payload::H264(au) => {
                 let key = crate::picture::annexb::is_idr(&au);
                 latest.push_h264(au, key);
                 if matches!(&latest, Latest::Gop(_)) {
-                    if let Ok(jpeg) = latest.still(quality, usize::MAX) {
+                    if let Ok(jpeg) = latest.still(quality, usize::MAX, max_side) {
                         return Ok(jpeg);
                     }
                 }
@@ -166,6 +193,61 @@ mod tests {
         );
         l.push_h264(Bytes::from_static(b"i"), true);
         assert!(matches!(&l, Latest::Gop(g) if g.len() == 1));
+    }
+
+    /// An access unit that announces an 8192x8192 picture (crafted SPS), a PPS and an IDR.
+    fn huge_idr() -> Bytes {
+        let sps = [
+            0x67, 0x42, 0xc0, 0x33, 0xf4, 0x00, 0x40, 0x00, 0x08, 0x03, 0x20,
+        ];
+        let mut au = vec![0, 0, 0, 1];
+        au.extend_from_slice(&sps);
+        au.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+        au.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84, 0x00, 0x33, 0xff]);
+        Bytes::from(au)
+    }
+
+    #[test]
+    fn an_h264_still_over_the_size_budget_is_refused_before_decoding() {
+        let mut l = Latest::None;
+        l.push_h264(huge_idr(), true);
+        assert_eq!(
+            l.still(80, usize::MAX, 4096),
+            Err(StillError::PictureTooLarge {
+                width: 8192,
+                height: 8192,
+                max_side: 4096
+            })
+        );
+        let mut camera = CameraConfig::default();
+        assert_eq!(max_still_side(&camera), 4096, "1280x720: the floor");
+        camera.width = 3840;
+        assert_eq!(max_still_side(&camera), 7680, "twice the configured size");
+    }
+
+    #[test]
+    fn an_h264_still_within_the_budget_is_decoded() {
+        use crate::media::encoder::{OpenH264Encoder, SoftwareSettings};
+        let mut enc = OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: 300,
+            fps: 30,
+        })
+        .unwrap();
+        let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
+        let au = enc.encode(&pic, 0, true).unwrap().unwrap().data;
+        assert_eq!(largest_sps_dimensions([&au]), Some((160, 120)));
+        let mut l = Latest::None;
+        l.push_h264(au, true);
+        let jpeg = l.still(80, usize::MAX, 4096).unwrap();
+        assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+        assert!(matches!(
+            l.still(80, usize::MAX, 100),
+            Err(StillError::PictureTooLarge {
+                width: 160,
+                height: 120,
+                max_side: 100
+            })
+        ));
     }
 
     #[test]
