@@ -1,5 +1,9 @@
 //! The daemon: builds every part from the config, owns their tasks, and shuts them down.
 //!
+//! The daemon is where siblings meet: the `STATUS=` line ([`status`]) reads the media pipeline
+//! and the RTC engine, and the hub's capture member answers through the engine (`answer`),
+//! so neither `systemd` nor `rtc` nor `signaling` imports the others.
+//!
 //! The services that a config section decides (media pipeline, RTC engine, hub, WHEP, HTTP,
 //! mDNS, the `STATUS=` reporter) form one *generation*, built by [`Generation::start`] and
 //! stopped by [`Generation::stop`]. `systemctl reload` with a changed `[server]`, `[camera]`,
@@ -15,6 +19,9 @@
 //! WebSocket connection) run on a `TaskTracker`. Shutdown: cancel the token, then wait for
 //! both with a deadline so the process exits within 2 s.
 
+mod answer;
+pub mod status;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,8 +36,9 @@ use crate::auth::{Auth, TokenError};
 use crate::config::{AuthMode, Config};
 use crate::http::AppState;
 use crate::media::{MediaCounters, PipelineGuard};
+use crate::progress::Heartbeat;
 use crate::reload::{Outcome, Reload};
-use crate::systemd::{self, Heartbeat};
+use crate::systemd;
 
 /// How long shutdown may take before remaining tasks are abandoned.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(1500);
@@ -394,7 +402,7 @@ impl Generation {
         {
             let (note, cancel) = (common.note.clone(), cancel.clone());
             self.services.spawn(async move {
-                systemd::report_status(media, rtc, note, STATUS_POLL, cancel).await;
+                status::report_status(media, rtc, note, STATUS_POLL, cancel).await;
                 "status"
             });
         }

@@ -109,7 +109,7 @@ pub fn spawn_with(
         spec.clone(),
         config.camera.clone(),
         kf_rx,
-        ports.counters.clone(),
+        ports.counters.capture_counters(),
         token.clone(),
     )?;
     let media = MediaLoop::new(config, &spec, ports, kf_tx)?;
@@ -177,14 +177,7 @@ impl MediaLoop {
         let counters = ports.counters.clone();
         ports.status.send_modify(|s| {
             s.state = CameraState::Starting;
-            s.source = match spec {
-                SourceSpec::Testsrc => "testsrc".into(),
-                SourceSpec::V4l2(p) => p.display().to_string(),
-                SourceSpec::Exec => format!(
-                    "exec {}",
-                    cam.exec.command.first().map_or("", |s| s.as_str())
-                ),
-            };
+            s.source = spec.label(cam);
         });
         counters.record_progress();
         Ok(Self {

@@ -285,27 +285,6 @@ impl RtcHandle {
     }
 }
 
-/// The hub's built-in capture member answers SnapRTC offers through the engine. The viewer
-/// goes away on its own when the initiator does (silence timeout).
-impl crate::signaling::capture::Answerer for RtcHandle {
-    fn answer(
-        &self,
-        offer: String,
-        session: crate::signaling::hub::SessionId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
-        let rtc = self.clone();
-        Box::pin(async move {
-            let kind = ViewerKind::SnapRtc {
-                session: session.to_string(),
-            };
-            rtc.answer(offer, kind)
-                .await
-                .map(|a| a.sdp)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
 /// A fresh `Rtc` as every viewer gets it: ICE-lite (the device has only host candidates and
 /// the browser does the checks), H.264 CB only, room for a 256 KiB still in the SCTP buffer.
 fn new_rtc(now: Instant) -> Rtc {
