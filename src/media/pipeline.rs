@@ -19,7 +19,6 @@
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +37,7 @@ use crate::capture::{
 use crate::config::{Config, EncoderKind};
 use crate::picture::annexb::ParamSetInserter;
 use crate::picture::yuv::{even, I420};
+use crate::thread::OwnedThread;
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
 const SLATE_FPS: u32 = 10;
@@ -59,7 +59,7 @@ pub enum PipelineError {
 pub struct PipelineGuard {
     cancel: CancellationToken,
     capture: Option<CaptureThread>,
-    media: Option<JoinHandle<()>>,
+    media: Option<OwnedThread>,
 }
 
 impl PipelineGuard {
@@ -74,9 +74,8 @@ impl PipelineGuard {
             c.join();
         }
         if let Some(m) = self.media.take() {
-            if m.join().is_err() {
-                tracing::error!("media thread panicked");
-            }
+            // A panic is logged with the thread's name.
+            let _ = m.join();
         }
     }
 }
@@ -114,9 +113,9 @@ pub fn spawn_with(
     )?;
     let media = MediaLoop::new(config, &spec, ports, kf_tx)?;
     let media_token = token.clone();
-    let media = std::thread::Builder::new()
-        .name("media".into())
-        .spawn(move || media.run(events, media_token))?;
+    let media = OwnedThread::spawn("media", token.clone(), move || {
+        media.run(events, media_token)
+    })?;
     Ok((
         handle,
         PipelineGuard {
