@@ -5,8 +5,8 @@
 //! so neither `systemd` nor `rtc` nor `signaling` imports the others.
 //!
 //! The services that a config section decides (media pipeline, RTC engine, hub, WHEP, HTTP,
-//! mDNS, the `STATUS=` reporter) form one *generation*, built by [`Generation::start`] and
-//! stopped by [`Generation::stop`]. `systemctl reload` with a changed `[server]`, `[camera]`,
+//! mDNS, the `STATUS=` reporter) form one *generation*, built by `Generation::start` and
+//! stopped by `Generation::stop`. `systemctl reload` with a changed `[server]`, `[camera]`,
 //! `[encoder]`, `[snapshot]` or `[signaling]` stops the generation and starts a new one from
 //! the new config inside the same process (see [`crate::reload`]); the HTTP socket stays open
 //! across (connections wait in its backlog). If the new generation cannot start (say the new
@@ -82,7 +82,7 @@ pub enum DaemonError {
     ServiceFailed {
         /// Which service.
         service: &'static str,
-        /// "panicked: <message>" or "was cancelled".
+        /// `panicked: MESSAGE`, or `failed: ...` for a task that was aborted.
         reason: String,
     },
 }
