@@ -243,7 +243,7 @@ impl Watchdog {
     }
 
     /// Watch a loop that stamps its own progress: `age` says how long ago it last went round
-    /// (the media thread: `MediaCounters::since_progress`). Pings stop when it stalls.
+    /// (the media thread: the age of its `ProgressStamp`). Pings stop when it stalls.
     pub fn register_age(
         &mut self,
         name: &'static str,
