@@ -24,6 +24,9 @@ pub enum TokenError {
     },
     #[error("token file {path} is empty")]
     Empty { path: PathBuf },
+    /// No token is minted without OS randomness: a weak one could be guessed.
+    #[error("cannot mint an access token: {0}")]
+    Random(#[from] crate::ids::RandomError),
 }
 
 /// Who may call the protected endpoints.
@@ -49,7 +52,7 @@ impl Auth {
                 Ok((Auth::Token(token), false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = crate::signaling::ws::random_token();
+                let token = crate::ids::random_token()?;
                 let create = |e| TokenError::Create {
                     path: path.to_owned(),
                     source: e,

@@ -1,15 +1,16 @@
 //! systemd at the edges: `sd_notify` (READY, STATUS, RELOADING, STOPPING, WATCHDOG), a
 //! watchdog that pings only while the work loops make progress, and the stable device id kept
-//! in the state directory.
+//! in the state directory. What the `STATUS=` line says is the daemon's business
+//! (`daemon::status`); this module imports nothing above the leaves.
 //!
 //! # Watchdog
 //!
 //! `WatchdogSec=` is only worth something if a hung daemon stops pinging. A timer that pings
 //! from its own task proves nothing but that the tokio timer works, so the loops that do the
-//! work report their own progress: the RTC engine holds a [`Heartbeat`] and calls
-//! [`Heartbeat::beat`] every time round (one relaxed atomic add); the media thread stamps
-//! [`MediaCounters::record_progress`](crate::media::MediaCounters::record_progress) every turn,
-//! read through an age probe ([`Watchdog::register_age`]). [`Watchdog`] samples them every
+//! work report their own progress through the leaf [`crate::progress`]: the RTC engine holds a
+//! [`Heartbeat`] and calls [`Heartbeat::beat`] every time round (one relaxed atomic add); the
+//! media thread stamps a [`ProgressStamp`](crate::progress::ProgressStamp) every turn, read
+//! through an age probe ([`Watchdog::register_age`]). The daemon hands them out. [`Watchdog`] samples them every
 //! `WatchdogSec/2` and feeds them to the pure [`WatchdogPolicy`], which says ping only when every
 //! registered loop advanced within the last `WatchdogSec/2`. A stalled loop therefore stops the
 //! pings, and systemd restarts the service within `WatchdogSec` after that. Loops must go round
@@ -20,14 +21,13 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::media::{CameraState, MediaStatus};
+use crate::ids::{random_hex, RandomError};
+use crate::progress::Heartbeat;
 
 /// Where state lives when systemd did not say (`StateDirectory=` sets `$STATE_DIRECTORY`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/snaprtcd";
@@ -78,92 +78,11 @@ pub fn watchdog_period() -> Option<Duration> {
     sd_notify::watchdog_enabled()
 }
 
-/// One line for `STATUS=`: "streaming 1280x720@30 to 2 viewers (testsrc, openh264)",
-/// "no camera (retrying /dev/video0), 0 viewers". `note` (a rejected reload) is appended.
-pub fn status_line(media: &MediaStatus, viewers: usize, note: Option<&str>) -> String {
-    let who = match viewers {
-        1 => "1 viewer".to_owned(),
-        n => format!("{n} viewers"),
-    };
-    let mut line = match media.state {
-        CameraState::Starting => format!("starting {}, {who}", media.source),
-        CameraState::Streaming if media.encoder.is_empty() => format!(
-            "streaming {}x{} to {who} ({})",
-            media.width, media.height, media.source
-        ),
-        CameraState::Streaming => format!(
-            "streaming {}x{}@{:.0} to {who} ({}, {})",
-            media.width, media.height, media.fps_measured, media.source, media.encoder
-        ),
-        CameraState::NoSignal => format!("no camera (retrying {}), {who}", media.source),
-        CameraState::Stopped => format!("camera stopped, {who}"),
-    };
-    if let Some(note) = note {
-        line.push_str("; ");
-        line.push_str(note);
-    }
-    // systemd shows one line.
-    line.replace('\n', " ")
-}
-
-/// Keeps `STATUS=` current: recomputes the line when the camera state or a reload note
-/// changes, and at least every `poll` for the viewer count (asked of the RTC engine), and
-/// sends it only when it differs from the last one sent. Runs until `cancel`.
-pub async fn report_status(
-    media: crate::media::MediaHandle,
-    rtc: crate::rtc::RtcHandle,
-    mut note: tokio::sync::watch::Receiver<Option<String>>,
-    poll: Duration,
-    cancel: CancellationToken,
-) {
-    let mut camera = media.watch_status();
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = String::new();
-    loop {
-        let viewers = match tokio::time::timeout(poll, rtc.stats()).await {
-            Ok(Ok(stats)) => stats.viewers,
-            _ => 0,
-        };
-        let line = {
-            let note = note.borrow_and_update();
-            status_line(&camera.borrow_and_update(), viewers, note.as_deref())
-        };
-        if line != last {
-            tracing::debug!(status = %line, "status");
-            notify_status(&line);
-            last = line;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-            r = camera.changed() => if r.is_err() { cancel.cancelled().await; return },
-            r = note.changed() => if r.is_err() { cancel.cancelled().await; return },
-        }
-    }
-}
-
-/// A loop's progress counter. Clone it into the loop; call [`beat`](Self::beat) each turn.
-#[derive(Debug, Clone, Default)]
-pub struct Heartbeat(Arc<AtomicU64>);
-
-impl Heartbeat {
-    /// Record one turn of the loop.
-    pub fn beat(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Turns so far.
-    pub fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Ages are measured in whole milliseconds, so the same last turn seen twice can look up to
 /// a millisecond younger; a later turn counts only beyond this (loops turn every 100 ms or so).
 const AGE_RESOLUTION: Duration = Duration::from_millis(10);
 
-/// What the policy wants done, drained with [`WatchdogPolicy::poll_event`].
+/// What the policy wants done, drained with [`WatchdogPolicy::poll_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchdogEvent {
     /// Send `WATCHDOG=1`.
@@ -186,7 +105,8 @@ struct LoopProgress {
 ///
 /// Inputs: [`handle_progress`](Self::handle_progress) with each loop's counter,
 /// [`handle_timeout`](Self::handle_timeout) at [`poll_timeout`](Self::poll_timeout).
-/// After every input, drain [`poll_event`](Self::poll_event) until `None`.
+/// After every input, drain [`poll_output`](Self::poll_output) until `None` (the crate's
+/// draining rule, see the crate docs' *State machines*).
 #[derive(Debug)]
 pub struct WatchdogPolicy {
     interval: Duration,
@@ -252,9 +172,9 @@ impl WatchdogPolicy {
         }
     }
 
-    /// When the next tick is due.
-    pub fn poll_timeout(&self) -> Instant {
-        self.next_tick
+    /// When the next tick is due (always some: the policy ticks for the whole process).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_tick)
     }
 
     /// Tick: decide whether this period earns a ping.
@@ -279,8 +199,9 @@ impl WatchdogPolicy {
         }
     }
 
-    /// The next thing to do.
-    pub fn poll_event(&mut self) -> Option<WatchdogEvent> {
+    /// The next thing to do; each is returned once.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<WatchdogEvent> {
         self.events.pop_front()
     }
 }
@@ -322,7 +243,7 @@ impl Watchdog {
     }
 
     /// Watch a loop that stamps its own progress: `age` says how long ago it last went round
-    /// (the media thread: `MediaCounters::since_progress`). Pings stop when it stalls.
+    /// (the media thread: the age of its `ProgressStamp`). Pings stop when it stalls.
     pub fn register_age(
         &mut self,
         name: &'static str,
@@ -362,10 +283,13 @@ impl Watchdog {
         let mut policy = WatchdogPolicy::new(period, &names, Instant::now());
         tracing::info!(?period, loops = ?names, "systemd watchdog armed");
         loop {
-            let deadline = tokio::time::Instant::from_std(policy.poll_timeout());
+            let Some(deadline) = policy.poll_timeout() else {
+                cancel.cancelled().await;
+                return;
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
             for (i, (_, probe)) in self.loops.iter().enumerate() {
@@ -375,7 +299,7 @@ impl Watchdog {
                 }
             }
             policy.handle_timeout(now);
-            while let Some(event) = policy.poll_event() {
+            while let Some(event) = policy.poll_output() {
                 on_event(event);
             }
         }
@@ -394,7 +318,7 @@ pub enum DeviceIdError {
     },
     /// No randomness from the OS.
     #[error("generating a device id: {0}")]
-    Random(String),
+    Random(#[from] RandomError),
 }
 
 /// The state directory: the first entry of `$STATE_DIRECTORY` (systemd `StateDirectory=`),
@@ -429,9 +353,7 @@ pub fn device_id(dir: &Path) -> Result<String, DeviceIdError> {
         }
         tracing::warn!(path = %path.display(), "device id file is malformed; making a new id");
     }
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| DeviceIdError::Random(e.to_string()))?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = random_hex::<8>()?;
     let io_err = |source| DeviceIdError::Io {
         path: path.clone(),
         source,
@@ -450,7 +372,7 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn drain(p: &mut WatchdogPolicy) -> Vec<WatchdogEvent> {
-        std::iter::from_fn(|| p.poll_event()).collect()
+        std::iter::from_fn(|| p.poll_output()).collect()
     }
 
     #[test]
@@ -458,14 +380,14 @@ mod tests {
         let t0 = Instant::now();
         let mut p = WatchdogPolicy::new(10 * SEC, &["media", "rtc"], t0);
         assert_eq!(p.interval(), 5 * SEC);
-        assert_eq!(p.poll_timeout(), t0 + 5 * SEC);
+        assert_eq!(p.poll_timeout(), Some(t0 + 5 * SEC));
         for k in 1..=4u64 {
             let now = t0 + 5 * SEC * k as u32;
             p.handle_progress(0, k, now - SEC);
             p.handle_progress(1, k * 7, now - SEC);
             p.handle_timeout(now);
             assert_eq!(drain(&mut p), vec![WatchdogEvent::Ping], "tick {k}");
-            assert_eq!(p.poll_timeout(), now + 5 * SEC);
+            assert_eq!(p.poll_timeout(), Some(now + 5 * SEC));
         }
     }
 
@@ -569,33 +491,6 @@ mod tests {
                 .expect("stops on cancel")
                 .expect("no panic");
         }
-    }
-
-    #[test]
-    fn status_line_says_what_it_does() {
-        let mut m = MediaStatus {
-            state: CameraState::Streaming,
-            source: "/dev/video0 (YUYV)".into(),
-            format: "YUYV".into(),
-            width: 1280,
-            height: 720,
-            fps_measured: 29.7,
-            encoder: "openh264".into(),
-        };
-        assert_eq!(
-            status_line(&m, 2, None),
-            "streaming 1280x720@30 to 2 viewers (/dev/video0 (YUYV), openh264)"
-        );
-        assert!(status_line(&m, 1, None).contains("to 1 viewer ("));
-        m.state = CameraState::NoSignal;
-        assert_eq!(
-            status_line(&m, 0, None),
-            "no camera (retrying /dev/video0 (YUYV)), 0 viewers"
-        );
-        assert_eq!(
-            status_line(&m, 0, Some("reload rejected: a.toml:3:1\nbad")),
-            "no camera (retrying /dev/video0 (YUYV)), 0 viewers; reload rejected: a.toml:3:1 bad"
-        );
     }
 
     #[test]

@@ -1,24 +1,25 @@
 //! Capture: where pictures come from. Every source sits behind [`Source`], a blocking
 //! `next_frame()` that runs on the capture thread ([`CaptureThread`]), which owns the source,
 //! reopens it with backoff when it fails, and hands frames to the pipeline over a bounded
-//! channel. Sources: [`testsrc`] (a test pattern), [`v4l2`] (cameras), [`exec`] (a program's
+//! channel. It counts what it does in [`CaptureCounters`], handed in by the owner (the media
+//! pipeline shares them with `/metrics`), so capture imports nothing above it. Sources: [`testsrc`] (a test pattern), [`v4l2`] (cameras), [`exec`] (a program's
 //! H.264 or MJPEG stdout, e.g. `rpicam-vid`).
 
 pub mod exec;
 pub mod testsrc;
 pub mod v4l2;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CameraConfig, SourceKind};
-use crate::media::MediaCounters;
 use crate::picture::yuv::I420;
+use crate::thread::OwnedThread;
 
 pub use v4l2::list_devices;
 
@@ -184,10 +185,19 @@ pub enum CaptureEvent {
     Lost { reason: String, retry_in: Duration },
 }
 
+/// What the capture thread counts. The owner makes them and may share the atomics (the media
+/// pipeline's counters hold the same ones, so `/metrics` reads them).
+#[derive(Debug, Clone, Default)]
+pub struct CaptureCounters {
+    /// Frames the source delivered.
+    pub frames_captured: Arc<AtomicU64>,
+    /// Frames dropped between capture and encoder because the encoder was busy.
+    pub frames_dropped: Arc<AtomicU64>,
+}
+
 /// The named thread that owns the source. Dropping it cancels and joins the thread.
 pub struct CaptureThread {
-    cancel: CancellationToken,
-    handle: Option<JoinHandle<()>>,
+    thread: OwnedThread,
 }
 
 /// Frames buffered between capture and encoder; a slow encoder makes capture drop frames.
@@ -199,41 +209,20 @@ impl CaptureThread {
         spec: SourceSpec,
         camera: CameraConfig,
         keyframe_requests: Receiver<()>,
-        counters: Arc<MediaCounters>,
+        counters: CaptureCounters,
         cancel: CancellationToken,
     ) -> std::io::Result<(Self, Receiver<CaptureEvent>)> {
         let (tx, rx) = mpsc::sync_channel(FRAME_QUEUE);
         let token = cancel.clone();
-        let handle = std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || run(spec, camera, tx, keyframe_requests, counters, token))?;
-        Ok((
-            Self {
-                cancel,
-                handle: Some(handle),
-            },
-            rx,
-        ))
+        let thread = OwnedThread::spawn("capture", cancel, move || {
+            run(spec, camera, tx, keyframe_requests, counters, token)
+        })?;
+        Ok((Self { thread }, rx))
     }
 
-    /// Stop and wait for the thread.
-    pub fn join(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        self.cancel.cancel();
-        if let Some(h) = self.handle.take() {
-            if h.join().is_err() {
-                tracing::error!("capture thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for CaptureThread {
-    fn drop(&mut self) {
-        self.stop();
+    /// Stop and wait for the thread (a panic is logged).
+    pub fn join(self) {
+        let _ = self.thread.join();
     }
 }
 
@@ -277,7 +266,7 @@ fn run(
     camera: CameraConfig,
     tx: SyncSender<CaptureEvent>,
     keyframe_requests: Receiver<()>,
-    counters: Arc<MediaCounters>,
+    counters: CaptureCounters,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
@@ -335,7 +324,7 @@ fn stream(
     source: &mut dyn Source,
     tx: &SyncSender<CaptureEvent>,
     keyframe_requests: &Receiver<()>,
-    counters: &MediaCounters,
+    counters: &CaptureCounters,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> String {
@@ -346,9 +335,7 @@ fn stream(
         match source.next_frame() {
             Ok(frame) => {
                 backoff.reset();
-                counters
-                    .frames_captured
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters.frames_captured.fetch_add(1, Ordering::Relaxed);
                 if matches!(frame.payload, Payload::H264(_)) {
                     // H.264 pictures depend on each other: never drop one, wait instead
                     // (passthrough is cheap, so the wait is short).
@@ -360,9 +347,7 @@ fn stream(
                 match tx.try_send(CaptureEvent::Frame(frame)) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
-                        counters
-                            .frames_dropped
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(TrySendError::Disconnected(_)) => return "pipeline stopped".into(),
                 }

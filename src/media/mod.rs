@@ -25,10 +25,13 @@ pub use still::{snapshot_once, SnapshotError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::capture::CaptureCounters;
+use crate::progress::ProgressStamp;
 
 /// One H.264 access unit in Annex-B form, as every viewer receives it.
 #[derive(Debug, Clone)]
@@ -181,10 +184,11 @@ pub const ENCODE_BUCKETS_MS: [u64; 7] = [1, 2, 5, 10, 20, 50, 100];
 /// Written by the pipeline threads only (relaxed atomics: each value is independent).
 #[derive(Debug)]
 pub struct MediaCounters {
-    /// Frames the source delivered.
-    pub frames_captured: AtomicU64,
-    /// Frames dropped between capture and encoder because the encoder was busy.
-    pub frames_dropped: AtomicU64,
+    /// Frames the source delivered (shared with the capture thread's [`CaptureCounters`]).
+    pub frames_captured: Arc<AtomicU64>,
+    /// Frames dropped between capture and encoder because the encoder was busy (shared with
+    /// the capture thread's [`CaptureCounters`]).
+    pub frames_dropped: Arc<AtomicU64>,
     /// Access units published to viewers (camera and slate). Flat while nobody watches a
     /// software-encoded source: unwatched pictures are not encoded.
     pub frames_encoded: AtomicU64,
@@ -200,15 +204,15 @@ pub struct MediaCounters {
     pub stills: AtomicU64,
     /// Times the camera was lost.
     pub camera_losses: AtomicU64,
-    epoch: Instant,
-    last_progress_ms: AtomicU64,
+    /// When the media loop last went round (the systemd watchdog's media probe).
+    progress: ProgressStamp,
 }
 
 impl Default for MediaCounters {
     fn default() -> Self {
         Self {
-            frames_captured: AtomicU64::new(0),
-            frames_dropped: AtomicU64::new(0),
+            frames_captured: Arc::default(),
+            frames_dropped: Arc::default(),
             frames_encoded: AtomicU64::new(0),
             frames_slate: AtomicU64::new(0),
             keyframes: Default::default(),
@@ -216,8 +220,7 @@ impl Default for MediaCounters {
             encode_time_micros: AtomicU64::new(0),
             stills: AtomicU64::new(0),
             camera_losses: AtomicU64::new(0),
-            epoch: Instant::now(),
-            last_progress_ms: AtomicU64::new(0),
+            progress: ProgressStamp::default(),
         }
     }
 }
@@ -225,15 +228,22 @@ impl Default for MediaCounters {
 impl MediaCounters {
     /// The media loop went round (a frame or slate was published, or it is waiting normally).
     pub fn record_progress(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_progress_ms.store(ms, Ordering::Relaxed);
+        self.progress.record();
     }
 
     /// Time since the media loop last made progress: the systemd watchdog is only fed while
     /// this is small.
     pub fn since_progress(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)))
+        self.progress.age()
+    }
+
+    /// The counters the capture thread bumps: the same atomics as
+    /// [`frames_captured`](Self::frames_captured) and [`frames_dropped`](Self::frames_dropped).
+    pub fn capture_counters(&self) -> CaptureCounters {
+        CaptureCounters {
+            frames_captured: self.frames_captured.clone(),
+            frames_dropped: self.frames_dropped.clone(),
+        }
     }
 
     /// Count one software encode that took `took`.

@@ -20,7 +20,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +38,7 @@ use crate::capture::{
 use crate::config::{Config, EncoderKind};
 use crate::picture::annexb::{largest_sps_dimensions, ParamSetInserter};
 use crate::picture::yuv::{even, I420};
+use crate::thread::OwnedThread;
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
 const SLATE_FPS: u32 = 10;
@@ -62,7 +62,7 @@ pub enum PipelineError {
 pub struct PipelineGuard {
     cancel: CancellationToken,
     capture: Option<CaptureThread>,
-    media: Option<JoinHandle<()>>,
+    media: Option<OwnedThread>,
 }
 
 impl PipelineGuard {
@@ -77,9 +77,8 @@ impl PipelineGuard {
             c.join();
         }
         if let Some(m) = self.media.take() {
-            if m.join().is_err() {
-                tracing::error!("media thread panicked");
-            }
+            // A panic is logged with the thread's name.
+            let _ = m.join();
         }
     }
 }
@@ -112,14 +111,14 @@ pub fn spawn_with(
         spec.clone(),
         config.camera.clone(),
         kf_rx,
-        ports.counters.clone(),
+        ports.counters.capture_counters(),
         token.clone(),
     )?;
     let media = MediaLoop::new(config, &spec, ports, kf_tx)?;
     let media_token = token.clone();
-    let media = std::thread::Builder::new()
-        .name("media".into())
-        .spawn(move || media.run(events, media_token))?;
+    let media = OwnedThread::spawn("media", token.clone(), move || {
+        media.run(events, media_token)
+    })?;
     Ok((
         handle,
         PipelineGuard {

@@ -35,7 +35,7 @@ use super::viewer::{VideoFrame, Viewer, ViewerEvent, ViewerOutput};
 use super::{Command, RtcError, RtcHandle, RtcStats, Shared, ViewerId};
 use crate::config::Config;
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
-use crate::systemd::Heartbeat;
+use crate::progress::Heartbeat;
 
 /// Commands waiting for the engine; senders wait (HTTP handlers), never the engine.
 const COMMAND_QUEUE: usize = 64;

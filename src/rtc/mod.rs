@@ -339,27 +339,6 @@ impl RtcHandle {
     }
 }
 
-/// The hub's built-in capture member answers SnapRTC offers through the engine. The viewer
-/// goes away on its own when the initiator does (silence timeout).
-impl crate::signaling::capture::Answerer for RtcHandle {
-    fn answer(
-        &self,
-        offer: String,
-        session: crate::signaling::hub::SessionId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
-        let rtc = self.clone();
-        Box::pin(async move {
-            let kind = ViewerKind::SnapRtc {
-                session: session.to_string(),
-            };
-            rtc.answer(offer, kind)
-                .await
-                .map(|a| a.sdp)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
 /// WHEP needs H.264 video; SnapRTC needs a data channel or H.264 video.
 fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), RtcError> {
     if *kind == ViewerKind::Whep {

@@ -30,6 +30,7 @@ use super::hub::{
 };
 use super::signalr::{ConnOutput, Connection, ConnectionConfig, ServerMessage};
 use crate::config::{JoinSessions, SignalingConfig};
+use crate::ids::random_token;
 
 /// Commands to the hub task.
 enum Command {
@@ -444,10 +445,15 @@ impl HubTask {
         let now = Instant::now().into_std();
         match command {
             Command::Negotiate { reply } => {
+                let (Ok(token), Ok(id)) = (random_token(), random_token()) else {
+                    // Dropping `reply` answers 503: no guessable tokens.
+                    warn!("OS randomness unavailable; refusing to negotiate");
+                    return;
+                };
                 let result = self
                     .admissions
-                    .negotiate(random_token(), now)
-                    .map(|token| (random_token(), token));
+                    .negotiate(token, now)
+                    .map(|token| (id, token));
                 let _ = reply.send(result);
             }
             Command::Check { token, reply } => {
@@ -561,19 +567,4 @@ fn encode(message: Outbound) -> Bytes {
         },
     }
     .encode()
-}
-
-/// 128 random bits, URL-safe hex. Falls back to a time-and-counter mix only if the OS has no
-/// randomness at all, which never happens on Linux after boot.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        warn!("OS randomness unavailable; tokens are weaker");
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = t.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

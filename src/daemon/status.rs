@@ -1,0 +1,109 @@
+//! The `STATUS=` line: what `systemctl status` shows, built from the media pipeline's state,
+//! the RTC engine's viewer count and a reload note. Wiring between siblings, so it lives in the
+//! daemon; `systemd` only sends the line.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::media::{CameraState, MediaHandle, MediaStatus};
+use crate::rtc::RtcHandle;
+use crate::systemd;
+
+/// One line for `STATUS=`: "streaming 1280x720@30 to 2 viewers (testsrc, openh264)",
+/// "no camera (retrying /dev/video0), 0 viewers". `note` (a rejected reload) is appended.
+pub fn status_line(media: &MediaStatus, viewers: usize, note: Option<&str>) -> String {
+    let who = match viewers {
+        1 => "1 viewer".to_owned(),
+        n => format!("{n} viewers"),
+    };
+    let mut line = match media.state {
+        CameraState::Starting => format!("starting {}, {who}", media.source),
+        CameraState::Streaming if media.encoder.is_empty() => format!(
+            "streaming {}x{} to {who} ({})",
+            media.width, media.height, media.source
+        ),
+        CameraState::Streaming => format!(
+            "streaming {}x{}@{:.0} to {who} ({}, {})",
+            media.width, media.height, media.fps_measured, media.source, media.encoder
+        ),
+        CameraState::NoSignal => format!("no camera (retrying {}), {who}", media.source),
+        CameraState::Stopped => format!("camera stopped, {who}"),
+    };
+    if let Some(note) = note {
+        line.push_str("; ");
+        line.push_str(note);
+    }
+    // systemd shows one line.
+    line.replace('\n', " ")
+}
+
+/// Keeps `STATUS=` current: recomputes the line when the camera state or a reload note
+/// changes, and at least every `poll` for the viewer count (asked of the RTC engine), and
+/// sends it only when it differs from the last one sent. Runs until `cancel`.
+pub async fn report_status(
+    media: MediaHandle,
+    rtc: RtcHandle,
+    mut note: watch::Receiver<Option<String>>,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
+    let mut camera = media.watch_status();
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = String::new();
+    loop {
+        let viewers = match tokio::time::timeout(poll, rtc.stats()).await {
+            Ok(Ok(stats)) => stats.viewers,
+            _ => 0,
+        };
+        let line = {
+            let note = note.borrow_and_update();
+            status_line(&camera.borrow_and_update(), viewers, note.as_deref())
+        };
+        if line != last {
+            tracing::debug!(status = %line, "status");
+            systemd::notify_status(&line);
+            last = line;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            r = camera.changed() => if r.is_err() { cancel.cancelled().await; return },
+            r = note.changed() => if r.is_err() { cancel.cancelled().await; return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_says_what_it_does() {
+        let mut m = MediaStatus {
+            state: CameraState::Streaming,
+            source: "/dev/video0 (YUYV)".into(),
+            format: "YUYV".into(),
+            width: 1280,
+            height: 720,
+            fps_measured: 29.7,
+            encoder: "openh264".into(),
+        };
+        assert_eq!(
+            status_line(&m, 2, None),
+            "streaming 1280x720@30 to 2 viewers (/dev/video0 (YUYV), openh264)"
+        );
+        assert!(status_line(&m, 1, None).contains("to 1 viewer ("));
+        m.state = CameraState::NoSignal;
+        assert_eq!(
+            status_line(&m, 0, None),
+            "no camera (retrying /dev/video0 (YUYV)), 0 viewers"
+        );
+        assert_eq!(
+            status_line(&m, 0, Some("reload rejected: a.toml:3:1\nbad")),
+            "no camera (retrying /dev/video0 (YUYV)), 0 viewers; reload rejected: a.toml:3:1 bad"
+        );
+    }
+}
