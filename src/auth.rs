@@ -12,18 +12,28 @@ use http::HeaderMap;
 /// Why the token could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The token file exists but cannot be read.
     #[error("cannot read token file {path}: {source}")]
     Read {
+        /// The token file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The token file is missing and cannot be written.
     #[error("cannot create token file {path}: {source}")]
     Create {
+        /// The token file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The token file holds no token (an empty token would let anyone in).
     #[error("token file {path} is empty")]
-    Empty { path: PathBuf },
+    Empty {
+        /// The token file.
+        path: PathBuf,
+    },
     /// No token is minted without OS randomness: a weak one could be guessed.
     #[error("cannot mint an access token: {0}")]
     Random(#[from] crate::ids::RandomError),
@@ -97,6 +107,7 @@ impl Auth {
             .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
     }
 
+    /// Whether requests need the token.
     pub fn is_on(&self) -> bool {
         matches!(self, Auth::Token(_))
     }

@@ -312,7 +312,9 @@ pub enum DeviceIdError {
     /// The state directory or the id file could not be written.
     #[error("keeping the device id in {path}: {source}")]
     Io {
+        /// The id file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },

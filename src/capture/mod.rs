@@ -35,6 +35,7 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The payload's format as `/health` and logs name it.
     pub fn format(&self) -> &'static str {
         match self {
             Payload::I420(_) => "I420",
@@ -47,7 +48,9 @@ impl Payload {
 /// One frame and when it was captured.
 #[derive(Debug, Clone)]
 pub struct CapturedFrame {
+    /// The picture or access unit.
     pub payload: Payload,
+    /// When the source handed it over (drives timestamps and the capture-to-send delay).
     pub captured_at: Instant,
 }
 
@@ -58,23 +61,31 @@ pub struct SourceInfo {
     pub name: String,
     /// Camera format, e.g. `YUYV`, `MJPEG`, `H264`.
     pub format: String,
+    /// Picture width in pixels.
     pub width: u32,
+    /// Picture height in pixels.
     pub height: u32,
 }
 
 /// Why a source could not be opened or stopped delivering.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// The device or program could not be opened or started.
     #[error("cannot open the source: {0}")]
     Open(String),
+    /// The device offers no format and size this daemon can use.
     #[error("no usable format: {0}")]
     NoFormat(String),
+    /// Reading from the device or program failed.
     #[error("the source failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The program exited or the device went away.
     #[error("the source ended: {0}")]
     Ended(String),
+    /// Nothing arrived for this long (the thread checks for cancellation and retries).
     #[error("no frame for {0:?}")]
     Stalled(Duration),
+    /// V4L2 asked for on a system without it.
     #[error("V4L2 is only available on Linux")]
     Unsupported,
 }
@@ -82,8 +93,10 @@ pub enum CaptureError {
 /// A source of frames. `next_frame` blocks until a frame arrives (at most about a second: it
 /// returns `Stalled` rather than hang, so its thread can notice cancellation).
 pub trait Source: Send {
+    /// What was opened, for `/health` and logs.
     fn info(&self) -> SourceInfo;
 
+    /// The next frame, blocking for at most about a second.
     fn next_frame(&mut self) -> Result<CapturedFrame, CaptureError>;
 
     /// Ask the camera for a keyframe (H.264 cameras); false if it cannot.
@@ -95,8 +108,11 @@ pub trait Source: Send {
 /// Which source to (re)open: `auto` resolved to a concrete kind once at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
+    /// The built-in test pattern.
     Testsrc,
+    /// The V4L2 device at this node.
     V4l2(std::path::PathBuf),
+    /// The `[camera.exec]` program.
     Exec,
 }
 
@@ -182,7 +198,12 @@ pub enum CaptureEvent {
     /// A frame.
     Frame(CapturedFrame),
     /// The source failed or could not be opened; retrying after `retry_in`.
-    Lost { reason: String, retry_in: Duration },
+    Lost {
+        /// What went wrong, for the log.
+        reason: String,
+        /// When the next attempt is made.
+        retry_in: Duration,
+    },
 }
 
 /// What the capture thread counts. The owner makes them and may share the atomics (the media
