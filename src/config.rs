@@ -566,167 +566,186 @@ impl Config {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
     }
 
+    /// Every section's semantic checks, in file order; the first problem is reported.
     fn validate(&self) -> Result<(), Invalid> {
-        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), Invalid> {
-            Err(Invalid {
-                key,
-                message: message.into(),
-            })
-        }
-        let s = &self.server;
-        if s.max_viewers == 0 {
-            return bad("server.max_viewers", "must be at least 1");
-        }
-        if s.max_body_bytes < 1024 {
-            return bad("server.max_body_bytes", "must be at least 1024");
-        }
-        validate_http_limits(s)?;
-        if !(1024..=1 << 20).contains(&s.max_sdp_bytes) {
-            return bad(
-                "server.max_sdp_bytes",
-                format!("{} is not in 1024..=1048576", s.max_sdp_bytes),
-            );
-        }
-        if !(1..=1024).contains(&s.max_sdp_media) {
-            return bad(
-                "server.max_sdp_media",
-                format!("{} is not in 1..=1024", s.max_sdp_media),
-            );
-        }
-        if !(1..=4096).contains(&s.max_sdp_candidates) {
-            return bad(
-                "server.max_sdp_candidates",
-                format!("{} is not in 1..=4096", s.max_sdp_candidates),
-            );
-        }
-        for origin in &s.cors_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return bad(
-                    "server.cors_origins",
-                    format!("{origin:?} is not \"*\" or an origin like \"https://example.com\""),
-                );
-            }
-        }
-        if s.auth == AuthMode::Token && s.auth_token_file.as_os_str().is_empty() {
-            return bad(
-                "server.auth_token_file",
-                "must be set when auth = \"token\"",
-            );
-        }
-        let c = &self.camera;
-        if !(16..=7680).contains(&c.width) || c.width % 2 != 0 {
-            return bad(
-                "camera.width",
-                format!("{} is not an even number of pixels in 16..=7680", c.width),
-            );
-        }
-        if !(16..=4320).contains(&c.height) || c.height % 2 != 0 {
-            return bad(
-                "camera.height",
-                format!("{} is not an even number of pixels in 16..=4320", c.height),
-            );
-        }
-        if !(1..=120).contains(&c.fps) {
-            return bad("camera.fps", format!("{} is not in 1..=120", c.fps));
-        }
-        if c.source == SourceKind::Exec && c.exec.command.is_empty() {
-            return bad(
-                "camera.exec.command",
-                "must name a program when source = \"exec\"",
-            );
-        }
-        if !(64 << 10..=256 << 20).contains(&c.exec.max_access_unit_bytes) {
-            return bad(
-                "camera.exec.max_access_unit_bytes",
-                format!(
-                    "{} is not in 65536..=268435456 (64 KiB to 256 MiB)",
-                    c.exec.max_access_unit_bytes
-                ),
-            );
-        }
-        let e = &self.encoder;
-        if !(50..=50_000).contains(&e.bitrate_kbps) {
-            return bad(
-                "encoder.bitrate_kbps",
-                format!("{} is not in 50..=50000", e.bitrate_kbps),
-            );
-        }
-        if e.keyframe_interval < Duration::from_millis(500)
-            || e.keyframe_interval > Duration::from_secs(60)
-        {
-            return bad("encoder.keyframe_interval", "must be between 500ms and 60s");
-        }
-        if !(1..=100).contains(&self.snapshot.quality) {
-            return bad(
-                "snapshot.quality",
-                format!("{} is not in 1..=100", self.snapshot.quality),
-            );
-        }
-        let g = &self.signaling;
-        if !g.hub_path.starts_with('/') || g.hub_path.len() < 2 || g.hub_path.ends_with('/') {
-            return bad(
-                "signaling.hub_path",
-                format!(
-                    "{:?} must start with '/', name something, and not end with '/'",
-                    g.hub_path
-                ),
-            );
-        }
-        if g.hub_path.contains(['?', '#', ' ']) {
-            return bad(
-                "signaling.hub_path",
-                format!("{:?} must not contain '?', '#' or spaces", g.hub_path),
-            );
-        }
-        if g.keepalive < Duration::from_millis(100) {
-            return bad("signaling.keepalive", "must be at least 100ms");
-        }
-        if g.client_timeout <= g.keepalive {
-            return bad(
-                "signaling.client_timeout",
-                format!(
-                    "{} must be longer than keepalive ({}); clients ping at the same interval",
-                    humantime::format_duration(g.client_timeout),
-                    humantime::format_duration(g.keepalive)
-                ),
-            );
-        }
-        if g.handshake_timeout < Duration::from_millis(100) {
-            return bad("signaling.handshake_timeout", "must be at least 100ms");
-        }
-        if g.max_message_bytes < 1024 {
-            return bad("signaling.max_message_bytes", "must be at least 1024");
-        }
-        for (key, v) in [
-            ("signaling.max_connections", g.max_connections),
-            ("signaling.max_sessions", g.max_sessions),
-            (
-                "signaling.max_members_per_session",
-                g.max_members_per_session,
-            ),
-            ("signaling.max_queued_messages", g.max_queued_messages),
-        ] {
-            if v == 0 {
-                return bad(key, "must be at least 1");
-            }
-        }
-        if g.max_members_per_session < 2 {
-            return bad(
-                "signaling.max_members_per_session",
-                "must be at least 2 (an initiator and a capture)",
-            );
-        }
-        if self.log.level.trim().is_empty() {
-            return bad("log.level", "must not be empty (e.g. \"info\")");
-        }
-        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
-            return bad(
-                "log.level",
-                format!("{:?} is not a log filter: {e}", self.log.level),
-            );
-        }
-        Ok(())
+        validate_server(&self.server)?;
+        validate_camera(&self.camera)?;
+        validate_encoder(&self.encoder)?;
+        in_range("snapshot.quality", self.snapshot.quality, 1..=100)?;
+        validate_signaling(&self.signaling)?;
+        validate_log(&self.log)
     }
+}
+
+/// An [`Invalid`] for `key`.
+fn bad(key: &'static str, message: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid {
+        key,
+        message: message.into(),
+    })
+}
+
+/// `value` must lie in `range`; the error names the key, the value and the range.
+fn in_range<T>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), Invalid>
+where
+    T: PartialOrd + fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    bad(
+        key,
+        format!("{value} is not in {}..={}", range.start(), range.end()),
+    )
+}
+
+/// `[server]`: limits leave real clients room and still bound what one client can hold.
+fn validate_server(s: &ServerConfig) -> Result<(), Invalid> {
+    if s.max_viewers == 0 {
+        return bad("server.max_viewers", "must be at least 1");
+    }
+    if s.max_body_bytes < 1024 {
+        return bad("server.max_body_bytes", "must be at least 1024");
+    }
+    validate_http_limits(s)?;
+    in_range("server.max_sdp_bytes", s.max_sdp_bytes, 1024..=1 << 20)?;
+    in_range("server.max_sdp_media", s.max_sdp_media, 1..=1024)?;
+    in_range("server.max_sdp_candidates", s.max_sdp_candidates, 1..=4096)?;
+    for origin in &s.cors_origins {
+        if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            return bad(
+                "server.cors_origins",
+                format!("{origin:?} is not \"*\" or an origin like \"https://example.com\""),
+            );
+        }
+    }
+    if s.auth == AuthMode::Token && s.auth_token_file.as_os_str().is_empty() {
+        return bad(
+            "server.auth_token_file",
+            "must be set when auth = \"token\"",
+        );
+    }
+    Ok(())
+}
+
+/// `[camera]`: even picture sizes an encoder takes, a frame rate a camera gives.
+fn validate_camera(c: &CameraConfig) -> Result<(), Invalid> {
+    if !(16..=7680).contains(&c.width) || c.width % 2 != 0 {
+        return bad(
+            "camera.width",
+            format!("{} is not an even number of pixels in 16..=7680", c.width),
+        );
+    }
+    if !(16..=4320).contains(&c.height) || c.height % 2 != 0 {
+        return bad(
+            "camera.height",
+            format!("{} is not an even number of pixels in 16..=4320", c.height),
+        );
+    }
+    in_range("camera.fps", c.fps, 1..=120)?;
+    if c.source == SourceKind::Exec && c.exec.command.is_empty() {
+        return bad(
+            "camera.exec.command",
+            "must name a program when source = \"exec\"",
+        );
+    }
+    if !(64 << 10..=256 << 20).contains(&c.exec.max_access_unit_bytes) {
+        return bad(
+            "camera.exec.max_access_unit_bytes",
+            format!(
+                "{} is not in 65536..=268435456 (64 KiB to 256 MiB)",
+                c.exec.max_access_unit_bytes
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `[encoder]`
+fn validate_encoder(e: &EncoderConfig) -> Result<(), Invalid> {
+    in_range("encoder.bitrate_kbps", e.bitrate_kbps, 50..=50_000)?;
+    if e.keyframe_interval < Duration::from_millis(500)
+        || e.keyframe_interval > Duration::from_secs(60)
+    {
+        return bad("encoder.keyframe_interval", "must be between 500ms and 60s");
+    }
+    Ok(())
+}
+
+/// `[signaling]`: a usable hub path, timers in the right order, every limit at least 1.
+fn validate_signaling(g: &SignalingConfig) -> Result<(), Invalid> {
+    if !g.hub_path.starts_with('/') || g.hub_path.len() < 2 || g.hub_path.ends_with('/') {
+        return bad(
+            "signaling.hub_path",
+            format!(
+                "{:?} must start with '/', name something, and not end with '/'",
+                g.hub_path
+            ),
+        );
+    }
+    if g.hub_path.contains(['?', '#', ' ']) {
+        return bad(
+            "signaling.hub_path",
+            format!("{:?} must not contain '?', '#' or spaces", g.hub_path),
+        );
+    }
+    if g.keepalive < Duration::from_millis(100) {
+        return bad("signaling.keepalive", "must be at least 100ms");
+    }
+    if g.client_timeout <= g.keepalive {
+        return bad(
+            "signaling.client_timeout",
+            format!(
+                "{} must be longer than keepalive ({}); clients ping at the same interval",
+                humantime::format_duration(g.client_timeout),
+                humantime::format_duration(g.keepalive)
+            ),
+        );
+    }
+    if g.handshake_timeout < Duration::from_millis(100) {
+        return bad("signaling.handshake_timeout", "must be at least 100ms");
+    }
+    if g.max_message_bytes < 1024 {
+        return bad("signaling.max_message_bytes", "must be at least 1024");
+    }
+    for (key, v) in [
+        ("signaling.max_connections", g.max_connections),
+        ("signaling.max_sessions", g.max_sessions),
+        (
+            "signaling.max_members_per_session",
+            g.max_members_per_session,
+        ),
+        ("signaling.max_queued_messages", g.max_queued_messages),
+    ] {
+        if v == 0 {
+            return bad(key, "must be at least 1");
+        }
+    }
+    if g.max_members_per_session < 2 {
+        return bad(
+            "signaling.max_members_per_session",
+            "must be at least 2 (an initiator and a capture)",
+        );
+    }
+    Ok(())
+}
+
+/// `[log]`: a filter `tracing` accepts.
+fn validate_log(l: &LogConfig) -> Result<(), Invalid> {
+    if l.level.trim().is_empty() {
+        return bad("log.level", "must not be empty (e.g. \"info\")");
+    }
+    if let Err(e) = l.level.parse::<tracing_subscriber::EnvFilter>() {
+        return bad(
+            "log.level",
+            format!("{:?} is not a log filter: {e}", l.level),
+        );
+    }
+    Ok(())
 }
 
 /// 1-based line and column of a byte offset.
