@@ -357,6 +357,24 @@ pub fn start(
     Ok(advertiser.run(cancel))
 }
 
+/// What `config` asks to advertise now (`None` while `[mdns] enabled = false`).
+fn wanted_advertisement(config: &Config, http_port: u16, device_id: &str) -> Option<Advertisement> {
+    config
+        .mdns
+        .enabled
+        .then(|| Advertisement::new(config, http_port, device_id, &HostFacts::detect()))
+}
+
+/// Start a responder for `ad`; a failure is logged, not fatal (the camera still works by
+/// address).
+fn start_or_log(ad: &Advertisement) -> Option<Advertiser> {
+    Advertiser::start(ad)
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "mDNS advertisement failed; find the device by address")
+        })
+        .ok()
+}
+
 /// The daemon's mDNS service: advertises what `config` says, re-advertises (goodbye, then
 /// the new records) when a reload changes them, stays quiet while `[mdns] enabled = false`,
 /// and runs until `cancel`. A responder that cannot start is logged, not fatal: the camera
@@ -369,20 +387,8 @@ pub async fn supervise(
 ) {
     loop {
         let current = config.borrow_and_update().clone();
-        let wanted = current
-            .mdns
-            .enabled
-            .then(|| Advertisement::new(&current, http_port, &device_id, &HostFacts::detect()));
-        let running = match &wanted {
-            None => None,
-            Some(ad) => match Advertiser::start(ad) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::error!(error = %e, "mDNS advertisement failed; find the device by address");
-                    None
-                }
-            },
-        };
+        let wanted = wanted_advertisement(&current, http_port, &device_id);
+        let running = wanted.as_ref().and_then(start_or_log);
         let child = cancel.child_token();
         let run = async {
             match running {
@@ -417,10 +423,7 @@ pub async fn supervise(
                         return;
                     }
                     let new = config.borrow().clone();
-                    let new_ad = new.mdns.enabled.then(|| {
-                        Advertisement::new(&new, http_port, &device_id, &HostFacts::detect())
-                    });
-                    if new_ad != wanted || finished {
+                    if wanted_advertisement(&new, http_port, &device_id) != wanted || finished {
                         tracing::info!("mDNS settings changed; re-advertising");
                         break;
                     }

@@ -185,6 +185,26 @@ pub struct V4l2Source {
     pool: Arc<BufferPool>,
 }
 
+/// The first format in `wanted`'s order of preference that the device offers.
+fn pick_format(
+    dev: &Device,
+    path: &Path,
+    wanted: CaptureFormat,
+) -> Result<PixelFormat, CaptureError> {
+    let offered = formats(dev);
+    preference(wanted)
+        .into_iter()
+        .find(|p| offered.contains(p))
+        .ok_or_else(|| {
+            let offered: Vec<String> = offered.iter().map(|p| fourcc(*p)).collect();
+            CaptureError::NoFormat(format!(
+                "{} offers {} but not {wanted:?}",
+                path.display(),
+                offered.join(",")
+            ))
+        })
+}
+
 impl V4l2Source {
     /// Open and start streaming.
     pub fn open(path: &Path, camera: &CameraConfig) -> Result<Self, CaptureError> {
@@ -200,22 +220,7 @@ impl V4l2Source {
                 path.display()
             )));
         }
-        let offered = formats(&dev);
-        let pf = preference(camera.format)
-            .into_iter()
-            .find(|p| offered.contains(p))
-            .ok_or_else(|| {
-                CaptureError::NoFormat(format!(
-                    "{} offers {} but not {:?}",
-                    path.display(),
-                    offered
-                        .iter()
-                        .map(|p| fourcc(*p))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    camera.format
-                ))
-            })?;
+        let pf = pick_format(&dev, path, camera.format)?;
         let want = (camera.width, camera.height);
         let size = closest_size(&candidate_sizes(&dev, pf, want), want).unwrap_or(want);
         let interval = closest_interval(&dev, pf, size, camera.fps);
