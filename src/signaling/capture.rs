@@ -45,8 +45,14 @@ pub struct Reply {
 }
 
 /// Run until `cancel` fires or the hub goes away. Answers run concurrently, one per offer.
+///
+/// Payloads are decoded on this task: the decoder stops at `max_payload_bytes` of output, so a
+/// decode costs at most that much memory and time linear in it and in the record (about a
+/// millisecond for the 256 KiB default), which cannot stall the runtime's workers the way an
+/// unbounded decode could. A `spawn_blocking` per payload would cost more than that decode.
 pub async fn run(
     answerer: Arc<dyn Answerer>,
+    max_payload_bytes: usize,
     mut incoming: mpsc::Receiver<Incoming>,
     replies: mpsc::Sender<Reply>,
     cancel: CancellationToken,
@@ -55,7 +61,7 @@ pub async fn run(
     loop {
         tokio::select! {
             message = incoming.recv() => match message {
-                Some(message) => handle(&answerer, message, &replies, &mut answering),
+                Some(message) => handle(&answerer, max_payload_bytes, message, &replies, &mut answering),
                 None => break,
             },
             Some(_) = answering.join_next(), if !answering.is_empty() => {}
@@ -67,6 +73,7 @@ pub async fn run(
 
 fn handle(
     answerer: &Arc<dyn Answerer>,
+    max_payload_bytes: usize,
     message: Incoming,
     replies: &mpsc::Sender<Reply>,
     answering: &mut JoinSet<()>,
@@ -76,14 +83,26 @@ fn handle(
         session,
         payload,
     } = message;
+    // The hub only relays JSON strings (`Request::parse` checks the argument's type).
     let Ok(text) = serde_json::from_str::<String>(payload.get()) else {
         debug!(%session, "capture: payload is not a string");
         return;
     };
-    let (signal, encoding) = match snappeer::decode(&text) {
+    let (signal, encoding) = match snappeer::decode(&text, max_payload_bytes) {
         Ok(decoded) => decoded,
         Err(e) => {
             warn!(%session, error = %e, "capture: cannot read the initiator's signal");
+            let reply = error_reply(
+                member,
+                session,
+                &e.to_string(),
+                snappeer::encoding_of(&text),
+            );
+            // A full reply queue means the hub is flooded; the initiator then learns nothing,
+            // as with any dropped relay.
+            if let Some(reply) = reply {
+                let _ = replies.try_send(reply);
+            }
             return;
         }
     };
@@ -92,24 +111,23 @@ fn handle(
             let answerer = answerer.clone();
             let replies = replies.clone();
             answering.spawn(async move {
-                match answerer.answer(sdp, session.clone()).await {
+                let reply = match answerer.answer(sdp, session.clone()).await {
                     Ok(answer) => {
-                        let packed = snappeer::encode_answer(&answer, encoding);
-                        let Ok(payload) = RawJson::from_string(
-                            serde_json::to_string(&packed).unwrap_or_default(),
-                        ) else {
-                            return;
-                        };
                         info!(%session, "capture: answered the initiator's offer");
-                        let _ = replies
-                            .send(Reply {
-                                member,
-                                session,
-                                payload,
-                            })
-                            .await;
+                        reply_with(member, session, snappeer::encode_answer(&answer, encoding))
                     }
-                    Err(e) => warn!(%session, error = %e, "capture: cannot answer the offer"),
+                    Err(e) => {
+                        warn!(%session, error = %e, "capture: cannot answer the offer");
+                        error_reply(
+                            member,
+                            session,
+                            &format!("cannot answer the offer: {e}"),
+                            encoding,
+                        )
+                    }
+                };
+                if let Some(reply) = reply {
+                    let _ = replies.send(reply).await;
                 }
             });
         }
@@ -120,4 +138,24 @@ fn handle(
             debug!(%session, ?signal, "capture: unexpected signal ignored")
         }
     }
+}
+
+/// A `signalInitiator` reply carrying `packed` (a payload string).
+fn reply_with(member: MemberId, session: SessionId, packed: String) -> Option<Reply> {
+    let payload = RawJson::from_string(serde_json::to_string(&packed).ok()?).ok()?;
+    Some(Reply {
+        member,
+        session,
+        payload,
+    })
+}
+
+/// Tell the initiator its signal was of no use, so its page fails instead of waiting.
+fn error_reply(
+    member: MemberId,
+    session: SessionId,
+    error: &str,
+    encoding: snappeer::Encoding,
+) -> Option<Reply> {
+    reply_with(member, session, snappeer::encode_error(error, encoding))
 }

@@ -106,7 +106,13 @@ pub fn spawn(
         Some(answerer) => {
             let (in_tx, in_rx) = mpsc::channel(64);
             let (reply_tx, reply_rx) = mpsc::channel(64);
-            tracker.spawn(capture::run(answerer, in_rx, reply_tx, cancel.clone()));
+            tracker.spawn(capture::run(
+                answerer,
+                config.max_payload_bytes,
+                in_rx,
+                reply_tx,
+                cancel.clone(),
+            ));
             (Some(in_tx), Some(reply_rx))
         }
         None => (None, None),
@@ -214,6 +220,7 @@ impl SignalingHandle {
         let mut conn = Connection::new(
             ConnectionConfig {
                 max_message_bytes: limit,
+                max_json_depth: self.config.max_json_depth,
                 keepalive: self.config.keepalive,
                 client_timeout: self.config.client_timeout,
                 handshake_timeout: self.config.handshake_timeout,
