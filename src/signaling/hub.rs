@@ -11,7 +11,7 @@
 //! its own echo, so this hub does not send it. Payloads are relayed byte for byte (raw JSON).
 //!
 //! Members are remote connections or the daemon's own capture side: both use the same member
-//! API ([`Hub::join`], [`Hub::signal`]), and the hub tells the shell, through
+//! API ([`Hub::join`] or [`Hub::join_local`], [`Hub::signal`]), and the hub tells the shell, through
 //! [`HubOutput::CaptureWanted`], when an initiator waits in a session that has no capture side.
 //! **Draining rule:** after every `handle_*` or member call, drain [`Hub::poll_output`].
 
@@ -275,10 +275,18 @@ impl Hub {
         }
     }
 
-    /// Member API: `member` is the daemon's own capture side. When the last remote member of
-    /// a session leaves, local members leave with it ([`HubOutput::LocalLeft`]).
-    pub fn mark_local(&mut self, member: MemberId) {
+    /// Member API: the daemon's own capture side joins `session` (ready). When the last remote
+    /// member of the session leaves, it leaves with it ([`HubOutput::LocalLeft`]). A join that
+    /// fails (the session is full) leaves no trace of `member`.
+    pub fn join_local(&mut self, member: MemberId, session: SessionId) -> Result<(), RequestError> {
+        self.join(member, session, true)?;
         self.locals.insert(member);
+        Ok(())
+    }
+
+    /// Local members now (each is in one session).
+    pub fn local_count(&self) -> usize {
+        self.locals.len()
     }
 
     /// Sessions open now.
@@ -387,7 +395,8 @@ impl Hub {
         }
     }
 
-    /// The next thing for the shell to do.
+    /// The next thing for the shell to do, removed from the queue (see the draining rule).
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<HubOutput> {
         self.outputs.pop_front()
     }
@@ -726,8 +735,7 @@ mod tests {
         });
         call(&mut h, 1, None, sync("a", false));
         drain(&mut h);
-        h.mark_local(MemberId(100));
-        h.join(MemberId(100), sid("a"), true).unwrap();
+        h.join_local(MemberId(100), sid("a")).unwrap();
         drain(&mut h);
         let offer = raw("\"o\"");
         call(&mut h, 1, None, capture("a", offer.clone()));

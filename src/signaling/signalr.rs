@@ -478,7 +478,8 @@ impl Connection {
         }
     }
 
-    /// The next thing for the shell to do.
+    /// The next thing for the shell to do, removed from the queue (see the draining rule).
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<ConnOutput> {
         self.outputs.pop_front()
     }
