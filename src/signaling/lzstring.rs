@@ -1,4 +1,5 @@
-//! lz-string's `decompressFromEncodedURIComponent`, with an output budget. Pure.
+//! lz-string's `decompressFromEncodedURIComponent`, with an output budget, and
+//! `compressToEncodedURIComponent` for what the daemon sends. Pure.
 //!
 //! SnapRTC pages pack their signals with the npm `lz-string` (1.5). Its LZW codes can each name
 //! the entry the previous code just created, so every code decodes to one character more than
@@ -19,6 +20,8 @@ const URI_ALPHABET: &[u8; 65] =
 
 /// The bits each input character carries.
 const BITS_PER_CHAR: u32 = 6;
+
+use std::collections::{HashMap, HashSet};
 
 /// Why a payload could not be decompressed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,6 +220,125 @@ pub fn decompress_from_encoded_uri_component(
     }
 }
 
+/// Writes values the way lz-string does: each value's bits from the lowest, into characters of
+/// six bits from the highest.
+struct BitWriter {
+    out: String,
+    value: usize,
+    used: u32,
+}
+
+impl BitWriter {
+    fn write(&mut self, bits: u32, n: u32) {
+        for i in 0..n {
+            self.value = (self.value << 1) | ((bits >> i) & 1) as usize;
+            self.used += 1;
+            if self.used == BITS_PER_CHAR {
+                self.out.push(char::from(URI_ALPHABET[self.value]));
+                (self.value, self.used) = (0, 0);
+            }
+        }
+    }
+
+    /// Pad the last character with zeros: always at least one bit, as the JavaScript does
+    /// (so a stream that ends on a character boundary gets one more `A`).
+    fn finish(mut self) -> String {
+        loop {
+            self.value <<= 1;
+            if self.used == BITS_PER_CHAR - 1 {
+                self.out.push(char::from(URI_ALPHABET[self.value]));
+                return self.out;
+            }
+            self.used += 1;
+        }
+    }
+}
+
+/// The LZW state of the compressor: codes and when the code width grows.
+struct Codes {
+    /// `(code of w, next unit)` → code of `w + unit`.
+    pairs: HashMap<(u32, u16), u32>,
+    /// Each unit seen → its code.
+    units: HashMap<u16, u32>,
+    /// Units whose code was assigned but not yet sent as a literal.
+    unsent: HashSet<u16>,
+    size: u32,
+    num_bits: u32,
+    enlarge_in: u64,
+}
+
+impl Codes {
+    fn count_one(&mut self) {
+        self.enlarge_in -= 1;
+        if self.enlarge_in == 0 {
+            self.enlarge_in = 1 << self.num_bits;
+            self.num_bits += 1;
+        }
+    }
+
+    /// Send the phrase `w` (its code, and the unit when it is a single one).
+    fn emit(&mut self, bits: &mut BitWriter, code: u32, single: Option<u16>) {
+        match single.filter(|unit| self.unsent.remove(unit)) {
+            Some(unit) => {
+                if unit < 256 {
+                    bits.write(0, self.num_bits);
+                    bits.write(u32::from(unit), 8);
+                } else {
+                    bits.write(1, self.num_bits);
+                    bits.write(u32::from(unit), 16);
+                }
+                self.count_one();
+            }
+            None => bits.write(code, self.num_bits),
+        }
+    }
+}
+
+/// `LZString.compressToEncodedURIComponent` of the UTF-16 text `units`, byte for byte.
+pub fn compress_to_encoded_uri_component(units: &[u16]) -> String {
+    let mut bits = BitWriter {
+        out: String::new(),
+        value: 0,
+        used: 0,
+    };
+    let mut codes = Codes {
+        pairs: HashMap::new(),
+        units: HashMap::new(),
+        unsent: HashSet::new(),
+        size: 3,
+        num_bits: 2,
+        enlarge_in: 2,
+    };
+    // The phrase `w`: its code, and its unit when it is one unit long.
+    let mut w: Option<(u32, Option<u16>)> = None;
+    for &unit in units {
+        let unit_code = *codes.units.entry(unit).or_insert_with(|| {
+            codes.unsent.insert(unit);
+            codes.size += 1;
+            codes.size - 1
+        });
+        let Some((code, single)) = w else {
+            w = Some((unit_code, Some(unit)));
+            continue;
+        };
+        if let Some(&longer) = codes.pairs.get(&(code, unit)) {
+            w = Some((longer, None));
+            continue;
+        }
+        codes.emit(&mut bits, code, single);
+        codes.count_one();
+        codes.pairs.insert((code, unit), codes.size);
+        codes.size += 1;
+        w = Some((unit_code, Some(unit)));
+    }
+    if let Some((code, single)) = w {
+        codes.emit(&mut bits, code, single);
+        codes.count_one();
+    }
+    bits.write(2, codes.num_bits);
+    bits.finish()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -310,7 +432,7 @@ pub(crate) mod tests {
     /// Vectors from the npm `lz-string` 1.5.0 (`tests/node/lz-vectors.mjs` writes them): random
     /// ASCII, SDP-like, non-BMP and arbitrary UTF-16 strings, lone surrogates included.
     #[test]
-    fn decodes_the_npm_lz_string_vectors() {
+    fn matches_the_npm_lz_string_vectors_both_ways() {
         #[derive(serde::Deserialize)]
         struct Vector {
             units: Vec<u16>,
@@ -325,6 +447,7 @@ pub(crate) mod tests {
                 .unwrap();
         assert!(file.vectors.len() > 100);
         for v in &file.vectors {
+            assert_eq!(compress_to_encoded_uri_component(&v.units), v.packed);
             let decoded = decompress_from_encoded_uri_component(&v.packed, v.units.len());
             assert_eq!(decoded.as_ref(), Ok(&v.units), "{}", v.packed);
             if !v.units.is_empty() {
@@ -384,6 +507,15 @@ pub(crate) mod tests {
             let packed = lz_str::compress_to_encoded_uri_component(units.as_slice());
             let ours = decompress_from_encoded_uri_component(&packed, 4096).unwrap();
             proptest::prop_assert_eq!(ours, units);
+        }
+
+        #[test]
+        fn compresses_like_lz_str(units in proptest::collection::vec(proptest::num::u16::ANY, 0..300), s in "\\PC{0,300}") {
+            let ours = compress_to_encoded_uri_component(&units);
+            proptest::prop_assert_eq!(&ours, &lz_str::compress_to_encoded_uri_component(units.as_slice()));
+            proptest::prop_assert_eq!(decompress_from_encoded_uri_component(&ours, 4096).unwrap(), units);
+            let wide: Vec<u16> = s.encode_utf16().collect();
+            proptest::prop_assert_eq!(compress_to_encoded_uri_component(&wide), lz_str::compress_to_encoded_uri_component(s.as_str()));
         }
 
         #[test]

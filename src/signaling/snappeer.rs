@@ -156,7 +156,10 @@ pub fn encode_error(error: &str, encoding: Encoding) -> String {
 fn pack(json: String, encoding: Encoding) -> String {
     match encoding {
         Encoding::Json => json,
-        Encoding::LzUri => lz_str::compress_to_encoded_uri_component(json.as_str()),
+        Encoding::LzUri => {
+            let units: Vec<u16> = json.encode_utf16().collect();
+            lzstring::compress_to_encoded_uri_component(&units)
+        }
     }
 }
 
