@@ -31,16 +31,22 @@ pub trait Answerer: Send + Sync + 'static {
 /// From the hub task: the initiator's payload for the local `member` of `session`.
 #[derive(Debug)]
 pub struct Incoming {
+    /// The local member the payload was relayed to.
     pub member: MemberId,
+    /// The session it came through.
     pub session: SessionId,
+    /// The `signalCapture` argument: a JSON string, as relayed.
     pub payload: RawJson,
 }
 
 /// To the hub task: send `payload` as `signalInitiator` from `member` to `session`.
 #[derive(Debug)]
 pub struct Reply {
+    /// The local member that answers.
     pub member: MemberId,
+    /// The session to answer in.
     pub session: SessionId,
+    /// The `signalInitiator` argument: a JSON string.
     pub payload: RawJson,
 }
 

@@ -28,17 +28,30 @@ pub const RECORD_SEPARATOR: u8 = 0x1e;
 /// What can go wrong while decoding a client's bytes. Each closes that connection only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// A record over `signaling.max_message_bytes`.
     #[error("message of {size} bytes is larger than the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Bytes seen so far.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Arrays and objects nested deeper than `signaling.max_json_depth`.
     #[error("message nests arrays and objects deeper than the limit of {limit}")]
-    TooDeep { limit: usize },
+    TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// Not JSON, or not the shape of a hub message (serde_json's words).
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// A `type` this protocol does not have.
     #[error("unknown message type {0}")]
     UnknownType(u64),
+    /// No `type` field.
     #[error("message has no 'type'")]
     MissingType,
+    /// A field the message type needs is missing.
     #[error("{0}")]
     Malformed(&'static str),
 }
@@ -52,6 +65,7 @@ pub struct RecordReader {
 }
 
 impl RecordReader {
+    /// A reader holding nothing, for records of at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Self {
             pending: Vec::new(),
@@ -153,18 +167,27 @@ impl HandshakeError<'_> {
 pub enum ClientMessage {
     /// `type: 1`. `invocation_id` is present for `invoke`, absent for `send`.
     Invocation {
+        /// The id its Completion must carry; `None` for `send`.
         invocation_id: Option<String>,
+        /// The hub method, as the client spelled it.
         target: String,
+        /// The arguments, unparsed.
         arguments: Vec<Box<RawValue>>,
     },
     /// `type: 4`: the client wants a stream; this hub has none.
-    StreamInvocation { invocation_id: String },
+    StreamInvocation {
+        /// The id its error Completion must carry.
+        invocation_id: String,
+    },
     /// `type: 5`: nothing to cancel; ignored.
     CancelInvocation,
     /// `type: 6`.
     Ping,
     /// `type: 7`.
-    Close { error: Option<String> },
+    Close {
+        /// Why the client closes, if it says.
+        error: Option<String>,
+    },
 }
 
 /// Wire shape of every client message; only the fields this server reads.
@@ -221,19 +244,25 @@ impl ClientMessage {
 pub enum ServerMessage {
     /// `type: 1` without an id: the hub calling a client method (`signalStart`, ...).
     Invocation {
+        /// The client method (`signalStart`, `signalCapture`, `signalInitiator`).
         target: &'static str,
         /// Each argument as raw JSON, relayed byte for byte.
         arguments: Vec<RawJson>,
     },
     /// `type: 3`: the answer to an `invoke`. No result means success of a void method.
     Completion {
+        /// The `invocationId` of the call.
         invocation_id: String,
+        /// Why the call failed; `None` for success.
         error: Option<String>,
     },
     /// `type: 6`.
     Ping,
     /// `type: 7`.
-    Close { error: Option<String> },
+    Close {
+        /// Why the server closes, shown by the client.
+        error: Option<String>,
+    },
 }
 
 #[derive(Serialize)]

@@ -21,9 +21,15 @@ pub enum Encoding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// An SDP offer (with every candidate when the initiator uses `trickle: false`).
-    Offer { sdp: String },
+    Offer {
+        /// The offer SDP.
+        sdp: String,
+    },
     /// An SDP answer (what the capture side sends).
-    Answer { sdp: String },
+    Answer {
+        /// The answer SDP.
+        sdp: String,
+    },
     /// A trickled ICE candidate (`{"type":"candidate","candidate":{...}}`); ignored, since the
     /// answer already carries every server candidate and peer-reflexive discovery covers the rest.
     Candidate,

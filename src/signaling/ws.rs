@@ -61,15 +61,19 @@ enum Command {
 /// Counts for `/health` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SignalingStats {
+    /// Hub WebSocket connections open now.
     pub connections: usize,
+    /// Sessions (SignalR groups) open now.
     pub sessions: usize,
 }
 
 /// Why the signaling service could not do something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
+    /// The hub did not admit the connection.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    /// The hub task is gone (shutting down).
     #[error("the signaling service has stopped")]
     Stopped,
 }
