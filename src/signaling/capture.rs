@@ -115,25 +115,10 @@ fn handle(
     };
     match signal {
         Signal::Offer { sdp } => {
-            let answerer = answerer.clone();
+            let answer = answer_offer(answerer.clone(), sdp, member, session, encoding);
             let replies = replies.clone();
             answering.spawn(async move {
-                let reply = match answerer.answer(sdp, session.clone()).await {
-                    Ok(answer) => {
-                        info!(%session, "capture: answered the initiator's offer");
-                        reply_with(member, session, snappeer::encode_answer(&answer, encoding))
-                    }
-                    Err(e) => {
-                        warn!(%session, error = %e, "capture: cannot answer the offer");
-                        error_reply(
-                            member,
-                            session,
-                            &format!("cannot answer the offer: {e}"),
-                            encoding,
-                        )
-                    }
-                };
-                if let Some(reply) = reply {
+                if let Some(reply) = answer.await {
                     let _ = replies.send(reply).await;
                 }
             });
@@ -143,6 +128,27 @@ fn handle(
         }
         Signal::Answer { .. } | Signal::Other(_) => {
             debug!(%session, ?signal, "capture: unexpected signal ignored")
+        }
+    }
+}
+
+/// Have the engine answer `sdp`; the reply for the initiator: the answer, or an error signal.
+async fn answer_offer(
+    answerer: Arc<dyn Answerer>,
+    sdp: String,
+    member: MemberId,
+    session: SessionId,
+    encoding: snappeer::Encoding,
+) -> Option<Reply> {
+    match answerer.answer(sdp, session.clone()).await {
+        Ok(answer) => {
+            info!(%session, "capture: answered the initiator's offer");
+            reply_with(member, session, snappeer::encode_answer(&answer, encoding))
+        }
+        Err(e) => {
+            warn!(%session, error = %e, "capture: cannot answer the offer");
+            let error = format!("cannot answer the offer: {e}");
+            error_reply(member, session, &error, encoding)
         }
     }
 }

@@ -106,6 +106,25 @@ impl<'a> BitReader<'a> {
     }
 }
 
+/// How wide codes are: they grow by a bit each time the dictionary doubles, counted the way
+/// lz-string counts (one step per entry added, the stream's first literal included).
+struct CodeWidth {
+    bits: u32,
+    /// Entries still to add before the next bit.
+    enlarge_in: u64,
+}
+
+impl CodeWidth {
+    /// One dictionary entry added.
+    fn count_one(&mut self) {
+        self.enlarge_in -= 1;
+        if self.enlarge_in == 0 {
+            self.enlarge_in = 1 << self.bits;
+            self.bits += 1;
+        }
+    }
+}
+
 /// A dictionary entry: `len` units of the output from `start`.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -173,20 +192,18 @@ pub fn decompress_from_encoded_uri_component(
     let mut w = out.push(first as u16)?;
     let mut dictionary = vec![Span { start: 0, len: 0 }; 3];
     dictionary.push(w);
-    let mut enlarge_in: u64 = 4;
-    let mut num_bits: u32 = 3;
+    let mut width = CodeWidth {
+        bits: 3,
+        enlarge_in: 4,
+    };
     loop {
-        let code = bits.read(num_bits)?;
+        let code = bits.read(width.bits)?;
         let entry = match code {
             0 | 1 => {
                 let unit = bits.read(if code == 0 { 8 } else { 16 })?;
                 let entry = out.push(unit as u16)?;
                 dictionary.push(entry);
-                enlarge_in -= 1;
-                if enlarge_in == 0 {
-                    enlarge_in = 1 << num_bits;
-                    num_bits += 1;
-                }
+                width.count_one();
                 entry
             }
             2 => return Ok(out.units),
@@ -207,14 +224,10 @@ pub fn decompress_from_encoded_uri_component(
             len: w.len + 1,
         });
         w = entry;
-        enlarge_in -= 1;
-        if enlarge_in == 0 {
-            enlarge_in = 1 << num_bits;
-            num_bits += 1;
-        }
+        width.count_one();
         // The dictionary is bounded by the output budget, so this only trips on a budget
         // beyond any config's reach; it keeps `read` within 31 bits whatever the budget.
-        if num_bits > 31 {
+        if width.bits > 31 {
             return Err(LzError::TooLong { limit: max_units });
         }
     }
@@ -263,33 +276,24 @@ struct Codes {
     /// Units whose code was assigned but not yet sent as a literal.
     unsent: HashSet<u16>,
     size: u32,
-    num_bits: u32,
-    enlarge_in: u64,
+    width: CodeWidth,
 }
 
 impl Codes {
-    fn count_one(&mut self) {
-        self.enlarge_in -= 1;
-        if self.enlarge_in == 0 {
-            self.enlarge_in = 1 << self.num_bits;
-            self.num_bits += 1;
-        }
-    }
-
     /// Send the phrase `w` (its code, and the unit when it is a single one).
     fn emit(&mut self, bits: &mut BitWriter, code: u32, single: Option<u16>) {
         match single.filter(|unit| self.unsent.remove(unit)) {
             Some(unit) => {
                 if unit < 256 {
-                    bits.write(0, self.num_bits);
+                    bits.write(0, self.width.bits);
                     bits.write(u32::from(unit), 8);
                 } else {
-                    bits.write(1, self.num_bits);
+                    bits.write(1, self.width.bits);
                     bits.write(u32::from(unit), 16);
                 }
-                self.count_one();
+                self.width.count_one();
             }
-            None => bits.write(code, self.num_bits),
+            None => bits.write(code, self.width.bits),
         }
     }
 }
@@ -306,8 +310,10 @@ pub fn compress_to_encoded_uri_component(units: &[u16]) -> String {
         units: HashMap::new(),
         unsent: HashSet::new(),
         size: 3,
-        num_bits: 2,
-        enlarge_in: 2,
+        width: CodeWidth {
+            bits: 2,
+            enlarge_in: 2,
+        },
     };
     // The phrase `w`: its code, and its unit when it is one unit long.
     let mut w: Option<(u32, Option<u16>)> = None;
@@ -326,16 +332,16 @@ pub fn compress_to_encoded_uri_component(units: &[u16]) -> String {
             continue;
         }
         codes.emit(&mut bits, code, single);
-        codes.count_one();
+        codes.width.count_one();
         codes.pairs.insert((code, unit), codes.size);
         codes.size += 1;
         w = Some((unit_code, Some(unit)));
     }
     if let Some((code, single)) = w {
         codes.emit(&mut bits, code, single);
-        codes.count_one();
+        codes.width.count_one();
     }
-    bits.write(2, codes.num_bits);
+    bits.write(2, codes.width.bits);
     bits.finish()
 }
 
