@@ -674,6 +674,47 @@ mod tests {
     }
 
     #[test]
+    fn signaling_payload_and_depth_limits_are_validated() {
+        let c = Config::from_toml(
+            "[signaling]\nmax_payload_bytes = 4096\nmax_json_depth = 8\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.signaling.max_payload_bytes, c.signaling.max_json_depth),
+            (4096, 8)
+        );
+        assert_eq!(Config::default().signaling.max_payload_bytes, 262_144);
+        assert_eq!(Config::default().signaling.max_json_depth, 32);
+        for (text, key, words) in [
+            (
+                "max_payload_bytes = 0",
+                "signaling.max_payload_bytes",
+                "0 is not in 1024..=16777216",
+            ),
+            (
+                "max_payload_bytes = 16777217",
+                "signaling.max_payload_bytes",
+                "16777217 is not in 1024..=16777216",
+            ),
+            (
+                "max_json_depth = 3",
+                "signaling.max_json_depth",
+                "3 is not in 4..=128",
+            ),
+            (
+                "max_json_depth = 129",
+                "signaling.max_json_depth",
+                "129 is not in 4..=128",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("[signaling]\n{text}\n"), "a.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.message.starts_with(words), "{err}");
+        }
+    }
+
+    #[test]
     fn unknown_section_is_rejected() {
         let err = Config::from_toml("[camara]\nsource = \"v4l2\"\n", "a.toml").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(1), "{err}");
