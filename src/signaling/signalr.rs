@@ -456,7 +456,7 @@ impl Connection {
     }
 
     /// The shell wants to close (server shutdown, slow client): tell the client why.
-    pub fn close(&mut self, error: Option<&str>) {
+    pub fn handle_close(&mut self, error: Option<&str>) {
         if self.state == State::Open {
             self.outputs.push_back(ConnOutput::Send(
                 ServerMessage::Close {
@@ -479,7 +479,7 @@ impl Connection {
             }
             State::Open => {
                 if now >= self.last_received + self.config.client_timeout {
-                    self.close(Some(
+                    self.handle_close(Some(
                         "Server timeout elapsed without receiving a message from the client.",
                     ));
                     return;
@@ -597,7 +597,9 @@ impl Connection {
     /// A protocol error: tell the client (once open) and close.
     fn fail(&mut self, reason: String) {
         match self.state {
-            State::Open => self.close(Some(&format!("Connection closed with an error: {reason}"))),
+            State::Open => {
+                self.handle_close(Some(&format!("Connection closed with an error: {reason}")))
+            }
             State::AwaitingHandshake => self.refuse_handshake(reason),
             State::Closed => {}
         }

@@ -364,7 +364,7 @@ impl ConnectionShell<'_> {
     /// The kill token fired: shutdown (say goodbye) or the hub gave up on this client.
     fn handle_killed(&mut self) -> Flow {
         if self.handle.cancel.is_cancelled() {
-            self.conn.close(Some("Server is shutting down."));
+            self.conn.handle_close(Some("Server is shutting down."));
             Flow::Continue
         } else {
             // The hub gave up on this client (its queue was full): don't wait on it.
@@ -383,7 +383,7 @@ impl ConnectionShell<'_> {
                 }
                 self.conn.handle_sent(Instant::now().into_std());
             }
-            None => self.conn.close(Some("Disconnected by the server.")),
+            None => self.conn.handle_close(Some("Disconnected by the server.")),
         }
         Flow::Continue
     }
