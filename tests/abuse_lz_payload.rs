@@ -69,7 +69,8 @@ async fn an_expanding_lz_payload_costs_under_32_mib_and_the_initiator_gets_an_er
     );
     let before = peak_rss_kib(&d);
 
-    // 65 000 characters: ~27 700 codes, within the default 64 KiB record limit.
+    // 65 000 characters: ~28 000 codes (~4·10⁸ characters decoded), within the default 64 KiB
+    // record limit.
     let bomb = lz_bomb(65_000);
     init.invoke("1", "SignalCapture", json!(["bomb", bomb]))
         .await;
