@@ -352,8 +352,18 @@ pub struct SignalingConfig {
     /// Time from negotiate to handshake, and from connect to handshake.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// Largest SignalR record; a bigger one closes that connection.
+    /// Largest SignalR record; a bigger one closes that connection. WebSocket frames and
+    /// messages are capped at twice this plus 64 KiB in the transport, before they are buffered.
     pub max_message_bytes: usize,
+    /// Deepest nesting of arrays and objects in a SignalR record; a deeper one closes that
+    /// connection before it is parsed (SnapRTC records nest 2 deep).
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Largest decoded SnapRTC signal (the JSON inside an lz-string or plain payload), in bytes.
+    /// Real simple-peer offers are a few KB; the lz-string decoder stops at this size, so a
+    /// payload crafted to expand costs no more than this.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
     /// Most hub connections at once (negotiated tokens count too); more get 503.
     pub max_connections: usize,
     /// Most sessions (groups) at once.
@@ -373,6 +383,8 @@ impl Default for SignalingConfig {
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
             max_message_bytes: 65536,
+            max_json_depth: default_max_json_depth(),
+            max_payload_bytes: default_max_payload_bytes(),
             max_connections: 1000,
             max_sessions: 10000,
             max_members_per_session: 8,
@@ -380,6 +392,22 @@ impl Default for SignalingConfig {
         }
     }
 }
+
+/// `[signaling] max_json_depth`: SnapRTC records nest 2 deep; 32 leaves room for any client.
+fn default_max_json_depth() -> usize {
+    32
+}
+
+/// `[signaling] max_payload_bytes`: 256 KiB, about fifty times a real simple-peer offer.
+fn default_max_payload_bytes() -> usize {
+    262_144
+}
+
+/// Most `[signaling] max_payload_bytes` may be: 16 MiB, far beyond any SDP.
+pub const MAX_PAYLOAD_BYTES_LIMIT: usize = 16 << 20;
+
+/// Most `[signaling] max_json_depth` may be: serde_json's own recursion limit.
+pub const MAX_JSON_DEPTH_LIMIT: usize = 128;
 
 /// `[signaling] join_sessions`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -712,6 +740,24 @@ fn validate_signaling(g: &SignalingConfig) -> Result<(), Invalid> {
     if g.max_message_bytes < 1024 {
         return bad("signaling.max_message_bytes", "must be at least 1024");
     }
+    if !(4..=MAX_JSON_DEPTH_LIMIT).contains(&g.max_json_depth) {
+        return bad(
+            "signaling.max_json_depth",
+            format!(
+                "{} is not in 4..={MAX_JSON_DEPTH_LIMIT} (SignalR records nest 2 deep)",
+                g.max_json_depth
+            ),
+        );
+    }
+    if !(1024..=MAX_PAYLOAD_BYTES_LIMIT).contains(&g.max_payload_bytes) {
+        return bad(
+            "signaling.max_payload_bytes",
+            format!(
+                "{} is not in 1024..={MAX_PAYLOAD_BYTES_LIMIT} (an SDP offer is a few KB)",
+                g.max_payload_bytes
+            ),
+        );
+    }
     for (key, v) in [
         ("signaling.max_connections", g.max_connections),
         ("signaling.max_sessions", g.max_sessions),
@@ -814,6 +860,47 @@ mod tests {
                 .starts_with("a.toml:3:1: listne: unknown field"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn signaling_payload_and_depth_limits_are_validated() {
+        let c = Config::from_toml(
+            "[signaling]\nmax_payload_bytes = 4096\nmax_json_depth = 8\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.signaling.max_payload_bytes, c.signaling.max_json_depth),
+            (4096, 8)
+        );
+        assert_eq!(Config::default().signaling.max_payload_bytes, 262_144);
+        assert_eq!(Config::default().signaling.max_json_depth, 32);
+        for (text, key, words) in [
+            (
+                "max_payload_bytes = 0",
+                "signaling.max_payload_bytes",
+                "0 is not in 1024..=16777216",
+            ),
+            (
+                "max_payload_bytes = 16777217",
+                "signaling.max_payload_bytes",
+                "16777217 is not in 1024..=16777216",
+            ),
+            (
+                "max_json_depth = 3",
+                "signaling.max_json_depth",
+                "3 is not in 4..=128",
+            ),
+            (
+                "max_json_depth = 129",
+                "signaling.max_json_depth",
+                "129 is not in 4..=128",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("[signaling]\n{text}\n"), "a.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.message.starts_with(words), "{err}");
+        }
     }
 
     #[test]

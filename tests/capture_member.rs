@@ -153,6 +153,24 @@ async fn the_daemon_joins_as_capture_and_answers_lz_offers_in_kind() {
         json!(["cam-1", r#"{"type":"offer","sdp":"plain"}"#]),
     )
     .await;
+    // Garbage gets an error signal (in lz-string, since it did not look like JSON), which
+    // simple-peer turns into an error on the page instead of a wait for an answer.
+    let Read::Record(v) = init.read_non_ping().await else {
+        panic!("closed")
+    };
+    assert_eq!(v["target"], "signalInitiator");
+    let error = lz_str::decompress_from_encoded_uri_component(v["arguments"][0].as_str().unwrap())
+        .map(|u| String::from_utf16(&u).unwrap())
+        .expect("lz");
+    let error: serde_json::Value = serde_json::from_str(&error).unwrap();
+    assert_eq!(error["type"], "error");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("payload is not lz-string"),
+        "{error}"
+    );
     let Read::Record(v) = init.read_non_ping().await else {
         panic!("closed")
     };

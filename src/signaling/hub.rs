@@ -11,7 +11,7 @@
 //! its own echo, so this hub does not send it. Payloads are relayed byte for byte (raw JSON).
 //!
 //! Members are remote connections or the daemon's own capture side: both use the same member
-//! API ([`Hub::join`], [`Hub::signal`]), and the hub tells the shell, through
+//! API ([`Hub::join`] or [`Hub::join_local`], [`Hub::signal`]), and the hub tells the shell, through
 //! [`HubOutput::CaptureWanted`], when an initiator waits in a session that has no capture side.
 //! **Draining rule:** after every `handle_*` or member call, drain [`Hub::poll_output`].
 
@@ -30,6 +30,7 @@ impl SessionId {
     /// Longest accepted id.
     pub const MAX_LEN: usize = 128;
 
+    /// Validate a client's session id.
     pub fn parse(s: &str) -> Result<SessionId, RequestError> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
@@ -42,6 +43,7 @@ impl SessionId {
         }
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -90,16 +92,25 @@ impl serde::Serialize for RawJson {
 /// A hub method call, typed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Method {
+    /// `Sync(session, ready)`: join `session`; `ready` marks the capture side.
     Sync {
+        /// The session (SignalR group) to join.
         session: SessionId,
+        /// True for the capture side: the others get `signalStart`.
         ready: bool,
     },
+    /// `SignalCapture(session, payload)`: initiator → capture.
     SignalCapture {
+        /// The session to relay in.
         session: SessionId,
+        /// The simple-peer signal, a JSON string relayed byte for byte.
         payload: RawJson,
     },
+    /// `SignalInitiator(session, payload)`: capture → initiator.
     SignalInitiator {
+        /// The session to relay in.
         session: SessionId,
+        /// The simple-peer signal, a JSON string relayed byte for byte.
         payload: RawJson,
     },
 }
@@ -107,27 +118,43 @@ pub enum Method {
 /// A client's call: the method and, for `invoke`, the id its Completion must carry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// Present for `invoke` (a Completion is owed), absent for `send`.
     pub invocation_id: Option<String>,
+    /// What is called, with typed arguments.
     pub method: Method,
 }
 
 /// Why a call was refused; the text goes to the client in an error Completion.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// No such method (the name as the client sent it).
     #[error("Unknown hub method '{0}'")]
     UnknownMethod(String),
+    /// The wrong number of arguments.
     #[error("Invocation provides {given} argument(s) but target expects {expected}.")]
-    ArgumentCount { given: usize, expected: usize },
+    ArgumentCount {
+        /// Arguments sent.
+        given: usize,
+        /// Arguments the method takes.
+        expected: usize,
+    },
+    /// An argument of the wrong JSON type.
     #[error("Error binding arguments: argument {index} of '{method}' must be {expected}.")]
     ArgumentType {
+        /// The method called.
         method: &'static str,
+        /// Which argument, from 0.
         index: usize,
+        /// What it must be, in words.
         expected: &'static str,
     },
+    /// A session id outside `[A-Za-z0-9_-]{1,128}`.
     #[error("Invalid session id: use 1-128 characters of A-Z, a-z, 0-9, '_' and '-'.")]
     BadSession,
+    /// `signaling.max_sessions` sessions are open.
     #[error("Too many sessions on this server ({0}); try again later.")]
     TooManySessions(usize),
+    /// The session has `signaling.max_members_per_session` members.
     #[error("Session is full ({0} members).")]
     SessionFull(usize),
 }
@@ -217,7 +244,9 @@ pub enum Outbound {
     SignalInitiator(RawJson),
     /// The answer to an `invoke`.
     Completion {
+        /// The `invocationId` of the call.
         invocation_id: String,
+        /// Why the call failed; `None` for success.
         error: Option<String>,
     },
 }
@@ -226,13 +255,23 @@ pub enum Outbound {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubOutput {
     /// Deliver `message` to `to`.
-    Deliver { to: MemberId, message: Outbound },
+    Deliver {
+        /// The member to send to.
+        to: MemberId,
+        /// What to send.
+        message: Outbound,
+    },
     /// An initiator waits in `session` and no capture side is there: the daemon's capture
     /// member may join (only when [`HubConfig::capture_wanted`] is on).
-    CaptureWanted { session: SessionId },
+    CaptureWanted {
+        /// The session waiting for a capture side.
+        session: SessionId,
+    },
     /// Every remote member left `session`, so the local `member` was taken out of it too.
     LocalLeft {
+        /// The local member taken out.
         member: MemberId,
+        /// The session it was in (now freed).
         session: SessionId,
     },
 }
@@ -240,7 +279,9 @@ pub enum HubOutput {
 /// Limits and behaviour of the hub.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
+    /// Most sessions at once (`signaling.max_sessions`).
     pub max_sessions: usize,
+    /// Most members in one session (`signaling.max_members_per_session`).
     pub max_members_per_session: usize,
     /// Emit [`HubOutput::CaptureWanted`] (`join_sessions = "all"` with a capture member).
     pub capture_wanted: bool,
@@ -265,6 +306,7 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub with no sessions.
     pub fn new(config: HubConfig) -> Self {
         Self {
             config,
@@ -275,10 +317,18 @@ impl Hub {
         }
     }
 
-    /// Member API: `member` is the daemon's own capture side. When the last remote member of
-    /// a session leaves, local members leave with it ([`HubOutput::LocalLeft`]).
-    pub fn mark_local(&mut self, member: MemberId) {
+    /// Member API: the daemon's own capture side joins `session` (ready). When the last remote
+    /// member of the session leaves, it leaves with it ([`HubOutput::LocalLeft`]). A join that
+    /// fails (the session is full) leaves no trace of `member`.
+    pub fn join_local(&mut self, member: MemberId, session: SessionId) -> Result<(), RequestError> {
+        self.join(member, session, true)?;
         self.locals.insert(member);
+        Ok(())
+    }
+
+    /// Local members now (each is in one session).
+    pub fn local_count(&self) -> usize {
+        self.locals.len()
     }
 
     /// Sessions open now.
@@ -387,7 +437,8 @@ impl Hub {
         }
     }
 
-    /// The next thing for the shell to do.
+    /// The next thing for the shell to do, removed from the queue (see the draining rule).
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<HubOutput> {
         self.outputs.pop_front()
     }
@@ -432,13 +483,16 @@ pub struct Admissions {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AdmissionError {
+    /// `signaling.max_connections` are open or reserved.
     #[error("too many connections")]
     Full,
+    /// The token was never issued, was used, or expired.
     #[error("no such connection token")]
     UnknownToken,
 }
 
 impl Admissions {
+    /// No connections yet; tokens live `token_lifetime` (the handshake timeout).
     pub fn new(max_connections: usize, token_lifetime: Duration) -> Self {
         Self {
             pending: HashMap::new(),
@@ -726,8 +780,7 @@ mod tests {
         });
         call(&mut h, 1, None, sync("a", false));
         drain(&mut h);
-        h.mark_local(MemberId(100));
-        h.join(MemberId(100), sid("a"), true).unwrap();
+        h.join_local(MemberId(100), sid("a")).unwrap();
         drain(&mut h);
         let offer = raw("\"o\"");
         call(&mut h, 1, None, capture("a", offer.clone()));

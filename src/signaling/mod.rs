@@ -3,11 +3,13 @@
 //! - [`signalr`]: the wire codec and one connection's protocol state (pure).
 //! - [`hub`]: sessions, relay, limits and connection admission (pure).
 //! - [`snappeer`]: simple-peer signal payloads (lz-string or JSON), pure.
+//! - [`lzstring`]: lz-string's URI-component decompressor with an output budget, pure.
 //! - [`capture`]: the daemon's own capture side in SnapRTC sessions.
 //! - [`ws`]: the tokio shell: the hub task and one task per WebSocket.
 
 pub mod capture;
 pub mod hub;
+pub mod lzstring;
 pub mod signalr;
 pub mod snappeer;
 pub mod ws;

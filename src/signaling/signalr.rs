@@ -28,14 +28,30 @@ pub const RECORD_SEPARATOR: u8 = 0x1e;
 /// What can go wrong while decoding a client's bytes. Each closes that connection only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// A record over `signaling.max_message_bytes`.
     #[error("message of {size} bytes is larger than the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Bytes seen so far.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Arrays and objects nested deeper than `signaling.max_json_depth`.
+    #[error("message nests arrays and objects deeper than the limit of {limit}")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// Not JSON, or not the shape of a hub message (serde_json's words).
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// A `type` this protocol does not have.
     #[error("unknown message type {0}")]
     UnknownType(u64),
+    /// No `type` field.
     #[error("message has no 'type'")]
     MissingType,
+    /// A field the message type needs is missing.
     #[error("{0}")]
     Malformed(&'static str),
 }
@@ -49,6 +65,7 @@ pub struct RecordReader {
 }
 
 impl RecordReader {
+    /// A reader holding nothing, for records of at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Self {
             pending: Vec::new(),
@@ -88,6 +105,40 @@ impl RecordReader {
     }
 }
 
+/// Refuse a record whose arrays and objects nest deeper than `limit`, before it is parsed.
+///
+/// serde_json has a recursion limit of its own (128), but that guards its stack, not this
+/// protocol: SignalR records nest 2 deep. One pass over the bytes, brackets inside strings
+/// skipped; a record that is not JSON at all is left to the parser to reject.
+pub fn check_depth(record: &[u8], limit: usize) -> Result<(), CodecError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in record {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Err(CodecError::TooDeep { limit });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The first record a client sends.
 #[derive(Debug, Deserialize)]
 struct HandshakeRequest {
@@ -95,23 +146,48 @@ struct HandshakeRequest {
     version: u32,
 }
 
+/// The server's handshake response that refuses: `{"error":"…"}`.
+#[derive(Serialize)]
+struct HandshakeError<'a> {
+    error: &'a str,
+}
+
+impl HandshakeError<'_> {
+    /// The record, separator included.
+    fn encode(&self) -> Bytes {
+        // Serialising a struct of one string cannot fail; an empty record would be a bug.
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(RECORD_SEPARATOR);
+        Bytes::from(out)
+    }
+}
+
 /// A client message, after the handshake.
 #[derive(Debug)]
 pub enum ClientMessage {
     /// `type: 1`. `invocation_id` is present for `invoke`, absent for `send`.
     Invocation {
+        /// The id its Completion must carry; `None` for `send`.
         invocation_id: Option<String>,
+        /// The hub method, as the client spelled it.
         target: String,
+        /// The arguments, unparsed.
         arguments: Vec<Box<RawValue>>,
     },
     /// `type: 4`: the client wants a stream; this hub has none.
-    StreamInvocation { invocation_id: String },
+    StreamInvocation {
+        /// The id its error Completion must carry.
+        invocation_id: String,
+    },
     /// `type: 5`: nothing to cancel; ignored.
     CancelInvocation,
     /// `type: 6`.
     Ping,
     /// `type: 7`.
-    Close { error: Option<String> },
+    Close {
+        /// Why the client closes, if it says.
+        error: Option<String>,
+    },
 }
 
 /// Wire shape of every client message; only the fields this server reads.
@@ -168,19 +244,25 @@ impl ClientMessage {
 pub enum ServerMessage {
     /// `type: 1` without an id: the hub calling a client method (`signalStart`, ...).
     Invocation {
+        /// The client method (`signalStart`, `signalCapture`, `signalInitiator`).
         target: &'static str,
         /// Each argument as raw JSON, relayed byte for byte.
         arguments: Vec<RawJson>,
     },
     /// `type: 3`: the answer to an `invoke`. No result means success of a void method.
     Completion {
+        /// The `invocationId` of the call.
         invocation_id: String,
+        /// Why the call failed; `None` for success.
         error: Option<String>,
     },
     /// `type: 6`.
     Ping,
     /// `type: 7`.
-    Close { error: Option<String> },
+    Close {
+        /// Why the server closes, shown by the client.
+        error: Option<String>,
+    },
 }
 
 #[derive(Serialize)]
@@ -250,6 +332,8 @@ impl ServerMessage {
 pub struct ConnectionConfig {
     /// Largest record.
     pub max_message_bytes: usize,
+    /// Deepest nesting of arrays and objects in a record ([`check_depth`]).
+    pub max_json_depth: usize,
     /// Send a Ping after this long without sending anything (as ASP.NET Core's hub does: a
     /// busy connection is never pinged).
     pub keepalive: Duration,
@@ -372,7 +456,7 @@ impl Connection {
     }
 
     /// The shell wants to close (server shutdown, slow client): tell the client why.
-    pub fn close(&mut self, error: Option<&str>) {
+    pub fn handle_close(&mut self, error: Option<&str>) {
         if self.state == State::Open {
             self.outputs.push_back(ConnOutput::Send(
                 ServerMessage::Close {
@@ -395,7 +479,7 @@ impl Connection {
             }
             State::Open => {
                 if now >= self.last_received + self.config.client_timeout {
-                    self.close(Some(
+                    self.handle_close(Some(
                         "Server timeout elapsed without receiving a message from the client.",
                     ));
                     return;
@@ -423,12 +507,17 @@ impl Connection {
         }
     }
 
-    /// The next thing for the shell to do.
+    /// The next thing for the shell to do, removed from the queue (see the draining rule).
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<ConnOutput> {
         self.outputs.pop_front()
     }
 
     fn handle_record(&mut self, record: &[u8], now: Instant) {
+        if let Err(e) = check_depth(record, self.config.max_json_depth) {
+            self.fail(e.to_string());
+            return;
+        }
         match self.state {
             State::AwaitingHandshake => self.handle_handshake(record),
             State::Open => match ClientMessage::decode(record) {
@@ -458,13 +547,7 @@ impl Connection {
                 self.outputs
                     .push_back(ConnOutput::Send(Bytes::from_static(b"{}\x1e")));
             }
-            Some(error) => {
-                let mut out =
-                    serde_json::to_vec(&serde_json::json!({ "error": error })).unwrap_or_default();
-                out.push(RECORD_SEPARATOR);
-                self.outputs.push_back(ConnOutput::Send(Bytes::from(out)));
-                self.finish(error);
-            }
+            Some(error) => self.refuse_handshake(error),
         }
     }
 
@@ -504,17 +587,20 @@ impl Connection {
         }
     }
 
+    /// Answer the handshake with `{"error":…}` and close.
+    fn refuse_handshake(&mut self, error: String) {
+        self.outputs
+            .push_back(ConnOutput::Send(HandshakeError { error: &error }.encode()));
+        self.finish(error);
+    }
+
     /// A protocol error: tell the client (once open) and close.
     fn fail(&mut self, reason: String) {
         match self.state {
-            State::Open => self.close(Some(&format!("Connection closed with an error: {reason}"))),
-            State::AwaitingHandshake => {
-                let mut out =
-                    serde_json::to_vec(&serde_json::json!({ "error": reason })).unwrap_or_default();
-                out.push(RECORD_SEPARATOR);
-                self.outputs.push_back(ConnOutput::Send(Bytes::from(out)));
-                self.finish(reason);
+            State::Open => {
+                self.handle_close(Some(&format!("Connection closed with an error: {reason}")))
             }
+            State::AwaitingHandshake => self.refuse_handshake(reason),
             State::Closed => {}
         }
     }
@@ -555,6 +641,7 @@ mod tests {
     fn config() -> ConnectionConfig {
         ConnectionConfig {
             max_message_bytes: 1024,
+            max_json_depth: 32,
             keepalive: Duration::from_secs(15),
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
@@ -680,6 +767,66 @@ mod tests {
             );
             assert_eq!(out.last(), Some(&ConnOutput::Close));
         }
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_closes_before_parsing() {
+        let now = Instant::now();
+        // `levels` deep in all, with brackets inside a string that do not count.
+        let nested = |levels: usize| {
+            format!(
+                "{{\"type\":1,\"target\":\"Sync\",\"arguments\":[\"s\",true],\"x\":{}\"[[{{\\\"\"{}}}\x1e",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        let deep = nested(33);
+        let mut c = open(now);
+        c.handle_text(deep.as_bytes(), now);
+        let out = drain(&mut c);
+        assert_eq!(
+            sent(&out),
+            vec![
+                "{\"type\":7,\"error\":\"Connection closed with an error: message nests arrays and objects deeper than the limit of 32\",\"allowReconnect\":false}\x1e"
+            ]
+        );
+        assert_eq!(out.last(), Some(&ConnOutput::Close));
+        // At the limit it is parsed (and is a valid Sync with an extra field).
+        let ok = nested(32);
+        let mut c = open(now);
+        c.handle_text(ok.as_bytes(), now);
+        assert!(
+            matches!(drain(&mut c)[..], [ConnOutput::Request(_)]),
+            "{ok}"
+        );
+        // Before the handshake too: the handshake gets an error record.
+        let mut c = Connection::new(config(), now);
+        c.handle_text(
+            format!("{}{}\x1e", "[".repeat(40), "]".repeat(40)).as_bytes(),
+            now,
+        );
+        let out = drain(&mut c);
+        assert_eq!(
+            sent(&out),
+            vec![
+                "{\"error\":\"message nests arrays and objects deeper than the limit of 32\"}\x1e"
+            ]
+        );
+        assert_eq!(out.last(), Some(&ConnOutput::Close));
+    }
+
+    #[test]
+    fn depth_scan_skips_strings_and_escapes() {
+        assert_eq!(check_depth(br#"[[["]]]]]]]\"[[[[["]]]"#, 3), Ok(()));
+        assert_eq!(
+            check_depth(br#"[[[["#, 3),
+            Err(CodecError::TooDeep { limit: 3 })
+        );
+        assert_eq!(check_depth(br#"{"a\\":[[[]]]}"#, 4), Ok(()));
+        assert_eq!(
+            check_depth(br#"{"a\\":[[[[]]]]}"#, 4),
+            Err(CodecError::TooDeep { limit: 4 })
+        );
     }
 
     #[test]

@@ -62,15 +62,19 @@ enum Command {
 /// Counts for `/health` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SignalingStats {
+    /// Hub WebSocket connections open now.
     pub connections: usize,
+    /// Sessions (SignalR groups) open now.
     pub sessions: usize,
 }
 
 /// Why the signaling service could not do something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
+    /// The hub did not admit the connection.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
+    /// The hub task is gone (shutting down).
     #[error("the signaling service has stopped")]
     Stopped,
 }
@@ -107,7 +111,13 @@ pub fn spawn(
         Some(answerer) => {
             let (in_tx, in_rx) = mpsc::channel(64);
             let (reply_tx, reply_rx) = mpsc::channel(64);
-            tracker.spawn(capture::run(answerer, in_rx, reply_tx, cancel.clone()));
+            tracker.spawn(capture::run(
+                answerer,
+                config.max_payload_bytes,
+                in_rx,
+                reply_tx,
+                cancel.clone(),
+            ));
             (Some(in_tx), Some(reply_rx))
         }
         None => (None, None),
@@ -176,22 +186,38 @@ impl SignalingHandle {
         rx.await.map_err(|_| ServiceError::Stopped)
     }
 
+    /// Serve one upgraded WebSocket: register with the hub, then run its [`Connection`].
     async fn run_connection(self, upgraded: Upgraded, token: Option<String>) {
-        let limit = self.config.max_message_bytes;
-        // Small read buffers keep 10 000 idle connections cheap; a frame may still be as large as
-        // a record plus slack, so an oversized record reaches the codec and gets a Close record.
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            // Frames are written out at each flush: records queued together leave in one write.
-            .write_buffer_size(65536)
-            .max_write_buffer_size(limit * 2 + 65536)
-            .max_message_size(Some(limit * 2 + 65536))
-            .max_frame_size(Some(limit * 2 + 65536));
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let mut ws = accept_websocket(upgraded, self.config.max_message_bytes).await;
+        let Some((member, outbound, kill)) = self.register(token, &mut ws).await else {
+            return;
+        };
+        debug!(member = member.0, "hub connection open");
+        let conn = Connection::new(self.connection_config(), Instant::now().into_std());
+        let mut shell = ConnectionShell {
+            handle: &self,
+            member,
+            ws,
+            conn,
+            outbound,
+            kill,
+        };
+        shell.run().await;
+        debug!(
+            member = member.0,
+            reason = shell.conn.close_reason().unwrap_or(""),
+            "hub connection closed"
+        );
+        let _ = self.commands.send(Command::Disconnected { member }).await;
+    }
 
-        let (outbound_tx, mut outbound) = mpsc::channel(self.config.max_queued_messages);
+    /// Ask the hub to admit this socket; `None` (and the socket closed) when it does not.
+    async fn register(
+        &self,
+        token: Option<String>,
+        ws: &mut Socket,
+    ) -> Option<(MemberId, mpsc::Receiver<Bytes>, CancellationToken)> {
+        let (outbound_tx, outbound) = mpsc::channel(self.config.max_queued_messages);
         let kill = self.cancel.child_token();
         let (reply, rx) = oneshot::channel();
         let connect = Command::Connect {
@@ -200,121 +226,198 @@ impl SignalingHandle {
             kill: kill.clone(),
             reply,
         };
-        let member = match self.call(connect, rx).await {
-            Ok(Ok(member)) => member,
+        match self.call(connect, rx).await {
+            Ok(Ok(member)) => Some((member, outbound, kill)),
             Ok(Err(e)) => {
                 debug!(error = %e, "websocket refused after upgrade");
                 let _ = ws.close(None).await;
-                return;
+                None
             }
-            Err(_) => return,
-        };
-        debug!(member = member.0, "hub connection open");
+            Err(_) => None,
+        }
+    }
 
-        let now = Instant::now().into_std();
-        let mut conn = Connection::new(
-            ConnectionConfig {
-                max_message_bytes: limit,
-                keepalive: self.config.keepalive,
-                client_timeout: self.config.client_timeout,
-                handshake_timeout: self.config.handshake_timeout,
-            },
-            now,
-        );
+    fn connection_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            max_message_bytes: self.config.max_message_bytes,
+            max_json_depth: self.config.max_json_depth,
+            keepalive: self.config.keepalive,
+            client_timeout: self.config.client_timeout,
+            handshake_timeout: self.config.handshake_timeout,
+        }
+    }
+}
+
+/// The server side of one hub WebSocket.
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Largest WebSocket frame or message for records of up to `max_message_bytes`: a record plus
+/// slack, so an oversized record still reaches the codec and gets a Close record. tungstenite
+/// checks a frame's length in its header and refuses a larger one before buffering any of it.
+fn max_frame_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes * 2 + 65536
+}
+
+/// Wrap an upgraded connection as a server WebSocket with this hub's size limits.
+async fn accept_websocket(upgraded: Upgraded, max_message_bytes: usize) -> Socket {
+    let limit = max_frame_bytes(max_message_bytes);
+    // Small read buffers keep 10 000 idle connections cheap.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        // Frames are written out at each flush: records queued together leave in one write.
+        .write_buffer_size(65536)
+        .max_write_buffer_size(limit)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await
+}
+
+/// Whether the connection's loop goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Moves bytes between one socket and its [`Connection`], and hub traffic to the socket.
+struct ConnectionShell<'a> {
+    handle: &'a SignalingHandle,
+    member: MemberId,
+    ws: Socket,
+    conn: Connection,
+    /// What the hub relays to this client.
+    outbound: mpsc::Receiver<Bytes>,
+    /// Fired by the hub when it gives up on this client, or at shutdown.
+    kill: CancellationToken,
+}
+
+impl ConnectionShell<'_> {
+    async fn run(&mut self) {
         // Long-lived futures, polled in place: re-creating a timer entry and a cancellation
         // waiter on every pass of the loop costs more than the relay itself.
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let timer = tokio::time::sleep_until(far);
         tokio::pin!(timer);
+        let kill = self.kill.clone();
         let killed = kill.cancelled();
         tokio::pin!(killed);
         let mut armed: Option<Instant> = None;
-        'run: loop {
-            while let Some(output) = conn.poll_output() {
-                match output {
-                    ConnOutput::Send(bytes) => {
-                        if !send_text(&mut ws, bytes, &kill, self.cancel.is_cancelled()).await {
-                            conn.handle_disconnect("write failed");
-                            break 'run;
-                        }
-                        conn.handle_sent(Instant::now().into_std());
-                    }
-                    ConnOutput::Request(request) => {
-                        if self
-                            .commands
-                            .send(Command::Request { member, request })
-                            .await
-                            .is_err()
-                        {
-                            break 'run;
-                        }
-                    }
-                    ConnOutput::Close => {
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, ws.close(None)).await;
-                        break 'run;
-                    }
-                }
+        loop {
+            // The draining rule: every output of the last input first, then the timer.
+            if self.perform_outputs().await == Flow::Stop {
+                return;
             }
             // Deadlines move later with every record (the keep-alive, the client timeout): a
             // timer armed earlier just fires early and `handle_timeout` finds nothing due, so
             // it is re-armed about once per keep-alive interval, not once per record.
-            let deadline = conn.poll_timeout().map(Instant::from_std);
+            let deadline = self.conn.poll_timeout().map(Instant::from_std);
             let later = matches!((deadline, armed), (Some(d), Some(a)) if d >= a);
             if deadline != armed && !later {
                 timer.as_mut().reset(deadline.unwrap_or(far));
                 armed = deadline;
             }
-            tokio::select! {
+            let flow = tokio::select! {
                 biased;
-                _ = &mut killed => {
-                    if self.cancel.is_cancelled() {
-                        conn.close(Some("Server is shutting down."));
-                    } else {
-                        // The hub gave up on this client (its queue was full): don't wait on it.
-                        conn.handle_disconnect("outbound queue full");
-                        break 'run;
-                    }
-                }
-                message = outbound.recv() => match message {
-                    Some(bytes) => {
-                        if !send_queued(&mut ws, bytes, &mut outbound, &kill).await {
-                            conn.handle_disconnect("write failed");
-                            break 'run;
-                        }
-                        conn.handle_sent(Instant::now().into_std());
-                    }
-                    None => conn.close(Some("Disconnected by the server.")),
-                },
-                frame = ws.next() => {
-                    let now = Instant::now().into_std();
-                    match frame {
-                        Some(Ok(Message::Text(text))) => conn.handle_text(text.as_bytes(), now),
-                        Some(Ok(Message::Binary(data))) => conn.handle_binary(&data, now),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => conn.handle_activity(now),
-                        Some(Ok(Message::Close(_))) | None => { conn.handle_disconnect("client went away"); break 'run; }
-                        Some(Err(e)) => { conn.handle_disconnect(&e.to_string()); break 'run; }
-                    }
-                }
+                _ = &mut killed => self.handle_killed(),
+                message = self.outbound.recv() => self.relay(message).await,
+                frame = self.ws.next() => self.handle_frame(frame),
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     timer.as_mut().reset(far);
-                    conn.handle_timeout(Instant::now().into_std());
+                    self.conn.handle_timeout(Instant::now().into_std());
+                    Flow::Continue
+                }
+            };
+            if flow == Flow::Stop {
+                return;
+            }
+        }
+    }
+
+    /// Drain [`Connection::poll_output`]: write records, hand requests to the hub, close.
+    async fn perform_outputs(&mut self) -> Flow {
+        while let Some(output) = self.conn.poll_output() {
+            match output {
+                ConnOutput::Send(bytes) => {
+                    let shutting_down = self.handle.cancel.is_cancelled();
+                    if !send_text(&mut self.ws, bytes, &self.kill, shutting_down).await {
+                        self.conn.handle_disconnect("write failed");
+                        return Flow::Stop;
+                    }
+                    self.conn.handle_sent(Instant::now().into_std());
+                }
+                ConnOutput::Request(request) => {
+                    let member = self.member;
+                    let command = Command::Request { member, request };
+                    if self.handle.commands.send(command).await.is_err() {
+                        return Flow::Stop;
+                    }
+                }
+                ConnOutput::Close => {
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.ws.close(None)).await;
+                    return Flow::Stop;
                 }
             }
         }
-        debug!(
-            member = member.0,
-            reason = conn.close_reason().unwrap_or(""),
-            "hub connection closed"
-        );
-        let _ = self.commands.send(Command::Disconnected { member }).await;
+        Flow::Continue
+    }
+
+    /// The kill token fired: shutdown (say goodbye) or the hub gave up on this client.
+    fn handle_killed(&mut self) -> Flow {
+        if self.handle.cancel.is_cancelled() {
+            self.conn.handle_close(Some("Server is shutting down."));
+            Flow::Continue
+        } else {
+            // The hub gave up on this client (its queue was full): don't wait on it.
+            self.conn.handle_disconnect("outbound queue full");
+            Flow::Stop
+        }
+    }
+
+    /// Write what the hub relayed (and whatever else it queued meanwhile).
+    async fn relay(&mut self, message: Option<Bytes>) -> Flow {
+        match message {
+            Some(bytes) => {
+                if !send_queued(&mut self.ws, bytes, &mut self.outbound, &self.kill).await {
+                    self.conn.handle_disconnect("write failed");
+                    return Flow::Stop;
+                }
+                self.conn.handle_sent(Instant::now().into_std());
+            }
+            None => self.conn.handle_close(Some("Disconnected by the server.")),
+        }
+        Flow::Continue
+    }
+
+    /// A frame (or the end of the stream) from the client.
+    fn handle_frame(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Flow {
+        let now = Instant::now().into_std();
+        match frame {
+            Some(Ok(Message::Text(text))) => self.conn.handle_text(text.as_bytes(), now),
+            Some(Ok(Message::Binary(data))) => self.conn.handle_binary(&data, now),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                self.conn.handle_activity(now)
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                self.conn.handle_disconnect("client went away");
+                return Flow::Stop;
+            }
+            Some(Err(e)) => {
+                self.conn.handle_disconnect(&e.to_string());
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
     }
 }
 
 /// Write one text frame. Gives up when `kill` fires because the hub dropped this client (it
 /// does not read); during shutdown the last records get a short grace period instead.
 async fn send_text(
-    ws: &mut WebSocketStream<TokioIo<Upgraded>>,
+    ws: &mut Socket,
     bytes: Bytes,
     kill: &CancellationToken,
     shutting_down: bool,
@@ -338,7 +441,7 @@ async fn send_text(
 /// Write `first` and whatever else the hub has queued for this client already, one frame per
 /// record, with a single flush (one write to the socket when they fit its buffer).
 async fn send_queued(
-    ws: &mut WebSocketStream<TokioIo<Upgraded>>,
+    ws: &mut Socket,
     first: Bytes,
     outbound: &mut mpsc::Receiver<Bytes>,
     kill: &CancellationToken,
@@ -431,8 +534,7 @@ impl HubTask {
     fn join_capture(&mut self, session: SessionId) {
         let member = MemberId(self.next_member);
         self.next_member += 1;
-        self.hub.mark_local(member);
-        match self.hub.join(member, session.clone(), true) {
+        match self.hub.join_local(member, session.clone()) {
             Ok(()) => {
                 info!(%session, "joined the session as its capture side");
                 self.clients.insert(member, Client::Local { session });
@@ -490,6 +592,9 @@ impl HubTask {
         }
     }
 
+    /// The draining rule for the hub: after every hub input, take every [`Hub::poll_output`]
+    /// until `None` and carry it out. Clients found not reading are removed afterwards (which
+    /// is a hub input again, drained in turn).
     fn drain(&mut self) {
         let mut dropped = Vec::new();
         while let Some(output) = self.hub.poll_output() {
@@ -567,4 +672,61 @@ fn encode(message: Outbound) -> Bytes {
         },
     }
     .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signaling::hub::Method;
+
+    fn sync(member: u64, session: &str, ready: bool) -> Command {
+        Command::Request {
+            member: MemberId(member),
+            request: Request {
+                invocation_id: None,
+                method: Method::Sync {
+                    session: SessionId::parse(session).unwrap(),
+                    ready,
+                },
+            },
+        }
+    }
+
+    /// A session full of initiators and no capture side: every re-sent `Sync(s, false)` asks for
+    /// the capture member, whose join fails. It must leave nothing behind.
+    #[test]
+    fn a_capture_join_that_fails_leaves_no_local_member() {
+        let (capture, _incoming) = mpsc::channel(8);
+        let mut task = HubTask {
+            hub: Hub::new(HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 2,
+                capture_wanted: true,
+            }),
+            admissions: Admissions::new(10, Duration::from_secs(15)),
+            clients: HashMap::new(),
+            next_member: 100,
+            max_queued: 64,
+            capture: Some(capture),
+        };
+        let mut receivers = Vec::new();
+        for member in [1, 2] {
+            let (outbound, rx) = mpsc::channel(64);
+            receivers.push(rx);
+            let kill = CancellationToken::new();
+            task.clients
+                .insert(MemberId(member), Client::Remote { outbound, kill });
+        }
+        // A capture phone first (so the daemon stays out), then an initiator: full.
+        task.handle(sync(1, "s", true));
+        task.handle(sync(2, "s", false));
+        assert_eq!(task.hub.local_count(), 0);
+        // The phone re-syncs as an initiator: no capture side in a full session.
+        for _ in 0..5 {
+            task.handle(sync(1, "s", false));
+        }
+        assert_eq!(task.hub.local_count(), 0);
+        assert_eq!(task.clients.len(), 2, "no local client recorded");
+        assert_eq!(task.hub.members(&SessionId::parse("s").unwrap()).len(), 2);
+    }
 }
