@@ -740,24 +740,7 @@ fn validate_signaling(g: &SignalingConfig) -> Result<(), Invalid> {
     if g.max_message_bytes < 1024 {
         return bad("signaling.max_message_bytes", "must be at least 1024");
     }
-    if !(4..=MAX_JSON_DEPTH_LIMIT).contains(&g.max_json_depth) {
-        return bad(
-            "signaling.max_json_depth",
-            format!(
-                "{} is not in 4..={MAX_JSON_DEPTH_LIMIT} (SignalR records nest 2 deep)",
-                g.max_json_depth
-            ),
-        );
-    }
-    if !(1024..=MAX_PAYLOAD_BYTES_LIMIT).contains(&g.max_payload_bytes) {
-        return bad(
-            "signaling.max_payload_bytes",
-            format!(
-                "{} is not in 1024..={MAX_PAYLOAD_BYTES_LIMIT} (an SDP offer is a few KB)",
-                g.max_payload_bytes
-            ),
-        );
-    }
+    validate_signaling_budgets(g)?;
     for (key, v) in [
         ("signaling.max_connections", g.max_connections),
         ("signaling.max_sessions", g.max_sessions),
@@ -775,6 +758,29 @@ fn validate_signaling(g: &SignalingConfig) -> Result<(), Invalid> {
         return bad(
             "signaling.max_members_per_session",
             "must be at least 2 (an initiator and a capture)",
+        );
+    }
+    Ok(())
+}
+
+/// `[signaling]` budgets on what clients send: JSON nesting and decoded payload size.
+fn validate_signaling_budgets(g: &SignalingConfig) -> Result<(), Invalid> {
+    if !(4..=MAX_JSON_DEPTH_LIMIT).contains(&g.max_json_depth) {
+        return bad(
+            "signaling.max_json_depth",
+            format!(
+                "{} is not in 4..={MAX_JSON_DEPTH_LIMIT} (SignalR records nest 2 deep)",
+                g.max_json_depth
+            ),
+        );
+    }
+    if !(1024..=MAX_PAYLOAD_BYTES_LIMIT).contains(&g.max_payload_bytes) {
+        return bad(
+            "signaling.max_payload_bytes",
+            format!(
+                "{} is not in 1024..={MAX_PAYLOAD_BYTES_LIMIT} (an SDP offer is a few KB)",
+                g.max_payload_bytes
+            ),
         );
     }
     Ok(())

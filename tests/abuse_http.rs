@@ -2,6 +2,7 @@
 //! slowloris clients are closed after `header_read_timeout` while everyone else is served,
 //! `max_http_connections`, `max_header_bytes` and `keepalive_idle_timeout` hold, and the route
 //! table's access policy (`/metrics`, JSON `/health`, `metrics_auth`).
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use std::io::{Read as _, Write as _};

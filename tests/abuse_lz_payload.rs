@@ -2,6 +2,7 @@
 //! compressing "aaaa…" gives) decodes to ~3.9e8 characters from 64 KB. Sent as `SignalCapture`
 //! into a session the built-in capture member answers, it must cost the daemon less than
 //! 32 MiB of peak RSS, and the initiator must get an error signal rather than silence.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use common::signalr::{Client, Read};

@@ -4,6 +4,7 @@
 //! first), must not evict the viewer's cached local address, and the viewer keeps its frame
 //! rate. The engine runs on its own thread so its CPU time for the flood can be read from
 //! `/proc/self/task/<tid>/stat` and printed (not asserted: the machine is shared).
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 #[path = "support/rtc.rs"]
 mod support;

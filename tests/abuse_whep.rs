@@ -1,6 +1,7 @@
 //! WHEP input over its budgets, black-box: a flood of `POST /whep` over `max_viewers` gets 503
 //! and builds no `Rtc` (no DTLS key or certificate), and offers over an SDP budget get 400
 //! naming the config key.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 mod common;
 

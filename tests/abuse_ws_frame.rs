@@ -1,6 +1,7 @@
 //! Abuse: a 16 MiB WebSocket frame on the hub is refused from its header (tungstenite's frame
 //! and message limits, twice `signaling.max_message_bytes` plus 64 KiB), so the connection is
 //! closed without the daemon's peak RSS growing by anything like the frame's size.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
 use common::signalr::{Client, Read};

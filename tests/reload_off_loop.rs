@@ -1,6 +1,7 @@
 //! SIGHUP re-reads the config off the async workers: while the file is being read (a slow or
 //! hung disk), the daemon keeps answering. The daemon runs in this process on a
 //! single-threaded runtime, so a read done inside its select loop would stall every task.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
