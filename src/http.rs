@@ -168,7 +168,8 @@ async fn dispatch(req: Request<Incoming>, state: &AppState) -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state.
+/// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state,
+/// process figures.
 async fn metrics(state: &AppState) -> Response<Body> {
     let signaling = state.signaling.stats().await.unwrap_or_default();
     let rtc = state.rtc.stats().await.unwrap_or_default();
@@ -177,6 +178,7 @@ async fn metrics(state: &AppState) -> Response<Body> {
         media: state.media.counters(),
         camera: &state.media.status(),
         signaling: &signaling,
+        process: &crate::metrics::ProcessStats::sample(),
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
