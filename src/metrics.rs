@@ -1,7 +1,10 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4) of what the daemon is doing.
 //!
 //! Pure rendering from snapshots the owners hand out (engine stats, pipeline counters, camera
-//! status, hub stats); no registry, no globals.
+//! status, hub stats, process figures); no registry, no globals. Every metric is one row of
+//! [`METRICS`]: its name, type, help text and how to read its samples from a [`Snapshot`]. To
+//! add a metric, add a row (at the end: scrapers and tests read the names, and the order of
+//! the existing ones is kept so the output only ever grows).
 
 use std::fmt::Write;
 
@@ -11,179 +14,306 @@ use crate::signaling::ws::SignalingStats;
 
 /// Everything one scrape shows.
 pub struct Snapshot<'a> {
+    /// The WebRTC engine's counters.
     pub rtc: &'a RtcStats,
+    /// The media pipeline's counters.
     pub media: &'a MediaCounters,
+    /// The camera's state and measured frame rate.
     pub camera: &'a MediaStatus,
+    /// The SnapRTC hub's connections and sessions.
     pub signaling: &'a SignalingStats,
+    /// The daemon process itself (tasks, fds, threads, memory).
+    pub process: &'a ProcessStats,
 }
 
-/// Render the Prometheus text body.
-pub fn render(s: &Snapshot<'_>) -> String {
-    let get = MediaCounters::get;
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    let one = |v: f64| vec![(String::new(), v)];
+/// Figures about the daemon process, read at scrape time by [`ProcessStats::sample`]. A
+/// figure that could not be read is `None` and its metric has no sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    /// Tokio tasks alive in the runtime the scrape runs on.
+    pub tokio_tasks: Option<usize>,
+    /// Open file descriptors (entries of `/proc/self/fd`, the one used to list them included).
+    pub open_fds: Option<usize>,
+    /// OS threads (`Threads:` of `/proc/self/status`).
+    pub threads: Option<u64>,
+    /// Resident set size in bytes (`VmRSS:` of `/proc/self/status`).
+    pub rss_bytes: Option<u64>,
+}
 
-    metric(
-        "snaprtcd_viewers",
-        "gauge",
-        "WebRTC viewers now (WHEP and SnapRTC).",
-        &one(s.rtc.viewers as f64),
-    );
-    metric(
-        "snaprtcd_viewers_connected",
-        "gauge",
-        "Viewers with ICE and DTLS up.",
-        &one(s.rtc.connected as f64),
-    );
-    metric(
-        "snaprtcd_viewers_timed_out_total",
-        "counter",
-        "Viewers removed because ICE failed or they fell silent.",
-        &one(s.rtc.timed_out as f64),
-    );
-    metric(
-        "snaprtcd_rtc_built_total",
-        "counter",
-        "WebRTC peer connections built (each a DTLS key and certificate; never over max_viewers at once).",
-        &one(s.rtc.rtc_built as f64),
-    );
-    metric(
-        "snaprtcd_udp_datagrams_unrouted_total",
-        "counter",
-        "UDP datagrams no viewer accepted (junk, strays).",
-        &one(s.rtc.datagrams_unrouted as f64),
-    );
-    metric(
-        "snaprtcd_local_addr_lookups_total",
-        "counter",
-        "Route lookups made to learn which local address a viewer sent to.",
-        &one(s.rtc.local_addr_lookups as f64),
-    );
-    metric(
-        "snaprtcd_sessions",
-        "gauge",
-        "SnapRTC hub sessions now.",
-        &one(s.signaling.sessions as f64),
-    );
-    metric(
-        "snaprtcd_hub_connections",
-        "gauge",
-        "SnapRTC hub connections now.",
-        &one(s.signaling.connections as f64),
-    );
-    metric(
-        "snaprtcd_frames_captured_total",
-        "counter",
-        "Frames the camera delivered.",
-        &one(get(&s.media.frames_captured) as f64),
-    );
-    metric(
-        "snaprtcd_frames_dropped_total",
-        "counter",
-        "Frames dropped before the encoder because it was busy.",
-        &one(get(&s.media.frames_dropped) as f64),
-    );
-    metric(
-        "snaprtcd_frames_encoded_total",
-        "counter",
-        "Access units published to viewers (encoded once for all).",
-        &one(get(&s.media.frames_encoded) as f64),
-    );
-    metric(
-        "snaprtcd_frames_sent_total",
-        "counter",
-        "Frames written to viewers (one per frame per viewer).",
-        &one(s.rtc.frames_sent as f64),
-    );
-    metric(
-        "snaprtcd_bytes_out_total",
-        "counter",
-        "WebRTC UDP bytes sent.",
-        &one(s.rtc.bytes_out as f64),
-    );
-    metric(
-        "snaprtcd_stills_sent_total",
-        "counter",
-        "JPEG stills sent over data channels.",
-        &one(s.rtc.stills_sent as f64),
-    );
-    let kf: Vec<_> = KeyframeCause::ALL
+impl ProcessStats {
+    /// Read the figures now: the current tokio runtime's alive tasks (none outside a runtime)
+    /// and `/proc/self` (none where there is no procfs).
+    pub fn sample() -> ProcessStats {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        ProcessStats {
+            tokio_tasks: tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|h| h.metrics().num_alive_tasks()),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|dir| dir.count()),
+            threads: status_field(&status, "Threads:"),
+            rss_bytes: status_field(&status, "VmRSS:").map(|kib| kib * 1024),
+        }
+    }
+}
+
+/// The number after `key` in `/proc/self/status` text (`VmRSS:   1234 kB` gives 1234).
+fn status_field(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// A Prometheus metric type.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One sample line: the text between the metric name and the value (a `_bucket`-style suffix
+/// and/or `{labels}`, often empty), and the value.
+type Sample = (String, f64);
+
+/// How a metric's samples are read from a snapshot.
+enum Read {
+    /// One unlabelled sample.
+    Value(fn(&Snapshot<'_>) -> f64),
+    /// One unlabelled sample when the figure is known, none otherwise.
+    Maybe(fn(&Snapshot<'_>) -> Option<f64>),
+    /// Any number of samples (labelled series, histogram parts).
+    Samples(fn(&Snapshot<'_>) -> Vec<Sample>),
+}
+
+/// One row of the table: what `# HELP` and `# TYPE` say and where the samples come from.
+struct Metric {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    read: Read,
+}
+
+/// A pipeline counter's current value.
+fn get(counter: &std::sync::atomic::AtomicU64) -> f64 {
+    MediaCounters::get(counter) as f64
+}
+
+/// Every metric, in output order (new ones go at the end).
+const METRICS: &[Metric] = &[
+    Metric {
+        name: "snaprtcd_viewers",
+        kind: Kind::Gauge,
+        help: "WebRTC viewers now (WHEP and SnapRTC).",
+        read: Read::Value(|s| s.rtc.viewers as f64),
+    },
+    Metric {
+        name: "snaprtcd_viewers_connected",
+        kind: Kind::Gauge,
+        help: "Viewers with ICE and DTLS up.",
+        read: Read::Value(|s| s.rtc.connected as f64),
+    },
+    Metric {
+        name: "snaprtcd_viewers_timed_out_total",
+        kind: Kind::Counter,
+        help: "Viewers removed because ICE failed or they fell silent.",
+        read: Read::Value(|s| s.rtc.timed_out as f64),
+    },
+    Metric {
+        name: "snaprtcd_sessions",
+        kind: Kind::Gauge,
+        help: "SnapRTC hub sessions now.",
+        read: Read::Value(|s| s.signaling.sessions as f64),
+    },
+    Metric {
+        name: "snaprtcd_hub_connections",
+        kind: Kind::Gauge,
+        help: "SnapRTC hub connections now.",
+        read: Read::Value(|s| s.signaling.connections as f64),
+    },
+    Metric {
+        name: "snaprtcd_frames_captured_total",
+        kind: Kind::Counter,
+        help: "Frames the camera delivered.",
+        read: Read::Value(|s| get(&s.media.frames_captured)),
+    },
+    Metric {
+        name: "snaprtcd_frames_dropped_total",
+        kind: Kind::Counter,
+        help: "Frames dropped before the encoder because it was busy.",
+        read: Read::Value(|s| get(&s.media.frames_dropped)),
+    },
+    Metric {
+        name: "snaprtcd_frames_encoded_total",
+        kind: Kind::Counter,
+        help: "Access units published to viewers (encoded once for all).",
+        read: Read::Value(|s| get(&s.media.frames_encoded)),
+    },
+    Metric {
+        name: "snaprtcd_frames_sent_total",
+        kind: Kind::Counter,
+        help: "Frames written to viewers (one per frame per viewer).",
+        read: Read::Value(|s| s.rtc.frames_sent as f64),
+    },
+    Metric {
+        name: "snaprtcd_bytes_out_total",
+        kind: Kind::Counter,
+        help: "WebRTC UDP bytes sent.",
+        read: Read::Value(|s| s.rtc.bytes_out as f64),
+    },
+    Metric {
+        name: "snaprtcd_stills_sent_total",
+        kind: Kind::Counter,
+        help: "JPEG stills sent over data channels.",
+        read: Read::Value(|s| s.rtc.stills_sent as f64),
+    },
+    Metric {
+        name: "snaprtcd_keyframes_total",
+        kind: Kind::Counter,
+        help: "IDR frames sent, by cause.",
+        read: Read::Samples(keyframes_by_cause),
+    },
+    Metric {
+        name: "snaprtcd_camera_losses_total",
+        kind: Kind::Counter,
+        help: "Times the camera was lost.",
+        read: Read::Value(|s| get(&s.media.camera_losses)),
+    },
+    Metric {
+        name: "snaprtcd_encode_seconds",
+        kind: Kind::Histogram,
+        help: "Software encode time per frame.",
+        read: Read::Samples(encode_time_histogram),
+    },
+    Metric {
+        name: "snaprtcd_camera_state",
+        kind: Kind::Gauge,
+        help: "1 for the camera's current state.",
+        read: Read::Samples(camera_state),
+    },
+    Metric {
+        name: "snaprtcd_camera_fps",
+        kind: Kind::Gauge,
+        help: "Frames per second measured at capture.",
+        read: Read::Value(|s| f64::from(s.camera.fps_measured)),
+    },
+    Metric {
+        name: "snaprtcd_tokio_tasks",
+        kind: Kind::Gauge,
+        help: "Tokio tasks alive in the daemon's runtime.",
+        read: Read::Maybe(|s| s.process.tokio_tasks.map(|n| n as f64)),
+    },
+    Metric {
+        name: "snaprtcd_open_fds",
+        kind: Kind::Gauge,
+        help: "Open file descriptors of the daemon process.",
+        read: Read::Maybe(|s| s.process.open_fds.map(|n| n as f64)),
+    },
+    Metric {
+        name: "snaprtcd_threads",
+        kind: Kind::Gauge,
+        help: "OS threads of the daemon process.",
+        read: Read::Maybe(|s| s.process.threads.map(|n| n as f64)),
+    },
+    Metric {
+        name: "snaprtcd_resident_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Resident set size of the daemon process.",
+        read: Read::Maybe(|s| s.process.rss_bytes.map(|n| n as f64)),
+    },
+    Metric {
+        name: "snaprtcd_rtc_built_total",
+        kind: Kind::Counter,
+        help: "WebRTC peer connections built (each a DTLS key and certificate; never over max_viewers at once).",
+        read: Read::Value(|s| s.rtc.rtc_built as f64),
+    },
+    Metric {
+        name: "snaprtcd_udp_datagrams_unrouted_total",
+        kind: Kind::Counter,
+        help: "UDP datagrams no viewer accepted (junk, strays).",
+        read: Read::Value(|s| s.rtc.datagrams_unrouted as f64),
+    },
+    Metric {
+        name: "snaprtcd_local_addr_lookups_total",
+        kind: Kind::Counter,
+        help: "Route lookups made to learn which local address a viewer sent to.",
+        read: Read::Value(|s| s.rtc.local_addr_lookups as f64),
+    },
+];
+
+/// `snaprtcd_keyframes_total{cause="…"}` for every cause.
+fn keyframes_by_cause(s: &Snapshot<'_>) -> Vec<Sample> {
+    KeyframeCause::ALL
         .iter()
         .map(|c| {
-            (
-                format!("{{cause=\"{}\"}}", c.as_str()),
-                get(&s.media.keyframes[c.index()]) as f64,
-            )
+            let n = get(&s.media.keyframes[c.index()]);
+            (format!("{{cause=\"{}\"}}", c.as_str()), n)
         })
-        .collect();
-    metric(
-        "snaprtcd_keyframes_total",
-        "counter",
-        "IDR frames sent, by cause.",
-        &kf,
-    );
-    metric(
-        "snaprtcd_camera_losses_total",
-        "counter",
-        "Times the camera was lost.",
-        &one(get(&s.media.camera_losses) as f64),
-    );
+        .collect()
+}
 
-    // Encode time histogram (cumulative buckets, seconds).
-    let mut cumulative = 0u64;
-    let mut hist = Vec::new();
-    for (i, b) in s.media.encode_time_buckets.iter().enumerate() {
-        cumulative += get(b);
+/// Cumulative `_bucket{le="…"}` samples (seconds), then `_sum` and `_count`.
+fn encode_time_histogram(s: &Snapshot<'_>) -> Vec<Sample> {
+    let mut cumulative = 0.0;
+    let mut samples = Vec::with_capacity(s.media.encode_time_buckets.len() + 2);
+    for (i, bucket) in s.media.encode_time_buckets.iter().enumerate() {
+        cumulative += get(bucket);
         let le = ENCODE_BUCKETS_MS
             .get(i)
             .map_or("+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1000.0));
-        hist.push((format!("_bucket{{le=\"{le}\"}}"), cumulative as f64));
+        samples.push((format!("_bucket{{le=\"{le}\"}}"), cumulative));
     }
-    hist.push((
-        "_sum".to_owned(),
-        get(&s.media.encode_time_micros) as f64 / 1e6,
-    ));
-    hist.push(("_count".to_owned(), cumulative as f64));
-    metric(
-        "snaprtcd_encode_seconds",
-        "histogram",
-        "Software encode time per frame.",
-        &hist,
-    );
+    samples.push(("_sum".to_owned(), get(&s.media.encode_time_micros) / 1e6));
+    samples.push(("_count".to_owned(), cumulative));
+    samples
+}
 
-    let states: Vec<_> = [
+/// `snaprtcd_camera_state{state="…"}`: 1 for the current state, 0 for the others.
+fn camera_state(s: &Snapshot<'_>) -> Vec<Sample> {
+    const STATES: [CameraState; 4] = [
         CameraState::Starting,
         CameraState::Streaming,
         CameraState::NoSignal,
         CameraState::Stopped,
-    ]
-    .iter()
-    .map(|st| {
-        (
-            format!("{{state=\"{}\"}}", st.as_str()),
-            f64::from(u8::from(*st == s.camera.state)),
-        )
-    })
-    .collect();
-    metric(
-        "snaprtcd_camera_state",
-        "gauge",
-        "1 for the camera's current state.",
-        &states,
-    );
-    metric(
-        "snaprtcd_camera_fps",
-        "gauge",
-        "Frames per second measured at capture.",
-        &one(f64::from(s.camera.fps_measured)),
-    );
+    ];
+    STATES
+        .iter()
+        .map(|st| {
+            let on = f64::from(u8::from(*st == s.camera.state));
+            (format!("{{state=\"{}\"}}", st.as_str()), on)
+        })
+        .collect()
+}
+
+/// Render the Prometheus text body: every row of [`METRICS`], in order.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::with_capacity(4096);
+    for m in METRICS {
+        let samples = match m.read {
+            Read::Value(read) => vec![(String::new(), read(s))],
+            Read::Maybe(read) => read(s).map(|v| (String::new(), v)).into_iter().collect(),
+            Read::Samples(read) => read(s),
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
+        let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind.as_str());
+        for (suffix, v) in samples {
+            let _ = writeln!(out, "{}{suffix} {v}", m.name);
+        }
+    }
     out
 }
 
@@ -192,32 +322,128 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
-    #[test]
-    fn renders_counters_labels_and_a_cumulative_histogram() {
+    /// What `render` wrote for [`sample_snapshot`]'s values before it became a table (the
+    /// table may add metrics after these, never change them).
+    const BEFORE_THE_TABLE: &str = r#"# HELP snaprtcd_viewers WebRTC viewers now (WHEP and SnapRTC).
+# TYPE snaprtcd_viewers gauge
+snaprtcd_viewers 2
+# HELP snaprtcd_viewers_connected Viewers with ICE and DTLS up.
+# TYPE snaprtcd_viewers_connected gauge
+snaprtcd_viewers_connected 1
+# HELP snaprtcd_viewers_timed_out_total Viewers removed because ICE failed or they fell silent.
+# TYPE snaprtcd_viewers_timed_out_total counter
+snaprtcd_viewers_timed_out_total 4
+# HELP snaprtcd_sessions SnapRTC hub sessions now.
+# TYPE snaprtcd_sessions gauge
+snaprtcd_sessions 3
+# HELP snaprtcd_hub_connections SnapRTC hub connections now.
+# TYPE snaprtcd_hub_connections gauge
+snaprtcd_hub_connections 6
+# HELP snaprtcd_frames_captured_total Frames the camera delivered.
+# TYPE snaprtcd_frames_captured_total counter
+snaprtcd_frames_captured_total 10
+# HELP snaprtcd_frames_dropped_total Frames dropped before the encoder because it was busy.
+# TYPE snaprtcd_frames_dropped_total counter
+snaprtcd_frames_dropped_total 3
+# HELP snaprtcd_frames_encoded_total Access units published to viewers (encoded once for all).
+# TYPE snaprtcd_frames_encoded_total counter
+snaprtcd_frames_encoded_total 9
+# HELP snaprtcd_frames_sent_total Frames written to viewers (one per frame per viewer).
+# TYPE snaprtcd_frames_sent_total counter
+snaprtcd_frames_sent_total 7
+# HELP snaprtcd_bytes_out_total WebRTC UDP bytes sent.
+# TYPE snaprtcd_bytes_out_total counter
+snaprtcd_bytes_out_total 12345
+# HELP snaprtcd_stills_sent_total JPEG stills sent over data channels.
+# TYPE snaprtcd_stills_sent_total counter
+snaprtcd_stills_sent_total 5
+# HELP snaprtcd_keyframes_total IDR frames sent, by cause.
+# TYPE snaprtcd_keyframes_total counter
+snaprtcd_keyframes_total{cause="new_viewer"} 0
+snaprtcd_keyframes_total{cause="pli"} 2
+snaprtcd_keyframes_total{cause="fir"} 0
+snaprtcd_keyframes_total{cause="lagged"} 0
+snaprtcd_keyframes_total{cause="periodic"} 0
+# HELP snaprtcd_camera_losses_total Times the camera was lost.
+# TYPE snaprtcd_camera_losses_total counter
+snaprtcd_camera_losses_total 1
+# HELP snaprtcd_encode_seconds Software encode time per frame.
+# TYPE snaprtcd_encode_seconds histogram
+snaprtcd_encode_seconds_bucket{le="0.001"} 0
+snaprtcd_encode_seconds_bucket{le="0.002"} 1
+snaprtcd_encode_seconds_bucket{le="0.005"} 1
+snaprtcd_encode_seconds_bucket{le="0.01"} 1
+snaprtcd_encode_seconds_bucket{le="0.02"} 1
+snaprtcd_encode_seconds_bucket{le="0.05"} 1
+snaprtcd_encode_seconds_bucket{le="0.1"} 1
+snaprtcd_encode_seconds_bucket{le="+Inf"} 2
+snaprtcd_encode_seconds_sum 0.5015
+snaprtcd_encode_seconds_count 2
+# HELP snaprtcd_camera_state 1 for the camera's current state.
+# TYPE snaprtcd_camera_state gauge
+snaprtcd_camera_state{state="starting"} 0
+snaprtcd_camera_state{state="streaming"} 1
+snaprtcd_camera_state{state="no_signal"} 0
+snaprtcd_camera_state{state="stopped"} 0
+# HELP snaprtcd_camera_fps Frames per second measured at capture.
+# TYPE snaprtcd_camera_fps gauge
+snaprtcd_camera_fps 29.5
+"#;
+
+    /// Renders a snapshot with every field set to something non-default.
+    fn render_sample(process: &ProcessStats) -> String {
         let media = MediaCounters::default();
         media.frames_captured.store(10, Ordering::Relaxed);
+        media.frames_dropped.store(3, Ordering::Relaxed);
+        media.frames_encoded.store(9, Ordering::Relaxed);
+        media.camera_losses.store(1, Ordering::Relaxed);
+        media.record_keyframe(KeyframeCause::Pli);
         media.record_keyframe(KeyframeCause::Pli);
         media.record_encode_time(std::time::Duration::from_micros(1500));
         media.record_encode_time(std::time::Duration::from_millis(500));
         let rtc = RtcStats {
             viewers: 2,
+            connected: 1,
+            timed_out: 4,
             frames_sent: 7,
+            bytes_out: 12345,
+            stills_sent: 5,
             ..RtcStats::default()
         };
         let camera = MediaStatus {
             state: CameraState::Streaming,
+            fps_measured: 29.5,
             ..MediaStatus::default()
         };
-        let text = render(&Snapshot {
+        let signaling = SignalingStats {
+            sessions: 3,
+            connections: 6,
+        };
+        render(&Snapshot {
             rtc: &rtc,
             media: &media,
             camera: &camera,
-            signaling: &SignalingStats::default(),
-        });
+            signaling: &signaling,
+            process,
+        })
+    }
+
+    #[test]
+    fn output_is_what_it_was_before_the_table_plus_additions() {
+        let text = render_sample(&ProcessStats::default());
+        let added = text
+            .strip_prefix(BEFORE_THE_TABLE)
+            .unwrap_or_else(|| panic!("changed output:\n{text}"));
+        assert!(added.starts_with("# HELP snaprtcd_tokio_tasks "), "{added}");
+    }
+
+    #[test]
+    fn renders_counters_labels_and_a_cumulative_histogram() {
+        let text = render_sample(&ProcessStats::default());
         assert!(text.contains("\nsnaprtcd_viewers 2\n"), "{text}");
         assert!(text.contains("\nsnaprtcd_frames_captured_total 10\n"));
         assert!(text.contains("\nsnaprtcd_frames_sent_total 7\n"));
-        assert!(text.contains("snaprtcd_keyframes_total{cause=\"pli\"} 1\n"));
+        assert!(text.contains("snaprtcd_keyframes_total{cause=\"pli\"} 2\n"));
         assert!(text.contains("snaprtcd_encode_seconds_bucket{le=\"0.002\"} 1\n"));
         assert!(text.contains("snaprtcd_encode_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("snaprtcd_encode_seconds_count 2\n"));
@@ -226,5 +452,47 @@ mod tests {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn every_metric_has_one_help_and_one_type_line() {
+        let text = render_sample(&ProcessStats::default());
+        for m in METRICS {
+            let help = format!("# HELP {} ", m.name);
+            let kind = format!("# TYPE {} ", m.name);
+            assert_eq!(text.matches(&help).count(), 1, "{}", m.name);
+            assert_eq!(text.matches(&kind).count(), 1, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn process_figures_are_samples_when_known_and_absent_otherwise() {
+        let known = ProcessStats {
+            tokio_tasks: Some(12),
+            open_fds: Some(40),
+            threads: Some(5),
+            rss_bytes: Some(9 * 1024 * 1024),
+        };
+        let text = render_sample(&known);
+        assert!(text.contains("\nsnaprtcd_tokio_tasks 12\n"), "{text}");
+        assert!(text.contains("\nsnaprtcd_open_fds 40\n"));
+        assert!(text.contains("\nsnaprtcd_threads 5\n"));
+        assert!(text.contains("\nsnaprtcd_resident_memory_bytes 9437184\n"));
+        let unknown = render_sample(&ProcessStats::default());
+        assert!(unknown.contains("# TYPE snaprtcd_threads gauge\n"));
+        assert!(!unknown.contains("\nsnaprtcd_threads "), "{unknown}");
+    }
+
+    #[tokio::test]
+    async fn sample_reads_this_process() {
+        let p = ProcessStats::sample();
+        assert!(p.tokio_tasks.is_some(), "{p:?}");
+        assert!(p.open_fds.is_some_and(|n| n >= 3), "{p:?}");
+        assert!(p.threads.is_some_and(|n| n >= 1), "{p:?}");
+        assert!(p.rss_bytes.is_some_and(|b| b > 1024 * 1024), "{p:?}");
+        assert_eq!(
+            status_field("Name:\tx\nVmRSS:\t  2048 kB\n", "VmRSS:"),
+            Some(2048)
+        );
     }
 }

@@ -17,7 +17,8 @@ use crate::response::{json, text, Body};
 use crate::signaling::hub::AdmissionError;
 use crate::signaling::ws::ServiceError;
 
-/// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state.
+/// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state,
+/// process figures.
 pub(super) async fn metrics(state: &AppState) -> Response<Body> {
     let signaling = state.signaling.stats().await.unwrap_or_default();
     let rtc = state.rtc.stats().await.unwrap_or_default();
@@ -26,6 +27,7 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         media: state.media.counters(),
         camera: &state.media.status(),
         signaling: &signaling,
+        process: &crate::metrics::ProcessStats::sample(),
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
