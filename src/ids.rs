@@ -3,7 +3,7 @@
 //! connection tokens) could be guessed, so callers get an error and refuse instead.
 
 /// The OS could not give randomness (never happens on Linux after boot).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the OS has no randomness to give: {0}")]
 pub struct RandomError(String);
 

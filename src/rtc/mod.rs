@@ -53,17 +53,10 @@ pub enum ViewerKind {
 pub struct ViewerId(u128);
 
 impl ViewerId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        let mut b = [0u8; 16];
-        // No OS randomness is a broken system, not bad input; a counter keeps ids unique.
-        if getrandom::fill(&mut b).is_err() {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static N: AtomicU64 = AtomicU64::new(1);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            b[..8].copy_from_slice(&n.to_le_bytes());
-        }
-        ViewerId(u128::from_le_bytes(b))
+    /// A fresh random id (128 bits from the OS: a WHEP resource URL is its only secret, so a
+    /// guessable one would let another client PATCH or DELETE the viewer).
+    pub fn random() -> Result<Self, crate::ids::RandomError> {
+        Ok(ViewerId(u128::from_le_bytes(crate::ids::random_bytes()?)))
     }
 
     /// Parse the 32 hex digits of a WHEP resource path.
@@ -128,6 +121,9 @@ pub enum RtcError {
     /// The engine task is gone (503).
     #[error("the WebRTC engine is not running")]
     Stopped,
+    /// No id could be minted: the OS gave no randomness (503).
+    #[error("cannot mint a viewer id: {0}")]
+    NoRandomness(#[from] crate::ids::RandomError),
 }
 
 /// Counters for `/metrics` and `/health`.
@@ -245,6 +241,7 @@ impl RtcHandle {
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
         check_kind(&kind, &summary)?;
         let slot = ViewerSlot::take(&self.shared.slots, self.shared.max_viewers)?;
+        let (id, etag_id) = (ViewerId::random()?, ViewerId::random()?);
         let offer =
             SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
@@ -260,8 +257,7 @@ impl RtcHandle {
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
         let sdp = answer.to_sdp_string();
 
-        let id = ViewerId::random();
-        let etag = format!("\"{}\"", ViewerId::random());
+        let etag = format!("\"{etag_id}\"");
         let max_message = summary.max_message_size.min(MAX_STILL_BYTES);
         let viewer = viewer::Viewer::new(
             id,
@@ -385,11 +381,11 @@ mod tests {
 
     #[test]
     fn viewer_ids_round_trip_and_reject_junk() {
-        let id = ViewerId::random();
+        let id = ViewerId::random().unwrap();
         let s = id.to_string();
         assert_eq!(s.len(), 32);
         assert_eq!(ViewerId::parse(&s), Some(id));
-        assert_ne!(ViewerId::random(), id);
+        assert_ne!(ViewerId::random().unwrap(), id);
         assert_eq!(ViewerId::parse("xyz"), None);
         assert_eq!(ViewerId::parse(&"g".repeat(32)), None);
         assert_eq!(ViewerId::parse("+0000000000000000000000000000000"), None);

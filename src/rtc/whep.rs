@@ -189,7 +189,9 @@ pub fn status_of(e: &RtcError) -> StatusCode {
         RtcError::NoVideo | RtcError::NoH264 | RtcError::NothingToSend => {
             StatusCode::NOT_ACCEPTABLE
         }
-        RtcError::Full { .. } | RtcError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        RtcError::Full { .. } | RtcError::Stopped | RtcError::NoRandomness(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         RtcError::NotFound => StatusCode::NOT_FOUND,
         RtcError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         RtcError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
@@ -221,7 +223,7 @@ mod tests {
 
     #[test]
     fn routes() {
-        let id = ViewerId::random();
+        let id = ViewerId::random().unwrap();
         assert_eq!(route("/whep"), Some(Route::Endpoint));
         assert_eq!(route("/whep/"), Some(Route::Endpoint));
         assert_eq!(route(&format!("/whep/{id}")), Some(Route::Resource(id)));
