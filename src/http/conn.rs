@@ -115,8 +115,9 @@ impl Activity {
         }
     }
 
-    /// The deadline passed at `now`: close the connection, for this reason.
-    pub fn handle_timeout(&self, now: Instant, t: &Timeouts) -> Option<Expiry> {
+    /// Whether the deadline has passed at `now`, and so why the connection is to be closed.
+    /// A query (no state changes), so not a `handle_*` input.
+    pub fn expiry(&self, now: Instant, t: &Timeouts) -> Option<Expiry> {
         let deadline = self.poll_timeout(t)?;
         if now < deadline {
             return None;
@@ -261,9 +262,9 @@ mod tests {
         let t0 = Instant::now();
         let a = Activity::new(t0);
         assert_eq!(a.poll_timeout(&T), Some(t0 + T.header_read));
-        assert_eq!(a.handle_timeout(t0 + Duration::from_secs(9), &T), None);
+        assert_eq!(a.expiry(t0 + Duration::from_secs(9), &T), None);
         assert_eq!(
-            a.handle_timeout(t0 + T.header_read, &T),
+            a.expiry(t0 + T.header_read, &T),
             Some(Expiry::HeaderRead)
         );
     }
@@ -292,7 +293,7 @@ mod tests {
         a.handle_request_end(t1);
         assert_eq!(a.poll_timeout(&T), Some(t1 + T.keepalive_idle));
         assert_eq!(
-            a.handle_timeout(t1 + T.keepalive_idle, &T),
+            a.expiry(t1 + T.keepalive_idle, &T),
             Some(Expiry::KeepaliveIdle)
         );
         let t2 = t1 + Duration::from_secs(5);

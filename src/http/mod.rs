@@ -161,7 +161,7 @@ async fn serve_connection(
             () = activity.changed() => {}
             () = expire => {
                 let now = Instant::now();
-                if let Some(why) = activity.with(|a| a.handle_timeout(now, &server.timeouts)) {
+                if let Some(why) = activity.with(|a| a.expiry(now, &server.timeouts)) {
                     debug!(%peer, reason = why.as_str(), "http connection closed");
                     return;
                 }
