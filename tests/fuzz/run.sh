@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Suite `fuzz` of tests/run: cargo-fuzz (libFuzzer) targets for the parsers of outside input.
+#
+#   tests/run fuzz                      every target, FUZZ_SECONDS (default 25) each
+#   FUZZ_SECONDS=300 tests/fuzz/run.sh  longer runs; FUZZ_TARGETS="signalr offer" for a few
+#
+# Targets (fuzz/fuzz_targets/*.rs, each says what it feeds and which invariants it asserts):
+# signalr (SignalR codec and Connection state machine under a virtual clock), snappeer
+# (SnapRTC payload decoder), offer (offer inspection, then str0m's SDP parser), annexb (the
+# Annex-B splitter fed random pieces, and the SPS/PPS inserter), config (Config::from_toml and
+# the print-config round trip), sdpfrag (WHEP PATCH fragments, candidates parsed by str0m).
+#
+# The crate is built once, into FUZZ_TARGET_DIR (default fuzz/target): release with debug
+# assertions, as cargo-fuzz does, but in 16 codegen units instead of cargo-fuzz's 1 (27 % less
+# CPU to build: 14 CPU-minutes instead of 19, most of this suite's time on two cores; see also
+# the profile in fuzz/Cargo.toml), then each target runs for FUZZ_SECONDS on a temporary copy
+# of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow the repository.
+# A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over FUZZ_RSS_MB fails
+# the suite, and its input is printed: its path (kept in fuzz/artifacts/<target>/) and base64.
+# Measured on this 2-core machine (shared, so wall times are high): the build takes 14
+# CPU-minutes, the six runs 2 min 52 s. Reproduce a failure with
+#   fuzz/target/x86_64-unknown-linux-gnu/release/<target> <file>      (or cargo fuzz run)
+# and turn it into a unit test in the module that failed.
+#
+# Toolchain: this machine and CI have stable Rust only (no nightly can be fetched).
+# cargo-fuzz's default AddressSanitizer needs `-Zsanitizer`, a nightly flag, so the targets are
+# built with `--sanitizer none`: cargo-fuzz then passes only stable flags (`-Cpasses=sancov-module`
+# and `-Cllvm-args=-sanitizer-coverage-*` for libFuzzer's coverage, `--cfg fuzzing`,
+# `-Cdebug-assertions`). For safe Rust that loses little: panics, arithmetic overflow (debug
+# assertions), runaway memory (-rss_limit_mb) and hangs (-timeout) are all still caught;
+# what ASan adds is checking of `unsafe` code, of which these parsers have none.
+# cargo-fuzz itself is pinned (CARGO_FUZZ_VERSION below); tests/run's install_deps installs it.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+CARGO_FUZZ_VERSION=0.13.2
+FUZZ_SECONDS=${FUZZ_SECONDS:-25}
+FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
+FUZZ_RSS_MB=${FUZZ_RSS_MB:-1024}
+read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag}"
+# Largest input per target: above the largest seed, small enough to keep executions fast.
+declare -A max_len=([signalr]=8192 [snappeer]=8192 [offer]=16384 [annexb]=16384 [config]=8192 [sdpfrag]=4096)
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  msg="cargo-fuzz is not installed (cargo install --locked cargo-fuzz@$CARGO_FUZZ_VERSION)"
+  if [ "${CI:-}" = true ]; then echo "FAIL: $msg" >&2; exit 1; fi
+  echo "SKIP: $msg"; exit 0
+fi
+have=$(cargo fuzz --version | awk '{print $2}')
+[ "$have" = "$CARGO_FUZZ_VERSION" ] || echo "note: cargo-fuzz $have, this suite was written for $CARGO_FUZZ_VERSION"
+
+triple=$(rustc -vV | sed -n 's/^host: //p')
+target_dir=${FUZZ_TARGET_DIR:-$root/fuzz/target}
+start=$(date +%s)
+echo "building fuzz targets (cargo fuzz build --sanitizer none --codegen-units 16) ..."
+( cd fuzz && cargo fuzz build --sanitizer none --codegen-units 16 --target-dir "$target_dir" ) \
+  || { echo "FAIL: cargo fuzz build failed" >&2; exit 1; }
+echo "built in $(( $(date +%s) - start ))s"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/snaprtcd-fuzz.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+passed=0 failed=0
+for t in "${targets[@]}"; do
+  bin="$target_dir/$triple/release/$t"
+  [ -x "$bin" ] || { echo "FAIL: no fuzz target $t" >&2; failed=$((failed + 1)); continue; }
+  mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
+  cp -r "$root/fuzz/corpus/$t/." "$work/$t/corpus/"
+  seeds=$(find "$work/$t/corpus" -type f | wc -l)
+  "$bin" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
+    -max_len="${max_len[$t]:-8192}" -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1 \
+    "$work/$t/corpus" >"$work/$t/log" 2>&1
+  rc=$?
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t/log" | tail -1)
+  cov=$(grep -o 'cov: [0-9]*' "$work/$t/log" | tail -1)
+  units=$(find "$work/$t/corpus" -type f | wc -l)
+  if [ $rc = 0 ]; then
+    echo "ok   $t: ${runs:-?} runs in ${FUZZ_SECONDS}s, $cov, corpus $seeds -> $units"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $t (libFuzzer exit $rc); the end of its log:"
+    grep -v '^#[0-9]' "$work/$t/log" | tail -40
+    # Kept past this run (fuzz/artifacts/ is ignored by git).
+    mkdir -p "$root/fuzz/artifacts/$t"
+    for a in "$work/$t/artifacts"/*; do
+      [ -f "$a" ] || continue
+      cp "$a" "$root/fuzz/artifacts/$t/"
+      a="$root/fuzz/artifacts/$t/$(basename "$a")"
+      echo "--- input $a ($(stat -c %s "$a") bytes), base64:"
+      base64 -w 100 "$a"
+    done
+    failed=$((failed + 1))
+  fi
+done
+echo "fuzz suite took $(( $(date +%s) - start ))s"
+echo "$passed passed, $failed failed"
+[ $failed = 0 ]
