@@ -169,6 +169,7 @@ fuzz_target!(|data: &[u8]| {
         keepalive: Duration::from_secs(15),
         client_timeout: Duration::from_secs(30),
         handshake_timeout: Duration::from_secs(15),
+        max_json_depth: 32,
     };
     let mut now = Instant::now();
     let mut conn = Connection::new(config, now);

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(payload) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok((signal, encoding)) = decode(payload) else {
+    let Ok((signal, encoding)) = decode(payload, BUDGET) else {
         return;
     };
     let sdp = match signal {
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     if sdp.len() <= 4096 {
         for encoding in [encoding, Encoding::Json, Encoding::LzUri] {
             let packed = encode_answer(&sdp, encoding);
-            match decode(&packed) {
+            match decode(&packed, BUDGET) {
                 Ok((Signal::Answer { sdp: back }, e)) => {
                     assert_eq!(back, sdp, "answer changed on the way ({encoding:?})");
                     assert_eq!(e, encoding);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Suite `fuzz` of tests/run: cargo-fuzz (libFuzzer) targets for the parsers of outside input.
 #
-#   tests/run fuzz                      every target, FUZZ_SECONDS (default 25) each
+#   tests/run fuzz                      every target, FUZZ_SECONDS (default 15) each
 #   FUZZ_SECONDS=300 tests/fuzz/run.sh  longer runs; FUZZ_TARGETS="signalr offer" for a few
 #
 # Targets (fuzz/fuzz_targets/*.rs, each says what it feeds and which invariants it asserts):
@@ -10,52 +10,56 @@
 # Annex-B splitter fed random pieces, and the SPS/PPS inserter), config (Config::from_toml and
 # the print-config round trip), sdpfrag (WHEP PATCH fragments, candidates parsed by str0m).
 #
-# The crate is built once, into FUZZ_TARGET_DIR (default fuzz/target): release with debug
-# assertions, as cargo-fuzz does, but in 16 codegen units instead of cargo-fuzz's 1 (27 % less
-# CPU to build: 14 CPU-minutes instead of 19, most of this suite's time on two cores; see also
-# the profile in fuzz/Cargo.toml), then each target runs for FUZZ_SECONDS on a temporary copy
-# of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow the repository.
-# A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over FUZZ_RSS_MB fails
-# the suite, and its input is printed: its path (kept in fuzz/artifacts/<target>/) and base64.
-# Measured on this 2-core machine (shared, so wall times are high): the build takes 14
-# CPU-minutes, the six runs 2 min 52 s. Reproduce a failure with
+# The crate is built once, into FUZZ_TARGET_DIR (default fuzz/target), with exactly the cargo
+# and rustc flags that `cargo fuzz build --sanitizer none --codegen-units 16` (cargo-fuzz
+# 0.13.2, src/project.rs) passes: release with line tables and debug assertions, libFuzzer's
+# sancov coverage, `--cfg fuzzing`. The suite runs cargo itself rather than the cargo-fuzz
+# binary, so CI need not compile cargo-fuzz (about 3 minutes on a fresh 2-core machine);
+# developers can still `cargo fuzz run <target>` in fuzz/. 16 codegen units instead of
+# cargo-fuzz's 1 cut the build from 19 to 14 CPU-minutes (most of this suite's time), and the C
+# libraries the targets link but never run are not optimised (fuzz/Cargo.toml).
+# Then each target runs for FUZZ_SECONDS (default 15: a smoke run in CI; run longer by hand)
+# on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
+# the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
+# FUZZ_RSS_MB fails the suite, and its input is printed: its path (kept in
+# fuzz/artifacts/<target>/) and base64. Reproduce a failure with
 #   fuzz/target/x86_64-unknown-linux-gnu/release/<target> <file>      (or cargo fuzz run)
 # and turn it into a unit test in the module that failed.
 #
 # Toolchain: this machine and CI have stable Rust only (no nightly can be fetched).
 # cargo-fuzz's default AddressSanitizer needs `-Zsanitizer`, a nightly flag, so the targets are
-# built with `--sanitizer none`: cargo-fuzz then passes only stable flags (`-Cpasses=sancov-module`
-# and `-Cllvm-args=-sanitizer-coverage-*` for libFuzzer's coverage, `--cfg fuzzing`,
+# built as with `--sanitizer none`: only stable flags (`-Cpasses=sancov-module` and
+# `-Cllvm-args=-sanitizer-coverage-*` for libFuzzer's coverage, `--cfg fuzzing`,
 # `-Cdebug-assertions`). For safe Rust that loses little: panics, arithmetic overflow (debug
 # assertions), runaway memory (-rss_limit_mb) and hangs (-timeout) are all still caught;
 # what ASan adds is checking of `unsafe` code, of which these parsers have none.
-# cargo-fuzz itself is pinned (CARGO_FUZZ_VERSION below); tests/run's install_deps installs it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
-CARGO_FUZZ_VERSION=0.13.2
-FUZZ_SECONDS=${FUZZ_SECONDS:-25}
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
 FUZZ_RSS_MB=${FUZZ_RSS_MB:-1024}
 read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag}"
 # Largest input per target: above the largest seed, small enough to keep executions fast.
 declare -A max_len=([signalr]=8192 [snappeer]=8192 [offer]=16384 [annexb]=16384 [config]=8192 [sdpfrag]=4096)
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  msg="cargo-fuzz is not installed (cargo install --locked cargo-fuzz@$CARGO_FUZZ_VERSION)"
-  if [ "${CI:-}" = true ]; then echo "FAIL: $msg" >&2; exit 1; fi
-  echo "SKIP: $msg"; exit 0
-fi
-have=$(cargo fuzz --version | awk '{print $2}')
-[ "$have" = "$CARGO_FUZZ_VERSION" ] || echo "note: cargo-fuzz $have, this suite was written for $CARGO_FUZZ_VERSION"
-
 triple=$(rustc -vV | sed -n 's/^host: //p')
 target_dir=${FUZZ_TARGET_DIR:-$root/fuzz/target}
 start=$(date +%s)
-echo "building fuzz targets (cargo fuzz build --sanitizer none --codegen-units 16) ..."
-( cd fuzz && cargo fuzz build --sanitizer none --codegen-units 16 --target-dir "$target_dir" ) \
-  || { echo "FAIL: cargo fuzz build failed" >&2; exit 1; }
+# cargo-fuzz 0.13.2's RUSTFLAGS for `--sanitizer none --codegen-units 16` on Linux.
+fuzz_rustflags="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"
+fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
+fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
+fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
+fuzz_rustflags+=" -Cllvm-args=-simplifycfg-branch-fold-threshold=0"
+fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-stack-depth -Cdebug-assertions -Ccodegen-units=16"
+echo "building fuzz targets (as cargo fuzz build --sanitizer none --codegen-units 16) ..."
+# --target: rustflags then reach the targets' crates but not build scripts (as cargo-fuzz).
+RUSTFLAGS="$fuzz_rustflags ${RUSTFLAGS:-}" cargo build --manifest-path fuzz/Cargo.toml --locked \
+    --target "$triple" --release --config 'profile.release.debug="line-tables-only"' \
+    --bins --target-dir "$target_dir" \
+  || { echo "FAIL: building the fuzz targets failed" >&2; exit 1; }
 echo "built in $(( $(date +%s) - start ))s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/snaprtcd-fuzz.XXXXXX")
