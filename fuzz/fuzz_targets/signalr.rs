@@ -200,7 +200,7 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => conn.handle_activity(now),
             5 => conn.handle_sent(now),
-            6 => conn.close(Some("server shutting down")),
+            6 => conn.handle_close(Some("server shutting down")),
             _ => {
                 conn.handle_disconnect("socket closed");
                 seen.disconnected = true;

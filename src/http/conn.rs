@@ -263,10 +263,7 @@ mod tests {
         let a = Activity::new(t0);
         assert_eq!(a.poll_timeout(&T), Some(t0 + T.header_read));
         assert_eq!(a.expiry(t0 + Duration::from_secs(9), &T), None);
-        assert_eq!(
-            a.expiry(t0 + T.header_read, &T),
-            Some(Expiry::HeaderRead)
-        );
+        assert_eq!(a.expiry(t0 + T.header_read, &T), Some(Expiry::HeaderRead));
     }
 
     #[test]
