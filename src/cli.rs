@@ -43,6 +43,8 @@ pub enum Command {
     ListDevices,
     /// Grab one JPEG from the configured camera ([camera] of --config, same file rules as
     /// `run`) without the daemon; stop the daemon first if it holds the camera
+    // clap prints this doc as the --help text, where [camera] is meant literally.
+    #[allow(rustdoc::broken_intra_doc_links)]
     Snapshot {
         /// Where to write the JPEG; `-` writes it to stdout
         #[arg(short, long, value_name = "FILE", default_value = "snapshot.jpg")]

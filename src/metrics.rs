@@ -2,7 +2,7 @@
 //!
 //! Pure rendering from snapshots the owners hand out (engine stats, pipeline counters, camera
 //! status, hub stats, process figures); no registry, no globals. Every metric is one row of
-//! [`METRICS`]: its name, type, help text and how to read its samples from a [`Snapshot`]. To
+//! `METRICS`: its name, type, help text and how to read its samples from a [`Snapshot`]. To
 //! add a metric, add a row (at the end: scrapers and tests read the names, and the order of
 //! the existing ones is kept so the output only ever grows).
 
@@ -298,7 +298,7 @@ fn camera_state(s: &Snapshot<'_>) -> Vec<Sample> {
         .collect()
 }
 
-/// Render the Prometheus text body: every row of [`METRICS`], in order.
+/// Render the Prometheus text body: every row of `METRICS`, in order.
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::with_capacity(4096);
     for m in METRICS {
