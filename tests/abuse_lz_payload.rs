@@ -45,16 +45,6 @@ fn lz_bomb(chars: usize) -> String {
     out
 }
 
-/// The daemon's peak resident memory so far (VmHWM), in KiB.
-fn peak_rss_kib(d: &Daemon) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 #[tokio::test]
 async fn an_expanding_lz_payload_costs_under_32_mib_and_the_initiator_gets_an_error() {
     let d = Daemon::start("");
@@ -68,7 +58,7 @@ async fn an_expanding_lz_payload_costs_under_32_mib_and_the_initiator_gets_an_er
         init.read_non_ping().await,
         Read::Record(json!({"type":1,"target":"signalStart","arguments":[]}))
     );
-    let before = peak_rss_kib(&d);
+    let before = d.peak_rss_kib();
 
     // 65 000 characters: ~28 000 codes (~4·10⁸ characters decoded), within the default 64 KiB
     // record limit.
@@ -98,7 +88,7 @@ async fn an_expanding_lz_payload_costs_under_32_mib_and_the_initiator_gets_an_er
         "payload decodes to more than 262144 bytes (signaling.max_payload_bytes)"
     );
 
-    let after = peak_rss_kib(&d);
+    let after = d.peak_rss_kib();
     let grew = after.saturating_sub(before);
     println!("peak RSS {before} KiB before the payload, {after} KiB after (+{grew} KiB)");
     assert!(

@@ -10,28 +10,18 @@ use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The daemon's peak resident memory so far (VmHWM), in KiB.
-fn peak_rss_kib(d: &Daemon) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 #[tokio::test]
 async fn a_16_mib_frame_is_refused_before_it_is_buffered() {
     let mut d = Daemon::start("");
     let mut client = Client::open(d.addr).await;
-    let before = peak_rss_kib(&d);
+    let before = d.peak_rss_kib();
 
     let frame = "a".repeat(16 << 20);
     // The server may reset the connection while this is still being written.
     let _ = client.ws.send(Message::text(frame)).await;
     let line = d.wait_for_log("hub connection closed", common::signalr::TIMEOUT);
 
-    let after = peak_rss_kib(&d);
+    let after = d.peak_rss_kib();
     let grew = after.saturating_sub(before);
     println!("peak RSS {before} KiB before the frame, {after} KiB after (+{grew} KiB)");
     assert!(

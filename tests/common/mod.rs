@@ -163,13 +163,24 @@ impl Daemon {
 
     /// Resident memory of the daemon, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:").unwrap_or(0)
+    }
+
+    /// The daemon's peak resident memory so far (VmHWM), in KiB.
+    /// Fails the test when it cannot be read: an assertion on it must never pass on zeros.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// A `kB` field of `/proc/PID/status`.
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
     }
 
     pub fn http(&self, request: &str) -> HttpResponse {
