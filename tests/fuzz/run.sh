@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Suite `fuzz` of tests/run: cargo-fuzz (libFuzzer) targets for the parsers of outside input.
 #
-#   tests/run fuzz                      every target, FUZZ_SECONDS (default 15) each
+#   tests/run fuzz                      every target, FUZZ_SECONDS (default 30) each, FUZZ_JOBS
+#                                       (default: the number of cores) at a time
 #   FUZZ_SECONDS=300 tests/fuzz/run.sh  longer runs; FUZZ_TARGETS="signalr offer" for a few
 #
 # Targets (fuzz/fuzz_targets/*.rs, each says what it feeds and which invariants it asserts):
@@ -18,8 +19,8 @@
 # developers can still `cargo fuzz run <target>` in fuzz/. 16 codegen units instead of
 # cargo-fuzz's 1 cut the build from 19 to 14 CPU-minutes (most of this suite's time), and the C
 # libraries the targets link but never run are not optimised (fuzz/Cargo.toml).
-# Then each target runs for FUZZ_SECONDS (default 15: a smoke run in CI; run longer by hand)
-# on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
+# Then each target runs for FUZZ_SECONDS (default 30; run longer by hand), one per core at a
+# time, on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
 # the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
 # FUZZ_RSS_MB fails the suite, and its input is printed: its path (kept in
 # fuzz/artifacts/<target>/) and base64. Reproduce a failure with
@@ -37,7 +38,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
 FUZZ_RSS_MB=${FUZZ_RSS_MB:-1024}
 read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag}"
@@ -54,31 +55,51 @@ fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
 fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 fuzz_rustflags+=" -Cllvm-args=-simplifycfg-branch-fold-threshold=0"
 fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-stack-depth -Cdebug-assertions -Ccodegen-units=16"
-echo "building fuzz targets (as cargo fuzz build --sanitizer none --codegen-units 16) ..."
-# --target: rustflags then reach the targets' crates but not build scripts (as cargo-fuzz).
-RUSTFLAGS="$fuzz_rustflags ${RUSTFLAGS:-}" cargo build --manifest-path fuzz/Cargo.toml --locked \
-    --target "$triple" --release --config 'profile.release.debug="line-tables-only"' \
-    --bins --target-dir "$target_dir" \
-  || { echo "FAIL: building the fuzz targets failed" >&2; exit 1; }
-echo "built in $(( $(date +%s) - start ))s"
+if [ "${FUZZ_NO_BUILD:-0}" = 1 ]; then
+  echo "FUZZ_NO_BUILD=1: running the targets already in $target_dir"
+else
+  echo "building fuzz targets (as cargo fuzz build --sanitizer none --codegen-units 16) ..."
+  # --target: rustflags then reach the targets' crates but not build scripts (as cargo-fuzz).
+  RUSTFLAGS="$fuzz_rustflags ${RUSTFLAGS:-}" cargo build --manifest-path fuzz/Cargo.toml \
+      --locked --target "$triple" --release --config 'profile.release.debug="line-tables-only"' \
+      --bins --target-dir "$target_dir" \
+    || { echo "FAIL: building the fuzz targets failed" >&2; exit 1; }
+  echo "built in $(( $(date +%s) - start ))s"
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/snaprtcd-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-passed=0 failed=0
+# Targets run side by side, FUZZ_JOBS at a time (default: one per core); each is one process.
+jobs_max=${FUZZ_JOBS:-$(nproc)}
+run_target() {
+  local t=$1
+  "$target_dir/$triple/release/$t" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" \
+    -rss_limit_mb="$FUZZ_RSS_MB" -max_len="${max_len[$t]:-8192}" \
+    -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1 \
+    "$work/$t/corpus" >"$work/$t/log" 2>&1
+  echo $? >"$work/$t/rc"
+}
 for t in "${targets[@]}"; do
-  bin="$target_dir/$triple/release/$t"
-  [ -x "$bin" ] || { echo "FAIL: no fuzz target $t" >&2; failed=$((failed + 1)); continue; }
+  [ -x "$target_dir/$triple/release/$t" ] || continue
   mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
   cp -r "$root/fuzz/corpus/$t/." "$work/$t/corpus/"
-  seeds=$(find "$work/$t/corpus" -type f | wc -l)
-  "$bin" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
-    -max_len="${max_len[$t]:-8192}" -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1 \
-    "$work/$t/corpus" >"$work/$t/log" 2>&1
-  rc=$?
+  find "$work/$t/corpus" -type f | wc -l >"$work/$t/seeds"
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n; done
+  run_target "$t" &
+done
+wait
+
+passed=0 failed=0
+for t in "${targets[@]}"; do
+  if [ ! -f "$work/$t/rc" ]; then
+    echo "FAIL: no fuzz target $t" >&2; failed=$((failed + 1)); continue
+  fi
+  rc=$(cat "$work/$t/rc")
+  seeds=$(cat "$work/$t/seeds")
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/$t/log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$work/$t/log" | tail -1)
   units=$(find "$work/$t/corpus" -type f | wc -l)
-  if [ $rc = 0 ]; then
+  if [ "$rc" = 0 ]; then
     echo "ok   $t: ${runs:-?} runs in ${FUZZ_SECONDS}s, $cov, corpus $seeds -> $units"
     passed=$((passed + 1))
   else
