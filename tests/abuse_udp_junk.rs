@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snaprtcd::media::{self, ChannelLimits};
-use snaprtcd::rtc::candidates::HostAddr;
 use snaprtcd::rtc::{Engine, EngineSettings, RtcHandle, RtcStats, ViewerKind};
 use str0m::Event;
 use support::{spawn_fake_pipeline, Peer};
@@ -49,15 +48,8 @@ async fn start_engine_thread(
     cancel: CancellationToken,
 ) -> (RtcHandle, SocketAddr, u32, std::thread::JoinHandle<()>) {
     let settings = EngineSettings {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        hosts: vec![HostAddr {
-            ip: Ipv4Addr::LOCALHOST,
-            netmask: Ipv4Addr::new(255, 0, 0, 0),
-        }],
-        max_viewers: 4,
         snapshot_on_connect: false,
-        silence_timeout: Duration::from_secs(15),
-        sdp_limits: Default::default(),
+        ..support::loopback_settings()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()

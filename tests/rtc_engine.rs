@@ -4,11 +4,9 @@
 //! `media::channel()` and answers still requests.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use snaprtcd::media::{self, ChannelLimits, KeyframeCause, MediaHandle};
-use snaprtcd::rtc::candidates::HostAddr;
 use snaprtcd::rtc::{Engine, EngineSettings, RtcError, RtcHandle, ViewerKind};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::{Event, Rtc};
@@ -17,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[path = "support/rtc.rs"]
 mod support;
 
-use support::{spawn_fake_pipeline, Peer};
+use support::{loopback_settings, spawn_fake_pipeline, Peer};
 
 const FAKE_JPEG_LEN: usize = 20_000;
 
@@ -30,15 +28,9 @@ async fn start_with(
     silence_timeout: Duration,
 ) -> (RtcHandle, MediaHandle, CancellationToken) {
     let settings = EngineSettings {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        hosts: vec![HostAddr {
-            ip: Ipv4Addr::LOCALHOST,
-            netmask: Ipv4Addr::new(255, 0, 0, 0),
-        }],
         max_viewers,
-        snapshot_on_connect: true,
         silence_timeout,
-        sdp_limits: Default::default(),
+        ..loopback_settings()
     };
     start_settings(settings, FAKE_JPEG_LEN).await
 }
@@ -48,20 +40,6 @@ async fn start_settings(
     jpeg_len: usize,
 ) -> (RtcHandle, MediaHandle, CancellationToken) {
     start_full(settings, jpeg_len, None).await
-}
-
-fn loopback_settings() -> EngineSettings {
-    EngineSettings {
-        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        hosts: vec![HostAddr {
-            ip: Ipv4Addr::LOCALHOST,
-            netmask: Ipv4Addr::new(255, 0, 0, 0),
-        }],
-        max_viewers: 4,
-        snapshot_on_connect: true,
-        silence_timeout: Duration::from_secs(15),
-        sdp_limits: Default::default(),
-    }
 }
 
 async fn start_full(

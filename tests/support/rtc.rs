@@ -15,6 +15,22 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+/// Engine settings for a test on loopback: port 0, the loopback host candidate, 4 viewers, a
+/// still on connect, a 15 s silence timeout, the default SDP budgets.
+pub fn loopback_settings() -> snaprtcd::rtc::EngineSettings {
+    snaprtcd::rtc::EngineSettings {
+        bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        hosts: vec![snaprtcd::rtc::candidates::HostAddr {
+            ip: Ipv4Addr::LOCALHOST,
+            netmask: Ipv4Addr::new(255, 0, 0, 0),
+        }],
+        max_viewers: 4,
+        snapshot_on_connect: true,
+        silence_timeout: Duration::from_secs(15),
+        sdp_limits: Default::default(),
+    }
+}
+
 /// A pipeline stand-in: 30 frames/s, an IDR every 30 frames or when asked, stills on request
 /// (`jpeg_len` bytes, or the request's `max_bytes` when that is smaller, as `fit` does).
 pub fn spawn_fake_pipeline(
