@@ -168,7 +168,7 @@ pub enum AuthMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
-    /// `auto`: first usable V4L2 camera, else the test pattern.
+    /// `auto`: first usable V4L2 camera, else the test pattern; `none`: the relay role.
     pub source: SourceKind,
     /// V4L2 device node (`/dev/v4l/by-id/...` paths work).
     pub device: PathBuf,
@@ -213,6 +213,10 @@ pub enum SourceKind {
     Exec,
     /// The built-in moving test pattern.
     Testsrc,
+    /// No camera: the relay role. Only the hub, `/health` and `/metrics` are served; no
+    /// encoder runs and no UDP port is bound. Camera-only settings changed from their defaults
+    /// are refused ([`Config::from_toml`] names the first one).
+    None,
 }
 
 /// `[camera] format`
@@ -601,8 +605,79 @@ impl Config {
         validate_encoder(&self.encoder)?;
         in_range("snapshot.quality", self.snapshot.quality, 1..=100)?;
         validate_signaling(&self.signaling)?;
-        validate_log(&self.log)
+        validate_log(&self.log)?;
+        validate_relay(self)
     }
+
+    /// The relay role (`[camera] source = "none"`): a hub with no camera, no encoder, no
+    /// WebRTC engine and no UDP port.
+    pub fn is_relay(&self) -> bool {
+        self.camera.source == SourceKind::None
+    }
+}
+
+/// In the relay role, a camera-only setting changed from its default contradicts
+/// `source = "none"`: the user means a camera that will never be opened (or a UDP port that is
+/// never bound). Keys left at their defaults (as `print-config` writes them) are fine.
+fn validate_relay(c: &Config) -> Result<(), Invalid> {
+    if !c.is_relay() {
+        return Ok(());
+    }
+    let (camera, server) = (CameraConfig::default(), ServerConfig::default());
+    let (cam, srv) = (&c.camera, &c.server);
+    let changed = [
+        ("camera.device", differs(&cam.device, &camera.device)),
+        ("camera.width", differs(&cam.width, &camera.width)),
+        ("camera.height", differs(&cam.height, &camera.height)),
+        ("camera.fps", differs(&cam.fps, &camera.fps)),
+        ("camera.format", differs(&cam.format, &camera.format)),
+        ("camera.controls", differs(&cam.controls, &camera.controls)),
+        ("camera.exec", differs(&cam.exec, &camera.exec)),
+        ("encoder", differs(&c.encoder, &EncoderConfig::default())),
+        ("snapshot", differs(&c.snapshot, &SnapshotConfig::default())),
+        (
+            "server.rtc_udp_port",
+            differs(&srv.rtc_udp_port, &server.rtc_udp_port),
+        ),
+        (
+            "server.public_addrs",
+            differs(&srv.public_addrs, &server.public_addrs),
+        ),
+        (
+            "server.max_viewers",
+            differs(&srv.max_viewers, &server.max_viewers),
+        ),
+        (
+            "server.max_sdp_bytes",
+            differs(&srv.max_sdp_bytes, &server.max_sdp_bytes),
+        ),
+        (
+            "server.max_sdp_media",
+            differs(&srv.max_sdp_media, &server.max_sdp_media),
+        ),
+        (
+            "server.max_sdp_candidates",
+            differs(&srv.max_sdp_candidates, &server.max_sdp_candidates),
+        ),
+    ];
+    match changed.into_iter().find_map(|(key, v)| v.map(|v| (key, v))) {
+        Some((key, value)) => bad(
+            key,
+            format!(
+                "{value} is a camera setting, but [camera] source = \"none\" (the relay role) \
+                 opens no camera, runs no encoder and binds no UDP port; remove it, or choose a \
+                 source"
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// `value` as TOML writes it, when it differs from `default`.
+fn differs<T: PartialEq + Serialize>(value: &T, default: &T) -> Option<String> {
+    (value != default).then(|| {
+        toml::Value::try_from(value).map_or_else(|_| "the value".to_owned(), |v| v.to_string())
+    })
 }
 
 /// An [`Invalid`] for `key`.
@@ -847,6 +922,70 @@ mod tests {
             shipped,
             Config::default(),
             "config/snaprtcd.toml must document the built-in defaults"
+        );
+    }
+
+    const RELAY: &str = include_str!("../config/relay.toml");
+
+    #[test]
+    fn shipped_relay_config_is_valid_and_is_a_relay() {
+        let relay = Config::from_toml(RELAY, "config/relay.toml").expect("relay.toml is valid");
+        assert!(relay.is_relay());
+        assert_eq!(relay.signaling.join_sessions, JoinSessions::None);
+        assert!(!relay.mdns.enabled);
+        assert!(!Config::default().is_relay());
+    }
+
+    #[test]
+    fn relay_refuses_camera_settings_naming_file_field_and_value() {
+        let base = "[camera]\nsource = \"none\"\n";
+        for (extra, key, value) in [
+            (
+                "device = \"/dev/video2\"\n",
+                "camera.device",
+                "\"/dev/video2\"",
+            ),
+            ("width = 640\n", "camera.width", "640"),
+            ("format = \"mjpeg\"\n", "camera.format", "\"mjpeg\""),
+            ("[camera.exec]\nformat = \"mjpeg\"\n", "camera.exec", ""),
+            ("[encoder]\nbitrate_kbps = 500\n", "encoder", ""),
+            ("[snapshot]\nquality = 50\n", "snapshot", ""),
+            (
+                "[server]\nrtc_udp_port = 9000\n",
+                "server.rtc_udp_port",
+                "9000",
+            ),
+            ("[server]\nmax_viewers = 2\n", "server.max_viewers", "2"),
+            (
+                "[server]\npublic_addrs = [\"192.0.2.1\"]\n",
+                "server.public_addrs",
+                "[\"192.0.2.1\"]",
+            ),
+        ] {
+            let text = format!("{base}{extra}");
+            let err = Config::from_toml(&text, "r.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.position.is_some(), "{err}");
+            let shown = err.to_string();
+            assert!(shown.starts_with("r.toml:"), "{shown}");
+            assert!(shown.contains(&format!("{key}: {value}")), "{shown}");
+            assert!(shown.contains("source = \"none\""), "{shown}");
+        }
+        // Camera keys at their defaults (as print-config writes them) are fine.
+        let mut relay = Config::default();
+        relay.camera.source = SourceKind::None;
+        assert_eq!(
+            Config::from_toml(&relay.to_toml(), "printed").unwrap(),
+            relay
+        );
+        // The hub's own limits apply to a relay.
+        let text = format!("{base}[signaling]\nmax_connections = 5\n");
+        assert_eq!(
+            Config::from_toml(&text, "r")
+                .unwrap()
+                .signaling
+                .max_connections,
+            5
         );
     }
 
