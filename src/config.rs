@@ -34,6 +34,8 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// mDNS advertisement of `_snaprtc._tcp`.
     pub mdns: MdnsConfig,
+    /// Sharing sessions with other instances through Redis (scale-out).
+    pub backplane: BackplaneConfig,
     /// Log level and format.
     pub log: LogConfig,
 }
@@ -445,6 +447,160 @@ impl Default for MdnsConfig {
     }
 }
 
+/// `[backplane]`: how this instance's hub shares sessions with other instances, in the wire
+/// format of ASP.NET Core SignalR's Redis backplane (see `signaling::backplane`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackplaneConfig {
+    /// `none`: this hub stands alone; `redis`: sessions span every instance on the same Redis.
+    pub kind: BackplaneKind,
+    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS. Required with
+    /// `kind = "redis"`; checked whenever it is set.
+    pub url: String,
+    /// Channel names start with this: `{prefix}:group:{session}`. To share a Redis with the
+    /// ASP.NET server, use what it uses: its `ChannelPrefix` followed by the hub class's full
+    /// name (e.g. `MyApp.Hubs.SignalingHub`).
+    #[serde(default = "default_backplane_prefix")]
+    pub prefix: String,
+}
+
+/// `[backplane] prefix`: the SnapRTC server's hub class name.
+fn default_backplane_prefix() -> String {
+    "SignalingHub".to_owned()
+}
+
+impl Default for BackplaneConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackplaneKind::None,
+            url: String::new(),
+            prefix: default_backplane_prefix(),
+        }
+    }
+}
+
+/// `[backplane] kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackplaneKind {
+    /// No backplane: sessions live on this instance only.
+    None,
+    /// Redis pub/sub between instances.
+    Redis,
+}
+
+/// A checked `[backplane] url`: `redis://[[user]:password@]host[:port][/db]` or `rediss://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// `rediss://`: TLS to the server.
+    pub tls: bool,
+    /// The ACL user name, if any (`user:password@`).
+    pub username: Option<String>,
+    /// The password, if any (as written: percent-escapes are not decoded here).
+    pub password: Option<String>,
+    /// Host name or IP address (an IPv6 address without its brackets).
+    pub host: String,
+    /// Port (6379 when not given).
+    pub port: u16,
+    /// Database number (0 when not given).
+    pub db: u32,
+}
+
+impl RedisUrl {
+    /// Check and split a Redis URL; the error says what is wrong, never echoing a password.
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("rediss://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("redis://") {
+            (false, rest)
+        } else {
+            return Err(
+                "must start with redis:// (or rediss:// for TLS), e.g. \"redis://redis:6379/0\""
+                    .into(),
+            );
+        };
+        if rest.contains(['?', '#']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain '?', '#', spaces or control characters".into());
+        }
+        let (authority, db) = match rest.split_once('/') {
+            Some((authority, "")) => (authority, 0),
+            Some((authority, db)) => {
+                let db = db.parse::<u32>().map_err(|_| {
+                    format!("the database {db:?} after the host is not a number (e.g. /0)")
+                })?;
+                (authority, db)
+            }
+            None => (rest, 0),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => (Some(userinfo), hostport),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo.map(|u| u.split_once(':')) {
+            None => (None, None),
+            Some(None) => {
+                return Err("user info must be \"user:password@\" or \":password@\"".into())
+            }
+            Some(Some((user, password))) => (
+                (!user.is_empty()).then(|| user.to_owned()),
+                Some(password.to_owned()),
+            ),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ']'")?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("names no host (e.g. \"redis://redis:6379\")".into());
+        }
+        let port = match port {
+            None => 6379,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("the port {p:?} is not in 1..=65535")),
+            },
+        };
+        Ok(RedisUrl {
+            tls,
+            username,
+            password,
+            host: host.to_owned(),
+            port,
+            db,
+        })
+    }
+}
+
+/// `[backplane]`: a URL Redis clients take, a prefix that makes channel names.
+fn validate_backplane(b: &BackplaneConfig) -> Result<(), Invalid> {
+    if b.kind == BackplaneKind::Redis && b.url.is_empty() {
+        return bad("backplane.url", "must be set when kind = \"redis\"");
+    }
+    if !b.url.is_empty() {
+        if let Err(e) = RedisUrl::parse(&b.url) {
+            return bad("backplane.url", e);
+        }
+    }
+    let printable = b.prefix.chars().all(|c| c.is_ascii_graphic());
+    if b.prefix.is_empty() || b.prefix.len() > 256 || !printable {
+        return bad(
+            "backplane.prefix",
+            format!(
+                "{:?} must be 1-256 printable ASCII characters without spaces",
+                b.prefix
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -605,6 +761,7 @@ impl Config {
         validate_encoder(&self.encoder)?;
         in_range("snapshot.quality", self.snapshot.quality, 1..=100)?;
         validate_signaling(&self.signaling)?;
+        validate_backplane(&self.backplane)?;
         validate_log(&self.log)?;
         validate_relay(self)
     }
@@ -895,12 +1052,17 @@ fn split_toml_message(message: &str) -> (String, String) {
     (key, message)
 }
 
-/// Where a dotted key's value is in the text, for errors found after parsing.
+/// Where a dotted key's value is in the text, for errors found after parsing; a key that is
+/// not written (a required one left out) points at its section.
 fn key_position(text: &str, dotted: &str) -> Option<(usize, usize)> {
     let doc = toml_edit::Document::parse(text).ok()?;
     let mut item = doc.as_item();
     for part in dotted.split('.') {
-        item = item.get(part)?;
+        match item.get(part) {
+            Some(inner) => item = inner,
+            None if !std::ptr::eq(item, doc.as_item()) => break,
+            None => return None,
+        }
     }
     let span = item
         .span()
@@ -987,6 +1149,101 @@ mod tests {
                 .max_connections,
             5
         );
+    }
+
+    #[test]
+    fn backplane_defaults_and_urls() {
+        let b = Config::default().backplane;
+        assert_eq!(
+            (b.kind, b.url.as_str(), b.prefix.as_str()),
+            (BackplaneKind::None, "", "SignalingHub")
+        );
+        let text = "[backplane]\nkind = \"redis\"\nurl = \"rediss://app:s3cr@t@cache.example:6380/3\"\nprefix = \"MyApp.Hubs.SignalingHub\"\n";
+        let c = Config::from_toml(text, "a").unwrap();
+        assert_eq!(c.backplane.kind, BackplaneKind::Redis);
+        assert_eq!(
+            RedisUrl::parse(&c.backplane.url).unwrap(),
+            RedisUrl {
+                tls: true,
+                username: Some("app".into()),
+                password: Some("s3cr@t".into()),
+                host: "cache.example".into(),
+                port: 6380,
+                db: 3,
+            }
+        );
+        let plain = RedisUrl::parse("redis://[::1]").unwrap();
+        assert_eq!(
+            (plain.tls, plain.host.as_str(), plain.port, plain.db),
+            (false, "::1", 6379, 0)
+        );
+        let only_password = RedisUrl::parse("redis://:pw@10.0.0.5/").unwrap();
+        assert_eq!(
+            (only_password.username, only_password.password),
+            (None, Some("pw".into()))
+        );
+    }
+
+    #[test]
+    fn backplane_errors_name_the_field_and_never_the_password() {
+        for (body, key, words) in [
+            (
+                "kind = \"redis\"",
+                "backplane.url",
+                "must be set when kind = \"redis\"",
+            ),
+            // A serde error: the place and the value, with no dotted key.
+            ("kind = \"kafka\"", "", "kafka"),
+            (
+                "url = \"http://redis:6379\"",
+                "backplane.url",
+                "must start with redis://",
+            ),
+            (
+                "url = \"redis://:hunter2@\"",
+                "backplane.url",
+                "names no host",
+            ),
+            (
+                "url = \"redis://:hunter2@redis:0\"",
+                "backplane.url",
+                "the port \"0\" is not in",
+            ),
+            (
+                "url = \"redis://:hunter2@redis:6379/x\"",
+                "backplane.url",
+                "the database \"x\"",
+            ),
+            (
+                "url = \"redis://redis/0?protocol=resp3\"",
+                "backplane.url",
+                "must not contain '?'",
+            ),
+            (
+                "prefix = \"\"",
+                "backplane.prefix",
+                "must be 1-256 printable",
+            ),
+            (
+                "prefix = \"my hub\"",
+                "backplane.prefix",
+                "must be 1-256 printable",
+            ),
+        ] {
+            let text = format!("[backplane]\n{body}\n");
+            let err = Config::from_toml(&text, "b.toml").unwrap_err();
+            let shown = err.to_string();
+            // The value's line; the section's, for a required key left out.
+            let line = if body.starts_with("kind = \"redis\"") {
+                1
+            } else {
+                2
+            };
+            assert_eq!(err.position.map(|p| p.0), Some(line), "{shown}");
+            assert!(key.is_empty() || err.key == key, "{key}: {shown}");
+            assert!(shown.contains(words), "{words}: {shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
     }
 
     #[test]

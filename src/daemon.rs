@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::auth::{Auth, TokenError};
-use crate::config::{AuthMode, Config, ConfigError, JoinSessions};
+use crate::config::{AuthMode, BackplaneKind, Config, ConfigError, JoinSessions};
 use crate::http::{AppState, CameraServices};
 use crate::media::{MediaCounters, MediaHandle, PipelineGuard};
 use crate::progress::Heartbeat;
@@ -450,6 +450,9 @@ impl Generation {
         common: &Common,
     ) -> Result<(), DaemonError> {
         let auth = load_auth(config)?;
+        if config.backplane.kind == BackplaneKind::Redis {
+            warn!("[backplane] kind = \"redis\" is not connected in this version; this instance's hub runs alone");
+        }
         if config.is_relay() {
             self.build_relay(config, http, auth, common)?;
             return Ok(());
