@@ -188,3 +188,34 @@ fn check_config_accepts_the_shipped_relay_config_and_refuses_camera_settings() {
         "{err}"
     );
 }
+
+/// `systemctl reload` from a camera to a relay and back: the services are rebuilt in-process
+/// in the other role, the UDP socket is closed and opened again, the process stays.
+#[test]
+fn sighup_switches_between_the_camera_and_relay_roles() {
+    let wait = std::time::Duration::from_secs(10);
+    let mut d = Daemon::start("");
+    let path = d.dir.path("snaprtcd.toml");
+    let camera = std::fs::read_to_string(&path).unwrap();
+    d.wait_for_log("webrtc udp listening", wait);
+    assert_eq!(health_json(&d)["role"], "camera");
+
+    let relay = "[server]\nlisten = \"127.0.0.1:0\"\n[mdns]\nenabled = false\n[camera]\nsource = \"none\"\n";
+    std::fs::write(&path, relay).unwrap();
+    d.signal("HUP");
+    d.wait_for_log("config reloaded", wait);
+    assert_eq!(health_json(&d)["role"], "relay");
+    assert_eq!(
+        udp_sockets_of(d.child.id()),
+        0,
+        "the engine's socket is closed"
+    );
+
+    std::fs::write(&path, camera).unwrap();
+    d.log.clear();
+    d.signal("HUP");
+    d.wait_for_log("config reloaded", wait);
+    assert_eq!(health_json(&d)["role"], "camera");
+    assert_eq!(udp_sockets_of(d.child.id()), 1);
+    assert!(d.child.try_wait().unwrap().is_none(), "still running");
+}
