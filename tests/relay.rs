@@ -219,3 +219,43 @@ fn sighup_switches_between_the_camera_and_relay_roles() {
     assert_eq!(udp_sockets_of(d.child.id()), 1);
     assert!(d.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1, a relay's STATUS= line, and
+/// WATCHDOG=1 pings, though no media or RTC loop runs (the hub answering stands in for them).
+#[test]
+fn a_relay_tells_systemd_it_is_ready_and_keeps_the_watchdog_fed() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("relay-notify");
+    let path = dir.path("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let _d = Daemon::start_with_env(
+        RELAY,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            // Pings every 2 s: the shortest period the idle loops always meet.
+            ("WATCHDOG_USEC", "4000000"),
+        ],
+    );
+    let deadline = Instant::now() + std::time::Duration::from_secs(15);
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let pings = |seen: &[String]| seen.iter().filter(|l| *l == "WATCHDOG=1").count();
+    while pings(&seen) < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no two WATCHDOG=1 in time; got {seen:?}");
+        socket.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(seen.iter().any(|l| l == "READY=1"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l == "STATUS=relay: 0 hub connections, 0 sessions"),
+        "{seen:?}"
+    );
+}
