@@ -34,6 +34,8 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// mDNS advertisement of `_snaprtc._tcp`.
     pub mdns: MdnsConfig,
+    /// Sharing sessions with other instances through Redis (scale-out).
+    pub backplane: BackplaneConfig,
     /// Log level and format.
     pub log: LogConfig,
 }
@@ -168,7 +170,7 @@ pub enum AuthMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
-    /// `auto`: first usable V4L2 camera, else the test pattern.
+    /// `auto`: first usable V4L2 camera, else the test pattern; `none`: the relay role.
     pub source: SourceKind,
     /// V4L2 device node (`/dev/v4l/by-id/...` paths work).
     pub device: PathBuf,
@@ -213,6 +215,10 @@ pub enum SourceKind {
     Exec,
     /// The built-in moving test pattern.
     Testsrc,
+    /// No camera: the relay role. Only the hub, `/health` and `/metrics` are served; no
+    /// encoder runs and no UDP port is bound. Camera-only settings changed from their defaults
+    /// are refused ([`Config::from_toml`] names the first one).
+    None,
 }
 
 /// `[camera] format`
@@ -441,6 +447,160 @@ impl Default for MdnsConfig {
     }
 }
 
+/// `[backplane]`: how this instance's hub shares sessions with other instances, in the wire
+/// format of ASP.NET Core SignalR's Redis backplane (see `signaling::backplane`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackplaneConfig {
+    /// `none`: this hub stands alone; `redis`: sessions span every instance on the same Redis.
+    pub kind: BackplaneKind,
+    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS. Required with
+    /// `kind = "redis"`; checked whenever it is set.
+    pub url: String,
+    /// Channel names start with this: `{prefix}:group:{session}`. To share a Redis with the
+    /// ASP.NET server, use what it uses: its `ChannelPrefix` followed by the hub class's full
+    /// name (e.g. `MyApp.Hubs.SignalingHub`).
+    #[serde(default = "default_backplane_prefix")]
+    pub prefix: String,
+}
+
+/// `[backplane] prefix`: the SnapRTC server's hub class name.
+fn default_backplane_prefix() -> String {
+    "SignalingHub".to_owned()
+}
+
+impl Default for BackplaneConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackplaneKind::None,
+            url: String::new(),
+            prefix: default_backplane_prefix(),
+        }
+    }
+}
+
+/// `[backplane] kind`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackplaneKind {
+    /// No backplane: sessions live on this instance only.
+    None,
+    /// Redis pub/sub between instances.
+    Redis,
+}
+
+/// A checked `[backplane] url`: `redis://[[user]:password@]host[:port][/db]` or `rediss://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// `rediss://`: TLS to the server.
+    pub tls: bool,
+    /// The ACL user name, if any (`user:password@`).
+    pub username: Option<String>,
+    /// The password, if any (as written: percent-escapes are not decoded here).
+    pub password: Option<String>,
+    /// Host name or IP address (an IPv6 address without its brackets).
+    pub host: String,
+    /// Port (6379 when not given).
+    pub port: u16,
+    /// Database number (0 when not given).
+    pub db: u32,
+}
+
+impl RedisUrl {
+    /// Check and split a Redis URL; the error says what is wrong, never echoing a password.
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("rediss://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("redis://") {
+            (false, rest)
+        } else {
+            return Err(
+                "must start with redis:// (or rediss:// for TLS), e.g. \"redis://redis:6379/0\""
+                    .into(),
+            );
+        };
+        if rest.contains(['?', '#']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain '?', '#', spaces or control characters".into());
+        }
+        let (authority, db) = match rest.split_once('/') {
+            Some((authority, "")) => (authority, 0),
+            Some((authority, db)) => {
+                let db = db.parse::<u32>().map_err(|_| {
+                    format!("the database {db:?} after the host is not a number (e.g. /0)")
+                })?;
+                (authority, db)
+            }
+            None => (rest, 0),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => (Some(userinfo), hostport),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo.map(|u| u.split_once(':')) {
+            None => (None, None),
+            Some(None) => {
+                return Err("user info must be \"user:password@\" or \":password@\"".into())
+            }
+            Some(Some((user, password))) => (
+                (!user.is_empty()).then(|| user.to_owned()),
+                Some(password.to_owned()),
+            ),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ']'")?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("names no host (e.g. \"redis://redis:6379\")".into());
+        }
+        let port = match port {
+            None => 6379,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("the port {p:?} is not in 1..=65535")),
+            },
+        };
+        Ok(RedisUrl {
+            tls,
+            username,
+            password,
+            host: host.to_owned(),
+            port,
+            db,
+        })
+    }
+}
+
+/// `[backplane]`: a URL Redis clients take, a prefix that makes channel names.
+fn validate_backplane(b: &BackplaneConfig) -> Result<(), Invalid> {
+    if b.kind == BackplaneKind::Redis && b.url.is_empty() {
+        return bad("backplane.url", "must be set when kind = \"redis\"");
+    }
+    if !b.url.is_empty() {
+        if let Err(e) = RedisUrl::parse(&b.url) {
+            return bad("backplane.url", e);
+        }
+    }
+    let printable = b.prefix.chars().all(|c| c.is_ascii_graphic());
+    if b.prefix.is_empty() || b.prefix.len() > 256 || !printable {
+        return bad(
+            "backplane.prefix",
+            format!(
+                "{:?} must be 1-256 printable ASCII characters without spaces",
+                b.prefix
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -601,8 +761,80 @@ impl Config {
         validate_encoder(&self.encoder)?;
         in_range("snapshot.quality", self.snapshot.quality, 1..=100)?;
         validate_signaling(&self.signaling)?;
-        validate_log(&self.log)
+        validate_backplane(&self.backplane)?;
+        validate_log(&self.log)?;
+        validate_relay(self)
     }
+
+    /// The relay role (`[camera] source = "none"`): a hub with no camera, no encoder, no
+    /// WebRTC engine and no UDP port.
+    pub fn is_relay(&self) -> bool {
+        self.camera.source == SourceKind::None
+    }
+}
+
+/// In the relay role, a camera-only setting changed from its default contradicts
+/// `source = "none"`: the user means a camera that will never be opened (or a UDP port that is
+/// never bound). Keys left at their defaults (as `print-config` writes them) are fine.
+fn validate_relay(c: &Config) -> Result<(), Invalid> {
+    if !c.is_relay() {
+        return Ok(());
+    }
+    let (camera, server) = (CameraConfig::default(), ServerConfig::default());
+    let (cam, srv) = (&c.camera, &c.server);
+    let changed = [
+        ("camera.device", differs(&cam.device, &camera.device)),
+        ("camera.width", differs(&cam.width, &camera.width)),
+        ("camera.height", differs(&cam.height, &camera.height)),
+        ("camera.fps", differs(&cam.fps, &camera.fps)),
+        ("camera.format", differs(&cam.format, &camera.format)),
+        ("camera.controls", differs(&cam.controls, &camera.controls)),
+        ("camera.exec", differs(&cam.exec, &camera.exec)),
+        ("encoder", differs(&c.encoder, &EncoderConfig::default())),
+        ("snapshot", differs(&c.snapshot, &SnapshotConfig::default())),
+        (
+            "server.rtc_udp_port",
+            differs(&srv.rtc_udp_port, &server.rtc_udp_port),
+        ),
+        (
+            "server.public_addrs",
+            differs(&srv.public_addrs, &server.public_addrs),
+        ),
+        (
+            "server.max_viewers",
+            differs(&srv.max_viewers, &server.max_viewers),
+        ),
+        (
+            "server.max_sdp_bytes",
+            differs(&srv.max_sdp_bytes, &server.max_sdp_bytes),
+        ),
+        (
+            "server.max_sdp_media",
+            differs(&srv.max_sdp_media, &server.max_sdp_media),
+        ),
+        (
+            "server.max_sdp_candidates",
+            differs(&srv.max_sdp_candidates, &server.max_sdp_candidates),
+        ),
+    ];
+    match changed.into_iter().find_map(|(key, v)| v.map(|v| (key, v))) {
+        Some((key, value)) => bad(
+            key,
+            format!(
+                "{value} is a camera setting, but [camera] source = \"none\" (the relay role) \
+                 opens no camera, runs no encoder and binds no UDP port; remove it, or choose a \
+                 source"
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// `value` as TOML writes it, when it differs from `default`.
+fn differs<T: PartialEq + Serialize>(value: &T, default: &T) -> Option<String> {
+    (value != default).then(|| {
+        toml::Value::try_from(value).map_or_else(|_| "the value".to_owned(), |v| v.to_string())
+    })
 }
 
 /// An [`Invalid`] for `key`.
@@ -820,12 +1052,17 @@ fn split_toml_message(message: &str) -> (String, String) {
     (key, message)
 }
 
-/// Where a dotted key's value is in the text, for errors found after parsing.
+/// Where a dotted key's value is in the text, for errors found after parsing; a key that is
+/// not written (a required one left out) points at its section.
 fn key_position(text: &str, dotted: &str) -> Option<(usize, usize)> {
     let doc = toml_edit::Document::parse(text).ok()?;
     let mut item = doc.as_item();
     for part in dotted.split('.') {
-        item = item.get(part)?;
+        match item.get(part) {
+            Some(inner) => item = inner,
+            None if !std::ptr::eq(item, doc.as_item()) => break,
+            None => return None,
+        }
     }
     let span = item
         .span()
@@ -848,6 +1085,165 @@ mod tests {
             Config::default(),
             "config/snaprtcd.toml must document the built-in defaults"
         );
+    }
+
+    const RELAY: &str = include_str!("../config/relay.toml");
+
+    #[test]
+    fn shipped_relay_config_is_valid_and_is_a_relay() {
+        let relay = Config::from_toml(RELAY, "config/relay.toml").expect("relay.toml is valid");
+        assert!(relay.is_relay());
+        assert_eq!(relay.signaling.join_sessions, JoinSessions::None);
+        assert!(!relay.mdns.enabled);
+        assert!(!Config::default().is_relay());
+    }
+
+    #[test]
+    fn relay_refuses_camera_settings_naming_file_field_and_value() {
+        let base = "[camera]\nsource = \"none\"\n";
+        for (extra, key, value) in [
+            (
+                "device = \"/dev/video2\"\n",
+                "camera.device",
+                "\"/dev/video2\"",
+            ),
+            ("width = 640\n", "camera.width", "640"),
+            ("format = \"mjpeg\"\n", "camera.format", "\"mjpeg\""),
+            ("[camera.exec]\nformat = \"mjpeg\"\n", "camera.exec", ""),
+            ("[encoder]\nbitrate_kbps = 500\n", "encoder", ""),
+            ("[snapshot]\nquality = 50\n", "snapshot", ""),
+            (
+                "[server]\nrtc_udp_port = 9000\n",
+                "server.rtc_udp_port",
+                "9000",
+            ),
+            ("[server]\nmax_viewers = 2\n", "server.max_viewers", "2"),
+            (
+                "[server]\npublic_addrs = [\"192.0.2.1\"]\n",
+                "server.public_addrs",
+                "[\"192.0.2.1\"]",
+            ),
+        ] {
+            let text = format!("{base}{extra}");
+            let err = Config::from_toml(&text, "r.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.position.is_some(), "{err}");
+            let shown = err.to_string();
+            assert!(shown.starts_with("r.toml:"), "{shown}");
+            assert!(shown.contains(&format!("{key}: {value}")), "{shown}");
+            assert!(shown.contains("source = \"none\""), "{shown}");
+        }
+        // Camera keys at their defaults (as print-config writes them) are fine.
+        let mut relay = Config::default();
+        relay.camera.source = SourceKind::None;
+        assert_eq!(
+            Config::from_toml(&relay.to_toml(), "printed").unwrap(),
+            relay
+        );
+        // The hub's own limits apply to a relay.
+        let text = format!("{base}[signaling]\nmax_connections = 5\n");
+        assert_eq!(
+            Config::from_toml(&text, "r")
+                .unwrap()
+                .signaling
+                .max_connections,
+            5
+        );
+    }
+
+    #[test]
+    fn backplane_defaults_and_urls() {
+        let b = Config::default().backplane;
+        assert_eq!(
+            (b.kind, b.url.as_str(), b.prefix.as_str()),
+            (BackplaneKind::None, "", "SignalingHub")
+        );
+        let text = "[backplane]\nkind = \"redis\"\nurl = \"rediss://app:s3cr@t@cache.example:6380/3\"\nprefix = \"MyApp.Hubs.SignalingHub\"\n";
+        let c = Config::from_toml(text, "a").unwrap();
+        assert_eq!(c.backplane.kind, BackplaneKind::Redis);
+        assert_eq!(
+            RedisUrl::parse(&c.backplane.url).unwrap(),
+            RedisUrl {
+                tls: true,
+                username: Some("app".into()),
+                password: Some("s3cr@t".into()),
+                host: "cache.example".into(),
+                port: 6380,
+                db: 3,
+            }
+        );
+        let plain = RedisUrl::parse("redis://[::1]").unwrap();
+        assert_eq!(
+            (plain.tls, plain.host.as_str(), plain.port, plain.db),
+            (false, "::1", 6379, 0)
+        );
+        let only_password = RedisUrl::parse("redis://:pw@10.0.0.5/").unwrap();
+        assert_eq!(
+            (only_password.username, only_password.password),
+            (None, Some("pw".into()))
+        );
+    }
+
+    #[test]
+    fn backplane_errors_name_the_field_and_never_the_password() {
+        for (body, key, words) in [
+            (
+                "kind = \"redis\"",
+                "backplane.url",
+                "must be set when kind = \"redis\"",
+            ),
+            // A serde error: the place and the value, with no dotted key.
+            ("kind = \"kafka\"", "", "kafka"),
+            (
+                "url = \"http://redis:6379\"",
+                "backplane.url",
+                "must start with redis://",
+            ),
+            (
+                "url = \"redis://:hunter2@\"",
+                "backplane.url",
+                "names no host",
+            ),
+            (
+                "url = \"redis://:hunter2@redis:0\"",
+                "backplane.url",
+                "the port \"0\" is not in",
+            ),
+            (
+                "url = \"redis://:hunter2@redis:6379/x\"",
+                "backplane.url",
+                "the database \"x\"",
+            ),
+            (
+                "url = \"redis://redis/0?protocol=resp3\"",
+                "backplane.url",
+                "must not contain '?'",
+            ),
+            (
+                "prefix = \"\"",
+                "backplane.prefix",
+                "must be 1-256 printable",
+            ),
+            (
+                "prefix = \"my hub\"",
+                "backplane.prefix",
+                "must be 1-256 printable",
+            ),
+        ] {
+            let text = format!("[backplane]\n{body}\n");
+            let err = Config::from_toml(&text, "b.toml").unwrap_err();
+            let shown = err.to_string();
+            // The value's line; the section's, for a required key left out.
+            let line = if body.starts_with("kind = \"redis\"") {
+                1
+            } else {
+                2
+            };
+            assert_eq!(err.position.map(|p| p.0), Some(line), "{shown}");
+            assert!(key.is_empty() || err.key == key, "{key}: {shown}");
+            assert!(shown.contains(words), "{words}: {shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! failed. The watchdog lives for the whole process and follows whichever pipeline and engine
 //! run.
 //!
+//! In the relay role (`[camera] source = "none"`) a generation is the hub, HTTP, mDNS and the
+//! status reporter only: no pipeline, no engine, no UDP port.
+//!
 //! Long-lived services run in a `JoinSet`: one that ends while the daemon is not stopping is a
 //! bug, logged with its name (and its panic, if it panicked), and stops the daemon (systemd
 //! restarts it). Short-lived tasks (one per HTTP or
@@ -36,8 +39,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::auth::{Auth, TokenError};
-use crate::config::{AuthMode, Config, ConfigError};
-use crate::http::AppState;
+use crate::config::{AuthMode, BackplaneKind, Config, ConfigError, JoinSessions};
+use crate::http::{AppState, CameraServices};
 use crate::media::{MediaCounters, MediaHandle, PipelineGuard};
 use crate::progress::Heartbeat;
 use crate::reload::{Loader, Outcome, Reload};
@@ -139,9 +142,11 @@ struct Common {
     config: watch::Receiver<Arc<Config>>,
     /// A note for the status line (a rejected reload), `None` when all is well.
     note: watch::Receiver<Option<String>>,
-    /// The running pipeline's counters, read by the watchdog's media probe.
-    media_counters: watch::Sender<Arc<MediaCounters>>,
-    /// Beaten by the running RTC engine.
+    /// The running pipeline's counters, read by the watchdog's media probe; `None` in the
+    /// relay role (no pipeline: nothing to stall).
+    media_counters: watch::Sender<Option<Arc<MediaCounters>>>,
+    /// Beaten by the running RTC engine; in the relay role by the status task each time the
+    /// hub task answers it (the hub is then the loop that must not hang).
     rtc_beat: Heartbeat,
     /// The stable device id (for mDNS), made on first use.
     device_id: OnceLock<String>,
@@ -171,9 +176,14 @@ pub async fn run_with(
     let current = Arc::new(config);
     let (config_tx, config_rx) = watch::channel(current.clone());
     let (note_tx, note_rx) = watch::channel(None::<String>);
-    let (media_counters, counters_rx) = watch::channel(Arc::new(MediaCounters::default()));
+    let (media_counters, counters_rx) = watch::channel(None::<Arc<MediaCounters>>);
     let mut watchdog = systemd::Watchdog::new();
-    watchdog.register_age("media", move || counters_rx.borrow().since_progress());
+    watchdog.register_age("media", move || {
+        counters_rx
+            .borrow()
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.since_progress())
+    });
     let common = Common {
         config: config_rx,
         note: note_rx,
@@ -440,10 +450,19 @@ impl Generation {
         common: &Common,
     ) -> Result<(), DaemonError> {
         let auth = load_auth(config)?;
+        if config.backplane.kind == BackplaneKind::Redis {
+            warn!("[backplane] kind = \"redis\" is not connected in this version; this instance's hub runs alone");
+        }
+        if config.is_relay() {
+            self.build_relay(config, http, auth, common)?;
+            return Ok(());
+        }
         let (media, pipeline) =
             crate::media::spawn(config, self.cancel.child_token()).map_err(DaemonError::Media)?;
         self.pipeline = Some(pipeline);
-        common.media_counters.send_replace(media.counters().clone());
+        common
+            .media_counters
+            .send_replace(Some(media.counters().clone()));
         let rtc = self.start_rtc(config, &media, common).await?;
         // The engine answers for the built-in SnapRTC capture member (`join_sessions = "all"`).
         let answerer: Arc<dyn crate::signaling::capture::Answerer> = Arc::new(rtc.clone());
@@ -453,7 +472,16 @@ impl Generation {
             self.cancel.child_token(),
             self.tracker.clone(),
         );
-        let http_port = self.start_http(config, http, auth, signaling, &rtc, &media)?;
+        let whep = crate::rtc::whep::Whep::new(
+            rtc.clone(),
+            crate::rtc::whep::WhepSettings::from_config(config),
+        );
+        let camera = CameraServices {
+            rtc: rtc.clone(),
+            whep,
+            media: media.clone(),
+        };
+        let http_port = self.start_http(config, http, auth, signaling, Some(camera))?;
         if config.mdns.enabled {
             self.start_mdns(http_port, common);
         }
@@ -461,6 +489,40 @@ impl Generation {
         self.services.spawn(
             "status",
             status::report_status(media, rtc, note, STATUS_POLL, cancel),
+        );
+        Ok(())
+    }
+
+    /// The relay role (`[camera] source = "none"`): the hub and HTTP only. No camera is opened,
+    /// no encoder runs and no UDP port is bound, so the daemon is ready as soon as its HTTP
+    /// socket serves.
+    fn build_relay(
+        &mut self,
+        config: &Arc<Config>,
+        http: &std::net::TcpListener,
+        auth: Auth,
+        common: &Common,
+    ) -> Result<(), DaemonError> {
+        info!("relay role ([camera] source = \"none\"): hub, /health and /metrics only; no camera, no WebRTC, no UDP port");
+        if config.signaling.join_sessions == JoinSessions::All {
+            info!("[signaling] join_sessions = \"all\" has no effect in the relay role: there is no camera to join sessions with");
+        }
+        common.media_counters.send_replace(None);
+        let signaling = crate::signaling::spawn(
+            config.signaling.clone(),
+            None,
+            self.cancel.child_token(),
+            self.tracker.clone(),
+        );
+        let http_port = self.start_http(config, http, auth, signaling.clone(), None)?;
+        if config.mdns.enabled {
+            self.start_mdns(http_port, common);
+        }
+        let (note, cancel) = (common.note.clone(), self.cancel.clone());
+        let beat = common.rtc_beat.clone();
+        self.services.spawn(
+            "status",
+            status::report_relay_status(signaling, beat, note, STATUS_POLL, cancel),
         );
         Ok(())
     }
@@ -485,20 +547,16 @@ impl Generation {
         Ok(rtc)
     }
 
-    /// Serve HTTP (hub, WHEP, stills, metrics) on a duplicate of `http`; returns its port.
+    /// Serve HTTP (hub, metrics, and with a camera WHEP and stills) on a duplicate of `http`;
+    /// returns its port.
     fn start_http(
         &mut self,
         config: &Arc<Config>,
         http: &std::net::TcpListener,
         auth: Auth,
         signaling: SignalingHandle,
-        rtc: &RtcHandle,
-        media: &MediaHandle,
+        camera: Option<CameraServices>,
     ) -> Result<u16, DaemonError> {
-        let whep = crate::rtc::whep::Whep::new(
-            rtc.clone(),
-            crate::rtc::whep::WhepSettings::from_config(config),
-        );
         let listener = http
             .try_clone()
             .and_then(TcpListener::from_std)
@@ -508,9 +566,7 @@ impl Generation {
             config: config.clone(),
             auth,
             signaling,
-            rtc: rtc.clone(),
-            whep,
-            media: media.clone(),
+            camera,
         });
         let (cancel, tracker) = (self.cancel.clone(), self.tracker.clone());
         self.services

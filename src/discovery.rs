@@ -140,7 +140,8 @@ impl Advertisement {
     }
 }
 
-/// TXT records: `path` (hub), `whep`, `id`, `v` (version), `auth` (`0`/`1`).
+/// TXT records: `path` (hub), `whep`, `id`, `v` (version), `auth` (`0`/`1`). A relay
+/// (`[camera] source = "none"`) serves no WHEP and has no `whep` record.
 pub fn txt_records(config: &Config, device_id: &str) -> Vec<(String, String)> {
     let auth = match config.server.auth {
         AuthMode::None => "0",
@@ -154,6 +155,7 @@ pub fn txt_records(config: &Config, device_id: &str) -> Vec<(String, String)> {
         ("auth", auth),
     ]
     .into_iter()
+    .filter(|(k, _)| *k != "whep" || !config.is_relay())
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
@@ -470,6 +472,13 @@ mod tests {
         let txt = txt_records(&config, "abc123");
         assert_eq!(txt[0], ("path".into(), "/hub".into()));
         assert_eq!(txt[4], ("auth".into(), "1".into()));
+
+        config.camera.source = crate::config::SourceKind::None;
+        let keys: Vec<String> = txt_records(&config, "abc123")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["path", "id", "v", "auth"], "a relay serves no WHEP");
     }
 
     #[test]

@@ -38,8 +38,9 @@
 //!   pipeline (encode once, keyframe policy, slate), openh264, JPEG stills.
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
 //!   channels.
-//! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), and their
-//!   tokio shell (one hub task, one task per WebSocket).
+//! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), the Redis
+//!   backplane's wire format (ASP.NET Core SignalR's channels and MessagePack envelope, pure),
+//!   and their tokio shell (one hub task, one task per WebSocket).
 //! - [`metrics`]: `GET /metrics` in Prometheus text, rendered from the owners' snapshots.
 //! - [`discovery`]: mDNS advertisement of `_snaprtc._tcp` (instance, port, TXT), goodbye on exit.
 //! - [`systemd`]: `sd_notify` (ready, status, reload, stop), the progress-gated watchdog, the

@@ -18,8 +18,8 @@ pub struct Snapshot<'a> {
     pub rtc: &'a RtcStats,
     /// The media pipeline's counters.
     pub media: &'a MediaCounters,
-    /// The camera's state and measured frame rate.
-    pub camera: &'a MediaStatus,
+    /// The camera's state and measured frame rate; `None` in the relay role (no camera).
+    pub camera: Option<&'a MediaStatus>,
     /// The SnapRTC hub's connections and sessions.
     pub signaling: &'a SignalingStats,
     /// The daemon process itself (tasks, fds, threads, memory).
@@ -208,7 +208,7 @@ const METRICS: &[Metric] = &[
         name: "snaprtcd_camera_fps",
         kind: Kind::Gauge,
         help: "Frames per second measured at capture.",
-        read: Read::Value(|s| f64::from(s.camera.fps_measured)),
+        read: Read::Maybe(|s| s.camera.map(|c| f64::from(c.fps_measured))),
     },
     Metric {
         name: "snaprtcd_tokio_tasks",
@@ -252,6 +252,18 @@ const METRICS: &[Metric] = &[
         help: "Route lookups made to learn which local address a viewer sent to.",
         read: Read::Value(|s| s.rtc.local_addr_lookups as f64),
     },
+    Metric {
+        name: "snaprtcd_role",
+        kind: Kind::Gauge,
+        help: "1 for the daemon's role: camera, or relay (a hub with no camera).",
+        read: Read::Samples(|s| {
+            let relay = f64::from(u8::from(s.camera.is_none()));
+            vec![
+                ("{role=\"camera\"}".to_owned(), 1.0 - relay),
+                ("{role=\"relay\"}".to_owned(), relay),
+            ]
+        }),
+    },
 ];
 
 /// `snaprtcd_keyframes_total{cause="…"}` for every cause.
@@ -283,6 +295,9 @@ fn encode_time_histogram(s: &Snapshot<'_>) -> Vec<Sample> {
 
 /// `snaprtcd_camera_state{state="…"}`: 1 for the current state, 0 for the others.
 fn camera_state(s: &Snapshot<'_>) -> Vec<Sample> {
+    let Some(camera) = s.camera else {
+        return Vec::new();
+    };
     const STATES: [CameraState; 4] = [
         CameraState::Starting,
         CameraState::Streaming,
@@ -292,7 +307,7 @@ fn camera_state(s: &Snapshot<'_>) -> Vec<Sample> {
     STATES
         .iter()
         .map(|st| {
-            let on = f64::from(u8::from(*st == s.camera.state));
+            let on = f64::from(u8::from(*st == camera.state));
             (format!("{{state=\"{}\"}}", st.as_str()), on)
         })
         .collect()
@@ -422,7 +437,7 @@ snaprtcd_camera_fps 29.5
         render(&Snapshot {
             rtc: &rtc,
             media: &media,
-            camera: &camera,
+            camera: Some(&camera),
             signaling: &signaling,
             process,
         })
@@ -452,6 +467,38 @@ snaprtcd_camera_fps 29.5
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn a_relay_has_a_role_and_no_camera_samples() {
+        let (rtc, media) = (RtcStats::default(), MediaCounters::default());
+        let signaling = SignalingStats {
+            sessions: 1,
+            connections: 2,
+        };
+        let text = render(&Snapshot {
+            rtc: &rtc,
+            media: &media,
+            camera: None,
+            signaling: &signaling,
+            process: &ProcessStats::default(),
+        });
+        assert!(
+            text.contains("\nsnaprtcd_role{role=\"relay\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nsnaprtcd_role{role=\"camera\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nsnaprtcd_hub_connections 2\n"), "{text}");
+        assert!(!text.contains("\nsnaprtcd_camera_state{"), "{text}");
+        assert!(!text.contains("\nsnaprtcd_camera_fps "), "{text}");
+        let camera = render_sample(&ProcessStats::default());
+        assert!(
+            camera.contains("\nsnaprtcd_role{role=\"camera\"} 1\n"),
+            "{camera}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use common::signalr::{Client, Read};
 use serde_json::json;
 use snaprtcd::auth::Auth;
 use snaprtcd::config::{Config, JoinSessions};
-use snaprtcd::http::AppState;
+use snaprtcd::http::{AppState, CameraServices};
 use snaprtcd::signaling::capture::Answerer;
 use snaprtcd::signaling::hub::SessionId;
 use tokio_util::sync::CancellationToken;
@@ -72,9 +72,7 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
         config: Arc::new(config),
         auth: Auth::Open,
         signaling,
-        rtc,
-        whep,
-        media,
+        camera: Some(CameraServices { rtc, whep, media }),
     });
     tokio::spawn(snaprtcd::http::serve(
         listener,

@@ -114,6 +114,8 @@ pub enum SourceSpec {
     V4l2(std::path::PathBuf),
     /// The `[camera.exec]` program.
     Exec,
+    /// No camera (`source = "none"`, the relay role): opening it is an error.
+    None,
 }
 
 impl SourceSpec {
@@ -126,6 +128,7 @@ impl SourceSpec {
                 "exec {}",
                 camera.exec.command.first().map_or("", |s| s.as_str())
             ),
+            SourceSpec::None => "none (relay)".into(),
         }
     }
 }
@@ -136,6 +139,7 @@ pub fn resolve(camera: &CameraConfig) -> SourceSpec {
         SourceKind::Testsrc => SourceSpec::Testsrc,
         SourceKind::Exec => SourceSpec::Exec,
         SourceKind::V4l2 => SourceSpec::V4l2(camera.device.clone()),
+        SourceKind::None => SourceSpec::None,
         SourceKind::Auto => match v4l2::first_usable_device(camera) {
             Some(path) => {
                 tracing::info!(device = %path.display(), "camera found");
@@ -163,6 +167,11 @@ pub fn open(spec: &SourceSpec, camera: &CameraConfig) -> Result<Box<dyn Source>,
         )?),
         SourceSpec::V4l2(path) => Box::new(v4l2::V4l2Source::open(path, camera)?),
         SourceSpec::Exec => Box::new(exec::ExecSource::spawn(&camera.exec)?),
+        SourceSpec::None => {
+            return Err(CaptureError::Open(
+                "[camera] source = \"none\": this daemon is a relay with no camera".into(),
+            ))
+        }
     })
 }
 

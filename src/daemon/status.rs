@@ -8,7 +8,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{CameraState, MediaHandle, MediaStatus};
+use crate::progress::Heartbeat;
 use crate::rtc::RtcHandle;
+use crate::signaling::SignalingHandle;
+use crate::signaling::SignalingStats;
 use crate::systemd;
 
 /// One line for `STATUS=`: "streaming 1280x720@30 to 2 viewers (testsrc, openh264)",
@@ -76,6 +79,59 @@ pub async fn report_status(
     }
 }
 
+/// The relay's `STATUS=` line: "relay: 3 hub connections, 2 sessions", `note` appended.
+pub fn relay_status_line(stats: &SignalingStats, note: Option<&str>) -> String {
+    let plural = |n: usize, one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    let mut line = format!(
+        "relay: {}, {}",
+        plural(stats.connections, "hub connection", "hub connections"),
+        plural(stats.sessions, "session", "sessions")
+    );
+    if let Some(note) = note {
+        line.push_str("; ");
+        line.push_str(note);
+    }
+    line.replace('\n', " ")
+}
+
+/// Keeps `STATUS=` current in the relay role: asks the hub for its counts every `poll` (and
+/// when a reload note changes) and sends the line when it differs. Each answer from the hub
+/// beats `beat`, so the watchdog stops pinging when the hub task hangs. Runs until `cancel`.
+pub async fn report_relay_status(
+    signaling: SignalingHandle,
+    beat: Heartbeat,
+    mut note: watch::Receiver<Option<String>>,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = String::new();
+    loop {
+        let stats = match tokio::time::timeout(poll, signaling.stats()).await {
+            Ok(Ok(stats)) => {
+                beat.beat();
+                stats
+            }
+            _ => SignalingStats::default(),
+        };
+        let line = relay_status_line(&stats, note.borrow_and_update().as_deref());
+        if line != last {
+            tracing::debug!(status = %line, "status");
+            systemd::notify_status(&line);
+            last = line;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            r = note.changed() => if r.is_err() { cancel.cancelled().await; return },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +156,14 @@ mod tests {
         assert_eq!(
             status_line(&m, 0, None),
             "no camera (retrying /dev/video0 (YUYV)), 0 viewers"
+        );
+        let hub = SignalingStats {
+            connections: 1,
+            sessions: 2,
+        };
+        assert_eq!(
+            relay_status_line(&hub, Some("x")),
+            "relay: 1 hub connection, 2 sessions; x"
         );
         assert_eq!(
             status_line(&m, 0, Some("reload rejected: a.toml:3:1\nbad")),

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::AppState;
+use super::{AppState, CameraServices};
 use crate::auth::query_param;
 use crate::response::{json, text, Body};
 use crate::signaling::hub::AdmissionError;
@@ -19,13 +19,26 @@ use crate::signaling::ws::ServiceError;
 
 /// Prometheus text: viewers, sessions, frames, keyframes by cause, encode time, camera state,
 /// process figures.
+///
+/// In the relay role the camera's figures are zero (no viewers, no frames) and the camera's
+/// state and frame rate have no samples.
 pub(super) async fn metrics(state: &AppState) -> Response<Body> {
     let signaling = state.signaling.stats().await.unwrap_or_default();
-    let rtc = state.rtc.stats().await.unwrap_or_default();
+    let (rtc, camera) = match &state.camera {
+        Some(c) => (
+            c.rtc.stats().await.unwrap_or_default(),
+            Some(c.media.status()),
+        ),
+        None => (crate::rtc::RtcStats::default(), None),
+    };
+    let no_media = crate::media::MediaCounters::default();
     let body = crate::metrics::render(&crate::metrics::Snapshot {
         rtc: &rtc,
-        media: state.media.counters(),
-        camera: &state.media.status(),
+        media: state
+            .camera
+            .as_ref()
+            .map_or(&no_media, |c| c.media.counters()),
+        camera: camera.as_ref(),
         signaling: &signaling,
         process: &crate::metrics::ProcessStats::sample(),
     });
@@ -38,8 +51,8 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
 }
 
 /// The latest picture as a JPEG, made on demand by the pipeline (auth as the hub).
-pub(super) async fn snapshot(state: &AppState) -> Response<Body> {
-    still_response(state.media.still(usize::MAX).await)
+pub(super) async fn snapshot(camera: &CameraServices) -> Response<Body> {
+    still_response(camera.media.still(usize::MAX).await)
 }
 
 /// `/snapshot.jpg`'s answer to a still (or to why there is none).
@@ -95,12 +108,25 @@ pub(super) fn health() -> Response<Body> {
     text(StatusCode::OK, format!("{now} snaprtcd/{version}\n"))
 }
 
-/// Name, version, viewers, hub counts and the camera, for the viewer page and dashboards.
+/// A relay's front page: what it is and where its hub is (it has no viewer page).
+pub(super) fn relay_page(state: &AppState) -> Response<Body> {
+    let hub = state.signaling.hub_path();
+    let version = env!("CARGO_PKG_VERSION");
+    text(
+        StatusCode::OK,
+        format!(
+            "snaprtcd/{version} relay: a SnapRTC signaling hub with no camera.\n\
+             SignalR hub: {hub}; health: /health; metrics: /metrics.\n"
+        ),
+    )
+}
+
+/// Name, version, role, hub counts, and for a camera its viewers and state, for the viewer
+/// page and dashboards.
 pub(super) async fn health_json(state: &AppState) -> Response<Body> {
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let stats = state.signaling.stats().await.unwrap_or_default();
-    let rtc = state.rtc.stats().await.unwrap_or_default();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": "ok",
         "time": now,
         "name": crate::discovery::instance_name(
@@ -108,12 +134,16 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
             &crate::discovery::system_hostname(),
         ),
         "version": env!("CARGO_PKG_VERSION"),
+        "role": if state.camera.is_some() { "camera" } else { "relay" },
         "signaling": { "connections": stats.connections, "sessions": stats.sessions },
-        "viewers": rtc.viewers,
-        "max_viewers": state.rtc.max_viewers(),
         "auth": state.auth.is_on(),
-        "camera": camera_json(&state.media.status()),
     });
+    if let (Some(camera), Some(fields)) = (&state.camera, body.as_object_mut()) {
+        let rtc = camera.rtc.stats().await.unwrap_or_default();
+        fields.insert("viewers".into(), rtc.viewers.into());
+        fields.insert("max_viewers".into(), camera.rtc.max_viewers().into());
+        fields.insert("camera".into(), camera_json(&camera.media.status()));
+    }
     json(StatusCode::OK, &body)
 }
 

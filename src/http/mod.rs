@@ -44,6 +44,13 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// The hub task: negotiate, upgrade, counts.
     pub signaling: crate::signaling::SignalingHandle,
+    /// The camera's services; `None` in the relay role (`[camera] source = "none"`), where
+    /// only the hub, `/health` and `/metrics` are served.
+    pub camera: Option<CameraServices>,
+}
+
+/// What the camera role adds to the hub: the engine, WHEP and the pipeline.
+pub struct CameraServices {
     /// The WebRTC engine (viewer counts) and its WHEP endpoint.
     pub rtc: crate::rtc::RtcHandle,
     /// WHEP, served by the engine.
@@ -180,7 +187,11 @@ async fn route(req: Request<Incoming>, server: &Server) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut response = if req.method() == Method::OPTIONS {
         let mut r = preflight(&req, state);
-        if let Some(route) = crate::rtc::whep::route(req.uri().path()) {
+        let whep = state
+            .camera
+            .as_ref()
+            .and_then(|_| crate::rtc::whep::route(req.uri().path()));
+        if let Some(route) = whep {
             r.headers_mut()
                 .extend(crate::rtc::whep::options(route).headers().clone());
         }
@@ -203,7 +214,8 @@ async fn dispatch(req: Request<Incoming>, server: &Server) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     let hub = state.signaling.hub_path();
-    let Some(route) = routes::find(req.uri().path(), hub, wants_json) else {
+    let relay = state.camera.is_none();
+    let Some(route) = routes::find(req.uri().path(), hub, wants_json, relay) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     if !route.allows_method(req.method()) {
@@ -226,17 +238,26 @@ async fn handle(route: &Route, req: Request<Incoming>, server: &Server) -> Respo
     match route.handler {
         Handler::Health => handlers::health(),
         Handler::HealthJson => handlers::health_json(state).await,
-        Handler::Page => handlers::viewer_page(),
+        Handler::Page => match &state.camera {
+            Some(_) => handlers::viewer_page(),
+            None => handlers::relay_page(state),
+        },
         Handler::Negotiate => handlers::negotiate(state).await,
         Handler::Hub => handlers::upgrade(req, state).await,
-        Handler::Snapshot => handlers::snapshot(state).await,
         Handler::Metrics => handlers::metrics(state).await,
-        Handler::Whep => {
+        // `routes::find` gives camera routes only when there is a camera.
+        Handler::Snapshot | Handler::Whep => {
+            let Some(camera) = &state.camera else {
+                return text(StatusCode::NOT_FOUND, "not found\n");
+            };
+            if route.handler == Handler::Snapshot {
+                return handlers::snapshot(camera).await;
+            }
             debug_assert_eq!(route.body, BodyUse::Limited);
             let limit = state.config.server.max_body_bytes;
             let within = server.timeouts.header_read;
             match body::read_body(req, limit, within, &server.drainer).await {
-                Ok(req) => state.whep.handle(req).await,
+                Ok(req) => camera.whep.handle(req).await,
                 Err(refused) => refused,
             }
         }

@@ -101,6 +101,9 @@ pub struct Route {
     pub body: BodyUse,
     /// Who serves it.
     pub handler: Handler,
+    /// Also served in the relay role (`[camera] source = "none"`): the hub, `/health`,
+    /// `/metrics` and `/` (which says it is a relay). Camera routes are 404 there.
+    pub relay: bool,
 }
 
 impl Route {
@@ -125,6 +128,15 @@ const fn row(
         access,
         body: BodyUse::Ignored,
         handler,
+        relay: true,
+    }
+}
+
+/// A row served only by a camera, not in the relay role.
+const fn camera_only(route: Route) -> Route {
+    Route {
+        relay: false,
+        ..route
     }
 }
 
@@ -154,13 +166,13 @@ pub const ROUTES: &[Route] = &[
         Access::Open,
         Handler::Page,
     ),
-    row(
+    camera_only(row(
         "/index.html",
         PathMatch::Exact("/index.html"),
         "GET, HEAD",
         Access::Open,
         Handler::Page,
-    ),
+    )),
     row(
         "{hub}/negotiate",
         PathMatch::HubNegotiate,
@@ -169,7 +181,7 @@ pub const ROUTES: &[Route] = &[
         Handler::Negotiate,
     ),
     row("{hub}", PathMatch::Hub, "GET", Access::Token, Handler::Hub),
-    Route {
+    camera_only(Route {
         body: BodyUse::Limited,
         ..row(
             "/whep, /whep/{id}",
@@ -178,14 +190,14 @@ pub const ROUTES: &[Route] = &[
             Access::Token,
             Handler::Whep,
         )
-    },
-    row(
+    }),
+    camera_only(row(
         "/snapshot.jpg",
         PathMatch::Exact("/snapshot.jpg"),
         "GET, HEAD",
         Access::Token,
         Handler::Snapshot,
-    ),
+    )),
     row(
         "/metrics",
         PathMatch::Exact("/metrics"),
@@ -195,9 +207,10 @@ pub const ROUTES: &[Route] = &[
     ),
 ];
 
-/// The route for `path` (`hub` is `[signaling] hub_path`), or `None` (404).
-pub fn find(path: &str, hub: &str, wants_json: bool) -> Option<&'static Route> {
-    ROUTES.iter().find(|r| {
+/// The route for `path` (`hub` is `[signaling] hub_path`), or `None` (404). In the relay role
+/// (`relay`) only rows with [`Route::relay`] are found.
+pub fn find(path: &str, hub: &str, wants_json: bool, relay: bool) -> Option<&'static Route> {
+    ROUTES.iter().filter(|r| r.relay || !relay).find(|r| {
         let path_matches = match r.path {
             PathMatch::Exact(p) => path == p,
             PathMatch::Hub => path == hub,
@@ -215,7 +228,7 @@ mod tests {
     const HUB: &str = "/snaprtc-hub";
 
     fn access(path: &str, json: bool) -> Option<Access> {
-        find(path, HUB, json).map(|r| r.access)
+        find(path, HUB, json, false).map(|r| r.access)
     }
 
     #[test]
@@ -231,6 +244,24 @@ mod tests {
         assert_eq!(access("/", false), Some(Access::Open));
         assert_eq!(access("/snaprtc-hubx", false), None);
         assert_eq!(access("/nope", false), None);
+    }
+
+    #[test]
+    fn a_relay_serves_the_hub_health_metrics_and_its_front_page_only() {
+        let relay = |path: &str, json: bool| find(path, HUB, json, true).map(|r| r.handler);
+        assert_eq!(relay("/health", false), Some(Handler::Health));
+        assert_eq!(relay("/health", true), Some(Handler::HealthJson));
+        assert_eq!(relay("/metrics", false), Some(Handler::Metrics));
+        assert_eq!(relay("/snaprtc-hub", false), Some(Handler::Hub));
+        assert_eq!(
+            relay("/snaprtc-hub/negotiate", false),
+            Some(Handler::Negotiate)
+        );
+        assert_eq!(relay("/", false), Some(Handler::Page));
+        for path in ["/whep", "/whep/abc", "/snapshot.jpg", "/index.html"] {
+            assert_eq!(relay(path, false), None, "{path}");
+            assert!(find(path, HUB, false, false).is_some(), "{path}");
+        }
     }
 
     #[test]
@@ -261,7 +292,7 @@ mod tests {
 
     #[test]
     fn methods_are_matched_exactly() {
-        let r = find("/metrics", HUB, false).unwrap();
+        let r = find("/metrics", HUB, false, false).unwrap();
         assert!(r.allows_method(&http::Method::GET));
         assert!(r.allows_method(&http::Method::HEAD));
         assert!(!r.allows_method(&http::Method::POST));

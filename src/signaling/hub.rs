@@ -14,13 +14,28 @@
 //! API ([`Hub::join`] or [`Hub::join_local`], [`Hub::signal`]), and the hub tells the shell, through
 //! [`HubOutput::CaptureWanted`], when an initiator waits in a session that has no capture side.
 //! **Draining rule:** after every `handle_*` or member call, drain [`Hub::poll_output`].
+//!
+//! **Across instances** ([`Hub::with_backplane`]): members of one session may be connected to
+//! different instances. The hub then also asks its shell to [`HubOutput::Subscribe`] to a
+//! session when its first member here joins and to [`HubOutput::Unsubscribe`] when its last
+//! one leaves, and to [`HubOutput::Publish`] every relayed message (`signalStart`,
+//! `signalCapture`, `signalInitiator`) as a [`backplane`](super::backplane) envelope that
+//! excludes the sender. What other instances publish comes in through [`Hub::handle_remote`]
+//! and goes to this instance's members of the session. Each member has a fleet-wide
+//! connection id, `{instance}.{member}`, so the hub recognises (and drops) its own messages
+//! when the backplane hands them back: nothing is echoed or delivered twice. The decision to
+//! join as the capture side ([`HubOutput::CaptureWanted`]) still sees local members only.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
+
+use super::backplane::Envelope;
+use super::signalr::{ServerMessage, RECORD_SEPARATOR};
 
 /// A validated session id: 1-128 characters of `[A-Za-z0-9_-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -251,6 +266,91 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// The JSON hub protocol record for this message, with its `0x1E` terminator.
+    pub fn to_record(&self) -> Bytes {
+        match self {
+            Outbound::SignalStart => ServerMessage::Invocation {
+                target: "signalStart",
+                arguments: Vec::new(),
+            },
+            Outbound::SignalCapture(payload) => ServerMessage::Invocation {
+                target: "signalCapture",
+                arguments: vec![payload.clone()],
+            },
+            Outbound::SignalInitiator(payload) => ServerMessage::Invocation {
+                target: "signalInitiator",
+                arguments: vec![payload.clone()],
+            },
+            Outbound::Completion {
+                invocation_id,
+                error,
+            } => ServerMessage::Completion {
+                invocation_id: invocation_id.clone(),
+                error: error.clone(),
+            },
+        }
+        .encode()
+    }
+
+    /// A relayed message from another instance's JSON record (`signalStart()`,
+    /// `signalCapture(payload)`, `signalInitiator(payload)`; method names in any case).
+    pub fn from_remote_record(record: &[u8]) -> Result<Outbound, RemoteError> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            #[serde(rename = "type")]
+            kind: u8,
+            target: String,
+            #[serde(default)]
+            arguments: Vec<Box<RawValue>>,
+        }
+        let json = record.strip_suffix(&[RECORD_SEPARATOR]).unwrap_or(record);
+        let wire: Wire =
+            serde_json::from_slice(json).map_err(|e| RemoteError::BadRecord(e.to_string()))?;
+        if wire.kind != 1 {
+            return Err(RemoteError::NotAnInvocation(wire.kind));
+        }
+        let payload =
+            |arguments: Vec<Box<RawValue>>| match <[Box<RawValue>; 1]>::try_from(arguments) {
+                Ok([payload]) if payload.get().starts_with('"') => Ok(RawJson::from(payload)),
+                _ => Err(RemoteError::BadArguments(wire.target.clone())),
+            };
+        let target = wire.target.as_str();
+        if target.eq_ignore_ascii_case("signalStart") {
+            match wire.arguments.is_empty() {
+                true => Ok(Outbound::SignalStart),
+                false => Err(RemoteError::BadArguments(wire.target.clone())),
+            }
+        } else if target.eq_ignore_ascii_case("signalCapture") {
+            payload(wire.arguments).map(Outbound::SignalCapture)
+        } else if target.eq_ignore_ascii_case("signalInitiator") {
+            payload(wire.arguments).map(Outbound::SignalInitiator)
+        } else {
+            Err(RemoteError::UnknownTarget(wire.target.clone()))
+        }
+    }
+}
+
+/// Why a message from another instance was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    /// The envelope has no `json` serialization.
+    #[error("no json serialization in the backplane message")]
+    NoJson,
+    /// The JSON record does not parse.
+    #[error("backplane record is not a SignalR JSON message: {0}")]
+    BadRecord(String),
+    /// A record that is not an invocation (`type` 1).
+    #[error("backplane record of type {0} is not an invocation")]
+    NotAnInvocation(u8),
+    /// A client method this hub never sends.
+    #[error("backplane invocation of unknown client method {0:?}")]
+    UnknownTarget(String),
+    /// Arguments that do not fit the method.
+    #[error("backplane invocation of {0} with bad arguments")]
+    BadArguments(String),
+}
+
 /// What the hub asks the shell to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubOutput {
@@ -273,6 +373,19 @@ pub enum HubOutput {
         member: MemberId,
         /// The session it was in (now freed).
         session: SessionId,
+    },
+    /// With a backplane: the first member here joined `session`; receive what other
+    /// instances publish for it (and hand it to [`Hub::handle_remote`]).
+    Subscribe(SessionId),
+    /// With a backplane: the last member here left `session`; stop receiving it.
+    Unsubscribe(SessionId),
+    /// With a backplane: publish `envelope` on `session`'s group channel, in the order of
+    /// these outputs (that is what keeps each sender's messages in order).
+    Publish {
+        /// The session (group) it is for.
+        session: SessionId,
+        /// The message and who must not receive it.
+        envelope: Envelope,
     },
 }
 
@@ -303,6 +416,8 @@ pub struct Hub {
     /// Members that are the daemon itself; they never keep a session alive on their own.
     locals: std::collections::HashSet<MemberId>,
     outputs: VecDeque<HubOutput>,
+    /// With a backplane: this instance's id, the first part of its members' connection ids.
+    instance: Option<Arc<str>>,
 }
 
 impl Hub {
@@ -314,7 +429,62 @@ impl Hub {
             memberships: HashMap::new(),
             locals: std::collections::HashSet::new(),
             outputs: VecDeque::new(),
+            instance: None,
         }
+    }
+
+    /// A hub that shares its sessions with other instances through a backplane. `instance`
+    /// must be unique in the fleet (random, from the shell) and contain no `.`.
+    pub fn with_backplane(config: HubConfig, instance: &str) -> Self {
+        Self {
+            instance: Some(Arc::from(instance)),
+            ..Self::new(config)
+        }
+    }
+
+    /// The fleet-wide connection id of a member here (with a backplane).
+    fn connection_id(&self, member: MemberId) -> Option<String> {
+        self.instance
+            .as_ref()
+            .map(|instance| format!("{instance}.{}", member.0))
+    }
+
+    /// Input: `envelope` arrived on `session`'s channel from the backplane. It goes to this
+    /// instance's members of the session that it does not exclude; a message this instance
+    /// published itself (it excludes one of this instance's connection ids) is dropped.
+    pub fn handle_remote(
+        &mut self,
+        session: &SessionId,
+        envelope: &Envelope,
+        _now: Instant,
+    ) -> Result<(), RemoteError> {
+        let Some(instance) = &self.instance else {
+            return Ok(());
+        };
+        let ours = envelope.excluded.iter().any(|id| {
+            id.strip_prefix(&**instance)
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if ours {
+            return Ok(());
+        }
+        let record = envelope.json_record().ok_or(RemoteError::NoJson)?;
+        let message = Outbound::from_remote_record(record)?;
+        let Some(s) = self.sessions.get(session) else {
+            return Ok(());
+        };
+        for &(to, _) in &s.members {
+            let excluded = self
+                .connection_id(to)
+                .is_some_and(|id| envelope.excluded.contains(&id));
+            if !excluded {
+                self.outputs.push_back(HubOutput::Deliver {
+                    to,
+                    message: message.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Member API: the daemon's own capture side joins `session` (ready). When the last remote
@@ -401,6 +571,10 @@ impl Hub {
                     .entry(member)
                     .or_default()
                     .push(session.clone());
+                if is_new && self.instance.is_some() {
+                    self.outputs
+                        .push_back(HubOutput::Subscribe(session.clone()));
+                }
             }
         }
         if ready {
@@ -422,8 +596,15 @@ impl Hub {
         self.remove_from_session(member, session);
     }
 
-    /// Member API: send `message` to every member of `session` but `from`.
+    /// Member API: send `message` to every member of `session` but `from`; with a backplane,
+    /// also publish it for the members on other instances.
     pub fn signal(&mut self, from: MemberId, session: &SessionId, message: Outbound) {
+        if let Some(sender) = self.connection_id(from) {
+            self.outputs.push_back(HubOutput::Publish {
+                session: session.clone(),
+                envelope: Envelope::json(vec![sender], message.to_record()),
+            });
+        }
         let Some(s) = self.sessions.get(session) else {
             return;
         };
@@ -451,6 +632,10 @@ impl Hub {
         if s.members.iter().all(|(m, _)| self.locals.contains(m)) {
             let locals: Vec<MemberId> = s.members.iter().map(|(m, _)| *m).collect();
             self.sessions.remove(session);
+            if self.instance.is_some() {
+                self.outputs
+                    .push_back(HubOutput::Unsubscribe(session.clone()));
+            }
             for local in locals {
                 self.locals.remove(&local);
                 self.memberships.remove(&local);
@@ -836,6 +1021,247 @@ mod tests {
         assert!(Request::parse(None, "signalcapture", args("[\"a\",null]")).is_err());
         assert!(SessionId::parse(&"x".repeat(128)).is_ok());
         assert!(SessionId::parse(&"x".repeat(129)).is_err());
+    }
+
+    /// Hubs on several instances and an in-memory Redis: published envelopes go, as bytes and
+    /// in publish order, to every hub subscribed to the session, the publisher included (as
+    /// Redis pub/sub does). Deliveries are collected per instance.
+    struct Fleet {
+        hubs: Vec<Hub>,
+        subscribed: Vec<std::collections::HashSet<SessionId>>,
+        delivered: Vec<Vec<HubOutput>>,
+        /// Envelopes published, as bytes, in order.
+        wire: VecDeque<(SessionId, Vec<u8>)>,
+    }
+
+    impl Fleet {
+        fn new(n: usize) -> Fleet {
+            let config = HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 8,
+                capture_wanted: false,
+            };
+            Fleet {
+                hubs: (0..n)
+                    .map(|i| Hub::with_backplane(config, &format!("inst{i}")))
+                    .collect(),
+                subscribed: vec![Default::default(); n],
+                delivered: vec![Vec::new(); n],
+                wire: VecDeque::new(),
+            }
+        }
+
+        fn call(&mut self, hub: usize, from: u64, id: Option<&str>, method: Method) {
+            call(&mut self.hubs[hub], from, id, method);
+            self.settle();
+        }
+
+        fn disconnect(&mut self, hub: usize, member: u64) {
+            self.hubs[hub].handle_disconnect(MemberId(member));
+            self.settle();
+        }
+
+        /// Drain every hub, carry publishes over the wire, until nothing moves.
+        fn settle(&mut self) {
+            loop {
+                for i in 0..self.hubs.len() {
+                    while let Some(output) = self.hubs[i].poll_output() {
+                        match output {
+                            HubOutput::Subscribe(s) => assert!(self.subscribed[i].insert(s)),
+                            HubOutput::Unsubscribe(s) => assert!(self.subscribed[i].remove(&s)),
+                            HubOutput::Publish { session, envelope } => {
+                                self.wire.push_back((session, envelope.encode().unwrap()));
+                            }
+                            other => self.delivered[i].push(other),
+                        }
+                    }
+                }
+                let Some((session, bytes)) = self.wire.pop_front() else {
+                    return;
+                };
+                for i in 0..self.hubs.len() {
+                    if self.subscribed[i].contains(&session) {
+                        let envelope = Envelope::decode(&bytes, 262_144).unwrap();
+                        self.hubs[i]
+                            .handle_remote(&session, &envelope, Instant::now())
+                            .unwrap();
+                    }
+                }
+            }
+        }
+
+        fn take(&mut self, hub: usize) -> Vec<HubOutput> {
+            std::mem::take(&mut self.delivered[hub])
+        }
+    }
+
+    #[test]
+    fn snaprtc_exchange_across_two_instances_without_echo_or_duplicates() {
+        let mut f = Fleet::new(2);
+        let (a, b) = (0, 1);
+        // Member numbers are per instance: both sides are member 1, on different hubs.
+        f.call(a, 1, Some("0"), sync("s1", false));
+        assert_eq!(f.take(a), vec![deliver(1, ok("0"))]);
+        f.call(b, 1, Some("0"), sync("s1", true));
+        assert_eq!(f.take(a), vec![deliver(1, Outbound::SignalStart)]);
+        assert_eq!(
+            f.take(b),
+            vec![deliver(1, ok("0"))],
+            "no echo of signalStart"
+        );
+        let offer = raw("\"N4Ig\\u00e9\"");
+        f.call(a, 1, Some("1"), capture("s1", offer.clone()));
+        assert_eq!(f.take(a), vec![deliver(1, ok("1"))], "no echo of the offer");
+        assert_eq!(f.take(b), vec![deliver(1, Outbound::SignalCapture(offer))]);
+        let answer = raw("\"answer\"");
+        f.call(b, 1, None, initiator("s1", answer.clone()));
+        assert_eq!(
+            f.take(a),
+            vec![deliver(1, Outbound::SignalInitiator(answer))]
+        );
+        assert!(f.take(b).is_empty(), "send: no Completion, no echo");
+        // The capture side leaves: its instance unsubscribes and hears nothing more.
+        f.disconnect(b, 1);
+        assert!(f.subscribed[b].is_empty() && f.subscribed[a].contains(&sid("s1")));
+        f.call(a, 1, None, capture("s1", raw("\"late\"")));
+        assert!(f.take(a).is_empty() && f.take(b).is_empty());
+    }
+
+    #[test]
+    fn each_senders_messages_arrive_once_and_in_order_on_every_instance() {
+        let mut f = Fleet::new(3);
+        f.call(0, 1, None, sync("s", false));
+        f.call(0, 2, None, sync("s", false));
+        f.call(1, 1, None, sync("s", true));
+        f.call(2, 1, None, sync("s", false));
+        for hub in 0..3 {
+            f.take(hub);
+        }
+        let sent: Vec<RawJson> = (0..20).map(|i| raw(&format!("\"p{i}\""))).collect();
+        for p in &sent {
+            f.call(0, 1, None, capture("s", p.clone()));
+        }
+        let want: Vec<HubOutput> = sent
+            .iter()
+            .map(|p| deliver(1, Outbound::SignalCapture(p.clone())))
+            .collect();
+        let same_instance: Vec<HubOutput> = sent
+            .iter()
+            .map(|p| deliver(2, Outbound::SignalCapture(p.clone())))
+            .collect();
+        assert_eq!(
+            f.take(0),
+            same_instance,
+            "the other member on the sender's instance"
+        );
+        assert_eq!(f.take(1), want);
+        assert_eq!(f.take(2), want);
+    }
+
+    #[test]
+    fn subscriptions_follow_the_first_and_last_member_here() {
+        let mut h = Hub::with_backplane(
+            HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 8,
+                capture_wanted: false,
+            },
+            "x",
+        );
+        call(&mut h, 1, None, sync("s", false));
+        assert_eq!(drain(&mut h), vec![HubOutput::Subscribe(sid("s"))]);
+        call(&mut h, 2, None, sync("s", false));
+        assert!(drain(&mut h).is_empty());
+        h.handle_disconnect(MemberId(1));
+        assert!(drain(&mut h).is_empty());
+        h.handle_disconnect(MemberId(2));
+        assert_eq!(drain(&mut h), vec![HubOutput::Unsubscribe(sid("s"))]);
+        // A signal to a session with nobody here is still published, as .NET's Group send is.
+        h.signal(MemberId(3), &sid("t"), Outbound::SignalStart);
+        assert!(matches!(
+            drain(&mut h).as_slice(),
+            [HubOutput::Publish { session, envelope }]
+                if *session == sid("t") && envelope.excluded == ["x.3"]
+        ));
+    }
+
+    #[test]
+    fn messages_from_a_dotnet_server_reach_every_member_here() {
+        let mut f = Fleet::new(1);
+        f.call(0, 1, None, sync("room-1", false));
+        f.call(0, 2, None, sync("room-1", false));
+        f.take(0);
+        // What the original server publishes for `Clients.Group("room-1").SendAsync(
+        // "signalInitiator", "ans")`: no exclusions (it echoes to its sender).
+        let record = b"{\"type\":1,\"target\":\"signalInitiator\",\"arguments\":[\"ans\"]}\x1e";
+        let mut bytes = vec![0x92, 0x90, 0x81, 0xa4, b'j', b's', b'o', b'n', 0xc4];
+        bytes.push(record.len() as u8);
+        bytes.extend_from_slice(record);
+        let envelope = Envelope::decode(&bytes, 1 << 20).unwrap();
+        f.hubs[0]
+            .handle_remote(&sid("room-1"), &envelope, Instant::now())
+            .unwrap();
+        f.settle();
+        let ans = Outbound::SignalInitiator(raw("\"ans\""));
+        assert_eq!(f.take(0), vec![deliver(1, ans.clone()), deliver(2, ans)]);
+        // Excluded ids that are another instance's (or .NET's) leave members here alone,
+        // while one of this instance's own makes it an echo, dropped whole.
+        let other = Envelope::json(vec!["inst9.1".into()], Bytes::from_static(record));
+        f.hubs[0]
+            .handle_remote(&sid("room-1"), &other, Instant::now())
+            .unwrap();
+        f.settle();
+        assert_eq!(f.take(0).len(), 2);
+        let echo = Envelope::json(vec!["inst0.7".into()], Bytes::from_static(record));
+        f.hubs[0]
+            .handle_remote(&sid("room-1"), &echo, Instant::now())
+            .unwrap();
+        f.settle();
+        assert!(f.take(0).is_empty());
+    }
+
+    #[test]
+    fn bad_remote_records_are_errors_and_deliver_nothing() {
+        let mut f = Fleet::new(1);
+        f.call(0, 1, None, sync("s", false));
+        f.take(0);
+        let now = Instant::now();
+        type Expected = fn(&RemoteError) -> bool;
+        let cases: [(&[u8], Expected); 5] = [
+            (b"not json\x1e", |e| matches!(e, RemoteError::BadRecord(_))),
+            (b"{\"type\":3,\"target\":\"x\",\"arguments\":[]}", |e| {
+                matches!(e, RemoteError::NotAnInvocation(3))
+            }),
+            (
+                b"{\"type\":1,\"target\":\"evil\",\"arguments\":[]}\x1e",
+                |e| matches!(e, RemoteError::UnknownTarget(_)),
+            ),
+            (
+                b"{\"type\":1,\"target\":\"signalCapture\",\"arguments\":[1]}\x1e",
+                |e| matches!(e, RemoteError::BadArguments(_)),
+            ),
+            (
+                b"{\"type\":1,\"target\":\"signalStart\",\"arguments\":[\"x\"]}\x1e",
+                |e| matches!(e, RemoteError::BadArguments(_)),
+            ),
+        ];
+        for (record, expected) in cases {
+            let envelope = Envelope::json(Vec::new(), Bytes::from_static(record));
+            let err = f.hubs[0]
+                .handle_remote(&sid("s"), &envelope, now)
+                .unwrap_err();
+            assert!(expected(&err), "{err}");
+        }
+        let no_json = Envelope {
+            excluded: Vec::new(),
+            serialized: vec![("messagepack".into(), Bytes::from_static(b"\x93"))],
+        };
+        assert_eq!(
+            f.hubs[0].handle_remote(&sid("s"), &no_json, now),
+            Err(RemoteError::NoJson)
+        );
+        f.settle();
+        assert!(f.take(0).is_empty());
     }
 
     #[test]

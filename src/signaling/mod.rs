@@ -6,7 +6,10 @@
 //! - [`lzstring`]: lz-string's URI-component decompressor with an output budget, pure.
 //! - [`capture`]: the daemon's own capture side in SnapRTC sessions.
 //! - [`ws`]: the tokio shell: the hub task and one task per WebSocket.
+//! - [`backplane`]: the Redis backplane's wire format (ASP.NET Core SignalR's channel names
+//!   and MessagePack envelope), pure.
 
+pub mod backplane;
 pub mod capture;
 pub mod hub;
 pub mod lzstring;

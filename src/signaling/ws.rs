@@ -28,7 +28,7 @@ use super::capture::{self, Answerer};
 use super::hub::{
     AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request, SessionId,
 };
-use super::signalr::{ConnOutput, Connection, ConnectionConfig, ServerMessage};
+use super::signalr::{ConnOutput, Connection, ConnectionConfig};
 use crate::config::{JoinSessions, SignalingConfig};
 use crate::ids::random_token;
 
@@ -631,6 +631,9 @@ impl HubTask {
                     debug!(%session, "initiator gone; capture side leaves the session");
                     self.clients.remove(&member);
                 }
+                // The hub is built without a backplane (no Redis task yet): these never come.
+                HubOutput::Subscribe(_) | HubOutput::Unsubscribe(_) | HubOutput::Publish { .. } => {
+                }
             }
         }
         for member in dropped {
@@ -650,28 +653,7 @@ impl HubTask {
 }
 
 fn encode(message: Outbound) -> Bytes {
-    match message {
-        Outbound::SignalStart => ServerMessage::Invocation {
-            target: "signalStart",
-            arguments: Vec::new(),
-        },
-        Outbound::SignalCapture(payload) => ServerMessage::Invocation {
-            target: "signalCapture",
-            arguments: vec![payload],
-        },
-        Outbound::SignalInitiator(payload) => ServerMessage::Invocation {
-            target: "signalInitiator",
-            arguments: vec![payload],
-        },
-        Outbound::Completion {
-            invocation_id,
-            error,
-        } => ServerMessage::Completion {
-            invocation_id,
-            error,
-        },
-    }
-    .encode()
+    message.to_record()
 }
 
 #[cfg(test)]
