@@ -3,8 +3,15 @@
 #   snaprtcd_<version>-1_amd64.deb, _arm64.deb (aarch64-unknown-linux-gnu),
 #   _armhf.deb (armv7-unknown-linux-gnueabihf).
 #
-#   packaging/build-debs.sh [--install] [ARCH...]     ARCH: amd64 arm64 armhf (default: all)
+#   packaging/build-debs.sh [--install] [--profile P] [ARCH...]   ARCH: amd64 arm64 armhf (default: all)
 #   packaging/build-debs.sh --assets-only            only the generated assets (below)
+#
+# --profile P: the cargo profile the binary is built with (default release: what users get).
+# The tests (tests/appliance, tests/cross) package the dev build instead, with a warning from
+# cargo-deb: the same code, packaging and checks, at a fraction of the build time, and for the
+# host's own architecture it is the build `tests/run rust` already made (built without
+# --target, into target/debug/). SNAPRTCD_DEB_PROFILE=release tests/run appliance cross
+# tests the release packages instead.
 #
 # --install first fetches what it needs: Debian's cross gcc/g++ (openh264 is C++), the rustup
 # targets, and cargo-deb (pinned). Runs on Debian 12 (amd64); the packages need glibc >= 2.36
@@ -20,15 +27,18 @@ CARGO_DEB_VERSION=3.8.0
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-install=0 archs=() assets_only=0
-for a in "$@"; do
-  case "$a" in
+install=0 archs=() assets_only=0 profile=release
+while [ $# -gt 0 ]; do
+  case "$1" in
     --install) install=1 ;;
     --assets-only) assets_only=1 ;;
-    amd64|arm64|armhf) archs+=("$a") ;;
-    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+    --profile) profile=${2:?--profile needs a name}; shift ;;
+    amd64|arm64|armhf) archs+=("$1") ;;
+    *) sed -n '2,26p' "$0" >&2; exit 2 ;;
   esac
+  shift
 done
+profile_dir=$profile; [ "$profile" = dev ] && profile_dir=debug
 [ ${#archs[@]} -gt 0 ] || archs=(amd64 arm64 armhf)
 
 triple() {
@@ -81,9 +91,14 @@ cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
 allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|ld-linux.*\.so\.[0-9]+)$'
 mkdir -p target/debian
 # One cargo invocation builds every architecture: it keeps both cores busy through each
-# target's serial stretches (build scripts, the final crate, the link).
+# target's serial stretches (build scripts, the final crate, the link). A dev package for the
+# host's architecture is the one exception: built without --target, it is the dev build that
+# `cargo build`/`cargo test` make.
+host_arch=$(dpkg --print-architecture)
+host_dev() { [ "$profile" = dev ] && [ "$1" = "$host_arch" ]; }
 targets=()
 for a in "${archs[@]}"; do
+  host_dev "$a" && continue
   t=$(triple "$a"); p=$(gnu_prefix "$a")
   targets+=(--target "$t")
   if [ "$a" != amd64 ]; then
@@ -91,16 +106,26 @@ for a in "${archs[@]}"; do
     export "CARGO_TARGET_${tu}_LINKER=$p-gcc" "CC_$tl=$p-gcc" "CXX_$tl=$p-g++" "AR_$tl=$p-ar"
   fi
 done
-echo "build-debs: building ${archs[*]}"
-cargo build --release --locked --bin snaprtcd "${targets[@]}"
+echo "build-debs: building ${archs[*]} (profile $profile)"
+if [ ${#targets[@]} -lt ${#archs[@]} ]; then
+  cargo build --profile "$profile" --locked --bin snaprtcd
+fi
+if [ ${#targets[@]} -gt 0 ]; then
+  cargo build --profile "$profile" --locked --bin snaprtcd "${targets[@]}"
+fi
 for a in "${archs[@]}"; do
   t=$(triple "$a")
   echo "build-debs: $a ($t)"
   rm -f target/debian/snaprtcd_*_"$a".deb
-  cargo deb --locked --no-build --target "$t" --output target/debian/ >/dev/null
+  if host_dev "$a"; then
+    cargo deb --locked --no-build --profile dev --output target/debian/ >/dev/null
+    bin=target/debug/snaprtcd
+  else
+    cargo deb --locked --no-build --profile "$profile" --target "$t" --output target/debian/ >/dev/null
+    bin=target/$t/$profile_dir/snaprtcd
+  fi
   deb=$(ls target/debian/snaprtcd_*_"$a".deb)
   # The binary must run on Debian 12: only base libraries, glibc symbols <= 2.36.
-  bin=target/$t/release/snaprtcd
   libs=$(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
   for l in $libs; do
     [[ "$l" =~ $allowed_libs ]] || { echo "build-debs: $a binary needs $l, not in Depends" >&2; exit 1; }

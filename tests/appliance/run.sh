@@ -8,6 +8,8 @@
 #
 #   tests/appliance/run.sh        needs root; installs the VM's Debian packages when missing
 #
+# The package is the dev build (`tests/run rust` has made it; the same code and packaging):
+# SNAPRTCD_DEB_PROFILE=release tests the release package instead.
 # SNAPRTCD_SECURITY_OUT=FILE keeps the `systemd-analyze security` table from the VM.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +28,7 @@ start=$(date +%s)
 prep_log=$(mktemp /tmp/snaprtcd-vmprep.XXXXXX)
 tests/vm/vm.sh --prepare > "$prep_log" 2>&1 &
 prep=$!
-packaging/build-debs.sh --install amd64
+packaging/build-debs.sh --install --profile "${SNAPRTCD_DEB_PROFILE:-dev}" amd64
 built=$(date +%s)
 echo "# appliance: amd64 .deb built in $((built - start)) s"
 if ! wait "$prep"; then

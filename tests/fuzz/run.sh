@@ -11,20 +11,26 @@
 # Annex-B splitter fed random pieces, and the SPS/PPS inserter), config (Config::from_toml and
 # the print-config round trip), sdpfrag (WHEP PATCH fragments, candidates parsed by str0m).
 #
-# The crate is built once, into FUZZ_TARGET_DIR (default fuzz/target), with exactly the cargo
-# and rustc flags that `cargo fuzz build --sanitizer none --codegen-units 16` (cargo-fuzz
-# 0.13.2, src/project.rs) passes: release with line tables and debug assertions, libFuzzer's
-# sancov coverage, `--cfg fuzzing`. The suite runs cargo itself rather than the cargo-fuzz
-# binary, so CI need not compile cargo-fuzz (about 3 minutes on a fresh 2-core machine);
-# developers can still `cargo fuzz run <target>` in fuzz/. 16 codegen units instead of
-# cargo-fuzz's 1 cut the build from 19 to 14 CPU-minutes (most of this suite's time), and the C
-# libraries the targets link but never run are not optimised (fuzz/Cargo.toml).
+# The targets are built once with the coverage flags `cargo fuzz build --sanitizer none`
+# (cargo-fuzz 0.13.2, src/project.rs) gives rustc: libFuzzer's sancov coverage, `--cfg fuzzing`,
+# debug assertions. Unlike cargo-fuzz, the suite gives them only to the crates under test
+# (snaprtcd and the targets), through tests/fuzz/rustc-wrapper, and builds in the dev profile
+# into the main target/ directory: every other crate is then the very build `cargo build` and
+# `cargo test` made (fuzz/Cargo.toml mirrors the main [profile.dev] and fuzz/Cargo.lock its
+# versions), and only libFuzzer, snaprtcd (at opt-level 1) and the six targets are compiled.
+# On a fresh 2-core machine that is 2-3 minutes instead of 9 for cargo-fuzz's own release
+# build, where the instrumented str0m alone took 5. libFuzzer steers by snaprtcd's branches;
+# str0m's SDP parser runs on every `offer`/`sdpfrag` input (a panic there is caught) without
+# its own coverage, and dependencies run unoptimised: for a long run by hand, instrument more
+# (FUZZ_INSTRUMENT="str0m", which builds into its own fuzz/target-instrumented/) or use
+# `cargo fuzz run <target>` in fuzz/ (release, everything instrumented; cargo-fuzz is not
+# needed in CI).
 # Then each target runs for FUZZ_SECONDS (default 30; run longer by hand), one per core at a
 # time, on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
 # the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
 # FUZZ_RSS_MB fails the suite, and its input is printed: its path (kept in
 # fuzz/artifacts/<target>/) and base64. Reproduce a failure with
-#   fuzz/target/x86_64-unknown-linux-gnu/release/<target> <file>      (or cargo fuzz run)
+#   target/debug/<target> <file>      (or cargo fuzz run <target> <file> in fuzz/)
 # and turn it into a unit test in the module that failed.
 #
 # Toolchain: this machine and CI have stable Rust only (no nightly can be fetched).
@@ -45,24 +51,30 @@ read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpf
 # Largest input per target: above the largest seed, small enough to keep executions fast.
 declare -A max_len=([signalr]=8192 [snappeer]=8192 [offer]=16384 [annexb]=16384 [config]=8192 [sdpfrag]=4096)
 
-triple=$(rustc -vV | sed -n 's/^host: //p')
-target_dir=${FUZZ_TARGET_DIR:-$root/fuzz/target}
+if [ -n "${FUZZ_INSTRUMENT:-}" ]; then
+  # Instrumented dependencies must never land in target/, where `cargo test` would link them.
+  target_dir=${FUZZ_TARGET_DIR:-$root/fuzz/target-instrumented}
+else
+  target_dir=${FUZZ_TARGET_DIR:-$root/target}
+fi
+bin_dir=$target_dir/debug
 start=$(date +%s)
-# cargo-fuzz 0.13.2's RUSTFLAGS for `--sanitizer none --codegen-units 16` on Linux.
+# cargo-fuzz 0.13.2's RUSTFLAGS for `--sanitizer none` on Linux, given by
+# tests/fuzz/rustc-wrapper to the crates under test only.
 fuzz_rustflags="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"
 fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
 fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
 fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 fuzz_rustflags+=" -Cllvm-args=-simplifycfg-branch-fold-threshold=0"
-fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-stack-depth -Cdebug-assertions -Ccodegen-units=16"
+fuzz_rustflags+=" -Cllvm-args=-sanitizer-coverage-stack-depth -Cdebug-assertions"
 if [ "${FUZZ_NO_BUILD:-0}" = 1 ]; then
-  echo "FUZZ_NO_BUILD=1: running the targets already in $target_dir"
+  echo "FUZZ_NO_BUILD=1: running the targets already in $bin_dir"
 else
-  echo "building fuzz targets (as cargo fuzz build --sanitizer none --codegen-units 16) ..."
-  # --target: rustflags then reach the targets' crates but not build scripts (as cargo-fuzz).
-  RUSTFLAGS="$fuzz_rustflags ${RUSTFLAGS:-}" cargo build --manifest-path fuzz/Cargo.toml \
-      --locked --target "$triple" --release --config 'profile.release.debug="line-tables-only"' \
-      --bins --target-dir "$target_dir" \
+  echo "building fuzz targets (coverage on: snaprtcd ${FUZZ_INSTRUMENT:-}) into $target_dir ..."
+  # No --target, so the dependencies are target/'s own dev build; the wrapper keeps the flags
+  # off build scripts itself.
+  FUZZ_RUSTFLAGS="$fuzz_rustflags" FUZZ_REPO_ROOT="$root" RUSTC_WRAPPER="$root/tests/fuzz/rustc-wrapper" \
+    cargo build --manifest-path fuzz/Cargo.toml --locked --bins --target-dir "$target_dir" \
     || { echo "FAIL: building the fuzz targets failed" >&2; exit 1; }
   echo "built in $(( $(date +%s) - start ))s"
 fi
@@ -73,14 +85,14 @@ trap 'rm -rf "$work"' EXIT
 jobs_max=${FUZZ_JOBS:-$(nproc)}
 run_target() {
   local t=$1
-  "$target_dir/$triple/release/$t" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" \
+  "$bin_dir/$t" -max_total_time="$FUZZ_SECONDS" -timeout="$FUZZ_TIMEOUT" \
     -rss_limit_mb="$FUZZ_RSS_MB" -max_len="${max_len[$t]:-8192}" \
     -artifact_prefix="$work/$t/artifacts/" -print_final_stats=1 \
     "$work/$t/corpus" >"$work/$t/log" 2>&1
   echo $? >"$work/$t/rc"
 }
 for t in "${targets[@]}"; do
-  [ -x "$target_dir/$triple/release/$t" ] || continue
+  [ -x "$bin_dir/$t" ] || continue
   mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
   cp -r "$root/fuzz/corpus/$t/." "$work/$t/corpus/"
   find "$work/$t/corpus" -type f | wc -l >"$work/$t/seeds"

@@ -36,6 +36,10 @@ kernel=/boot/vmlinuz-$kver
 [ -n "$kver" ] && [ -r "$kernel" ] || { echo "vm.sh: no kernel in /boot (apt-get install linux-image-amd64)" >&2; exit 2; }
 
 root=${SNAPRTCD_VM_ROOT:-/var/cache/snaprtcd-vm/bookworm}
+mkdir -p "$(dirname "$root")"
+# One builder at a time (tests/run starts a --prepare early; the suite's own call waits here).
+exec 9>"$root.lock"
+flock 9
 if [ ! -e "$root/.complete" ]; then
   echo "vm.sh: building the guest root in $root (once, about a minute)" >&2
   mirror=$(sed -n 's/^URIs: *\(http[^ ]*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -n 1)
@@ -53,6 +57,7 @@ if [ ! -e "$root/.complete" ]; then
   touch "$root.new/.complete"
   rm -rf "$root"; mv "$root.new" "$root"
 fi
+exec 9>&-
 [ $prepare = 0 ] || exit 0   # --prepare: only build the guest root
 
 tmp=$(mktemp -d /tmp/snaprtcd-vm.XXXXXX)
