@@ -189,6 +189,9 @@ pub struct MediaCounters {
     /// Frames dropped between capture and encoder because the encoder was busy (shared with
     /// the capture thread's [`CaptureCounters`]).
     pub frames_dropped: Arc<AtomicU64>,
+    /// Camera frames that could not be decoded (a truncated or corrupt MJPEG frame) and were
+    /// skipped; the stream goes on with the next one.
+    pub frames_corrupt: AtomicU64,
     /// Access units published to viewers (camera and slate). Flat while nobody watches a
     /// software-encoded source: unwatched pictures are not encoded.
     pub frames_encoded: AtomicU64,
@@ -213,6 +216,7 @@ impl Default for MediaCounters {
         Self {
             frames_captured: Arc::default(),
             frames_dropped: Arc::default(),
+            frames_corrupt: AtomicU64::new(0),
             frames_encoded: AtomicU64::new(0),
             frames_slate: AtomicU64::new(0),
             keyframes: Default::default(),

@@ -374,28 +374,6 @@ impl I420 {
         Ok(out)
     }
 
-    /// Packed RGB (3 bytes a pixel), into I420 with BT.601 limited-range integer maths.
-    pub fn from_rgb(width: u32, height: u32, src: &[u8]) -> Result<Self, PictureError> {
-        check_size(width, height)?;
-        let (w, h) = (width as usize, height as usize);
-        check_len(src.len(), w * h * 3)?;
-        let mut out = Self::filled(width, height, 0, 128, 128)?;
-        let (yp, up, vp) = out.planes_mut();
-        for row in 0..h {
-            for col in 0..w {
-                let p = &src[(row * w + col) * 3..(row * w + col) * 3 + 3];
-                let (r, g, b) = (p[0] as i32, p[1] as i32, p[2] as i32);
-                yp[row * w + col] = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8;
-                if row % 2 == 0 && col % 2 == 0 {
-                    let c = (row / 2) * (w / 2) + col / 2;
-                    up[c] = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
-                    vp[c] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// A copy at half the width and height (2x2 box filter), kept even.
     pub fn half(&self) -> Result<Self, PictureError> {
         let (nw, nh) = (even(self.width / 2), even(self.height / 2));
@@ -496,7 +474,6 @@ mod tests {
     fn short_or_odd_buffers_are_errors_not_panics() {
         assert!(I420::from_yuyv(4, 2, 8, &[0; 10]).is_err());
         assert!(I420::from_nv12(4, 2, 4, &[0; 3]).is_err());
-        assert!(I420::from_rgb(3, 2, &[0; 18]).is_err());
         assert!(I420::from_vec(4, 4, vec![0; 5]).is_err());
     }
 
