@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use openh264::formats::YUVSource;
 
 /// A planar 4:2:0 picture: the full-size Y plane, then U and V at half size, no padding.
@@ -79,12 +80,49 @@ impl BufferPool {
         None
     }
 
+    /// `data` copied into a buffer from the pool, as [`Bytes`]: the buffer comes back when the
+    /// last clone is dropped. For compressed frames (MJPEG), whose size varies: a buffer grows
+    /// only for a frame larger than any it held before, so a steady stream allocates nothing.
+    /// Keep such a pool apart from a picture pool (their buffers differ in size).
+    pub fn copy_to_bytes(self: &Arc<Self>, data: &[u8]) -> Bytes {
+        let mut v = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        Bytes::from_owner(Pooled {
+            data: v,
+            pool: self.clone(),
+        })
+    }
+
     fn give(&self, v: Vec<u8>) {
         if let Ok(mut free) = self.free.lock() {
             if free.len() < self.keep {
                 free.push(v);
             }
         }
+    }
+}
+
+/// A pool's buffer behind a [`Bytes`]; goes back to the pool when dropped.
+struct Pooled {
+    data: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
     }
 }
 
@@ -490,6 +528,29 @@ mod tests {
         let many: Vec<I420> = (0..5).map(|_| bg.copy_in(&pool)).collect();
         drop(many);
         assert_eq!(pool.free.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn pooled_bytes_come_back_and_keep_their_capacity() {
+        let pool = BufferPool::new(2);
+        let a = pool.copy_to_bytes(&[1; 1000]);
+        let ptr = a.as_ptr();
+        let b = a.clone();
+        drop(a);
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "a clone still holds it"
+        );
+        drop(b);
+        let c = pool.copy_to_bytes(&[2; 10]);
+        assert_eq!(
+            (c.as_ptr(), &c[..]),
+            (ptr, &[2; 10][..]),
+            "same buffer, new content"
+        );
+        drop(c);
+        let d = pool.copy_to_bytes(&[3; 900]);
+        assert_eq!(d.as_ptr(), ptr, "no growth below the largest frame");
     }
 
     #[test]
