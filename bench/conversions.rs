@@ -1,12 +1,15 @@
 //! The camera path's conversions into I420, as the media and capture threads run them: MJPEG
 //! (zune-jpeg's YCbCr output, `MjpegDecoder`), YUYV and NV12, at 1280x720. Prints ms per frame
 //! (MB/s of input for the raw formats) and minor page faults per frame after a warm-up (0 when
-//! every buffer is reused).
+//! every buffer is reused). YUYV and NV12 run twice: as the daemon does (SSE2 / NEON row
+//! kernels) and with the scalar kernels the SIMD ones are tested against.
 //!
 //! Run: `cargo bench --bench conversions`. The MJPEG input is made with ffmpeg (noisy
 //! `testsrc2`, 4:2:0 and 4:2:2, 30 frames each) into a temporary directory, removed after;
 //! without ffmpeg the MJPEG rows are skipped. `SNAPRTCD_BENCH_ROUNDS` sets the passes over the
-//! frames (default 10). libjpeg-turbo beside zune-jpeg: `bench/mjpeg_decode/run.sh`.
+//! frames (default 10); `SNAPRTCD_BENCH_DEFAULT_MALLOC=1` leaves glibc's heap trimming as it
+//! is by default (see `media::keep_heap_slack`). libjpeg-turbo beside zune-jpeg:
+//! `bench/mjpeg_decode/run.sh`.
 #![allow(clippy::unwrap_used)] // bench code: a panic is a failed run, with its line
 
 use std::path::Path;
@@ -14,6 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use snaprtcd::media::jpeg::MjpegDecoder;
+use snaprtcd::picture::rows;
 use snaprtcd::picture::yuv::{BufferPool, I420};
 
 const W: u32 = 1280;
@@ -35,7 +39,7 @@ fn minor_faults() -> i64 {
 }
 
 /// Runs `f` over `inputs` once to warm up, then `rounds` times; prints ms/frame and faults.
-fn measure(name: &str, inputs: &[Vec<u8>], mut f: impl FnMut(&[u8]) -> I420) {
+fn measure<T>(name: &str, inputs: &[Vec<u8>], mut f: impl FnMut(&[u8]) -> T) {
     for i in inputs {
         drop(f(i));
     }
@@ -93,6 +97,10 @@ fn noise(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn main() {
+    // As the daemon does at start (without it: ~21 faults a frame for MJPEG 4:2:0).
+    if std::env::var_os("SNAPRTCD_BENCH_DEFAULT_MALLOC").is_none() {
+        snaprtcd::media::keep_heap_slack();
+    }
     println!("| {W}x{H} → I420 | ms/frame | MB/s in | minor faults/frame |");
     println!("|---|---:|---:|---:|");
     let dir = std::env::temp_dir().join(format!("snaprtcd-bench-{}", std::process::id()));
@@ -112,11 +120,28 @@ fn main() {
     let pool = BufferPool::new(2);
     let (w, h) = (W as usize, H as usize);
     let yuyv: Vec<Vec<u8>> = (0..4).map(|s| noise(w * h * 2, s)).collect();
-    measure("YUYV", &yuyv, |f| {
+    measure("YUYV (SIMD rows)", &yuyv, |f| {
         I420::from_yuyv_in(Some(&pool), W, H, w * 2, f).unwrap()
     });
+    let mut out = I420::filled(W, H, 0, 128, 128).unwrap();
+    measure("YUYV (scalar rows)", &yuyv, |f| {
+        let (yp, up, vp) = out.planes_mut();
+        for (row, line) in f.chunks_exact(w * 2).enumerate() {
+            let c = row / 2 * (w / 2);
+            let chroma = (row % 2 == 0).then(|| (&mut up[c..c + w / 2], &mut vp[c..c + w / 2]));
+            rows::yuyv_row_scalar(line, &mut yp[row * w..(row + 1) * w], chroma);
+        }
+    });
     let nv12: Vec<Vec<u8>> = (0..4).map(|s| noise(w * h * 3 / 2, s)).collect();
-    measure("NV12", &nv12, |f| {
+    measure("NV12 (SIMD rows)", &nv12, |f| {
         I420::from_nv12_in(Some(&pool), W, H, w, f).unwrap()
+    });
+    measure("NV12 (scalar rows)", &nv12, |f| {
+        let (yp, up, vp) = out.planes_mut();
+        yp.copy_from_slice(&f[..w * h]);
+        for (row, line) in f[w * h..].chunks_exact(w).enumerate() {
+            let c = row * (w / 2);
+            rows::nv12_chroma_row_scalar(line, &mut up[c..c + w / 2], &mut vp[c..c + w / 2]);
+        }
     });
 }

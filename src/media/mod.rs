@@ -21,6 +21,23 @@ pub mod pipeline;
 pub mod still;
 
 pub use pipeline::{spawn, PipelineError, PipelineGuard};
+
+/// Heap slack kept instead of given back to the kernel (glibc's `M_TRIM_THRESHOLD`).
+const HEAP_TRIM_THRESHOLD: i32 = 1 << 20;
+
+/// Keep up to 1 MiB of freed memory at the top of the heap (glibc's default is 128 KiB, then it
+/// trims). zune-jpeg allocates and frees its per-MCU-row buffers on every decode; with the
+/// default, glibc hands them back each frame and the next frame faults them in again (21 minor
+/// page faults a frame at 1280x720 4:2:0, 0 with this; `cargo bench --bench conversions`).
+/// Process-wide: the daemon calls it once at start. A no-op where the C library is not glibc.
+pub fn keep_heap_slack() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers and has no memory-safety preconditions; glibc
+    // serialises it against allocations in other threads.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD);
+    }
+}
 pub use still::{snapshot_once, SnapshotError};
 
 use std::sync::atomic::{AtomicU64, Ordering};

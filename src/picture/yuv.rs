@@ -332,7 +332,8 @@ impl I420 {
         }
     }
 
-    /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines).
+    /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines; SIMD
+    /// row kernels in [`super::rows`]).
     pub fn from_yuyv(
         width: u32,
         height: u32,
@@ -356,19 +357,13 @@ impl I420 {
         check_len(src.len(), stride * (h - 1) + w * 2)?;
         let mut out = Self::output(pool, width, height)?;
         let (yp, up, vp) = out.planes_mut();
+        let cw = w / 2;
         for row in 0..h {
             let line = &src[row * stride..row * stride + w * 2];
             let ydst = &mut yp[row * w..(row + 1) * w];
-            for (d, s) in ydst.iter_mut().zip(line.iter().step_by(2)) {
-                *d = *s;
-            }
-            if row % 2 == 0 {
-                let c = (row / 2) * (w / 2);
-                for (i, px) in line.chunks_exact(4).enumerate() {
-                    up[c + i] = px[1];
-                    vp[c + i] = px[3];
-                }
-            }
+            let c = (row / 2) * cw;
+            let chroma = (row % 2 == 0).then(|| (&mut up[c..c + cw], &mut vp[c..c + cw]));
+            super::rows::yuyv_row(line, ydst, chroma);
         }
         Ok(out)
     }
@@ -401,13 +396,11 @@ impl I420 {
         for row in 0..h {
             yp[row * w..(row + 1) * w].copy_from_slice(&src[row * stride..row * stride + w]);
         }
+        let cw = w / 2;
         for row in 0..h / 2 {
             let line = &src[uv_off + row * stride..uv_off + row * stride + w];
-            let c = row * (w / 2);
-            for (i, px) in line.chunks_exact(2).enumerate() {
-                up[c + i] = px[0];
-                vp[c + i] = px[1];
-            }
+            let c = row * cw;
+            super::rows::nv12_chroma_row(line, &mut up[c..c + cw], &mut vp[c..c + cw]);
         }
         Ok(out)
     }
