@@ -46,16 +46,24 @@ fn zune_ycbcr(jpeg: &[u8], scratch: &mut Vec<u8>, out: &mut Vec<u8>) -> (usize, 
     for r in 0..h / 2 {
         let a = &scratch[2 * r * w * 3..(2 * r + 1) * w * 3];
         let b = &scratch[(2 * r + 1) * w * 3..(2 * r + 2) * w * 3];
-        for (d, s) in yp[2 * r * w..(2 * r + 1) * w].iter_mut().zip(a.chunks_exact(3)) {
+        for (d, s) in yp[2 * r * w..(2 * r + 1) * w]
+            .iter_mut()
+            .zip(a.chunks_exact(3))
+        {
             *d = s[0];
         }
-        for (d, s) in yp[(2 * r + 1) * w..(2 * r + 2) * w].iter_mut().zip(b.chunks_exact(3)) {
+        for (d, s) in yp[(2 * r + 1) * w..(2 * r + 2) * w]
+            .iter_mut()
+            .zip(b.chunks_exact(3))
+        {
             *d = s[0];
         }
         for i in 0..cw {
             let (p, q) = (&a[i * 6..i * 6 + 6], &b[i * 6..i * 6 + 6]);
-            up[r * cw + i] = ((p[1] as u16 + p[4] as u16 + q[1] as u16 + q[4] as u16 + 2) >> 2) as u8;
-            vp[r * cw + i] = ((p[2] as u16 + p[5] as u16 + q[2] as u16 + q[5] as u16 + 2) >> 2) as u8;
+            up[r * cw + i] =
+                ((p[1] as u16 + p[4] as u16 + q[1] as u16 + q[4] as u16 + 2) >> 2) as u8;
+            vp[r * cw + i] =
+                ((p[2] as u16 + p[5] as u16 + q[2] as u16 + q[5] as u16 + 2) >> 2) as u8;
         }
     }
     (w, h)
@@ -91,7 +99,10 @@ fn turbo(
                 let src = &scratch[w * h + plane * cw * h..w * h + (plane + 1) * cw * h];
                 let dst = &mut out[w * h + plane * cw * h / 2..w * h + (plane + 1) * cw * h / 2];
                 for r in 0..h / 2 {
-                    let (a, b) = (&src[2 * r * cw..(2 * r + 1) * cw], &src[(2 * r + 1) * cw..(2 * r + 2) * cw]);
+                    let (a, b) = (
+                        &src[2 * r * cw..(2 * r + 1) * cw],
+                        &src[(2 * r + 1) * cw..(2 * r + 2) * cw],
+                    );
                     for i in 0..cw {
                         dst[r * cw + i] = ((a[i] as u16 + b[i] as u16 + 1) >> 1) as u8;
                     }
@@ -104,16 +115,27 @@ fn turbo(
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: mjpeg-decode-bench DIR");
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: mjpeg-decode-bench DIR");
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
     for kind in ["420", "422"] {
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .expect("dir")
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("f{kind}_"))))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("f{kind}_")))
+            })
             .collect();
         files.sort();
-        let jpegs: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).expect("read")).collect();
+        let jpegs: Vec<Vec<u8>> = files
+            .iter()
+            .map(|p| std::fs::read(p).expect("read"))
+            .collect();
         if jpegs.is_empty() {
             continue;
         }
@@ -133,15 +155,31 @@ fn main() {
                 }
             }
             let ms = t.elapsed().as_secs_f64() * 1000.0 / n as f64;
-            println!("4:{}:{} {}x{} {name:<28} {ms:6.2} ms/frame", &kind[1..2], &kind[2..3], size.0, size.1);
+            println!(
+                "4:{}:{} {}x{} {name:<28} {ms:6.2} ms/frame",
+                &kind[1..2],
+                &kind[2..3],
+                size.0,
+                size.1
+            );
         };
         time("zune RGB + from_rgb (old)", &mut |j| zune_rgb(j, &mut out));
         let mut out2 = Vec::new();
-        time("zune YCbCr + 2x2 chroma", &mut |j| zune_ycbcr(j, &mut scratch, &mut out2));
+        time("zune YCbCr + 2x2 chroma", &mut |j| {
+            zune_ycbcr(j, &mut scratch, &mut out2)
+        });
         let mut out3 = Vec::new();
         let mut scratch3 = Vec::new();
-        time("turbojpeg planar", &mut |j| turbo(&mut dec, j, &mut scratch3, &mut out3));
-        let diff = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| (*x as i32 - *y as i32).abs()).max().unwrap_or(0);
+        time("turbojpeg planar", &mut |j| {
+            turbo(&mut dec, j, &mut scratch3, &mut out3)
+        });
+        let diff = |a: &[u8], b: &[u8]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (*x as i32 - *y as i32).abs())
+                .max()
+                .unwrap_or(0)
+        };
         let wh = out2.len() * 2 / 3;
         println!(
             "      max |zune YCbCr - turbo|: Y {} chroma {}",
