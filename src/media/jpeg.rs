@@ -457,6 +457,33 @@ mod tests {
         }
     }
 
+    /// What many UVC cameras send: an `AVI1` APP0 segment and no Huffman tables (the decoder
+    /// uses JPEG's standard ones, as AVI MJPEG prescribes). Strict mode must not refuse it.
+    #[test]
+    fn mjpeg_without_huffman_tables_decodes_like_the_full_jpeg() {
+        let jpeg = encode_i420(&noisy(64, 48), 85).unwrap();
+        let mut stripped = Vec::new();
+        let mut i = 2;
+        stripped.extend_from_slice(&jpeg[..2]);
+        // APP0 "AVI1": polarity 0, then padding, as uvcvideo cameras write it.
+        stripped.extend_from_slice(&[0xff, 0xe0, 0, 16]);
+        stripped.extend_from_slice(b"AVI1\0\0\0\0\0\0\0\0\0\0");
+        while i + 4 <= jpeg.len() && jpeg[i] == 0xff && jpeg[i + 1] != 0xda {
+            let len = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;
+            if jpeg[i + 1] != 0xc4 {
+                stripped.extend_from_slice(&jpeg[i..i + 2 + len]);
+            }
+            i += 2 + len;
+        }
+        stripped.extend_from_slice(&jpeg[i..]);
+        assert!(stripped.len() < jpeg.len(), "the DHT segments were cut");
+        assert!(!stripped.windows(2).any(|w| w == [0xff, 0xc4]));
+        assert_eq!(
+            decode_to_i420(&stripped).unwrap(),
+            decode_to_i420(&jpeg).unwrap()
+        );
+    }
+
     #[test]
     fn greyscale_mjpeg_has_neutral_chroma() {
         let luma: Vec<u8> = (0..32 * 16).map(|i| (i * 7) as u8).collect();
