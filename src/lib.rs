@@ -25,7 +25,8 @@
 //!
 //! - [`config`]: the TOML schema, defaults, validation with `file:line:col` errors.
 //! - [`ids`]: random ids and tokens from the OS's CSPRNG (an error, never a weak fallback).
-//! - [`picture`]: I420 pictures, the buffer pool, Annex-B parsing: what capture and media share.
+//! - [`picture`]: I420 pictures, the buffer pool, the YUYV/NV12 row kernels (SSE2/NEON),
+//!   Annex-B parsing: what capture and media share.
 //! - [`progress`]: heartbeats and progress stamps that work loops bump and the watchdog reads.
 //! - [`response`]: the response body type and plain answers (text, JSON, 401, 405) that `http`
 //!   and `rtc::whep` share (a leaf, so `rtc` need not import `http`).

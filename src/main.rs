@@ -100,6 +100,7 @@ fn snapshot(cli: &Cli, output: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    snaprtcd::media::keep_heap_slack();
     // Validate everything before any socket is bound.
     let (config, source) =
         resolve_config(cli.config.as_deref(), std::env::var("PORT").ok().as_deref())?;

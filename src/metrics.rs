@@ -157,6 +157,12 @@ const METRICS: &[Metric] = &[
         read: Read::Value(|s| get(&s.media.frames_dropped)),
     },
     Metric {
+        name: "snaprtcd_frames_corrupt_total",
+        kind: Kind::Counter,
+        help: "Camera frames skipped because they could not be decoded (truncated or corrupt MJPEG).",
+        read: Read::Value(|s| get(&s.media.frames_corrupt)),
+    },
+    Metric {
         name: "snaprtcd_frames_encoded_total",
         kind: Kind::Counter,
         help: "Access units published to viewers (encoded once for all).",
@@ -360,6 +366,9 @@ snaprtcd_frames_captured_total 10
 # HELP snaprtcd_frames_dropped_total Frames dropped before the encoder because it was busy.
 # TYPE snaprtcd_frames_dropped_total counter
 snaprtcd_frames_dropped_total 3
+# HELP snaprtcd_frames_corrupt_total Camera frames skipped because they could not be decoded (truncated or corrupt MJPEG).
+# TYPE snaprtcd_frames_corrupt_total counter
+snaprtcd_frames_corrupt_total 2
 # HELP snaprtcd_frames_encoded_total Access units published to viewers (encoded once for all).
 # TYPE snaprtcd_frames_encoded_total counter
 snaprtcd_frames_encoded_total 9
@@ -410,6 +419,7 @@ snaprtcd_camera_fps 29.5
         let media = MediaCounters::default();
         media.frames_captured.store(10, Ordering::Relaxed);
         media.frames_dropped.store(3, Ordering::Relaxed);
+        media.frames_corrupt.store(2, Ordering::Relaxed);
         media.frames_encoded.store(9, Ordering::Relaxed);
         media.camera_losses.store(1, Ordering::Relaxed);
         media.record_keyframe(KeyframeCause::Pli);

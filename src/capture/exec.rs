@@ -6,13 +6,15 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
 use crate::config::{ExecConfig, ExecFormat};
 use crate::picture::annexb::AccessUnitSplitter;
+use crate::picture::yuv::BufferPool;
 
 /// Largest MJPEG frame accepted from a program (a 4K picture fits). H.264 access units have
 /// their own bound, `[camera.exec] max_access_unit_bytes`.
@@ -22,11 +24,28 @@ const STALL: Duration = Duration::from_secs(5);
 /// How long one wait for output lasts before `next_frame` reports `Stalled`.
 const POLL_SLICE: Duration = Duration::from_millis(250);
 
-/// Cuts JPEG images (SOI `FF D8` .. EOI `FF D9`) out of a byte stream.
-#[derive(Debug, Default)]
+/// Cuts JPEG images (SOI `FF D8` .. EOI `FF D9`) out of a byte stream. Each image is copied
+/// out into a pooled buffer and consumed from the stream buffer, which therefore stays the only
+/// owner of its memory and reuses it instead of growing a new one per frame.
+#[derive(Debug)]
 pub struct MjpegSplitter {
     buf: BytesMut,
     scan: usize,
+    frames: Arc<BufferPool>,
+}
+
+/// JPEGs kept for reuse: two in the channel to the media thread, one being decoded, one kept
+/// for stills.
+const JPEG_POOL: usize = 4;
+
+impl Default for MjpegSplitter {
+    fn default() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            scan: 0,
+            frames: BufferPool::new(JPEG_POOL),
+        }
+    }
 }
 
 impl MjpegSplitter {
@@ -44,7 +63,7 @@ impl MjpegSplitter {
         // Find the start of an image; drop anything before it.
         let soi = self.buf.windows(2).position(|w| w == [0xff, 0xd8])?;
         if soi > 0 {
-            let _ = self.buf.split_to(soi);
+            self.buf.advance(soi);
             self.scan = 0;
         }
         let from = self.scan.max(2);
@@ -52,7 +71,9 @@ impl MjpegSplitter {
             Some(p) => {
                 let end = from + p + 2;
                 self.scan = 0;
-                Some(self.buf.split_to(end).freeze())
+                let frame = self.frames.copy_to_bytes(&self.buf[..end]);
+                self.buf.advance(end);
+                Some(frame)
             }
             None => {
                 self.scan = self.buf.len().saturating_sub(1).max(2);

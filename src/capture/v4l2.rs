@@ -182,7 +182,14 @@ pub struct V4l2Source {
     bytes_per_line: usize,
     last_frame: Instant,
     corrupt: u64,
-    pool: Arc<BufferPool>,
+    pools: Pools,
+}
+
+/// Where converted pictures and copied-out JPEGs live, so that a steady stream allocates no
+/// frame buffers (kept apart: their sizes differ).
+struct Pools {
+    pictures: Arc<BufferPool>,
+    jpegs: Arc<BufferPool>,
 }
 
 /// The first format in `wanted`'s order of preference that the device offers.
@@ -255,7 +262,10 @@ impl V4l2Source {
             bytes_per_line,
             last_frame: Instant::now(),
             corrupt: 0,
-            pool: BufferPool::new(4),
+            pools: Pools {
+                pictures: BufferPool::new(4),
+                jpegs: BufferPool::new(4),
+            },
         })
     }
 
@@ -291,9 +301,10 @@ impl V4l2Source {
 /// A filled buffer as a payload: raw formats converted to I420, compressed ones copied out.
 fn convert(
     layout: (PixelFormat, u32, u32, usize),
-    pool: &Arc<BufferPool>,
+    pools: &Pools,
     data: &[u8],
 ) -> Result<Payload, String> {
+    let pool = &pools.pictures;
     let (pf, w, h, bpl) = (layout.0, layout.1 & !1, layout.2 & !1, layout.3);
     if pf == PixelFormat::YUYV {
         I420::from_yuyv_in(Some(pool), w, h, bpl, data)
@@ -306,7 +317,7 @@ fn convert(
     } else if pf == H264 {
         Ok(Payload::H264(Bytes::copy_from_slice(data)))
     } else {
-        Ok(Payload::Mjpeg(Bytes::copy_from_slice(data)))
+        Ok(Payload::Mjpeg(pools.jpegs.copy_to_bytes(data)))
     }
 }
 
@@ -348,12 +359,12 @@ impl Source for V4l2Source {
                 self.height,
                 self.bytes_per_line,
             );
-            let pool = &self.pool;
+            let pools = &self.pools;
             let converted = self.stream.dequeue(|buf| {
                 if buf.is_error() || buf.is_empty() {
                     return Ok(None);
                 }
-                Ok(Some(convert(layout, pool, &buf)))
+                Ok(Some(convert(layout, pools, &buf)))
             });
             match converted {
                 Ok(Some(Ok(payload))) => {

@@ -1,12 +1,14 @@
 //! JPEG stills: encode a raw picture, decode a camera's MJPEG frame, and fit a still under a
 //! size limit (a data channel's max-message-size: 256 KiB in Chrome).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use jpeg_encoder::{ColorType, Encoder, ImageBuffer, JpegColorType, SamplingFactor};
 use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
 
 use super::StillError;
-use crate::picture::yuv::I420;
+use crate::picture::yuv::{BufferPool, I420};
 
 /// Qualities tried, after the configured one, before the picture is made smaller.
 const QUALITY_STEPS: [u8; 4] = [70, 50, 35, 20];
@@ -48,12 +50,21 @@ impl ImageBuffer for YuvRows<'_> {
 
 /// Encode a picture as a baseline 4:2:0 JPEG.
 pub fn encode_i420(picture: &I420, quality: u8) -> Result<Vec<u8>, StillError> {
+    encode_i420_sampled(picture, quality, SamplingFactor::R_4_2_0)
+}
+
+/// Encode a picture as a baseline JPEG with the given chroma subsampling.
+fn encode_i420_sampled(
+    picture: &I420,
+    quality: u8,
+    sampling: SamplingFactor,
+) -> Result<Vec<u8>, StillError> {
     if picture.width() > u16::MAX as u32 || picture.height() > u16::MAX as u32 {
         return Err(StillError::Encode("picture too large for JPEG".into()));
     }
     let mut out = Vec::with_capacity(picture.as_bytes().len() / 8);
     let mut enc = Encoder::new(&mut out, quality.clamp(1, 100));
-    enc.set_sampling_factor(SamplingFactor::R_4_2_0);
+    enc.set_sampling_factor(sampling);
     enc.encode_image(YuvRows(picture))
         .map_err(|e| StillError::Encode(e.to_string()))?;
     Ok(out)
@@ -73,25 +84,151 @@ pub fn encode_rgb(width: u16, height: u16, rgb: &[u8], quality: u8) -> Result<Ve
 #[error("JPEG decoding failed: {0}")]
 pub struct DecodeError(pub String);
 
-/// Decode a JPEG (an MJPEG camera's frame) into I420, cropping odd edges.
-pub fn decode_to_i420(jpeg: &[u8]) -> Result<I420, DecodeError> {
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
-    let rgb = dec.decode().map_err(|e| DecodeError(format!("{e:?}")))?;
-    let info = dec.info().ok_or_else(|| DecodeError("no header".into()))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let (ew, eh) = (w & !1, h & !1);
-    if ew < 2 || eh < 2 || rgb.len() < w * h * 3 {
-        return Err(DecodeError(format!("unusable size {w}x{h}")));
+/// Largest side a camera's JPEG may announce: the largest picture [`I420`] takes. Checked from
+/// the header, before anything the size of the picture is allocated.
+const MAX_SIDE: usize = 8192;
+
+/// Full-range (JFIF) luma to the limited range of the encoder's I420 (BT.601 studio swing, what
+/// raw cameras give): `16 + y·219/255`, rounded. A table lookup per sample, no colour matrix.
+static LUMA_TO_LIMITED: [u8; 256] = range_table(219, 16);
+/// Full-range chroma to limited range: `128 + (c − 128)·224/255`, rounded.
+static CHROMA_TO_LIMITED: [u8; 256] = range_table(224, 128);
+
+/// `base + (v − centre)·span/255` for every byte `v`, rounded half away from zero (a tie
+/// cannot happen: 255 is odd), where `centre` is 0 for luma (`base` 16) and 128 for chroma.
+const fn range_table(span: i32, base: i32) -> [u8; 256] {
+    let centre = if base == 128 { 128 } else { 0 };
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = (i as i32 - centre) * span;
+        let r = if n >= 0 {
+            (n + 127) / 255
+        } else {
+            -((-n + 127) / 255)
+        };
+        t[i] = (base + r) as u8;
+        i += 1;
     }
-    let rgb = if ew == w {
-        rgb[..w * eh * 3].to_vec()
-    } else {
-        (0..eh)
-            .flat_map(|r| rgb[r * w * 3..(r * w + ew) * 3].iter().copied())
-            .collect()
-    };
-    I420::from_rgb(ew as u32, eh as u32, &rgb).map_err(|e| DecodeError(e.to_string()))
+    t
+}
+
+/// Decodes a camera's MJPEG frames into I420 pictures, without an RGB step: zune-jpeg writes
+/// the JPEG's own YCbCr samples (chroma upsampled to full size, no colour matrix), luma is
+/// taken as is and chroma averaged 2x2 back to 4:2:0, both mapped from JFIF's full range to the
+/// limited range the encoder's I420 is in. Its scratch buffer grows once to the camera's size
+/// and is reused; pictures come from a [`BufferPool`], so a steady stream allocates nothing of
+/// a picture's size per frame.
+///
+/// libjpeg-turbo's planar decode is faster still (docs/BENCHMARKS.md, "MJPEG decode") but is a
+/// C library to bundle for three architectures; zune-jpeg is pure Rust.
+pub struct MjpegDecoder {
+    pool: Arc<BufferPool>,
+    /// Interleaved Y, Cb, Cr at full size, as zune-jpeg writes it.
+    scratch: Vec<u8>,
+}
+
+impl MjpegDecoder {
+    /// A decoder whose pictures come from (and go back to) `pool`.
+    pub fn new(pool: Arc<BufferPool>) -> Self {
+        Self {
+            pool,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Decode one JPEG into I420, cropping an odd last column or row. A truncated or corrupt
+    /// JPEG is an error (strict mode: zune-jpeg would otherwise fill what is missing with grey).
+    pub fn decode(&mut self, jpeg: &[u8]) -> Result<I420, DecodeError> {
+        let options = DecoderOptions::default()
+            .set_strict_mode(true)
+            .set_max_width(MAX_SIDE)
+            .set_max_height(MAX_SIDE)
+            .jpeg_set_out_colorspace(ColorSpace::YCbCr);
+        let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
+        dec.decode_headers()
+            .map_err(|e| DecodeError(format!("{e:?}")))?;
+        let grey = match dec.input_colorspace() {
+            Some(ColorSpace::YCbCr) => false,
+            Some(ColorSpace::Luma) => {
+                dec.set_options(options.jpeg_set_out_colorspace(ColorSpace::Luma));
+                true
+            }
+            other => return Err(DecodeError(format!("unsupported colour space {other:?}"))),
+        };
+        let (w, h) = dec
+            .dimensions()
+            .ok_or_else(|| DecodeError("no header".into()))?;
+        let (ew, eh) = (w & !1, h & !1);
+        if ew < 2 || eh < 2 {
+            return Err(DecodeError(format!("unusable size {w}x{h}")));
+        }
+        let len = dec
+            .output_buffer_size()
+            .ok_or_else(|| DecodeError("no header".into()))?;
+        // Grows once to the camera's size; its content is overwritten.
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        let samples = &mut self.scratch[..len];
+        dec.decode_into(samples)
+            .map_err(|e| DecodeError(format!("{e:?}")))?;
+        let mut out = I420::uninit_in(&self.pool, ew as u32, eh as u32)
+            .map_err(|e| DecodeError(e.to_string()))?;
+        if grey {
+            luma_to_i420(samples, w, &mut out);
+        } else {
+            ycbcr_to_i420(samples, w, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// Interleaved full-size YCbCr (`width` pixels a row) into `out` (at most as large): luma
+/// copied, chroma averaged over each 2x2 block, both mapped to limited range.
+fn ycbcr_to_i420(src: &[u8], width: usize, out: &mut I420) {
+    let (w, h) = (out.width() as usize, out.height() as usize);
+    let cw = w / 2;
+    let row_bytes = width * 3;
+    let (yp, up, vp) = out.planes_mut();
+    let rows = src.chunks_exact(2 * row_bytes).take(h / 2);
+    let luma = yp.chunks_exact_mut(2 * w);
+    let chroma = up.chunks_exact_mut(cw).zip(vp.chunks_exact_mut(cw));
+    for ((pair, ys), (us, vs)) in rows.zip(luma).zip(chroma) {
+        let (a, b) = pair.split_at(row_bytes);
+        let (ya, yb) = ys.split_at_mut(w);
+        for (d, s) in ya.iter_mut().zip(a.chunks_exact(3)) {
+            *d = LUMA_TO_LIMITED[s[0] as usize];
+        }
+        for (d, s) in yb.iter_mut().zip(b.chunks_exact(3)) {
+            *d = LUMA_TO_LIMITED[s[0] as usize];
+        }
+        let blocks = a.chunks_exact(6).zip(b.chunks_exact(6));
+        for ((u, v), (p, q)) in us.iter_mut().zip(vs.iter_mut()).zip(blocks) {
+            let cb = (p[1] as u16 + p[4] as u16 + q[1] as u16 + q[4] as u16 + 2) >> 2;
+            let cr = (p[2] as u16 + p[5] as u16 + q[2] as u16 + q[5] as u16 + 2) >> 2;
+            *u = CHROMA_TO_LIMITED[cb as usize];
+            *v = CHROMA_TO_LIMITED[cr as usize];
+        }
+    }
+}
+
+/// A greyscale JPEG's luma (`width` pixels a row) into `out`, chroma neutral.
+fn luma_to_i420(src: &[u8], width: usize, out: &mut I420) {
+    let w = out.width() as usize;
+    let (yp, up, vp) = out.planes_mut();
+    for (d, s) in yp.chunks_exact_mut(w).zip(src.chunks_exact(width)) {
+        for (d, s) in d.iter_mut().zip(s) {
+            *d = LUMA_TO_LIMITED[*s as usize];
+        }
+    }
+    up.fill(128);
+    vp.fill(128);
+}
+
+/// Decode a JPEG (a camera's frame, for a still) into I420 in a fresh buffer.
+pub fn decode_to_i420(jpeg: &[u8]) -> Result<I420, DecodeError> {
+    MjpegDecoder::new(BufferPool::new(0)).decode(jpeg)
 }
 
 /// Where a still comes from.
@@ -207,6 +344,189 @@ mod tests {
         assert_eq!(still.as_ptr(), jpeg.as_ptr(), "no copy, no transcode");
         let smaller = fit(StillSource::Jpeg(&jpeg), 85, jpeg.len() / 2).unwrap();
         assert!(smaller.len() <= jpeg.len() / 2);
+    }
+
+    /// Independent of the decoder's tables: `base + (v − centre)·span/255`, rounded.
+    fn limited_luma(y: u8) -> u8 {
+        (16.0 + y as f64 * 219.0 / 255.0).round() as u8
+    }
+
+    fn limited_chroma(c: u8) -> u8 {
+        (128.0 + (c as f64 - 128.0) * 224.0 / 255.0).round() as u8
+    }
+
+    /// Luma flat over each 8x8 block, chroma flat over each 16x16 one (one DC coefficient per
+    /// JPEG block, so quality 100 keeps every sample), the extremes included.
+    fn blocks(w: u32, h: u32) -> I420 {
+        let mut p = I420::filled(w, h, 0, 128, 128).unwrap();
+        let (wu, cw) = (w as usize, w as usize / 2);
+        let (y, u, v) = p.planes_mut();
+        let levels = [0u8, 255, 16, 235, 128, 1, 254, 77];
+        for (i, s) in y.iter_mut().enumerate() {
+            let (r, c) = (i / wu / 8, i % wu / 8);
+            *s = levels[(r * 3 + c) % 8].wrapping_add((r * 40 + c * 13) as u8 & 0xf0);
+        }
+        for (i, (su, sv)) in u.iter_mut().zip(v.iter_mut()).enumerate() {
+            let (r, c) = (i / cw / 8, i % cw / 8);
+            *su = levels[(r + c * 5) % 8];
+            *sv = levels[(r * 7 + c + 3) % 8];
+        }
+        p
+    }
+
+    /// Decoded planes against the source mapped to limited range: luma everywhere, chroma away
+    /// from the edges of its 8x8 blocks (the decoder's smooth upsampling mixes neighbours there).
+    fn assert_planes_of(src: &I420, got: &I420) {
+        assert_eq!((got.width(), got.height()), (src.width(), src.height()));
+        for (i, (&s, &g)) in src.y_plane().iter().zip(got.y_plane()).enumerate() {
+            assert_eq!(g, limited_luma(s), "luma {s} at sample {i}");
+        }
+        let cw = src.width() as usize / 2;
+        let mut checked = 0;
+        for (name, s, g) in [
+            ("Cb", src.u_plane(), got.u_plane()),
+            ("Cr", src.v_plane(), got.v_plane()),
+        ] {
+            for (i, (&s, &g)) in s.iter().zip(g).enumerate() {
+                let (r, c) = (i / cw, i % cw);
+                if (1..7).contains(&(r % 8)) && (1..7).contains(&(c % 8)) {
+                    assert_eq!(g, limited_chroma(s), "{name} at {c},{r}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 0);
+    }
+
+    #[test]
+    fn mjpeg_420_planes_become_i420_without_a_colour_matrix() {
+        let src = blocks(64, 48);
+        let jpeg = encode_i420_sampled(&src, 100, SamplingFactor::R_4_2_0).unwrap();
+        let pool = BufferPool::new(2);
+        let got = MjpegDecoder::new(pool).decode(&jpeg).unwrap();
+        assert_planes_of(&src, &got);
+    }
+
+    #[test]
+    fn mjpeg_422_chroma_is_only_halved_vertically() {
+        let src = blocks(64, 48);
+        let jpeg = encode_i420_sampled(&src, 100, SamplingFactor::R_4_2_2).unwrap();
+        let got = decode_to_i420(&jpeg).unwrap();
+        assert_planes_of(&src, &got);
+    }
+
+    /// The conversion against a reference written out here from zune-jpeg's own 4:4:4 output:
+    /// luma sample for sample, chroma the rounded mean of each 2x2 block, an odd last row and
+    /// column cropped.
+    #[test]
+    fn mjpeg_conversion_matches_a_reference_bit_for_bit_and_crops_odd_edges() {
+        let (w, h) = (65usize, 49usize);
+        let mut x: u32 = 7;
+        let rgb: Vec<u8> = (0..w * h * 3)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x & 0xff) as u8
+            })
+            .collect();
+        let jpeg = encode_rgb(w as u16, h as u16, &rgb, 90).unwrap();
+        let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::YCbCr);
+        let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&jpeg), options);
+        let full = dec.decode().unwrap();
+        let at = |r: usize, c: usize, k: usize| full[(r * w + c) * 3 + k] as u32;
+
+        let got = decode_to_i420(&jpeg).unwrap();
+        assert_eq!((got.width(), got.height()), (64, 48));
+        for r in 0..48 {
+            for c in 0..64 {
+                assert_eq!(got.y_plane()[r * 64 + c], limited_luma(at(r, c, 0) as u8));
+            }
+        }
+        for r in 0..24 {
+            for c in 0..32 {
+                for (k, plane) in [(1, got.u_plane()), (2, got.v_plane())] {
+                    let sum = at(2 * r, 2 * c, k)
+                        + at(2 * r, 2 * c + 1, k)
+                        + at(2 * r + 1, 2 * c, k)
+                        + at(2 * r + 1, 2 * c + 1, k);
+                    let mean = ((sum as f64) / 4.0 + 0.5).floor() as u8;
+                    assert_eq!(plane[r * 32 + c], limited_chroma(mean), "{k} at {c},{r}");
+                }
+            }
+        }
+    }
+
+    /// What many UVC cameras send: an `AVI1` APP0 segment and no Huffman tables (the decoder
+    /// uses JPEG's standard ones, as AVI MJPEG prescribes). Strict mode must not refuse it.
+    #[test]
+    fn mjpeg_without_huffman_tables_decodes_like_the_full_jpeg() {
+        let jpeg = encode_i420(&noisy(64, 48), 85).unwrap();
+        let mut stripped = Vec::new();
+        let mut i = 2;
+        stripped.extend_from_slice(&jpeg[..2]);
+        // APP0 "AVI1": polarity 0, then padding, as uvcvideo cameras write it.
+        stripped.extend_from_slice(&[0xff, 0xe0, 0, 16]);
+        stripped.extend_from_slice(b"AVI1\0\0\0\0\0\0\0\0\0\0");
+        while i + 4 <= jpeg.len() && jpeg[i] == 0xff && jpeg[i + 1] != 0xda {
+            let len = u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]) as usize;
+            if jpeg[i + 1] != 0xc4 {
+                stripped.extend_from_slice(&jpeg[i..i + 2 + len]);
+            }
+            i += 2 + len;
+        }
+        stripped.extend_from_slice(&jpeg[i..]);
+        assert!(stripped.len() < jpeg.len(), "the DHT segments were cut");
+        assert!(!stripped.windows(2).any(|w| w == [0xff, 0xc4]));
+        assert_eq!(
+            decode_to_i420(&stripped).unwrap(),
+            decode_to_i420(&jpeg).unwrap()
+        );
+    }
+
+    #[test]
+    fn greyscale_mjpeg_has_neutral_chroma() {
+        let luma: Vec<u8> = (0..32 * 16).map(|i| (i * 7) as u8).collect();
+        let mut jpeg = Vec::new();
+        Encoder::new(&mut jpeg, 90)
+            .encode(&luma, 32, 16, ColorType::Luma)
+            .unwrap();
+        let got = decode_to_i420(&jpeg).unwrap();
+        assert_eq!((got.width(), got.height()), (32, 16));
+        assert!(got.u_plane().iter().chain(got.v_plane()).all(|&c| c == 128));
+        assert!(got.y_plane().iter().all(|&y| (16..=235).contains(&y)));
+    }
+
+    #[test]
+    fn truncated_and_garbage_mjpeg_are_errors_not_grey_pictures_or_panics() {
+        let jpeg = encode_i420(&noisy(64, 48), 85).unwrap();
+        let mut dec = MjpegDecoder::new(BufferPool::new(2));
+        assert!(dec.decode(&jpeg).is_ok());
+        for cut in [jpeg.len() * 3 / 4, jpeg.len() / 2, 300, 20, 2, 0] {
+            assert!(dec.decode(&jpeg[..cut]).is_err(), "cut at {cut}");
+        }
+        // Random bytes, and random bytes behind a valid header: whatever comes out, no panic.
+        let mut x: u32 = 99;
+        let mut rand = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for _ in 0..200 {
+            let n = (rand() % 4096) as usize;
+            let junk: Vec<u8> = (0..n).map(|_| rand() as u8).collect();
+            assert!(dec.decode(&junk).is_err());
+            let keep = (rand() as usize) % jpeg.len();
+            let spliced = [&jpeg[..keep], &junk[..]].concat();
+            let _ = dec.decode(&spliced);
+        }
+        // A header that announces a picture over the largest side: refused before allocating.
+        let mut huge = jpeg.clone();
+        let sof = huge.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+        huge[sof + 5..sof + 9].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(dec.decode(&huge).is_err());
+        assert!(dec.scratch.len() < 64 * 48 * 3 * 2, "no huge buffer");
     }
 
     #[test]

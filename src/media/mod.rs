@@ -21,6 +21,23 @@ pub mod pipeline;
 pub mod still;
 
 pub use pipeline::{spawn, PipelineError, PipelineGuard};
+
+/// Heap slack kept instead of given back to the kernel (glibc's `M_TRIM_THRESHOLD`).
+const HEAP_TRIM_THRESHOLD: i32 = 1 << 20;
+
+/// Keep up to 1 MiB of freed memory at the top of the heap (glibc's default is 128 KiB, then it
+/// trims). zune-jpeg allocates and frees its per-MCU-row buffers on every decode; with the
+/// default, glibc hands them back each frame and the next frame faults them in again (21 minor
+/// page faults a frame at 1280x720 4:2:0, 0 with this; `cargo bench --bench conversions`).
+/// Process-wide: the daemon calls it once at start. A no-op where the C library is not glibc.
+pub fn keep_heap_slack() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers and has no memory-safety preconditions; glibc
+    // serialises it against allocations in other threads.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD);
+    }
+}
 pub use still::{snapshot_once, SnapshotError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,6 +206,9 @@ pub struct MediaCounters {
     /// Frames dropped between capture and encoder because the encoder was busy (shared with
     /// the capture thread's [`CaptureCounters`]).
     pub frames_dropped: Arc<AtomicU64>,
+    /// Camera frames that could not be decoded (a truncated or corrupt MJPEG frame) and were
+    /// skipped; the stream goes on with the next one.
+    pub frames_corrupt: AtomicU64,
     /// Access units published to viewers (camera and slate). Flat while nobody watches a
     /// software-encoded source: unwatched pictures are not encoded.
     pub frames_encoded: AtomicU64,
@@ -213,6 +233,7 @@ impl Default for MediaCounters {
         Self {
             frames_captured: Arc::default(),
             frames_dropped: Arc::default(),
+            frames_corrupt: AtomicU64::new(0),
             frames_encoded: AtomicU64::new(0),
             frames_slate: AtomicU64::new(0),
             keyframes: Default::default(),

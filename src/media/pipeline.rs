@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings};
+use super::jpeg::MjpegDecoder;
 use super::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
 use super::still::Latest;
 use super::{
@@ -37,13 +38,16 @@ use crate::capture::{
 };
 use crate::config::{Config, EncoderKind};
 use crate::picture::annexb::{largest_sps_dimensions, ParamSetInserter};
-use crate::picture::yuv::{even, I420};
+use crate::picture::yuv::{even, BufferPool, I420};
 use crate::thread::OwnedThread;
 
 /// Slate pictures a second while the camera is gone (cheap, and enough to keep players alive).
 const SLATE_FPS: u32 = 10;
 /// Before the first camera frame, wait this long before showing the slate.
 const FIRST_FRAME_GRACE: Duration = Duration::from_millis(1000);
+/// Decoded MJPEG pictures kept for reuse: one is in the encoder at a time, a second covers the
+/// next frame's decode while the first goes back.
+const MJPEG_POOL: usize = 2;
 /// The media loop wakes at least this often (cancellation, requests, watchdog).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -166,6 +170,8 @@ struct MediaLoop {
     encoder: Option<OpenH264Encoder>,
     /// Decoder for H.264 input when `kind = "software"` (re-encoding was asked for).
     decoder: Option<openh264::decoder::Decoder>,
+    /// MJPEG frames to I420, into pooled pictures (no per-frame allocation of a picture's size).
+    mjpeg: MjpegDecoder,
     params: ParamSetInserter,
     camera_keyframe: SyncSender<()>,
     last_camera_keyframe_request: Option<Instant>,
@@ -211,6 +217,7 @@ impl MediaLoop {
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
             encoder,
             decoder: None,
+            mjpeg: MjpegDecoder::new(BufferPool::new(MJPEG_POOL)),
             params: ParamSetInserter::new(),
             camera_keyframe,
             last_camera_keyframe_request: None,
@@ -341,9 +348,12 @@ impl MediaLoop {
                 self.warn_if_passthrough_impossible("MJPEG");
                 // Unwatched, the JPEG is kept for stills without being decoded.
                 if self.enter_software_mode() {
-                    match super::jpeg::decode_to_i420(&jpeg) {
+                    match self.mjpeg.decode(&jpeg) {
                         Ok(picture) => self.handle_picture(&picture, timestamp, now, false),
-                        Err(e) => tracing::debug!(error = %e, "bad MJPEG frame skipped"),
+                        Err(e) => {
+                            self.counters.frames_corrupt.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "bad MJPEG frame skipped");
+                        }
                     }
                 }
                 self.latest = Latest::Jpeg(jpeg);
@@ -740,6 +750,36 @@ mod tests {
             "the slate starts at an IDR"
         );
         assert_eq!(keyframes(&handle, KeyframeCause::Periodic), 1);
+    }
+
+    #[test]
+    fn corrupt_mjpeg_frames_are_counted_and_skipped_and_the_stream_goes_on() {
+        let (mut media, handle, _) = media_loop(EncoderKind::Auto);
+        let mut sub = handle.subscribe();
+        let picture = I420::filled(160, 120, 80, 100, 150).unwrap();
+        let jpeg = Bytes::from(super::super::jpeg::encode_i420(&picture, 80).unwrap());
+        let mjpeg = |data: Bytes, at| frame(Payload::Mjpeg(data), at);
+        let t0 = Instant::now();
+        let bad = [
+            jpeg.slice(..jpeg.len() / 2),
+            Bytes::from_static(&[0xff, 0xd8, 0xff, 0xd9]),
+            Bytes::from_static(b"not a jpeg at all"),
+        ];
+        for (i, data) in bad.into_iter().enumerate() {
+            let at = t0 + FRAME * i as u32;
+            media.handle_event(mjpeg(data, at), at);
+        }
+        let counters = handle.counters();
+        assert_eq!(MediaCounters::get(&counters.frames_corrupt), 3);
+        assert!(sub.rx.try_recv().is_err(), "nothing was encoded from them");
+        let t1 = t0 + FRAME * 3;
+        media.handle_event(mjpeg(jpeg, t1), t1);
+        assert!(
+            sub.rx.try_recv().unwrap().keyframe,
+            "the next good frame starts the stream"
+        );
+        assert_eq!(MediaCounters::get(&counters.frames_corrupt), 3);
+        assert_eq!(MediaCounters::get(&counters.frames_encoded), 1);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `media`) and `media` can both build on it without importing each other.
 //!
 //! - [`yuv`]: the I420 picture, conversions into it, and the buffer pool that recycles planes.
+//! - [`rows`]: the row kernels of the YUYV and NV12 conversions (SSE2 / NEON, scalar fallback).
 //! - [`annexb`]: H.264 Annex-B parsing: NAL units, access-unit splitting, SPS/PPS insertion.
 
 pub mod annexb;
+pub mod rows;
 pub mod yuv;

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use openh264::formats::YUVSource;
 
 /// A planar 4:2:0 picture: the full-size Y plane, then U and V at half size, no padding.
@@ -79,12 +80,49 @@ impl BufferPool {
         None
     }
 
+    /// `data` copied into a buffer from the pool, as [`Bytes`]: the buffer comes back when the
+    /// last clone is dropped. For compressed frames (MJPEG), whose size varies: a buffer grows
+    /// only for a frame larger than any it held before, so a steady stream allocates nothing.
+    /// Keep such a pool apart from a picture pool (their buffers differ in size).
+    pub fn copy_to_bytes(self: &Arc<Self>, data: &[u8]) -> Bytes {
+        let mut v = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        Bytes::from_owner(Pooled {
+            data: v,
+            pool: self.clone(),
+        })
+    }
+
     fn give(&self, v: Vec<u8>) {
         if let Ok(mut free) = self.free.lock() {
             if free.len() < self.keep {
                 free.push(v);
             }
         }
+    }
+}
+
+/// A pool's buffer behind a [`Bytes`]; goes back to the pool when dropped.
+struct Pooled {
+    data: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
     }
 }
 
@@ -294,7 +332,8 @@ impl I420 {
         }
     }
 
-    /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines).
+    /// Packed YUYV (4:2:2) with `stride` bytes per line, into I420 (chroma of even lines; SIMD
+    /// row kernels in [`super::rows`]).
     pub fn from_yuyv(
         width: u32,
         height: u32,
@@ -318,19 +357,13 @@ impl I420 {
         check_len(src.len(), stride * (h - 1) + w * 2)?;
         let mut out = Self::output(pool, width, height)?;
         let (yp, up, vp) = out.planes_mut();
+        let cw = w / 2;
         for row in 0..h {
             let line = &src[row * stride..row * stride + w * 2];
             let ydst = &mut yp[row * w..(row + 1) * w];
-            for (d, s) in ydst.iter_mut().zip(line.iter().step_by(2)) {
-                *d = *s;
-            }
-            if row % 2 == 0 {
-                let c = (row / 2) * (w / 2);
-                for (i, px) in line.chunks_exact(4).enumerate() {
-                    up[c + i] = px[1];
-                    vp[c + i] = px[3];
-                }
-            }
+            let c = (row / 2) * cw;
+            let chroma = (row % 2 == 0).then(|| (&mut up[c..c + cw], &mut vp[c..c + cw]));
+            super::rows::yuyv_row(line, ydst, chroma);
         }
         Ok(out)
     }
@@ -363,35 +396,11 @@ impl I420 {
         for row in 0..h {
             yp[row * w..(row + 1) * w].copy_from_slice(&src[row * stride..row * stride + w]);
         }
+        let cw = w / 2;
         for row in 0..h / 2 {
             let line = &src[uv_off + row * stride..uv_off + row * stride + w];
-            let c = row * (w / 2);
-            for (i, px) in line.chunks_exact(2).enumerate() {
-                up[c + i] = px[0];
-                vp[c + i] = px[1];
-            }
-        }
-        Ok(out)
-    }
-
-    /// Packed RGB (3 bytes a pixel), into I420 with BT.601 limited-range integer maths.
-    pub fn from_rgb(width: u32, height: u32, src: &[u8]) -> Result<Self, PictureError> {
-        check_size(width, height)?;
-        let (w, h) = (width as usize, height as usize);
-        check_len(src.len(), w * h * 3)?;
-        let mut out = Self::filled(width, height, 0, 128, 128)?;
-        let (yp, up, vp) = out.planes_mut();
-        for row in 0..h {
-            for col in 0..w {
-                let p = &src[(row * w + col) * 3..(row * w + col) * 3 + 3];
-                let (r, g, b) = (p[0] as i32, p[1] as i32, p[2] as i32);
-                yp[row * w + col] = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8;
-                if row % 2 == 0 && col % 2 == 0 {
-                    let c = (row / 2) * (w / 2) + col / 2;
-                    up[c] = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
-                    vp[c] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
-                }
-            }
+            let c = row * cw;
+            super::rows::nv12_chroma_row(line, &mut up[c..c + cw], &mut vp[c..c + cw]);
         }
         Ok(out)
     }
@@ -496,7 +505,6 @@ mod tests {
     fn short_or_odd_buffers_are_errors_not_panics() {
         assert!(I420::from_yuyv(4, 2, 8, &[0; 10]).is_err());
         assert!(I420::from_nv12(4, 2, 4, &[0; 3]).is_err());
-        assert!(I420::from_rgb(3, 2, &[0; 18]).is_err());
         assert!(I420::from_vec(4, 4, vec![0; 5]).is_err());
     }
 
@@ -513,6 +521,29 @@ mod tests {
         let many: Vec<I420> = (0..5).map(|_| bg.copy_in(&pool)).collect();
         drop(many);
         assert_eq!(pool.free.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn pooled_bytes_come_back_and_keep_their_capacity() {
+        let pool = BufferPool::new(2);
+        let a = pool.copy_to_bytes(&[1; 1000]);
+        let ptr = a.as_ptr();
+        let b = a.clone();
+        drop(a);
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "a clone still holds it"
+        );
+        drop(b);
+        let c = pool.copy_to_bytes(&[2; 10]);
+        assert_eq!(
+            (c.as_ptr(), &c[..]),
+            (ptr, &[2; 10][..]),
+            "same buffer, new content"
+        );
+        drop(c);
+        let d = pool.copy_to_bytes(&[3; 900]);
+        assert_eq!(d.as_ptr(), ptr, "no growth below the largest frame");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 # tests/cross/run.sh — arm64 and armhf: cross-build (rustup targets + Debian's cross gcc/g++),
 # then run the binary under qemu-user (Debian qemu-user, the cross toolchains' libc as sysroot):
 # `--version`, `check-config` on the shipped /etc/snaprtcd/snaprtcd.toml, and a 3-second
-# testsrc run that answers /health and stops cleanly on SIGTERM. Prints build times and sizes.
+# testsrc run that answers /health and stops cleanly on SIGTERM; the YUYV/NV12 row kernels
+# (tests/cross/rows) match the scalar code and the host's output. Prints build times and sizes.
 #
 #   tests/cross/run.sh [ARCH...]      ARCH: arm64 armhf (default: both)
 #
@@ -35,6 +36,12 @@ trap cleanup EXIT
 failed=0
 fail() { echo "not ok - $*"; failed=$((failed + 1)); }
 
+# The YUYV/NV12 row kernels (NEON on arm64, scalar on armhf) against the scalar code, and their
+# output checksum against the host's (SSE2 on x86_64): a tiny crate with no dependencies.
+rows=tests/cross/rows
+cargo build -q --locked --release --manifest-path $rows/Cargo.toml
+host_rows=$($rows/target/release/snaprtcd-rows-check)
+
 port=18580
 for a in "${archs[@]}"; do
   case "$a" in
@@ -47,6 +54,17 @@ for a in "${archs[@]}"; do
   echo "# $a: $deb $(du -k "$deb" | cut -f1) KiB"
   dpkg-deb -x "$deb" "$x"
   run() { "$qemu" -L "$sysroot" "$x/usr/bin/snaprtcd" "$@"; }
+
+  t=$(triple "$a"); tu=$(echo "$t" | tr 'a-z-' 'A-Z_')
+  case "$a" in arm64) p=aarch64-linux-gnu ;; armhf) p=arm-linux-gnueabihf ;; esac
+  if env "CARGO_TARGET_${tu}_LINKER=$p-gcc" cargo build -q --locked --release \
+      --manifest-path $rows/Cargo.toml --target "$t" \
+    && r=$("$qemu" -L "$sysroot" "$rows/target/$t/release/snaprtcd-rows-check") \
+    && [ "$r" = "$host_rows" ]; then
+    echo "ok - $a row kernels match the scalar code and the host's output: $r"
+  else
+    fail "$a row kernels: '${r:-}' (host: $host_rows)"
+  fi
 
   v=$(run --version) && [[ $v == "snaprtcd "* ]] && echo "ok - $a --version: $v" || fail "$a --version: $v"
   if run check-config "$x/etc/snaprtcd/snaprtcd.toml" >/dev/null; then

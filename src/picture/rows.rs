@@ -1,0 +1,316 @@
+//! Row kernels of the raw-camera conversions (YUYV and NV12 into I420 planes), with SIMD where
+//! the target always has it: SSE2 on x86_64, NEON on aarch64 (both part of those targets'
+//! baseline, so no run-time detection). Everything else (armv7, the tails of rows) runs the
+//! scalar code, which the SIMD code matches bit for bit (tests below, on random sizes and data).
+//! The conversions only move bytes, so the kernels are loads, shuffles and stores.
+
+/// One YUYV row (`src`: at least `2·y.len()` bytes) into its luma row; with `chroma`, also into
+/// the chroma rows (`y.len()/2` bytes each: Cb from byte 1 of each 4, Cr from byte 3).
+pub fn yuyv_row(src: &[u8], y: &mut [u8], chroma: Option<(&mut [u8], &mut [u8])>) {
+    match chroma {
+        Some((u, v)) => {
+            let done = simd::yuyv_luma_chroma(src, y, u, v);
+            yuyv_row_scalar_from(src, y, Some((u, v)), done);
+        }
+        None => {
+            let done = simd::yuyv_luma(src, y);
+            yuyv_row_scalar_from(src, y, None, done);
+        }
+    }
+}
+
+/// The scalar kernel from pixel `start` on (`start` even); with `chroma`, chroma too.
+fn yuyv_row_scalar_from(
+    src: &[u8],
+    y: &mut [u8],
+    chroma: Option<(&mut [u8], &mut [u8])>,
+    start: usize,
+) {
+    let w = y.len();
+    for (d, s) in y[start..]
+        .iter_mut()
+        .zip(src[start * 2..w * 2].iter().step_by(2))
+    {
+        *d = *s;
+    }
+    if let Some((u, v)) = chroma {
+        let px = src[start * 2..w * 2].chunks_exact(4);
+        for ((u, v), px) in u[start / 2..]
+            .iter_mut()
+            .zip(v[start / 2..].iter_mut())
+            .zip(px)
+        {
+            *u = px[1];
+            *v = px[3];
+        }
+    }
+}
+
+/// The whole row in scalar code (the reference the SIMD code is tested against).
+pub fn yuyv_row_scalar(src: &[u8], y: &mut [u8], chroma: Option<(&mut [u8], &mut [u8])>) {
+    yuyv_row_scalar_from(src, y, chroma, 0);
+}
+
+/// One NV12 chroma row (`src`: interleaved Cb Cr, at least `2·u.len()` bytes) into its planes.
+pub fn nv12_chroma_row(src: &[u8], u: &mut [u8], v: &mut [u8]) {
+    let done = simd::nv12_chroma_row(src, u, v);
+    nv12_chroma_row_scalar_from(src, u, v, done);
+}
+
+fn nv12_chroma_row_scalar_from(src: &[u8], u: &mut [u8], v: &mut [u8], start: usize) {
+    let n = u.len().min(v.len());
+    let pairs = src[start * 2..n * 2].chunks_exact(2);
+    for ((u, v), px) in u[start..n]
+        .iter_mut()
+        .zip(v[start..n].iter_mut())
+        .zip(pairs)
+    {
+        *u = px[0];
+        *v = px[1];
+    }
+}
+
+/// The whole chroma row in scalar code (the reference the SIMD code is tested against).
+pub fn nv12_chroma_row_scalar(src: &[u8], u: &mut [u8], v: &mut [u8]) {
+    nv12_chroma_row_scalar_from(src, u, v, 0);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_loadu_si128, _mm_packus_epi16, _mm_set1_epi16, _mm_srli_epi16,
+        _mm_storeu_si128,
+    };
+
+    /// Pixels a YUYV step handles: 64 source bytes, 32 luma, 16 Cb, 16 Cr.
+    const STEP: usize = 32;
+
+    /// Even bytes of `a` then of `b` (16 bytes), and odd bytes likewise.
+    ///
+    /// SAFETY (for the callers): SSE2 is in the x86_64 baseline; these are plain register ops.
+    #[inline(always)]
+    fn split(a: __m128i, b: __m128i) -> (__m128i, __m128i) {
+        // SAFETY: SSE2 is always present on x86_64; no memory is touched.
+        unsafe {
+            let low = _mm_set1_epi16(0x00ff);
+            let even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+            let odd = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+            (even, odd)
+        }
+    }
+
+    /// Luma of the whole steps of the row; returns the pixels done (a multiple of [`STEP`]).
+    pub fn yuyv_luma(src: &[u8], y: &mut [u8]) -> usize {
+        let w = y.len().min(src.len() / 2);
+        let steps = w / STEP;
+        for i in 0..steps {
+            let (s, d) = (&src[i * 64..i * 64 + 64], &mut y[i * 32..i * 32 + 32]);
+            // SAFETY: `s` is 64 bytes and `d` 32 (slicing checked it), so the four 16-byte
+            // unaligned loads and two 16-byte unaligned stores stay inside them.
+            unsafe {
+                let p = s.as_ptr().cast::<__m128i>();
+                let q = d.as_mut_ptr().cast::<__m128i>();
+                let (y0, _) = split(_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+                let (y1, _) = split(_mm_loadu_si128(p.add(2)), _mm_loadu_si128(p.add(3)));
+                _mm_storeu_si128(q, y0);
+                _mm_storeu_si128(q.add(1), y1);
+            }
+        }
+        steps * STEP
+    }
+
+    /// Luma and chroma of the whole steps of the row; returns the pixels done.
+    pub fn yuyv_luma_chroma(src: &[u8], y: &mut [u8], u: &mut [u8], v: &mut [u8]) -> usize {
+        let w = y.len().min(src.len() / 2).min(u.len() * 2).min(v.len() * 2);
+        let steps = w / STEP;
+        for i in 0..steps {
+            let s = &src[i * 64..i * 64 + 64];
+            let d = &mut y[i * 32..i * 32 + 32];
+            let (du, dv) = (&mut u[i * 16..i * 16 + 16], &mut v[i * 16..i * 16 + 16]);
+            // SAFETY: `s` is 64 bytes, `d` 32, `du` and `dv` 16 each (slicing checked it): the
+            // four unaligned loads and four unaligned stores of 16 bytes stay inside them.
+            unsafe {
+                let p = s.as_ptr().cast::<__m128i>();
+                let (y0, uv0) = split(_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+                let (y1, uv1) = split(_mm_loadu_si128(p.add(2)), _mm_loadu_si128(p.add(3)));
+                let (cb, cr) = split(uv0, uv1);
+                let q = d.as_mut_ptr().cast::<__m128i>();
+                _mm_storeu_si128(q, y0);
+                _mm_storeu_si128(q.add(1), y1);
+                _mm_storeu_si128(du.as_mut_ptr().cast(), cb);
+                _mm_storeu_si128(dv.as_mut_ptr().cast(), cr);
+            }
+        }
+        steps * STEP
+    }
+
+    /// Chroma pairs of the whole steps (16 pairs) of the row; returns the pairs done.
+    pub fn nv12_chroma_row(src: &[u8], u: &mut [u8], v: &mut [u8]) -> usize {
+        let n = u.len().min(v.len()).min(src.len() / 2);
+        let steps = n / 16;
+        for i in 0..steps {
+            let s = &src[i * 32..i * 32 + 32];
+            let (du, dv) = (&mut u[i * 16..i * 16 + 16], &mut v[i * 16..i * 16 + 16]);
+            // SAFETY: `s` is 32 bytes, `du` and `dv` 16 each (slicing checked it): two
+            // unaligned loads and two unaligned stores of 16 bytes stay inside them.
+            unsafe {
+                let p = s.as_ptr().cast::<__m128i>();
+                let (cb, cr) = split(_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+                _mm_storeu_si128(du.as_mut_ptr().cast(), cb);
+                _mm_storeu_si128(dv.as_mut_ptr().cast(), cr);
+            }
+        }
+        steps * 16
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod simd {
+    use std::arch::aarch64::{uint8x16x2_t, vld2q_u8, vld4q_u8, vst1q_u8, vst2q_u8};
+
+    /// Pixels a YUYV step handles: 64 source bytes, 32 luma, 16 Cb, 16 Cr.
+    const STEP: usize = 32;
+
+    /// Luma of the whole steps of the row; returns the pixels done (a multiple of [`STEP`]).
+    pub fn yuyv_luma(src: &[u8], y: &mut [u8]) -> usize {
+        let w = y.len().min(src.len() / 2);
+        let steps = w / STEP;
+        for i in 0..steps {
+            let (s, d) = (&src[i * 64..i * 64 + 64], &mut y[i * 32..i * 32 + 32]);
+            // SAFETY: NEON is in the aarch64 baseline; `s` is 64 bytes and `d` 32 (slicing
+            // checked it): one 64-byte de-interleaving load, one 32-byte interleaving store.
+            unsafe {
+                let px = vld4q_u8(s.as_ptr());
+                vst2q_u8(d.as_mut_ptr(), uint8x16x2_t(px.0, px.2));
+            }
+        }
+        steps * STEP
+    }
+
+    /// Luma and chroma of the whole steps of the row; returns the pixels done.
+    pub fn yuyv_luma_chroma(src: &[u8], y: &mut [u8], u: &mut [u8], v: &mut [u8]) -> usize {
+        let w = y.len().min(src.len() / 2).min(u.len() * 2).min(v.len() * 2);
+        let steps = w / STEP;
+        for i in 0..steps {
+            let s = &src[i * 64..i * 64 + 64];
+            let d = &mut y[i * 32..i * 32 + 32];
+            let (du, dv) = (&mut u[i * 16..i * 16 + 16], &mut v[i * 16..i * 16 + 16]);
+            // SAFETY: NEON is in the aarch64 baseline; `s` is 64 bytes, `d` 32, `du` and `dv`
+            // 16 each (slicing checked it), exactly what the loads and stores touch.
+            unsafe {
+                let px = vld4q_u8(s.as_ptr());
+                vst2q_u8(d.as_mut_ptr(), uint8x16x2_t(px.0, px.2));
+                vst1q_u8(du.as_mut_ptr(), px.1);
+                vst1q_u8(dv.as_mut_ptr(), px.3);
+            }
+        }
+        steps * STEP
+    }
+
+    /// Chroma pairs of the whole steps (16 pairs) of the row; returns the pairs done.
+    pub fn nv12_chroma_row(src: &[u8], u: &mut [u8], v: &mut [u8]) -> usize {
+        let n = u.len().min(v.len()).min(src.len() / 2);
+        let steps = n / 16;
+        for i in 0..steps {
+            let s = &src[i * 32..i * 32 + 32];
+            let (du, dv) = (&mut u[i * 16..i * 16 + 16], &mut v[i * 16..i * 16 + 16]);
+            // SAFETY: NEON is in the aarch64 baseline; `s` is 32 bytes, `du` and `dv` 16 each
+            // (slicing checked it), exactly what the load and stores touch.
+            unsafe {
+                let uv = vld2q_u8(s.as_ptr());
+                vst1q_u8(du.as_mut_ptr(), uv.0);
+                vst1q_u8(dv.as_mut_ptr(), uv.1);
+            }
+        }
+        steps * 16
+    }
+}
+
+/// No SIMD on this target (armv7 and others): the scalar code does every pixel.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod simd {
+    pub fn yuyv_luma(_: &[u8], _: &mut [u8]) -> usize {
+        0
+    }
+
+    pub fn yuyv_luma_chroma(_: &[u8], _: &mut [u8], _: &mut [u8], _: &mut [u8]) -> usize {
+        0
+    }
+
+    pub fn nv12_chroma_row(_: &[u8], _: &mut [u8], _: &mut [u8]) -> usize {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// SIMD and scalar agree bit for bit on every width (steps and tails), with and
+        /// without chroma, on random bytes with random padding after the row.
+        #[test]
+        fn yuyv_rows_match_the_scalar_code(
+            half_w in 1usize..200,
+            pad in 0usize..9,
+            seed in any::<u64>(),
+            chroma in any::<bool>(),
+        ) {
+            let w = half_w * 2;
+            let src = bytes(w * 2 + pad, seed);
+            let (mut y, mut u, mut v) = (vec![0; w], vec![0; w / 2], vec![0; w / 2]);
+            let (mut ys, mut us, mut vs) = (vec![0; w], vec![0; w / 2], vec![0; w / 2]);
+            if chroma {
+                yuyv_row(&src, &mut y, Some((&mut u, &mut v)));
+                yuyv_row_scalar(&src, &mut ys, Some((&mut us, &mut vs)));
+            } else {
+                yuyv_row(&src, &mut y, None);
+                yuyv_row_scalar(&src, &mut ys, None);
+            }
+            prop_assert_eq!(y, ys);
+            prop_assert_eq!(u, us);
+            prop_assert_eq!(v, vs);
+        }
+
+        #[test]
+        fn nv12_rows_match_the_scalar_code(
+            n in 1usize..200,
+            pad in 0usize..9,
+            seed in any::<u64>(),
+        ) {
+            let src = bytes(n * 2 + pad, seed);
+            let (mut u, mut v, mut us, mut vs) = (vec![0; n], vec![0; n], vec![0; n], vec![0; n]);
+            nv12_chroma_row(&src, &mut u, &mut v);
+            nv12_chroma_row_scalar(&src, &mut us, &mut vs);
+            prop_assert_eq!(u, us);
+            prop_assert_eq!(v, vs);
+        }
+    }
+
+    #[test]
+    fn scalar_rows_take_the_right_bytes() {
+        let src: Vec<u8> = (0..64 * 2).map(|i| i as u8).collect();
+        let (mut y, mut u, mut v) = (vec![0; 64], vec![0; 32], vec![0; 32]);
+        yuyv_row(&src, &mut y, Some((&mut u, &mut v)));
+        assert!(y.iter().enumerate().all(|(i, &b)| b as usize == 2 * i));
+        assert!(u.iter().enumerate().all(|(i, &b)| b as usize == 4 * i + 1));
+        assert!(v.iter().enumerate().all(|(i, &b)| b as usize == 4 * i + 3));
+        let (mut u, mut v) = (vec![0; 64], vec![0; 64]);
+        nv12_chroma_row(&src, &mut u, &mut v);
+        assert!(u.iter().enumerate().all(|(i, &b)| b as usize == 2 * i));
+        assert!(v.iter().enumerate().all(|(i, &b)| b as usize == 2 * i + 1));
+    }
+
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+}
