@@ -25,6 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 profile=${SNAPRTCD_DEB_PROFILE:-dev}
+triple() { case "$1" in arm64) echo aarch64-unknown-linux-gnu ;; armhf) echo armv7-unknown-linux-gnueabihf ;; esac; }
 start=$(date +%s)
 packaging/build-debs.sh --install --profile "$profile" "${archs[@]}"
 echo "# cross: built ${archs[*]} (profile $profile) in $(( $(date +%s) - start )) s"
