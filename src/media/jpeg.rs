@@ -84,8 +84,9 @@ pub fn encode_rgb(width: u16, height: u16, rgb: &[u8], quality: u8) -> Result<Ve
 #[error("JPEG decoding failed: {0}")]
 pub struct DecodeError(pub String);
 
-/// Largest side a camera's JPEG may announce: the largest picture [`I420`] takes. Checked from
-/// the header, before anything the size of the picture is allocated.
+/// Largest side a JPEG may announce unless the decoder is told less
+/// ([`MjpegDecoder::with_max_side`]): the largest picture [`I420`] takes. Checked from the
+/// header, before anything the size of the picture is allocated.
 const MAX_SIDE: usize = 8192;
 
 /// Full-range (JFIF) luma to the limited range of the encoder's I420 (BT.601 studio swing, what
@@ -124,6 +125,8 @@ const fn range_table(span: i32, base: i32) -> [u8; 256] {
 /// C library to bundle for three architectures; zune-jpeg is pure Rust.
 pub struct MjpegDecoder {
     pool: Arc<BufferPool>,
+    /// Largest width or height decoded; larger frames are refused from their header.
+    max_side: usize,
     /// Interleaved Y, Cb, Cr at full size, as zune-jpeg writes it.
     scratch: Vec<u8>,
 }
@@ -133,8 +136,18 @@ impl MjpegDecoder {
     pub fn new(pool: Arc<BufferPool>) -> Self {
         Self {
             pool,
+            max_side: MAX_SIDE,
             scratch: Vec::new(),
         }
+    }
+
+    /// Refuse frames wider or taller than `max_side` (at most 8192) from their header, before
+    /// anything their size is allocated: the media loop passes the camera's budget
+    /// ([`max_still_side`](super::still::max_still_side)), so a frame from an `exec` program
+    /// cannot make it allocate hundreds of megabytes.
+    pub fn with_max_side(mut self, max_side: u32) -> Self {
+        self.max_side = (max_side as usize).min(MAX_SIDE);
+        self
     }
 
     /// Decode one JPEG into I420, cropping an odd last column or row. A truncated or corrupt
@@ -142,8 +155,8 @@ impl MjpegDecoder {
     pub fn decode(&mut self, jpeg: &[u8]) -> Result<I420, DecodeError> {
         let options = DecoderOptions::default()
             .set_strict_mode(true)
-            .set_max_width(MAX_SIDE)
-            .set_max_height(MAX_SIDE)
+            .set_max_width(self.max_side)
+            .set_max_height(self.max_side)
             .jpeg_set_out_colorspace(ColorSpace::YCbCr);
         let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
         dec.decode_headers()
@@ -527,6 +540,16 @@ mod tests {
         huge[sof + 5..sof + 9].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         assert!(dec.decode(&huge).is_err());
         assert!(dec.scratch.len() < 64 * 48 * 3 * 2, "no huge buffer");
+    }
+
+    #[test]
+    fn a_frame_over_the_cameras_budget_is_refused_from_its_header() {
+        let jpeg = encode_i420(&noisy(64, 48), 85).unwrap();
+        let mut dec = MjpegDecoder::new(BufferPool::new(2)).with_max_side(48);
+        assert!(dec.decode(&jpeg).is_err(), "64 wide, budget 48");
+        assert!(dec.scratch.is_empty(), "nothing allocated for it");
+        let mut dec = MjpegDecoder::new(BufferPool::new(2)).with_max_side(64);
+        assert_eq!(dec.decode(&jpeg).unwrap().width(), 64);
     }
 
     #[test]

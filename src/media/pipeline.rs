@@ -217,7 +217,8 @@ impl MediaLoop {
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
             encoder,
             decoder: None,
-            mjpeg: MjpegDecoder::new(BufferPool::new(MJPEG_POOL)),
+            mjpeg: MjpegDecoder::new(BufferPool::new(MJPEG_POOL))
+                .with_max_side(super::still::max_still_side(cam)),
             params: ParamSetInserter::new(),
             camera_keyframe,
             last_camera_keyframe_request: None,
