@@ -537,6 +537,10 @@ async fn sigterm_sends_close_records_and_exits_within_two_seconds() {
         panic!("no Close record")
     };
     assert_eq!(v["type"], 7, "{v}");
+    // Going away, not refusing: clients with automatic reconnect come back (to another
+    // instance behind a load balancer, or to this one after its restart).
+    assert_eq!(v["allowReconnect"], true, "{v}");
+    assert_eq!(v["error"], "Server is shutting down.", "{v}");
     let status = d
         .wait_exit(Duration::from_secs(2))
         .expect("still running 2 s after SIGTERM");

@@ -262,6 +262,9 @@ pub enum ServerMessage {
     Close {
         /// Why the server closes, shown by the client.
         error: Option<String>,
+        /// Whether a client with automatic reconnect should reconnect (a server going away
+        /// for a restart), rather than stop (a client the server refuses).
+        allow_reconnect: bool,
     },
 }
 
@@ -314,10 +317,13 @@ impl ServerMessage {
                 error: error.as_deref(),
             }),
             ServerMessage::Ping => Ok(br#"{"type":6}"#.to_vec()),
-            ServerMessage::Close { error } => serde_json::to_vec(&WireClose {
+            ServerMessage::Close {
+                error,
+                allow_reconnect,
+            } => serde_json::to_vec(&WireClose {
                 kind: 7,
                 error: error.as_deref(),
-                allow_reconnect: false,
+                allow_reconnect: *allow_reconnect,
             }),
         }
         // Serialising these plain structs cannot fail; an empty record would be a bug, not a panic.
@@ -455,12 +461,26 @@ impl Connection {
         }
     }
 
-    /// The shell wants to close (server shutdown, slow client): tell the client why.
+    /// The shell refuses this client (a slow reader, a hub that gave up on it): tell it why; it
+    /// must not reconnect automatically.
     pub fn handle_close(&mut self, error: Option<&str>) {
+        self.close(error, false);
+    }
+
+    /// The server is going away (shutdown, restart, an instance replaced): close with
+    /// `allowReconnect`, so that a client built `withAutomaticReconnect()` reconnects (through
+    /// a load balancer, to another instance) and Syncs again, as ASP.NET Core SignalR's
+    /// graceful shutdown lets it.
+    pub fn handle_shutdown(&mut self) {
+        self.close(Some("Server is shutting down."), true);
+    }
+
+    fn close(&mut self, error: Option<&str>, allow_reconnect: bool) {
         if self.state == State::Open {
             self.outputs.push_back(ConnOutput::Send(
                 ServerMessage::Close {
                     error: error.map(str::to_owned),
+                    allow_reconnect,
                 }
                 .encode(),
             ));
@@ -998,7 +1018,11 @@ mod tests {
             Bytes::from_static(b"{\"type\":3,\"invocationId\":\"1\"}\x1e")
         );
         assert_eq!(
-            ServerMessage::Close { error: None }.encode(),
+            ServerMessage::Close {
+                error: None,
+                allow_reconnect: false
+            }
+            .encode(),
             Bytes::from_static(b"{\"type\":7,\"allowReconnect\":false}\x1e")
         );
     }

@@ -365,7 +365,7 @@ impl ConnectionShell<'_> {
     /// The kill token fired: shutdown (say goodbye) or the hub gave up on this client.
     fn handle_killed(&mut self) -> Flow {
         if self.handle.cancel.is_cancelled() {
-            self.conn.handle_close(Some("Server is shutting down."));
+            self.conn.handle_shutdown();
             Flow::Continue
         } else {
             // The hub gave up on this client (its queue was full): don't wait on it.
