@@ -21,8 +21,9 @@ const WIDTH = Number(process.env.BENCH_WIDTH || 1280);
 const HEIGHT = Number(process.env.BENCH_HEIGHT || 720);
 const FPS = Number(process.env.BENCH_FPS || 30);
 // Which paths and receiver settings to run: "whep", "whep-jb0" (jitterBufferTarget = 0 and
-// playoutDelayHint = 0 on the receiver), "viewer" (the viewer page's own stats line), "snaprtc".
-const RUNS = (process.env.BENCH_RUNS || "whep,whep-jb0,viewer,snaprtc").split(",");
+// playoutDelayHint = 0 on the receiver), "whep-nopd" (without the playout-delay extension),
+// "viewer" (the viewer page's own stats line), "snaprtc".
+const RUNS = (process.env.BENCH_RUNS || "whep,whep-jb0,whep-nopd,viewer,snaprtc").split(",");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Start snaprtcd with the test pattern; resolves once it logged `ready`. */
@@ -155,6 +156,9 @@ const pageHelpers = () => {
     document.body.appendChild(v);
     return v;
   };
+  // "whep-nopd": drop the RTP playout-delay extension from the answer (what the daemon sends
+  // without it: Chromium then runs its jitter buffer and normal render timing).
+  window.stripPlayoutDelay = false;
   const tune = (receiver, low) => {
     if (!low) return;
     if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = 0;
@@ -169,7 +173,9 @@ const pageHelpers = () => {
     await pc.setLocalDescription(await pc.createOffer());
     const r = await fetch("/whep", { method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp });
     if (r.status !== 201) throw new Error("WHEP " + r.status + " " + await r.text());
-    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    let answer = await r.text();
+    if (window.stripPlayoutDelay) answer = answer.replace(/^a=extmap:\d+ [^\r\n]*playout-delay[^\r\n]*\r?\n/m, "");
+    await pc.setRemoteDescription({ type: "answer", sdp: answer });
   };
   // SnapRTC as its initiator pages do it (SignalR hub, simple-peer with trickle off, lz-string),
   // asking for video; the daemon's built-in member answers.
@@ -231,6 +237,7 @@ async function measure(browser, daemon, run) {
       const session = `latency-${process.pid}-${Date.now().toString(36)}`;
       await page.evaluate(([s, l]) => connectSnapRtc("/snaprtc-hub", s, l), [session, low]);
     } else {
+      if (run === "whep-nopd") await page.evaluate(() => { window.stripPlayoutDelay = true; });
       await page.evaluate((l) => connectWhep(l), low);
     }
     await page.waitForFunction(() => window.bench.samples.length > 0 || window.bench.error, null, { timeout: 30000 });
@@ -262,12 +269,16 @@ const REPEAT = Number(process.env.BENCH_REPEAT || 3);
 const results = [];
 try {
   for (const run of RUNS) {
-    const pooled = { run, total: [], receive: [], decode: [], present: [], misses: 0, frames: 0, shown: [], p50s: [] };
+    const pooled = { run, total: [], receive: [], decode: [], present: [], misses: 0, frames: 0, shown: [], p50s: [], encodeMs: [] };
     for (let i = 0; i < REPEAT; i++) {
       // A fresh daemon per run: one viewer at a time, nothing left over from the last run.
       const daemon = await startDaemon();
       try {
         const r = await measure(browser, daemon, run);
+        // The daemon's own share of capture → last packet in: openh264's time per picture.
+        const metrics = await (await fetch(daemon.base + "/metrics")).text();
+        const num = (name) => Number(metrics.match(new RegExp(`^${name} ([0-9.eE+-]+)$`, "m"))?.[1]);
+        pooled.encodeMs.push(num("snaprtcd_encode_seconds_sum") / num("snaprtcd_encode_seconds_count") * 1000);
         for (const k of ["total", "receive", "decode", "present"]) pooled[k].push(...r[k]);
         pooled.misses += r.misses;
         pooled.frames += r.frames;
@@ -289,11 +300,11 @@ try {
 const ms = (x) => Number.isFinite(x) ? x.toFixed(1) : "–";
 const out = [];
 out.push(`${WIDTH}x${HEIGHT}@${FPS} test pattern, openh264 2 Mbit/s, headless Chromium on the same machine; ${REPEAT} daemons per path, ${WINDOW_MS / 1000} s each after ${WARMUP_MS / 1000} s warm-up\n`);
-out.push("| path | frames (unread) | capture → display p50 / p95 / p99 (ms) | p50 per daemon | capture → last packet in p50 / p95 | capture → compositor p50 | decode p50 | load avg |");
-out.push("|---|---:|---|---|---|---:|---:|---:|");
+out.push("| path | frames (unread) | capture → display p50 / p95 / p99 (ms) | p50 per daemon | capture → last packet in p50 / p95 | encode mean (daemon) | capture → compositor p50 | decode p50 | load avg |");
+out.push("|---|---:|---|---|---|---:|---:|---:|---:|");
 for (const r of results) {
   const [t, rc, pr, d] = [stats(r.total), stats(r.receive), stats(r.present), stats(r.decode)];
-  out.push(`| ${r.run} | ${r.frames} (${r.misses}) | ${ms(t.p50)} / ${ms(t.p95)} / ${ms(t.p99)} | ${r.p50s.map(ms).join(", ")} | ${ms(rc.p50)} / ${ms(rc.p95)} | ${ms(pr.p50)} | ${ms(d.p50)} | ${r.load.toFixed(2)} |`);
+  out.push(`| ${r.run} | ${r.frames} (${r.misses}) | ${ms(t.p50)} / ${ms(t.p95)} / ${ms(t.p99)} | ${r.p50s.map(ms).join(", ")} | ${ms(rc.p50)} / ${ms(rc.p95)} | ${ms(r.encodeMs.reduce((a, b) => a + b, 0) / r.encodeMs.length)} | ${ms(pr.p50)} | ${ms(d.p50)} | ${r.load.toFixed(2)} |`);
 }
 for (const r of results) if (r.shown.length) out.push(`\nThe viewer page's stats line at the end of each window: ${r.shown.map((s) => `"${s}"`).join(", ")}.`);
 console.log(out.join("\n"));

@@ -7,7 +7,8 @@
 #   sudo bench/latency/run.sh
 #   BENCH_RUNS=whep,whep-jb0 BENCH_WINDOW_MS=10000 sudo -E bench/latency/run.sh
 # Runs: whep (WHEP, Chromium's defaults), whep-jb0 (jitterBufferTarget = 0 and
-# playoutDelayHint = 0 on the receiver), viewer (the viewer page at `/` and its stats line),
+# playoutDelayHint = 0 on the receiver), whep-nopd (the answer without the playout-delay
+# extension: what it is worth), viewer (the viewer page at `/` and its stats line),
 # snaprtc (a SnapRTC initiator asking for video from the built-in capture member).
 # Needs root (namespace). Installs Chromium, Node.js and npm when missing. Not part of tests/run.
 set -euo pipefail
