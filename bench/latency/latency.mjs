@@ -22,7 +22,8 @@ const HEIGHT = Number(process.env.BENCH_HEIGHT || 720);
 const FPS = Number(process.env.BENCH_FPS || 30);
 // Which paths and receiver settings to run: "whep", "whep-jb0" (jitterBufferTarget = 0 and
 // playoutDelayHint = 0 on the receiver), "whep-nopd" (without the playout-delay extension),
-// "viewer" (the viewer page's own stats line), "snaprtc".
+// "whep-scaled" (the video scaled into a 928 px 4:3 box as on the viewer page), "viewer" (the
+// viewer page's own stats line), "snaprtc".
 const RUNS = (process.env.BENCH_RUNS || "whep,whep-jb0,whep-nopd,viewer,snaprtc").split(",");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -238,6 +239,8 @@ async function measure(browser, daemon, run) {
       await page.evaluate(([s, l]) => connectSnapRtc("/snaprtc-hub", s, l), [session, low]);
     } else {
       if (run === "whep-nopd") await page.evaluate(() => { window.stripPlayoutDelay = true; });
+      // Shown scaled down as the viewer page shows it (960 px wide, 4:3 box), not 1:1.
+      if (run === "whep-scaled") await page.addStyleTag({ content: "video { width: 928px; aspect-ratio: 4 / 3; background: #000; }" });
       await page.evaluate((l) => connectWhep(l), low);
     }
     await page.waitForFunction(() => window.bench.samples.length > 0 || window.bench.error, null, { timeout: 30000 });
