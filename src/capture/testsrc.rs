@@ -1,5 +1,6 @@
 //! The test pattern: colour bars, a moving box, a frame counter and the wall clock, drawn
-//! straight into I420. Also draws the "no signal" slate the pipeline shows when a camera is lost.
+//! straight into I420, with the capture instant as a machine-readable row of cells at the top
+//! ([`crate::picture::stamp`]) so a viewer can measure the delay from capture to display. Also draws the "no signal" slate the pipeline shows when a camera is lost.
 //!
 //! Cheap by construction: the bars are drawn once. The box moves along one band of rows, so a
 //! picture is a recycled buffer of an earlier picture with only that band
@@ -8,6 +9,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
+use crate::picture::stamp;
 use crate::picture::yuv::{even, BufferPool, I420};
 use std::sync::Arc;
 
@@ -204,7 +206,8 @@ impl TestSource {
         by..by + side
     }
 
-    /// Picture number `n` (the box position and counter depend on `n` only).
+    /// Picture number `n` (the box position and counter depend on `n` only), stamped with
+    /// `now` (the clock text, and the stamp block: microseconds since the Unix epoch).
     pub fn picture(&self, n: u64, now: SystemTime) -> I420 {
         let (bw, bh) = (self.background.width(), self.background.height());
         let band = self.box_band();
@@ -233,6 +236,12 @@ impl TestSource {
         let clock = clock_text(now);
         let cx = w.saturating_sub(clock.len() * 6 * scale + 2 * scale);
         draw_text(&mut p, cx, y, scale, &clock);
+        // Drawn whole every time (every cell of the block is written), like the text.
+        let micros = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        stamp::draw(&mut p, u64::try_from(micros).unwrap_or(u64::MAX));
         p
     }
 }
@@ -264,6 +273,8 @@ impl Source for TestSource {
                 next
             });
         }
+        // The wall clock (CLOCK_REALTIME) goes into the stamp: a browser on the same machine
+        // compares it with its own `Date.now()`.
         let picture = self.picture(self.frame, SystemTime::now());
         self.frame += 1;
         Ok(CapturedFrame {
@@ -319,6 +330,26 @@ mod tests {
         assert_eq!((y(7, 4), y(10, 4), y(8, 3)), (16, 16, 16));
         // Outside the backing box: untouched.
         assert_eq!((y(1, 4), y(4, 21)), (128, 128));
+    }
+
+    #[test]
+    fn pictures_carry_their_capture_instant() {
+        let src = TestSource::new(1280, 720, 30).unwrap();
+        let at = UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
+        assert_eq!(
+            stamp::read(&src.picture(3, at)),
+            Some(1_795_000_000_123_456)
+        );
+        // The box band and the text never reach the block, whatever the size.
+        for (w, h) in [(640, 480), (320, 240), (1920, 1080)] {
+            let src = TestSource::new(w, h, 30).unwrap();
+            for n in [0, 77, 500] {
+                assert_eq!(
+                    stamp::read(&src.picture(n, at)),
+                    Some(1_795_000_000_123_456)
+                );
+            }
+        }
     }
 
     #[test]

@@ -170,4 +170,37 @@ mod tests {
         }
         assert_eq!(keys, 2, "IDRs only when forced");
     }
+
+    /// The test pattern's capture stamp survives openh264 at 720p and 2 Mbit/s (the bench and
+    /// the viewer page read it from the decoded picture).
+    #[test]
+    fn capture_stamp_survives_encoding_at_720p_2_mbit() {
+        use crate::capture::testsrc::TestSource;
+        use crate::picture::stamp;
+        use std::time::{Duration, UNIX_EPOCH};
+        let src = TestSource::new(1280, 720, 30).unwrap();
+        let mut enc = OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: 2000,
+            fps: 30,
+        })
+        .unwrap();
+        let mut dec = openh264::decoder::Decoder::new().unwrap();
+        let mut read = 0;
+        for n in 0..12u64 {
+            // Microseconds that change many cells from one picture to the next.
+            let micros = 1_795_000_000_000_000 + n * 33_333 + n * n * 7_919;
+            let picture = src.picture(n, UNIX_EPOCH + Duration::from_micros(micros));
+            let Some(au) = enc.encode(&picture, n * 33, n == 0).unwrap() else {
+                continue;
+            };
+            let decoded = dec
+                .decode(&au.data)
+                .unwrap()
+                .expect("a picture per access unit");
+            let decoded = crate::picture::yuv::from_yuv_source(&decoded).unwrap();
+            assert_eq!(stamp::read(&decoded), Some(micros), "picture {n}");
+            read += 1;
+        }
+        assert!(read >= 10, "only {read} pictures encoded");
+    }
 }

@@ -108,7 +108,7 @@ test("WHEP: 201 with Location, ETag and H.264 CB; frames decode; DELETE frees th
   await p.close();
 });
 
-test("viewer page at / plays >= 60 frames in 5 s, the picture is not flat, Snapshot gets a JPEG", async () => {
+test("viewer page at / plays >= 60 frames in 5 s, the picture is not flat, shows the latency, Snapshot gets a JPEG", async () => {
   const p = await page("/");
   await waitFor(() => p.evaluate(() => window.snaprtc.framesDecoded > 0), 10000, "first frame");
   // Wait for the event (60 more frames decoded), with 5 s as the deadline.
@@ -131,6 +131,10 @@ test("viewer page at / plays >= 60 frames in 5 s, the picture is not flat, Snaps
   // Device name, version and resolution from /health; live fps, bitrate and RTT from getStats.
   const health = await healthJson(daemon.base);
   await waitFor(() => p.evaluate(() => /RTT \d+ ms/.test(document.getElementById("rtt").textContent)), 5000, "RTT shown");
+  // The test pattern carries its capture instant: the page reads it and shows the latency.
+  await waitFor(() => p.evaluate(() => /^latency \d+ ms$/.test(document.getElementById("latency").textContent)), 5000, "latency shown");
+  const latency = await p.evaluate(() => [window.snaprtc.latencyP50Ms, document.getElementById("latency").hidden]);
+  assert.ok(latency[0] > 0 && latency[0] < 2000 && !latency[1], `latency ${JSON.stringify(latency)}`);
   const shown = await p.evaluate(() => Object.fromEntries(
     ["name", "version", "resolution", "fps", "bitrate", "rtt"].map((id) => [id, document.getElementById(id).textContent])));
   assert.equal(shown.name, health.name);
