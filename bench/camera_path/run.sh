@@ -11,9 +11,12 @@
 # (the go2rtc user's path; -pix_fmt yuv420p as go2rtc's templates have it, so both outputs are
 # limited range like snaprtcd's). Over a fixed window of CP_WINDOW seconds after CP_WARMUP:
 #   - CPU of every snaprtcd thread and of the ffmpeg+x264 process (/proc/PID/task/*/stat), in %
-#     of one core;
+#     of one core, and per picture that went into each encoder (on a busy machine snaprtcd
+#     drops pictures its media thread is too late for, while ffmpeg -re falls behind instead,
+#     so CPU ms per picture is the figure to compare);
 #   - snaprtcd's page faults (minor/major) per encoded picture;
-#   - frames captured, dropped before the encoder, and encoded (from /metrics).
+#   - frames captured, dropped before the encoder, and encoded, and the mean wall time of one
+#     openh264 encode call (from /metrics).
 # Then the quality of both outputs against the decoded source: SSIM (All) and PSNR (average)
 # from ffmpeg's ssim/psnr filters, at the bitrate each really produced. snaprtcd's pictures
 # are paired with the source pictures they came from by the matcher (RTP time, then luma MSE
@@ -103,6 +106,11 @@ proc_sample() {
   awk '{print $12 + $13, $8, $10}' <<<"${stat##*) }"
 }
 
+# Pictures ffmpeg+x264 has encoded so far (its -progress file in $1).
+x264_frames() {
+  grep -oE '^frame=[0-9]+' "$1/x264.progress" | tail -n 1 | cut -d= -f2
+}
+
 # Value of counter $1 in the metrics text $2.
 metric() {
   awk -v m="$1" '$1 == m {print $2}' <<<"$2"
@@ -179,14 +187,17 @@ TOML
     --out "$dir/rec.h264" --times "$dir/rec.times" >"$dir/record.out" 2>&1 &
   rec=$!; pids+=("$rec")
   ffmpeg -loglevel error -y -re -i "$dir/src.mkv" -pix_fmt yuv420p -c:v libx264 -preset ultrafast \
-    -tune zerolatency -profile:v baseline -b:v "${kbps}k" -threads 1 -f h264 "$dir/x264.h264" &
+    -tune zerolatency -profile:v baseline -b:v "${kbps}k" -threads 1 -f h264 "$dir/x264.h264" \
+    -stats_period 0.1 -progress "$dir/x264.progress" &
   x264=$!; pids+=("$x264")
 
   sleep "$warmup"
   m0="$(curl -sf "http://$addr/metrics")"
   t0="$(thread_sample "$pid")"; p0="$(proc_sample "$pid")"; x0="$(proc_sample "$x264")"
+  xf0="$(x264_frames "$dir")"
   sleep "$window"
   t1="$(thread_sample "$pid")"; p1="$(proc_sample "$pid")"; x1="$(proc_sample "$x264")"
+  xf1="$(x264_frames "$dir")"
   m1="$(curl -sf "http://$addr/metrics")"
   viewers="$(metric snaprtcd_viewers "$m1")"
 
@@ -194,11 +205,22 @@ TOML
   captured="$(d snaprtcd_frames_captured_total)"
   dropped="$(d snaprtcd_frames_dropped_total)"
   encoded="$(d snaprtcd_frames_encoded_total)"
+  # Wall time of openh264's encode call per picture (threads shorten it only with idle cores).
+  encode_ms="$(awk -v s="$(metric snaprtcd_encode_seconds_sum "$m1")" -v s0="$(metric snaprtcd_encode_seconds_sum "$m0")" \
+    -v n="$(d snaprtcd_encode_seconds_count)" 'BEGIN {printf "%.1f", (s - s0) * 1000 / (n ? n : 1)}')"
   read -r pc0 pmin0 pmaj0 <<<"$p0"; read -r pc1 pmin1 pmaj1 <<<"$p1"
   read -r xc0 _ _ <<<"$x0"; read -r xc1 _ _ <<<"$x1"
   pct() { awk -v t="$1" -v tck="$tck" -v w="$window" 'BEGIN {printf "%.1f", t / tck / w * 100}'; }
   daemon_cpu="$(pct $((pc1 - pc0)))"
   x264_cpu="$(pct $((xc1 - xc0)))"
+  # CPU per picture that went in: the daemon's pictures dropped before the encoder cost next
+  # to nothing (never decoded); x264's are those it got through in the window (-re paces it,
+  # but on a busy machine it may fall behind rather than drop).
+  taken=$((captured - dropped)); xframes=$((xf1 - xf0))
+  per() { awk -v t="$1" -v tck="$tck" -v n="$2" 'BEGIN {printf "%.1f", t / tck * 1000 / (n ? n : 1)}'; }
+  daemon_ms="$(per $((pc1 - pc0)) "$taken")"
+  x264_ms="$(per $((xc1 - xc0)) "$xframes")"
+  rate() { awk -v n="$1" -v w="$window" 'BEGIN {printf "%.1f", n / w}'; }
   threads_used="$(grep -m1 "openh264 encoder open" "$dir/log" | grep -oE 'threads=[0-9]+' | cut -d= -f2)"
   # Per thread, grouped by name (openh264's workers inherit the media thread's name).
   per_thread="$(LC_ALL=C join <(LC_ALL=C sort <<<"$t0") <(LC_ALL=C sort <<<"$t1") |
@@ -229,8 +251,8 @@ TOML
   x_kbps="$(awk -v b="$(stat -c %s "$dir/x264.h264")" -v n="$x_frames" 'BEGIN {printf "%.0f", b * 8 / (n / 30) / 1000}')"
   rm -f "$dir"/*.yuv
 
-  rows+=("| ${w}x${h}@$fps | snaprtcd (openh264, threads=$threads → $threads_used) | **$daemon_cpu** ($per_thread) | $s_ssim | $s_psnr | $s_kbps | $s_fps | $faults | $captured / $dropped / $encoded |")
-  rows+=("| ${w}x${h}@$fps | ffmpeg + x264 ultrafast, -threads 1 | **$x264_cpu** | $x_ssim | $x_psnr | $x_kbps | 30 | | |")
+  rows+=("| ${w}x${h}@$fps | snaprtcd (openh264, threads=$threads → $threads_used) | **$daemon_ms** | $(rate "$taken") | $daemon_cpu ($per_thread) | $s_ssim | $s_psnr | $s_kbps | $s_fps | $faults | $captured / $dropped / $encoded | $encode_ms |")
+  rows+=("| ${w}x${h}@$fps | ffmpeg + x264 ultrafast, -threads 1 | **$x264_ms** | $(rate "$xframes") | $x264_cpu | $x_ssim | $x_psnr | $x_kbps | $(rate "$xframes") | | | |")
   [ "$viewers" = 1 ] || echo "run.sh: warning: $viewers viewers at the end of the window" >&2
   echo "   source MJPEG: $src_kbps kbit/s" >&2
 done
@@ -238,6 +260,6 @@ done
 echo
 echo "$(nproc) cores, load average $load at the start; window ${window}s after ${warmup}s; bitrate ${kbps} kbit/s; snaprtcd $("$daemon" --version 2>/dev/null | head -1)"
 echo
-echo "| input | encoder | CPU % of a core (threads) | SSIM | PSNR dB | kbit/s | pictures/s out | faults/picture (minor / major) | captured / dropped / encoded |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| input | encoder | CPU ms/picture | pictures/s in | CPU % of a core (threads) | SSIM | PSNR dB | kbit/s | pictures/s out | faults/picture (minor / major) | captured / dropped / encoded | encode wall ms |"
+echo "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|"
 printf '%s\n' "${rows[@]}"
