@@ -68,6 +68,7 @@ fn floor(w: u32, h: u32, n: u64) -> String {
     let mut enc = OpenH264Encoder::new(SoftwareSettings {
         bitrate_kbps: config.encoder.bitrate_kbps,
         fps: FPS,
+        threads: config.encoder.threads,
     })
     .unwrap();
     let mut policy = KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP);

@@ -298,6 +298,9 @@ pub struct EncoderConfig {
     /// Time between periodic IDR frames (the GOP).
     #[serde(with = "humantime_serde")]
     pub keyframe_interval: Duration,
+    /// openh264 threads: one is enough below 1080p, and 1080p30 on one core of a small board
+    /// is not; `auto` decides from the picture size and the cores.
+    pub threads: EncoderThreads,
 }
 
 impl Default for EncoderConfig {
@@ -306,7 +309,65 @@ impl Default for EncoderConfig {
             kind: EncoderKind::Auto,
             bitrate_kbps: 2000,
             keyframe_interval: Duration::from_secs(2),
+            threads: default_encoder_threads(),
         }
+    }
+}
+
+/// `[encoder] threads` defaults to `auto`.
+fn default_encoder_threads() -> EncoderThreads {
+    EncoderThreads::Auto
+}
+
+/// Most threads openh264 uses (its `MAX_THREADS_NUM`; it clips larger counts to this).
+pub const MAX_ENCODER_THREADS: u16 = 4;
+
+/// `[encoder] threads`: `"auto"` or a number of threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderThreads {
+    /// More than one thread for pictures of 1080p and up when the machine has the cores, one
+    /// below (see `media::encoder::encoder_threads`).
+    Auto,
+    /// Exactly this many (1..=[`MAX_ENCODER_THREADS`], checked by validation).
+    Fixed(u16),
+}
+
+impl Serialize for EncoderThreads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Fixed(n) => s.serialize_u16(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EncoderThreads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = EncoderThreads;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or a number of threads")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EncoderThreads, E> {
+                if v == "auto" {
+                    Ok(EncoderThreads::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EncoderThreads, E> {
+                u16::try_from(v)
+                    .map(EncoderThreads::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EncoderThreads, E> {
+                u16::try_from(v)
+                    .map(EncoderThreads::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -933,6 +994,9 @@ fn validate_encoder(e: &EncoderConfig) -> Result<(), Invalid> {
     {
         return bad("encoder.keyframe_interval", "must be between 500ms and 60s");
     }
+    if let EncoderThreads::Fixed(n) = e.threads {
+        in_range("encoder.threads", n, 1..=MAX_ENCODER_THREADS)?;
+    }
     Ok(())
 }
 
@@ -1405,6 +1469,32 @@ mod tests {
                 .max_access_unit_bytes,
             65536
         );
+    }
+
+    #[test]
+    fn encoder_threads_is_auto_or_a_count_in_range() {
+        assert_eq!(Config::default().encoder.threads, EncoderThreads::Auto);
+        let threads = |text: &str| Config::from_toml(text, "a.toml").map(|c| c.encoder.threads);
+        assert_eq!(
+            threads("[encoder]\nthreads = \"auto\"\n"),
+            Ok(EncoderThreads::Auto)
+        );
+        assert_eq!(
+            threads("[encoder]\nthreads = 2\n"),
+            Ok(EncoderThreads::Fixed(2))
+        );
+        let err = threads("[encoder]\nthreads = 0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a.toml:2:11: encoder.threads: 0 is not in 1..=4"
+        );
+        let err = threads("[encoder]\nthreads = 5\n").unwrap_err();
+        assert_eq!(err.key, "encoder.threads", "{err}");
+        for bad in ["\"many\"", "-1", "70000"] {
+            let err = threads(&format!("[encoder]\nthreads = {bad}\n")).unwrap_err();
+            assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+            assert!(err.message.contains("\"auto\" or a number"), "{err}");
+        }
     }
 
     #[test]

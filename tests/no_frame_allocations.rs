@@ -157,6 +157,7 @@ fn the_camera_path_allocates_no_picture_buffers_per_frame() {
     let mut encoder = OpenH264Encoder::new(SoftwareSettings {
         bitrate_kbps: 1000,
         fps: 30,
+        threads: snaprtcd::config::EncoderThreads::Auto,
     })
     .unwrap();
     let n = big_allocations(|i| {

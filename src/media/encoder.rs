@@ -9,6 +9,7 @@ use openh264::encoder::{
 };
 use openh264::{OpenH264API, Timestamp};
 
+use crate::config::{EncoderThreads, MAX_ENCODER_THREADS};
 use crate::picture::annexb::ParamSetInserter;
 use crate::picture::yuv::I420;
 
@@ -39,13 +40,49 @@ pub struct SoftwareSettings {
     pub bitrate_kbps: u32,
     /// Frame rate the rate control plans for (`[camera] fps`).
     pub fps: u32,
+    /// `[encoder] threads`; the count is chosen per picture size ([`encoder_threads`]).
+    pub threads: EncoderThreads,
+}
+
+/// Pictures whose shorter side is at least this many lines are "1080p and up": `auto` gives
+/// them more than one thread.
+pub const AUTO_THREADS_MIN_LINES: u32 = 1080;
+
+/// Most bytes in one slice when openh264 runs on several threads. Its threads work on slices
+/// (one picture partition each), and the openh264 crate only offers more than one slice through
+/// a slice size limit; this one is large enough that a partition is normally one slice.
+const THREADED_MAX_SLICE_BYTES: u32 = 256 * 1024;
+
+/// How many openh264 threads a `width`×`height` picture gets with `setting`, on a machine with
+/// `cores` CPUs. `auto`: one below 1080p (one core keeps up, and slices cost a little
+/// quality), else one per core up to openh264's limit. A fixed count is used as it is (clipped
+/// to 1..=[`MAX_ENCODER_THREADS`]).
+pub fn encoder_threads(width: u32, height: u32, cores: usize, setting: EncoderThreads) -> u16 {
+    match setting {
+        EncoderThreads::Fixed(n) => n.clamp(1, MAX_ENCODER_THREADS),
+        EncoderThreads::Auto if width.min(height) < AUTO_THREADS_MIN_LINES => 1,
+        EncoderThreads::Auto => {
+            u16::try_from(cores.max(1)).map_or(MAX_ENCODER_THREADS, |c| c.min(MAX_ENCODER_THREADS))
+        }
+    }
+}
+
+/// The CPUs this process may run on (1 when unknown).
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// openh264: H.264 Constrained Baseline, real-time camera mode, bitrate control (it may skip a
-/// picture to hold the rate), one thread, IDRs only when
-/// asked (the pipeline's keyframe policy owns the GOP), SPS/PPS in front of every IDR.
+/// picture to hold the rate), IDRs only when asked (the pipeline's keyframe policy owns the
+/// GOP), SPS/PPS in front of every IDR. Threads per [`encoder_threads`], decided again when the
+/// picture size changes.
 pub struct OpenH264Encoder {
     inner: openh264::encoder::Encoder,
+    settings: SoftwareSettings,
+    /// Picture size the current `inner` was chosen for (`None`: nothing encoded yet).
+    size: Option<(u32, u32)>,
+    /// Threads `inner` was made with.
+    threads: u16,
     params: ParamSetInserter,
     out: Vec<u8>,
 }
@@ -56,7 +93,26 @@ impl OpenH264Encoder {
 
     /// Set openh264 up (fails if the library cannot be loaded or refuses the settings).
     pub fn new(settings: SoftwareSettings) -> Result<Self, EncodeError> {
-        let config = EncoderConfig::new()
+        Ok(Self {
+            inner: Self::open(settings, 1)?,
+            settings,
+            size: None,
+            threads: 1,
+            params: ParamSetInserter::new(),
+            out: Vec::with_capacity(256 * 1024),
+        })
+    }
+
+    /// Threads the encoder uses now (1 until the first picture decides).
+    pub fn threads(&self) -> u16 {
+        self.threads
+    }
+
+    fn open(
+        settings: SoftwareSettings,
+        threads: u16,
+    ) -> Result<openh264::encoder::Encoder, EncodeError> {
+        let mut config = EncoderConfig::new()
             .profile(Profile::Baseline)
             .usage_type(UsageType::CameraVideoRealTime)
             .rate_control_mode(RateControlMode::Bitrate)
@@ -70,14 +126,36 @@ impl OpenH264Encoder {
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .complexity(Complexity::Low)
-            .num_threads(1);
-        let inner = openh264::encoder::Encoder::with_api_config(OpenH264API::from_source(), config)
-            .map_err(|e| EncodeError::Setup(e.to_string()))?;
-        Ok(Self {
-            inner,
-            params: ParamSetInserter::new(),
-            out: Vec::with_capacity(256 * 1024),
-        })
+            .num_threads(threads);
+        if threads > 1 {
+            // Without a slice limit the crate asks for one slice, and openh264 then runs one
+            // thread whatever `num_threads` says.
+            config = config.max_slice_len(THREADED_MAX_SLICE_BYTES);
+        }
+        openh264::encoder::Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| EncodeError::Setup(e.to_string()))
+    }
+
+    /// Choose the thread count for this picture size; a new count means a new openh264 encoder
+    /// (the caller's next picture is then an IDR anyway: a size change restarts the stream).
+    fn fit(&mut self, width: u32, height: u32) -> Result<(), EncodeError> {
+        if self.size == Some((width, height)) {
+            return Ok(());
+        }
+        let threads = encoder_threads(width, height, available_cores(), self.settings.threads);
+        if threads != self.threads {
+            self.inner = Self::open(self.settings, threads)?;
+            self.threads = threads;
+        }
+        self.size = Some((width, height));
+        tracing::info!(
+            width,
+            height,
+            threads,
+            setting = ?self.settings.threads,
+            "openh264 encoder open"
+        );
+        Ok(())
     }
 
     /// Encode one picture; `force_idr` makes it an IDR. `None`: the encoder skipped it (rate
@@ -88,6 +166,7 @@ impl OpenH264Encoder {
         timestamp_ms: u64,
         force_idr: bool,
     ) -> Result<Option<EncodedPicture>, EncodeError> {
+        self.fit(picture.width(), picture.height())?;
         if force_idr {
             self.inner.force_intra_frame();
         }
@@ -142,6 +221,7 @@ mod tests {
         let mut enc = OpenH264Encoder::new(SoftwareSettings {
             bitrate_kbps: 500,
             fps: 30,
+            threads: EncoderThreads::Auto,
         })
         .unwrap();
         let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
@@ -182,6 +262,7 @@ mod tests {
         let mut enc = OpenH264Encoder::new(SoftwareSettings {
             bitrate_kbps: 2000,
             fps: 30,
+            threads: EncoderThreads::Auto,
         })
         .unwrap();
         let mut dec = openh264::decoder::Decoder::new().unwrap();
@@ -202,5 +283,48 @@ mod tests {
             read += 1;
         }
         assert!(read >= 10, "only {read} pictures encoded");
+    }
+
+    #[test]
+    fn auto_threads_from_picture_size_and_cores() {
+        use EncoderThreads::{Auto, Fixed};
+        // Below 1080p: one thread, whatever the machine.
+        assert_eq!(encoder_threads(1280, 720, 8, Auto), 1);
+        assert_eq!(encoder_threads(1920, 1079, 8, Auto), 1);
+        // 1080p and up (either orientation): one per core, up to openh264's four.
+        assert_eq!(encoder_threads(1920, 1080, 2, Auto), 2);
+        assert_eq!(encoder_threads(1080, 1920, 2, Auto), 2);
+        assert_eq!(encoder_threads(3840, 2160, 16, Auto), MAX_ENCODER_THREADS);
+        // ... but one on a single core.
+        assert_eq!(encoder_threads(1920, 1080, 1, Auto), 1);
+        assert_eq!(encoder_threads(1920, 1080, 0, Auto), 1);
+        // A fixed count is used at every size.
+        assert_eq!(encoder_threads(640, 480, 1, Fixed(3)), 3);
+        assert_eq!(encoder_threads(1920, 1080, 8, Fixed(1)), 1);
+        assert_eq!(
+            encoder_threads(1920, 1080, 8, Fixed(9)),
+            MAX_ENCODER_THREADS
+        );
+    }
+
+    #[test]
+    fn two_threads_encode_a_picture_as_slices_that_decode() {
+        let mut enc = OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: 1000,
+            fps: 30,
+            threads: EncoderThreads::Fixed(2),
+        })
+        .unwrap();
+        let pic = I420::filled(320, 240, 80, 100, 150).unwrap();
+        let out = enc.encode(&pic, 0, true).unwrap().unwrap();
+        assert_eq!(enc.threads(), 2);
+        let idr_slices = nal_units(&out.data)
+            .iter()
+            .filter(|n| nal_type(n) == Some(nal::IDR))
+            .count();
+        // One slice per thread: openh264 really split the work.
+        assert_eq!(idr_slices, 2, "IDR slices");
+        let decoded = decode_last_picture(&[out.data]).unwrap().unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (320, 240));
     }
 }

@@ -195,6 +195,7 @@ impl MediaLoop {
         let software = SoftwareSettings {
             bitrate_kbps: config.encoder.bitrate_kbps,
             fps: cam.fps,
+            threads: config.encoder.threads,
         };
         // Fail early (at start, not at the first frame) if openh264 cannot be set up.
         let encoder = Some(OpenH264Encoder::new(software)?);
@@ -644,6 +645,7 @@ pub fn encode_test_pattern(
     let mut enc = OpenH264Encoder::new(SoftwareSettings {
         bitrate_kbps: encoder.bitrate_kbps,
         fps,
+        threads: encoder.threads,
     })?;
     let mut policy = KeyframePolicy::new(encoder.keyframe_interval, MIN_FORCED_GAP);
     let t0 = Instant::now();

@@ -231,6 +231,7 @@ mod tests {
         let mut enc = OpenH264Encoder::new(SoftwareSettings {
             bitrate_kbps: 300,
             fps: 30,
+            threads: crate::config::EncoderThreads::Auto,
         })
         .unwrap();
         let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
