@@ -21,7 +21,7 @@ pub fn status_line(media: &MediaStatus, viewers: usize, note: Option<&str>) -> S
         1 => "1 viewer".to_owned(),
         n => format!("{n} viewers"),
     };
-    let mut line = match media.state {
+    let line = match media.state {
         CameraState::Starting => format!("starting {}, {who}", media.source),
         CameraState::Streaming if media.encoder.is_empty() => format!(
             "streaming {}x{} to {who} ({})",
@@ -34,11 +34,15 @@ pub fn status_line(media: &MediaStatus, viewers: usize, note: Option<&str>) -> S
         CameraState::NoSignal => format!("no camera (retrying {}), {who}", media.source),
         CameraState::Stopped => format!("camera stopped, {who}"),
     };
+    one_line(line, note)
+}
+
+/// `line`, then `note` after a `; `, as the one line systemd shows.
+fn one_line(mut line: String, note: Option<&str>) -> String {
     if let Some(note) = note {
         line.push_str("; ");
         line.push_str(note);
     }
-    // systemd shows one line.
     line.replace('\n', " ")
 }
 
@@ -85,16 +89,12 @@ pub fn relay_status_line(stats: &SignalingStats, note: Option<&str>) -> String {
         1 => format!("1 {one}"),
         n => format!("{n} {many}"),
     };
-    let mut line = format!(
+    let line = format!(
         "relay: {}, {}",
         plural(stats.connections, "hub connection", "hub connections"),
         plural(stats.sessions, "session", "sessions")
     );
-    if let Some(note) = note {
-        line.push_str("; ");
-        line.push_str(note);
-    }
-    line.replace('\n', " ")
+    one_line(line, note)
 }
 
 /// Keeps `STATUS=` current in the relay role: asks the hub for its counts every `poll` (and
