@@ -4,13 +4,11 @@
 // (same machine, same clock). Prints p50/p95/p99 and the frame count per path (WHEP; the
 // built-in SnapRTC member), split into capture → last packet received and received → displayed.
 // Run via run.sh.
-import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
-import { tmpdir, loadavg } from "node:os";
+import { loadavg } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
-import { launchBrowser } from "../../tests/webrtc/lib.mjs";
+import { launchBrowser, spawnDaemon } from "../../tests/webrtc/lib.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
@@ -28,10 +26,8 @@ const RUNS = (process.env.BENCH_RUNS || "whep,whep-jb0,whep-nopd,viewer,snaprtc"
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Start snaprtcd with the test pattern; resolves once it logged `ready`. */
-async function startDaemon() {
-  const dir = mkdtempSync(join(tmpdir(), "snaprtcd-latency-"));
-  const config = join(dir, "snaprtcd.toml");
-  writeFileSync(config, `
+function startDaemon() {
+  return spawnDaemon(`
 [server]
 listen = "127.0.0.1:0"
 rtc_udp_port = 0
@@ -44,42 +40,7 @@ fps = ${FPS}
 
 [mdns]
 enabled = false
-`);
-  const proc = spawn(bin, ["--config", config], {
-    env: { ...process.env, SNAPRTCD_LOG: process.env.SNAPRTCD_LOG || "info", NO_COLOR: "1" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  const log = [];
-  let base = null;
-  await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("daemon did not start:\n" + log.join("\n"))), 30000);
-    let buf = "";
-    proc.stderr.on("data", (chunk) => {
-      buf += chunk.toString();
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        log.push(line);
-        if (process.env.SNAPRTCD_TEST_LOG) console.error("[daemon] " + line);
-        const m = line.match(/http listening.*addr=(\S+)/);
-        if (m) base = "http://" + m[1];
-        if (/\bready\b/.test(line) && base) { clearTimeout(timer); resolve(); }
-      }
-    });
-    proc.on("exit", (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${code}:\n` + log.join("\n"))); });
-  });
-  return {
-    base, proc, log,
-    async stop() {
-      if (proc.exitCode === null) {
-        const exited = new Promise((r) => proc.once("exit", r));
-        proc.kill("SIGTERM");
-        await exited;
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+`, bin);
 }
 
 // Runs in the page (an init script): the stamp reader (a copy of the viewer page's, which

@@ -35,10 +35,18 @@ fps = 30`;
 
 /** Start the daemon; resolves to { base, proc, log, stop() } once it logged `ready`. */
 export async function startDaemon(extra = "", camera = TESTSRC) {
+  return spawnDaemon(baseConfig(extra, camera));
+}
+
+/**
+ * Run `binary` with `configText` as its config file (in a fresh temporary directory, removed by
+ * stop()); resolves to { base, proc, log, dir, stop() } once it logged `ready`.
+ */
+export async function spawnDaemon(configText, binary = bin) {
   const dir = mkdtempSync(join(tmpdir(), "snaprtcd-webrtc-"));
   const config = join(dir, "snaprtcd.toml");
-  writeFileSync(config, baseConfig(extra, camera));
-  const proc = spawn(bin, ["--config", config], {
+  writeFileSync(config, configText);
+  const proc = spawn(binary, ["--config", config], {
     env: { ...process.env, SNAPRTCD_LOG: process.env.SNAPRTCD_LOG || "info", NO_COLOR: "1" },
     stdio: ["ignore", "ignore", "pipe"],
   });
