@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # snaprtcd's WebRTC side in headless Chromium (WHEP, viewer page, 8 viewers, bad input, time to
-# first frame). Installs what it needs on a fresh Debian 12 (Chromium, Node.js + npm, iproute2),
+# first frame; go2rtc's API in go2rtc.test.mjs). Installs what it needs on a fresh Debian 12
+# (Chromium, Node.js + npm, iproute2),
 # runs `npm ci`, builds the daemon unless SNAPRTCD_BIN names one, and runs the tests inside a
 # network namespace of its own: loopback plus a veth address with a default route, because
 # Chromium gathers no host candidate on loopback alone. Needs root (for the namespace).
@@ -65,4 +66,4 @@ opts=()
 if node --test-concurrency=1 -e '' >/dev/null 2>&1; then
   opts+=(--test-concurrency=1)
 fi
-ip netns exec "$ns" node --test "${opts[@]}" "$@" webrtc.test.mjs
+ip netns exec "$ns" node --test "${opts[@]}" "$@" webrtc.test.mjs go2rtc.test.mjs
