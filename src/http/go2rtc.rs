@@ -42,6 +42,9 @@ use crate::signaling::go2rtc::{
 /// read is dropped after it.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most bytes read and dropped after a frame is refused for its size.
+const DISCARD_BYTES: usize = 8 << 20;
+
 /// The go2rtc WebSockets open now: at most `[server] max_viewers`, as each carries one offer.
 pub(super) struct Sockets {
     permits: Arc<Semaphore>,
@@ -289,6 +292,7 @@ async fn run(
                         debug!(error = %e, "go2rtc websocket: read failed");
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             close(&mut ws, CloseCode::TooBig, "message too big").await;
+                            discard_rest(&mut ws).await;
                         }
                         return;
                     }
@@ -306,6 +310,25 @@ async fn close(ws: &mut Socket, code: CloseCode, why: &'static str) {
         reason: why.into(),
     };
     let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(Some(frame))).await;
+}
+
+/// After refusing a frame from its header: read and drop what the client is still sending, for
+/// at most [`DISCARD_BYTES`] or [`SEND_TIMEOUT`], so that closing the socket with unread data
+/// does not reset the connection before the client has read the close frame.
+async fn discard_rest(ws: &mut Socket) {
+    use tokio::io::AsyncReadExt;
+    let io = ws.get_mut();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut left = DISCARD_BYTES;
+    let drain = async {
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(SEND_TIMEOUT, drain).await;
 }
 
 /// The answer's `a=candidate:` lines without `a=`, as go2rtc sends its own.
