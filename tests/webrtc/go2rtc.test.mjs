@@ -7,7 +7,7 @@ import http from "node:http";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startDaemon, launchBrowser, healthJson, waitFor } from "./lib.mjs";
+import { startDaemon, launchBrowser, healthJson, metrics, waitFor } from "./lib.mjs";
 
 // Page side. `go2rtcPlay` follows video-rtc.js with mode "webrtc,mse,hls,mjpeg" in Chromium:
 // on open it sends `mse` (MediaSource exists) and starts WebRTC at once; an `error` starting
@@ -154,6 +154,36 @@ test("two-way audio: an offer with a sendonly microphone m-line is answered with
   await p.close();
 });
 
+test("go2rtc players are viewers of the one encode: 3 at once, frames encoded ~ frames captured", { timeout: 60000 }, async () => {
+  // The earlier tests' viewers leave when their peer connections close.
+  await waitFor(async () => (await healthJson(daemon.base)).viewers === 0, 20000, "no viewers left");
+  const p = await page();
+  await p.evaluate(async () => {
+    window.players = [];
+    for (let i = 0; i < 3; i++) window.players.push(await go2rtcPlay());
+  });
+  await waitFor(() => p.evaluate(async () => {
+    for (const s of window.players) if ((await framesDecoded(s.pc)) < 1) return false;
+    return true;
+  }), 15000, "a first frame on each player");
+  const m0 = await metrics(daemon.base);
+  await p.evaluate(async () => { for (const s of window.players) s.base = await framesDecoded(s.pc); });
+  await waitFor(() => p.evaluate(async () => {
+    for (const s of window.players) if ((await framesDecoded(s.pc)) < s.base + 30) return false;
+    return true;
+  }), 15000, "30 more frames on each player");
+  const m1 = await metrics(daemon.base);
+  const captured = m1["snaprtcd_frames_captured_total"] - m0["snaprtcd_frames_captured_total"];
+  const encoded = m1["snaprtcd_frames_encoded_total"] - m0["snaprtcd_frames_encoded_total"];
+  const sent = m1["snaprtcd_frames_sent_total"] - m0["snaprtcd_frames_sent_total"];
+  console.log(`3 go2rtc players: captured ${captured}, encoded ${encoded}, sent ${sent}`);
+  assert.ok(encoded <= captured + 2, `encoded ${encoded} > captured ${captured}`);
+  assert.ok(sent >= 3 * 30, `sent ${sent}`);
+  assert.equal(m1["snaprtcd_viewers"], 3);
+  await p.evaluate(() => { for (const s of window.players) s.pc.close(); });
+  await p.close();
+});
+
 test("GET /api, /api/streams and /api/frame.jpeg?src=camera", { timeout: 60000 }, async () => {
   const info = await (await fetch(daemon.base + "/api")).json();
   assert.equal(info.name, "snaprtcd");
@@ -193,7 +223,7 @@ test("bad /api/ws input: oversized, binary, garbage and unknown streams are answ
   assert.match(r.notSdp.got[0].value, /^webrtc\/offer: bad SDP offer/);
   await p.close();
   assert.equal((await fetch(daemon.base + "/api")).status, 200, "still serving");
-  assert.equal((await healthJson(daemon.base)).viewers, 0, "no viewer was made");
+  await waitFor(async () => (await healthJson(daemon.base)).viewers === 0, 20000, "no viewers (none was made here)");
 });
 
 /** The status of an upgrade request to `path` (101 if it upgrades), with these headers. */
