@@ -177,11 +177,13 @@ test("go2rtc players are viewers of the one encode: 3 at once, frames encoded ~ 
   const encoded = m1["snaprtcd_frames_encoded_total"] - m0["snaprtcd_frames_encoded_total"];
   const sent = m1["snaprtcd_frames_sent_total"] - m0["snaprtcd_frames_sent_total"];
   console.log(`3 go2rtc players: captured ${captured}, encoded ${encoded}, sent ${sent}`);
-  assert.ok(encoded <= captured + 2, `encoded ${encoded} > captured ${captured}`);
-  assert.ok(sent >= 3 * 30, `sent ${sent}`);
-  assert.equal(m1["snaprtcd_viewers"], 3);
   await p.evaluate(() => { for (const s of window.players) s.pc.close(); });
   await p.close();
+  assert.ok(encoded <= captured + 2, `encoded ${encoded} > captured ${captured}`);
+  // Every captured frame went to all three (a frame or two may be in flight at either end).
+  assert.ok(sent >= 3 * (captured - 2), `sent ${sent}, captured ${captured}`);
+  assert.ok(captured >= 25, `captured ${captured}`);
+  assert.equal(m1["snaprtcd_viewers"], 3);
 });
 
 test("GET /api, /api/streams and /api/frame.jpeg?src=camera", { timeout: 60000 }, async () => {
