@@ -136,7 +136,11 @@ pub(super) fn upgrade(
     let upgrade = hyper::upgrade::on(req);
     tracker.spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => run(upgraded, config, src, rtc, cancel, permit).await,
+            Ok(upgraded) => {
+                run(upgraded, config, src, rtc, cancel, permit).await;
+                // Its slot is free again by now (the permit went with `run`).
+                debug!("go2rtc websocket closed");
+            }
             Err(e) => debug!(error = %e, "go2rtc websocket upgrade failed"),
         }
     });
