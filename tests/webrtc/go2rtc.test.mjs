@@ -4,9 +4,11 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
 import { startDaemon, launchBrowser, healthJson, metrics, waitFor } from "./lib.mjs";
 
 // Page side. `go2rtcPlay` follows video-rtc.js with mode "webrtc,mse,hls,mjpeg" in Chromium:
@@ -228,6 +230,19 @@ test("bad /api/ws input: oversized, binary, garbage and unknown streams are answ
   await waitFor(async () => (await healthJson(daemon.base)).viewers === 0, 20000, "no viewers (none was made here)");
 });
 
+/** Run tests/webrtc/ha_client.py (aiohttp as Home Assistant uses it); one result per server URL. */
+function haClient(base, token) {
+  const script = join(dirname(fileURLToPath(import.meta.url)), "ha_client.py");
+  let out;
+  try {
+    out = execFileSync("/usr/bin/python3", [script, base, token], { encoding: "utf8", timeout: 30000 });
+  } catch (e) {
+    // run.sh installs python3-aiohttp; a missing one is a failure, never a pass.
+    throw new Error("ha_client.py failed (is python3-aiohttp installed?): " + (e.stderr || e.message));
+  }
+  return out.trim().split("\n").map((l) => JSON.parse(l));
+}
+
 /** The status of an upgrade request to `path` (101 if it upgrades), with these headers. */
 function upgradeStatus(base, path, headers = {}) {
   const url = new URL(base + path);
@@ -269,6 +284,13 @@ test("auth: /api routes need the token (Bearer, access_token or as a Basic passw
     assert.equal((await fetch(d.base + "/snapshot.jpg", { headers: basic })).status, 401);
     // The player with the token in its URL plays.
     const p = await page(d.base);
+    // The Home Assistant integration's own URL handling, with aiohttp (Debian's python3-aiohttp):
+    // `server: http://snaprtcd:TOKEN@host:port` as docs/integrations.md says.
+    const ha = haClient(d.base, token);
+    assert.deepEqual(ha[0].ws, { type: "error", value: "mse: not served by snaprtcd, which plays WebRTC only" }, JSON.stringify(ha));
+    assert.deepEqual(ha[0].poster, [200, "image/jpeg", "ffd8"]);
+    assert.equal(ha[1].ws, 401);
+    assert.equal(ha[1].poster[0], 401);
     await p.evaluate(async (token) => { window.s = await go2rtcPlay({ src: "camera&access_token=" + token }); }, token);
     await waitFor(() => p.evaluate(async () => (await framesDecoded(window.s.pc)) >= 10), 10000, "10 decoded frames");
     await p.evaluate(() => window.s.pc.close());
