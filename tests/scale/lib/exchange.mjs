@@ -94,10 +94,19 @@ export async function reconnectingClient(t, url) {
   conn.messages = recorder.messages;
   conn.waitFor = recorder.waitFor;
   conn.reconnected = 0;
+  const waiters = [];
   conn.onreconnected(() => {
     conn.reconnected += 1;
-    if (conn.syncAs) conn.invoke('Sync', ...conn.syncAs).catch(() => {});
+    const synced = conn.syncAs ? conn.invoke('Sync', ...conn.syncAs).catch(() => {}) : Promise.resolve();
+    synced.then(() => {
+      for (const w of waiters.splice(0)) w();
+    });
   });
+  /** Resolves when connected (and, after a reconnect, synced again); rejects after `ms`. */
+  conn.whenConnected = (ms = 10000) => {
+    if (conn.state === signalR.HubConnectionState.Connected) return Promise.resolve();
+    return withTimeout(new Promise((resolve) => waiters.push(resolve)), ms, 'the reconnect');
+  };
   t.after(() => conn.stop());
   await withTimeout(conn.start(), 10000, 'HubConnection.start()');
   return conn;
