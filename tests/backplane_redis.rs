@@ -426,3 +426,74 @@ async fn junk_on_a_sessions_channel_is_counted_and_dropped() {
     }
     assert_eq!(backplane_state(&a), "up");
 }
+
+/// `rediss://` with a password: TLS through rustls, the server's certificate checked against
+/// the system roots (here `SSL_CERT_FILE`, a CA the test makes); a wrong password keeps the
+/// backplane down, and no log line shows either password.
+#[tokio::test]
+async fn rediss_with_a_password_connects_and_a_wrong_password_stays_down_without_leaking_it() {
+    if !require_tool("redis-server", "redis-server") || !require_tool("openssl", "openssl") {
+        return;
+    }
+    let dir = TempDir::new("rediss");
+    let sh = |script: &str| {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir.0)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script}");
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost");
+    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext && \
+        openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 2 -extfile ext");
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--tls-cert-file", "srv.crt", "--tls-key-file", "srv.key"])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args([
+            "--requirepass",
+            "s3cr3t-pw",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ca = dir.path("ca.crt");
+    let start = |password: &str| {
+        Daemon::start_with_env(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[camera]\nsource = \"none\"\n\
+                 [backplane]\nkind = \"redis\"\nurl = \"rediss://:{password}@127.0.0.1:{port}/0\"\n"
+            ),
+            &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+        )
+    };
+    let good = start("s3cr3t-pw");
+    wait_up(&good);
+    let mut bad = start("wr0ng-pw");
+    bad.wait_for_log("cannot reach Redis", Duration::from_secs(10));
+    assert_eq!(backplane_state(&bad), "down");
+    let log = format!("{}\n{}", good.log.join("\n"), bad.log.join("\n"));
+    assert!(
+        !log.contains("s3cr3t-pw") && !log.contains("wr0ng-pw"),
+        "{log}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
