@@ -26,10 +26,12 @@ use tracing::{debug, info, warn};
 
 use super::capture::{self, Answerer};
 use super::hub::{
-    AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request, SessionId,
+    AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request,
+    RequestError, SessionId,
 };
+use super::redis::{self as backplane_task, BackplaneCounters, Event, Op};
 use super::signalr::{ConnOutput, Connection, ConnectionConfig};
-use crate::config::{JoinSessions, SignalingConfig};
+use crate::config::{BackplaneConfig, BackplaneKind, JoinSessions, SignalingConfig};
 use crate::ids::random_token;
 
 /// Commands to the hub task.
@@ -39,6 +41,16 @@ enum Command {
     },
     Check {
         token: Option<String>,
+        reply: oneshot::Sender<Result<(), AdmissionError>>,
+    },
+    /// The token is in the backplane's Redis: only that copy is valid.
+    Forget {
+        token: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// The backplane handed over a token another instance negotiated.
+    Adopt {
+        token: String,
         reply: oneshot::Sender<Result<(), AdmissionError>>,
     },
     Connect {
@@ -66,6 +78,21 @@ pub struct SignalingStats {
     pub connections: usize,
     /// Sessions (SignalR groups) open now.
     pub sessions: usize,
+    /// The Redis backplane, when one is configured.
+    pub backplane: Option<BackplaneStats>,
+}
+
+/// The Redis backplane's state and counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackplaneStats {
+    /// Connected to Redis now.
+    pub up: bool,
+    /// Envelopes published.
+    pub published: u64,
+    /// Envelopes received from Redis.
+    pub received: u64,
+    /// Messages dropped (queues full, Redis down, or refused as malformed or too large).
+    pub dropped: u64,
 }
 
 /// Why the signaling service could not do something.
@@ -84,6 +111,8 @@ pub enum ServiceError {
 pub struct SignalingHandle {
     commands: mpsc::Sender<Command>,
     config: Arc<SignalingConfig>,
+    /// To the backplane task (tokens), when there is one.
+    backplane: Option<mpsc::Sender<Op>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -91,21 +120,54 @@ pub struct SignalingHandle {
 /// Start the hub task. It stops when `cancel` fires; connection tasks are tracked by `tracker`.
 ///
 /// With an `answerer` and `join_sessions = "all"`, the daemon joins every session an initiator
-/// opens as its capture side; otherwise the hub is a pure relay.
+/// opens as its capture side; otherwise the hub is a pure relay. With `[backplane] kind =
+/// "redis"` the hub shares its sessions with every instance on that Redis, through the
+/// backplane task ([`super::redis`]).
 pub fn spawn(
     config: SignalingConfig,
+    backplane: &BackplaneConfig,
     answerer: Option<Arc<dyn Answerer>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-) -> SignalingHandle {
+) -> Result<SignalingHandle, backplane_task::BackplaneError> {
     // Every connection sends through this queue; a full queue slows readers, never the hub.
     let (tx, rx) = mpsc::channel(1024);
     let answerer = answerer.filter(|_| config.join_sessions == JoinSessions::All);
-    let hub = Hub::new(HubConfig {
+    let hub_config = HubConfig {
         max_sessions: config.max_sessions,
         max_members_per_session: config.max_members_per_session,
         capture_wanted: answerer.is_some(),
-    });
+    };
+    let (hub, link) = match backplane.kind {
+        BackplaneKind::None => (Hub::new(hub_config), None),
+        BackplaneKind::Redis => {
+            // Unique in the fleet, and no `.` (connection ids are `{instance}.{member}`).
+            let instance = random_token()
+                .map_err(|e| backplane_task::BackplaneError::Url(format!("no instance id: {e}")))?;
+            let link = backplane_task::spawn(
+                backplane_task::Settings {
+                    config: backplane.clone(),
+                    instance: instance.clone(),
+                    max_members_per_session: config.max_members_per_session,
+                    max_message_bytes: config.max_payload_bytes,
+                    token_lifetime: config.handshake_timeout,
+                },
+                cancel.clone(),
+                &tracker,
+            )?;
+            (Hub::with_backplane(hub_config, &instance), Some(link))
+        }
+    };
+    let (backplane_link, events) = match link {
+        Some(link) => (
+            Some(BackplaneLink {
+                ops: link.ops,
+                counters: link.counters,
+            }),
+            Some(link.events),
+        ),
+        None => (None, None),
+    };
     let admissions = Admissions::new(config.max_connections, config.handshake_timeout);
     let (capture, replies) = match answerer {
         Some(answerer) => {
@@ -129,27 +191,88 @@ pub fn spawn(
         next_member: 1,
         max_queued: config.max_queued_messages,
         capture,
+        backplane: backplane_link.clone(),
     };
-    tracker.spawn(task.run(rx, replies, cancel.clone()));
-    SignalingHandle {
+    tracker.spawn(task.run(rx, replies, events, cancel.clone()));
+    Ok(SignalingHandle {
         commands: tx,
         config: Arc::new(config),
+        backplane: backplane_link.map(|link| link.ops),
         cancel,
         tracker,
-    }
+    })
 }
 
+/// The hub task's end of the backplane task.
+#[derive(Clone)]
+struct BackplaneLink {
+    ops: mpsc::Sender<Op>,
+    counters: Arc<BackplaneCounters>,
+}
+
+/// How long the HTTP side waits for Redis (storing or taking a token) before going on
+/// without it.
+const TOKEN_WAIT: Duration = Duration::from_secs(1);
+
 impl SignalingHandle {
-    /// Reserve a connection: `(connectionId, connectionToken)`.
+    /// Reserve a connection: `(connectionId, connectionToken)`. With the backplane up, the
+    /// token is kept in Redis, so the WebSocket may reach any instance; otherwise it is valid
+    /// here only.
     pub async fn negotiate(&self) -> Result<(String, String), ServiceError> {
         let (reply, rx) = oneshot::channel();
-        self.call(Command::Negotiate { reply }, rx)
-            .await?
-            .map_err(Into::into)
+        let (id, token) = self.call(Command::Negotiate { reply }, rx).await??;
+        if let Some(ops) = &self.backplane {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::StoreToken {
+                token: token.clone(),
+                reply,
+            };
+            let stored = ops.try_send(op).is_ok()
+                && matches!(tokio::time::timeout(TOKEN_WAIT, rx).await, Ok(Ok(true)));
+            if stored {
+                let (reply, rx) = oneshot::channel();
+                let forget = Command::Forget {
+                    token: token.clone(),
+                    reply,
+                };
+                self.call(forget, rx).await?;
+            } else {
+                debug!(
+                    "negotiate: backplane unavailable; the token is valid on this instance only"
+                );
+            }
+        }
+        Ok((id, token))
     }
 
-    /// Would an upgrade with this token be admitted?
+    /// Would an upgrade with this token be admitted? With the backplane up, a token is taken
+    /// from Redis (whichever instance negotiated it) and so can be used once in the fleet.
     pub async fn check(&self, token: Option<String>) -> Result<(), ServiceError> {
+        if let (Some(ops), Some(token)) = (&self.backplane, &token) {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::TakeToken {
+                token: token.clone(),
+                reply,
+            };
+            let taken = match ops.try_send(op) {
+                Ok(()) => tokio::time::timeout(TOKEN_WAIT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                Err(_) => None,
+            };
+            if taken == Some(true) {
+                let (reply, rx) = oneshot::channel();
+                let adopt = Command::Adopt {
+                    token: token.clone(),
+                    reply,
+                };
+                return self.call(adopt, rx).await?.map_err(Into::into);
+            }
+            // Not in Redis (used, expired, or negotiated while Redis was away) or Redis
+            // unavailable: only a token kept here can be valid.
+        }
         let (reply, rx) = oneshot::channel();
         self.call(Command::Check { token, reply }, rx)
             .await?
@@ -491,6 +614,8 @@ struct HubTask {
     max_queued: usize,
     /// To the capture-member task, when the daemon joins sessions.
     capture: Option<mpsc::Sender<capture::Incoming>>,
+    /// To the backplane task, when sessions span instances.
+    backplane: Option<BackplaneLink>,
 }
 
 impl HubTask {
@@ -498,10 +623,12 @@ impl HubTask {
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut replies: Option<mpsc::Receiver<capture::Reply>>,
+        mut events: Option<mpsc::Receiver<Event>>,
         cancel: CancellationToken,
     ) {
         info!(
             capture = self.capture.is_some(),
+            backplane = self.backplane.is_some(),
             max_queued = self.max_queued,
             "signaling hub running"
         );
@@ -512,10 +639,58 @@ impl HubTask {
                     None => break,
                 },
                 Some(reply) = recv_opt(&mut replies) => self.local_signal(reply),
+                Some(event) = recv_opt(&mut events) => self.backplane_event(event),
                 _ = cancel.cancelled() => break,
             }
         }
         debug!("signaling hub stopped");
+    }
+
+    /// What the backplane task reports: its state, a message from another instance, or the
+    /// answer to a reservation.
+    fn backplane_event(&mut self, event: Event) {
+        match event {
+            Event::Up => self.hub.handle_backplane(true),
+            Event::Down => self.hub.handle_backplane(false),
+            Event::Message { session, envelope } => {
+                let now = Instant::now().into_std();
+                if let Err(e) = self.hub.handle_remote(&session, &envelope, now) {
+                    debug!(%session, error = %e, "backplane message not delivered");
+                    if let Some(link) = &self.backplane {
+                        link.counters
+                            .dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            Event::Reserved {
+                member,
+                session,
+                result,
+            } => self.hub.handle_reservation(member, session, result),
+        }
+        self.drain();
+    }
+
+    /// Hand one of the hub's backplane intents to the backplane task without waiting: a full
+    /// queue drops it (counted); a reservation that cannot be queued is refused at once.
+    fn send_backplane(&mut self, op: Op) {
+        let Some(link) = &self.backplane else {
+            return;
+        };
+        if let Err(e) = link.ops.try_send(op) {
+            link.counters
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Op::Reserve { member, session } = e.into_inner() {
+                warn!(%session, "backplane queue full; join refused");
+                self.hub.handle_reservation(
+                    member,
+                    session,
+                    Err(RequestError::BackplaneUnavailable),
+                );
+            }
+        }
     }
 
     /// The capture member answered: relay as `signalInitiator` if it is still in the session.
@@ -561,6 +736,13 @@ impl HubTask {
             Command::Check { token, reply } => {
                 let _ = reply.send(self.admissions.check(token.as_deref(), now));
             }
+            Command::Forget { token, reply } => {
+                self.admissions.forget(&token);
+                let _ = reply.send(());
+            }
+            Command::Adopt { token, reply } => {
+                let _ = reply.send(self.admissions.adopt(token, now));
+            }
             Command::Connect {
                 token,
                 outbound,
@@ -584,9 +766,17 @@ impl HubTask {
             }
             Command::Disconnected { member } => self.remove(member),
             Command::Stats { reply } => {
+                let load =
+                    |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(SignalingStats {
                     connections: self.admissions.active(),
                     sessions: self.hub.session_count(),
+                    backplane: self.backplane.as_ref().map(|link| BackplaneStats {
+                        up: self.hub.backplane_up(),
+                        published: load(&link.counters.published),
+                        received: load(&link.counters.received),
+                        dropped: load(&link.counters.dropped),
+                    }),
                 });
             }
         }
@@ -632,7 +822,18 @@ impl HubTask {
                     self.clients.remove(&member);
                 }
                 // The hub is built without a backplane (no Redis task yet): these never come.
-                HubOutput::Subscribe(_) | HubOutput::Unsubscribe(_) | HubOutput::Publish { .. } => {
+                HubOutput::Subscribe(session) => self.send_backplane(Op::Subscribe(session)),
+                HubOutput::Unsubscribe(session) => self.send_backplane(Op::Unsubscribe(session)),
+                HubOutput::Publish { session, envelope } => match envelope.encode() {
+                    Ok(bytes) => self.send_backplane(Op::Publish { session, bytes }),
+                    Err(e) => warn!(%session, error = %e, "cannot encode a backplane message"),
+                },
+                HubOutput::Reserve { member, session } => {
+                    self.send_backplane(Op::Reserve { member, session })
+                }
+                HubOutput::Release(session) => self.send_backplane(Op::Release(session)),
+                HubOutput::Restate { session, count } => {
+                    self.send_backplane(Op::Restate { session, count })
                 }
             }
         }
@@ -690,6 +891,7 @@ mod tests {
             next_member: 100,
             max_queued: 64,
             capture: Some(capture),
+            backplane: None,
         };
         let mut receivers = Vec::new();
         for member in [1, 2] {
