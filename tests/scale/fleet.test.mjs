@@ -5,8 +5,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { daemonBin, repoRoot } from '../node/lib/daemon.mjs';
 import { negotiate, RawHub, invoke } from '../node/lib/raw.mjs';
-import { eventually, health, metric, skipReason, startFleet, startInstance } from './lib/fleet.mjs';
+import { HAPROXY_CFG, eventually, health, metric, skipReason, startFleet, startInstance } from './lib/fleet.mjs';
 import { client, exchange, pool, sessionId } from './lib/exchange.mjs';
 
 const skip = skipReason();
@@ -128,4 +132,19 @@ test('max_members_per_session holds across the fleet', { skip, timeout: 30000 },
     await md.invoke('Sync', session, true);
     return true;
   });
+});
+
+test("the compose file's pieces: haproxy.cfg (which the tests here run) and fleet.toml are valid", { skip, timeout: 30000 }, async () => {
+  const dir = path.join(repoRoot, 'packaging', 'container');
+  const compose = await readFile(path.join(dir, 'compose.yaml'), 'utf8');
+  assert.match(compose, /\.\/haproxy\.cfg:\/usr\/local\/etc\/haproxy\/haproxy\.cfg/, 'compose mounts haproxy.cfg');
+  assert.match(compose, /\.\/fleet\.toml:\/etc\/snaprtcd\/relay\.toml/, 'compose mounts fleet.toml');
+  assert.equal((compose.match(/^ {2}snaprtcd\d: \*relay$/gm) || []).length, 3, '3 instances');
+  // The compose names (snaprtcd1..3) do not resolve here: check with addresses.
+  const env = { ...process.env, SNAPRTCD1: '127.0.0.1:1', SNAPRTCD2: '127.0.0.1:2', SNAPRTCD3: '127.0.0.1:3' };
+  execFileSync('haproxy', ['-c', '-q', '-f', HAPROXY_CFG], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = execFileSync(daemonBin(), ['check-config', path.join(dir, 'fleet.toml')], { encoding: 'utf8' });
+  assert.match(out, /ok/);
+  const effective = execFileSync(daemonBin(), ['print-config', '-c', path.join(dir, 'fleet.toml')], { encoding: 'utf8' });
+  assert.match(effective, /\[backplane\]\nkind = "redis"\nurl = "redis:\/\/redis:6379\/0"/);
 });
