@@ -17,10 +17,8 @@
 //!
 //! **Across instances** ([`Hub::with_backplane`]): members of one session may be connected to
 //! different instances. The hub then also asks its shell to [`HubOutput::Subscribe`] to a
-//! session when its first member here asks to join (before its fleet-wide place is asked for,
-//! so that by the time the `Sync` completes nothing published for the session can miss this
-//! instance) and to [`HubOutput::Unsubscribe`] when its last one leaves (or its join is
-//! refused), and to [`HubOutput::Publish`] every relayed message (`signalStart`,
+//! session when its first member here joins and to [`HubOutput::Unsubscribe`] when its last
+//! one leaves, and to [`HubOutput::Publish`] every relayed message (`signalStart`,
 //! `signalCapture`, `signalInitiator`) as a [`backplane`](super::backplane) envelope that
 //! excludes the sender. What other instances publish comes in through [`Hub::handle_remote`]
 //! and goes to this instance's members of the session. Each member has a fleet-wide
@@ -450,9 +448,6 @@ pub struct Hub {
     backplane_up: bool,
     /// With a backplane: joins waiting for their [`HubOutput::Reserve`] answer.
     pending: HashMap<(MemberId, SessionId), PendingJoin>,
-    /// With a backplane: sessions not (yet) open here that were subscribed to for a pending
-    /// join, ahead of its reservation.
-    subscribed_ahead: std::collections::HashSet<SessionId>,
 }
 
 /// A `Sync` waiting for its fleet-wide place.
@@ -476,7 +471,6 @@ impl Hub {
             instance: None,
             backplane_up: false,
             pending: HashMap::new(),
-            subscribed_ahead: std::collections::HashSet::new(),
         }
     }
 
@@ -648,29 +642,9 @@ impl Hub {
                 invocations: invocation_id.into_iter().collect(),
             },
         );
-        // Subscribe before asking for the place: the shell carries outputs out in order and
-        // a subscription is confirmed before the next, so once the answer (and the Sync's
-        // Completion) comes, whatever another instance publishes for the session reaches this
-        // one (e.g. the signalStart of a capture side that syncs there next).
-        if !self.sessions.contains_key(&session) && self.subscribed_ahead.insert(session.clone()) {
-            self.outputs
-                .push_back(HubOutput::Subscribe(session.clone()));
-        }
         self.outputs
             .push_back(HubOutput::Reserve { member, session });
         Ok(())
-    }
-
-    /// A subscription taken ahead of a join that will not happen: dropped once no join of
-    /// `session` is pending and the session is not open here.
-    fn unsubscribe_unused(&mut self, session: &SessionId) {
-        if !self.sessions.contains_key(session)
-            && !self.pending.keys().any(|(_, s)| s == session)
-            && self.subscribed_ahead.remove(session)
-        {
-            self.outputs
-                .push_back(HubOutput::Unsubscribe(session.clone()));
-        }
     }
 
     /// Input: the answer to [`HubOutput::Reserve`]: `Ok` when `member` has its fleet-wide
@@ -691,12 +665,11 @@ impl Hub {
         };
         let result = result.and_then(|()| {
             self.join(member, session.clone(), pending.ready)
-                .inspect_err(|_| self.outputs.push_back(HubOutput::Release(session.clone())))
+                .inspect_err(|_| self.outputs.push_back(HubOutput::Release(session)))
         });
         for invocation_id in pending.invocations {
             self.complete(member, Some(invocation_id), result.clone());
         }
-        self.unsubscribe_unused(&session);
     }
 
     /// Input: the backplane went up (`true`) or down. Going up, every session here is
@@ -708,11 +681,6 @@ impl Hub {
         }
         self.backplane_up = up;
         if up {
-            let mut ahead: Vec<_> = self.subscribed_ahead.iter().cloned().collect();
-            ahead.sort();
-            for session in ahead {
-                self.outputs.push_back(HubOutput::Subscribe(session));
-            }
             let mut sessions: Vec<_> = self.sessions.iter().collect();
             sessions.sort_by(|a, b| a.0.cmp(b.0));
             for (session, s) in sessions {
@@ -753,16 +721,7 @@ impl Hub {
 
     /// A member is gone: it leaves every session; empty sessions are freed.
     pub fn handle_disconnect(&mut self, member: MemberId) {
-        let waited: Vec<SessionId> = self
-            .pending
-            .keys()
-            .filter(|(m, _)| *m == member)
-            .map(|(_, s)| s.clone())
-            .collect();
         self.pending.retain(|(m, _), _| *m != member);
-        for session in waited {
-            self.unsubscribe_unused(&session);
-        }
         for session in self.memberships.remove(&member).unwrap_or_default() {
             self.remove_from_session(member, &session);
         }
@@ -794,7 +753,7 @@ impl Hub {
                     .entry(member)
                     .or_default()
                     .push(session.clone());
-                if is_new && self.instance.is_some() && !self.subscribed_ahead.remove(&session) {
+                if is_new && self.instance.is_some() {
                     self.outputs
                         .push_back(HubOutput::Subscribe(session.clone()));
                 }
@@ -1481,15 +1440,10 @@ mod tests {
             member: MemberId(m),
             session: sid("s"),
         };
-        // Subscribed before the place is asked for: by the time the Sync completes, what other
-        // instances publish for the session reaches this one.
         call(&mut h, 1, None, sync("s", false));
-        assert_eq!(
-            drain(&mut h),
-            vec![HubOutput::Subscribe(sid("s")), reserve(1)]
-        );
+        assert_eq!(drain(&mut h), vec![reserve(1)]);
         h.handle_reservation(MemberId(1), sid("s"), Ok(()));
-        assert!(drain(&mut h).is_empty());
+        assert_eq!(drain(&mut h), vec![HubOutput::Subscribe(sid("s"))]);
         call(&mut h, 2, None, sync("s", false));
         assert_eq!(drain(&mut h), vec![reserve(2)]);
         h.handle_reservation(MemberId(2), sid("s"), Ok(()));
@@ -1511,57 +1465,6 @@ mod tests {
             [HubOutput::Publish { session, envelope }]
                 if *session == sid("t") && envelope.excluded == ["x.3"]
         ));
-    }
-
-    #[test]
-    fn a_subscription_taken_for_a_join_that_fails_is_dropped() {
-        let mut h = Hub::with_backplane(
-            HubConfig {
-                max_sessions: 10,
-                max_members_per_session: 8,
-                capture_wanted: false,
-            },
-            "x",
-        );
-        h.handle_backplane(true);
-        let reserve = |m: u64| HubOutput::Reserve {
-            member: MemberId(m),
-            session: sid("s"),
-        };
-        // Two joins wait for a new session: one subscription; the first is refused, the
-        // second still waits, so the subscription stays; the second is refused too: dropped.
-        call(&mut h, 1, Some("a"), sync("s", false));
-        call(&mut h, 2, Some("b"), sync("s", true));
-        assert_eq!(
-            drain(&mut h),
-            vec![HubOutput::Subscribe(sid("s")), reserve(1), reserve(2)]
-        );
-        h.handle_reservation(MemberId(1), sid("s"), Err(RequestError::SessionFull(8)));
-        assert_eq!(
-            drain(&mut h),
-            vec![deliver(1, err("a", &RequestError::SessionFull(8)))]
-        );
-        h.handle_reservation(
-            MemberId(2),
-            sid("s"),
-            Err(RequestError::BackplaneUnavailable),
-        );
-        assert_eq!(
-            drain(&mut h),
-            vec![
-                deliver(2, err("b", &RequestError::BackplaneUnavailable)),
-                HubOutput::Unsubscribe(sid("s"))
-            ]
-        );
-        // A member that goes while its join waits takes the subscription with it; the place
-        // granted afterwards is given back.
-        call(&mut h, 3, Some("c"), sync("t", false));
-        assert_eq!(drain(&mut h)[0], HubOutput::Subscribe(sid("t")));
-        h.handle_disconnect(MemberId(3));
-        assert_eq!(drain(&mut h), vec![HubOutput::Unsubscribe(sid("t"))]);
-        h.handle_reservation(MemberId(3), sid("t"), Ok(()));
-        assert_eq!(drain(&mut h), vec![HubOutput::Release(sid("t"))]);
-        assert_eq!(h.session_count(), 0);
     }
 
     #[test]
@@ -1656,16 +1559,13 @@ mod tests {
             member: MemberId(1),
             session: sid("s"),
         };
-        assert_eq!(
-            drain(&mut h),
-            vec![HubOutput::Subscribe(sid("s")), reserve.clone()],
-            "one subscription, one place asked for"
-        );
+        assert_eq!(drain(&mut h), vec![reserve.clone()], "one place asked for");
         // Both invocations are answered by the one grant, with the latest `ready`.
         h.handle_reservation(MemberId(1), sid("s"), Ok(()));
         assert_eq!(
             drain(&mut h),
             vec![
+                HubOutput::Subscribe(sid("s")),
                 HubOutput::Publish {
                     session: sid("s"),
                     envelope: Envelope::json(vec!["x.1".into()], Outbound::SignalStart.to_record()),
