@@ -177,10 +177,10 @@ async fn run(args: Args) -> Result<()> {
     });
 
     println!(
-        "server: {:?} at {} (pid {})",
+        "server: {:?} at {} (pid {:?})",
         args.server,
         args.urls.join(" "),
-        format!("{:?}", args.pids)
+        args.pids
     );
     if let Some(m) = fleet_mem(&args.pids)? {
         println!("server RSS before: {:.1} MiB", kib_to_mib(m.rss_kib));
@@ -439,16 +439,7 @@ async fn pair_task(
 
     if index < plan.active_pairs {
         let mut rep = PairReport::default();
-        if let Err(e) = exchange_loop(
-            &mut pair,
-            &plan,
-            index,
-            start,
-            end,
-            &mut rep,
-        )
-        .await
-        {
+        if let Err(e) = exchange_loop(&mut pair, &plan, index, start, end, &mut rep).await {
             rep.error = Some(format!("pair {index}: {e:#}"));
         }
         let _ = report.send(rep).await;
@@ -958,7 +949,14 @@ async fn redis_calls(addr: &str) -> Result<u64> {
             if body.len() >= len {
                 return Ok(body
                     .lines()
-                    .filter_map(|l| l.split_once("calls=")?.1.split(',').next()?.parse::<u64>().ok())
+                    .filter_map(|l| {
+                        l.split_once("calls=")?
+                            .1
+                            .split(',')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
                     .sum());
             }
         }
