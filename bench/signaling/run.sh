@@ -17,7 +17,8 @@
 # Then a fleet: 2 snaprtcd instances on one redis-server (the backplane), every pair's
 # initiator on one instance and its capture side on the other, `invoke`, the same two
 # scenarios; the CPU and RSS columns sum both instances and Redis, and the last column counts
-# Redis commands per exchange. Set BENCH_FLEET=0 to leave it out.
+# Redis commands per exchange. Set BENCH_FLEET=0 to leave it out, BENCH_FLEET=only for just
+# it and the single snaprtcd/invoke.
 # Builds the daemon (release) and the client, runs `npm ci` for PeerJS, installs Node.js and npm
 # with apt-get when missing. Prints a Markdown table for docs/BENCHMARKS.md.
 set -euo pipefail
@@ -173,9 +174,13 @@ run() {
   echo "$label $(grep '^RESULT ' "$work/out" | sed 's/^RESULT //')" >>"$results"
 }
 
-for kind in snaprtc peerjs; do
+# BENCH_FLEET=only: just the single snaprtcd (invoke) beside the fleet, the comparison the
+# backplane's targets are set against.
+kinds=(snaprtc peerjs)
+[ "${BENCH_FLEET:-1}" = only ] && kinds=(snaprtc)
+for kind in "${kinds[@]}"; do
   modes=(invoke)
-  [ "$kind" = snaprtc ] && modes=(invoke send)
+  [ "$kind" = snaprtc ] && [ "${BENCH_FLEET:-1}" != only ] && modes=(invoke send)
   for mode in "${modes[@]}"; do
     flag=()
     [ "$mode" = send ] && flag=(--send)
@@ -189,7 +194,7 @@ for kind in snaprtc peerjs; do
   done
 done
 
-if [ "${BENCH_FLEET:-1}" = 1 ]; then
+if [ "${BENCH_FLEET:-1}" != 0 ]; then
   for scenario in hold flat-out; do
     # A fresh fleet per scenario, as the single servers get a fresh process.
     start_fleet
