@@ -17,8 +17,9 @@
 //!
 //! **Across instances** ([`Hub::with_backplane`]): members of one session may be connected to
 //! different instances. The hub then also asks its shell to [`HubOutput::Subscribe`] to a
-//! session when its first member here joins and to [`HubOutput::Unsubscribe`] when its last
-//! one leaves, and to [`HubOutput::Publish`] every relayed message (`signalStart`,
+//! session when its first member here asks to join (before the join is answered, so nothing
+//! published after the member's Completion can be missed) and to [`HubOutput::Unsubscribe`]
+//! when its last one leaves, and to [`HubOutput::Publish`] every relayed message (`signalStart`,
 //! `signalCapture`, `signalInitiator`) as a [`backplane`](super::backplane) envelope that
 //! excludes the sender. What other instances publish comes in through [`Hub::handle_remote`]
 //! and goes to this instance's members of the session. Each member has a fleet-wide
@@ -448,6 +449,8 @@ pub struct Hub {
     backplane_up: bool,
     /// With a backplane: joins waiting for their [`HubOutput::Reserve`] answer.
     pending: HashMap<(MemberId, SessionId), PendingJoin>,
+    /// With a backplane: sessions subscribed (members here, or joins pending).
+    subscribed: std::collections::HashSet<SessionId>,
 }
 
 /// A `Sync` waiting for its fleet-wide place.
@@ -471,6 +474,7 @@ impl Hub {
             instance: None,
             backplane_up: false,
             pending: HashMap::new(),
+            subscribed: std::collections::HashSet::new(),
         }
     }
 
@@ -642,9 +646,30 @@ impl Hub {
                 invocations: invocation_id.into_iter().collect(),
             },
         );
+        // Subscribed before the place is asked for: the shell carries these out in order, so
+        // by the time the member hears its Sync succeeded, what others publish reaches it.
+        self.subscribe(&session);
         self.outputs
             .push_back(HubOutput::Reserve { member, session });
         Ok(())
+    }
+
+    fn subscribe(&mut self, session: &SessionId) {
+        if self.instance.is_some() && self.subscribed.insert(session.clone()) {
+            self.outputs
+                .push_back(HubOutput::Subscribe(session.clone()));
+        }
+    }
+
+    /// Unsubscribe from `session` if nothing here needs it any more (no members, no joins
+    /// pending).
+    fn unsubscribe_if_unused(&mut self, session: &SessionId) {
+        let used =
+            self.sessions.contains_key(session) || self.pending.keys().any(|(_, s)| s == session);
+        if !used && self.subscribed.remove(session) {
+            self.outputs
+                .push_back(HubOutput::Unsubscribe(session.clone()));
+        }
     }
 
     /// Input: the answer to [`HubOutput::Reserve`]: `Ok` when `member` has its fleet-wide
@@ -659,17 +684,19 @@ impl Hub {
     ) {
         let Some(pending) = self.pending.remove(&(member, session.clone())) else {
             if result.is_ok() {
-                self.outputs.push_back(HubOutput::Release(session));
+                self.outputs.push_back(HubOutput::Release(session.clone()));
             }
+            self.unsubscribe_if_unused(&session);
             return;
         };
         let result = result.and_then(|()| {
             self.join(member, session.clone(), pending.ready)
-                .inspect_err(|_| self.outputs.push_back(HubOutput::Release(session)))
+                .inspect_err(|_| self.outputs.push_back(HubOutput::Release(session.clone())))
         });
         for invocation_id in pending.invocations {
             self.complete(member, Some(invocation_id), result.clone());
         }
+        self.unsubscribe_if_unused(&session);
     }
 
     /// Input: the backplane went up (`true`) or down. Going up, every session here is
@@ -681,20 +708,19 @@ impl Hub {
         }
         self.backplane_up = up;
         if up {
-            let mut sessions: Vec<_> = self.sessions.iter().collect();
-            sessions.sort_by(|a, b| a.0.cmp(b.0));
-            for (session, s) in sessions {
-                let count = s
-                    .members
-                    .iter()
-                    .filter(|(m, _)| !self.locals.contains(m))
-                    .count();
+            let mut subscribed: Vec<_> = self.subscribed.iter().cloned().collect();
+            subscribed.sort();
+            for session in subscribed {
                 self.outputs
                     .push_back(HubOutput::Subscribe(session.clone()));
-                self.outputs.push_back(HubOutput::Restate {
-                    session: session.clone(),
-                    count,
+                let count = self.sessions.get(&session).map_or(0, |s| {
+                    s.members
+                        .iter()
+                        .filter(|(m, _)| !self.locals.contains(m))
+                        .count()
                 });
+                self.outputs
+                    .push_back(HubOutput::Restate { session, count });
             }
         }
     }
@@ -721,6 +747,7 @@ impl Hub {
 
     /// A member is gone: it leaves every session; empty sessions are freed.
     pub fn handle_disconnect(&mut self, member: MemberId) {
+        // A pending join keeps its subscription until its answer comes (handle_reservation).
         self.pending.retain(|(m, _), _| *m != member);
         for session in self.memberships.remove(&member).unwrap_or_default() {
             self.remove_from_session(member, &session);
@@ -753,9 +780,8 @@ impl Hub {
                     .entry(member)
                     .or_default()
                     .push(session.clone());
-                if is_new && self.instance.is_some() {
-                    self.outputs
-                        .push_back(HubOutput::Subscribe(session.clone()));
+                if is_new {
+                    self.subscribe(&session);
                 }
             }
         }
@@ -822,10 +848,7 @@ impl Hub {
         if s.members.iter().all(|(m, _)| self.locals.contains(m)) {
             let locals: Vec<MemberId> = s.members.iter().map(|(m, _)| *m).collect();
             self.sessions.remove(session);
-            if self.instance.is_some() {
-                self.outputs
-                    .push_back(HubOutput::Unsubscribe(session.clone()));
-            }
+            self.unsubscribe_if_unused(session);
             for local in locals {
                 self.locals.remove(&local);
                 self.memberships.remove(&local);
@@ -1440,10 +1463,15 @@ mod tests {
             member: MemberId(m),
             session: sid("s"),
         };
+        // Subscribed before the place is asked for, so the member can miss nothing once its
+        // Sync is answered.
         call(&mut h, 1, None, sync("s", false));
-        assert_eq!(drain(&mut h), vec![reserve(1)]);
+        assert_eq!(
+            drain(&mut h),
+            vec![HubOutput::Subscribe(sid("s")), reserve(1)]
+        );
         h.handle_reservation(MemberId(1), sid("s"), Ok(()));
-        assert_eq!(drain(&mut h), vec![HubOutput::Subscribe(sid("s"))]);
+        assert!(drain(&mut h).is_empty());
         call(&mut h, 2, None, sync("s", false));
         assert_eq!(drain(&mut h), vec![reserve(2)]);
         h.handle_reservation(MemberId(2), sid("s"), Ok(()));
@@ -1559,13 +1587,16 @@ mod tests {
             member: MemberId(1),
             session: sid("s"),
         };
-        assert_eq!(drain(&mut h), vec![reserve.clone()], "one place asked for");
+        assert_eq!(
+            drain(&mut h),
+            vec![HubOutput::Subscribe(sid("s")), reserve.clone()],
+            "one place asked for"
+        );
         // Both invocations are answered by the one grant, with the latest `ready`.
         h.handle_reservation(MemberId(1), sid("s"), Ok(()));
         assert_eq!(
             drain(&mut h),
             vec![
-                HubOutput::Subscribe(sid("s")),
                 HubOutput::Publish {
                     session: sid("s"),
                     envelope: Envelope::json(vec!["x.1".into()], Outbound::SignalStart.to_record()),
@@ -1594,6 +1625,17 @@ mod tests {
             vec![deliver(3, err("d", &RequestError::BackplaneUnavailable))]
         );
         assert_eq!(h.members(&sid("s")), vec![MemberId(1)]);
+        // A refused first join here gives its subscription back.
+        call(&mut h, 4, Some("e"), sync("other", false));
+        assert_eq!(drain(&mut h)[0], HubOutput::Subscribe(sid("other")));
+        h.handle_reservation(MemberId(4), sid("other"), Err(RequestError::SessionFull(8)));
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                deliver(4, err("e", &RequestError::SessionFull(8))),
+                HubOutput::Unsubscribe(sid("other"))
+            ]
+        );
     }
 
     #[test]
