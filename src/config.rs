@@ -529,7 +529,8 @@ pub struct BackplaneConfig {
     #[serde(with = "humantime_serde")]
     pub instance_ttl: Duration,
     /// Most commands waiting for Redis, and most messages from Redis waiting for the hub; past
-    /// that, messages are dropped (and counted) rather than held.
+    /// that, messages are dropped (and counted) rather than held, and a subscription that could
+    /// not be queued holds joins until the queue drains (then everything is subscribed again).
     pub max_queued_messages: usize,
 }
 

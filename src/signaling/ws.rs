@@ -192,6 +192,8 @@ pub fn spawn(
         max_queued: config.max_queued_messages,
         capture,
         backplane: backplane_link.clone(),
+        backplane_up: false,
+        stalled: false,
     };
     tracker.spawn(task.run(rx, replies, events, cancel.clone()));
     Ok(SignalingHandle {
@@ -616,7 +618,16 @@ struct HubTask {
     capture: Option<mpsc::Sender<capture::Incoming>>,
     /// To the backplane task, when sessions span instances.
     backplane: Option<BackplaneLink>,
+    /// The backplane task says Redis is reachable.
+    backplane_up: bool,
+    /// A subscription or a count could not be queued for the backplane task (its queue was
+    /// full): the hub is held down until the queue has drained, then brought up again, which
+    /// subscribes and restates everything.
+    stalled: bool,
 }
+
+/// How often a stalled backplane queue is looked at.
+const STALL_RETRY: Duration = Duration::from_millis(100);
 
 impl HubTask {
     async fn run(
@@ -640,6 +651,7 @@ impl HubTask {
                 },
                 Some(reply) = recv_opt(&mut replies) => self.local_signal(reply),
                 Some(event) = recv_opt(&mut events) => self.backplane_event(event),
+                _ = tokio::time::sleep(STALL_RETRY), if self.stalled => self.retry_stalled(),
                 _ = cancel.cancelled() => break,
             }
         }
@@ -650,8 +662,16 @@ impl HubTask {
     /// answer to a reservation.
     fn backplane_event(&mut self, event: Event) {
         match event {
-            Event::Up => self.hub.handle_backplane(true),
-            Event::Down => self.hub.handle_backplane(false),
+            Event::Up => {
+                self.backplane_up = true;
+                if !self.stalled {
+                    self.hub.handle_backplane(true);
+                }
+            }
+            Event::Down => {
+                self.backplane_up = false;
+                self.hub.handle_backplane(false);
+            }
             Event::Message { session, envelope } => {
                 let now = Instant::now().into_std();
                 if let Err(e) = self.hub.handle_remote(&session, &envelope, now) {
@@ -682,13 +702,41 @@ impl HubTask {
             link.counters
                 .dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Op::Reserve { member, session } = e.into_inner() {
-                warn!(%session, "backplane queue full; join refused");
-                self.hub.handle_reservation(
-                    member,
-                    session,
-                    Err(RequestError::BackplaneUnavailable),
-                );
+            match e.into_inner() {
+                Op::Reserve { member, session } => {
+                    warn!(%session, "backplane queue full; join refused");
+                    self.hub.handle_reservation(
+                        member,
+                        session,
+                        Err(RequestError::BackplaneUnavailable),
+                    );
+                }
+                // A lost message is counted; nothing else depends on it.
+                Op::Publish { .. } => {}
+                // A lost subscription or count would leave a session deaf or miscounted:
+                // hold the hub down until the queue drains, then restate everything.
+                _ if !self.stalled => {
+                    warn!("backplane queue full; holding joins until it drains, then subscribing and restating every session");
+                    self.stalled = true;
+                    self.hub.handle_backplane(false);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The backplane queue was full: once it is at most half full (and Redis is up), bring the
+    /// hub up again, which subscribes every session and restates its places.
+    fn retry_stalled(&mut self) {
+        let Some(link) = &self.backplane else {
+            return;
+        };
+        if link.ops.capacity() * 2 >= link.ops.max_capacity() {
+            info!("backplane queue drained; subscribing and restating every session");
+            self.stalled = false;
+            if self.backplane_up {
+                self.hub.handle_backplane(true);
+                self.drain();
             }
         }
     }
@@ -821,7 +869,6 @@ impl HubTask {
                     debug!(%session, "initiator gone; capture side leaves the session");
                     self.clients.remove(&member);
                 }
-                // The hub is built without a backplane (no Redis task yet): these never come.
                 HubOutput::Subscribe(session) => self.send_backplane(Op::Subscribe(session)),
                 HubOutput::Unsubscribe(session) => self.send_backplane(Op::Unsubscribe(session)),
                 HubOutput::Publish { session, envelope } => match envelope.encode() {
@@ -892,6 +939,8 @@ mod tests {
             max_queued: 64,
             capture: Some(capture),
             backplane: None,
+            backplane_up: false,
+            stalled: false,
         };
         let mut receivers = Vec::new();
         for member in [1, 2] {
@@ -912,5 +961,68 @@ mod tests {
         assert_eq!(task.hub.local_count(), 0);
         assert_eq!(task.clients.len(), 2, "no local client recorded");
         assert_eq!(task.hub.members(&SessionId::parse("s").unwrap()).len(), 2);
+    }
+
+    /// A full backplane queue never loses a subscription for good: the hub is held down
+    /// (joins refused) until the queue drains, then every session is subscribed again.
+    #[test]
+    fn a_full_backplane_queue_holds_joins_then_resubscribes_everything() {
+        let (ops, mut queued) = mpsc::channel(2);
+        let counters = Arc::new(BackplaneCounters::default());
+        let mut task = HubTask {
+            hub: Hub::with_backplane(
+                HubConfig {
+                    max_sessions: 10,
+                    max_members_per_session: 8,
+                    capture_wanted: false,
+                },
+                "i",
+            ),
+            admissions: Admissions::new(10, Duration::from_secs(15)),
+            clients: HashMap::new(),
+            next_member: 100,
+            max_queued: 64,
+            capture: None,
+            backplane: Some(BackplaneLink {
+                ops,
+                counters: counters.clone(),
+            }),
+            backplane_up: false,
+            stalled: false,
+        };
+        let mut receivers = Vec::new();
+        for member in [1, 2] {
+            let (outbound, rx) = mpsc::channel(64);
+            receivers.push(rx);
+            let kill = CancellationToken::new();
+            task.clients
+                .insert(MemberId(member), Client::Remote { outbound, kill });
+        }
+        task.backplane_event(Event::Up);
+        // Member 1's Subscribe and Reserve fill the queue; member 2's Subscribe does not fit.
+        task.handle(sync(1, "a", false));
+        task.handle(sync(2, "b", false));
+        assert!(task.stalled);
+        assert!(!task.hub.backplane_up(), "joins are held");
+        assert!(counters.dropped.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        // Still full: nothing changes.
+        task.retry_stalled();
+        assert!(task.stalled);
+        // The backplane task takes what was queued; the hub comes up and subscribes again.
+        let mut taken = Vec::new();
+        while let Ok(op) = queued.try_recv() {
+            taken.push(op);
+        }
+        assert!(matches!(
+            taken.as_slice(),
+            [Op::Subscribe(_), Op::Reserve { .. }]
+        ));
+        task.retry_stalled();
+        assert!(!task.stalled && task.hub.backplane_up());
+        let again = std::iter::from_fn(|| queued.try_recv().ok()).collect::<Vec<_>>();
+        assert!(
+            matches!(again.first(), Some(Op::Subscribe(s)) if s.as_str() == "a"),
+            "{again:?}"
+        );
     }
 }
