@@ -10,12 +10,14 @@
 //! - [`go2rtc`]: go2rtc's WebSocket API (`/api/ws`) as its players speak it, pure.
 //! - [`backplane`]: the Redis backplane's wire format (ASP.NET Core SignalR's channel names
 //!   and MessagePack envelope), pure.
+//! - [`redis`]: the backplane task that owns the Redis connections (IO only).
 
 pub mod backplane;
 pub mod capture;
 pub mod go2rtc;
 pub mod hub;
 pub mod lzstring;
+pub mod redis;
 pub mod signalr;
 pub mod snappeer;
 pub mod ws;
