@@ -72,7 +72,12 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
         config: Arc::new(config),
         auth: Auth::Open,
         signaling,
-        camera: Some(CameraServices { rtc, whep, media }),
+        camera: Some(CameraServices {
+            rtc,
+            whep,
+            media,
+            rtsp: None,
+        }),
     });
     tokio::spawn(snaprtcd::http::serve(
         listener,

@@ -57,6 +57,8 @@ pub struct CameraServices {
     pub whep: crate::rtc::whep::Whep,
     /// The camera pipeline (status and counters for `/health` and `/metrics`).
     pub media: crate::media::MediaHandle,
+    /// The RTSP server's counters for `/metrics`; `None` with `[rtsp] enabled = false`.
+    pub rtsp: Option<Arc<crate::rtsp::RtspCounters>>,
 }
 
 /// The server as every connection sees it.
