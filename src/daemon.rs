@@ -480,10 +480,18 @@ impl Generation {
             crate::rtc::whep::WhepSettings::from_config(config),
         );
         let rtsp = self.start_rtsp(config, &auth, &media)?;
+        let (mjpeg, producer) = crate::http::mjpeg::channel(
+            media.clone(),
+            config.snapshot.mjpeg_max_fps,
+            config.snapshot.mjpeg_max_clients,
+        );
+        self.services
+            .spawn("mjpeg", producer.run(self.cancel.clone()));
         let camera = CameraServices {
             rtc: rtc.clone(),
             whep,
             media: media.clone(),
+            mjpeg,
             rtsp: rtsp.as_ref().map(|(counters, _)| counters.clone()),
         };
         let http_port = self.start_http(config, http, auth, signaling, Some(camera))?;

@@ -75,6 +75,7 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
         camera: Some(CameraServices {
             rtc,
             whep,
+            mjpeg: snaprtcd::http::mjpeg::channel(media.clone(), 5, 8).0,
             media,
             rtsp: None,
         }),

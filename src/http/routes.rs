@@ -65,6 +65,8 @@ pub enum Handler {
     Whep,
     /// The latest picture as a JPEG.
     Snapshot,
+    /// JPEG stills as `multipart/x-mixed-replace` (`mjpeg`).
+    Mjpeg,
     /// Prometheus text.
     Metrics,
     /// The viewer page.
@@ -197,6 +199,13 @@ pub const ROUTES: &[Route] = &[
         "GET, HEAD",
         Access::Token,
         Handler::Snapshot,
+    )),
+    camera_only(row(
+        "/stream.mjpeg",
+        PathMatch::Exact("/stream.mjpeg"),
+        "GET",
+        Access::Token,
+        Handler::Mjpeg,
     )),
     row(
         "/metrics",
