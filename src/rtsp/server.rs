@@ -5,7 +5,8 @@
 //! does IO only: bytes and frames go into the session, the session's outputs come out.
 //!
 //! Memory per client is bounded: what is queued towards a TCP client is at most
-//! `[rtsp] max_queue_bytes` plus one frame. While the queue is that full the task reads no
+//! `[rtsp] max_queue_bytes` plus one frame, and the kernel's send buffer is fixed (no
+//! autotuning to megabytes). While the queue is that full the task reads no
 //! frames (nor requests), so a slow client falls behind in the broadcast and
 //! [`FrameSubscriber`] skips it to the next keyframe; a client that takes no byte for
 //! `write_timeout` is dropped. UDP datagrams the kernel cannot take at once are dropped (UDP is
@@ -37,6 +38,10 @@ pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer of a connection.
 const READ_CHUNK: usize = 4096;
+/// The kernel's send buffer of a connection (`SO_SNDBUF`; Linux doubles it for bookkeeping).
+/// Without it the kernel lets a client that stopped reading hold megabytes (send buffer
+/// autotuning); 128 KiB still holds 100 ms of a 10 Mbit/s stream.
+const SEND_BUFFER: usize = 128 * 1024;
 
 /// Why the RTSP server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +317,7 @@ impl Connection {
     async fn serve(&self, stream: TcpStream, cancel: CancellationToken) -> std::io::Result<u64> {
         let local = stream.local_addr()?;
         let _ = stream.set_nodelay(true);
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER);
         let settings = self
             .session_settings(local)
             .map_err(std::io::Error::other)?;
