@@ -676,7 +676,10 @@ impl Session {
                 let _ = u.set_password(None);
                 u.as_str().trim_end_matches('/').to_owned()
             }
-            None => format!("rtsp://{}{}", self.settings.server_ip, self.settings.path),
+            None => match self.settings.server_ip {
+                IpAddr::V4(ip) => format!("rtsp://{ip}{}", self.settings.path),
+                IpAddr::V6(ip) => format!("rtsp://[{ip}]{}", self.settings.path),
+            },
         }
     }
 
