@@ -406,15 +406,17 @@ impl Advertiser {
     }
 }
 
-/// Starts advertising `config` on `http_port` as `device_id`; the returned future runs until
-/// `cancel` and then sends goodbyes.
+/// Starts advertising `config` on `http_port` as `device_id` (and, with `[rtsp] enabled`, the
+/// RTSP server on `[rtsp] listen`'s port); the returned future runs until `cancel` and then
+/// sends goodbyes.
 pub fn start(
     config: &Config,
     http_port: u16,
     device_id: &str,
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), DiscoveryError>> + Send + 'static, DiscoveryError> {
-    let ad = Advertisement::new(config, http_port, device_id, &HostFacts::detect());
+    let ad = Advertisement::new(config, http_port, device_id, &HostFacts::detect())
+        .with_rtsp(config.rtsp.enabled.then_some(config.rtsp.listen.port()));
     let advertiser = Advertiser::start(&ad)?;
     Ok(advertiser.run(cancel))
 }
