@@ -597,6 +597,15 @@ pub struct BackplaneConfig {
     /// name (e.g. `MyApp.Hubs.SignalingHub`).
     #[serde(default = "default_backplane_prefix")]
     pub prefix: String,
+    /// How long a member of a session still counts against `max_members_per_session` after its
+    /// instance stopped answering (killed, or cut off from Redis). Each instance renews its
+    /// lease every third of this.
+    #[serde(with = "humantime_serde")]
+    pub instance_ttl: Duration,
+    /// Most commands waiting for Redis, and most messages from Redis waiting for the hub; past
+    /// that, messages are dropped (and counted) rather than held, and a subscription that could
+    /// not be queued holds joins until the queue drains (then everything is subscribed again).
+    pub max_queued_messages: usize,
 }
 
 /// `[backplane] prefix`: the SnapRTC server's hub class name.
@@ -610,6 +619,8 @@ impl Default for BackplaneConfig {
             kind: BackplaneKind::None,
             url: String::new(),
             prefix: default_backplane_prefix(),
+            instance_ttl: Duration::from_secs(15),
+            max_queued_messages: 4096,
         }
     }
 }
@@ -733,6 +744,20 @@ fn validate_backplane(b: &BackplaneConfig) -> Result<(), Invalid> {
             ),
         );
     }
+    if b.instance_ttl < Duration::from_secs(1) || b.instance_ttl > Duration::from_secs(3600) {
+        return bad(
+            "backplane.instance_ttl",
+            format!(
+                "{} must be between 1s and 1h",
+                humantime::format_duration(b.instance_ttl)
+            ),
+        );
+    }
+    in_range(
+        "backplane.max_queued_messages",
+        b.max_queued_messages,
+        16..=1 << 20,
+    )?;
     Ok(())
 }
 

@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::auth::{Auth, TokenError};
-use crate::config::{AuthMode, BackplaneKind, Config, ConfigError, JoinSessions};
+use crate::config::{AuthMode, Config, ConfigError, JoinSessions};
 use crate::http::{AppState, CameraServices};
 use crate::media::{MediaCounters, MediaHandle, PipelineGuard};
 use crate::progress::Heartbeat;
@@ -77,6 +77,9 @@ pub enum DaemonError {
     /// The HTTP listener.
     #[error("the HTTP socket: {0}")]
     Http(#[source] std::io::Error),
+    /// The Redis backplane could not be set up.
+    #[error("cannot start the backplane: {0}")]
+    Backplane(#[from] crate::signaling::redis::BackplaneError),
     /// SIGHUP could not be caught.
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
@@ -453,9 +456,6 @@ impl Generation {
         common: &Common,
     ) -> Result<(), DaemonError> {
         let auth = load_auth(config)?;
-        if config.backplane.kind == BackplaneKind::Redis {
-            warn!("[backplane] kind = \"redis\" is not connected in this version; this instance's hub runs alone");
-        }
         if config.is_relay() {
             self.build_relay(config, http, auth, common)?;
             return Ok(());
@@ -471,10 +471,11 @@ impl Generation {
         let answerer: Arc<dyn crate::signaling::capture::Answerer> = Arc::new(rtc.clone());
         let signaling = crate::signaling::spawn(
             config.signaling.clone(),
+            &config.backplane,
             Some(answerer),
             self.cancel.child_token(),
             self.tracker.clone(),
-        );
+        )?;
         let whep = crate::rtc::whep::Whep::new(
             rtc.clone(),
             crate::rtc::whep::WhepSettings::from_config(config),
@@ -523,10 +524,11 @@ impl Generation {
         common.media_counters.send_replace(None);
         let signaling = crate::signaling::spawn(
             config.signaling.clone(),
+            &config.backplane,
             None,
             self.cancel.child_token(),
             self.tracker.clone(),
-        );
+        )?;
         let http_port = self.start_http(config, http, auth, signaling.clone(), None)?;
         if config.mdns.enabled {
             self.start_mdns(http_port, None, common);

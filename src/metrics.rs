@@ -275,6 +275,30 @@ const METRICS: &[Metric] = &[
         }),
     },
     Metric {
+        name: "snaprtcd_backplane_up",
+        kind: Kind::Gauge,
+        help: "1 while the Redis backplane is connected, 0 while not (no sample without one).",
+        read: Read::Maybe(|s| s.signaling.backplane.map(|b| f64::from(u8::from(b.up)))),
+    },
+    Metric {
+        name: "snaprtcd_backplane_published_total",
+        kind: Kind::Counter,
+        help: "Messages published to other instances through the backplane.",
+        read: Read::Maybe(|s| s.signaling.backplane.map(|b| b.published as f64)),
+    },
+    Metric {
+        name: "snaprtcd_backplane_received_total",
+        kind: Kind::Counter,
+        help: "Messages received from the backplane.",
+        read: Read::Maybe(|s| s.signaling.backplane.map(|b| b.received as f64)),
+    },
+    Metric {
+        name: "snaprtcd_backplane_dropped_total",
+        kind: Kind::Counter,
+        help: "Backplane messages dropped: queues full, Redis down, or malformed or too large.",
+        read: Read::Maybe(|s| s.signaling.backplane.map(|b| b.dropped as f64)),
+    },
+    Metric {
         name: "snaprtcd_rtsp_clients",
         kind: Kind::Gauge,
         help: "RTSP connections now.",
@@ -489,6 +513,7 @@ snaprtcd_camera_fps 29.5
         let signaling = SignalingStats {
             sessions: 3,
             connections: 6,
+            backplane: None,
         };
         render(&Snapshot {
             rtc: &rtc,
@@ -532,6 +557,12 @@ snaprtcd_camera_fps 29.5
         let signaling = SignalingStats {
             sessions: 1,
             connections: 2,
+            backplane: Some(crate::signaling::ws::BackplaneStats {
+                up: true,
+                published: 7,
+                received: 5,
+                dropped: 1,
+            }),
         };
         let text = render(&Snapshot {
             rtc: &rtc,
@@ -550,6 +581,14 @@ snaprtcd_camera_fps 29.5
             "{text}"
         );
         assert!(text.contains("\nsnaprtcd_hub_connections 2\n"), "{text}");
+        for row in [
+            "snaprtcd_backplane_up 1",
+            "snaprtcd_backplane_published_total 7",
+            "snaprtcd_backplane_received_total 5",
+            "snaprtcd_backplane_dropped_total 1",
+        ] {
+            assert!(text.contains(&format!("\n{row}\n")), "{row} in {text}");
+        }
         assert!(!text.contains("\nsnaprtcd_camera_state{"), "{text}");
         assert!(!text.contains("\nsnaprtcd_camera_fps "), "{text}");
         let camera = render_sample(&ProcessStats::default());

@@ -46,10 +46,12 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
     let tracker = TaskTracker::new();
     let signaling = snaprtcd::signaling::spawn(
         config.signaling.clone(),
+        &config.backplane,
         Some(Arc::new(FakeEngine)),
         cancel.clone(),
         tracker.clone(),
-    );
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     // The HTTP state needs an engine and a media handle; neither is used by these tests.

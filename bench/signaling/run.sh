@@ -14,6 +14,11 @@
 # snaprtcd runs twice per scenario: `invoke` (what SnapRTC pages do: every call also gets a
 # Completion, 4 messages out per exchange) and `send` (no Completion: 2 messages out per
 # exchange, message for message what PeerJS relays).
+# Then a fleet: 2 snaprtcd instances on one redis-server (the backplane), every pair's
+# initiator on one instance and its capture side on the other, `invoke`, the same two
+# scenarios; the CPU and RSS columns sum both instances and Redis, and the last column counts
+# Redis commands per exchange. Set BENCH_FLEET=0 to leave it out, BENCH_FLEET=only for just
+# it and the single snaprtcd/invoke.
 # Builds the daemon (release) and the client, runs `npm ci` for PeerJS, installs Node.js and npm
 # with apt-get when missing. Prints a Markdown table for docs/BENCHMARKS.md.
 set -euo pipefail
@@ -36,6 +41,7 @@ fi
 need=()
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -44,7 +50,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== building" >&2
-(cd "$root" && cargo build --release --locked --bin snaprtcd) >&2
+[ -n "${SNAPRTCD_BIN:-}" ] || (cd "$root" && cargo build --release --locked --bin snaprtcd) >&2
 cargo build --release --locked --manifest-path "$here/Cargo.toml" >&2
 (cd "$here/peerjs" && npm ci --no-audit --no-fund --loglevel=error) >&2
 daemon="${SNAPRTCD_BIN:-$root/target/release/snaprtcd}"
@@ -52,12 +58,14 @@ client="$here/target/release/snaprtc-bench"
 
 work="$(mktemp -d)"
 server_pid=""
+fleet_pids=()
 stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
+  for pid in $server_pid "${fleet_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  server_pid=""
+  fleet_pids=()
 }
 cleanup() { stop_server; rm -rf "$work"; }
 trap cleanup EXIT
@@ -117,6 +125,44 @@ start_peerjs() {
   url="ws://$addr/peerjs"
 }
 
+# The fleet: a redis-server on a free port and 2 instances on it (camera off: the relay role).
+start_fleet() {
+  local port addr i
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+    --maxclients $((connections + 1000)) >"$work/redis.log" 2>&1 &
+  server_pid=$!
+  wait_for "$work/redis.log" '(Ready) to accept' >/dev/null
+  redis_addr="127.0.0.1:$port"
+  urls=()
+  fleet_pids=()
+  for i in 1 2; do
+    cat >"$work/fleet$i.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+[camera]
+source = "none"
+[signaling]
+max_connections = $((connections + 100))
+max_sessions = $((connections + 100))
+[backplane]
+kind = "redis"
+url = "redis://$redis_addr/0"
+max_queued_messages = 65536
+[mdns]
+enabled = false
+[log]
+level = "info"
+format = "text"
+EOF
+    NO_COLOR=1 "$daemon" --config "$work/fleet$i.toml" >"$work/fleet$i.log" 2>&1 &
+    fleet_pids+=($!)
+    addr="$(wait_for "$work/fleet$i.log" 'http listening addr=([0-9.:]+)')"
+    wait_for "$work/fleet$i.log" '(backplane connected)' >/dev/null
+    urls+=(--url "http://$addr/snaprtc-hub" --pid "${fleet_pids[-1]}")
+  done
+}
+
 results="$work/results"
 : >"$results"
 # run LABEL KIND CLIENT-ARGS...
@@ -124,13 +170,17 @@ run() {
   local label="$1" kind="$2"
   shift 2
   echo "== $label" >&2
-  "$client" --server "$kind" --url "$url" --pid "$server_pid" "$@" | tee "$work/out" >&2
+  "$client" --server "$kind" "$@" | tee "$work/out" >&2
   echo "$label $(grep '^RESULT ' "$work/out" | sed 's/^RESULT //')" >>"$results"
 }
 
-for kind in snaprtc peerjs; do
+# BENCH_FLEET=only: just the single snaprtcd (invoke) beside the fleet, the comparison the
+# backplane's targets are set against.
+kinds=(snaprtc peerjs)
+[ "${BENCH_FLEET:-1}" = only ] && kinds=(snaprtc)
+for kind in "${kinds[@]}"; do
   modes=(invoke)
-  [ "$kind" = snaprtc ] && modes=(invoke send)
+  [ "$kind" = snaprtc ] && [ "${BENCH_FLEET:-1}" != only ] && modes=(invoke send)
   for mode in "${modes[@]}"; do
     flag=()
     [ "$mode" = send ] && flag=(--send)
@@ -138,22 +188,37 @@ for kind in snaprtc peerjs; do
     [ "$kind" = snaprtc ] && label="snaprtcd/$mode"
     [ "$kind" = peerjs ] && label="peerjs"
     "start_$kind"
-    run "$label|hold" "$kind" --connections "$connections" --rate "$rate" --duration "${seconds}s" "${flag[@]}"
-    run "$label|flat-out" "$kind" --connections "$busy_connections" --rate 0 --duration "${seconds}s" "${flag[@]}"
+    run "$label|hold" "$kind" --url "$url" --pid "$server_pid" --connections "$connections" --rate "$rate" --duration "${seconds}s" "${flag[@]}"
+    run "$label|flat-out" "$kind" --url "$url" --pid "$server_pid" --connections "$busy_connections" --rate 0 --duration "${seconds}s" "${flag[@]}"
     stop_server
   done
 done
 
+if [ "${BENCH_FLEET:-1}" != 0 ]; then
+  for scenario in hold flat-out; do
+    # A fresh fleet per scenario, as the single servers get a fresh process.
+    start_fleet
+    if [ "$scenario" = hold ]; then
+      args=(--connections "$connections" --rate "$rate")
+    else
+      args=(--connections "$busy_connections" --rate 0)
+    fi
+    run "2×snaprtcd+Redis/invoke|$scenario" snaprtc "${urls[@]}" --pid "$server_pid" \
+      --redis "$redis_addr" "${args[@]}" --duration "${seconds}s"
+    stop_server
+  done
+fi
+
 echo
 echo "$(nproc) cores, $(uptime | sed 's/.*load average/load average/')"
 echo
-echo "| server | scenario | connections held | RSS (MiB) | exchanges/s | relay p50 (ms) | relay p99 (ms) | server CPU (s) | CPU per exchange, user + kernel (µs) | exchanges per CPU-s |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | scenario | connections held | RSS (MiB) | exchanges/s | relay p50 (ms) | relay p99 (ms) | server CPU (s) | CPU per exchange, user + kernel (µs) | exchanges per CPU-s | Redis commands per exchange |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 while read -r label rest; do
   declare -A r=()
   for kv in $rest; do r[${kv%%=*}]="${kv#*=}"; done
   server="${label%%|*}"
   scenario="${label#*|}"
-  echo "| $server | $scenario | ${r[connections_held]} | ${r[rss_after_mib]} | ${r[exchanges_per_s]} | ${r[p50_ms]} | ${r[p99_ms]} | ${r[server_cpu_s]} | ${r[server_user_us_per_exchange]} + ${r[server_sys_us_per_exchange]} | ${r[exchanges_per_cpu_s]} |"
+  echo "| $server | $scenario | ${r[connections_held]} | ${r[rss_after_mib]} | ${r[exchanges_per_s]} | ${r[p50_ms]} | ${r[p99_ms]} | ${r[server_cpu_s]} | ${r[server_user_us_per_exchange]} + ${r[server_sys_us_per_exchange]} | ${r[exchanges_per_cpu_s]} | ${r[redis_commands_per_exchange]} |"
   unset r
 done <"$results"

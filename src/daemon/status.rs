@@ -89,11 +89,18 @@ pub fn relay_status_line(stats: &SignalingStats, note: Option<&str>) -> String {
         1 => format!("1 {one}"),
         n => format!("{n} {many}"),
     };
-    let line = format!(
+    let mut line = format!(
         "relay: {}, {}",
         plural(stats.connections, "hub connection", "hub connections"),
         plural(stats.sessions, "session", "sessions")
     );
+    if let Some(b) = stats.backplane {
+        line.push_str(if b.up {
+            ", backplane up"
+        } else {
+            ", backplane DOWN"
+        });
+    }
     one_line(line, note)
 }
 
@@ -157,13 +164,19 @@ mod tests {
             status_line(&m, 0, None),
             "no camera (retrying /dev/video0 (YUYV)), 0 viewers"
         );
-        let hub = SignalingStats {
+        let mut hub = SignalingStats {
             connections: 1,
             sessions: 2,
+            backplane: None,
         };
         assert_eq!(
             relay_status_line(&hub, Some("x")),
             "relay: 1 hub connection, 2 sessions; x"
+        );
+        hub.backplane = Some(Default::default());
+        assert_eq!(
+            relay_status_line(&hub, None),
+            "relay: 1 hub connection, 2 sessions, backplane DOWN"
         );
         assert_eq!(
             status_line(&m, 0, Some("reload rejected: a.toml:3:1\nbad")),

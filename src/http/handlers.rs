@@ -139,6 +139,13 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
         "signaling": { "connections": stats.connections, "sessions": stats.sessions },
         "auth": state.auth.is_on(),
     });
+    if let (Some(b), Some(fields)) = (stats.backplane, body.as_object_mut()) {
+        let state = if b.up { "up" } else { "down" };
+        fields.insert(
+            "backplane".into(),
+            serde_json::json!({ "kind": "redis", "state": state }),
+        );
+    }
     if let (Some(camera), Some(fields)) = (&state.camera, body.as_object_mut()) {
         let rtc = camera.rtc.stats().await.unwrap_or_default();
         fields.insert("viewers".into(), rtc.viewers.into());

@@ -17,8 +17,9 @@
 //!
 //! **Across instances** ([`Hub::with_backplane`]): members of one session may be connected to
 //! different instances. The hub then also asks its shell to [`HubOutput::Subscribe`] to a
-//! session when its first member here joins and to [`HubOutput::Unsubscribe`] when its last
-//! one leaves, and to [`HubOutput::Publish`] every relayed message (`signalStart`,
+//! session when its first member here asks to join (before the join is answered, so nothing
+//! published after the member's Completion can be missed) and to [`HubOutput::Unsubscribe`]
+//! when its last one leaves, and to [`HubOutput::Publish`] every relayed message (`signalStart`,
 //! `signalCapture`, `signalInitiator`) as a [`backplane`](super::backplane) envelope that
 //! excludes the sender. What other instances publish comes in through [`Hub::handle_remote`]
 //! and goes to this instance's members of the session. Each member has a fleet-wide
@@ -169,9 +170,14 @@ pub enum RequestError {
     /// `signaling.max_sessions` sessions are open.
     #[error("Too many sessions on this server ({0}); try again later.")]
     TooManySessions(usize),
-    /// The session has `signaling.max_members_per_session` members.
+    /// The session has `signaling.max_members_per_session` members (on every instance, with
+    /// a backplane).
     #[error("Session is full ({0} members).")]
     SessionFull(usize),
+    /// With a backplane: Redis cannot be reached, so a call that needs the other instances
+    /// (joining a session, or a message for members elsewhere) cannot be carried out.
+    #[error("The backplane (Redis) is unavailable; try again.")]
+    BackplaneUnavailable,
 }
 
 impl Request {
@@ -387,6 +393,27 @@ pub enum HubOutput {
         /// The message and who must not receive it.
         envelope: Envelope,
     },
+    /// With a backplane: `member` asks to join `session`. Take a place for it under the
+    /// fleet-wide `max_members_per_session`, then answer with [`Hub::handle_reservation`]
+    /// (always: a refusal or an unreachable Redis is an answer too).
+    Reserve {
+        /// Who joins.
+        member: MemberId,
+        /// The session it joins.
+        session: SessionId,
+    },
+    /// With a backplane: a member here left `session` (or was granted a place it no longer
+    /// wants); give one place back.
+    Release(SessionId),
+    /// With a backplane that has just (re)connected: this instance holds `count` places in
+    /// `session`. Sent for every session, after a [`HubOutput::Subscribe`] for it, so that what
+    /// Redis lost or missed while it was away is restated.
+    Restate {
+        /// The session.
+        session: SessionId,
+        /// Members of it here (the daemon's own capture side is not counted).
+        count: usize,
+    },
 }
 
 /// Limits and behaviour of the hub.
@@ -418,6 +445,21 @@ pub struct Hub {
     outputs: VecDeque<HubOutput>,
     /// With a backplane: this instance's id, the first part of its members' connection ids.
     instance: Option<Arc<str>>,
+    /// With a backplane: whether Redis is reachable now ([`Hub::handle_backplane`]).
+    backplane_up: bool,
+    /// With a backplane: joins waiting for their [`HubOutput::Reserve`] answer.
+    pending: HashMap<(MemberId, SessionId), PendingJoin>,
+    /// With a backplane: sessions subscribed (members here, or joins pending).
+    subscribed: std::collections::HashSet<SessionId>,
+}
+
+/// A `Sync` waiting for its fleet-wide place.
+#[derive(Debug)]
+struct PendingJoin {
+    /// The latest `ready` asked for.
+    ready: bool,
+    /// Invocation ids owed a Completion when the answer comes.
+    invocations: Vec<String>,
 }
 
 impl Hub {
@@ -430,11 +472,15 @@ impl Hub {
             locals: std::collections::HashSet::new(),
             outputs: VecDeque::new(),
             instance: None,
+            backplane_up: false,
+            pending: HashMap::new(),
+            subscribed: std::collections::HashSet::new(),
         }
     }
 
     /// A hub that shares its sessions with other instances through a backplane. `instance`
-    /// must be unique in the fleet (random, from the shell) and contain no `.`.
+    /// must be unique in the fleet (random, from the shell) and contain no `.`. It starts with
+    /// the backplane down: joins are refused until [`Hub::handle_backplane`] says it is up.
     pub fn with_backplane(config: HubConfig, instance: &str) -> Self {
         Self {
             instance: Some(Arc::from(instance)),
@@ -517,19 +563,40 @@ impl Hub {
     /// A client's call.
     pub fn handle_request(&mut self, from: MemberId, request: Request) {
         let result = match request.method {
-            Method::Sync { session, ready } => self.join(from, session, ready),
+            Method::Sync { session, ready } => {
+                if self.instance.is_some() && !self.is_member(from, &session) {
+                    // Across instances a join first takes a fleet-wide place: the Completion
+                    // comes with the answer (`handle_reservation`).
+                    match self.request_join(from, session, ready, request.invocation_id) {
+                        Ok(()) => return,
+                        Err((invocation_id, e)) => {
+                            self.complete(from, invocation_id, Err(e));
+                            return;
+                        }
+                    }
+                }
+                self.join(from, session, ready)
+            }
             Method::SignalCapture { session, payload } => {
-                self.signal(from, &session, Outbound::SignalCapture(payload));
-                Ok(())
+                self.relay(from, &session, Outbound::SignalCapture(payload))
             }
             Method::SignalInitiator { session, payload } => {
-                self.signal(from, &session, Outbound::SignalInitiator(payload));
-                Ok(())
+                self.relay(from, &session, Outbound::SignalInitiator(payload))
             }
         };
-        if let Some(invocation_id) = request.invocation_id {
+        self.complete(from, request.invocation_id, result);
+    }
+
+    /// The Completion owed for an `invoke` (nothing for a `send`).
+    fn complete(
+        &mut self,
+        to: MemberId,
+        invocation_id: Option<String>,
+        result: Result<(), RequestError>,
+    ) {
+        if let Some(invocation_id) = invocation_id {
             self.outputs.push_back(HubOutput::Deliver {
-                to: from,
+                to,
                 message: Outbound::Completion {
                     invocation_id,
                     error: result.err().map(|e| e.to_string()),
@@ -538,8 +605,150 @@ impl Hub {
         }
     }
 
+    fn is_member(&self, member: MemberId, session: &SessionId) -> bool {
+        self.sessions
+            .get(session)
+            .is_some_and(|s| s.members.iter().any(|(m, _)| *m == member))
+    }
+
+    /// With a backplane: check what can be checked here, then ask for a fleet-wide place.
+    /// On refusal, the invocation id comes back with the error.
+    fn request_join(
+        &mut self,
+        member: MemberId,
+        session: SessionId,
+        ready: bool,
+        invocation_id: Option<String>,
+    ) -> Result<(), (Option<String>, RequestError)> {
+        if !self.backplane_up {
+            return Err((invocation_id, RequestError::BackplaneUnavailable));
+        }
+        if let Some(pending) = self.pending.get_mut(&(member, session.clone())) {
+            pending.ready = ready;
+            pending.invocations.extend(invocation_id);
+            return Ok(());
+        }
+        match self.sessions.get(&session) {
+            None if self.sessions.len() >= self.config.max_sessions => {
+                let e = RequestError::TooManySessions(self.config.max_sessions);
+                return Err((invocation_id, e));
+            }
+            Some(s) if s.members.len() >= self.config.max_members_per_session => {
+                let e = RequestError::SessionFull(self.config.max_members_per_session);
+                return Err((invocation_id, e));
+            }
+            _ => {}
+        }
+        self.pending.insert(
+            (member, session.clone()),
+            PendingJoin {
+                ready,
+                invocations: invocation_id.into_iter().collect(),
+            },
+        );
+        // Subscribed before the place is asked for: the shell carries these out in order, so
+        // by the time the member hears its Sync succeeded, what others publish reaches it.
+        self.subscribe(&session);
+        self.outputs
+            .push_back(HubOutput::Reserve { member, session });
+        Ok(())
+    }
+
+    fn subscribe(&mut self, session: &SessionId) {
+        if self.instance.is_some() && self.subscribed.insert(session.clone()) {
+            self.outputs
+                .push_back(HubOutput::Subscribe(session.clone()));
+        }
+    }
+
+    /// Unsubscribe from `session` if nothing here needs it any more (no members, no joins
+    /// pending).
+    fn unsubscribe_if_unused(&mut self, session: &SessionId) {
+        let used =
+            self.sessions.contains_key(session) || self.pending.keys().any(|(_, s)| s == session);
+        if !used && self.subscribed.remove(session) {
+            self.outputs
+                .push_back(HubOutput::Unsubscribe(session.clone()));
+        }
+    }
+
+    /// Input: the answer to [`HubOutput::Reserve`]: `Ok` when `member` has its fleet-wide
+    /// place in `session`, else [`RequestError::SessionFull`] or
+    /// [`RequestError::BackplaneUnavailable`]. The member joins (or its `Sync` fails) now; a
+    /// place granted to a member that has gone meanwhile is given back.
+    pub fn handle_reservation(
+        &mut self,
+        member: MemberId,
+        session: SessionId,
+        result: Result<(), RequestError>,
+    ) {
+        let Some(pending) = self.pending.remove(&(member, session.clone())) else {
+            if result.is_ok() {
+                self.outputs.push_back(HubOutput::Release(session.clone()));
+            }
+            self.unsubscribe_if_unused(&session);
+            return;
+        };
+        let result = result.and_then(|()| {
+            self.join(member, session.clone(), pending.ready)
+                .inspect_err(|_| self.outputs.push_back(HubOutput::Release(session.clone())))
+        });
+        for invocation_id in pending.invocations {
+            self.complete(member, Some(invocation_id), result.clone());
+        }
+        self.unsubscribe_if_unused(&session);
+    }
+
+    /// Input: the backplane went up (`true`) or down. Going up, every session here is
+    /// subscribed again and its places restated; while down, joins are refused and messages
+    /// that only members elsewhere would get fail.
+    pub fn handle_backplane(&mut self, up: bool) {
+        if self.instance.is_none() || up == self.backplane_up {
+            return;
+        }
+        self.backplane_up = up;
+        if up {
+            let mut subscribed: Vec<_> = self.subscribed.iter().cloned().collect();
+            subscribed.sort();
+            for session in subscribed {
+                self.outputs
+                    .push_back(HubOutput::Subscribe(session.clone()));
+                let count = self.sessions.get(&session).map_or(0, |s| {
+                    s.members
+                        .iter()
+                        .filter(|(m, _)| !self.locals.contains(m))
+                        .count()
+                });
+                self.outputs
+                    .push_back(HubOutput::Restate { session, count });
+            }
+        }
+    }
+
+    /// Whether the backplane is up (always `false` without one).
+    pub fn backplane_up(&self) -> bool {
+        self.backplane_up
+    }
+
+    /// A client's `SignalCapture`/`SignalInitiator`: fails when the backplane is down and no
+    /// other member of the session is here (only members elsewhere could have got it).
+    fn relay(
+        &mut self,
+        from: MemberId,
+        session: &SessionId,
+        message: Outbound,
+    ) -> Result<(), RequestError> {
+        let delivered = self.signal(from, session, message);
+        if self.instance.is_some() && !self.backplane_up && delivered == 0 {
+            return Err(RequestError::BackplaneUnavailable);
+        }
+        Ok(())
+    }
+
     /// A member is gone: it leaves every session; empty sessions are freed.
     pub fn handle_disconnect(&mut self, member: MemberId) {
+        // A pending join keeps its subscription until its answer comes (handle_reservation).
+        self.pending.retain(|(m, _), _| *m != member);
         for session in self.memberships.remove(&member).unwrap_or_default() {
             self.remove_from_session(member, &session);
         }
@@ -571,9 +780,8 @@ impl Hub {
                     .entry(member)
                     .or_default()
                     .push(session.clone());
-                if is_new && self.instance.is_some() {
-                    self.outputs
-                        .push_back(HubOutput::Subscribe(session.clone()));
+                if is_new {
+                    self.subscribe(&session);
                 }
             }
         }
@@ -596,26 +804,30 @@ impl Hub {
         self.remove_from_session(member, session);
     }
 
-    /// Member API: send `message` to every member of `session` but `from`; with a backplane,
-    /// also publish it for the members on other instances.
-    pub fn signal(&mut self, from: MemberId, session: &SessionId, message: Outbound) {
-        if let Some(sender) = self.connection_id(from) {
+    /// Member API: send `message` to every member of `session` but `from`; with a backplane
+    /// that is up, also publish it for the members on other instances. Returns how many
+    /// members here it went to.
+    pub fn signal(&mut self, from: MemberId, session: &SessionId, message: Outbound) -> usize {
+        if let Some(sender) = self.connection_id(from).filter(|_| self.backplane_up) {
             self.outputs.push_back(HubOutput::Publish {
                 session: session.clone(),
                 envelope: Envelope::json(vec![sender], message.to_record()),
             });
         }
         let Some(s) = self.sessions.get(session) else {
-            return;
+            return 0;
         };
+        let mut delivered = 0;
         for &(to, _) in &s.members {
             if to != from {
+                delivered += 1;
                 self.outputs.push_back(HubOutput::Deliver {
                     to,
                     message: message.clone(),
                 });
             }
         }
+        delivered
     }
 
     /// The next thing for the shell to do, removed from the queue (see the draining rule).
@@ -628,14 +840,15 @@ impl Hub {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
+        let before = s.members.len();
         s.members.retain(|(m, _)| *m != member);
+        if self.instance.is_some() && s.members.len() < before && !self.locals.contains(&member) {
+            self.outputs.push_back(HubOutput::Release(session.clone()));
+        }
         if s.members.iter().all(|(m, _)| self.locals.contains(m)) {
             let locals: Vec<MemberId> = s.members.iter().map(|(m, _)| *m).collect();
             self.sessions.remove(session);
-            if self.instance.is_some() {
-                self.outputs
-                    .push_back(HubOutput::Unsubscribe(session.clone()));
-            }
+            self.unsubscribe_if_unused(session);
             for local in locals {
                 self.locals.remove(&local);
                 self.memberships.remove(&local);
@@ -736,6 +949,21 @@ impl Admissions {
         }
     }
 
+    /// The token is kept elsewhere (in the backplane's Redis, where any instance takes it):
+    /// free its place here.
+    pub fn forget(&mut self, token: &str) {
+        self.pending.remove(token);
+    }
+
+    /// Another instance negotiated `token` and the backplane handed it over: hold a place for
+    /// it here, as if negotiated here (refused when this instance is full).
+    pub fn adopt(&mut self, token: String, now: Instant) -> Result<(), AdmissionError> {
+        if self.pending.contains_key(&token) {
+            return Ok(());
+        }
+        self.negotiate(token, now).map(drop)
+    }
+
     /// A connection closed.
     pub fn disconnect(&mut self) {
         self.active = self.active.saturating_sub(1);
@@ -818,6 +1046,13 @@ mod tests {
         Outbound::Completion {
             invocation_id: id.into(),
             error: None,
+        }
+    }
+
+    fn err(id: &str, e: &RequestError) -> Outbound {
+        Outbound::Completion {
+            invocation_id: id.into(),
+            error: Some(e.to_string()),
         }
     }
 
@@ -1025,30 +1260,55 @@ mod tests {
 
     /// Hubs on several instances and an in-memory Redis: published envelopes go, as bytes and
     /// in publish order, to every hub subscribed to the session, the publisher included (as
-    /// Redis pub/sub does). Deliveries are collected per instance.
+    /// Redis pub/sub does), and places are counted per session and instance, as the backplane
+    /// task's script counts them. Deliveries are collected per instance.
     struct Fleet {
         hubs: Vec<Hub>,
         subscribed: Vec<std::collections::HashSet<SessionId>>,
         delivered: Vec<Vec<HubOutput>>,
         /// Envelopes published, as bytes, in order.
         wire: VecDeque<(SessionId, Vec<u8>)>,
+        /// Places taken per session, per instance.
+        places: HashMap<SessionId, Vec<usize>>,
+        /// The fleet-wide `max_members_per_session`.
+        max: usize,
     }
 
     impl Fleet {
         fn new(n: usize) -> Fleet {
+            Fleet::with_limits(n, 8, 8)
+        }
+
+        /// `max` members per session on the fleet, `local_max` on each instance.
+        fn with_limits(n: usize, max: usize, local_max: usize) -> Fleet {
             let config = HubConfig {
                 max_sessions: 10,
-                max_members_per_session: 8,
+                max_members_per_session: local_max,
                 capture_wanted: false,
             };
+            let mut hubs: Vec<Hub> = (0..n)
+                .map(|i| Hub::with_backplane(config, &format!("inst{i}")))
+                .collect();
+            for hub in &mut hubs {
+                hub.handle_backplane(true);
+                assert!(drain(hub).is_empty(), "no sessions to restate yet");
+            }
             Fleet {
-                hubs: (0..n)
-                    .map(|i| Hub::with_backplane(config, &format!("inst{i}")))
-                    .collect(),
+                hubs,
                 subscribed: vec![Default::default(); n],
                 delivered: vec![Vec::new(); n],
                 wire: VecDeque::new(),
+                places: HashMap::new(),
+                max,
             }
+        }
+
+        fn places(&self, session: &str) -> Vec<usize> {
+            let n = self.hubs.len();
+            self.places
+                .get(&sid(session))
+                .cloned()
+                .unwrap_or(vec![0; n])
         }
 
         fn call(&mut self, hub: usize, from: u64, id: Option<&str>, method: Method) {
@@ -1061,22 +1321,52 @@ mod tests {
             self.settle();
         }
 
-        /// Drain every hub, carry publishes over the wire, until nothing moves.
+        /// Drain every hub, carry publishes over the wire and answer reservations, until
+        /// nothing moves.
         fn settle(&mut self) {
+            let n = self.hubs.len();
             loop {
-                for i in 0..self.hubs.len() {
+                let mut answers = Vec::new();
+                for i in 0..n {
                     while let Some(output) = self.hubs[i].poll_output() {
                         match output {
-                            HubOutput::Subscribe(s) => assert!(self.subscribed[i].insert(s)),
+                            HubOutput::Subscribe(s) => {
+                                self.subscribed[i].insert(s);
+                            }
                             HubOutput::Unsubscribe(s) => assert!(self.subscribed[i].remove(&s)),
                             HubOutput::Publish { session, envelope } => {
                                 self.wire.push_back((session, envelope.encode().unwrap()));
+                            }
+                            HubOutput::Reserve { member, session } => {
+                                let places =
+                                    self.places.entry(session.clone()).or_insert(vec![0; n]);
+                                let result = if places.iter().sum::<usize>() >= self.max {
+                                    Err(RequestError::SessionFull(self.max))
+                                } else {
+                                    places[i] += 1;
+                                    Ok(())
+                                };
+                                answers.push((i, member, session, result));
+                            }
+                            HubOutput::Release(session) => {
+                                let places = self.places.get_mut(&session).unwrap();
+                                places[i] = places[i].checked_sub(1).expect("released once");
+                            }
+                            HubOutput::Restate { session, count } => {
+                                self.places.entry(session).or_insert(vec![0; n])[i] = count;
                             }
                             other => self.delivered[i].push(other),
                         }
                     }
                 }
+                let moved = !answers.is_empty();
+                for (i, member, session, result) in answers {
+                    self.hubs[i].handle_reservation(member, session, result);
+                }
                 let Some((session, bytes)) = self.wire.pop_front() else {
+                    if moved {
+                        continue;
+                    }
                     return;
                 };
                 for i in 0..self.hubs.len() {
@@ -1168,14 +1458,34 @@ mod tests {
             },
             "x",
         );
+        h.handle_backplane(true);
+        let reserve = |m: u64| HubOutput::Reserve {
+            member: MemberId(m),
+            session: sid("s"),
+        };
+        // Subscribed before the place is asked for, so the member can miss nothing once its
+        // Sync is answered.
         call(&mut h, 1, None, sync("s", false));
-        assert_eq!(drain(&mut h), vec![HubOutput::Subscribe(sid("s"))]);
+        assert_eq!(
+            drain(&mut h),
+            vec![HubOutput::Subscribe(sid("s")), reserve(1)]
+        );
+        h.handle_reservation(MemberId(1), sid("s"), Ok(()));
+        assert!(drain(&mut h).is_empty());
         call(&mut h, 2, None, sync("s", false));
+        assert_eq!(drain(&mut h), vec![reserve(2)]);
+        h.handle_reservation(MemberId(2), sid("s"), Ok(()));
         assert!(drain(&mut h).is_empty());
         h.handle_disconnect(MemberId(1));
-        assert!(drain(&mut h).is_empty());
+        assert_eq!(drain(&mut h), vec![HubOutput::Release(sid("s"))]);
         h.handle_disconnect(MemberId(2));
-        assert_eq!(drain(&mut h), vec![HubOutput::Unsubscribe(sid("s"))]);
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                HubOutput::Release(sid("s")),
+                HubOutput::Unsubscribe(sid("s"))
+            ]
+        );
         // A signal to a session with nobody here is still published, as .NET's Group send is.
         h.signal(MemberId(3), &sid("t"), Outbound::SignalStart);
         assert!(matches!(
@@ -1183,6 +1493,149 @@ mod tests {
             [HubOutput::Publish { session, envelope }]
                 if *session == sid("t") && envelope.excluded == ["x.3"]
         ));
+    }
+
+    #[test]
+    fn max_members_per_session_holds_across_the_fleet() {
+        // 3 places in the fleet, 8 on each instance: the fourth member is refused on the
+        // instance where it would have been the first.
+        let mut f = Fleet::with_limits(3, 3, 8);
+        f.call(0, 1, Some("a"), sync("s", true));
+        f.call(1, 1, Some("b"), sync("s", false));
+        f.call(1, 2, Some("c"), sync("s", false));
+        assert_eq!(f.places("s"), vec![1, 2, 0]);
+        f.call(2, 1, Some("d"), sync("s", false));
+        assert_eq!(
+            f.take(2),
+            vec![deliver(1, err("d", &RequestError::SessionFull(3)))]
+        );
+        assert!(
+            !f.subscribed[2].contains(&sid("s")),
+            "refused: no subscription"
+        );
+        // Re-syncing a member already in does not take a second place.
+        f.call(1, 2, Some("e"), sync("s", true));
+        assert_eq!(f.places("s"), vec![1, 2, 0]);
+        // One leaves on instance 1: the place is free for instance 2.
+        f.disconnect(1, 1);
+        assert_eq!(f.places("s"), vec![1, 1, 0]);
+        f.take(2);
+        f.call(2, 1, Some("f"), sync("s", false));
+        assert_eq!(f.take(2)[0], deliver(1, ok("f")));
+        assert_eq!(f.places("s"), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn with_the_backplane_down_only_what_needs_other_instances_fails() {
+        let mut f = Fleet::new(2);
+        f.call(0, 1, None, sync("local", false));
+        f.call(0, 2, None, sync("local", true));
+        f.call(0, 3, None, sync("spans", false));
+        f.call(1, 1, None, sync("spans", true));
+        for hub in 0..2 {
+            f.take(hub);
+        }
+        f.hubs[0].handle_backplane(false);
+        let unavailable = RequestError::BackplaneUnavailable;
+        // Joining needs the fleet-wide count: refused at once.
+        f.call(0, 4, Some("j"), sync("new", false));
+        assert_eq!(f.take(0), vec![deliver(4, err("j", &unavailable))]);
+        // A session whose members are all here works as before, and publishes nothing.
+        f.call(0, 1, Some("l"), capture("local", raw("\"o\"")));
+        assert_eq!(
+            f.take(0),
+            vec![
+                deliver(2, Outbound::SignalCapture(raw("\"o\""))),
+                deliver(1, ok("l"))
+            ]
+        );
+        assert!(f.wire.is_empty());
+        // A message only a member elsewhere would get fails.
+        f.call(0, 3, Some("x"), capture("spans", raw("\"o\"")));
+        assert_eq!(f.take(0), vec![deliver(3, err("x", &unavailable))]);
+        assert!(f.take(1).is_empty());
+        // Up again: every session here is subscribed again and its places restated.
+        f.places.clear();
+        f.subscribed[0].clear();
+        f.hubs[0].handle_backplane(true);
+        f.settle();
+        assert!(f.subscribed[0].contains(&sid("local")) && f.subscribed[0].contains(&sid("spans")));
+        assert_eq!(f.places("local"), vec![2, 0]);
+        assert_eq!(f.places("spans"), vec![1, 0]);
+        f.call(0, 3, Some("y"), capture("spans", raw("\"o2\"")));
+        assert_eq!(f.take(0), vec![deliver(3, ok("y"))]);
+        assert_eq!(
+            f.take(1),
+            vec![deliver(1, Outbound::SignalCapture(raw("\"o2\"")))]
+        );
+    }
+
+    #[test]
+    fn a_place_granted_to_a_member_that_left_is_given_back() {
+        let mut h = Hub::with_backplane(
+            HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 8,
+                capture_wanted: false,
+            },
+            "x",
+        );
+        h.handle_backplane(true);
+        call(&mut h, 1, Some("a"), sync("s", false));
+        call(&mut h, 1, Some("b"), sync("s", true));
+        let reserve = HubOutput::Reserve {
+            member: MemberId(1),
+            session: sid("s"),
+        };
+        assert_eq!(
+            drain(&mut h),
+            vec![HubOutput::Subscribe(sid("s")), reserve.clone()],
+            "one place asked for"
+        );
+        // Both invocations are answered by the one grant, with the latest `ready`.
+        h.handle_reservation(MemberId(1), sid("s"), Ok(()));
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                HubOutput::Publish {
+                    session: sid("s"),
+                    envelope: Envelope::json(vec!["x.1".into()], Outbound::SignalStart.to_record()),
+                },
+                deliver(1, ok("a")),
+                deliver(1, ok("b")),
+            ]
+        );
+        // Member 2 asks, then disconnects before the answer: the place goes back.
+        call(&mut h, 2, Some("c"), sync("s", false));
+        assert_eq!(drain(&mut h).len(), 1);
+        h.handle_disconnect(MemberId(2));
+        h.handle_reservation(MemberId(2), sid("s"), Ok(()));
+        assert_eq!(drain(&mut h), vec![HubOutput::Release(sid("s"))]);
+        assert_eq!(h.members(&sid("s")), vec![MemberId(1)]);
+        // Redis unreachable while a join waited: the Sync fails, nothing joins.
+        call(&mut h, 3, Some("d"), sync("s", false));
+        drain(&mut h);
+        h.handle_reservation(
+            MemberId(3),
+            sid("s"),
+            Err(RequestError::BackplaneUnavailable),
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![deliver(3, err("d", &RequestError::BackplaneUnavailable))]
+        );
+        assert_eq!(h.members(&sid("s")), vec![MemberId(1)]);
+        // A refused first join here gives its subscription back.
+        call(&mut h, 4, Some("e"), sync("other", false));
+        assert_eq!(drain(&mut h)[0], HubOutput::Subscribe(sid("other")));
+        h.handle_reservation(MemberId(4), sid("other"), Err(RequestError::SessionFull(8)));
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                deliver(4, err("e", &RequestError::SessionFull(8))),
+                HubOutput::Unsubscribe(sid("other"))
+            ]
+        );
     }
 
     #[test]
@@ -1287,6 +1740,29 @@ mod tests {
         a.connect(None, t0 + Duration::from_secs(15)).unwrap();
         assert_eq!(a.active(), 2);
         a.disconnect();
+        assert_eq!(a.active(), 1);
+    }
+
+    #[test]
+    fn tokens_kept_in_redis_free_their_place_here_and_adopted_ones_take_one() {
+        let t0 = Instant::now();
+        let mut a = Admissions::new(2, Duration::from_secs(15));
+        a.negotiate("mine".into(), t0).unwrap();
+        a.forget("mine");
+        assert_eq!(
+            a.check(Some("mine"), t0),
+            Err(AdmissionError::UnknownToken),
+            "only the fleet's copy is valid now"
+        );
+        a.adopt("theirs".into(), t0).unwrap();
+        a.adopt("theirs".into(), t0).unwrap();
+        a.adopt("third".into(), t0).unwrap();
+        assert_eq!(
+            a.adopt("fourth".into(), t0),
+            Err(AdmissionError::Full),
+            "max_connections holds for handed-over tokens"
+        );
+        a.connect(Some("theirs"), t0).unwrap();
         assert_eq!(a.active(), 1);
     }
 }

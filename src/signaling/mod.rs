@@ -8,11 +8,13 @@
 //! - [`ws`]: the tokio shell: the hub task and one task per WebSocket.
 //! - [`backplane`]: the Redis backplane's wire format (ASP.NET Core SignalR's channel names
 //!   and MessagePack envelope), pure.
+//! - [`redis`]: the backplane task that owns the Redis connections (IO only).
 
 pub mod backplane;
 pub mod capture;
 pub mod hub;
 pub mod lzstring;
+pub mod redis;
 pub mod signalr;
 pub mod snappeer;
 pub mod ws;

@@ -26,10 +26,12 @@ use tracing::{debug, info, warn};
 
 use super::capture::{self, Answerer};
 use super::hub::{
-    AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request, SessionId,
+    AdmissionError, Admissions, Hub, HubConfig, HubOutput, MemberId, Outbound, Request,
+    RequestError, SessionId,
 };
+use super::redis::{self as backplane_task, BackplaneCounters, Event, Op};
 use super::signalr::{ConnOutput, Connection, ConnectionConfig};
-use crate::config::{JoinSessions, SignalingConfig};
+use crate::config::{BackplaneConfig, BackplaneKind, JoinSessions, SignalingConfig};
 use crate::ids::random_token;
 
 /// Commands to the hub task.
@@ -39,6 +41,16 @@ enum Command {
     },
     Check {
         token: Option<String>,
+        reply: oneshot::Sender<Result<(), AdmissionError>>,
+    },
+    /// The token is in the backplane's Redis: only that copy is valid.
+    Forget {
+        token: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// The backplane handed over a token another instance negotiated.
+    Adopt {
+        token: String,
         reply: oneshot::Sender<Result<(), AdmissionError>>,
     },
     Connect {
@@ -66,6 +78,21 @@ pub struct SignalingStats {
     pub connections: usize,
     /// Sessions (SignalR groups) open now.
     pub sessions: usize,
+    /// The Redis backplane, when one is configured.
+    pub backplane: Option<BackplaneStats>,
+}
+
+/// The Redis backplane's state and counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackplaneStats {
+    /// Connected to Redis now.
+    pub up: bool,
+    /// Envelopes published.
+    pub published: u64,
+    /// Envelopes received from Redis.
+    pub received: u64,
+    /// Messages dropped (queues full, Redis down, or refused as malformed or too large).
+    pub dropped: u64,
 }
 
 /// Why the signaling service could not do something.
@@ -84,6 +111,8 @@ pub enum ServiceError {
 pub struct SignalingHandle {
     commands: mpsc::Sender<Command>,
     config: Arc<SignalingConfig>,
+    /// To the backplane task (tokens), when there is one.
+    backplane: Option<mpsc::Sender<Op>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -91,21 +120,54 @@ pub struct SignalingHandle {
 /// Start the hub task. It stops when `cancel` fires; connection tasks are tracked by `tracker`.
 ///
 /// With an `answerer` and `join_sessions = "all"`, the daemon joins every session an initiator
-/// opens as its capture side; otherwise the hub is a pure relay.
+/// opens as its capture side; otherwise the hub is a pure relay. With `[backplane] kind =
+/// "redis"` the hub shares its sessions with every instance on that Redis, through the
+/// backplane task ([`super::redis`]).
 pub fn spawn(
     config: SignalingConfig,
+    backplane: &BackplaneConfig,
     answerer: Option<Arc<dyn Answerer>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-) -> SignalingHandle {
+) -> Result<SignalingHandle, backplane_task::BackplaneError> {
     // Every connection sends through this queue; a full queue slows readers, never the hub.
     let (tx, rx) = mpsc::channel(1024);
     let answerer = answerer.filter(|_| config.join_sessions == JoinSessions::All);
-    let hub = Hub::new(HubConfig {
+    let hub_config = HubConfig {
         max_sessions: config.max_sessions,
         max_members_per_session: config.max_members_per_session,
         capture_wanted: answerer.is_some(),
-    });
+    };
+    let (hub, link) = match backplane.kind {
+        BackplaneKind::None => (Hub::new(hub_config), None),
+        BackplaneKind::Redis => {
+            // Unique in the fleet, and no `.` (connection ids are `{instance}.{member}`).
+            let instance = random_token()
+                .map_err(|e| backplane_task::BackplaneError::Url(format!("no instance id: {e}")))?;
+            let link = backplane_task::spawn(
+                backplane_task::Settings {
+                    config: backplane.clone(),
+                    instance: instance.clone(),
+                    max_members_per_session: config.max_members_per_session,
+                    max_message_bytes: config.max_payload_bytes,
+                    token_lifetime: config.handshake_timeout,
+                },
+                cancel.clone(),
+                &tracker,
+            )?;
+            (Hub::with_backplane(hub_config, &instance), Some(link))
+        }
+    };
+    let (backplane_link, events) = match link {
+        Some(link) => (
+            Some(BackplaneLink {
+                ops: link.ops,
+                counters: link.counters,
+            }),
+            Some(link.events),
+        ),
+        None => (None, None),
+    };
     let admissions = Admissions::new(config.max_connections, config.handshake_timeout);
     let (capture, replies) = match answerer {
         Some(answerer) => {
@@ -129,27 +191,90 @@ pub fn spawn(
         next_member: 1,
         max_queued: config.max_queued_messages,
         capture,
+        backplane: backplane_link.clone(),
+        backplane_up: false,
+        stalled: false,
     };
-    tracker.spawn(task.run(rx, replies, cancel.clone()));
-    SignalingHandle {
+    tracker.spawn(task.run(rx, replies, events, cancel.clone()));
+    Ok(SignalingHandle {
         commands: tx,
         config: Arc::new(config),
+        backplane: backplane_link.map(|link| link.ops),
         cancel,
         tracker,
-    }
+    })
 }
 
+/// The hub task's end of the backplane task.
+#[derive(Clone)]
+struct BackplaneLink {
+    ops: mpsc::Sender<Op>,
+    counters: Arc<BackplaneCounters>,
+}
+
+/// How long the HTTP side waits for Redis (storing or taking a token) before going on
+/// without it.
+const TOKEN_WAIT: Duration = Duration::from_secs(1);
+
 impl SignalingHandle {
-    /// Reserve a connection: `(connectionId, connectionToken)`.
+    /// Reserve a connection: `(connectionId, connectionToken)`. With the backplane up, the
+    /// token is kept in Redis, so the WebSocket may reach any instance; otherwise it is valid
+    /// here only.
     pub async fn negotiate(&self) -> Result<(String, String), ServiceError> {
         let (reply, rx) = oneshot::channel();
-        self.call(Command::Negotiate { reply }, rx)
-            .await?
-            .map_err(Into::into)
+        let (id, token) = self.call(Command::Negotiate { reply }, rx).await??;
+        if let Some(ops) = &self.backplane {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::StoreToken {
+                token: token.clone(),
+                reply,
+            };
+            let stored = ops.try_send(op).is_ok()
+                && matches!(tokio::time::timeout(TOKEN_WAIT, rx).await, Ok(Ok(true)));
+            if stored {
+                let (reply, rx) = oneshot::channel();
+                let forget = Command::Forget {
+                    token: token.clone(),
+                    reply,
+                };
+                self.call(forget, rx).await?;
+            } else {
+                debug!(
+                    "negotiate: backplane unavailable; the token is valid on this instance only"
+                );
+            }
+        }
+        Ok((id, token))
     }
 
-    /// Would an upgrade with this token be admitted?
+    /// Would an upgrade with this token be admitted? With the backplane up, a token is taken
+    /// from Redis (whichever instance negotiated it) and so can be used once in the fleet.
     pub async fn check(&self, token: Option<String>) -> Result<(), ServiceError> {
+        if let (Some(ops), Some(token)) = (&self.backplane, &token) {
+            let (reply, rx) = oneshot::channel();
+            let op = Op::TakeToken {
+                token: token.clone(),
+                reply,
+            };
+            let taken = match ops.try_send(op) {
+                Ok(()) => tokio::time::timeout(TOKEN_WAIT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                Err(_) => None,
+            };
+            if taken == Some(true) {
+                let (reply, rx) = oneshot::channel();
+                let adopt = Command::Adopt {
+                    token: token.clone(),
+                    reply,
+                };
+                return self.call(adopt, rx).await?.map_err(Into::into);
+            }
+            // Not in Redis (used, expired, or negotiated while Redis was away) or Redis
+            // unavailable: only a token kept here can be valid.
+        }
         let (reply, rx) = oneshot::channel();
         self.call(Command::Check { token, reply }, rx)
             .await?
@@ -491,17 +616,30 @@ struct HubTask {
     max_queued: usize,
     /// To the capture-member task, when the daemon joins sessions.
     capture: Option<mpsc::Sender<capture::Incoming>>,
+    /// To the backplane task, when sessions span instances.
+    backplane: Option<BackplaneLink>,
+    /// The backplane task says Redis is reachable.
+    backplane_up: bool,
+    /// A subscription or a count could not be queued for the backplane task (its queue was
+    /// full): the hub is held down until the queue has drained, then brought up again, which
+    /// subscribes and restates everything.
+    stalled: bool,
 }
+
+/// How often a stalled backplane queue is looked at.
+const STALL_RETRY: Duration = Duration::from_millis(100);
 
 impl HubTask {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut replies: Option<mpsc::Receiver<capture::Reply>>,
+        mut events: Option<mpsc::Receiver<Event>>,
         cancel: CancellationToken,
     ) {
         info!(
             capture = self.capture.is_some(),
+            backplane = self.backplane.is_some(),
             max_queued = self.max_queued,
             "signaling hub running"
         );
@@ -512,10 +650,95 @@ impl HubTask {
                     None => break,
                 },
                 Some(reply) = recv_opt(&mut replies) => self.local_signal(reply),
+                Some(event) = recv_opt(&mut events) => self.backplane_event(event),
+                _ = tokio::time::sleep(STALL_RETRY), if self.stalled => self.retry_stalled(),
                 _ = cancel.cancelled() => break,
             }
         }
         debug!("signaling hub stopped");
+    }
+
+    /// What the backplane task reports: its state, a message from another instance, or the
+    /// answer to a reservation.
+    fn backplane_event(&mut self, event: Event) {
+        match event {
+            Event::Up => {
+                self.backplane_up = true;
+                if !self.stalled {
+                    self.hub.handle_backplane(true);
+                }
+            }
+            Event::Down => {
+                self.backplane_up = false;
+                self.hub.handle_backplane(false);
+            }
+            Event::Message { session, envelope } => {
+                let now = Instant::now().into_std();
+                if let Err(e) = self.hub.handle_remote(&session, &envelope, now) {
+                    debug!(%session, error = %e, "backplane message not delivered");
+                    if let Some(link) = &self.backplane {
+                        link.counters
+                            .dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            Event::Reserved {
+                member,
+                session,
+                result,
+            } => self.hub.handle_reservation(member, session, result),
+        }
+        self.drain();
+    }
+
+    /// Hand one of the hub's backplane intents to the backplane task without waiting: a full
+    /// queue drops it (counted); a reservation that cannot be queued is refused at once.
+    fn send_backplane(&mut self, op: Op) {
+        let Some(link) = &self.backplane else {
+            return;
+        };
+        if let Err(e) = link.ops.try_send(op) {
+            link.counters
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match e.into_inner() {
+                Op::Reserve { member, session } => {
+                    warn!(%session, "backplane queue full; join refused");
+                    self.hub.handle_reservation(
+                        member,
+                        session,
+                        Err(RequestError::BackplaneUnavailable),
+                    );
+                }
+                // A lost message is counted; nothing else depends on it.
+                Op::Publish { .. } => {}
+                // A lost subscription or count would leave a session deaf or miscounted:
+                // hold the hub down until the queue drains, then restate everything.
+                _ if !self.stalled => {
+                    warn!("backplane queue full; holding joins until it drains, then subscribing and restating every session");
+                    self.stalled = true;
+                    self.hub.handle_backplane(false);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The backplane queue was full: once it is at most half full (and Redis is up), bring the
+    /// hub up again, which subscribes every session and restates its places.
+    fn retry_stalled(&mut self) {
+        let Some(link) = &self.backplane else {
+            return;
+        };
+        if link.ops.capacity() * 2 >= link.ops.max_capacity() {
+            info!("backplane queue drained; subscribing and restating every session");
+            self.stalled = false;
+            if self.backplane_up {
+                self.hub.handle_backplane(true);
+                self.drain();
+            }
+        }
     }
 
     /// The capture member answered: relay as `signalInitiator` if it is still in the session.
@@ -561,6 +784,13 @@ impl HubTask {
             Command::Check { token, reply } => {
                 let _ = reply.send(self.admissions.check(token.as_deref(), now));
             }
+            Command::Forget { token, reply } => {
+                self.admissions.forget(&token);
+                let _ = reply.send(());
+            }
+            Command::Adopt { token, reply } => {
+                let _ = reply.send(self.admissions.adopt(token, now));
+            }
             Command::Connect {
                 token,
                 outbound,
@@ -584,9 +814,17 @@ impl HubTask {
             }
             Command::Disconnected { member } => self.remove(member),
             Command::Stats { reply } => {
+                let load =
+                    |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(SignalingStats {
                     connections: self.admissions.active(),
                     sessions: self.hub.session_count(),
+                    backplane: self.backplane.as_ref().map(|link| BackplaneStats {
+                        up: self.hub.backplane_up(),
+                        published: load(&link.counters.published),
+                        received: load(&link.counters.received),
+                        dropped: load(&link.counters.dropped),
+                    }),
                 });
             }
         }
@@ -631,8 +869,18 @@ impl HubTask {
                     debug!(%session, "initiator gone; capture side leaves the session");
                     self.clients.remove(&member);
                 }
-                // The hub is built without a backplane (no Redis task yet): these never come.
-                HubOutput::Subscribe(_) | HubOutput::Unsubscribe(_) | HubOutput::Publish { .. } => {
+                HubOutput::Subscribe(session) => self.send_backplane(Op::Subscribe(session)),
+                HubOutput::Unsubscribe(session) => self.send_backplane(Op::Unsubscribe(session)),
+                HubOutput::Publish { session, envelope } => match envelope.encode() {
+                    Ok(bytes) => self.send_backplane(Op::Publish { session, bytes }),
+                    Err(e) => warn!(%session, error = %e, "cannot encode a backplane message"),
+                },
+                HubOutput::Reserve { member, session } => {
+                    self.send_backplane(Op::Reserve { member, session })
+                }
+                HubOutput::Release(session) => self.send_backplane(Op::Release(session)),
+                HubOutput::Restate { session, count } => {
+                    self.send_backplane(Op::Restate { session, count })
                 }
             }
         }
@@ -690,6 +938,9 @@ mod tests {
             next_member: 100,
             max_queued: 64,
             capture: Some(capture),
+            backplane: None,
+            backplane_up: false,
+            stalled: false,
         };
         let mut receivers = Vec::new();
         for member in [1, 2] {
@@ -710,5 +961,68 @@ mod tests {
         assert_eq!(task.hub.local_count(), 0);
         assert_eq!(task.clients.len(), 2, "no local client recorded");
         assert_eq!(task.hub.members(&SessionId::parse("s").unwrap()).len(), 2);
+    }
+
+    /// A full backplane queue never loses a subscription for good: the hub is held down
+    /// (joins refused) until the queue drains, then every session is subscribed again.
+    #[test]
+    fn a_full_backplane_queue_holds_joins_then_resubscribes_everything() {
+        let (ops, mut queued) = mpsc::channel(2);
+        let counters = Arc::new(BackplaneCounters::default());
+        let mut task = HubTask {
+            hub: Hub::with_backplane(
+                HubConfig {
+                    max_sessions: 10,
+                    max_members_per_session: 8,
+                    capture_wanted: false,
+                },
+                "i",
+            ),
+            admissions: Admissions::new(10, Duration::from_secs(15)),
+            clients: HashMap::new(),
+            next_member: 100,
+            max_queued: 64,
+            capture: None,
+            backplane: Some(BackplaneLink {
+                ops,
+                counters: counters.clone(),
+            }),
+            backplane_up: false,
+            stalled: false,
+        };
+        let mut receivers = Vec::new();
+        for member in [1, 2] {
+            let (outbound, rx) = mpsc::channel(64);
+            receivers.push(rx);
+            let kill = CancellationToken::new();
+            task.clients
+                .insert(MemberId(member), Client::Remote { outbound, kill });
+        }
+        task.backplane_event(Event::Up);
+        // Member 1's Subscribe and Reserve fill the queue; member 2's Subscribe does not fit.
+        task.handle(sync(1, "a", false));
+        task.handle(sync(2, "b", false));
+        assert!(task.stalled);
+        assert!(!task.hub.backplane_up(), "joins are held");
+        assert!(counters.dropped.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        // Still full: nothing changes.
+        task.retry_stalled();
+        assert!(task.stalled);
+        // The backplane task takes what was queued; the hub comes up and subscribes again.
+        let mut taken = Vec::new();
+        while let Ok(op) = queued.try_recv() {
+            taken.push(op);
+        }
+        assert!(matches!(
+            taken.as_slice(),
+            [Op::Subscribe(_), Op::Reserve { .. }]
+        ));
+        task.retry_stalled();
+        assert!(!task.stalled && task.hub.backplane_up());
+        let again = std::iter::from_fn(|| queued.try_recv().ok()).collect::<Vec<_>>();
+        assert!(
+            matches!(again.first(), Some(Op::Subscribe(s)) if s.as_str() == "a"),
+            "{again:?}"
+        );
     }
 }

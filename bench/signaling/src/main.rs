@@ -13,6 +13,10 @@
 //!   `{path}?key=peerjs&id=ID&token=T` and waits for `OPEN`; an exchange is an `OFFER` sent to
 //!   the other peer's id and an `ANSWER` back, the way PeerJS clients relay them.
 //!
+//! Several `--url`s make a fleet: pair `i`'s initiator goes to instance `i mod n` and its capture
+//! side to the next one, so every exchange crosses instances. Several `--pid`s (the instances,
+//! and Redis) are summed.
+//!
 //! It prints connections held, the server's RSS and CPU time (from `/proc/PID`), the one-way
 //! relay latency (p50/p90/p99/max over offers and answers), exchanges per second and exchanges
 //! per server CPU-second, then one `RESULT key=value ...` line for scripts.
@@ -46,13 +50,15 @@ struct Args {
     /// Which protocol the server speaks.
     #[arg(long, value_enum, default_value = "snaprtc")]
     server: ServerKind,
-    /// snaprtc: the hub, e.g. http://127.0.0.1:8080/snaprtc-hub.
+    /// snaprtc: the hub, e.g. http://127.0.0.1:8080/snaprtc-hub; repeat it for the instances
+    /// of a fleet (each pair then spans two of them).
     /// peerjs: the socket path, e.g. ws://127.0.0.1:9000/peerjs.
-    #[arg(long)]
-    url: String,
-    /// PID of the server process, to read its RSS and CPU time from /proc.
-    #[arg(long)]
-    pid: Option<u32>,
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    /// PID of a server process, to read its RSS and CPU time from /proc; repeat it for every
+    /// process of a fleet (Redis included): their figures are summed.
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
     /// Connections to open (two per pair).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -84,6 +90,10 @@ struct Args {
     /// without sending anything, PeerJS 5 s regardless).
     #[arg(long, value_parser = humantime::parse_duration)]
     keepalive: Option<Duration>,
+    /// A Redis (`host:port`) whose commands to count over the measured phase (the fleet's
+    /// backplane): reports Redis commands per exchange.
+    #[arg(long)]
+    redis: Option<String>,
     /// Give up on one exchange (and that pair) after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     exchange_timeout: Duration,
@@ -92,10 +102,8 @@ struct Args {
 /// What every pair task needs to know.
 struct Plan {
     kind: ServerKind,
-    /// `host:port`
-    authority: String,
-    /// Path of the hub or of the PeerJS socket.
-    path: String,
+    /// `(host:port, path)` of each instance: the hub or the PeerJS socket.
+    servers: Vec<(String, String)>,
     token: Option<String>,
     use_send: bool,
     payload_offer: String,
@@ -139,7 +147,11 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let (authority, path) = split_url(&args.url)?;
+    let servers = args
+        .urls
+        .iter()
+        .map(|u| split_url(u))
+        .collect::<Result<Vec<_>>>()?;
     let pairs = args.connections / 2;
     if pairs == 0 {
         bail!("--connections must be at least 2");
@@ -148,8 +160,7 @@ async fn run(args: Args) -> Result<()> {
     let run_id = format!("{:x}", std::process::id() ^ (now_nanos() as u32));
     let plan = Arc::new(Plan {
         kind: args.server,
-        authority,
-        path,
+        servers,
         token: args.token.clone(),
         use_send: args.send,
         payload_offer: payload('o', args.payload_bytes),
@@ -166,13 +177,12 @@ async fn run(args: Args) -> Result<()> {
     });
 
     println!(
-        "server: {:?} at {} (pid {})",
+        "server: {:?} at {} (pid {:?})",
         args.server,
-        args.url,
-        args.pid.map_or("unknown".to_owned(), |p| p.to_string())
+        args.urls.join(" "),
+        args.pids
     );
-    if let Some(pid) = args.pid {
-        let m = proc_mem(pid)?;
+    if let Some(m) = fleet_mem(&args.pids)? {
         println!("server RSS before: {:.1} MiB", kib_to_mib(m.rss_kib));
     }
 
@@ -230,8 +240,7 @@ async fn run(args: Args) -> Result<()> {
 
     tokio::time::sleep(args.settle).await;
     let mut rss_connected = None;
-    if let Some(pid) = args.pid {
-        let m = proc_mem(pid)?;
+    if let Some(m) = fleet_mem(&args.pids)? {
         println!(
             "server RSS holding {} connections: {:.1} MiB (peak {:.1} MiB)",
             held_pairs * 2,
@@ -243,7 +252,11 @@ async fn run(args: Args) -> Result<()> {
 
     // Measured phase.
     let active = active_pairs.min(held_pairs);
-    let server_cpu_before = args.pid.map(proc_cpu).transpose()?;
+    let server_cpu_before = fleet_cpu(&args.pids)?;
+    let redis_before = match &args.redis {
+        Some(r) => Some(redis_calls(r).await?),
+        None => None,
+    };
     let self_cpu_before = proc_cpu_secs(std::process::id())?;
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let end = start + args.duration;
@@ -264,11 +277,8 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     let measured = tokio::time::Instant::now().saturating_duration_since(start);
-    let server_split = match (server_cpu_before, args.pid) {
-        (Some(before), Some(pid)) => {
-            let after = proc_cpu(pid)?;
-            Some((after.0 - before.0, after.1 - before.1))
-        }
+    let server_split = match (server_cpu_before, fleet_cpu(&args.pids)?) {
+        (Some(before), Some(after)) => Some((after.0 - before.0, after.1 - before.1)),
         _ => None,
     };
     let server_cpu = match server_split {
@@ -276,6 +286,13 @@ async fn run(args: Args) -> Result<()> {
         _ => None,
     };
     let self_cpu = proc_cpu_secs(std::process::id())? - self_cpu_before;
+    let redis_per_exchange = match (&args.redis, redis_before) {
+        (Some(r), Some(before)) => {
+            let calls = redis_calls(r).await? - before;
+            Some(calls as f64 / exchanges.max(1) as f64)
+        }
+        _ => None,
+    };
 
     let secs = measured.as_secs_f64();
     println!(
@@ -329,14 +346,16 @@ async fn run(args: Args) -> Result<()> {
             per_cpu.unwrap_or(f64::NAN)
         );
     }
+    if let Some(n) = redis_per_exchange {
+        println!("Redis commands per exchange: {n:.2}");
+    }
     println!(
         "bench CPU: {:.2} s ({:.0}% of one core)",
         self_cpu,
         100.0 * self_cpu / secs
     );
     let mut rss_after = None;
-    if let Some(pid) = args.pid {
-        let m = proc_mem(pid)?;
+    if let Some(m) = fleet_mem(&args.pids)? {
         println!(
             "server RSS after the exchanges: {:.1} MiB (peak {:.1} MiB)",
             kib_to_mib(m.rss_kib),
@@ -345,7 +364,7 @@ async fn run(args: Args) -> Result<()> {
         rss_after = Some(m.rss_kib);
     }
     println!(
-        "RESULT server={:?} connections_held={} rss_connected_mib={} rss_after_mib={} exchanges={} seconds={:.2} exchanges_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} server_cpu_s={} server_user_us_per_exchange={} server_sys_us_per_exchange={} exchanges_per_cpu_s={} failed_pairs={}",
+        "RESULT server={:?} connections_held={} rss_connected_mib={} rss_after_mib={} exchanges={} seconds={:.2} exchanges_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} server_cpu_s={} server_user_us_per_exchange={} server_sys_us_per_exchange={} exchanges_per_cpu_s={} failed_pairs={} redis_commands_per_exchange={}",
         args.server,
         held_pairs * 2,
         rss_connected.map_or("na".into(), |k| format!("{:.1}", kib_to_mib(k))),
@@ -367,6 +386,7 @@ async fn run(args: Args) -> Result<()> {
         )),
         per_cpu.map_or("na".into(), |x| format!("{x:.0}")),
         failed + errors.len(),
+        redis_per_exchange.map_or("na".into(), |x| format!("{x:.2}")),
     );
 
     phase_tx.send(Phase::Done)?;
@@ -419,16 +439,7 @@ async fn pair_task(
 
     if index < plan.active_pairs {
         let mut rep = PairReport::default();
-        if let Err(e) = exchange_loop(
-            &mut pair,
-            &plan,
-            index,
-            start,
-            end,
-            &mut rep,
-        )
-        .await
-        {
+        if let Err(e) = exchange_loop(&mut pair, &plan, index, start, end, &mut rep).await {
             rep.error = Some(format!("pair {index}: {e:#}"));
         }
         let _ = report.send(rep).await;
@@ -514,8 +525,14 @@ impl Pair {
         let b_id = format!("{session}-b");
         match plan.kind {
             ServerKind::Snaprtc => {
-                let mut a = Conn::signalr(plan).await.context("initiator connect")?;
-                let mut b = Conn::signalr(plan).await.context("capture connect")?;
+                // Across a fleet the two sides are on neighbouring instances.
+                let n = plan.servers.len();
+                let mut a = Conn::signalr(plan, index % n)
+                    .await
+                    .context("initiator connect")?;
+                let mut b = Conn::signalr(plan, (index + 1) % n)
+                    .await
+                    .context("capture connect")?;
                 let sync = |ready: bool| {
                     format!(
                         "{{\"type\":1,\"invocationId\":\"0\",\"target\":\"Sync\",\"arguments\":[{},{ready}]}}\x1e",
@@ -666,10 +683,11 @@ struct Conn {
 }
 
 impl Conn {
-    async fn signalr(plan: &Plan) -> Result<Conn> {
+    async fn signalr(plan: &Plan, server: usize) -> Result<Conn> {
+        let (authority, path) = &plan.servers[server];
         let negotiate = http_post(
-            &plan.authority,
-            &format!("{}/negotiate?negotiateVersion=1", plan.path),
+            authority,
+            &format!("{path}/negotiate?negotiateVersion=1"),
             plan.token.as_deref(),
         )
         .await
@@ -678,11 +696,11 @@ impl Conn {
         let token = v["connectionToken"]
             .as_str()
             .ok_or_else(|| anyhow!("negotiate: no connectionToken in {v}"))?;
-        let mut url = format!("ws://{}{}?id={}", plan.authority, plan.path, token);
+        let mut url = format!("ws://{authority}{path}?id={token}");
         if let Some(t) = &plan.token {
             url.push_str(&format!("&access_token={t}"));
         }
-        let mut conn = Conn::open(plan, &url).await?;
+        let mut conn = Conn::open(plan, authority, &url).await?;
         conn.send("{\"protocol\":\"json\",\"version\":1}\x1e".to_owned())
             .await?;
         let hs = conn.next_record().await?;
@@ -693,11 +711,12 @@ impl Conn {
     }
 
     async fn peerjs(plan: &Plan, id: &str) -> Result<Conn> {
+        let (authority, path) = &plan.servers[0];
         let url = format!(
-            "ws://{}{}?key=peerjs&id={id}&token={}",
-            plan.authority, plan.path, plan.run_id
+            "ws://{authority}{path}?key=peerjs&id={id}&token={}",
+            plan.run_id
         );
-        let mut conn = Conn::open(plan, &url).await?;
+        let mut conn = Conn::open(plan, authority, &url).await?;
         let first = conn.next_record().await?;
         if !first.contains("\"OPEN\"") {
             bail!("PeerJS answered {first}");
@@ -705,10 +724,10 @@ impl Conn {
         Ok(conn)
     }
 
-    async fn open(plan: &Plan, url: &str) -> Result<Conn> {
-        let tcp = TcpStream::connect(&plan.authority)
+    async fn open(plan: &Plan, authority: &str, url: &str) -> Result<Conn> {
+        let tcp = TcpStream::connect(authority)
             .await
-            .with_context(|| format!("connect {}", plan.authority))?;
+            .with_context(|| format!("connect {authority}"))?;
         tcp.set_nodelay(true)?;
         let (ws, _) = client_async(url, tcp).await.context("WebSocket upgrade")?;
         Ok(Conn {
@@ -906,6 +925,73 @@ fn proc_mem(pid: u32) -> Result<Mem> {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
     })
+}
+
+/// Commands Redis at `addr` has run so far: the `calls=` of every `INFO commandstats` line.
+async fn redis_calls(addr: &str) -> Result<u64> {
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to Redis at {addr}"))?;
+    tcp.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .await?;
+    // A bulk string: `$LEN\r\n` then LEN bytes and `\r\n`.
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            bail!("Redis closed the connection");
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((head, body)) = text.split_once("\r\n") {
+            let len: usize = head.trim_start_matches('$').parse()?;
+            if body.len() >= len {
+                return Ok(body
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_once("calls=")?
+                            .1
+                            .split(',')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum());
+            }
+        }
+    }
+}
+
+/// RSS and peak RSS summed over `pids`; `None` for no pids.
+fn fleet_mem(pids: &[u32]) -> Result<Option<Mem>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = Mem {
+        rss_kib: 0,
+        hwm_kib: 0,
+    };
+    for &pid in pids {
+        let m = proc_mem(pid)?;
+        sum.rss_kib += m.rss_kib;
+        sum.hwm_kib += m.hwm_kib;
+    }
+    Ok(Some(sum))
+}
+
+/// User and system CPU seconds summed over `pids`; `None` for no pids.
+fn fleet_cpu(pids: &[u32]) -> Result<Option<(f64, f64)>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = (0.0, 0.0);
+    for &pid in pids {
+        let (user, system) = proc_cpu(pid)?;
+        sum.0 += user;
+        sum.1 += system;
+    }
+    Ok(Some(sum))
 }
 
 /// User + system CPU seconds of a process (all its threads), from /proc/PID/stat.

@@ -1,0 +1,688 @@
+//! The Redis backplane's IO: one task owns this instance's two Redis connections (one for
+//! commands, pipelined; one for pub/sub) and carries out what the hub asks
+//! ([`HubOutput::Subscribe`](super::hub::HubOutput), `Publish`, `Reserve`, …) in the order it
+//! asks. Nothing here decides a protocol question: the channel names and envelope are
+//! [`backplane`](super::backplane)'s, the decisions the [`Hub`](super::hub::Hub)'s.
+//!
+//! **State in Redis** (besides the group channels, which are the ASP.NET server's):
+//! - `{prefix}:snaprtcd:places:{session}`: a hash from instance id to the places its members
+//!   hold in the session. A join takes a place with one script (`RESERVE`) that sums the
+//!   places of the instances still alive, drops those of dead ones, and adds one if the sum is
+//!   under `max_members_per_session`: atomic across the fleet.
+//! - `{prefix}:snaprtcd:instance:{id}`: this instance's lease, set with an expiry of
+//!   `[backplane] instance_ttl` and renewed every third of it. An instance killed with `-9`
+//!   stops renewing; once its lease is gone its places no longer count.
+//! - `{prefix}:snaprtcd:token:{token}`: a negotiate token, for `handshake_timeout`, taken
+//!   with `GETDEL` by whichever instance the WebSocket reaches (single use, fleet-wide).
+//!
+//! **Faults.** When Redis cannot be reached the task says [`Event::Down`], answers every
+//! waiting and new reservation with [`RequestError::BackplaneUnavailable`] (so no call
+//! hangs), drops publishes, and reconnects with a backoff of 100 ms doubling to 1 s. When it
+//! is back it says [`Event::Up`]; the hub then subscribes every session again and restates its
+//! places.
+//!
+//! **Bounds.** The hub's commands wait in a queue of `[backplane] max_queued_messages` (a full
+//! queue drops publishes, refuses reservations, and counts them); messages from Redis larger
+//! than `[signaling] max_payload_bytes` are refused unread, and when the hub does not take
+//! them as fast as they come, Redis's own pub/sub output limit disconnects this client, which
+//! then reconnects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::backplane::{group_channel, session_of_channel, Envelope};
+use super::hub::{MemberId, RequestError, SessionId};
+use crate::config::{BackplaneConfig, RedisUrl};
+
+/// Places are counted in Redis by this script. `KEYS[1]`: the session's places hash.
+/// `ARGV`: this instance's id, `max_members_per_session`, the lease key prefix, the hash's
+/// expiry in seconds. Returns the places taken after this one, or -1 when the session is full.
+const RESERVE: &str = r"
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+  if fields[i] == ARGV[1] or redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+if total >= tonumber(ARGV[2]) then return -1 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return total + 1
+";
+
+/// Give one place back. `KEYS[1]`: the places hash; `ARGV[1]`: this instance's id.
+const RELEASE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// A places hash that no join or leave touches for this long is dropped: it bounds what a
+/// crashed instance leaves behind in sessions nobody uses again.
+const PLACES_EXPIRY_SECS: u64 = 24 * 3600;
+
+/// How long one Redis round trip may take before the connection counts as lost.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most commands sent to Redis in one pipeline.
+const MAX_BATCH: usize = 256;
+
+/// What the hub (through its task) asks of Redis.
+#[derive(Debug)]
+pub enum Op {
+    /// Receive what is published for the session.
+    Subscribe(SessionId),
+    /// Stop receiving the session.
+    Unsubscribe(SessionId),
+    /// Publish an encoded [`Envelope`] on the session's group channel.
+    Publish {
+        /// The session.
+        session: SessionId,
+        /// The envelope's bytes.
+        bytes: Vec<u8>,
+    },
+    /// Take a place for `member` in `session`; answered by [`Event::Reserved`].
+    Reserve {
+        /// Who joins.
+        member: MemberId,
+        /// Where.
+        session: SessionId,
+    },
+    /// Give one place in the session back.
+    Release(SessionId),
+    /// This instance holds `count` places in the session.
+    Restate {
+        /// The session.
+        session: SessionId,
+        /// Places held here.
+        count: usize,
+    },
+    /// Store a negotiate token for the fleet; the reply says whether it was stored.
+    StoreToken {
+        /// The token.
+        token: String,
+        /// `true` once Redis holds it.
+        reply: oneshot::Sender<bool>,
+    },
+    /// Take (and delete) a token; the reply is `None` when Redis cannot be asked.
+    TakeToken {
+        /// The token.
+        token: String,
+        /// `Some(true)` when it was there.
+        reply: oneshot::Sender<Option<bool>>,
+    },
+}
+
+/// What the task tells the hub.
+#[derive(Debug)]
+pub enum Event {
+    /// Connected (again): subscribe and restate everything.
+    Up,
+    /// Redis is unreachable.
+    Down,
+    /// Another instance (or this one) published on a subscribed session.
+    Message {
+        /// The session of the channel.
+        session: SessionId,
+        /// The envelope.
+        envelope: Envelope,
+    },
+    /// The answer to [`Op::Reserve`].
+    Reserved {
+        /// Who asked.
+        member: MemberId,
+        /// Where.
+        session: SessionId,
+        /// A place was taken (`Ok`), the session is full, or Redis is unavailable.
+        result: Result<(), RequestError>,
+    },
+}
+
+/// Counters the task keeps (read for `/metrics`).
+#[derive(Debug, Default)]
+pub struct BackplaneCounters {
+    /// Envelopes published.
+    pub published: AtomicU64,
+    /// Envelopes received from Redis and handed to the hub.
+    pub received: AtomicU64,
+    /// Messages dropped: a full queue either way, Redis down, or a message over the budget
+    /// or malformed.
+    pub dropped: AtomicU64,
+}
+
+/// The task's names for things in Redis.
+struct Keys {
+    prefix: String,
+    instance: String,
+}
+
+impl Keys {
+    fn places(&self, session: &SessionId) -> String {
+        format!("{}:snaprtcd:places:{session}", self.prefix)
+    }
+    fn lease_prefix(&self) -> String {
+        format!("{}:snaprtcd:instance:", self.prefix)
+    }
+    fn lease(&self) -> String {
+        format!("{}{}", self.lease_prefix(), self.instance)
+    }
+    fn token(&self, token: &str) -> String {
+        format!("{}:snaprtcd:token:{token}", self.prefix)
+    }
+}
+
+/// Why the task could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    /// The URL is not one the Redis client takes.
+    #[error("backplane.url: {0}")]
+    Url(String),
+}
+
+/// The backplane task's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[backplane]`.
+    pub config: BackplaneConfig,
+    /// This instance's id in the fleet (random; no `.`).
+    pub instance: String,
+    /// `[signaling] max_members_per_session`, fleet-wide.
+    pub max_members_per_session: usize,
+    /// `[signaling] max_payload_bytes`: the largest envelope read from Redis.
+    pub max_message_bytes: usize,
+    /// `[signaling] handshake_timeout`: how long a stored token lives.
+    pub token_lifetime: Duration,
+}
+
+/// The ends of the task the signaling shell holds.
+pub struct Link {
+    /// Commands to the task.
+    pub ops: mpsc::Sender<Op>,
+    /// What the task tells the hub.
+    pub events: mpsc::Receiver<Event>,
+    /// The task's counters.
+    pub counters: Arc<BackplaneCounters>,
+}
+
+/// Start the backplane task; it runs until `cancel` fires, then gives up its lease.
+pub fn spawn(
+    settings: Settings,
+    cancel: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Result<Link, BackplaneError> {
+    let client = Client::open(settings.config.url.as_str())
+        .map_err(|e| BackplaneError::Url(e.to_string().replace(&settings.config.url, "…")))?;
+    let queue = settings.config.max_queued_messages;
+    let (ops_tx, ops) = mpsc::channel(queue);
+    let (events, events_rx) = mpsc::channel(queue);
+    let counters = Arc::new(BackplaneCounters::default());
+    let task = Task {
+        where_: RedisUrl::parse(&settings.config.url)
+            .map(|u| redacted(&u))
+            .unwrap_or_default(),
+        keys: Keys {
+            prefix: settings.config.prefix.clone(),
+            instance: settings.instance.clone(),
+        },
+        settings,
+        client,
+        ops,
+        events,
+        counters: counters.clone(),
+    };
+    tracker.spawn(task.run(cancel));
+    Ok(Link {
+        ops: ops_tx,
+        events: events_rx,
+        counters,
+    })
+}
+
+/// `host:port/db`, with no credentials, for logs.
+fn redacted(url: &RedisUrl) -> String {
+    format!(
+        "{}{}:{}/{}",
+        if url.tls { "rediss://" } else { "redis://" },
+        url.host,
+        url.port,
+        url.db
+    )
+}
+
+struct Task {
+    settings: Settings,
+    keys: Keys,
+    where_: String,
+    client: Client,
+    ops: mpsc::Receiver<Op>,
+    events: mpsc::Sender<Event>,
+    counters: Arc<BackplaneCounters>,
+}
+
+/// Why a connected spell ended.
+enum End {
+    Cancelled,
+    Lost(RedisError),
+}
+
+struct Connected {
+    conn: MultiplexedConnection,
+    sink: PubSubSink,
+    reserve_sha: String,
+    release_sha: String,
+}
+
+impl Task {
+    async fn run(mut self, cancel: CancellationToken) {
+        info!(redis = %self.where_, instance = %self.keys.instance, "backplane starting");
+        let mut backoff = Duration::from_millis(100);
+        let mut was_up = false;
+        loop {
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = self.connect() => result,
+            };
+            let (connected, stream) = match attempt {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if was_up || backoff == Duration::from_millis(100) {
+                        warn!(redis = %self.where_, error = %e, "backplane: cannot reach Redis; retrying");
+                    }
+                    was_up = false;
+                    // While down, answer what waits so nothing hangs.
+                    let sleep = tokio::time::sleep(backoff);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = &mut sleep => break,
+                            op = self.ops.recv() => match op {
+                                Some(op) => self.refuse(op).await,
+                                None => return,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            info!(redis = %self.where_, "backplane connected");
+            backoff = Duration::from_millis(100);
+            was_up = true;
+            if self.events.send(Event::Up).await.is_err() {
+                return;
+            }
+            let mut connected = connected;
+            let end = self.serve(&mut connected, stream, &cancel).await;
+            match end {
+                End::Cancelled => {
+                    // Give the lease up, so the fleet stops counting this instance's places now.
+                    let lease = self.keys.lease();
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        redis::cmd("DEL")
+                            .arg(lease)
+                            .query_async::<Value>(&mut connected.conn),
+                    )
+                    .await;
+                    return;
+                }
+                End::Lost(e) => {
+                    warn!(redis = %self.where_, error = %e, "backplane: lost Redis; sessions spanning instances wait for it");
+                    if self.events.send(Event::Down).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Both connections, the scripts loaded and the lease taken.
+    async fn connect(&self) -> Result<(Connected, PubSubStream), RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let pubsub = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| timeout_error())??;
+        let (sink, stream) = pubsub.split();
+        let (reserve_sha, release_sha, ()): (String, String, ()) = redis::pipe()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RESERVE)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RELEASE)
+            .cmd("SET")
+            .arg(self.keys.lease())
+            .arg(1)
+            .arg("PX")
+            .arg(self.settings.config.instance_ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok((
+            Connected {
+                conn,
+                sink,
+                reserve_sha,
+                release_sha,
+            },
+            stream,
+        ))
+    }
+
+    /// Run while connected: commands out, messages in, the lease renewed.
+    async fn serve(
+        &mut self,
+        connected: &mut Connected,
+        mut stream: PubSubStream,
+        cancel: &CancellationToken,
+    ) -> End {
+        let renew = self.settings.config.instance_ttl / 3;
+        let mut lease = tokio::time::interval_at(tokio::time::Instant::now() + renew, renew);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let events = self.events.clone();
+        let counters = self.counters.clone();
+        let prefix = self.keys.prefix.clone();
+        let max = self.settings.max_message_bytes;
+        // Messages in: decoded here, handed to the hub in arrival order.
+        let reader = async move {
+            while let Some(msg) = stream.next().await {
+                let Some(session) = session_of_channel(&prefix, msg.get_channel_name()) else {
+                    continue;
+                };
+                match Envelope::decode(msg.get_payload_bytes(), max) {
+                    Ok(envelope) => {
+                        counters.received.fetch_add(1, Ordering::Relaxed);
+                        if events
+                            .send(Event::Message { session, envelope })
+                            .await
+                            .is_err()
+                        {
+                            return End::Cancelled;
+                        }
+                    }
+                    Err(e) => {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        debug!(%session, error = %e, "backplane message dropped");
+                    }
+                }
+            }
+            End::Lost(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the pub/sub connection closed",
+            )))
+        };
+        tokio::pin!(reader);
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return End::Cancelled,
+                end = &mut reader => return end,
+                _ = lease.tick() => {
+                    let ttl = self.settings.config.instance_ttl.as_millis() as u64;
+                    let renewed = redis::cmd("SET")
+                        .arg(self.keys.lease())
+                        .arg(1)
+                        .arg("PX")
+                        .arg(ttl)
+                        .query_async::<Value>(&mut connected.conn)
+                        .await;
+                    let pinged = tokio::time::timeout(RESPONSE_TIMEOUT, connected.sink.ping::<Value>())
+                        .await
+                        .map_err(|_| timeout_error())
+                        .and_then(|r| r);
+                    if let Err(e) = renewed.and(pinged) {
+                        return End::Lost(e);
+                    }
+                }
+                op = self.ops.recv() => {
+                    let Some(op) = op else { return End::Cancelled };
+                    batch.push(op);
+                    while batch.len() < MAX_BATCH {
+                        match self.ops.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.execute(connected, &mut batch).await {
+                        return End::Lost(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carry out `batch` in order: subscriptions on the pub/sub connection (consecutive ones
+    /// in one command, as after a reconnect), the rest as one pipeline per run between them.
+    /// After an error, what is left is refused (reservations and token requests answered).
+    async fn execute(&self, c: &mut Connected, batch: &mut Vec<Op>) -> Result<(), RedisError> {
+        let mut ops = std::mem::take(batch).into_iter().peekable();
+        let mut result = Ok(());
+        while let Some(op) = ops.next() {
+            if result.is_err() {
+                self.refuse(op).await;
+                continue;
+            }
+            result = match op {
+                Op::Subscribe(session) => {
+                    let mut channels = vec![group_channel(&self.keys.prefix, &session)];
+                    while let Some(Op::Subscribe(s)) =
+                        ops.next_if(|op| matches!(op, Op::Subscribe(_)))
+                    {
+                        channels.push(group_channel(&self.keys.prefix, &s));
+                    }
+                    within(c.sink.subscribe(&channels)).await
+                }
+                Op::Unsubscribe(session) => {
+                    let mut channels = vec![group_channel(&self.keys.prefix, &session)];
+                    while let Some(Op::Unsubscribe(s)) =
+                        ops.next_if(|op| matches!(op, Op::Unsubscribe(_)))
+                    {
+                        channels.push(group_channel(&self.keys.prefix, &s));
+                    }
+                    within(c.sink.unsubscribe(&channels)).await
+                }
+                op => {
+                    let mut run = vec![op];
+                    while let Some(next) =
+                        ops.next_if(|op| !matches!(op, Op::Subscribe(_) | Op::Unsubscribe(_)))
+                    {
+                        run.push(next);
+                    }
+                    self.pipeline(c, run).await
+                }
+            };
+        }
+        result
+    }
+
+    /// One pipeline for `run` (no subscriptions in it), each op answered from its own reply.
+    async fn pipeline(&self, c: &mut Connected, run: Vec<Op>) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let (instance, max) = (&self.keys.instance, self.settings.max_members_per_session);
+        for op in &run {
+            match op {
+                Op::Publish { session, bytes } => {
+                    pipe.cmd("PUBLISH")
+                        .arg(group_channel(&self.keys.prefix, session))
+                        .arg(bytes.as_slice());
+                }
+                Op::Reserve { session, .. } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&c.reserve_sha)
+                        .arg(1)
+                        .arg(self.keys.places(session))
+                        .arg(instance)
+                        .arg(max)
+                        .arg(self.keys.lease_prefix())
+                        .arg(PLACES_EXPIRY_SECS);
+                }
+                Op::Release(session) => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&c.release_sha)
+                        .arg(1)
+                        .arg(self.keys.places(session))
+                        .arg(instance);
+                }
+                Op::Restate { session, count: 0 } => {
+                    pipe.cmd("HDEL")
+                        .arg(self.keys.places(session))
+                        .arg(instance);
+                }
+                Op::Restate { session, count } => {
+                    // One command: HSET then EXPIRE would be two replies for one op.
+                    pipe.cmd("EVAL")
+                        .arg("redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]); return redis.call('EXPIRE', KEYS[1], ARGV[3])")
+                        .arg(1)
+                        .arg(self.keys.places(session))
+                        .arg(instance)
+                        .arg(*count)
+                        .arg(PLACES_EXPIRY_SECS);
+                }
+                Op::StoreToken { token, .. } => {
+                    pipe.cmd("SET")
+                        .arg(self.keys.token(token))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(self.settings.token_lifetime.as_millis() as u64)
+                        .arg("NX");
+                }
+                Op::TakeToken { token, .. } => {
+                    pipe.cmd("GETDEL").arg(self.keys.token(token));
+                }
+                // Never here (`execute` sends these on the pub/sub connection); a PING would
+                // keep the replies aligned if one were.
+                Op::Subscribe(_) | Op::Unsubscribe(_) => {
+                    pipe.cmd("PING");
+                }
+            }
+        }
+        let replies: Vec<redis::RedisResult<Value>> = match pipe.query_async(&mut c.conn).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                for op in run {
+                    self.refuse(op).await;
+                }
+                return Err(e);
+            }
+        };
+        for (op, reply) in run.into_iter().zip(replies) {
+            self.answer(op, reply).await;
+        }
+        Ok(())
+    }
+
+    /// Hand `op`'s reply to whoever waits for it.
+    async fn answer(&self, op: Op, reply: redis::RedisResult<Value>) {
+        match op {
+            Op::Publish { session, .. } => match reply {
+                Ok(_) => {
+                    self.counters.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!(%session, error = %e, "backplane publish failed");
+                }
+            },
+            Op::Reserve { member, session } => {
+                let result = match reply {
+                    Ok(Value::Int(n)) if n > 0 => Ok(()),
+                    Ok(Value::Int(_)) => Err(RequestError::SessionFull(
+                        self.settings.max_members_per_session,
+                    )),
+                    Ok(other) => {
+                        warn!(%session, reply = ?other, "backplane: unexpected reply to a reservation");
+                        Err(RequestError::BackplaneUnavailable)
+                    }
+                    Err(e) => {
+                        warn!(%session, error = %e, "backplane: reservation failed");
+                        Err(RequestError::BackplaneUnavailable)
+                    }
+                };
+                let _ = self
+                    .events
+                    .send(Event::Reserved {
+                        member,
+                        session,
+                        result,
+                    })
+                    .await;
+            }
+            Op::Release(session) | Op::Restate { session, .. } => {
+                if let Err(e) = reply {
+                    warn!(%session, error = %e, "backplane: could not update the session's places");
+                }
+            }
+            Op::StoreToken { reply: tx, .. } => {
+                let _ = tx.send(matches!(reply, Ok(Value::Okay)));
+            }
+            Op::TakeToken { reply: tx, .. } => {
+                let _ = tx.send(match reply {
+                    Ok(Value::Nil) => Some(false),
+                    Ok(_) => Some(true),
+                    Err(_) => None,
+                });
+            }
+            Op::Subscribe(_) | Op::Unsubscribe(_) => {}
+        }
+    }
+
+    /// Redis cannot be asked: answer `op` so nothing waits for it.
+    async fn refuse(&self, op: Op) {
+        match op {
+            Op::Reserve { member, session } => {
+                let _ = self
+                    .events
+                    .send(Event::Reserved {
+                        member,
+                        session,
+                        result: Err(RequestError::BackplaneUnavailable),
+                    })
+                    .await;
+            }
+            Op::Publish { .. } => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Op::StoreToken { reply, .. } => {
+                let _ = reply.send(false);
+            }
+            Op::TakeToken { reply, .. } => {
+                let _ = reply.send(None);
+            }
+            Op::Subscribe(_) | Op::Unsubscribe(_) | Op::Release(_) | Op::Restate { .. } => {}
+        }
+    }
+}
+
+/// A pub/sub command, bounded by [`RESPONSE_TIMEOUT`].
+async fn within(
+    f: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> Result<(), RedisError> {
+    tokio::time::timeout(RESPONSE_TIMEOUT, f)
+        .await
+        .map_err(|_| timeout_error())?
+}
+
+fn timeout_error() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis did not answer in time",
+    ))
+}
