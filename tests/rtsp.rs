@@ -442,6 +442,7 @@ fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let line = d.wait_for_log("took nothing for write_timeout", Duration::from_secs(60));
     assert!(line.contains("dropped"), "{line}");
     let after = d.rss_kib();
+    eprintln!("RSS {before} KiB when the client stopped reading, {after} KiB when it was dropped");
     assert!(
         after < before + 32 * 1024,
         "RSS grew from {before} KiB to {after} KiB while a client read nothing"
