@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
     for (i, piece) in input.chunks(read).enumerate() {
         now += Duration::from_millis(40);
         s.handle_input(piece, now);
+        assert!(s.buffered() <= max_request_bytes + read, "{} buffered", s.buffered());
         let frame = EncodedFrame {
             data: Bytes::from_static(SPS_PPS_IDR),
             keyframe: i % 3 == 0,

@@ -209,7 +209,18 @@ impl Session {
         }
         self.last_heard = now;
         self.input.extend_from_slice(data);
+        if self.pending.is_some() && self.input.len() > self.settings.max_request_bytes {
+            // Requests pipelined behind one that waits are held, within the same budget.
+            self.fail_connection(400, "Request Too Large");
+            return;
+        }
         self.process(now);
+    }
+
+    /// Bytes of the client's input held (a partial request, or requests waiting behind one
+    /// that is not answered yet): at most `max_request_bytes` plus one read.
+    pub fn buffered(&self) -> usize {
+        self.input.len()
     }
 
     /// An RTCP packet arrived from the client over UDP (a receiver report: it is alive).
@@ -1099,6 +1110,20 @@ mod tests {
         }
         let r = h.request("OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n");
         assert!(r.starts_with("RTSP/1.0 200 OK"), "{r}");
+    }
+
+    #[test]
+    fn requests_piled_behind_a_waiting_describe_stay_within_the_budget() {
+        let mut h = Harness::new(None);
+        h.send("DESCRIBE rtsp://127.0.0.1:8554/stream RTSP/1.0\r\nCSeq: 1\r\n\r\n");
+        let pipelined = "OPTIONS * RTSP/1.0\r\nCSeq: 2\r\n\r\n".repeat(20);
+        let mut closed = false;
+        for _ in 0..20 {
+            h.s.handle_input(pipelined.as_bytes(), h.now);
+            assert!(h.s.buffered() <= 4096 + pipelined.len());
+            closed |= h.drain().contains(&Output::Close);
+        }
+        assert!(closed, "over max_request_bytes while waiting: closed");
     }
 
     #[test]
