@@ -1,4 +1,5 @@
-//! Bearer-token auth for the hub, WHEP and snapshots (`[server] auth = "token"`).
+//! Bearer-token auth for the hub, WHEP and snapshots (`[server] auth = "token"`); go2rtc's
+//! API also takes the token as a Basic password.
 //!
 //! The token lives in `auth_token_file`; when the file is missing it is created with a random
 //! token, mode 0600, and its path is logged so the owner can find it.
@@ -107,6 +108,27 @@ impl Auth {
             .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
     }
 
+    /// [`Auth::allows`], or the token as the password of `Authorization: Basic` (any user
+    /// name): what go2rtc's clients send, since they take credentials from the server URL
+    /// (`http://user:TOKEN@camera.local:8080`).
+    pub fn allows_with_basic(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        let Auth::Token(expected) = self else {
+            return true;
+        };
+        if self.allows(headers, query) {
+            return true;
+        }
+        headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .and_then(|b64| basic_password(b64.trim()))
+            .is_some_and(|p| constant_time_eq(&p, expected.as_bytes()))
+    }
+
     /// Whether requests need the token.
     pub fn is_on(&self) -> bool {
         matches!(self, Auth::Token(_))
@@ -119,6 +141,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The password of Basic credentials (`base64(user:password)`), if they decode. The header is
+/// bounded by `[server] max_header_bytes` before it gets here.
+fn basic_password(b64: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(b64.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in b64.bytes().take_while(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    let colon = out.iter().position(|&b| b == b':')?;
+    Some(out.split_off(colon + 1))
 }
 
 /// The first value of `name` in a query string, percent-decoded.
@@ -176,6 +224,33 @@ mod tests {
         h.insert(http::header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
         assert!(!auth.allows(&h, None));
         assert!(Auth::Open.allows(&HeaderMap::new(), None));
+    }
+
+    #[test]
+    fn go2rtc_clients_may_send_the_token_as_a_basic_password() {
+        let auth = Auth::Token("s3cret".into());
+        let basic = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        // base64("admin:s3cret"), base64("admin:wrong"), base64(":s3cret")
+        assert!(auth.allows_with_basic(&basic("Basic YWRtaW46czNjcmV0"), None));
+        assert!(auth.allows_with_basic(&basic("Basic OnMzY3JldA=="), None));
+        assert!(!auth.allows_with_basic(&basic("Basic YWRtaW46d3Jvbmc="), None));
+        assert!(
+            !auth.allows_with_basic(&basic("Basic czNjcmV0"), None),
+            "no colon"
+        );
+        assert!(!auth.allows_with_basic(&basic("Basic !!!!"), None));
+        assert!(
+            !auth.allows(&basic("Basic YWRtaW46czNjcmV0"), None),
+            "other routes: no"
+        );
+        assert!(auth.allows_with_basic(&basic("Bearer s3cret"), None));
+        assert!(auth.allows_with_basic(&HeaderMap::new(), Some("access_token=s3cret")));
+        assert!(!auth.allows_with_basic(&HeaderMap::new(), None));
+        assert_eq!(basic_password("dTpw").as_deref(), Some(&b"p"[..]));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod body;
 mod conn;
+mod go2rtc;
 mod handlers;
 pub mod mjpeg;
 pub mod routes;
@@ -82,6 +83,8 @@ struct Server {
     connections: Arc<Semaphore>,
     /// Where refused bodies are drained (the connection tracker, the cancel token).
     drainer: Drainer,
+    /// go2rtc WebSockets open now (`/api/ws`), at most `max_viewers`.
+    go2rtc_sockets: go2rtc::Sockets,
 }
 
 /// Accept HTTP connections until `cancel` fires. Connection tasks (and body drains) are tracked
@@ -95,6 +98,7 @@ pub async fn serve(
     let server = Arc::new(Server {
         timeouts: Timeouts::from_config(&state.config.server),
         connections: Arc::new(Semaphore::new(state.config.server.max_http_connections)),
+        go2rtc_sockets: go2rtc::Sockets::new(state.config.server.max_viewers),
         drainer: Drainer {
             tracker: tracker.clone(),
             cancel: cancel.clone(),
@@ -287,10 +291,26 @@ async fn handle(route: &Route, req: Request<Incoming>, server: &Server) -> Respo
         // `routes::find` gives camera routes only when there is a camera.
         // Answered in `dispatch` (a streamed body).
         Handler::Mjpeg => text(StatusCode::NOT_FOUND, "not found\n"),
-        Handler::Snapshot | Handler::Whep => {
+        Handler::Go2rtcInfo
+        | Handler::Go2rtcStreams
+        | Handler::Go2rtcFrame
+        | Handler::Go2rtcWs
+        | Handler::Snapshot
+        | Handler::Whep => {
             let Some(camera) = &state.camera else {
                 return text(StatusCode::NOT_FOUND, "not found\n");
             };
+            match route.handler {
+                Handler::Go2rtcInfo => return go2rtc::info(&req),
+                Handler::Go2rtcStreams => return go2rtc::streams(camera).await,
+                Handler::Go2rtcFrame => return go2rtc::frame(&req, camera).await,
+                Handler::Go2rtcWs => {
+                    let (tracker, cancel) = (&server.drainer.tracker, &server.drainer.cancel);
+                    let sockets = &server.go2rtc_sockets;
+                    return go2rtc::upgrade(req, state, camera, sockets, tracker, cancel);
+                }
+                _ => {}
+            }
             if route.handler == Handler::Snapshot {
                 return handlers::snapshot(camera).await;
             }

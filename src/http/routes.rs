@@ -22,6 +22,9 @@ pub enum Access {
     /// Operational data (counters, camera, viewers): the bearer token when `auth = "token"`
     /// and `metrics_auth = true`.
     Stats,
+    /// As [`Access::Token`], or the token as a Basic password: go2rtc's clients (the Home
+    /// Assistant WebRTC integration) send the credentials of their server URL that way.
+    TokenOrBasic,
 }
 
 impl Access {
@@ -37,6 +40,7 @@ impl Access {
             Access::Open => true,
             Access::Token => auth.allows(headers, query),
             Access::Stats => !server.metrics_auth || auth.allows(headers, query),
+            Access::TokenOrBasic => auth.allows_with_basic(headers, query),
         }
     }
 }
@@ -71,6 +75,14 @@ pub enum Handler {
     Metrics,
     /// The viewer page.
     Page,
+    /// go2rtc's `GET /api`: name and version.
+    Go2rtcInfo,
+    /// go2rtc's `GET /api/streams`: the camera as one stream.
+    Go2rtcStreams,
+    /// go2rtc's `GET /api/frame.jpeg?src=camera`: a still.
+    Go2rtcFrame,
+    /// go2rtc's WebSocket API, `/api/ws?src=camera` (WebRTC only).
+    Go2rtcWs,
 }
 
 /// Which paths a route answers.
@@ -207,6 +219,34 @@ pub const ROUTES: &[Route] = &[
         Access::Token,
         Handler::Mjpeg,
     )),
+    camera_only(row(
+        "/api",
+        PathMatch::Exact("/api"),
+        "GET, HEAD",
+        Access::TokenOrBasic,
+        Handler::Go2rtcInfo,
+    )),
+    camera_only(row(
+        "/api/streams",
+        PathMatch::Exact("/api/streams"),
+        "GET, HEAD",
+        Access::TokenOrBasic,
+        Handler::Go2rtcStreams,
+    )),
+    camera_only(row(
+        "/api/frame.jpeg",
+        PathMatch::Exact("/api/frame.jpeg"),
+        "GET, HEAD",
+        Access::TokenOrBasic,
+        Handler::Go2rtcFrame,
+    )),
+    camera_only(row(
+        "/api/ws",
+        PathMatch::Exact("/api/ws"),
+        "GET",
+        Access::TokenOrBasic,
+        Handler::Go2rtcWs,
+    )),
     row(
         "/metrics",
         PathMatch::Exact("/metrics"),
@@ -251,6 +291,13 @@ mod tests {
         assert_eq!(access("/whep", false), Some(Access::Token));
         assert_eq!(access("/whep/nope", false), Some(Access::Token));
         assert_eq!(access("/", false), Some(Access::Open));
+        for go2rtc in ["/api", "/api/streams", "/api/frame.jpeg", "/api/ws"] {
+            assert_eq!(
+                access(go2rtc, false),
+                Some(Access::TokenOrBasic),
+                "{go2rtc}"
+            );
+        }
         assert_eq!(access("/snaprtc-hubx", false), None);
         assert_eq!(access("/nope", false), None);
     }
@@ -267,7 +314,14 @@ mod tests {
             Some(Handler::Negotiate)
         );
         assert_eq!(relay("/", false), Some(Handler::Page));
-        for path in ["/whep", "/whep/abc", "/snapshot.jpg", "/index.html"] {
+        for path in [
+            "/whep",
+            "/whep/abc",
+            "/snapshot.jpg",
+            "/index.html",
+            "/api",
+            "/api/ws",
+        ] {
             assert_eq!(relay(path, false), None, "{path}");
             assert!(find(path, HUB, false, false).is_some(), "{path}");
         }

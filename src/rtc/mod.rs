@@ -46,6 +46,10 @@ pub enum ViewerKind {
         /// The hub session (for logs).
         session: String,
     },
+    /// An offer over go2rtc's WebSocket API (`/api/ws`): H.264 video required, as for WHEP.
+    /// go2rtc's players also offer audio (recvonly, and sendonly for two-way audio); those
+    /// m-lines are answered rejected, since the camera has no audio.
+    Go2rtc,
 }
 
 /// A viewer's unguessable id (it is a WHEP resource URL): 128 random bits in hex.
@@ -335,9 +339,9 @@ impl RtcHandle {
     }
 }
 
-/// WHEP needs H.264 video; SnapRTC needs a data channel or H.264 video.
+/// WHEP and go2rtc need H.264 video; SnapRTC needs a data channel or H.264 video.
 fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), RtcError> {
-    if *kind == ViewerKind::Whep {
+    if matches!(kind, ViewerKind::Whep | ViewerKind::Go2rtc) {
         if !summary.has_video {
             return Err(RtcError::NoVideo);
         }

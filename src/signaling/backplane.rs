@@ -83,6 +83,15 @@ impl Envelope {
         }
     }
 
+    /// Whether `instance` published this: it excludes one of that instance's connection ids
+    /// (`{instance}.{member}`), as every message an instance publishes excludes its sender.
+    pub fn is_from(&self, instance: &str) -> bool {
+        self.excluded.iter().any(|id| {
+            id.strip_prefix(instance)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
     /// The JSON record (with its terminator), if the message has a `json` serialization.
     pub fn json_record(&self) -> Option<&Bytes> {
         self.serialized

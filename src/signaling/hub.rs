@@ -507,11 +507,7 @@ impl Hub {
         let Some(instance) = &self.instance else {
             return Ok(());
         };
-        let ours = envelope.excluded.iter().any(|id| {
-            id.strip_prefix(&**instance)
-                .is_some_and(|rest| rest.starts_with('.'))
-        });
-        if ours {
+        if envelope.is_from(instance) {
             return Ok(());
         }
         let record = envelope.json_record().ok_or(RemoteError::NoJson)?;

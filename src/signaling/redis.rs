@@ -400,6 +400,7 @@ impl Task {
         let counters = self.counters.clone();
         let prefix = self.keys.prefix.clone();
         let max = self.settings.max_message_bytes;
+        let instance = self.keys.instance.clone();
         // Messages in: decoded here, handed to the hub in arrival order.
         let reader = async move {
             while let Some(msg) = stream.next().await {
@@ -407,6 +408,9 @@ impl Task {
                     continue;
                 };
                 match Envelope::decode(msg.get_payload_bytes(), max) {
+                    // This instance's own message, back from Redis: the hub would drop it too;
+                    // dropping it here spares it a wake-up per message.
+                    Ok(envelope) if envelope.is_from(&instance) => {}
                     Ok(envelope) => {
                         counters.received.fetch_add(1, Ordering::Relaxed);
                         if events

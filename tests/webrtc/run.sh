@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # snaprtcd's WebRTC side in headless Chromium (WHEP, viewer page, 8 viewers, bad input, time to
-# first frame). Installs what it needs on a fresh Debian 12 (Chromium, Node.js + npm, iproute2),
+# first frame; go2rtc's API in go2rtc.test.mjs). Installs what it needs on a fresh Debian 12
+# (Chromium, Node.js + npm, iproute2, python3-aiohttp),
 # runs `npm ci`, builds the daemon unless SNAPRTCD_BIN names one, and runs the tests inside a
 # network namespace of its own: loopback plus a veth address with a default route, because
 # Chromium gathers no host candidate on loopback alone. Needs root (for the namespace).
@@ -16,6 +17,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# go2rtc.test.mjs runs ha_client.py: the Home Assistant WebRTC integration's aiohttp client.
+/usr/bin/python3 -c 'import aiohttp' >/dev/null 2>&1 || need+=(python3-aiohttp)
 if [ ${#need[@]} -gt 0 ]; then
   echo "run.sh: installing ${need[*]}"
   sudo=""
@@ -65,4 +68,4 @@ opts=()
 if node --test-concurrency=1 -e '' >/dev/null 2>&1; then
   opts+=(--test-concurrency=1)
 fi
-ip netns exec "$ns" node --test "${opts[@]}" "$@" webrtc.test.mjs
+ip netns exec "$ns" node --test "${opts[@]}" "$@" webrtc.test.mjs go2rtc.test.mjs
