@@ -1,6 +1,7 @@
 //! `GET /stream.mjpeg` from outside: `multipart/x-mixed-replace` whose parts are JPEGs that
 //! decode at the camera's size, at most `[snapshot] mjpeg_max_fps` a second; auth as
-//! `/snapshot.jpg`; one client over `mjpeg_max_clients` gets 503.
+//! `/snapshot.jpg`, or the token as a Basic password; one client over `mjpeg_max_clients`
+//! gets 503.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
@@ -12,9 +13,14 @@ use common::Daemon;
 
 /// Open the stream; the response head and the connection (to read parts from).
 fn open(addr: SocketAddr, target: &str) -> (String, TcpStream, Vec<u8>) {
+    open_with(addr, target, "")
+}
+
+/// [`open`] with more header lines (each ending in CRLF).
+fn open_with(addr: SocketAddr, target: &str, headers: &str) -> (String, TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
         .unwrap();
     let mut buf = Vec::new();
     loop {
@@ -120,6 +126,23 @@ fn stream_mjpeg_needs_the_token_when_auth_is_on() {
         401
     );
     let (head, mut s, raw) = open(d.addr, "/stream.mjpeg?access_token=pass-word");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(jpeg_size(&parts(&mut s, raw, 1)[0]), (320, 240));
+    drop(s);
+    // Basic with any user name and the token as password (what HA's MJPEG camera sends):
+    // "ha:pass-word", then "ha:nope".
+    let basic = |b64: &str| {
+        d.http(&format!(
+            "GET /stream.mjpeg HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {b64}\r\n\r\n"
+        ))
+        .status
+    };
+    assert_eq!(basic("aGE6bm9wZQ=="), 401);
+    let (head, mut s, raw) = open_with(
+        d.addr,
+        "/stream.mjpeg",
+        "Authorization: Basic aGE6cGFzcy13b3Jk\r\n",
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(jpeg_size(&parts(&mut s, raw, 1)[0]), (320, 240));
 }

@@ -216,7 +216,8 @@ pub const ROUTES: &[Route] = &[
         "/stream.mjpeg",
         PathMatch::Exact("/stream.mjpeg"),
         "GET",
-        Access::Token,
+        // Home Assistant's MJPEG camera sends its user name and password as Basic.
+        Access::TokenOrBasic,
         Handler::Mjpeg,
     )),
     camera_only(row(
