@@ -80,10 +80,13 @@ assets=target/debian-assets
 rm -rf "$assets"; mkdir -p "$assets"
 cargo run -q --locked --example gen-assets -- "$assets" >/dev/null
 gzip -9nf "$assets/snaprtcd.8"
-# The shipped config is the documented defaults with auth switched on: exactly one line changes.
-sed 's/^auth = "none"$/auth = "token"/' config/snaprtcd.toml > "$assets/snaprtcd.toml"
+# The shipped config is the documented defaults with auth and the RTSP server switched on:
+# exactly two lines change.
+sed -e 's/^auth = "none"$/auth = "token"/' \
+    -e '/^\[rtsp\]$/,/^\[/ s/^enabled = false$/enabled = true/' \
+    config/snaprtcd.toml > "$assets/snaprtcd.toml"
 changed=$(diff config/snaprtcd.toml "$assets/snaprtcd.toml" | grep -c '^>' || true)
-[ "$changed" = 1 ] || { echo "build-debs: expected one 'auth = \"none\"' line in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
+[ "$changed" = 2 ] || { echo "build-debs: expected one 'auth = \"none\"' line and [rtsp] 'enabled = false' in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
 cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
 [ $assets_only = 0 ] || exit 0
 

@@ -32,7 +32,9 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// The SnapRTC-compatible SignalR hub.
     pub signaling: SignalingConfig,
-    /// mDNS advertisement of `_snaprtc._tcp`.
+    /// The RTSP server (`rtsp://host:8554/stream`) for NVRs and Home Assistant.
+    pub rtsp: RtspConfig,
+    /// mDNS advertisement of `_snaprtc._tcp` (and `_rtsp._tcp` with the RTSP server on).
     pub mdns: MdnsConfig,
     /// Sharing sessions with other instances through Redis (scale-out).
     pub backplane: BackplaneConfig,
@@ -391,6 +393,11 @@ pub struct SnapshotConfig {
     pub quality: u8,
     /// Send one still on every data channel as soon as it opens.
     pub on_connect: bool,
+    /// Most JPEG parts a second on `GET /stream.mjpeg` (each client gets at most this many;
+    /// stills are encoded only while a client watches).
+    pub mjpeg_max_fps: u32,
+    /// Most `/stream.mjpeg` clients at once; more get 503.
+    pub mjpeg_max_clients: usize,
 }
 
 impl Default for SnapshotConfig {
@@ -398,8 +405,75 @@ impl Default for SnapshotConfig {
         Self {
             quality: 85,
             on_connect: true,
+            mjpeg_max_fps: 5,
+            mjpeg_max_clients: 8,
         }
     }
+}
+
+/// `[rtsp]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspConfig {
+    /// Serve the camera's H.264 over RTSP. Off by default in the code (a development or test run
+    /// opens no second port unasked, and a relay has no camera); the packaged config turns it on.
+    pub enabled: bool,
+    /// Address and port of the RTSP listener; the stream is `rtsp://HOST:PORT/stream`.
+    pub listen: SocketAddr,
+    /// Most RTSP connections at once; more are answered 503 and closed.
+    pub max_clients: usize,
+    /// Bytes queued towards one TCP client; while it is fuller, that client's frames are skipped
+    /// up to the next keyframe.
+    pub max_queue_bytes: usize,
+    /// A TCP client that takes no byte of what is queued for it this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// A session that hears nothing from its client this long ends (UDP clients keep it alive
+    /// with RTCP or GET_PARAMETER/OPTIONS; a TCP client while it plays with its connection).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Largest RTSP request (head and body); a larger one gets 400 and the connection closes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for RtspConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8554)),
+            max_clients: 16,
+            max_queue_bytes: 2 << 20,
+            write_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(60),
+            max_request_bytes: 16384,
+        }
+    }
+}
+
+fn validate_rtsp(r: &RtspConfig) -> Result<(), Invalid> {
+    in_range("rtsp.max_clients", r.max_clients, 1..=1024)?;
+    in_range(
+        "rtsp.max_queue_bytes",
+        r.max_queue_bytes,
+        65536..=(64 << 20),
+    )?;
+    in_range(
+        "rtsp.max_request_bytes",
+        r.max_request_bytes,
+        1024..=(1 << 20),
+    )?;
+    for (key, t) in [
+        ("rtsp.write_timeout", r.write_timeout),
+        ("rtsp.session_timeout", r.session_timeout),
+    ] {
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) {
+            return bad(
+                key,
+                format!("{} is not between 1s and 1h", humantime::format_duration(t)),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `[signaling]`
@@ -846,6 +920,17 @@ impl Config {
         validate_camera(&self.camera)?;
         validate_encoder(&self.encoder)?;
         in_range("snapshot.quality", self.snapshot.quality, 1..=100)?;
+        in_range(
+            "snapshot.mjpeg_max_fps",
+            self.snapshot.mjpeg_max_fps,
+            1..=60,
+        )?;
+        in_range(
+            "snapshot.mjpeg_max_clients",
+            self.snapshot.mjpeg_max_clients,
+            1..=1024,
+        )?;
+        validate_rtsp(&self.rtsp)?;
         validate_signaling(&self.signaling)?;
         validate_backplane(&self.backplane)?;
         validate_log(&self.log)?;
@@ -878,6 +963,7 @@ fn validate_relay(c: &Config) -> Result<(), Invalid> {
         ("camera.exec", differs(&cam.exec, &camera.exec)),
         ("encoder", differs(&c.encoder, &EncoderConfig::default())),
         ("snapshot", differs(&c.snapshot, &SnapshotConfig::default())),
+        ("rtsp", differs(&c.rtsp, &RtspConfig::default())),
         (
             "server.rtc_udp_port",
             differs(&srv.rtc_udp_port, &server.rtc_udp_port),

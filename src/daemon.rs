@@ -71,6 +71,9 @@ pub enum DaemonError {
     /// The RTC engine's UDP socket.
     #[error("cannot bind the WebRTC UDP port: {0}")]
     Rtc(#[source] std::io::Error),
+    /// The RTSP listener (`[rtsp] listen`).
+    #[error(transparent)]
+    Rtsp(#[from] crate::rtsp::RtspError),
     /// The HTTP listener.
     #[error("the HTTP socket: {0}")]
     Http(#[source] std::io::Error),
@@ -477,14 +480,24 @@ impl Generation {
             rtc.clone(),
             crate::rtc::whep::WhepSettings::from_config(config),
         );
+        let rtsp = self.start_rtsp(config, &auth, &media)?;
+        let (mjpeg, producer) = crate::http::mjpeg::channel(
+            media.clone(),
+            config.snapshot.mjpeg_max_fps,
+            config.snapshot.mjpeg_max_clients,
+        );
+        self.services
+            .spawn("mjpeg", producer.run(self.cancel.clone()));
         let camera = CameraServices {
             rtc: rtc.clone(),
             whep,
             media: media.clone(),
+            mjpeg,
+            rtsp: rtsp.as_ref().map(|(counters, _)| counters.clone()),
         };
         let http_port = self.start_http(config, http, auth, signaling, Some(camera))?;
         if config.mdns.enabled {
-            self.start_mdns(http_port, common);
+            self.start_mdns(http_port, rtsp.map(|(_, port)| port), common);
         }
         let (note, cancel) = (common.note.clone(), self.cancel.clone());
         self.services.spawn(
@@ -518,7 +531,7 @@ impl Generation {
         )?;
         let http_port = self.start_http(config, http, auth, signaling.clone(), None)?;
         if config.mdns.enabled {
-            self.start_mdns(http_port, common);
+            self.start_mdns(http_port, None, common);
         }
         let (note, cancel) = (common.note.clone(), self.cancel.clone());
         let beat = common.rtc_beat.clone();
@@ -549,6 +562,31 @@ impl Generation {
         Ok(rtc)
     }
 
+    /// With `[rtsp] enabled`, bind the RTSP listener and serve the pipeline's frames on it;
+    /// returns its counters and port.
+    fn start_rtsp(
+        &mut self,
+        config: &Config,
+        auth: &Auth,
+        media: &MediaHandle,
+    ) -> Result<Option<(Arc<crate::rtsp::RtspCounters>, u16)>, DaemonError> {
+        if !config.rtsp.enabled {
+            return Ok(None);
+        }
+        let settings = crate::rtsp::ServerSettings::from_config(config, auth);
+        let server = crate::rtsp::RtspServer::bind(settings, media.clone())?;
+        let port = server
+            .local_addr()
+            .map_err(|source| crate::rtsp::RtspError::Bind {
+                addr: config.rtsp.listen,
+                source,
+            })?
+            .port();
+        let counters = server.counters();
+        self.services.spawn("rtsp", server.run(self.cancel.clone()));
+        Ok(Some((counters, port)))
+    }
+
     /// Serve HTTP (hub, metrics, and with a camera WHEP and stills) on a duplicate of `http`;
     /// returns its port.
     fn start_http(
@@ -576,8 +614,9 @@ impl Generation {
         Ok(port)
     }
 
-    /// Advertise `_snaprtc._tcp` for `http_port`, following the live config.
-    fn start_mdns(&mut self, http_port: u16, common: &Common) {
+    /// Advertise `_snaprtc._tcp` for `http_port` (and `_rtsp._tcp` for `rtsp_port`), following
+    /// the live config.
+    fn start_mdns(&mut self, http_port: u16, rtsp_port: Option<u16>, common: &Common) {
         let device_id = common
             .device_id
             .get_or_init(|| {
@@ -591,7 +630,7 @@ impl Generation {
         let (rx, cancel) = (common.config.clone(), self.cancel.clone());
         self.services.spawn(
             "mdns",
-            crate::discovery::supervise(rx, http_port, device_id, cancel),
+            crate::discovery::supervise(rx, http_port, rtsp_port, device_id, cancel),
         );
     }
 

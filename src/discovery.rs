@@ -35,6 +35,8 @@ use crate::config::{AuthMode, Config};
 
 /// The DNS-SD service type snaprtcd advertises.
 pub const SERVICE_TYPE: &str = "_snaprtc._tcp.local.";
+/// The DNS-SD service type of the RTSP server (RFC 7826 §C.4 names `path` in its TXT).
+pub const RTSP_SERVICE_TYPE: &str = "_rtsp._tcp.local.";
 /// Path of the WHEP endpoint, advertised as TXT `whep`.
 pub const WHEP_PATH: &str = "/whep";
 /// How often the responder looks for new or lost interface addresses.
@@ -92,6 +94,9 @@ pub struct Advertisement {
     pub txt: Vec<(String, String)>,
     /// Interfaces to advertise on; empty means every up, non-loopback interface.
     pub interfaces: Vec<String>,
+    /// The RTSP server's port: `<instance>._rtsp._tcp.local.` with TXT `path=/stream` is
+    /// advertised beside the main service; `None` while the RTSP server is off.
+    pub rtsp_port: Option<u16>,
 }
 
 impl Advertisement {
@@ -103,7 +108,41 @@ impl Advertisement {
             port: http_port,
             txt: txt_records(config, device_id),
             interfaces: config.mdns.interfaces.clone(),
+            rtsp_port: None,
         }
+    }
+
+    /// Also advertise the RTSP server on `rtsp_port`.
+    pub fn with_rtsp(mut self, rtsp_port: Option<u16>) -> Self {
+        self.rtsp_port = rtsp_port;
+        self
+    }
+
+    /// `_rtsp._tcp` for the same instance and host, with TXT `path`; `None` without RTSP.
+    fn rtsp_service_info(&self) -> Result<Option<ServiceInfo>, DiscoveryError> {
+        let Some(port) = self.rtsp_port else {
+            return Ok(None);
+        };
+        let props = [("path", crate::rtsp::STREAM_PATH)];
+        let mut info = ServiceInfo::new(
+            RTSP_SERVICE_TYPE,
+            &self.instance,
+            &self.host_name,
+            "",
+            port,
+            &props[..],
+        )
+        .map_err(DiscoveryError::Service)?
+        .enable_addr_auto();
+        if !self.interfaces.is_empty() {
+            info.set_interfaces(
+                self.interfaces
+                    .iter()
+                    .map(|n| IfKind::Name(n.clone()))
+                    .collect(),
+            );
+        }
+        Ok(Some(info))
     }
 
     /// The full service name, `<instance>._snaprtc._tcp.local.` (the responder may rename it
@@ -241,6 +280,8 @@ pub fn avahi_running(socket: &Path) -> bool {
 pub struct Advertiser {
     daemon: ServiceDaemon,
     fullname: String,
+    /// The `_rtsp._tcp` service registered beside it, if any.
+    rtsp_fullname: Option<String>,
     events: mdns_sd::Receiver<DaemonEvent>,
 }
 
@@ -249,6 +290,7 @@ impl Advertiser {
     /// record) come back at once so the daemon can log them before it reports ready.
     pub fn start(ad: &Advertisement) -> Result<Self, DiscoveryError> {
         let info = ad.service_info()?;
+        let rtsp_info = ad.rtsp_service_info()?;
         let daemon = ServiceDaemon::new().map_err(DiscoveryError::Start)?;
         daemon
             .set_ip_check_interval(IP_CHECK_INTERVAL_SECS)
@@ -275,9 +317,18 @@ impl Advertiser {
             port = ad.port,
             "mdns advertising"
         );
+        let mut rtsp_fullname = None;
+        if let Some(info) = rtsp_info {
+            let name = info.get_fullname().to_owned();
+            let port = info.get_port();
+            daemon.register(info).map_err(DiscoveryError::Responder)?;
+            tracing::info!(service = %name, port, "mdns advertising");
+            rtsp_fullname = Some(name);
+        }
         Ok(Self {
             daemon,
             fullname,
+            rtsp_fullname,
             events,
         })
     }
@@ -318,6 +369,8 @@ impl Advertiser {
                 );
                 if change.original == self.fullname {
                     self.fullname = change.new_name;
+                } else if self.rtsp_fullname.as_ref() == Some(&change.original) {
+                    self.rtsp_fullname = Some(change.new_name);
                 }
             }
             DaemonEvent::Error(e) => tracing::warn!(error = %e, "mdns responder"),
@@ -329,6 +382,13 @@ impl Advertiser {
     }
 
     async fn goodbye(self) -> Result<(), DiscoveryError> {
+        if let Some(name) = &self.rtsp_fullname {
+            let done = self
+                .daemon
+                .unregister(name)
+                .map_err(DiscoveryError::Responder)?;
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, done.recv_async()).await;
+        }
         let done = self
             .daemon
             .unregister(&self.fullname)
@@ -346,25 +406,32 @@ impl Advertiser {
     }
 }
 
-/// Starts advertising `config` on `http_port` as `device_id`; the returned future runs until
-/// `cancel` and then sends goodbyes.
+/// Starts advertising `config` on `http_port` as `device_id` (and, with `[rtsp] enabled`, the
+/// RTSP server on `[rtsp] listen`'s port); the returned future runs until `cancel` and then
+/// sends goodbyes.
 pub fn start(
     config: &Config,
     http_port: u16,
     device_id: &str,
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = Result<(), DiscoveryError>> + Send + 'static, DiscoveryError> {
-    let ad = Advertisement::new(config, http_port, device_id, &HostFacts::detect());
+    let ad = Advertisement::new(config, http_port, device_id, &HostFacts::detect())
+        .with_rtsp(config.rtsp.enabled.then_some(config.rtsp.listen.port()));
     let advertiser = Advertiser::start(&ad)?;
     Ok(advertiser.run(cancel))
 }
 
 /// What `config` asks to advertise now (`None` while `[mdns] enabled = false`).
-fn wanted_advertisement(config: &Config, http_port: u16, device_id: &str) -> Option<Advertisement> {
-    config
-        .mdns
-        .enabled
-        .then(|| Advertisement::new(config, http_port, device_id, &HostFacts::detect()))
+fn wanted_advertisement(
+    config: &Config,
+    http_port: u16,
+    rtsp_port: Option<u16>,
+    device_id: &str,
+) -> Option<Advertisement> {
+    config.mdns.enabled.then(|| {
+        Advertisement::new(config, http_port, device_id, &HostFacts::detect())
+            .with_rtsp(rtsp_port.filter(|_| config.rtsp.enabled))
+    })
 }
 
 /// Start a responder for `ad`; a failure is logged, not fatal (the camera still works by
@@ -384,12 +451,13 @@ fn start_or_log(ad: &Advertisement) -> Option<Advertiser> {
 pub async fn supervise(
     mut config: watch::Receiver<Arc<Config>>,
     http_port: u16,
+    rtsp_port: Option<u16>,
     device_id: String,
     cancel: CancellationToken,
 ) {
     loop {
         let current = config.borrow_and_update().clone();
-        let wanted = wanted_advertisement(&current, http_port, &device_id);
+        let wanted = wanted_advertisement(&current, http_port, rtsp_port, &device_id);
         let running = wanted.as_ref().and_then(start_or_log);
         let child = cancel.child_token();
         let run = async {
@@ -425,7 +493,8 @@ pub async fn supervise(
                         return;
                     }
                     let new = config.borrow().clone();
-                    if wanted_advertisement(&new, http_port, &device_id) != wanted || finished {
+                    let again = wanted_advertisement(&new, http_port, rtsp_port, &device_id);
+                    if again != wanted || finished {
                         tracing::info!("mDNS settings changed; re-advertising");
                         break;
                     }
@@ -479,6 +548,21 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["path", "id", "v", "auth"], "a relay serves no WHEP");
+    }
+
+    #[test]
+    fn rtsp_is_advertised_beside_the_main_service_only_when_on() {
+        let ad = Advertisement::new(&Config::default(), 8080, "0123abcd", &host("pi", true));
+        assert!(ad.rtsp_service_info().expect("no error").is_none());
+        let ad = ad.with_rtsp(Some(8554));
+        let info = ad
+            .rtsp_service_info()
+            .expect("valid service")
+            .expect("an RTSP record");
+        assert_eq!(info.get_fullname(), "pi._rtsp._tcp.local.");
+        assert_eq!(info.get_port(), 8554);
+        assert_eq!(info.get_property_val_str("path"), Some("/stream"));
+        assert_eq!(info.get_hostname(), ad.host_name);
     }
 
     #[test]

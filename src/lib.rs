@@ -17,7 +17,7 @@
 //! | leaves | `auth`, `logging` | `config`, `ids` |
 //! | 1 | `capture` | leaves |
 //! | 2 | `media` | leaves, `capture` |
-//! | 3 | `rtc`, `signaling` (not each other) | leaves, `capture`, `media` |
+//! | 3 | `rtc`, `rtsp`, `signaling` (not each other) | leaves, `capture`, `media` |
 //! | 4 | `metrics`, `discovery`, `systemd`, `reload` | levels 0–3 |
 //! | 5 | `http` | levels 0–4 |
 //! | 6 | `daemon` | levels 0–5 |
@@ -39,6 +39,8 @@
 //!   pipeline (encode once, keyframe policy, slate), openh264, JPEG stills.
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
 //!   channels.
+//! - [`rtsp`]: the RTSP server (`rtsp://HOST:8554/stream`): a pure session per client, H.264
+//!   RTP packetisation, RTCP sender reports, token auth (Basic, Digest); a thin tokio shell.
 //! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), the Redis
 //!   backplane's wire format (ASP.NET Core SignalR's channels and MessagePack envelope, pure),
 //!   and their tokio shell (one hub task, one task per WebSocket).
@@ -86,6 +88,7 @@ pub mod progress;
 pub mod reload;
 pub mod response;
 pub mod rtc;
+pub mod rtsp;
 pub mod signaling;
 pub mod systemd;
 pub mod thread;

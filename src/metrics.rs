@@ -7,9 +7,11 @@
 //! the existing ones is kept so the output only ever grows).
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::media::{CameraState, KeyframeCause, MediaCounters, MediaStatus, ENCODE_BUCKETS_MS};
 use crate::rtc::RtcStats;
+use crate::rtsp::RtspCounters;
 use crate::signaling::ws::SignalingStats;
 
 /// Everything one scrape shows.
@@ -24,6 +26,8 @@ pub struct Snapshot<'a> {
     pub signaling: &'a SignalingStats,
     /// The daemon process itself (tasks, fds, threads, memory).
     pub process: &'a ProcessStats,
+    /// The RTSP server's counters; `None` when it is off (its series are left out).
+    pub rtsp: Option<&'a RtspCounters>,
 }
 
 /// Figures about the daemon process, read at scrape time by [`ProcessStats::sample`]. A
@@ -294,6 +298,48 @@ const METRICS: &[Metric] = &[
         help: "Backplane messages dropped: queues full, Redis down, or malformed or too large.",
         read: Read::Maybe(|s| s.signaling.backplane.map(|b| b.dropped as f64)),
     },
+    Metric {
+        name: "snaprtcd_rtsp_clients",
+        kind: Kind::Gauge,
+        help: "RTSP connections now.",
+        read: Read::Maybe(|s| s.rtsp.map(|r| r.clients.load(Relaxed) as f64)),
+    },
+    Metric {
+        name: "snaprtcd_rtsp_connections_total",
+        kind: Kind::Counter,
+        help: "RTSP connections accepted.",
+        read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.connections))),
+    },
+    Metric {
+        name: "snaprtcd_rtsp_refused_total",
+        kind: Kind::Counter,
+        help: "RTSP connections refused because max_clients were open.",
+        read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.refused))),
+    },
+    Metric {
+        name: "snaprtcd_rtsp_frames_sent_total",
+        kind: Kind::Counter,
+        help: "Access units sent to RTSP clients (one per frame per client).",
+        read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.frames_sent))),
+    },
+    Metric {
+        name: "snaprtcd_rtsp_frames_skipped_total",
+        kind: Kind::Counter,
+        help: "Access units RTSP clients skipped (behind, or waiting for a keyframe); counted when a client leaves.",
+        read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.frames_skipped))),
+    },
+    Metric {
+        name: "snaprtcd_rtsp_dropped_slow_total",
+        kind: Kind::Counter,
+        help: "RTSP clients dropped because they took nothing for write_timeout.",
+        read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.dropped_slow))),
+    },
+    Metric {
+        name: "snaprtcd_rtsp_bad_requests_total",
+        kind: Kind::Counter,
+        help: "RTSP requests answered with an error status.",
+        read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.bad_requests))),
+    },
 ];
 
 /// `snaprtcd_keyframes_total{cause="…"}` for every cause.
@@ -475,6 +521,7 @@ snaprtcd_camera_fps 29.5
             camera: Some(&camera),
             signaling: &signaling,
             process,
+            rtsp: None,
         })
     }
 
@@ -523,6 +570,7 @@ snaprtcd_camera_fps 29.5
             camera: None,
             signaling: &signaling,
             process: &ProcessStats::default(),
+            rtsp: None,
         });
         assert!(
             text.contains("\nsnaprtcd_role{role=\"relay\"} 1\n"),

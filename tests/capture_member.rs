@@ -74,7 +74,13 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
         config: Arc::new(config),
         auth: Auth::Open,
         signaling,
-        camera: Some(CameraServices { rtc, whep, media }),
+        camera: Some(CameraServices {
+            rtc,
+            whep,
+            mjpeg: snaprtcd::http::mjpeg::channel(media.clone(), 5, 8).0,
+            media,
+            rtsp: None,
+        }),
     });
     tokio::spawn(snaprtcd::http::serve(
         listener,

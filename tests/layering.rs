@@ -24,7 +24,7 @@ const LOW: &[(&str, &[&str])] = &[
 const LEVELS: &[&[&str]] = &[
     &["capture"],
     &["media"],
-    &["rtc", "signaling"],
+    &["rtc", "rtsp", "signaling"],
     &["metrics", "discovery", "systemd", "reload"],
     &["http"],
     &["daemon"],

@@ -41,6 +41,7 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         camera: camera.as_ref(),
         signaling: &signaling,
         process: &crate::metrics::ProcessStats::sample(),
+        rtsp: state.camera.as_ref().and_then(|c| c.rtsp.as_deref()),
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(

@@ -13,6 +13,7 @@ mod body;
 mod conn;
 mod go2rtc;
 mod handlers;
+pub mod mjpeg;
 pub mod routes;
 
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -36,6 +38,14 @@ use self::conn::{SharedActivity, Timeouts, Watched};
 use self::routes::{BodyUse, Handler, Route};
 use crate::config::Config;
 use crate::response::{method_not_allowed, text, unauthorized, Body};
+
+/// What the server sends: a whole body (every route but one), or a stream (`/stream.mjpeg`).
+type OutBody = http_body_util::Either<Body, mjpeg::StreamingBody>;
+
+/// A whole-body response as the server sends it.
+fn whole(r: Response<Body>) -> Response<OutBody> {
+    r.map(http_body_util::Either::Left)
+}
 
 /// What the routes need; built once by the daemon.
 pub struct AppState {
@@ -58,6 +68,10 @@ pub struct CameraServices {
     pub whep: crate::rtc::whep::Whep,
     /// The camera pipeline (status and counters for `/health` and `/metrics`).
     pub media: crate::media::MediaHandle,
+    /// `GET /stream.mjpeg`: the stills producer's handle.
+    pub mjpeg: mjpeg::Mjpeg,
+    /// The RTSP server's counters for `/metrics`; `None` with `[rtsp] enabled = false`.
+    pub rtsp: Option<Arc<crate::rtsp::RtspCounters>>,
 }
 
 /// The server as every connection sees it.
@@ -137,7 +151,23 @@ async fn serve_connection(
             let (server, request) = (server.clone(), activity.request());
             async move {
                 let response = route(req, &server).await;
-                drop(request);
+                let response = match response.into_parts() {
+                    (parts, http_body_util::Either::Right(stream)) => {
+                        // A streamed body is a request in progress until it ends: the idle
+                        // clock must not close the connection under it.
+                        let stream = stream
+                            .map_frame(move |f| {
+                                let _ = &request;
+                                f
+                            })
+                            .boxed_unsync();
+                        Response::from_parts(parts, http_body_util::Either::Right(stream))
+                    }
+                    (parts, body) => {
+                        drop(request);
+                        Response::from_parts(parts, body)
+                    }
+                };
                 Ok::<_, Infallible>(response)
             }
         })
@@ -186,7 +216,7 @@ async fn serve_connection(
     }
 }
 
-async fn route(req: Request<Incoming>, server: &Server) -> Response<Body> {
+async fn route(req: Request<Incoming>, server: &Server) -> Response<OutBody> {
     let state = &server.state;
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut response = if req.method() == Method::OPTIONS {
@@ -199,7 +229,7 @@ async fn route(req: Request<Incoming>, server: &Server) -> Response<Body> {
             r.headers_mut()
                 .extend(crate::rtc::whep::options(route).headers().clone());
         }
-        r
+        whole(r)
     } else {
         dispatch(req, server).await
     };
@@ -210,7 +240,7 @@ async fn route(req: Request<Incoming>, server: &Server) -> Response<Body> {
 }
 
 /// Find the route, check the method and the access policy, and only then read a body.
-async fn dispatch(req: Request<Incoming>, server: &Server) -> Response<Body> {
+async fn dispatch(req: Request<Incoming>, server: &Server) -> Response<OutBody> {
     let state = &server.state;
     let wants_json = req
         .headers()
@@ -220,10 +250,10 @@ async fn dispatch(req: Request<Incoming>, server: &Server) -> Response<Body> {
     let hub = state.signaling.hub_path();
     let relay = state.camera.is_none();
     let Some(route) = routes::find(req.uri().path(), hub, wants_json, relay) else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
+        return whole(text(StatusCode::NOT_FOUND, "not found\n"));
     };
     if !route.allows_method(req.method()) {
-        return method_not_allowed(route.methods);
+        return whole(method_not_allowed(route.methods));
     }
     let allowed = route.access.allows(
         &state.config.server,
@@ -232,9 +262,18 @@ async fn dispatch(req: Request<Incoming>, server: &Server) -> Response<Body> {
         req.uri().query(),
     );
     if !allowed {
-        return unauthorized();
+        return whole(unauthorized());
     }
-    handle(route, req, server).await
+    if route.handler == Handler::Mjpeg {
+        return match &state.camera {
+            Some(camera) => match camera.mjpeg.respond() {
+                Some(stream) => stream.map(http_body_util::Either::Right),
+                None => whole(mjpeg::busy()),
+            },
+            None => whole(text(StatusCode::NOT_FOUND, "not found\n")),
+        };
+    }
+    whole(handle(route, req, server).await)
 }
 
 async fn handle(route: &Route, req: Request<Incoming>, server: &Server) -> Response<Body> {
@@ -250,6 +289,8 @@ async fn handle(route: &Route, req: Request<Incoming>, server: &Server) -> Respo
         Handler::Hub => handlers::upgrade(req, state).await,
         Handler::Metrics => handlers::metrics(state).await,
         // `routes::find` gives camera routes only when there is a camera.
+        // Answered in `dispatch` (a streamed body).
+        Handler::Mjpeg => text(StatusCode::NOT_FOUND, "not found\n"),
         Handler::Go2rtcInfo
         | Handler::Go2rtcStreams
         | Handler::Go2rtcFrame
@@ -325,7 +366,7 @@ fn origin_allowed(config: &Config, origin: &HeaderValue) -> bool {
         .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
-fn add_cors(response: &mut Response<Body>, origin: HeaderValue) {
+fn add_cors<B>(response: &mut Response<B>, origin: HeaderValue) {
     let h = response.headers_mut();
     // The SignalR browser client sends credentials by default, which rules out `*`: echo the
     // origin instead, and say the answer depends on it.

@@ -69,6 +69,8 @@ pub enum Handler {
     Whep,
     /// The latest picture as a JPEG.
     Snapshot,
+    /// JPEG stills as `multipart/x-mixed-replace` (`mjpeg`).
+    Mjpeg,
     /// Prometheus text.
     Metrics,
     /// The viewer page.
@@ -209,6 +211,14 @@ pub const ROUTES: &[Route] = &[
         "GET, HEAD",
         Access::Token,
         Handler::Snapshot,
+    )),
+    camera_only(row(
+        "/stream.mjpeg",
+        PathMatch::Exact("/stream.mjpeg"),
+        "GET",
+        // Home Assistant's MJPEG camera sends its user name and password as Basic.
+        Access::TokenOrBasic,
+        Handler::Mjpeg,
     )),
     camera_only(row(
         "/api",

@@ -72,6 +72,16 @@ check_txt(txt, "zeroconf")
 ok(f"zeroconf resolved {listener.name} host={info.server} port={info.port} addrs={addrs} txt={txt}")
 device_id = txt["id"]
 
+# The RTSP server beside it ([rtsp] enabled): same instance, port 8554, TXT path.
+RTSP_TYPE = "_rtsp._tcp.local."
+rinfo = zc.get_service_info(RTSP_TYPE, f"{want_instance}.{RTSP_TYPE}", timeout=5000)
+if rinfo is None:
+    fail(f"zeroconf: no {want_instance}.{RTSP_TYPE}")
+rtxt = {k.decode(): (v.decode() if v is not None else None) for k, v in rinfo.properties.items()}
+if rinfo.port != 8554 or rtxt.get("path") != "/stream" or want_addr not in rinfo.parsed_addresses():
+    fail(f"zeroconf: {RTSP_TYPE} port {rinfo.port} txt {rtxt} addrs {rinfo.parsed_addresses()}")
+ok(f"zeroconf resolved {want_instance}.{RTSP_TYPE} port={rinfo.port} txt={rtxt}")
+
 # avahi-browse: -r resolve, -p parsable, -t terminate after the cache dump. Its daemon may need
 # a moment to see the announcement, so ask again for up to 10 s.
 deadline = time.monotonic() + 10

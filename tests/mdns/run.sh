@@ -2,6 +2,7 @@
 # mDNS across a network: two network namespaces on one veth link ("cam" 10.77.0.1 and
 # "peer" 10.77.0.2). The advertiser runs on cam; on peer, python-zeroconf and avahi-browse
 # (with its own avahi-daemon and D-Bus) must each resolve instance, port, TXT and address;
+# python-zeroconf also resolves the RTSP server's `_rtsp._tcp` (port 8554, path=/stream);
 # after SIGTERM the service must be gone within 3 s.
 #
 #   tests/mdns/run.sh            # needs root; installs what it needs with apt-get and pip
@@ -73,10 +74,11 @@ fi
 export STATE_DIRECTORY=$work/state
 if [ -n "\${SNAPRTCD_BIN:-}" ]; then
   cfg=$work/cam.toml
-  printf '[server]\nlisten = "0.0.0.0:8080"\n[camera]\nsource = "testsrc"\n[mdns]\ninstance_name = "cam-a"\n' > "\$cfg"
+  printf '[server]\nlisten = "0.0.0.0:8080"\n[camera]\nsource = "testsrc"\n[mdns]\ninstance_name = "cam-a"\n[rtsp]\nenabled = true\n' > "\$cfg"
   "\$SNAPRTCD_BIN" run --config "\$cfg" &
 else
-  "$root/target/debug/examples/mdns-advertise" - 8080 &
+  printf '[rtsp]\nenabled = true\n' > $work/advertise.toml
+  "$root/target/debug/examples/mdns-advertise" $work/advertise.toml 8080 &
 fi
 child=\$!
 trap 'kill -TERM \$child 2>/dev/null || true' TERM
