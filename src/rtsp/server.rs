@@ -13,6 +13,7 @@
 //! lossy anyway).
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -236,6 +237,9 @@ struct Connection {
     peer: SocketAddr,
 }
 
+/// Most buffers in one vectored write (an access unit at 1.5 Mbit/s is a handful of packets).
+const MAX_IOV: usize = 32;
+
 /// What is queued towards the client, with the offset already written of the first buffer.
 #[derive(Default)]
 struct SendQueue {
@@ -255,17 +259,35 @@ impl SendQueue {
         self.bufs.push_back(b);
     }
 
-    fn front(&self) -> &[u8] {
-        self.bufs.front().map_or(&[], |b| &b[self.offset..])
+    /// Up to [`MAX_IOV`] buffers from the front, for one vectored write: an access unit's RTP
+    /// packets leave in one system call rather than one each.
+    fn slices(&self) -> ([IoSlice<'_>; MAX_IOV], usize) {
+        let mut out = [IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        for (i, b) in self.bufs.iter().take(MAX_IOV).enumerate() {
+            out[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+            n = i + 1;
+        }
+        (out, n)
     }
 
-    fn advance(&mut self, n: usize, now: Instant) {
-        self.offset += n;
+    /// `n` bytes were written, from the front, possibly across buffers.
+    fn advance(&mut self, mut n: usize, now: Instant) {
         self.bytes -= n;
         self.progress = Some(now);
-        if self.bufs.front().is_some_and(|b| self.offset >= b.len()) {
-            self.bufs.pop_front();
-            self.offset = 0;
+        while n > 0 {
+            let Some(front) = self.bufs.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.bufs.pop_front();
+                self.offset = 0;
+            } else {
+                self.offset += n;
+                n = 0;
+            }
         }
     }
 }
@@ -373,7 +395,8 @@ impl Connection {
             if closing {
                 let flush = async {
                     while !queue.bufs.is_empty() {
-                        let n = wr.write(queue.front()).await?;
+                        let (iov, count) = queue.slices();
+                        let n = wr.write_vectored(&iov[..count]).await?;
                         if n == 0 {
                             break;
                         }
@@ -393,6 +416,7 @@ impl Connection {
                 .flatten()
                 .min();
             let room = queue.bytes < max_queue;
+            let (iov, count) = queue.slices();
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
                 r = rd.read(&mut read_buf), if room => match r {
@@ -400,7 +424,7 @@ impl Connection {
                     Ok(n) => session.handle_input(&read_buf[..n], Instant::now()),
                     Err(e) => break Err(e),
                 },
-                r = wr.write(queue.front()), if !queue.bufs.is_empty() => match r {
+                r = wr.write_vectored(&iov[..count]), if count > 0 => match r {
                     Ok(0) => break Ok(()),
                     Ok(n) => queue.advance(n, Instant::now()),
                     Err(e) => break Err(e),
@@ -451,5 +475,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vectored write that ends inside the third buffer leaves exactly the rest queued.
+    #[test]
+    fn a_write_across_buffers_advances_the_queue_by_what_was_written() {
+        let now = Instant::now();
+        let mut q = SendQueue::default();
+        for b in [&b"abc"[..], b"de", b"fghij"] {
+            q.push(Bytes::copy_from_slice(b), now);
+        }
+        let (iov, n) = q.slices();
+        assert_eq!(n, 3);
+        assert_eq!(iov[..n].iter().map(|s| s.len()).sum::<usize>(), 10);
+        q.advance(7, now);
+        assert_eq!((q.bufs.len(), q.offset, q.bytes), (1, 2, 3));
+        let (iov, n) = q.slices();
+        assert_eq!(&*iov[0], b"hij");
+        assert_eq!(n, 1);
+        q.advance(3, now);
+        assert!(q.bufs.is_empty() && q.bytes == 0 && q.offset == 0);
     }
 }
