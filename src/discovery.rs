@@ -124,25 +124,7 @@ impl Advertisement {
             return Ok(None);
         };
         let props = [("path", crate::rtsp::STREAM_PATH)];
-        let mut info = ServiceInfo::new(
-            RTSP_SERVICE_TYPE,
-            &self.instance,
-            &self.host_name,
-            "",
-            port,
-            &props[..],
-        )
-        .map_err(DiscoveryError::Service)?
-        .enable_addr_auto();
-        if !self.interfaces.is_empty() {
-            info.set_interfaces(
-                self.interfaces
-                    .iter()
-                    .map(|n| IfKind::Name(n.clone()))
-                    .collect(),
-            );
-        }
-        Ok(Some(info))
+        self.info(RTSP_SERVICE_TYPE, port, &props).map(Some)
     }
 
     /// The full service name, `<instance>._snaprtc._tcp.local.` (the responder may rename it
@@ -157,13 +139,24 @@ impl Advertisement {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        self.info(SERVICE_TYPE, self.port, &props)
+    }
+
+    /// A service of `service_type` on `port` for this instance and host, on the configured
+    /// interfaces.
+    fn info(
+        &self,
+        service_type: &str,
+        port: u16,
+        props: &[(&str, &str)],
+    ) -> Result<ServiceInfo, DiscoveryError> {
         let mut info = ServiceInfo::new(
-            SERVICE_TYPE,
+            service_type,
             &self.instance,
             &self.host_name,
             "",
-            self.port,
-            &props[..],
+            port,
+            props,
         )
         .map_err(DiscoveryError::Service)?
         .enable_addr_auto();

@@ -207,12 +207,18 @@ pub(super) async fn upgrade(req: Request<Incoming>, state: &AppState) -> Respons
     }
     let accept = derive_accept_key(key.as_bytes());
     state.signaling.serve(hyper::upgrade::on(req), token);
+    switching_protocols(&accept)
+}
+
+/// `101 Switching Protocols` to a WebSocket; `accept` is the `Sec-WebSocket-Accept` derived
+/// from the client's key.
+pub(super) fn switching_protocols(accept: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r

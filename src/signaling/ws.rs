@@ -909,6 +909,34 @@ mod tests {
     use super::*;
     use crate::signaling::hub::Method;
 
+    /// A hub task with remote clients 1 and 2 (and the receivers of their queues).
+    fn task_with_two_clients(
+        hub: Hub,
+        capture: Option<mpsc::Sender<capture::Incoming>>,
+        backplane: Option<BackplaneLink>,
+    ) -> (HubTask, Vec<mpsc::Receiver<Bytes>>) {
+        let mut task = HubTask {
+            hub,
+            admissions: Admissions::new(10, Duration::from_secs(15)),
+            clients: HashMap::new(),
+            next_member: 100,
+            max_queued: 64,
+            capture,
+            backplane,
+            backplane_up: false,
+            stalled: false,
+        };
+        let mut receivers = Vec::new();
+        for member in [1, 2] {
+            let (outbound, rx) = mpsc::channel(64);
+            receivers.push(rx);
+            let kill = CancellationToken::new();
+            task.clients
+                .insert(MemberId(member), Client::Remote { outbound, kill });
+        }
+        (task, receivers)
+    }
+
     fn sync(member: u64, session: &str, ready: bool) -> Command {
         Command::Request {
             member: MemberId(member),
@@ -927,29 +955,12 @@ mod tests {
     #[test]
     fn a_capture_join_that_fails_leaves_no_local_member() {
         let (capture, _incoming) = mpsc::channel(8);
-        let mut task = HubTask {
-            hub: Hub::new(HubConfig {
-                max_sessions: 10,
-                max_members_per_session: 2,
-                capture_wanted: true,
-            }),
-            admissions: Admissions::new(10, Duration::from_secs(15)),
-            clients: HashMap::new(),
-            next_member: 100,
-            max_queued: 64,
-            capture: Some(capture),
-            backplane: None,
-            backplane_up: false,
-            stalled: false,
-        };
-        let mut receivers = Vec::new();
-        for member in [1, 2] {
-            let (outbound, rx) = mpsc::channel(64);
-            receivers.push(rx);
-            let kill = CancellationToken::new();
-            task.clients
-                .insert(MemberId(member), Client::Remote { outbound, kill });
-        }
+        let hub = Hub::new(HubConfig {
+            max_sessions: 10,
+            max_members_per_session: 2,
+            capture_wanted: true,
+        });
+        let (mut task, _receivers) = task_with_two_clients(hub, Some(capture), None);
         // A capture phone first (so the daemon stays out), then an initiator: full.
         task.handle(sync(1, "s", true));
         task.handle(sync(2, "s", false));
@@ -969,35 +980,19 @@ mod tests {
     fn a_full_backplane_queue_holds_joins_then_resubscribes_everything() {
         let (ops, mut queued) = mpsc::channel(2);
         let counters = Arc::new(BackplaneCounters::default());
-        let mut task = HubTask {
-            hub: Hub::with_backplane(
-                HubConfig {
-                    max_sessions: 10,
-                    max_members_per_session: 8,
-                    capture_wanted: false,
-                },
-                "i",
-            ),
-            admissions: Admissions::new(10, Duration::from_secs(15)),
-            clients: HashMap::new(),
-            next_member: 100,
-            max_queued: 64,
-            capture: None,
-            backplane: Some(BackplaneLink {
-                ops,
-                counters: counters.clone(),
-            }),
-            backplane_up: false,
-            stalled: false,
+        let hub = Hub::with_backplane(
+            HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 8,
+                capture_wanted: false,
+            },
+            "i",
+        );
+        let link = BackplaneLink {
+            ops,
+            counters: counters.clone(),
         };
-        let mut receivers = Vec::new();
-        for member in [1, 2] {
-            let (outbound, rx) = mpsc::channel(64);
-            receivers.push(rx);
-            let kill = CancellationToken::new();
-            task.clients
-                .insert(MemberId(member), Client::Remote { outbound, kill });
-        }
+        let (mut task, _receivers) = task_with_two_clients(hub, None, Some(link));
         task.backplane_event(Event::Up);
         // Member 1's Subscribe and Reserve fill the queue; member 2's Subscribe does not fit.
         task.handle(sync(1, "a", false));
