@@ -45,6 +45,16 @@ check "the token file exists, readable by snaprtcd only" \
 check "the hub wants the token" \
   sh -c '[ "$(curl -s -o /dev/null -w %{http_code} -X POST "http://127.0.0.1:8080/snaprtc-hub/negotiate?negotiateVersion=1")" = 401 ]'
 
+# The package turns RTSP on, behind the same token: a DESCRIBE without credentials gets 401.
+rtsp_describe() {
+  exec 3<>/dev/tcp/127.0.0.1/8554 || return 1
+  printf 'DESCRIBE rtsp://127.0.0.1:8554/stream RTSP/1.0\r\nCSeq: 1\r\n\r\n' >&3
+  timeout 5 head -n 1 <&3
+  exec 3<&-
+}
+rtsp=$(rtsp_describe 2>/dev/null | tr -d '\r')
+check "RTSP on 8554 wants the token: $rtsp" sh -c "echo '$rtsp' | grep -q '^RTSP/1.0 401'"
+
 found() { avahi-browse -rpt _snaprtc._tcp 2>/dev/null | grep '^=' | grep ';8080;' | grep -q '"path=/snaprtc-hub"'; }
 if wait_until 30 found; then
   ok "avahi-browse -rpt _snaprtc._tcp finds it"
