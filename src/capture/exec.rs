@@ -1,7 +1,7 @@
-//! The `exec` source: a program (argv, no shell) that writes H.264 (Annex-B) or MJPEG to stdout,
-//! e.g. `rpicam-vid -t 0 --inline --codec h264 -o -` on a Raspberry Pi. Frames are cut from the
-//! byte stream whatever the pipe's read boundaries; the program's stderr goes to the log. When it
-//! exits, the capture thread restarts it with backoff.
+//! The `exec` source: a program (argv, no shell) that writes H.264 (Annex-B), MJPEG or raw YUYV
+//! to stdout, e.g. `rpicam-vid -t 0 --inline --codec h264 -o -` on a Raspberry Pi. Frames are cut
+//! from the byte stream whatever the pipe's read boundaries; the program's stderr goes to the
+//! log. When it exits, the capture thread restarts it with backoff.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
-use crate::config::{ExecConfig, ExecFormat};
+use crate::config::{CameraConfig, ExecFormat};
 use crate::picture::annexb::AccessUnitSplitter;
-use crate::picture::yuv::BufferPool;
+use crate::picture::yuv::{BufferPool, PictureError, I420};
 
 /// Largest MJPEG frame accepted from a program (a 4K picture fits). H.264 access units have
 /// their own bound, `[camera.exec] max_access_unit_bytes`.
@@ -83,9 +83,73 @@ impl MjpegSplitter {
     }
 }
 
+/// Cuts raw YUYV pictures of a fixed size out of a byte stream and converts each to I420 on
+/// the capture thread (as a V4L2 YUYV camera's are). The program's bytes are read straight into
+/// one frame buffer ([`spare`](Self::spare), [`handle_read`](Self::handle_read)) and pictures
+/// come from a pool, so a steady stream allocates nothing.
+#[derive(Debug)]
+pub struct YuyvFramer {
+    width: u32,
+    height: u32,
+    /// One picture's bytes, filled by reads; converted when full.
+    frame: Vec<u8>,
+    filled: usize,
+    pictures: Arc<BufferPool>,
+}
+
+/// Pictures kept for reuse: two in the channel to the media thread, one being encoded, one kept
+/// for stills.
+const PICTURE_POOL: usize = 4;
+
+impl YuyvFramer {
+    /// A framer for `width`×`height` pictures (even sides, at most 8192).
+    pub fn new(width: u32, height: u32) -> Result<Self, PictureError> {
+        // Checks the size once, so the conversions below cannot fail.
+        drop(I420::filled(width, height, 0, 0, 0)?);
+        Ok(Self {
+            width,
+            height,
+            frame: vec![0; width as usize * height as usize * 2],
+            filled: 0,
+            pictures: BufferPool::new(PICTURE_POOL),
+        })
+    }
+
+    /// Where the next read goes: the rest of the current picture.
+    pub fn spare(&mut self) -> &mut [u8] {
+        &mut self.frame[self.filled..]
+    }
+
+    /// `n` bytes were read into [`spare`](Self::spare).
+    pub fn handle_read(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.frame.len());
+    }
+
+    /// Feed bytes that were read elsewhere (tests); returns how many were taken (at most the
+    /// rest of the current picture: poll, then feed the remainder).
+    pub fn handle_input(&mut self, data: &[u8]) -> usize {
+        let spare = self.spare();
+        let n = data.len().min(spare.len());
+        spare[..n].copy_from_slice(&data[..n]);
+        self.handle_read(n);
+        n
+    }
+
+    /// The picture, once all of its bytes have come.
+    pub fn poll_picture(&mut self) -> Option<I420> {
+        if self.filled < self.frame.len() {
+            return None;
+        }
+        self.filled = 0;
+        let (w, h) = (self.width, self.height);
+        I420::from_yuyv_in(Some(&self.pictures), w, h, w as usize * 2, &self.frame).ok()
+    }
+}
+
 enum Splitter {
     H264(AccessUnitSplitter),
     Mjpeg(MjpegSplitter),
+    Yuyv(YuyvFramer),
 }
 
 /// A running program whose stdout is the video.
@@ -103,8 +167,9 @@ pub struct ExecSource {
 }
 
 impl ExecSource {
-    /// Start the program.
-    pub fn spawn(config: &ExecConfig) -> Result<Self, CaptureError> {
+    /// Start the program (`[camera.exec]`; raw YUYV pictures are `[camera]` width×height).
+    pub fn spawn(camera: &CameraConfig) -> Result<Self, CaptureError> {
+        let config = &camera.exec;
         let (program, args) = config
             .command
             .split_first()
@@ -146,6 +211,10 @@ impl ExecSource {
                 Splitter::H264(AccessUnitSplitter::new(config.max_access_unit_bytes))
             }
             ExecFormat::Mjpeg => Splitter::Mjpeg(MjpegSplitter::default()),
+            ExecFormat::Yuyv => Splitter::Yuyv(
+                YuyvFramer::new(camera.width, camera.height)
+                    .map_err(|e| CaptureError::Open(format!("[camera] size for YUYV: {e}")))?,
+            ),
         };
         Ok(Self {
             child,
@@ -164,6 +233,7 @@ impl ExecSource {
         match &mut self.splitter {
             Splitter::H264(s) => s.poll_access_unit().map(Payload::H264),
             Splitter::Mjpeg(s) => s.poll_frame().map(Payload::Mjpeg),
+            Splitter::Yuyv(s) => s.poll_picture().map(Payload::I420),
         }
     }
 
@@ -220,6 +290,7 @@ impl Source for ExecSource {
             format: match self.format {
                 ExecFormat::H264 => "H264".into(),
                 ExecFormat::Mjpeg => "MJPEG".into(),
+                ExecFormat::Yuyv => "YUYV".into(),
             },
             width: 0,
             height: 0,
@@ -247,7 +318,11 @@ impl Source for ExecSource {
             if !self.wait_readable(POLL_SLICE)? {
                 continue;
             }
-            let n = self.stdout.read(&mut self.buf)?;
+            let n = match &mut self.splitter {
+                // Raw pictures are read straight into the frame buffer (no intermediate copy).
+                Splitter::Yuyv(f) => self.stdout.read(f.spare())?,
+                _ => self.stdout.read(&mut self.buf)?,
+            };
             if n == 0 {
                 // End of stream: flush the last access unit, then report the exit.
                 if let Splitter::H264(s) = &mut self.splitter {
@@ -264,6 +339,7 @@ impl Source for ExecSource {
             match &mut self.splitter {
                 Splitter::H264(s) => s.handle_input(&self.buf[..n]),
                 Splitter::Mjpeg(s) => s.handle_input(&self.buf[..n]),
+                Splitter::Yuyv(f) => f.handle_read(n),
             }
             self.log_dropped();
         }
@@ -283,6 +359,43 @@ impl Drop for ExecSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Raw YUYV pictures are cut at their size whatever the read boundaries, and each is the
+    /// same I420 as converting it on its own.
+    #[test]
+    fn yuyv_pictures_are_cut_across_reads() {
+        let (w, h) = (8u32, 4u32);
+        let frame_len = (w * h * 2) as usize;
+        let stream: Vec<u8> = (0..frame_len * 2).map(|i| (i * 7 % 251) as u8).collect();
+        let expect: Vec<Vec<u8>> = stream
+            .chunks(frame_len)
+            .map(|f| I420::from_yuyv(w, h, 0, f).unwrap().as_bytes().to_vec())
+            .collect();
+        for cut in [
+            1,
+            3,
+            frame_len - 1,
+            frame_len,
+            frame_len + 5,
+            2 * frame_len - 1,
+        ] {
+            let mut f = YuyvFramer::new(w, h).unwrap();
+            let mut got = Vec::new();
+            for piece in [&stream[..cut], &stream[cut..]] {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = f.handle_input(rest);
+                    rest = &rest[n..];
+                    if let Some(p) = f.poll_picture() {
+                        got.push(p.as_bytes().to_vec());
+                    }
+                }
+            }
+            assert_eq!(got, expect, "cut at {cut}");
+            assert!(f.poll_picture().is_none());
+        }
+        assert!(YuyvFramer::new(7, 4).is_err(), "odd width");
+    }
 
     #[test]
     fn mjpeg_frames_are_cut_across_reads() {

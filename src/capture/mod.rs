@@ -166,7 +166,7 @@ pub fn open(spec: &SourceSpec, camera: &CameraConfig) -> Result<Box<dyn Source>,
             camera.fps,
         )?),
         SourceSpec::V4l2(path) => Box::new(v4l2::V4l2Source::open(path, camera)?),
-        SourceSpec::Exec => Box::new(exec::ExecSource::spawn(&camera.exec)?),
+        SourceSpec::Exec => Box::new(exec::ExecSource::spawn(camera)?),
         SourceSpec::None => {
             return Err(CaptureError::Open(
                 "[camera] source = \"none\": this daemon is a relay with no camera".into(),
