@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
 use crate::config::{CameraConfig, ExecFormat};
@@ -25,25 +25,24 @@ const STALL: Duration = Duration::from_secs(5);
 const POLL_SLICE: Duration = Duration::from_millis(250);
 
 /// Cuts JPEG images (SOI `FF D8` .. EOI `FF D9`) out of a byte stream. Each image is copied
-/// out into a pooled buffer and consumed from the stream buffer, which therefore stays the only
-/// owner of its memory and reuses it instead of growing a new one per frame.
+/// out into a pooled buffer and the rest of the stream (the start of the next image, less than
+/// one read) moved to the front of the stream buffer, so that buffer keeps one allocation, grown
+/// only to the largest image plus a read. (A `BytesMut` consumed from the front reallocated now
+/// and then, when what was left was longer than what had been consumed, and each new block
+/// was faulted in again.)
 #[derive(Debug)]
 pub struct MjpegSplitter {
-    buf: BytesMut,
+    buf: Vec<u8>,
     scan: usize,
     frames: Arc<BufferPool>,
 }
 
-/// JPEGs kept for reuse: two in the channel to the media thread, one being decoded, one kept
-/// for stills.
-const JPEG_POOL: usize = 4;
-
 impl Default for MjpegSplitter {
     fn default() -> Self {
         Self {
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             scan: 0,
-            frames: BufferPool::new(JPEG_POOL),
+            frames: BufferPool::new(super::SOURCE_POOL),
         }
     }
 }
@@ -63,7 +62,7 @@ impl MjpegSplitter {
         // Find the start of an image; drop anything before it.
         let soi = self.buf.windows(2).position(|w| w == [0xff, 0xd8])?;
         if soi > 0 {
-            self.buf.advance(soi);
+            self.buf.drain(..soi);
             self.scan = 0;
         }
         let from = self.scan.max(2);
@@ -72,7 +71,7 @@ impl MjpegSplitter {
                 let end = from + p + 2;
                 self.scan = 0;
                 let frame = self.frames.copy_to_bytes(&self.buf[..end]);
-                self.buf.advance(end);
+                self.buf.drain(..end);
                 Some(frame)
             }
             None => {
@@ -97,10 +96,6 @@ pub struct YuyvFramer {
     pictures: Arc<BufferPool>,
 }
 
-/// Pictures kept for reuse: two in the channel to the media thread, one being encoded, one kept
-/// for stills.
-const PICTURE_POOL: usize = 4;
-
 impl YuyvFramer {
     /// A framer for `width`×`height` pictures (even sides, at most 8192).
     pub fn new(width: u32, height: u32) -> Result<Self, PictureError> {
@@ -111,7 +106,7 @@ impl YuyvFramer {
             height,
             frame: vec![0; width as usize * height as usize * 2],
             filled: 0,
-            pictures: BufferPool::new(PICTURE_POOL),
+            pictures: BufferPool::new(super::SOURCE_POOL),
         })
     }
 
