@@ -235,7 +235,7 @@ const FRAME_QUEUE: usize = 2;
 
 /// Buffers a source's pool keeps: as many as can be alive at once when the encoder lags, so a
 /// returned buffer is never freed only for the next frame to allocate (and fault in) a new one:
-/// the frame being captured, [`FRAME_QUEUE`] in the channel, the one the media thread works on,
+/// the frame being captured, `FRAME_QUEUE` (2) in the channel, the one the media thread works on,
 /// and the latest kept for stills.
 pub const SOURCE_POOL: usize = FRAME_QUEUE + 3;
 
