@@ -33,13 +33,14 @@ const HEAP_TRIM_THRESHOLD: i32 = 8 << 20;
 /// Keep memory freed by one frame for the next, instead of handing it back to the kernel and
 /// faulting it in again. Frame-sized blocks are freed and re-taken on every frame by code the
 /// daemon does not own: zune-jpeg's per-MCU-row buffers (each decode), the RTC engine's copy of
-/// every access unit and str0m's packet buffers, the GOP kept for new viewers (released at each
-/// IDR). With glibc's defaults (mmap threshold 128 KiB, trim threshold 128 KiB, both raised
+/// every access unit and str0m's packet buffers (what `perf record -e page-faults` showed).
+/// With glibc's defaults (mmap threshold 128 KiB, trim threshold 128 KiB, both raised
 /// only when an mmapped block is freed), the heap tops were trimmed and regrown every frame: 21
 /// minor page faults a frame in the MJPEG decode alone (`cargo bench --bench conversions`), and
 /// setting only the trim threshold (which turns glibc's dynamic rule off) still left 0.4 a
 /// frame in the RTC engine's threads (`bench/camera_path`, per-thread faults). Both thresholds
-/// fixed: 0 in steady state. Memory kept is what the daemon's bounded buffers used at their
+/// fixed: 0 in the decode, 0.02–0.07 a frame left in the RTC engine, where its heap still grows
+/// (docs/BENCHMARKS.md, "Camera path"). Memory kept is what the daemon's bounded buffers used at their
 /// peak, at most 8 MiB of slack per heap. Process-wide: the daemon calls it once at start. A
 /// no-op where the C library is not glibc.
 pub fn keep_heap_slack() {
