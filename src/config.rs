@@ -186,7 +186,7 @@ pub struct CameraConfig {
     pub format: CaptureFormat,
     /// V4L2 controls set after opening, by name: `brightness = 10`.
     pub controls: BTreeMap<String, i64>,
-    /// The `exec` source: a program that writes H.264 or MJPEG to stdout.
+    /// The `exec` source: a program that writes H.264, MJPEG or raw YUYV to stdout.
     pub exec: ExecConfig,
 }
 
@@ -287,6 +287,9 @@ pub enum ExecFormat {
     H264,
     /// Concatenated JPEG pictures.
     Mjpeg,
+    /// Raw YUYV 4:2:2 pictures of `[camera] width`×`height`, two bytes a pixel, one after
+    /// another with nothing between them (`ffmpeg … -pix_fmt yuyv422 -f rawvideo -`).
+    Yuyv,
 }
 
 /// `[encoder]`

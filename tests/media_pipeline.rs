@@ -184,6 +184,55 @@ async fn exec_h264_is_passed_through_without_the_software_encoder() {
     guard.join();
 }
 
+/// `[camera.exec] format = "yuyv"`: raw pictures of the configured size from a program are
+/// converted and encoded like a YUYV camera's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
+    if !common::require_tool("ffmpeg", "ffmpeg") {
+        return;
+    }
+    let mut config = testsrc_config();
+    config.camera.source = SourceKind::Exec;
+    config.camera.exec.command = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30",
+        "-pix_fmt",
+        "yuyv422",
+        "-f",
+        "rawvideo",
+        "-",
+    ]
+    .map(String::from)
+    .to_vec();
+    config.camera.exec.format = ExecFormat::Yuyv;
+    let cancel = CancellationToken::new();
+    let (media, guard) = spawn(&config, cancel.clone()).unwrap();
+    let mut sub = media.subscribe();
+    wait_state(&media, CameraState::Streaming).await;
+    let status = media.status();
+    assert_eq!(status.format, "YUYV");
+    assert_eq!(status.encoder, "openh264");
+    // Pictures from the program (not the slate) reach the encoder and the subscriber.
+    let captured = MediaCounters::get(&media.counters().frames_captured);
+    assert!(captured > 0, "no picture captured");
+    let first = next(&mut sub).await;
+    assert!(first.keyframe, "a subscriber starts at an IDR");
+    let jpeg = timeout(WAIT, media.still(256 * 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    cancel.cancel();
+    guard.join();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_that_dies_shows_the_slate_and_is_restarted() {
     if !common::require_tool("ffmpeg", "ffmpeg") {

@@ -1,7 +1,7 @@
-//! The `exec` source: a program (argv, no shell) that writes H.264 (Annex-B) or MJPEG to stdout,
-//! e.g. `rpicam-vid -t 0 --inline --codec h264 -o -` on a Raspberry Pi. Frames are cut from the
-//! byte stream whatever the pipe's read boundaries; the program's stderr goes to the log. When it
-//! exits, the capture thread restarts it with backoff.
+//! The `exec` source: a program (argv, no shell) that writes H.264 (Annex-B), MJPEG or raw YUYV
+//! to stdout, e.g. `rpicam-vid -t 0 --inline --codec h264 -o -` on a Raspberry Pi. Frames are cut
+//! from the byte stream whatever the pipe's read boundaries; the program's stderr goes to the
+//! log. When it exits, the capture thread restarts it with backoff.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -9,12 +9,12 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{CaptureError, CapturedFrame, Payload, Source, SourceInfo};
-use crate::config::{ExecConfig, ExecFormat};
+use crate::config::{CameraConfig, ExecFormat};
 use crate::picture::annexb::AccessUnitSplitter;
-use crate::picture::yuv::BufferPool;
+use crate::picture::yuv::{BufferPool, PictureError, I420};
 
 /// Largest MJPEG frame accepted from a program (a 4K picture fits). H.264 access units have
 /// their own bound, `[camera.exec] max_access_unit_bytes`.
@@ -25,25 +25,24 @@ const STALL: Duration = Duration::from_secs(5);
 const POLL_SLICE: Duration = Duration::from_millis(250);
 
 /// Cuts JPEG images (SOI `FF D8` .. EOI `FF D9`) out of a byte stream. Each image is copied
-/// out into a pooled buffer and consumed from the stream buffer, which therefore stays the only
-/// owner of its memory and reuses it instead of growing a new one per frame.
+/// out into a pooled buffer and the rest of the stream (the start of the next image, less than
+/// one read) moved to the front of the stream buffer, so that buffer keeps one allocation, grown
+/// only to the largest image plus a read. (A `BytesMut` consumed from the front reallocated now
+/// and then, when what was left was longer than what had been consumed, and each new block
+/// was faulted in again.)
 #[derive(Debug)]
 pub struct MjpegSplitter {
-    buf: BytesMut,
+    buf: Vec<u8>,
     scan: usize,
     frames: Arc<BufferPool>,
 }
 
-/// JPEGs kept for reuse: two in the channel to the media thread, one being decoded, one kept
-/// for stills.
-const JPEG_POOL: usize = 4;
-
 impl Default for MjpegSplitter {
     fn default() -> Self {
         Self {
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             scan: 0,
-            frames: BufferPool::new(JPEG_POOL),
+            frames: BufferPool::new(super::SOURCE_POOL),
         }
     }
 }
@@ -63,7 +62,7 @@ impl MjpegSplitter {
         // Find the start of an image; drop anything before it.
         let soi = self.buf.windows(2).position(|w| w == [0xff, 0xd8])?;
         if soi > 0 {
-            self.buf.advance(soi);
+            self.buf.drain(..soi);
             self.scan = 0;
         }
         let from = self.scan.max(2);
@@ -72,7 +71,7 @@ impl MjpegSplitter {
                 let end = from + p + 2;
                 self.scan = 0;
                 let frame = self.frames.copy_to_bytes(&self.buf[..end]);
-                self.buf.advance(end);
+                self.buf.drain(..end);
                 Some(frame)
             }
             None => {
@@ -83,9 +82,69 @@ impl MjpegSplitter {
     }
 }
 
+/// Cuts raw YUYV pictures of a fixed size out of a byte stream and converts each to I420 on
+/// the capture thread (as a V4L2 YUYV camera's are). The program's bytes are read straight into
+/// one frame buffer ([`spare`](Self::spare), [`handle_read`](Self::handle_read)) and pictures
+/// come from a pool, so a steady stream allocates nothing.
+#[derive(Debug)]
+pub struct YuyvFramer {
+    width: u32,
+    height: u32,
+    /// One picture's bytes, filled by reads; converted when full.
+    frame: Vec<u8>,
+    filled: usize,
+    pictures: Arc<BufferPool>,
+}
+
+impl YuyvFramer {
+    /// A framer for `width`×`height` pictures (even sides, at most 8192).
+    pub fn new(width: u32, height: u32) -> Result<Self, PictureError> {
+        // Checks the size once, so the conversions below cannot fail.
+        drop(I420::filled(width, height, 0, 0, 0)?);
+        Ok(Self {
+            width,
+            height,
+            frame: vec![0; width as usize * height as usize * 2],
+            filled: 0,
+            pictures: BufferPool::new(super::SOURCE_POOL),
+        })
+    }
+
+    /// Where the next read goes: the rest of the current picture.
+    pub fn spare(&mut self) -> &mut [u8] {
+        &mut self.frame[self.filled..]
+    }
+
+    /// `n` bytes were read into [`spare`](Self::spare).
+    pub fn handle_read(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.frame.len());
+    }
+
+    /// Feed bytes that were read elsewhere (tests); returns how many were taken (at most the
+    /// rest of the current picture: poll, then feed the remainder).
+    pub fn handle_input(&mut self, data: &[u8]) -> usize {
+        let spare = self.spare();
+        let n = data.len().min(spare.len());
+        spare[..n].copy_from_slice(&data[..n]);
+        self.handle_read(n);
+        n
+    }
+
+    /// The picture, once all of its bytes have come.
+    pub fn poll_picture(&mut self) -> Option<I420> {
+        if self.filled < self.frame.len() {
+            return None;
+        }
+        self.filled = 0;
+        let (w, h) = (self.width, self.height);
+        I420::from_yuyv_in(Some(&self.pictures), w, h, w as usize * 2, &self.frame).ok()
+    }
+}
+
 enum Splitter {
     H264(AccessUnitSplitter),
     Mjpeg(MjpegSplitter),
+    Yuyv(YuyvFramer),
 }
 
 /// A running program whose stdout is the video.
@@ -103,8 +162,9 @@ pub struct ExecSource {
 }
 
 impl ExecSource {
-    /// Start the program.
-    pub fn spawn(config: &ExecConfig) -> Result<Self, CaptureError> {
+    /// Start the program (`[camera.exec]`; raw YUYV pictures are `[camera]` width×height).
+    pub fn spawn(camera: &CameraConfig) -> Result<Self, CaptureError> {
+        let config = &camera.exec;
         let (program, args) = config
             .command
             .split_first()
@@ -146,6 +206,10 @@ impl ExecSource {
                 Splitter::H264(AccessUnitSplitter::new(config.max_access_unit_bytes))
             }
             ExecFormat::Mjpeg => Splitter::Mjpeg(MjpegSplitter::default()),
+            ExecFormat::Yuyv => Splitter::Yuyv(
+                YuyvFramer::new(camera.width, camera.height)
+                    .map_err(|e| CaptureError::Open(format!("[camera] size for YUYV: {e}")))?,
+            ),
         };
         Ok(Self {
             child,
@@ -164,6 +228,7 @@ impl ExecSource {
         match &mut self.splitter {
             Splitter::H264(s) => s.poll_access_unit().map(Payload::H264),
             Splitter::Mjpeg(s) => s.poll_frame().map(Payload::Mjpeg),
+            Splitter::Yuyv(s) => s.poll_picture().map(Payload::I420),
         }
     }
 
@@ -220,6 +285,7 @@ impl Source for ExecSource {
             format: match self.format {
                 ExecFormat::H264 => "H264".into(),
                 ExecFormat::Mjpeg => "MJPEG".into(),
+                ExecFormat::Yuyv => "YUYV".into(),
             },
             width: 0,
             height: 0,
@@ -247,7 +313,11 @@ impl Source for ExecSource {
             if !self.wait_readable(POLL_SLICE)? {
                 continue;
             }
-            let n = self.stdout.read(&mut self.buf)?;
+            let n = match &mut self.splitter {
+                // Raw pictures are read straight into the frame buffer (no intermediate copy).
+                Splitter::Yuyv(f) => self.stdout.read(f.spare())?,
+                _ => self.stdout.read(&mut self.buf)?,
+            };
             if n == 0 {
                 // End of stream: flush the last access unit, then report the exit.
                 if let Splitter::H264(s) = &mut self.splitter {
@@ -264,6 +334,7 @@ impl Source for ExecSource {
             match &mut self.splitter {
                 Splitter::H264(s) => s.handle_input(&self.buf[..n]),
                 Splitter::Mjpeg(s) => s.handle_input(&self.buf[..n]),
+                Splitter::Yuyv(f) => f.handle_read(n),
             }
             self.log_dropped();
         }
@@ -283,6 +354,43 @@ impl Drop for ExecSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Raw YUYV pictures are cut at their size whatever the read boundaries, and each is the
+    /// same I420 as converting it on its own.
+    #[test]
+    fn yuyv_pictures_are_cut_across_reads() {
+        let (w, h) = (8u32, 4u32);
+        let frame_len = (w * h * 2) as usize;
+        let stream: Vec<u8> = (0..frame_len * 2).map(|i| (i * 7 % 251) as u8).collect();
+        let expect: Vec<Vec<u8>> = stream
+            .chunks(frame_len)
+            .map(|f| I420::from_yuyv(w, h, 0, f).unwrap().as_bytes().to_vec())
+            .collect();
+        for cut in [
+            1,
+            3,
+            frame_len - 1,
+            frame_len,
+            frame_len + 5,
+            2 * frame_len - 1,
+        ] {
+            let mut f = YuyvFramer::new(w, h).unwrap();
+            let mut got = Vec::new();
+            for piece in [&stream[..cut], &stream[cut..]] {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = f.handle_input(rest);
+                    rest = &rest[n..];
+                    if let Some(p) = f.poll_picture() {
+                        got.push(p.as_bytes().to_vec());
+                    }
+                }
+            }
+            assert_eq!(got, expect, "cut at {cut}");
+            assert!(f.poll_picture().is_none());
+        }
+        assert!(YuyvFramer::new(7, 4).is_err(), "odd width");
+    }
 
     #[test]
     fn mjpeg_frames_are_cut_across_reads() {

@@ -166,7 +166,7 @@ pub fn open(spec: &SourceSpec, camera: &CameraConfig) -> Result<Box<dyn Source>,
             camera.fps,
         )?),
         SourceSpec::V4l2(path) => Box::new(v4l2::V4l2Source::open(path, camera)?),
-        SourceSpec::Exec => Box::new(exec::ExecSource::spawn(&camera.exec)?),
+        SourceSpec::Exec => Box::new(exec::ExecSource::spawn(camera)?),
         SourceSpec::None => {
             return Err(CaptureError::Open(
                 "[camera] source = \"none\": this daemon is a relay with no camera".into(),
@@ -232,6 +232,12 @@ pub struct CaptureThread {
 
 /// Frames buffered between capture and encoder; a slow encoder makes capture drop frames.
 const FRAME_QUEUE: usize = 2;
+
+/// Buffers a source's pool keeps: as many as can be alive at once when the encoder lags, so a
+/// returned buffer is never freed only for the next frame to allocate (and fault in) a new one:
+/// the frame being captured, `FRAME_QUEUE` (2) in the channel, the one the media thread works on,
+/// and the latest kept for stills.
+pub const SOURCE_POOL: usize = FRAME_QUEUE + 3;
 
 impl CaptureThread {
     /// Start capturing `spec`; events arrive on the returned receiver.

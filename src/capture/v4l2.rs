@@ -263,8 +263,8 @@ impl V4l2Source {
             last_frame: Instant::now(),
             corrupt: 0,
             pools: Pools {
-                pictures: BufferPool::new(4),
-                jpegs: BufferPool::new(4),
+                pictures: BufferPool::new(super::SOURCE_POOL),
+                jpegs: BufferPool::new(super::SOURCE_POOL),
             },
         })
     }

@@ -8,6 +8,7 @@ use jpeg_encoder::{ColorType, Encoder, ImageBuffer, JpegColorType, SamplingFacto
 use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
 
 use super::StillError;
+use crate::picture::rows;
 use crate::picture::yuv::{BufferPool, I420};
 
 /// Qualities tried, after the configured one, before the picture is made smaller.
@@ -89,35 +90,11 @@ pub struct DecodeError(pub String);
 /// header, before anything the size of the picture is allocated.
 const MAX_SIDE: usize = 8192;
 
-/// Full-range (JFIF) luma to the limited range of the encoder's I420 (BT.601 studio swing, what
-/// raw cameras give): `16 + y·219/255`, rounded. A table lookup per sample, no colour matrix.
-static LUMA_TO_LIMITED: [u8; 256] = range_table(219, 16);
-/// Full-range chroma to limited range: `128 + (c − 128)·224/255`, rounded.
-static CHROMA_TO_LIMITED: [u8; 256] = range_table(224, 128);
-
-/// `base + (v − centre)·span/255` for every byte `v`, rounded half away from zero (a tie
-/// cannot happen: 255 is odd), where `centre` is 0 for luma (`base` 16) and 128 for chroma.
-const fn range_table(span: i32, base: i32) -> [u8; 256] {
-    let centre = if base == 128 { 128 } else { 0 };
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        let n = (i as i32 - centre) * span;
-        let r = if n >= 0 {
-            (n + 127) / 255
-        } else {
-            -((-n + 127) / 255)
-        };
-        t[i] = (base + r) as u8;
-        i += 1;
-    }
-    t
-}
-
 /// Decodes a camera's MJPEG frames into I420 pictures, without an RGB step: zune-jpeg writes
 /// the JPEG's own YCbCr samples (chroma upsampled to full size, no colour matrix), luma is
 /// taken as is and chroma averaged 2x2 back to 4:2:0, both mapped from JFIF's full range to the
-/// limited range the encoder's I420 is in. Its scratch buffer grows once to the camera's size
+/// limited range the encoder's I420 is in (`picture::rows::ycbcr_rows`: SSSE3 on x86_64, which
+/// halves the cost of that step). Its scratch buffer grows once to the camera's size
 /// and is reused; pictures come from a [`BufferPool`], so a steady stream allocates nothing of
 /// a picture's size per frame.
 ///
@@ -210,19 +187,7 @@ fn ycbcr_to_i420(src: &[u8], width: usize, out: &mut I420) {
     for ((pair, ys), (us, vs)) in rows.zip(luma).zip(chroma) {
         let (a, b) = pair.split_at(row_bytes);
         let (ya, yb) = ys.split_at_mut(w);
-        for (d, s) in ya.iter_mut().zip(a.chunks_exact(3)) {
-            *d = LUMA_TO_LIMITED[s[0] as usize];
-        }
-        for (d, s) in yb.iter_mut().zip(b.chunks_exact(3)) {
-            *d = LUMA_TO_LIMITED[s[0] as usize];
-        }
-        let blocks = a.chunks_exact(6).zip(b.chunks_exact(6));
-        for ((u, v), (p, q)) in us.iter_mut().zip(vs.iter_mut()).zip(blocks) {
-            let cb = (p[1] as u16 + p[4] as u16 + q[1] as u16 + q[4] as u16 + 2) >> 2;
-            let cr = (p[2] as u16 + p[5] as u16 + q[2] as u16 + q[5] as u16 + 2) >> 2;
-            *u = CHROMA_TO_LIMITED[cb as usize];
-            *v = CHROMA_TO_LIMITED[cr as usize];
-        }
+        rows::ycbcr_rows(a, b, ya, yb, us, vs);
     }
 }
 
@@ -232,7 +197,7 @@ fn luma_to_i420(src: &[u8], width: usize, out: &mut I420) {
     let (yp, up, vp) = out.planes_mut();
     for (d, s) in yp.chunks_exact_mut(w).zip(src.chunks_exact(width)) {
         for (d, s) in d.iter_mut().zip(s) {
-            *d = LUMA_TO_LIMITED[*s as usize];
+            *d = rows::limited_luma(*s);
         }
     }
     up.fill(128);

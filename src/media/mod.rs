@@ -22,19 +22,33 @@ pub mod still;
 
 pub use pipeline::{spawn, PipelineError, PipelineGuard};
 
-/// Heap slack kept instead of given back to the kernel (glibc's `M_TRIM_THRESHOLD`).
-const HEAP_TRIM_THRESHOLD: i32 = 1 << 20;
+/// Blocks at least this large come from `mmap` (glibc's `M_MMAP_THRESHOLD`): 4 MiB, above a
+/// camera JPEG or an access unit within the default `max_access_unit_bytes` and above a 1080p
+/// I420 picture (3 MiB). Also within glibc's limit on 32-bit (armhf).
+const HEAP_MMAP_THRESHOLD: i32 = 4 << 20;
+/// Free memory kept at the top of a heap instead of given back to the kernel (glibc's
+/// `M_TRIM_THRESHOLD`): twice the mmap threshold, the ratio glibc's own dynamic rule keeps.
+const HEAP_TRIM_THRESHOLD: i32 = 8 << 20;
 
-/// Keep up to 1 MiB of freed memory at the top of the heap (glibc's default is 128 KiB, then it
-/// trims). zune-jpeg allocates and frees its per-MCU-row buffers on every decode; with the
-/// default, glibc hands them back each frame and the next frame faults them in again (21 minor
-/// page faults a frame at 1280x720 4:2:0, 0 with this; `cargo bench --bench conversions`).
-/// Process-wide: the daemon calls it once at start. A no-op where the C library is not glibc.
+/// Keep memory freed by one frame for the next, instead of handing it back to the kernel and
+/// faulting it in again. Frame-sized blocks are freed and re-taken on every frame by code the
+/// daemon does not own: zune-jpeg's per-MCU-row buffers (each decode), the RTC engine's copy of
+/// every access unit and str0m's packet buffers (what `perf record -e page-faults` showed).
+/// With glibc's defaults (mmap threshold 128 KiB, trim threshold 128 KiB, both raised
+/// only when an mmapped block is freed), the heap tops were trimmed and regrown every frame: 21
+/// minor page faults a frame in the MJPEG decode alone (`cargo bench --bench conversions`), and
+/// setting only the trim threshold (which turns glibc's dynamic rule off) still left 0.4 a
+/// frame in the RTC engine's threads (`bench/camera_path`, per-thread faults). Both thresholds
+/// fixed: 0 in the decode, 0.02–0.07 a frame left in the RTC engine, where its heap still grows
+/// (docs/BENCHMARKS.md, "Camera path"). Memory kept is what the daemon's bounded buffers used at their
+/// peak, at most 8 MiB of slack per heap. Process-wide: the daemon calls it once at start. A
+/// no-op where the C library is not glibc.
 pub fn keep_heap_slack() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt takes two integers and has no memory-safety preconditions; glibc
     // serialises it against allocations in other threads.
     unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD);
     }
 }
