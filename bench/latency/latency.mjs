@@ -3,7 +3,11 @@
 // displayed frame (requestVideoFrameCallback → canvas) and compares it with its own wall clock
 // (same machine, same clock). Prints p50/p95/p99 and the frame count per path (WHEP; the
 // built-in SnapRTC member), split into capture → last packet received and received → displayed.
+// The "rtsp" path has ffmpeg as the reader instead: it plays rtsp://…/stream over TCP and writes
+// decoded gray pictures to this script, which reads each one's stamp on arrival.
 // Run via run.sh.
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { loadavg } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,11 +26,24 @@ const FPS = Number(process.env.BENCH_FPS || 30);
 // playoutDelayHint = 0 on the receiver), "whep-nopd" (without the playout-delay extension),
 // "whep-scaled" (the video scaled into a 928 px 4:3 box as on the viewer page), "viewer" (the
 // viewer page's own stats line), "snaprtc".
-const RUNS = (process.env.BENCH_RUNS || "whep,whep-jb0,whep-nopd,viewer,snaprtc").split(",");
+// "rtsp": ffmpeg reads the RTSP stream (TCP) and decodes; the stamp is read from its output.
+const RUNS = (process.env.BENCH_RUNS || "whep,whep-jb0,whep-nopd,viewer,snaprtc,rtsp").split(",");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Start snaprtcd with the test pattern; resolves once it logged `ready`. */
-function startDaemon() {
+/** A free loopback TCP port. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Start snaprtcd with the test pattern (and RTSP on `rtspPort`); resolves once it logged `ready`. */
+function startDaemon(rtspPort) {
   return spawnDaemon(`
 [server]
 listen = "127.0.0.1:0"
@@ -38,16 +55,21 @@ width = ${WIDTH}
 height = ${HEIGHT}
 fps = ${FPS}
 
+[rtsp]
+enabled = true
+listen = "127.0.0.1:${rtspPort}"
+
 [mdns]
 enabled = false
 `, bin);
 }
 
-// Runs in the page (an init script): the stamp reader (a copy of the viewer page's, which
-// follows src/picture/stamp.rs), a WHEP connect and a SnapRTC connect, and the per-frame record.
-const pageHelpers = () => {
-  const canvas = document.createElement("canvas");
-  let ctx = null;
+/**
+ * The capture instant (ms since the epoch) in a stamp row, from the mean luma of each of its 78
+ * cells (src/picture/stamp.rs: guards, 64 bits, CRC-8), or null. Used here for the RTSP reader and,
+ * as its source text, in the page (one reader for both).
+ */
+function stampFromLevels(levels) {
   const crc8 = (bytes) => {
     let crc = 0;
     for (const b of bytes) {
@@ -56,6 +78,76 @@ const pageHelpers = () => {
     }
     return crc;
   };
+  const white = (levels[0] + levels[2] + levels[77]) / 3, black = (levels[1] + levels[3] + levels[76]) / 3;
+  if (white < black + 64) return null;
+  const bit = (i) => levels[i] > (white + black) / 2;
+  if (!bit(0) || bit(1) || !bit(2) || bit(3) || bit(76) || !bit(77)) return null;
+  const bytes = [];
+  for (let k = 0; k < 9; k++) {
+    let v = 0;
+    for (let i = 0; i < 8; i++) v = (v << 1) | (bit(4 + k * 8 + i) ? 1 : 0);
+    bytes.push(v);
+  }
+  if (crc8(bytes.slice(0, 8)) !== bytes[8]) return null;
+  let micros = 0n;
+  for (const v of bytes.slice(0, 8)) micros = (micros << 8n) | BigInt(v);
+  return Number(micros) / 1000;
+}
+
+/** The 78 cells' mean levels from a gray picture `width` wide (the middle half of each cell). */
+function levelsOfGray(gray, width, cell) {
+  const a = cell >> 2, b = cell - (cell >> 2);
+  return Array.from({ length: 78 }, (_, i) => {
+    let sum = 0;
+    for (let y = a; y < b; y++) for (let x = i * cell + a; x < i * cell + b; x++) sum += gray[y * width + x];
+    return sum / ((b - a) * (b - a));
+  });
+}
+
+/**
+ * RTSP with ffmpeg as the reader: TCP interleaved, no input buffering, gray pictures on stdout.
+ * Each picture's stamp is compared with the wall clock when its last byte arrives.
+ */
+async function measureRtsp(port) {
+  const cell = Math.floor(WIDTH / 80) & ~1;
+  const size = WIDTH * HEIGHT;
+  const ffmpeg = spawn("ffmpeg", ["-nostdin", "-loglevel", "error", "-fflags", "nobuffer", "-flags", "low_delay",
+    "-rtsp_transport", "tcp", "-i", `rtsp://127.0.0.1:${port}/stream`, "-an", "-threads", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+  { stdio: ["ignore", "pipe", "inherit"] });
+  const samples = [];
+  let frames = 0, misses = 0, recording = false, pending = [], have = 0;
+  ffmpeg.stdout.on("data", (chunk) => {
+    pending.push(chunk);
+    have += chunk.length;
+    while (have >= size) {
+      const all = Buffer.concat(pending);
+      const picture = all.subarray(0, size);
+      pending = [all.subarray(size)];
+      have -= size;
+      if (!recording) continue;
+      frames++;
+      const captured = stampFromLevels(levelsOfGray(picture, WIDTH, cell));
+      if (captured === null) misses++;
+      else samples.push(performance.timeOrigin + performance.now() - captured);
+    }
+  });
+  try {
+    await sleep(WARMUP_MS);
+    recording = true;
+    await sleep(WINDOW_MS);
+  } finally {
+    ffmpeg.kill();
+  }
+  if (frames === 0) throw new Error("rtsp: ffmpeg delivered no picture");
+  return { run: "rtsp", total: samples, receive: [], decode: [], present: [], misses, frames };
+}
+
+// Runs in the page (an init script): the stamp sampler (the cells' levels from a canvas; the
+// bits and CRC are stampFromLevels, put in the page as its source text), a WHEP connect and a
+// SnapRTC connect, and the per-frame record.
+const pageHelpers = () => {
+  const canvas = document.createElement("canvas");
+  let ctx = null;
   const readStamp = (source, width, height) => {
     const cell = Math.floor(width / 80) & ~1;
     if (cell < 2 || cell > height) return null;
@@ -74,21 +166,7 @@ const pageHelpers = () => {
       }
       return sum / ((b - a) * (b - a));
     };
-    const levels = Array.from({ length: 78 }, (_, i) => level(i));
-    const white = (levels[0] + levels[2] + levels[77]) / 3, black = (levels[1] + levels[3] + levels[76]) / 3;
-    if (white < black + 64) return null;
-    const bit = (i) => levels[i] > (white + black) / 2;
-    if (!bit(0) || bit(1) || !bit(2) || bit(3) || bit(76) || !bit(77)) return null;
-    const bytes = [];
-    for (let k = 0; k < 9; k++) {
-      let v = 0;
-      for (let i = 0; i < 8; i++) v = (v << 1) | (bit(4 + k * 8 + i) ? 1 : 0);
-      bytes.push(v);
-    }
-    if (crc8(bytes.slice(0, 8)) !== bytes[8]) return null;
-    let micros = 0n;
-    for (const v of bytes.slice(0, 8)) micros = (micros << 8n) | BigInt(v);
-    return Number(micros) / 1000;
+    return window.stampFromLevels(Array.from({ length: 78 }, (_, i) => level(i)));
   };
   // Every displayed frame: [capture → expected display, capture → last packet in, decode ms,
   // capture → handed to the compositor], or a miss.
@@ -169,6 +247,7 @@ const stats = (xs) => {
 
 /** Open a page on the daemon, connect by `how`, skip the warm-up, collect for the window. */
 async function measure(browser, daemon, run) {
+  if (run === "rtsp") return measureRtsp(daemon.rtspPort);
   const page = await browser.context.newPage();
   page.on("pageerror", (e) => console.error(`[${run}] pageerror: ${e}`));
   try {
@@ -188,6 +267,7 @@ async function measure(browser, daemon, run) {
       return { run, total: samples, receive: [], decode: [], present: [], misses: 0, frames: samples.length, shown };
     }
     await page.goto(daemon.base + "/health");
+    await page.evaluate(`window.stampFromLevels = ${stampFromLevels.toString()}`);
     await page.evaluate(pageHelpers);
     const low = run.endsWith("-jb0");
     if (run.startsWith("snaprtc")) {
@@ -236,7 +316,9 @@ try {
     const pooled = { run, total: [], receive: [], decode: [], present: [], misses: 0, frames: 0, shown: [], p50s: [], encodeMs: [] };
     for (let i = 0; i < REPEAT; i++) {
       // A fresh daemon per run: one viewer at a time, nothing left over from the last run.
-      const daemon = await startDaemon();
+      const rtspPort = await freePort();
+      const daemon = await startDaemon(rtspPort);
+      daemon.rtspPort = rtspPort;
       try {
         const r = await measure(browser, daemon, run);
         // The daemon's own share of capture → last packet in: openh264's time per picture.

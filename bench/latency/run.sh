@@ -9,7 +9,8 @@
 # Runs: whep (WHEP, Chromium's defaults), whep-jb0 (jitterBufferTarget = 0 and
 # playoutDelayHint = 0 on the receiver), whep-nopd (the answer without the playout-delay
 # extension: what it is worth), viewer (the viewer page at `/` and its stats line),
-# snaprtc (a SnapRTC initiator asking for video from the built-in capture member).
+# snaprtc (a SnapRTC initiator asking for video from the built-in capture member), rtsp (ffmpeg
+# reads rtsp://…/stream over TCP and decodes; the stamp is read from its output on arrival).
 # Needs root (namespace). Installs Chromium, Node.js and npm when missing. Not part of tests/run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
