@@ -312,7 +312,10 @@ async fn redis_lost_fails_only_what_needs_it_quickly_and_its_return_resubscribes
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let (a, b) = (instance(&redis, "", ""), instance(&redis, "", ""));
+    // The smallest backplane queue, and more sessions than it holds: the resubscription after
+    // Redis returns must not depend on the queue's size.
+    let small = "max_queued_messages = 16\n";
+    let (a, b) = (instance(&redis, small, ""), instance(&redis, small, ""));
     wait_up(&a);
     wait_up(&b);
     // A session spanning A and B, and one entirely on A.
@@ -320,6 +323,24 @@ async fn redis_lost_fails_only_what_needs_it_quickly_and_its_return_resubscribes
     exchange(&mut ia, &mut cb, "spans").await;
     let (mut l1, mut l2) = (open(a.addr).await, open(a.addr).await);
     exchange(&mut l1, &mut l2, "local").await;
+    let mut more = Vec::new();
+    for i in 0..24 {
+        let (mut x, mut y) = (open(a.addr).await, open(b.addr).await);
+        let session = format!("more-{i}");
+        assert_eq!(
+            call(&mut x, "1", "Sync", json!([session, false])).await,
+            None
+        );
+        assert_eq!(
+            call(&mut y, "1", "Sync", json!([session, true])).await,
+            None
+        );
+        assert_eq!(
+            x.read_non_ping().await,
+            invocation("signalStart", json!([]))
+        );
+        more.push((x, y));
+    }
 
     redis.kill();
     wait_until(Duration::from_secs(5), "A sees Redis gone", || {
@@ -374,6 +395,16 @@ async fn redis_lost_fails_only_what_needs_it_quickly_and_its_return_resubscribes
         "relay across instances again {:?} after Redis returned",
         returned.elapsed()
     );
+    // Every other spanning session is back too.
+    for (i, (x, y)) in more.iter_mut().enumerate() {
+        x.send_call("SignalCapture", json!([format!("more-{i}"), "again"]))
+            .await;
+        assert_eq!(
+            y.read_non_ping().await,
+            invocation("signalCapture", json!(["again"])),
+            "session more-{i}"
+        );
+    }
     // Places were restated: the fleet knows A's 3 members and B's 1 again.
     let places = back
         .command(&[b"HVALS", b"SignalingHub:snaprtcd:places:spans"])

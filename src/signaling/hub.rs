@@ -405,15 +405,11 @@ pub enum HubOutput {
     /// With a backplane: a member here left `session` (or was granted a place it no longer
     /// wants); give one place back.
     Release(SessionId),
-    /// With a backplane that has just (re)connected: this instance holds `count` places in
-    /// `session`. Sent for every session, after a [`HubOutput::Subscribe`] for it, so that what
-    /// Redis lost or missed while it was away is restated.
-    Restate {
-        /// The session.
-        session: SessionId,
-        /// Members of it here (the daemon's own capture side is not counted).
-        count: usize,
-    },
+    /// With a backplane that has just (re)connected: every session this instance needs, with
+    /// the places its members here hold (the daemon's own capture side is not counted).
+    /// Subscribe them all and restate the places, so that what Redis lost or missed while it
+    /// was away is put right. One output for all of them, however many there are.
+    Resync(Vec<(SessionId, usize)>),
 }
 
 /// Limits and behaviour of the hub.
@@ -704,19 +700,22 @@ impl Hub {
         }
         self.backplane_up = up;
         if up {
-            let mut subscribed: Vec<_> = self.subscribed.iter().cloned().collect();
-            subscribed.sort();
-            for session in subscribed {
-                self.outputs
-                    .push_back(HubOutput::Subscribe(session.clone()));
-                let count = self.sessions.get(&session).map_or(0, |s| {
-                    s.members
-                        .iter()
-                        .filter(|(m, _)| !self.locals.contains(m))
-                        .count()
-                });
-                self.outputs
-                    .push_back(HubOutput::Restate { session, count });
+            let mut sessions: Vec<(SessionId, usize)> = self
+                .subscribed
+                .iter()
+                .map(|session| {
+                    let count = self.sessions.get(session).map_or(0, |s| {
+                        s.members
+                            .iter()
+                            .filter(|(m, _)| !self.locals.contains(m))
+                            .count()
+                    });
+                    (session.clone(), count)
+                })
+                .collect();
+            sessions.sort();
+            if !sessions.is_empty() {
+                self.outputs.push_back(HubOutput::Resync(sessions));
             }
         }
     }
@@ -1287,7 +1286,7 @@ mod tests {
                 .collect();
             for hub in &mut hubs {
                 hub.handle_backplane(true);
-                assert!(drain(hub).is_empty(), "no sessions to restate yet");
+                assert!(drain(hub).is_empty(), "no sessions to resync yet");
             }
             Fleet {
                 hubs,
@@ -1348,8 +1347,11 @@ mod tests {
                                 let places = self.places.get_mut(&session).unwrap();
                                 places[i] = places[i].checked_sub(1).expect("released once");
                             }
-                            HubOutput::Restate { session, count } => {
-                                self.places.entry(session).or_insert(vec![0; n])[i] = count;
+                            HubOutput::Resync(sessions) => {
+                                for (session, count) in sessions {
+                                    self.subscribed[i].insert(session.clone());
+                                    self.places.entry(session).or_insert(vec![0; n])[i] = count;
+                                }
                             }
                             other => self.delivered[i].push(other),
                         }

@@ -78,6 +78,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most commands sent to Redis in one pipeline.
 const MAX_BATCH: usize = 256;
 
+/// Sessions per `SUBSCRIBE` and per pipeline when resubscribing after a reconnect.
+const RESYNC_CHUNK: usize = 1000;
+
 /// What the hub (through its task) asks of Redis.
 #[derive(Debug)]
 pub enum Op {
@@ -101,13 +104,9 @@ pub enum Op {
     },
     /// Give one place in the session back.
     Release(SessionId),
-    /// This instance holds `count` places in the session.
-    Restate {
-        /// The session.
-        session: SessionId,
-        /// Places held here.
-        count: usize,
-    },
+    /// Subscribe every one of these sessions and restate the places this instance holds in
+    /// each (after a reconnect).
+    Resync(Vec<(SessionId, usize)>),
     /// Store a negotiate token for the fleet; the reply says whether it was stored.
     StoreToken {
         /// The token.
@@ -502,11 +501,12 @@ impl Task {
                     }
                     within(c.sink.unsubscribe(&channels)).await
                 }
+                Op::Resync(sessions) => self.resync(c, &sessions).await,
                 op => {
                     let mut run = vec![op];
-                    while let Some(next) =
-                        ops.next_if(|op| !matches!(op, Op::Subscribe(_) | Op::Unsubscribe(_)))
-                    {
+                    while let Some(next) = ops.next_if(|op| {
+                        !matches!(op, Op::Subscribe(_) | Op::Unsubscribe(_) | Op::Resync(_))
+                    }) {
                         run.push(next);
                     }
                     self.pipeline(c, run).await
@@ -514,6 +514,45 @@ impl Task {
             };
         }
         result
+    }
+
+    /// Subscribe every session again and restate the places held in each, in chunks (one
+    /// `SUBSCRIBE` and one pipeline per [`RESYNC_CHUNK`] sessions), whatever their number.
+    async fn resync(
+        &self,
+        c: &mut Connected,
+        sessions: &[(SessionId, usize)],
+    ) -> Result<(), RedisError> {
+        for chunk in sessions.chunks(RESYNC_CHUNK) {
+            let channels: Vec<String> = chunk
+                .iter()
+                .map(|(session, _)| group_channel(&self.keys.prefix, session))
+                .collect();
+            within(c.sink.subscribe(&channels)).await?;
+            let mut pipe = redis::pipe();
+            for (session, count) in chunk {
+                let key = self.keys.places(session);
+                if *count == 0 {
+                    pipe.cmd("HDEL").arg(key).arg(&self.keys.instance).ignore();
+                } else {
+                    pipe.cmd("HSET")
+                        .arg(&key)
+                        .arg(&self.keys.instance)
+                        .arg(*count)
+                        .ignore()
+                        .cmd("EXPIRE")
+                        .arg(&key)
+                        .arg(PLACES_EXPIRY_SECS)
+                        .ignore();
+                }
+            }
+            pipe.query_async::<()>(&mut c.conn).await?;
+        }
+        info!(
+            sessions = sessions.len(),
+            "backplane: sessions subscribed again and places restated"
+        );
+        Ok(())
     }
 
     /// One pipeline for `run` (no subscriptions in it), each op answered from its own reply.
@@ -545,20 +584,9 @@ impl Task {
                         .arg(self.keys.places(session))
                         .arg(instance);
                 }
-                Op::Restate { session, count: 0 } => {
-                    pipe.cmd("HDEL")
-                        .arg(self.keys.places(session))
-                        .arg(instance);
-                }
-                Op::Restate { session, count } => {
-                    // One command: HSET then EXPIRE would be two replies for one op.
-                    pipe.cmd("EVAL")
-                        .arg("redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]); return redis.call('EXPIRE', KEYS[1], ARGV[3])")
-                        .arg(1)
-                        .arg(self.keys.places(session))
-                        .arg(instance)
-                        .arg(*count)
-                        .arg(PLACES_EXPIRY_SECS);
+                // Never here: `execute` carries these out itself.
+                Op::Resync(_) => {
+                    pipe.cmd("PING");
                 }
                 Op::StoreToken { token, .. } => {
                     pipe.cmd("SET")
@@ -629,7 +657,7 @@ impl Task {
                     })
                     .await;
             }
-            Op::Release(session) | Op::Restate { session, .. } => {
+            Op::Release(session) => {
                 if let Err(e) = reply {
                     warn!(%session, error = %e, "backplane: could not update the session's places");
                 }
@@ -644,7 +672,7 @@ impl Task {
                     Err(_) => None,
                 });
             }
-            Op::Subscribe(_) | Op::Unsubscribe(_) => {}
+            Op::Subscribe(_) | Op::Unsubscribe(_) | Op::Resync(_) => {}
         }
     }
 
@@ -670,7 +698,7 @@ impl Task {
             Op::TakeToken { reply, .. } => {
                 let _ = reply.send(None);
             }
-            Op::Subscribe(_) | Op::Unsubscribe(_) | Op::Release(_) | Op::Restate { .. } => {}
+            Op::Subscribe(_) | Op::Unsubscribe(_) | Op::Release(_) | Op::Resync(_) => {}
         }
     }
 }

@@ -879,9 +879,7 @@ impl HubTask {
                     self.send_backplane(Op::Reserve { member, session })
                 }
                 HubOutput::Release(session) => self.send_backplane(Op::Release(session)),
-                HubOutput::Restate { session, count } => {
-                    self.send_backplane(Op::Restate { session, count })
-                }
+                HubOutput::Resync(sessions) => self.send_backplane(Op::Resync(sessions)),
             }
         }
         for member in dropped {
@@ -1016,8 +1014,8 @@ mod tests {
         assert!(!task.stalled && task.hub.backplane_up());
         let again = std::iter::from_fn(|| queued.try_recv().ok()).collect::<Vec<_>>();
         assert!(
-            matches!(again.first(), Some(Op::Subscribe(s)) if s.as_str() == "a"),
-            "{again:?}"
+            matches!(again.as_slice(), [Op::Resync(all)] if all.len() == 1 && all[0].0.as_str() == "a"),
+            "one resync, with session a: {again:?}"
         );
     }
 }
