@@ -216,14 +216,16 @@ async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
     let mut sub = media.subscribe();
     wait_state(&media, CameraState::Streaming).await;
+    // Pictures from the program (not the slate) reach the encoder and the subscriber. The
+    // encoder opens for the first picture after someone subscribed, so its name is read after
+    // that picture (read at once, it raced the media thread: "" under load).
+    let first = next(&mut sub).await;
+    assert!(first.keyframe, "a subscriber starts at an IDR");
     let status = media.status();
     assert_eq!(status.format, "YUYV");
     assert_eq!(status.encoder, "openh264");
-    // Pictures from the program (not the slate) reach the encoder and the subscriber.
     let captured = MediaCounters::get(&media.counters().frames_captured);
     assert!(captured > 0, "no picture captured");
-    let first = next(&mut sub).await;
-    assert!(first.keyframe, "a subscriber starts at an IDR");
     let jpeg = timeout(WAIT, media.still(256 * 1024))
         .await
         .unwrap()
