@@ -29,7 +29,7 @@ use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
 use super::core::{Core, CoreEvent, CoreTransmit, Via};
 use super::offer::SdpLimits;
 use super::{Command, RtcHandle, Shared, ViewerId};
-use crate::config::Config;
+use crate::config::{Config, IceConfig};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
 
@@ -57,6 +57,8 @@ pub struct EngineSettings {
     pub silence_timeout: Duration,
     /// `[server] max_sdp_*`: budgets for offers and trickle fragments.
     pub sdp_limits: SdpLimits,
+    /// `[ice]`: STUN and TURN servers, full ICE or ICE-lite (the default: LAN only).
+    pub ice: IceConfig,
 }
 
 impl EngineSettings {
@@ -72,6 +74,7 @@ impl EngineSettings {
             snapshot_on_connect: config.snapshot.on_connect,
             silence_timeout: super::SILENCE_TIMEOUT,
             sdp_limits: SdpLimits::from_config(s),
+            ice: config.ice.clone(),
         }
     }
 }
@@ -115,6 +118,7 @@ impl Engine {
                 snapshot_on_connect: settings.snapshot_on_connect,
                 silence_timeout: settings.silence_timeout,
                 sdp_limits: settings.sdp_limits,
+                full_ice: settings.ice.full_ice(),
                 slots: Arc::default(),
                 rtc_built: Default::default(),
             }),

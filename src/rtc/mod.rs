@@ -196,6 +196,8 @@ pub(crate) struct Shared {
     pub silence_timeout: Duration,
     /// Budgets for offers and trickle fragments.
     pub sdp_limits: SdpLimits,
+    /// Full ICE instead of ICE-lite (`[ice] mode`).
+    pub full_ice: bool,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -328,7 +330,7 @@ pub(crate) fn accept_offer(
     let offer =
         SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
-    let mut rtc = new_rtc(now);
+    let mut rtc = new_rtc(now, shared.full_ice);
     shared.rtc_built.fetch_add(1, Ordering::Relaxed);
     for c in &shared.candidates {
         rtc.add_local_candidate(c.clone());
@@ -374,11 +376,12 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
     Ok(())
 }
 
-/// A fresh `Rtc` as every viewer gets it: ICE-lite (the device has only host candidates and
-/// the browser does the checks), H.264 CB only, room for a 256 KiB still in the SCTP buffer.
-fn new_rtc(now: Instant) -> Rtc {
+/// A fresh `Rtc` as every viewer gets it: ICE-lite unless `full_ice` (with host candidates
+/// only the browser does the checks; with STUN/TURN servers both sides check pairs), H.264 CB
+/// only, room for a 256 KiB still in the SCTP buffer.
+fn new_rtc(now: Instant, full_ice: bool) -> Rtc {
     let mut cfg = RtcConfig::new()
-        .set_ice_lite(true)
+        .set_ice_lite(!full_ice)
         .clear_codecs()
         .set_sctp_max_buffered_amount(2 * MAX_STILL_BYTES)
         // Lets the player render at once instead of buffering (live camera, LAN).

@@ -32,6 +32,7 @@ fn shared(silence: Duration) -> Arc<Shared> {
         snapshot_on_connect: true,
         silence_timeout: silence,
         sdp_limits: Default::default(),
+        full_ice: false,
         slots: Arc::new(AtomicUsize::new(0)),
         rtc_built: AtomicU64::new(0),
     })
