@@ -11,6 +11,7 @@
 //! - [`backplane`]: the Redis backplane's wire format (ASP.NET Core SignalR's channel names
 //!   and MessagePack envelope), pure.
 //! - [`redis`]: the backplane task that owns the Redis connections (IO only).
+//! - [`remote`]: dial-out to a remote hub as the capture side of a session (pure).
 
 pub mod backplane;
 pub mod capture;
@@ -18,6 +19,7 @@ pub mod go2rtc;
 pub mod hub;
 pub mod lzstring;
 pub mod redis;
+pub mod remote;
 pub mod signalr;
 pub mod snappeer;
 pub mod ws;
