@@ -868,7 +868,10 @@ impl RemoteUrl {
                 "{url:?} must not carry user info; put a token in `token`"
             ));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(format!("{url:?} names no host"));
         }
@@ -882,7 +885,11 @@ impl RemoteUrl {
             None => 80,
         };
         let path = uri.path().trim_end_matches('/');
-        let path = if path.is_empty() { "/snaprtc-hub" } else { path };
+        let path = if path.is_empty() {
+            "/snaprtc-hub"
+        } else {
+            path
+        };
         Ok(RemoteUrl {
             tls,
             host: host.to_owned(),
@@ -906,7 +913,10 @@ fn validate_remotes(remotes: &[RemoteConfig]) -> Result<(), Invalid> {
         let url = match RemoteUrl::parse(&r.url) {
             Ok(url) => url,
             Err(_) if r.url.is_empty() => {
-                return bad("remote.url", format!("entry {n}: must be set (the hub's http(s):// URL)"))
+                return bad(
+                    "remote.url",
+                    format!("entry {n}: must be set (the hub's http(s):// URL)"),
+                )
             }
             Err(e) => return bad("remote.url", format!("entry {n}: {e}")),
         };
@@ -937,7 +947,9 @@ fn validate_remotes(remotes: &[RemoteConfig]) -> Result<(), Invalid> {
         if r.token.len() > 4096 || r.token.chars().any(|c| !c.is_ascii_graphic()) {
             return bad(
                 "remote.token",
-                format!("entry {n}: must be at most 4096 printable ASCII characters without spaces"),
+                format!(
+                    "entry {n}: must be at most 4096 printable ASCII characters without spaces"
+                ),
             );
         }
         let durations = [
@@ -974,7 +986,10 @@ fn validate_remotes(remotes: &[RemoteConfig]) -> Result<(), Invalid> {
         if !(4096..=16 << 20).contains(&r.max_message_bytes) {
             return bad(
                 "remote.max_message_bytes",
-                format!("entry {n}: {} is not in 4096..=16777216", r.max_message_bytes),
+                format!(
+                    "entry {n}: {} is not in 4096..=16777216",
+                    r.max_message_bytes
+                ),
             );
         }
     }
@@ -1217,7 +1232,11 @@ fn validate_relay(c: &Config) -> Result<(), Invalid> {
                 "{} [[remote]] entr{} given, but [camera] source = \"none\" (the relay role) \
                  has no camera to offer a remote hub; remove them, or choose a camera source",
                 c.remote.len(),
-                if c.remote.len() == 1 { "y is" } else { "ies are" }
+                if c.remote.len() == 1 {
+                    "y is"
+                } else {
+                    "ies are"
+                }
             ),
         );
     }
@@ -1856,25 +1875,63 @@ mod tests {
         assert_eq!(ok.remote.len(), 2);
         assert_eq!(ok.remote[0].session, "device-id");
         let url = RemoteUrl::parse(&ok.remote[1].url).unwrap();
-        assert_eq!((url.tls, url.port, url.path.as_str()), (false, 8080, "/hub"));
+        assert_eq!(
+            (url.tls, url.port, url.path.as_str()),
+            (false, 8080, "/hub")
+        );
         let url = RemoteUrl::parse(&ok.remote[0].url).unwrap();
-        assert_eq!((url.tls, url.port, url.path.as_str()), (true, 443, "/snaprtc-hub"));
+        assert_eq!(
+            (url.tls, url.port, url.path.as_str()),
+            (true, 443, "/snaprtc-hub")
+        );
         let cases = [
             ("[[remote]]\n", "remote.url", "must be set"),
             ("[[remote]]\nurl = \"ftp://x\"\n", "remote.url", "http://"),
-            ("[[remote]]\nurl = \"http://u:p@x\"\n", "remote.url", "user info"),
-            ("[[remote]]\nurl = \"http://x/?a=1\"\n", "remote.url", "query"),
-            ("[[remote]]\nurl = \"http://x\"\nsession = \"a b\"\n", "remote.session", "entry 1"),
+            (
+                "[[remote]]\nurl = \"http://u:p@x\"\n",
+                "remote.url",
+                "user info",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x/?a=1\"\n",
+                "remote.url",
+                "query",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nsession = \"a b\"\n",
+                "remote.session",
+                "entry 1",
+            ),
             (
                 "[[remote]]\nurl = \"http://x\"\n[[remote]]\nurl = \"http://x/snaprtc-hub\"\n",
                 "remote.session",
                 "entry 2: session \"device-id\" on http://x/snaprtc-hub is listed twice",
             ),
-            ("[[remote]]\nurl = \"http://x\"\nannounce_interval = \"2s\"\n", "remote.announce_interval", "2s is not between 6s"),
-            ("[[remote]]\nurl = \"http://x\"\nserver_timeout = \"10s\"\n", "remote.server_timeout", "longer than keepalive"),
-            ("[[remote]]\nurl = \"http://x\"\ntoken = \"a b\"\n", "remote.token", "printable"),
-            ("[[remote]]\nurl = \"http://x\"\nmax_message_bytes = 10\n", "remote.max_message_bytes", "10 is not in"),
-            ("[camera]\nsource = \"none\"\n[[remote]]\nurl = \"http://x\"\n", "remote", "relay role"),
+            (
+                "[[remote]]\nurl = \"http://x\"\nannounce_interval = \"2s\"\n",
+                "remote.announce_interval",
+                "2s is not between 6s",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nserver_timeout = \"10s\"\n",
+                "remote.server_timeout",
+                "longer than keepalive",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\ntoken = \"a b\"\n",
+                "remote.token",
+                "printable",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nmax_message_bytes = 10\n",
+                "remote.max_message_bytes",
+                "10 is not in",
+            ),
+            (
+                "[camera]\nsource = \"none\"\n[[remote]]\nurl = \"http://x\"\n",
+                "remote",
+                "relay role",
+            ),
         ];
         for (text, key, message) in cases {
             let err = Config::from_toml(text, "a").unwrap_err();

@@ -3,7 +3,7 @@
 //!
 //! A [`Remote`] is one remote session's client state: the SignalR JSON protocol as a client
 //! (handshake, keep-alive pings, server timeout, reconnection with backoff) and the capture
-//! side's duty in the session. The shell (`dialout`) negotiates and opens
+//! side's duty in the session. The shell ([`dialout`](super::dialout)) negotiates and opens
 //! the WebSocket when asked ([`RemoteOutput::Connect`]), writes [`RemoteOutput::Send`] frames,
 //! drops the socket on [`RemoteOutput::Close`], hands offers ([`RemoteOutput::Offer`]) to the
 //! engine and the answers back ([`Remote::handle_answer`]). **Draining rule:** after every
@@ -278,8 +278,7 @@ fn decode_handshake(record: &[u8]) -> Result<Option<String>, CodecError> {
         error: Option<String>,
     }
     check_depth(record, MAX_JSON_DEPTH)?;
-    let wire: Wire =
-        serde_json::from_slice(record).map_err(|e| CodecError::Json(e.to_string()))?;
+    let wire: Wire = serde_json::from_slice(record).map_err(|e| CodecError::Json(e.to_string()))?;
     Ok(wire.error)
 }
 
@@ -571,7 +570,9 @@ impl Remote {
                 return Err(CodecError::Malformed("signalCapture takes one argument").into());
             };
             if !payload.get().starts_with('"') {
-                return Err(CodecError::Malformed("signalCapture's argument is not a string").into());
+                return Err(
+                    CodecError::Malformed("signalCapture's argument is not a string").into(),
+                );
             }
             match self.duty {
                 Duty::Idle { .. } => {
@@ -748,7 +749,10 @@ mod tests {
         assert_eq!(drain(&mut r), vec![RemoteOutput::Connect]);
         r.handle_open(start_on_join, t0);
         let hs = drain(&mut r);
-        assert_eq!(sent(&hs), vec!["{\"protocol\":\"json\",\"version\":1}\u{1e}"]);
+        assert_eq!(
+            sent(&hs),
+            vec!["{\"protocol\":\"json\",\"version\":1}\u{1e}"]
+        );
         assert_eq!(r.state(), RemoteState::Connecting);
         r.handle_text(b"{}\x1e", t0);
         let out = drain(&mut r);
@@ -797,7 +801,10 @@ mod tests {
         }
         assert_eq!(announces(&out), 0);
         // Keep-alive pings instead, every 15 s.
-        let pings = sent(&out).iter().filter(|s| *s == "{\"type\":6}\u{1e}").count();
+        let pings = sent(&out)
+            .iter()
+            .filter(|s| *s == "{\"type\":6}\u{1e}")
+            .count();
         assert_eq!(pings, 4, "{out:?}");
         assert_eq!(r.state(), RemoteState::Idle);
     }
@@ -815,7 +822,10 @@ mod tests {
         // The engine takes 2 s to answer; nothing is announced meanwhile.
         let out = run(&mut r, t0 + 10 * S, t0 + 11 * S, S / 4);
         assert_eq!(announces(&out), 0);
-        r.handle_answer(RawJson::from_string("\"ANSWER\"".into()).unwrap(), t0 + 11 * S);
+        r.handle_answer(
+            RawJson::from_string("\"ANSWER\"".into()).unwrap(),
+            t0 + 11 * S,
+        );
         let out = drain(&mut r);
         let texts = sent(&out);
         assert_eq!(texts.len(), 1);
@@ -850,7 +860,10 @@ mod tests {
         let out = run(&mut r, t0 + 31 * S, t0 + 31 * S, S);
         assert_eq!(announces(&out), 1);
         // The answer of the timed-out exchange still goes out if it comes.
-        r.handle_answer(RawJson::from_string("\"late\"".into()).unwrap(), t0 + 32 * S);
+        r.handle_answer(
+            RawJson::from_string("\"late\"".into()).unwrap(),
+            t0 + 32 * S,
+        );
         assert_eq!(sent(&drain(&mut r)).len(), 1);
     }
 
@@ -863,7 +876,11 @@ mod tests {
         r.handle_answer(RawJson::from_string("\"A\"".into()).unwrap(), t0 + 2 * S);
         drain(&mut r);
         let out = run(&mut r, t0 + 2 * S, t0 + 12 * S, S);
-        assert_eq!(announces(&out), 1, "ready again once the initiator had its interval");
+        assert_eq!(
+            announces(&out),
+            1,
+            "ready again once the initiator had its interval"
+        );
         let out = run(&mut r, t0 + 13 * S, t0 + 60 * S, S);
         assert_eq!(announces(&out), 0);
     }
@@ -871,7 +888,10 @@ mod tests {
     #[test]
     fn echoes_are_ignored() {
         let (mut r, t0, _) = connected(false);
-        r.handle_text(b"{\"type\":1,\"target\":\"signalStart\",\"arguments\":[]}\x1e", t0);
+        r.handle_text(
+            b"{\"type\":1,\"target\":\"signalStart\",\"arguments\":[]}\x1e",
+            t0,
+        );
         r.handle_text(b"{\"type\":3,\"invocationId\":\"1\"}\x1e", t0);
         r.handle_text(OFFER, t0 + S);
         drain(&mut r);
@@ -987,7 +1007,12 @@ mod tests {
             let (mut r, t0, _) = connected(false);
             r.handle_text(case, t0);
             let out = drain(&mut r);
-            assert_eq!(out, vec![RemoteOutput::Close], "{}", String::from_utf8_lossy(case));
+            assert_eq!(
+                out,
+                vec![RemoteOutput::Close],
+                "{}",
+                String::from_utf8_lossy(case)
+            );
             assert_eq!(r.state(), RemoteState::Reconnecting);
         }
     }
@@ -998,7 +1023,10 @@ mod tests {
         let mut r = Remote::new(settings(), t0, 1);
         r.handle_open(false, t0);
         drain(&mut r);
-        r.handle_text(b"{\"error\":\"Requested protocol 'json' is not available.\"}\x1e", t0);
+        r.handle_text(
+            b"{\"error\":\"Requested protocol 'json' is not available.\"}\x1e",
+            t0,
+        );
         assert_eq!(drain(&mut r), vec![RemoteOutput::Close]);
         assert!(r.error().unwrap().contains("not available"));
     }
@@ -1020,8 +1048,14 @@ mod tests {
     fn unknown_message_types_and_targets_are_ignored() {
         let (mut r, t0, _) = connected(false);
         r.handle_text(b"{\"type\":2,\"invocationId\":\"9\",\"item\":1}\x1e", t0);
-        r.handle_text(b"{\"type\":1,\"target\":\"newThing\",\"arguments\":[]}\x1e", t0);
-        r.handle_text(b"{\"type\":3,\"invocationId\":\"77\",\"error\":\"not ours\"}\x1e", t0);
+        r.handle_text(
+            b"{\"type\":1,\"target\":\"newThing\",\"arguments\":[]}\x1e",
+            t0,
+        );
+        r.handle_text(
+            b"{\"type\":3,\"invocationId\":\"77\",\"error\":\"not ours\"}\x1e",
+            t0,
+        );
         assert!(drain(&mut r).is_empty());
         assert_eq!(r.state(), RemoteState::Idle);
     }

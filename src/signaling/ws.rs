@@ -287,6 +287,13 @@ impl SignalingHandle {
         self.call(Command::Stats { reply }, rx).await
     }
 
+    /// Whether this hub starts initiators that join a session where a ready capture side
+    /// waits ([`Hub::starts_on_join`]): yes without a backplane. Negotiate says so to clients
+    /// in the [`START_ON_JOIN_HEADER`](super::remote::START_ON_JOIN_HEADER) header.
+    pub fn starts_on_join(&self) -> bool {
+        self.backplane.is_none()
+    }
+
     /// The path of the hub.
     pub fn hub_path(&self) -> &str {
         &self.config.hub_path
