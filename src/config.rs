@@ -519,6 +519,11 @@ pub struct SignalingConfig {
     pub max_members_per_session: usize,
     /// Messages queued towards one client; a client that lets it fill is disconnected.
     pub max_queued_messages: usize,
+    /// Behave like the original ASP.NET server, for testing clients against it: every relayed
+    /// message (and `signalStart`) also goes back to its sender, and an initiator joining a
+    /// waiting capture side is not started at once.
+    #[serde(default)]
+    pub echo_to_sender: bool,
 }
 
 impl Default for SignalingConfig {
@@ -536,6 +541,7 @@ impl Default for SignalingConfig {
             max_sessions: 10000,
             max_members_per_session: 8,
             max_queued_messages: 64,
+            echo_to_sender: false,
         }
     }
 }

@@ -47,11 +47,19 @@ async fn initiate(hub: std::net::SocketAddr, session: &str, frames: usize) -> Cl
     let mut init = Client::open(hub).await;
     init.invoke("1", "Sync", json!([session, false])).await;
     until(&mut init, "signalStart").await;
+    let extra = exchange(&mut init, session, frames).await;
+    assert_eq!(extra, 0, "a second signalStart during the exchange");
+    init
+}
+
+/// After `signalStart`: offer, take the answer, get a still (and `frames` frames). Returns how
+/// many more `signalStart`s came meanwhile (a stock page would have built a second peer).
+async fn exchange(init: &mut Client, session: &str, frames: usize) -> usize {
     let (mut peer, offer, pending) = support::Peer::new().await;
     let payload = json!({"type": "offer", "sdp": offer}).to_string();
     init.invoke("2", "SignalCapture", json!([session, payload]))
         .await;
-    let (answer, _) = until(&mut init, "signalInitiator").await;
+    let (answer, before) = until(init, "signalInitiator").await;
     let signal: serde_json::Value =
         serde_json::from_str(answer["arguments"][0].as_str().unwrap()).unwrap();
     assert_eq!(signal["type"], "answer", "{signal}");
@@ -61,7 +69,16 @@ async fn initiate(hub: std::net::SocketAddr, session: &str, frames: usize) -> Cl
     if frames > 0 {
         peer.frames(frames).await;
     }
-    init
+    // What else reached the page by the time it has its picture (and would leave the hub).
+    let mut after = Vec::new();
+    while let Some(Read::Record(r)) = init.read_within(Duration::from_millis(100)).await {
+        after.push(r);
+    }
+    before
+        .iter()
+        .chain(&after)
+        .filter(|r| r["type"] == 1 && r["target"] == "signalStart")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,4 +117,52 @@ async fn the_device_reconnects_and_rejoins_after_the_hub_restarts() {
     assert!(line.contains("remote hub: idle"), "{line}");
     initiate(addr, "dev-2", 0).await;
     eprintln!("reconnected and served within {:?}", started.elapsed());
+}
+
+/// Issue 13 case (g) against a hub that behaves like the original server (echoes, no start on
+/// join): initiators one after another each get exactly one `signalStart`, also the one that
+/// joins while another is gathering and negotiating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initiators_in_turn_on_an_echoing_hub_each_get_one_signal_start() {
+    let relay = Daemon::start(&format!("{RELAY}[signaling]\necho_to_sender = true\n"));
+    let mut cam = device(relay.addr, "dev-3", "announce_interval = \"6s\"\n");
+    cam.wait_for_log("remote hub: idle", common::START_TIMEOUT);
+    assert_eq!(health(&cam)["remotes"][0]["start_on_join"], false);
+    let started = std::time::Instant::now();
+
+    // A joins, and starts with the device's next announce.
+    let mut a = Client::open(relay.addr).await;
+    a.invoke("1", "Sync", json!(["dev-3", false])).await;
+    until(&mut a, "signalStart").await;
+    // B joins while A gathers (a browser may take seconds; simple-peer stops at 5 s).
+    let mut b = Client::open(relay.addr).await;
+    b.invoke("1", "Sync", json!(["dev-3", false])).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // A's gathering, not a synchronisation
+    assert_eq!(
+        exchange(&mut a, "dev-3", 0).await,
+        0,
+        "A got a second signalStart"
+    );
+    let a_done = std::time::Instant::now();
+    drop(a); // a stock page leaves the hub once connected
+
+    // B starts only now, once.
+    let (_, before) = until(&mut b, "signalStart").await;
+    assert!(
+        a_done.elapsed() > Duration::from_secs(1),
+        "B started while A was being served"
+    );
+    assert!(!before.iter().any(|r| r["target"] == "signalStart"));
+    assert_eq!(
+        exchange(&mut b, "dev-3", 0).await,
+        0,
+        "B got a second signalStart"
+    );
+    drop(b);
+
+    // C comes later, and is served the same way.
+    let c = initiate(relay.addr, "dev-3", 0).await;
+    drop(c);
+    let h = health(&cam);
+    eprintln!("three initiators in {:?}; {h}", started.elapsed());
 }

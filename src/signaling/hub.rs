@@ -8,7 +8,8 @@
 //! | `SignalInitiator(session, payload)` | `signalInitiator(payload)` to the others              |
 //!
 //! The original server also echoes relayed messages to the sender; no SnapRTC client reacts to
-//! its own echo, so this hub does not send it. Payloads are relayed byte for byte (raw JSON).
+//! its own echo, so this hub does not send it (unless asked to, [`Hub::echo_to_sender`], to
+//! test clients against the original). Payloads are relayed byte for byte (raw JSON).
 //!
 //! Members are remote connections or the daemon's own capture side: both use the same member
 //! API ([`Hub::join`] or [`Hub::join_local`], [`Hub::signal`]), and the hub tells the shell, through
@@ -450,6 +451,9 @@ pub struct Hub {
     /// An initiator that joins a session where a ready capture side waits gets `signalStart`
     /// at once ([`Hub::starts_on_join`]); not yet across a backplane.
     start_on_join: bool,
+    /// Relayed messages go back to their sender too, as on the original server
+    /// ([`Hub::echo_to_sender`]).
+    echo: bool,
 }
 
 /// A `Sync` waiting for its fleet-wide place.
@@ -475,7 +479,17 @@ impl Hub {
             pending: HashMap::new(),
             subscribed: std::collections::HashSet::new(),
             start_on_join: true,
+            echo: false,
         }
+    }
+
+    /// Behave like the original ASP.NET server (`[signaling] echo_to_sender`): every relayed
+    /// message, `signalStart` included, also goes to its sender (when it is a connection), and
+    /// initiators are not started on join. For testing clients against that behaviour.
+    pub fn echo_to_sender(mut self) -> Self {
+        self.echo = true;
+        self.start_on_join = false;
+        self
     }
 
     /// Whether an initiator that `Sync`s (not ready) into a session where a ready capture side
@@ -843,7 +857,8 @@ impl Hub {
         };
         let mut delivered = 0;
         for &(to, _) in &s.members {
-            if to != from {
+            let echo = self.echo && !self.locals.contains(&to);
+            if to != from || echo {
                 delivered += 1;
                 self.outputs.push_back(HubOutput::Deliver {
                     to,
@@ -1220,6 +1235,33 @@ mod tests {
         // Another capture side joining as not ready gets nothing; no capture side, nothing.
         call(&mut h, 4, None, sync("c", false));
         assert!(drain(&mut h).is_empty());
+    }
+
+    #[test]
+    fn echo_to_sender_behaves_like_the_original_server() {
+        let mut h = hub().echo_to_sender();
+        assert!(!h.starts_on_join());
+        call(&mut h, 1, None, sync("a", true));
+        assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
+        call(&mut h, 2, None, sync("a", false));
+        assert!(drain(&mut h).is_empty(), "no start on join");
+        let p = raw("\"x\"");
+        call(
+            &mut h,
+            2,
+            None,
+            Method::SignalCapture {
+                session: sid("a"),
+                payload: p.clone(),
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                deliver(1, Outbound::SignalCapture(p.clone())),
+                deliver(2, Outbound::SignalCapture(p)),
+            ]
+        );
     }
 
     #[test]
