@@ -1,0 +1,203 @@
+// The NAT lab (issue 13, item 7): a device and a browser, each behind its own NAT router, meet
+// across a small "internet" that holds coturn (STUN and TURN) and a snaprtcd relay hub. Each case
+// prints the selected ICE candidate pair that Chromium's getStats reports ("natlab: …" lines,
+// collected by run.sh). Topology: topo.sh. Run through run.sh (root; it starts this file inside
+// the internet namespace).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  NS, SERVERS, DEVICE_PUBLIC, HUB, TURN_PORT, TURN_USER, TURN_PASS,
+  cleanupWork, setNat, topo, waitFor, startCoturn, startRelay, startDevice, deviceHealth,
+  startPageServer, launchBrowser, pairText, summary,
+} from './lab.mjs';
+
+const STUN = `stun:${SERVERS}:${TURN_PORT}`;
+const turnUrl = (transport) => `turn:${SERVERS}:${TURN_PORT}?transport=${transport}`;
+
+/**
+ * The device's [ice] section. NATLAB_WITHOUT_ICE=1 leaves it out (a build without [ice], or the
+ * control run: the device is then ICE-lite with host candidates only and (a)–(c) must fail).
+ */
+function iceSection({ stun = true, turn = null, credential = TURN_PASS } = {}) {
+  if (process.env.NATLAB_WITHOUT_ICE === '1') return '';
+  const lines = ['[ice]'];
+  lines.push(`stun_servers = [${stun ? `"${STUN}"` : ''}]`);
+  if (turn) lines.push(`turn_servers = [{ url = "${turnUrl(turn)}", username = "${TURN_USER}", credential = "${credential}" }]`);
+  return lines.join('\n') + '\n';
+}
+
+/** The device's [[remote]] section: dial out to the lab's relay hub, waiting in `session`. */
+const remoteSection = (session) => `
+[[remote]]
+url = "${HUB}"
+session = "${session}"
+`;
+
+let coturn, browser, pages;
+let device = null;
+let relay = null;
+
+before(async () => {
+  coturn = await startCoturn();
+  pages = await startPageServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await device?.stop();
+  await relay?.stop();
+  await coturn?.stop();
+  await pages?.close();
+  cleanupWork();
+});
+
+async function restartDevice(extra) {
+  await device?.stop();
+  device = null;
+  device = await startDevice(extra);
+  return device;
+}
+
+const tail = (p, n = 40) => (p ? p.log.slice(-n).join('\n') : '(not running)');
+
+/** The device's viewer page (WHEP) through the forwarded port: frames, a still, the pair. */
+async function viewerPage(what) {
+  const page = await browser.newPage();
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  try {
+    await page.goto(`http://${DEVICE_PUBLIC}:8080/`);
+    await waitFor(() => page.evaluate(() => window.snaprtc.framesDecoded >= 5), 20000, `${what}: 5 decoded frames`);
+    await waitFor(() => page.evaluate(() => window.snaprtc.stills >= 1), 10000, `${what}: a still on connect`);
+    const pair = await waitFor(() => page.evaluate(() => window.__selectedPair()), 5000, `${what}: a selected pair`);
+    return pair;
+  } catch (e) {
+    const st = await page.evaluate(async () => ({
+      snaprtc: window.snaprtc, pcs: window.__pcs.length, pair: await window.__selectedPair(),
+      configs: window.__pcs.map((p) => p.config),
+    })).catch((err) => String(err));
+    throw new Error(`${e.message}\npage: ${JSON.stringify(st)}\nconsole:\n${consoleLines.slice(-20).join('\n')}\ndevice log:\n${tail(device)}`);
+  } finally {
+    await page.close();
+  }
+}
+
+test('(a) cone NATs: the viewer page reaches the device by WHEP; the pair is server-reflexive', async () => {
+  setNat('cone', 'cone');
+  await restartDevice(iceSection());
+  const pair = await viewerPage('(a)');
+  summary(`(a) cone NATs, WHEP viewer page: ${pairText(pair)}`);
+  assert.ok(['srflx', 'prflx'].includes(pair.remote.type) || ['srflx', 'prflx'].includes(pair.local.type),
+    `a server- or peer-reflexive candidate: ${pairText(pair)}`);
+  assert.notEqual(pair.local.type, 'relay', pairText(pair));
+  assert.notEqual(pair.remote.type, 'relay', pairText(pair));
+});
+
+test('(b) symmetric NATs: only TURN works, and the selected pair is relayed', async () => {
+  setNat('symmetric', 'symmetric');
+  try {
+    await restartDevice(iceSection({ turn: 'udp' }));
+    const pair = await viewerPage('(b)');
+    summary(`(b) symmetric NATs, WHEP viewer page: ${pairText(pair)}`);
+    assert.ok(pair.local.type === 'relay' || pair.remote.type === 'relay', `a relayed candidate: ${pairText(pair)}`);
+  } finally {
+    setNat('cone', 'cone');
+  }
+});
+
+test('(c) UDP to coturn blocked: TURN over TCP carries it', async () => {
+  setNat('symmetric', 'symmetric');
+  topo('udp-to-servers', 'block');
+  try {
+    await restartDevice(iceSection({ stun: false, turn: 'tcp' }));
+    const pair = await viewerPage('(c)');
+    summary(`(c) UDP to coturn blocked, symmetric NATs, WHEP viewer page: ${pairText(pair)}`);
+    assert.ok(pair.local.type === 'relay' || pair.remote.type === 'relay', `a relayed candidate: ${pairText(pair)}`);
+    if (pair.local.type === 'relay') assert.equal(pair.local.relayProtocol, 'tcp', pairText(pair));
+  } finally {
+    topo('udp-to-servers', 'allow');
+    setNat('cone', 'cone');
+  }
+});
+
+test('(d) a wrong TURN credential: a clear log line, and /health says so', async () => {
+  await restartDevice(iceSection({ stun: false, turn: 'udp', credential: 'not-the-password' }));
+  const line = await waitFor(
+    () => device.log.find((l) => /turn/i.test(l) && /(credential|unauthori[sz]ed|401|authenticat)/i.test(l)),
+    15000, 'a log line about the TURN credential',
+  ).catch((e) => { throw new Error(`${e.message}\ndevice log:\n${tail(device)}`); });
+  let health;
+  await waitFor(async () => {
+    health = await deviceHealth();
+    const turn = JSON.stringify(Object.fromEntries(Object.entries(health).filter(([k]) => /ice|turn/i.test(k))));
+    return /(credential|unauthori[sz]ed|401|authenticat)/i.test(turn);
+  }, 10000, '/health naming the TURN credential problem').catch((e) => { throw new Error(`${e.message}\n${JSON.stringify(health)}`); });
+  summary(`(d) wrong TURN credential: log "${line.trim().slice(0, 200)}"`);
+});
+
+/** A stock SnapRTC initiator page in the browser's namespace; resolves to its page. */
+async function openInitiator(session, ice = [{ urls: STUN }]) {
+  const page = await browser.newPage();
+  const q = `hub=${encodeURIComponent(HUB)}&session=${encodeURIComponent(session)}&ice=${encodeURIComponent(JSON.stringify(ice))}`;
+  await page.goto(`${pages.origin}/initiator.html?${q}`);
+  return page;
+}
+
+const initiatorState = (page) => page.evaluate(async () => ({ state: window.state, log: window.log }));
+
+/** Wait until the initiator connected, got a JPEG still and decoded video; its pair. */
+async function initiatorDone(page, what, ms = 20000) {
+  try {
+    await waitFor(async () => {
+      const st = await page.evaluate(() => window.state);
+      if (st.error) throw new Error(`${what}: page error ${st.error}`);
+      return st.connected && st.images.length >= 1 && st.framesDecoded >= 5;
+    }, ms, `${what}: connected, a still and 5 frames`);
+    const st = await page.evaluate(() => window.state);
+    const img = st.images[0];
+    assert.deepEqual(img.soi, [0xff, 0xd8, 0xff], 'a JPEG');
+    assert.deepEqual([img.width, img.height], [320, 240]);
+    return await waitFor(() => page.evaluate(() => window.__selectedPair()), 5000, `${what}: a selected pair`);
+  } catch (e) {
+    const st = await initiatorState(page).catch((err) => String(err));
+    throw new Error(`${e.message}\npage: ${JSON.stringify(st)}\ndevice log:\n${tail(device)}\nrelay log:\n${tail(relay, 20)}`);
+  }
+}
+
+test('(e) dial-out: a stock initiator page on the internet hub reaches the device behind its NAT', async () => {
+  setNat('cone', 'cone');
+  relay = await startRelay();
+  await restartDevice(iceSection() + remoteSection('natlab-e'));
+  const page = await openInitiator('natlab-e');
+  try {
+    const pair = await initiatorDone(page, '(e)');
+    summary(`(e) dial-out through the relay hub, cone NATs, SnapRTC initiator: ${pairText(pair)}`);
+    const st = await page.evaluate(() => window.state);
+    assert.equal(st.signalStarts, 1, 'exactly one signalStart');
+  } finally {
+    await page.close();
+  }
+});
+
+test('(f) hub restart: the device dials in again and a new initiator succeeds within 10 s', async () => {
+  assert.ok(relay, 'needs (e)\'s relay');
+  await relay.stop('SIGKILL');
+  relay = await startRelay();
+  const t0 = Date.now();
+  const page = await openInitiator('natlab-e');
+  try {
+    const pair = await initiatorDone(page, '(f)', 10000);
+    const ms = Date.now() - t0;
+    summary(`(f) hub killed and restarted: a new initiator connected ${ms} ms after the hub was back: ${pairText(pair)}`);
+    assert.ok(ms <= 10000, `${ms} ms`);
+  } finally {
+    await page.close();
+  }
+});
+
+test.todo('(g) initiators in turn on an echoing hub');
+
+test('lab sanity: the namespaces are there', () => {
+  for (const ns of Object.values(NS)) assert.ok(ns);
+});
