@@ -47,6 +47,18 @@ export const cleanupWork = () => rmSync(work, { recursive: true, force: true });
 export function topo(...args) {
   execFileSync(path.join(here, 'topo.sh'), [args[0], P, ...args.slice(1)], { stdio: 'inherit' });
 }
+/** Datagrams the routers dropped on their way to the servers (while `udp-to-servers block`). */
+export function udpDropped() {
+  let n = 0;
+  for (const r of [NS.rd, NS.rb]) {
+    const out = execFileSync('ip', ['netns', 'exec', r, 'iptables', '-L', 'FORWARD', '-v', '-x', '-n'], { encoding: 'utf8' });
+    for (const line of out.split('\n')) {
+      const f = line.trim().split(/\s+/);
+      if (f[2] === 'DROP' && f[3] === 'udp' && line.includes(SERVERS)) n += Number(f[0]);
+    }
+  }
+  return n;
+}
 export function setNat(device, browser) {
   topo('nat', 'rd', device);
   topo('nat', 'rb', browser);

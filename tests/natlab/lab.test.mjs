@@ -5,9 +5,10 @@
 // the internet namespace).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import {
-  NS, SERVERS, DEVICE_PUBLIC, HUB, TURN_PORT, TURN_USER, TURN_PASS,
-  cleanupWork, setNat, topo, waitFor, startCoturn, startRelay, startDevice, deviceHealth,
+  NS, SERVERS, DEVICE_PUBLIC, BROWSER_PUBLIC, HUB, TURN_PORT, TURN_SECRET_PORT, TURN_USER, TURN_PASS, TURN_SECRET,
+  cleanupWork, setNat, topo, udpDropped, waitFor, startCoturn, startRelay, startDevice, deviceHealth,
   startPageServer, launchBrowser, pairText, summary,
 } from './lab.mjs';
 
@@ -83,6 +84,69 @@ async function viewerPage(what) {
   }
 }
 
+/**
+ * Candidates that a page in the browser's namespace gathers with `iceServers` (and
+ * `iceTransportPolicy`): [{type, protocol, relayProtocol, address, port}].
+ */
+async function gather(iceServers, policy = 'all') {
+  const page = await browser.newPage();
+  try {
+    await page.goto(`${pages.origin}/initiator.html?hub=none`).catch(() => {});
+    return await page.evaluate(async ([iceServers, policy]) => {
+      const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: policy });
+      pc.createDataChannel('x');
+      const out = [];
+      pc.onicecandidate = (e) => {
+        if (e.candidate && e.candidate.candidate) {
+          const c = e.candidate;
+          out.push({ type: c.type, protocol: c.protocol, relayProtocol: c.relayProtocol || null, address: c.address, port: c.port });
+        }
+      };
+      const done = new Promise((r) => { pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') r(); }; });
+      await pc.setLocalDescription(await pc.createOffer());
+      await Promise.race([done, new Promise((r) => setTimeout(r, 10000))]);
+      pc.close();
+      return out;
+    }, [iceServers, policy]);
+  } finally {
+    await page.close();
+  }
+}
+
+test('lab: the NATs map as they should, and coturn serves STUN and TURN (UDP, TCP, REST secret)', async () => {
+  const twoStun = [{ urls: STUN }, { urls: `stun:${SERVERS}:${TURN_SECRET_PORT}` }];
+  // Cone: one mapping (the same public port) whichever STUN server asks.
+  setNat('cone', 'cone');
+  let c = (await gather(twoStun)).filter((x) => x.type === 'srflx');
+  assert.ok(c.length >= 1 && c.every((x) => x.address === BROWSER_PUBLIC), JSON.stringify(c));
+  assert.equal(new Set(c.map((x) => x.port)).size, 1, `cone NAT: one public port ${JSON.stringify(c)}`);
+  // Symmetric: a port per destination.
+  setNat('cone', 'symmetric');
+  try {
+    c = (await gather(twoStun)).filter((x) => x.type === 'srflx');
+    assert.equal(new Set(c.map((x) => x.port)).size, 2, `symmetric NAT: two public ports ${JSON.stringify(c)}`);
+    // TURN with long-term credentials (UDP), and with the REST secret's ephemeral credentials.
+    const relayed = (await gather([{ urls: turnUrl('udp'), username: TURN_USER, credential: TURN_PASS }], 'relay'));
+    assert.ok(relayed.some((x) => x.type === 'relay' && x.address === SERVERS), JSON.stringify(relayed));
+    const user = `${Math.floor(Date.now() / 1000) + 600}:natlab`;
+    const rest = createHmac('sha1', TURN_SECRET).update(user).digest('base64');
+    const viaSecret = await gather([{ urls: `turn:${SERVERS}:${TURN_SECRET_PORT}?transport=udp`, username: user, credential: rest }], 'relay');
+    assert.ok(viaSecret.some((x) => x.type === 'relay'), JSON.stringify(viaSecret));
+    // UDP to the servers blocked: TURN over TCP still allocates. (Case (c) checks that the
+    // routers dropped UDP meanwhile.)
+    topo('udp-to-servers', 'block');
+    try {
+      const tcp = await gather([{ urls: turnUrl('tcp'), username: TURN_USER, credential: TURN_PASS }], 'relay');
+      assert.ok(tcp.some((x) => x.type === 'relay' && x.relayProtocol === 'tcp'), JSON.stringify(tcp));
+    } finally {
+      topo('udp-to-servers', 'allow');
+    }
+  } finally {
+    setNat('cone', 'cone');
+  }
+  summary('lab: cone NAT keeps one public port, symmetric NAT one per destination; coturn allocates over UDP, TCP (UDP blocked) and with REST credentials');
+});
+
 test('(a) cone NATs: the viewer page reaches the device by WHEP; the pair is server-reflexive', async () => {
   setNat('cone', 'cone');
   await restartDevice(iceSection());
@@ -112,7 +176,9 @@ test('(c) UDP to coturn blocked: TURN over TCP carries it', async () => {
   try {
     await restartDevice(iceSection({ stun: false, turn: 'tcp' }));
     const pair = await viewerPage('(c)');
-    summary(`(c) UDP to coturn blocked, symmetric NATs, WHEP viewer page: ${pairText(pair)}`);
+    const dropped = udpDropped();
+    assert.ok(dropped > 0, 'the routers dropped UDP to coturn meanwhile');
+    summary(`(c) UDP to coturn blocked (${dropped} datagrams dropped), symmetric NATs, WHEP viewer page: ${pairText(pair)}`);
     assert.ok(pair.local.type === 'relay' || pair.remote.type === 'relay', `a relayed candidate: ${pairText(pair)}`);
     if (pair.local.type === 'relay') assert.equal(pair.local.relayProtocol, 'tcp', pairText(pair));
   } finally {
