@@ -28,10 +28,11 @@ function iceSection({ stun = true, turn = null, credential = TURN_PASS } = {}) {
 }
 
 /** The device's [[remote]] section: dial out to the lab's relay hub, waiting in `session`. */
-const remoteSection = (session) => `
+const remoteSection = (session, url = HUB, extra = '') => `
 [[remote]]
-url = "${HUB}"
+url = "${url}"
 session = "${session}"
+${extra}
 `;
 
 let coturn, browser, pages;
@@ -203,9 +204,9 @@ test('(d) a wrong TURN credential: a clear log line, and /health says so', async
 });
 
 /** A stock SnapRTC initiator page in the browser's namespace; resolves to its page. */
-async function openInitiator(session, ice = [{ urls: STUN }]) {
+async function openInitiator(session, { ice = [{ urls: STUN }], hub = HUB } = {}) {
   const page = await browser.newPage();
-  const q = `hub=${encodeURIComponent(HUB)}&session=${encodeURIComponent(session)}&ice=${encodeURIComponent(JSON.stringify(ice))}`;
+  const q = `hub=${encodeURIComponent(hub)}&session=${encodeURIComponent(session)}&ice=${encodeURIComponent(JSON.stringify(ice))}`;
   await page.goto(`${pages.origin}/initiator.html?${q}`);
   return page;
 }
@@ -262,7 +263,40 @@ test('(f) hub restart: the device dials in again and a new initiator succeeds wi
   }
 });
 
-test.todo('(g) initiators in turn on an echoing hub');
+test('(g) initiators in turn on a hub that echoes as the original: each one signalStart, a connection, a still', async () => {
+  setNat('cone', 'cone');
+  // The stand-in for the .NET hub sends no start-on-join header: the device announces while
+  // idle, every announce_interval (its shortest, 6 s, to keep the suite short).
+  await restartDevice(iceSection() + remoteSection('natlab-g', pages.echoHub, 'announce_interval = "6s"'));
+  await waitFor(() => pages.echoStats.signalStarts >= 1, 15000, 'the device to announce on the echoing hub')
+    .catch((e) => { throw new Error(`${e.message}\n${JSON.stringify(pages.echoStats)}\ndevice log:\n${tail(device)}`); });
+  const opened = [];
+  try {
+    const p1 = await openInitiator('natlab-g', { hub: pages.echoHub });
+    opened.push(p1);
+    await waitFor(() => p1.evaluate(() => window.state.signalStarts >= 1), 15000, '1st initiator: signalStart');
+    // The 2nd joins while the 1st negotiates.
+    const p2 = await openInitiator('natlab-g', { hub: pages.echoHub });
+    opened.push(p2);
+    await waitFor(() => p2.evaluate(() => window.state.synced), 10000, '2nd initiator: synced');
+    const overlapped = !(await p1.evaluate(() => window.state.connected));
+    const pair1 = await initiatorDone(p1, '(g) 1st', 20000);
+    const pair2 = await initiatorDone(p2, '(g) 2nd', 25000);
+    // The 3rd after both.
+    const p3 = await openInitiator('natlab-g', { hub: pages.echoHub });
+    opened.push(p3);
+    const pair3 = await initiatorDone(p3, '(g) 3rd', 25000);
+    const counts = await Promise.all(opened.map((p) => p.evaluate(() => [window.state.signalStarts, window.state.offers, window.state.answers])));
+    summary(`(g) three initiators in turn on an echoing hub (2nd joined ${overlapped ? 'while the 1st negotiated' : 'after the 1st connected'}), [signalStart, offers, answers] each ${JSON.stringify(counts)}: ${[pair1, pair2, pair3].map(pairText).join('; ')}`);
+    for (const [i, [starts, offers, answers]] of counts.entries()) {
+      assert.equal(starts, 1, `initiator ${i + 1}: exactly one signalStart`);
+      assert.equal(offers, 1, `initiator ${i + 1}: one offer`);
+      assert.equal(answers, 1, `initiator ${i + 1}: one answer`);
+    }
+  } finally {
+    for (const p of opened) await p.close();
+  }
+});
 
 test('lab sanity: the namespaces are there', () => {
   for (const ns of Object.values(NS)) assert.ok(ns);
