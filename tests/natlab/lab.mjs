@@ -8,7 +8,6 @@
 
 import { spawn, execFileSync } from 'node:child_process';
 import { createServer } from 'node:http';
-import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync, readFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,7 +19,6 @@ export const root = path.join(here, '..', '..');
 // The npm packages are tests/node's (pinned in its package-lock.json; run.sh runs its npm ci).
 const require = createRequire(path.join(root, 'tests', 'node', 'package.json'));
 const { chromium } = require('playwright-core');
-const { WebSocketServer } = require('ws');
 const pkg = (name) => path.dirname(require.resolve(`${name}/package.json`));
 
 export const bin = process.env.SNAPRTCD_BIN || path.join(root, 'target', 'debug', 'snaprtcd');
@@ -41,6 +39,9 @@ export const TURN_PASS = 'natlab-pass';
 export const TURN_SECRET = 'natlab-shared-secret';
 export const HUB_PORT = 8080;
 export const HUB = `http://${SERVERS}:${HUB_PORT}/snaprtc-hub`;
+/** A second relay that echoes as the original .NET server does (`echo_to_sender`). */
+export const ECHO_HUB_PORT = 8081;
+export const ECHO_HUB = `http://${SERVERS}:${ECHO_HUB_PORT}/snaprtc-hub`;
 
 const work = mkdtempSync(path.join(process.env.NATLAB_TMP || tmpdir(), 'natlab-'));
 export const cleanupWork = () => rmSync(work, { recursive: true, force: true });
@@ -157,11 +158,15 @@ export async function startDaemon(name, configText, ns) {
   return { ...p, config, dir };
 }
 
-/** The relay hub on the internet ([camera] source = "none"), `extra` appended to its config. */
-export function startRelay(extra = '') {
-  return startDaemon('relay', `
+/**
+ * The relay hub on the internet ([camera] source = "none"). `echo`: behave as the original
+ * ASP.NET server does (every message back to its sender too, no start on join), on
+ * ECHO_HUB_PORT.
+ */
+export function startRelay({ echo = false } = {}) {
+  return startDaemon(echo ? 'echo-relay' : 'relay', `
 [server]
-listen = "${SERVERS}:${HUB_PORT}"
+listen = "${SERVERS}:${echo ? ECHO_HUB_PORT : HUB_PORT}"
 cors_origins = ["*"]
 
 [camera]
@@ -169,13 +174,13 @@ source = "none"
 
 [signaling]
 join_sessions = "none"
+${echo ? 'echo_to_sender = true' : ''}
 
 [mdns]
 enabled = false
 
 [log]
 format = "text"
-${extra}
 `, null);
 }
 
@@ -219,9 +224,8 @@ export async function deviceHealth() {
 }
 
 /**
- * The page server on the internet: the lab's initiator page, the npm browser builds it loads,
- * and at /echo-hub a stand-in for SnapRTC's original ASP.NET hub (see `echoHub`). Resolves to
- * { origin, echoHub: its URL, echoStats, close }.
+ * The page server on the internet: the lab's initiator page and the npm browser builds it
+ * loads. Resolves to { origin, close }.
  */
 export async function startPageServer() {
   const files = {
@@ -230,102 +234,15 @@ export async function startPageServer() {
     '/vendor/simplepeer.min.js': path.join(pkg('simple-peer'), 'simplepeer.min.js'),
     '/vendor/lz-string.min.js': path.join(pkg('lz-string'), 'libs/lz-string.min.js'),
   };
-  const hub = echoHub('/echo-hub');
   const server = createServer((req, res) => {
-    if (hub.handle(req, res)) return;
     const file = files[new URL(req.url, 'http://x').pathname];
     if (!file) { res.writeHead(404).end(); return; }
     const type = file.endsWith('.html') ? 'text/html; charset=utf-8' : 'text/javascript; charset=utf-8';
     res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' });
     res.end(readFileSync(file));
   });
-  server.on('upgrade', (req, socket, head) => hub.upgrade(req, socket, head));
   await new Promise((r) => server.listen(0, SERVERS, r));
-  const origin = `http://${SERVERS}:${server.address().port}`;
-  return {
-    origin,
-    echoHub: `${origin}/echo-hub`,
-    echoStats: hub.stats,
-    close: () => new Promise((r) => { hub.closeAll(); server.close(r); }),
-  };
-}
-
-/**
- * A stand-in for SnapRTC's original ASP.NET Core hub, as it behaves on the wire: SignalR JSON
- * protocol over WebSockets (negotiate version 1), `Sync(session, ready)` joins the group and,
- * when ready, sends `signalStart` to the whole group, `SignalCapture` / `SignalInitiator` relay
- * to the whole group: every message also goes back to its sender (the echo). It does not send
- * the snaprtcd hub's start-on-join header, so a device treats it as the .NET hub (announces
- * while idle). Test double only: no limits, no auth.
- */
-function echoHub(base) {
-  const wss = new WebSocketServer({ noServer: true });
-  const RS = '\x1e';
-  const tokens = new Set();
-  const groups = new Map(); // session -> Set<ws>
-  const stats = { negotiates: 0, connections: 0, signalStarts: 0, relayed: 0 };
-  const send = (ws, msg) => { if (ws.readyState === 1) ws.send(JSON.stringify(msg) + RS); };
-  const toGroup = (session, target, args) => {
-    for (const member of groups.get(session) || []) send(member, { type: 1, target, arguments: args });
-  };
-  const onMessage = (ws, text) => {
-    for (const rec of text.split(RS)) {
-      if (!rec) continue;
-      let m;
-      try { m = JSON.parse(rec); } catch { ws.close(1003); return; }
-      if (!ws.handshaken) {
-        ws.handshaken = true;
-        ws.send('{}' + RS);
-        continue;
-      }
-      if (m.type === 7) { ws.close(); return; }
-      if (m.type !== 1) continue; // pings
-      const [session, arg] = m.arguments || [];
-      const target = String(m.target).toLowerCase();
-      if (target === 'sync') {
-        if (!groups.has(session)) groups.set(session, new Set());
-        groups.get(session).add(ws);
-        ws.sessions.add(session);
-        if (arg === true) { stats.signalStarts += 1; toGroup(session, 'signalStart', []); }
-      } else if (target === 'signalcapture' || target === 'signalinitiator') {
-        stats.relayed += 1;
-        toGroup(session, target === 'signalcapture' ? 'signalCapture' : 'signalInitiator', [arg]);
-      }
-      if (m.invocationId) send(ws, { type: 3, invocationId: m.invocationId, result: null });
-    }
-  };
-  return {
-    stats,
-    handle(req, res) {
-      const url = new URL(req.url, 'http://x');
-      if (url.pathname !== `${base}/negotiate` || req.method !== 'POST') return false;
-      stats.negotiates += 1;
-      const token = randomBytes(12).toString('hex');
-      tokens.add(token);
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({
-        negotiateVersion: 1, connectionId: token, connectionToken: token,
-        availableTransports: [{ transport: 'WebSockets', transferFormats: ['Text', 'Binary'] }],
-      }));
-      return true;
-    },
-    upgrade(req, socket, head) {
-      const url = new URL(req.url, 'http://x');
-      if (url.pathname !== base || !tokens.delete(url.searchParams.get('id'))) { socket.destroy(); return; }
-      wss.handleUpgrade(req, socket, head, (ws) => {
-        stats.connections += 1;
-        ws.sessions = new Set();
-        ws.handshaken = false;
-        const ping = setInterval(() => send(ws, { type: 6 }), 10000);
-        ws.on('message', (d) => onMessage(ws, d.toString()));
-        ws.on('close', () => {
-          clearInterval(ping);
-          for (const s of ws.sessions) groups.get(s)?.delete(ws);
-        });
-      });
-    },
-    closeAll() { for (const ws of wss.clients) ws.terminate(); },
-  };
+  return { origin: `http://${SERVERS}:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
 }
 
 // In every page: remember each RTCPeerConnection, so the test can read getStats of the one the

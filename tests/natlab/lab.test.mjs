@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import {
-  NS, SERVERS, DEVICE_PUBLIC, BROWSER_PUBLIC, HUB, TURN_PORT, TURN_SECRET_PORT, TURN_USER, TURN_PASS, TURN_SECRET,
+  NS, SERVERS, DEVICE_PUBLIC, BROWSER_PUBLIC, HUB, ECHO_HUB, TURN_PORT, TURN_SECRET_PORT, TURN_USER, TURN_PASS, TURN_SECRET,
   cleanupWork, setNat, topo, udpDropped, waitFor, startCoturn, startRelay, startDevice, deviceHealth,
   startPageServer, launchBrowser, pairText, summary,
 } from './lab.mjs';
@@ -265,25 +265,26 @@ test('(f) hub restart: the device dials in again and a new initiator succeeds wi
 
 test('(g) initiators in turn on a hub that echoes as the original: each one signalStart, a connection, a still', async () => {
   setNat('cone', 'cone');
-  // The stand-in for the .NET hub sends no start-on-join header: the device announces while
-  // idle, every announce_interval (its shortest, 6 s, to keep the suite short).
-  await restartDevice(iceSection() + remoteSection('natlab-g', pages.echoHub, 'announce_interval = "6s"'));
-  await waitFor(() => pages.echoStats.signalStarts >= 1, 15000, 'the device to announce on the echoing hub')
-    .catch((e) => { throw new Error(`${e.message}\n${JSON.stringify(pages.echoStats)}\ndevice log:\n${tail(device)}`); });
+  // A relay with echo_to_sender sends every message back to its sender and starts no initiator
+  // on join, as the .NET hub: the device announces while idle, every announce_interval (its
+  // shortest, 6 s, to keep the suite short).
+  const echo = await startRelay({ echo: true });
   const opened = [];
   try {
-    const p1 = await openInitiator('natlab-g', { hub: pages.echoHub });
+    await restartDevice(iceSection() + remoteSection('natlab-g', ECHO_HUB, 'announce_interval = "6s"'));
+    const p1 = await openInitiator('natlab-g', { hub: ECHO_HUB });
     opened.push(p1);
-    await waitFor(() => p1.evaluate(() => window.state.signalStarts >= 1), 15000, '1st initiator: signalStart');
+    await waitFor(() => p1.evaluate(() => window.state.signalStarts >= 1), 15000, '1st initiator: signalStart')
+      .catch(async (e) => { throw new Error(`${e.message}\n${JSON.stringify(await initiatorState(p1))}\ndevice log:\n${tail(device)}\nhub log:\n${tail(echo, 20)}`); });
     // The 2nd joins while the 1st negotiates.
-    const p2 = await openInitiator('natlab-g', { hub: pages.echoHub });
+    const p2 = await openInitiator('natlab-g', { hub: ECHO_HUB });
     opened.push(p2);
     await waitFor(() => p2.evaluate(() => window.state.synced), 10000, '2nd initiator: synced');
     const overlapped = !(await p1.evaluate(() => window.state.connected));
     const pair1 = await initiatorDone(p1, '(g) 1st', 20000);
     const pair2 = await initiatorDone(p2, '(g) 2nd', 25000);
     // The 3rd after both.
-    const p3 = await openInitiator('natlab-g', { hub: pages.echoHub });
+    const p3 = await openInitiator('natlab-g', { hub: ECHO_HUB });
     opened.push(p3);
     const pair3 = await initiatorDone(p3, '(g) 3rd', 25000);
     const counts = await Promise.all(opened.map((p) => p.evaluate(() => [window.state.signalStarts, window.state.offers, window.state.answers])));
@@ -295,6 +296,7 @@ test('(g) initiators in turn on a hub that echoes as the original: each one sign
     }
   } finally {
     for (const p of opened) await p.close();
+    await echo.stop();
   }
 });
 
