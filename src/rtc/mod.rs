@@ -10,6 +10,7 @@
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
+//! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -19,6 +20,7 @@ pub mod candidates;
 pub mod core;
 pub mod engine;
 pub mod offer;
+pub mod stun;
 pub mod viewer;
 pub mod whep;
 
@@ -156,6 +158,8 @@ pub struct RtcStats {
     pub datagrams_unrouted: u64,
     /// Route lookups (syscalls) made to learn which local address a viewer sent to.
     pub local_addr_lookups: u64,
+    /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
+    pub ice: Vec<core::SidecarHealth>,
 }
 
 /// Commands to the engine task (bounded queue).
@@ -198,6 +202,8 @@ pub(crate) struct Shared {
     pub sdp_limits: SdpLimits,
     /// Full ICE instead of ICE-lite (`[ice] mode`).
     pub full_ice: bool,
+    /// Candidates found at run time (server-reflexive, relayed), published by the engine.
+    pub extra_candidates: tokio::sync::watch::Receiver<Vec<Candidate>>,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -300,6 +306,17 @@ impl RtcHandle {
         self.shared.max_viewers
     }
 
+    /// Candidates the engine found at run time (server-reflexive from `[ice] stun_servers`,
+    /// relayed from TURN): in every answer made from now on.
+    pub fn extra_candidates(&self) -> Vec<Candidate> {
+        self.shared.extra_candidates.borrow().clone()
+    }
+
+    /// A receiver of [`RtcHandle::extra_candidates`] to wait on (`changed`, `wait_for`).
+    pub fn watch_extra_candidates(&self) -> tokio::sync::watch::Receiver<Vec<Candidate>> {
+        self.shared.extra_candidates.clone()
+    }
+
     /// The host candidates' addresses (the engine's UDP port on each announced address).
     pub fn candidate_addrs(&self) -> Vec<SocketAddr> {
         self.shared.candidates.iter().map(|c| c.addr()).collect()
@@ -333,6 +350,9 @@ pub(crate) fn accept_offer(
     let mut rtc = new_rtc(now, shared.full_ice);
     shared.rtc_built.fetch_add(1, Ordering::Relaxed);
     for c in &shared.candidates {
+        rtc.add_local_candidate(c.clone());
+    }
+    for c in shared.extra_candidates.borrow().iter() {
         rtc.add_local_candidate(c.clone());
     }
     let answer = rtc
