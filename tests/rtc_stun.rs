@@ -29,6 +29,18 @@ async fn stun_responder(
     cancel: CancellationToken,
     refuse: bool,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
+    // Always open (a receiver keeps the last value after its sender is gone).
+    let gate = tokio::sync::watch::channel(true).1;
+    gated_responder(cancel, refuse, gate).await
+}
+
+/// [`stun_responder`] that drops requests while `gate` holds `false` (a slow server: the
+/// engine's retransmits get the answer once it opens).
+async fn gated_responder(
+    cancel: CancellationToken,
+    refuse: bool,
+    gate: tokio::sync::watch::Receiver<bool>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = socket.local_addr().unwrap();
     let (tx, seen) = mpsc::unbounded_channel();
@@ -46,6 +58,9 @@ async fn stun_responder(
                 continue;
             }
             let _ = tx.send(from);
+            if !*gate.borrow() {
+                continue;
+            }
             if refuse {
                 let mut resp = Message::builder_error(&req, MessageWriteVec::new());
                 let code = ErrorCode::builder(401)
@@ -116,6 +131,52 @@ async fn a_stun_server_gives_a_srflx_candidate_in_answers_and_health() {
         !answer.sdp.contains("a=ice-lite"),
         "full ICE with a STUN server: {}",
         answer.sdp
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_candidate_found_after_the_answer_goes_back_in_the_next_patch_response() {
+    let cancel = CancellationToken::new();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (server, mut seen) = gated_responder(cancel.clone(), false, gate).await;
+    let ice = IceConfig {
+        stun_servers: vec![format!("stun:{server}")],
+        ..IceConfig::default()
+    };
+    let (rtc, _) = engine(ice, &cancel).await;
+    tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("a Binding request within 5 s")
+        .unwrap();
+    let (_, offer, _) = support::Peer::new().await;
+    let answer = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    assert!(
+        !answer.sdp.contains("srflx"),
+        "not known yet: {}",
+        answer.sdp
+    );
+    let etag = Some(answer.etag.clone());
+    assert!(rtc
+        .patch(answer.id, etag.clone(), "")
+        .await
+        .unwrap()
+        .is_empty());
+
+    open.send_replace(true); // the engine's next retransmit is answered
+    let mut watch = rtc.watch_extra_candidates();
+    tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|c| !c.is_empty()))
+        .await
+        .expect("a candidate within 5 s")
+        .unwrap();
+    let late = rtc.patch(answer.id, etag.clone(), "").await.unwrap();
+    assert_eq!(
+        late.iter().map(|c| c.addr()).collect::<Vec<_>>(),
+        vec![MAPPED.parse::<SocketAddr>().unwrap()]
+    );
+    assert!(
+        rtc.patch(answer.id, etag, "").await.unwrap().is_empty(),
+        "each candidate is sent once"
     );
     cancel.cancel();
 }

@@ -494,13 +494,14 @@ impl Core {
         Ok(())
     }
 
+    /// Trickle from the peer; returns the run-time candidates it has not been told of yet.
     fn patch(
         &mut self,
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<str0m::Candidate>,
         now: Instant,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<str0m::Candidate>, RtcError> {
         let i = self
             .viewers
             .iter()
@@ -510,8 +511,15 @@ impl Core {
         super::whep::check_if_match(&v.etag, if_match.as_deref())?;
         let max = self.shared.sdp_limits.max_candidates;
         v.handle_candidates(candidates, max, now)?;
+        let late: Vec<str0m::Candidate> = self
+            .extra_candidates
+            .iter()
+            .filter(|c| !v.told_candidates.contains(&c.addr()))
+            .cloned()
+            .collect();
+        v.told_candidates.extend(late.iter().map(|c| c.addr()));
         self.process_outputs(i, now);
-        Ok(())
+        Ok(late)
     }
 
     /// A viewer just connected: replay the cached GOP to it (squeezed before the live edge),

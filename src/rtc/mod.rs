@@ -10,6 +10,8 @@
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
+//! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
+//!   credentials made from a TURN secret, never the secret).
 //! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
@@ -19,6 +21,7 @@
 pub mod candidates;
 pub mod core;
 pub mod engine;
+pub mod ice_servers;
 pub mod offer;
 pub mod stun;
 pub mod viewer;
@@ -176,7 +179,9 @@ pub(crate) enum Command {
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<Result<(), RtcError>>,
+        /// The server's candidates found since the peer was last told (see
+        /// [`RtcHandle::patch`]).
+        reply: oneshot::Sender<Result<Vec<Candidate>, RtcError>>,
     },
     Stats {
         reply: oneshot::Sender<RtcStats>,
@@ -275,12 +280,14 @@ impl RtcHandle {
     }
 
     /// WHEP trickle: add remote candidates, checking `If-Match` against the viewer's ETag.
+    /// Returns the server's candidates found since the peer was last told (in its answer or
+    /// an earlier PATCH): trickle in the other direction.
     pub async fn patch(
         &self,
         id: ViewerId,
         if_match: Option<String>,
         fragment: &str,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<Candidate>, RtcError> {
         let candidates = offer::parse_sdpfrag(fragment, &self.shared.sdp_limits)
             .map_err(|e| RtcError::BadFragment(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
@@ -352,9 +359,15 @@ pub(crate) fn accept_offer(
     for c in &shared.candidates {
         rtc.add_local_candidate(c.clone());
     }
-    for c in shared.extra_candidates.borrow().iter() {
-        rtc.add_local_candidate(c.clone());
-    }
+    let told: Vec<SocketAddr> = shared
+        .extra_candidates
+        .borrow()
+        .iter()
+        .map(|c| {
+            rtc.add_local_candidate(c.clone());
+            c.addr()
+        })
+        .collect();
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -378,6 +391,8 @@ pub(crate) fn accept_offer(
         slot,
         now,
     );
+    let mut viewer = viewer;
+    viewer.told_candidates = told;
     Ok((viewer, Answer { id, sdp, etag }))
 }
 

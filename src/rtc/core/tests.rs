@@ -467,6 +467,23 @@ fn junk_and_strangers_are_counted_not_routed() {
     assert_eq!(w.core.stats().datagrams_unrouted, 2);
 }
 
+/// An empty WHEP PATCH; the addresses of the server candidates it returns.
+fn patch(w: &mut World, id: ViewerId) -> Result<Vec<SocketAddr>, RtcError> {
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Patch {
+            id,
+            if_match: Some("*".into()),
+            candidates: vec![],
+            reply,
+        },
+    );
+    rx.try_recv()
+        .unwrap()
+        .map(|c| c.iter().map(Candidate::addr).collect())
+}
+
 /// A STUN client for `server` on the engine's address, answered in process with `mapped`.
 fn with_stun(w: &mut World, server: SocketAddr, mapped: SocketAddr) {
     w.stun_server = Some((server, mapped));
@@ -523,6 +540,7 @@ fn a_stun_answer_becomes_a_srflx_candidate_in_new_answers_and_health() {
     peer.accept(pending, &answer.sdp);
     w.peers.push(peer);
     w.run_until(Duration::from_secs(10), |w| w.peers[0].frames() >= 5);
+    assert_eq!(patch(&mut w, answer.id), Ok(vec![]), "it was in the answer");
 }
 
 #[test]
@@ -543,12 +561,16 @@ fn without_stun_the_answer_is_ice_lite_with_host_candidates_only() {
 #[test]
 fn a_srflx_candidate_found_later_is_added_to_existing_viewers() {
     let mut w = World::with_ice(Duration::from_secs(15), true);
-    let (p, _) = w.join(peer_addr(0));
+    let (p, id) = w.join(peer_addr(0));
     w.run_until(Duration::from_secs(10), |w| w.peers[p].frames() >= 1);
+    assert_eq!(patch(&mut w, id), Ok(vec![]), "nothing new yet");
     let server = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 3478));
     let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), 41000));
     with_stun(&mut w, server, mapped);
     assert_eq!(w.core.local_candidates().len(), 1);
+    // The peer learns of it in the response to its next PATCH, once.
+    assert_eq!(patch(&mut w, id), Ok(vec![mapped]));
+    assert_eq!(patch(&mut w, id), Ok(vec![]));
     // The viewer keeps playing; it now has the candidate too (str0m pairs it).
     let frames = w.peers[p].frames();
     w.run_until(Duration::from_secs(5), |w| {
