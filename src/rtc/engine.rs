@@ -21,15 +21,16 @@ use std::time::{Duration, Instant};
 
 use str0m::Candidate;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
 use super::core::{Core, CoreEvent, CoreTransmit, Via};
 use super::offer::SdpLimits;
+use super::stun::StunClient;
 use super::{Command, RtcHandle, Shared, ViewerId};
-use crate::config::{Config, IceConfig};
+use crate::config::{Config, IceConfig, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
 
@@ -87,6 +88,10 @@ pub struct Engine {
     commands: mpsc::Receiver<Command>,
     media: MediaHandle,
     hosts: Vec<HostAddr>,
+    /// `[ice]`: the STUN servers asked for server-reflexive candidates.
+    ice: IceConfig,
+    /// Publishes the candidates found at run time to the handles (for new answers).
+    extra_candidates: watch::Sender<Vec<Candidate>>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
 }
@@ -110,6 +115,7 @@ impl Engine {
             "webrtc udp listening"
         );
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (extra_candidates, extra_rx) = watch::channel(Vec::new());
         let handle = RtcHandle {
             commands: tx,
             shared: Arc::new(Shared {
@@ -119,6 +125,7 @@ impl Engine {
                 silence_timeout: settings.silence_timeout,
                 sdp_limits: settings.sdp_limits,
                 full_ice: settings.ice.full_ice(),
+                extra_candidates: extra_rx,
                 slots: Arc::default(),
                 rtc_built: Default::default(),
             }),
@@ -130,6 +137,8 @@ impl Engine {
             commands,
             media,
             hosts: settings.hosts,
+            ice: settings.ice,
+            extra_candidates,
             heartbeat: Heartbeat::default(),
         })
     }
@@ -159,6 +168,8 @@ impl Engine {
             mut commands,
             media,
             hosts,
+            ice,
+            extra_candidates,
             heartbeat,
         } = self;
         // The engine keeps no sender: it stops when every caller's handle is gone.
@@ -174,7 +185,18 @@ impl Engine {
             subscriber: None,
             tasks: JoinSet::new(),
             still_tx,
+            extra_candidates,
         };
+        // STUN servers are resolved off the loop (DNS may be slow or down); each joins the
+        // core as a sidecar once it has an address.
+        let (resolved_tx, mut resolved) = mpsc::channel(ice.stun_servers.len().max(1));
+        for (raw, url) in ice.stun_servers.iter().zip(ice.stun_urls()) {
+            shell
+                .tasks
+                .spawn(resolve_server(raw.clone(), url, resolved_tx.clone()));
+        }
+        drop(resolved_tx);
+        let mut bases = LocalAddrPicker::new(hosts.clone());
         let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
@@ -207,6 +229,17 @@ impl Engine {
                 Some((id, channel, still)) = still_rx.recv() => {
                     core.handle_still(Instant::now(), id, channel, still);
                 }
+                Some((raw, server)) = resolved.recv() => {
+                    // The base: the local address packets to the server leave from.
+                    let base = if bound.ip().is_unspecified() {
+                        bases.pick(server, port)
+                    } else {
+                        bound
+                    };
+                    let now = Instant::now();
+                    let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
+                    core.add_sidecar(Box::new(stun), now);
+                }
                 Some(_) = shell.tasks.join_next(), if !shell.tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
             }
@@ -236,6 +269,8 @@ struct Shell {
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
     still_tx: mpsc::Sender<StillResult>,
+    /// Publishes [`Core::local_candidates`] to the handles.
+    extra_candidates: watch::Sender<Vec<Candidate>>,
 }
 
 impl Shell {
@@ -256,9 +291,11 @@ impl Shell {
                     channel,
                     max_bytes,
                 } => self.request_still(viewer, channel, max_bytes),
-                CoreEvent::ViewerConnected { .. }
-                | CoreEvent::ViewerRemoved { .. }
-                | CoreEvent::CandidatesChanged => {}
+                CoreEvent::CandidatesChanged => {
+                    self.extra_candidates
+                        .send_replace(core.local_candidates().to_vec());
+                }
+                CoreEvent::ViewerConnected { .. } | CoreEvent::ViewerRemoved { .. } => {}
             }
         }
     }
@@ -289,6 +326,35 @@ impl Shell {
             });
             let _ = tx.send((id, channel, still)).await;
         });
+    }
+}
+
+/// Resolve an `[ice]` server's host name, retrying with backoff (1 s doubling to 5 min; the
+/// first failure is logged as a warning, the rest at debug); an IPv4 address is sent on `tx`.
+async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, SocketAddr)>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        let found = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map(|mut addrs| addrs.find(SocketAddr::is_ipv4));
+        let why = match found {
+            Ok(Some(addr)) => {
+                tracing::debug!(server = %raw, %addr, "ICE server resolved");
+                let _ = tx.send((raw, addr)).await;
+                return;
+            }
+            Ok(None) => "no IPv4 address".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if warned {
+            tracing::debug!(server = %raw, error = %why, "ICE server still not resolved");
+        } else {
+            tracing::warn!(server = %raw, error = %why, "cannot resolve ICE server; retrying with backoff");
+            warned = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(300));
     }
 }
 

@@ -10,6 +10,9 @@
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
+//! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
+//!   credentials made from a TURN secret, never the secret).
+//! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -18,7 +21,9 @@
 pub mod candidates;
 pub mod core;
 pub mod engine;
+pub mod ice_servers;
 pub mod offer;
+pub mod stun;
 pub mod viewer;
 pub mod whep;
 
@@ -156,6 +161,8 @@ pub struct RtcStats {
     pub datagrams_unrouted: u64,
     /// Route lookups (syscalls) made to learn which local address a viewer sent to.
     pub local_addr_lookups: u64,
+    /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
+    pub ice: Vec<core::SidecarHealth>,
 }
 
 /// Commands to the engine task (bounded queue).
@@ -172,7 +179,9 @@ pub(crate) enum Command {
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<Result<(), RtcError>>,
+        /// The server's candidates found since the peer was last told (see
+        /// [`RtcHandle::patch`]).
+        reply: oneshot::Sender<Result<Vec<Candidate>, RtcError>>,
     },
     Stats {
         reply: oneshot::Sender<RtcStats>,
@@ -198,6 +207,8 @@ pub(crate) struct Shared {
     pub sdp_limits: SdpLimits,
     /// Full ICE instead of ICE-lite (`[ice] mode`).
     pub full_ice: bool,
+    /// Candidates found at run time (server-reflexive, relayed), published by the engine.
+    pub extra_candidates: tokio::sync::watch::Receiver<Vec<Candidate>>,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -269,12 +280,14 @@ impl RtcHandle {
     }
 
     /// WHEP trickle: add remote candidates, checking `If-Match` against the viewer's ETag.
+    /// Returns the server's candidates found since the peer was last told (in its answer or
+    /// an earlier PATCH): trickle in the other direction.
     pub async fn patch(
         &self,
         id: ViewerId,
         if_match: Option<String>,
         fragment: &str,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<Candidate>, RtcError> {
         let candidates = offer::parse_sdpfrag(fragment, &self.shared.sdp_limits)
             .map_err(|e| RtcError::BadFragment(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
@@ -298,6 +311,17 @@ impl RtcHandle {
     /// The most viewers at once.
     pub fn max_viewers(&self) -> usize {
         self.shared.max_viewers
+    }
+
+    /// Candidates the engine found at run time (server-reflexive from `[ice] stun_servers`,
+    /// relayed from TURN): in every answer made from now on.
+    pub fn extra_candidates(&self) -> Vec<Candidate> {
+        self.shared.extra_candidates.borrow().clone()
+    }
+
+    /// A receiver of [`RtcHandle::extra_candidates`] to wait on (`changed`, `wait_for`).
+    pub fn watch_extra_candidates(&self) -> tokio::sync::watch::Receiver<Vec<Candidate>> {
+        self.shared.extra_candidates.clone()
     }
 
     /// The host candidates' addresses (the engine's UDP port on each announced address).
@@ -335,6 +359,15 @@ pub(crate) fn accept_offer(
     for c in &shared.candidates {
         rtc.add_local_candidate(c.clone());
     }
+    let told: Vec<SocketAddr> = shared
+        .extra_candidates
+        .borrow()
+        .iter()
+        .map(|c| {
+            rtc.add_local_candidate(c.clone());
+            c.addr()
+        })
+        .collect();
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -358,6 +391,8 @@ pub(crate) fn accept_offer(
         slot,
         now,
     );
+    let mut viewer = viewer;
+    viewer.told_candidates = told;
     Ok((viewer, Answer { id, sdp, etag }))
 }
 
