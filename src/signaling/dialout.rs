@@ -432,25 +432,11 @@ impl Task {
         }
     }
 
+    /// Update the status watch, then log a change of state or error (in that order, so
+    /// whoever reads the log line finds `/health` saying the same).
     fn publish(&self, remote: &Remote, logged: &mut (RemoteState, Option<String>)) {
         let state = remote.state();
         let error = remote.error().map(str::to_owned);
-        if (state, &error) != (logged.0, &logged.1) {
-            let (url, session) = (&self.status.borrow().url.clone(), &self.settings.session);
-            match (&error, state) {
-                (Some(e), RemoteState::Reconnecting) => {
-                    warn!(%url, %session, error = %e, "remote hub: reconnecting")
-                }
-                _ => info!(
-                    %url,
-                    %session,
-                    connects = remote.counters().connects,
-                    "remote hub: {}",
-                    state.as_str()
-                ),
-            }
-            *logged = (state, error.clone());
-        }
         let start_on_join = remote.start_on_join();
         let counters = remote.counters();
         self.status.send_if_modified(|s| {
@@ -466,6 +452,23 @@ impl Task {
             *s = next;
             changed
         });
+        if (state, &error) == (logged.0, &logged.1) {
+            return;
+        }
+        let (url, session) = (self.status.borrow().url.clone(), &self.settings.session);
+        match (&error, state) {
+            (Some(e), RemoteState::Reconnecting) => {
+                warn!(%url, %session, error = %e, "remote hub: reconnecting")
+            }
+            _ => info!(
+                %url,
+                %session,
+                connects = counters.connects,
+                "remote hub: {}",
+                state.as_str()
+            ),
+        }
+        *logged = (state, error);
     }
 
     /// Negotiate and open the WebSocket, within `connect_timeout`.
