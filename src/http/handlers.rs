@@ -32,6 +32,11 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         None => (crate::rtc::RtcStats::default(), None),
     };
     let no_media = crate::media::MediaCounters::default();
+    let remotes = state
+        .camera
+        .as_ref()
+        .map(|c| c.remotes.statuses())
+        .unwrap_or_default();
     let body = crate::metrics::render(&crate::metrics::Snapshot {
         rtc: &rtc,
         media: state
@@ -42,6 +47,7 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         signaling: &signaling,
         process: &crate::metrics::ProcessStats::sample(),
         rtsp: state.camera.as_ref().and_then(|c| c.rtsp.as_deref()),
+        remotes: &remotes,
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
