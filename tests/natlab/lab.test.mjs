@@ -77,7 +77,7 @@ async function viewerPage(what) {
   } catch (e) {
     const st = await page.evaluate(async () => ({
       snaprtc: window.snaprtc, pcs: window.__pcs.length, pair: await window.__selectedPair(),
-      configs: window.__pcs.map((p) => p.config),
+      configs: window.__pcs.map((p) => p.config), sdp: window.__sdpSummary(),
     })).catch((err) => String(err));
     throw new Error(`${e.message}\npage: ${JSON.stringify(st)}\nconsole:\n${consoleLines.slice(-20).join('\n')}\ndevice log:\n${tail(device)}`);
   } finally {
@@ -211,7 +211,7 @@ async function openInitiator(session, { ice = [{ urls: STUN }], hub = HUB } = {}
   return page;
 }
 
-const initiatorState = (page) => page.evaluate(async () => ({ state: window.state, log: window.log }));
+const initiatorState = (page) => page.evaluate(async () => ({ state: window.state, log: window.log, sdp: window.__sdpSummary() }));
 
 /** Wait until the initiator connected, got a JPEG still and decoded video; its pair. */
 async function initiatorDone(page, what, ms = 20000) {
