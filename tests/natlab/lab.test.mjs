@@ -73,6 +73,9 @@ async function viewerPage(what) {
     await waitFor(() => page.evaluate(() => window.snaprtc.framesDecoded >= 5), 20000, `${what}: 5 decoded frames`);
     await waitFor(() => page.evaluate(() => window.snaprtc.stills >= 1), 10000, `${what}: a still on connect`);
     const pair = await waitFor(() => page.evaluate(() => window.__selectedPair()), 5000, `${what}: a selected pair`);
+    // The device's own view, for the summary: its [ice] state in /health.
+    const health = await deviceHealth().catch(() => ({}));
+    summary(`${what} device /health ice: ${JSON.stringify(health.ice ?? null).slice(0, 400)}`);
     return pair;
   } catch (e) {
     const st = await page.evaluate(async () => ({
