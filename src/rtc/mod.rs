@@ -6,6 +6,8 @@
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
+//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
+//!   around `turn-client-proto`.
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -14,6 +16,7 @@
 pub mod candidates;
 pub mod engine;
 pub mod offer;
+pub mod turn;
 pub mod viewer;
 pub mod whep;
 
