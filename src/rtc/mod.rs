@@ -17,6 +17,7 @@ pub mod candidates;
 pub mod engine;
 pub mod offer;
 pub mod turn;
+pub mod turn_stream;
 pub mod viewer;
 pub mod whep;
 
