@@ -279,6 +279,30 @@ async fn relay_round_trip(server: SocketAddr, transport: TurnTransport, auth: Tu
     assert_eq!(d.received, vec![(peer_addr, b"hello daemon".to_vec())]);
     let stats = d.core.stats();
     assert_eq!((stats.bytes_in, stats.bytes_out), (12, 10));
+
+    // Payloads of every length modulo 4, both ways, back to back: over TCP, ChannelData is
+    // padded to 4 bytes and the frames must stay in step.
+    let payloads: Vec<Vec<u8>> = (1..=9u8).map(|n| vec![n; usize::from(n) * 3]).collect();
+    for p in &payloads {
+        d.core.handle_send(peer_addr, p, Instant::now()).unwrap();
+    }
+    d.flush().await;
+    for p in &payloads {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("a payload did not reach the peer")
+            .unwrap();
+        assert_eq!(&buf[..n], &p[..]);
+    }
+    for p in &payloads {
+        peer.send_to(p, relayed).await.unwrap();
+    }
+    d.until("the peer's payloads", |d| {
+        d.received.len() == 1 + payloads.len()
+    })
+    .await;
+    let back: Vec<Vec<u8>> = d.received[1..].iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(back, payloads);
 }
 
 fn long_term() -> TurnAuth {

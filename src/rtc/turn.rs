@@ -386,6 +386,8 @@ pub struct TurnAllocation {
     signed_allocates: VecDeque<TransactionId>,
     /// The running client's next deadline, read at the end of every drive.
     wake: Option<Instant>,
+    /// Stream transports: bytes of a frame not yet complete (at most one frame, < 64 KiB + 24).
+    stream_buf: Vec<u8>,
     /// Remote peers wanted by viewers (kept across re-allocations and re-installed).
     peers: BTreeMap<SocketAddr, ()>,
     out: VecDeque<TurnOutput>,
@@ -429,6 +431,7 @@ impl TurnAllocation {
             backoff: limits.min_backoff,
             wake: None,
             signed_allocates: VecDeque::new(),
+            stream_buf: Vec::new(),
             peers: BTreeMap::new(),
             out: VecDeque::new(),
             stats: TurnStats::default(),
@@ -521,6 +524,7 @@ impl TurnAllocation {
         };
         self.last_error = None;
         self.signed_allocates.clear();
+        self.stream_buf.clear();
         self.phase = Phase::Running(Box::new(client));
         self.set_state(AllocationState::Allocating);
         self.drive(now);
@@ -535,8 +539,45 @@ impl TurnAllocation {
     }
 
     /// A datagram from the server (UDP) or bytes read from the server stream (TCP/TLS).
-    /// Junk is counted and dropped; it never changes the state.
+    /// Junk is counted and dropped; it never changes the state. On a stream, bytes that are
+    /// neither a STUN message nor ChannelData break the framing: the connection is given up
+    /// (and made again after the backoff) rather than buffered without end.
     pub fn handle_server_bytes(&mut self, bytes: &[u8], now: Instant) {
+        if !self.transport.is_stream() {
+            self.handle_frame(bytes, now);
+            return;
+        }
+        if !matches!(self.phase, Phase::Running(_)) {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stream_buf.extend_from_slice(bytes);
+        let mut at = 0;
+        loop {
+            match frame_len(&self.stream_buf[at..]) {
+                Frame::Partial => break,
+                Frame::Junk => {
+                    self.stats.ignored += 1;
+                    self.stream_buf.clear();
+                    self.fail("the server's stream is not TURN framing".to_owned(), now);
+                    return;
+                }
+                Frame::Complete { len, padded } => {
+                    let frame = self.stream_buf[at..at + len].to_vec();
+                    at += padded;
+                    self.handle_frame(&frame, now);
+                    if !matches!(self.phase, Phase::Running(_)) {
+                        self.stream_buf.clear();
+                        return;
+                    }
+                }
+            }
+        }
+        self.stream_buf.drain(..at);
+    }
+
+    /// One whole datagram or stream frame.
+    fn handle_frame(&mut self, bytes: &[u8], now: Instant) {
         let pnow = self.proto(now);
         let (from, to) = (self.server, self.local);
         let transport = match self.transport {
@@ -613,7 +654,12 @@ impl TurnAllocation {
         match built {
             Ok(Some(t)) => {
                 self.stats.bytes_out += payload.len() as u64;
-                let bytes = t.build().data;
+                let mut bytes = t.build().data;
+                // Over a stream, ChannelData is padded to a multiple of 4 (RFC 8656 §12.5);
+                // the crate leaves that to the caller.
+                if self.transport.is_stream() && matches!(bytes.first(), Some(0x40..=0x7f)) {
+                    bytes.resize(bytes.len().next_multiple_of(4), 0);
+                }
                 self.push(TurnOutput::Transmit(bytes));
                 Ok(())
             }
@@ -795,6 +841,52 @@ impl TurnAllocation {
     }
 }
 
+/// How much of a server stream's buffer is the next frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// Not all of it has arrived.
+    Partial,
+    /// `len` bytes of frame, `padded` bytes to consume (ChannelData is padded to 4 on a stream).
+    Complete { len: usize, padded: usize },
+    /// Neither a STUN message nor ChannelData: the framing is lost.
+    Junk,
+}
+
+/// Frame a server stream: a STUN message (20-byte header with its length and the magic
+/// cookie) or ChannelData (channel number 0x4000–0x7FFF, length, padding to 4).
+fn frame_len(buf: &[u8]) -> Frame {
+    let Some(head) = buf.get(..4) else {
+        return Frame::Partial;
+    };
+    let body = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    match head[0] >> 6 {
+        0 => {
+            let Some(cookie) = buf.get(4..8) else {
+                return Frame::Partial;
+            };
+            if cookie != [0x21, 0x12, 0xa4, 0x42] || body % 4 != 0 {
+                return Frame::Junk;
+            }
+            let len = 20 + body;
+            if buf.len() < len {
+                Frame::Partial
+            } else {
+                Frame::Complete { len, padded: len }
+            }
+        }
+        1 => {
+            let len = 4 + body;
+            let padded = len.next_multiple_of(4);
+            if buf.len() < padded {
+                Frame::Partial
+            } else {
+                Frame::Complete { len, padded }
+            }
+        }
+        _ => Frame::Junk,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The core against `turn-server-proto`'s sans-IO server, on virtual time.
@@ -859,6 +951,12 @@ mod tests {
         }
 
         fn deliver(&mut self, c: &mut TurnAllocation, bytes: &[u8]) {
+            // …and writes it without: pad it as a compliant server (coturn) does.
+            let mut bytes = bytes.to_vec();
+            if self.stransport == TransportType::Tcp && matches!(bytes.first(), Some(0x40..=0x7f)) {
+                bytes.resize(bytes.len().next_multiple_of(4), 0);
+            }
+            let bytes = bytes.as_slice();
             for chunk in bytes.chunks(self.chunk.min(bytes.len().max(1))) {
                 c.handle_server_bytes(chunk, self.now);
             }
@@ -891,6 +989,15 @@ mod tests {
                     progress = true;
                     match &o {
                         TurnOutput::Transmit(bytes) if self.online => {
+                            // turn-server-proto reads ChannelData without the padding a
+                            // stream has (RFC 8656 §12.5; coturn has it): take it off here.
+                            let mut bytes = bytes.clone();
+                            if self.stransport == TransportType::Tcp
+                                && matches!(bytes.first(), Some(0x40..=0x7f))
+                            {
+                                let len = 4 + usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+                                bytes.truncate(len);
+                            }
                             let from = self.client_addr(c);
                             let t = StunTransmit::new(
                                 bytes.as_slice(),
@@ -1296,6 +1403,52 @@ mod tests {
             }
         )
         .contains("s3cret"));
+    }
+
+    #[test]
+    fn stream_framing() {
+        let stun = [0x01, 0x01, 0, 4, 0x21, 0x12, 0xa4, 0x42];
+        assert_eq!(frame_len(&stun[..3]), Frame::Partial);
+        assert_eq!(frame_len(&stun), Frame::Partial);
+        let mut whole = stun.to_vec();
+        whole.resize(24, 0);
+        assert_eq!(
+            frame_len(&whole),
+            Frame::Complete {
+                len: 24,
+                padded: 24
+            }
+        );
+        assert_eq!(frame_len(&[0x01, 0x01, 0, 4, 0, 0, 0, 0]), Frame::Junk);
+        assert_eq!(
+            frame_len(&[0x40, 0x00, 0, 5, 1, 2, 3, 4, 5]),
+            Frame::Partial
+        );
+        assert_eq!(
+            frame_len(&[0x40, 0x00, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0]),
+            Frame::Complete { len: 9, padded: 12 }
+        );
+        assert_eq!(frame_len(&[0x80, 0, 0, 0]), Frame::Junk);
+    }
+
+    #[test]
+    fn junk_on_the_stream_gives_up_the_connection_and_reconnects() {
+        let (mut net, now) = Net::new(TransportType::Tcp, ("user", "pass"));
+        let mut c = client(TurnTransport::Tcp, "pass", now);
+        net.advance(&mut c, now + Duration::from_secs(1));
+        assert!(c.relayed().is_some());
+        c.handle_server_bytes(b"\xffHTTP/1.1 400 Bad Request\r\n", net.now);
+        assert_eq!(
+            c.state(),
+            &AllocationState::Failed("the server's stream is not TURN framing".into())
+        );
+        // A new server (the old connection's allocation is gone with it).
+        net.server = TurnServer::new(TransportType::Tcp, a(SERVER), "realm".into());
+        net.server.add_user("user".into(), "pass".into());
+        let t = net.now + Duration::from_secs(2);
+        net.advance(&mut c, t);
+        assert_eq!(c.state(), &AllocationState::Ready(a(RELAYED)));
+        assert_eq!(c.stats().allocations, 2);
     }
 
     #[test]
