@@ -132,11 +132,17 @@ impl Coturn {
     }
 }
 
+/// The stream task's command queue and its event channel.
+type StreamEnds = (
+    mpsc::Sender<StreamCommand>,
+    mpsc::Receiver<(SocketAddr, StreamEvent)>,
+);
+
 /// The core with its IO: the UDP socket, or the stream shell's channels.
 struct Driver {
     core: TurnAllocation,
     udp: UdpSocket,
-    stream: Option<(mpsc::Sender<StreamCommand>, mpsc::Receiver<StreamEvent>)>,
+    stream: Option<StreamEnds>,
     received: Vec<(SocketAddr, Vec<u8>)>,
     cancel: CancellationToken,
 }
@@ -234,7 +240,7 @@ impl Driver {
                     }
                 } => {
                     let now = Instant::now();
-                    match ev.unwrap() {
+                    match ev.unwrap().1 {
                         StreamEvent::Connected(local) => self.core.handle_connected(local, now),
                         StreamEvent::Data(d) => self.core.handle_server_bytes(&d, now),
                         StreamEvent::Disconnected(why) => self.core.handle_disconnected(&why, now),

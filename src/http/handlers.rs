@@ -151,6 +151,13 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
         fields.insert("viewers".into(), rtc.viewers.into());
         fields.insert("max_viewers".into(), camera.rtc.max_viewers().into());
         fields.insert("camera".into(), camera_json(&camera.media.status()));
+        let remotes = camera.remotes.statuses();
+        if !remotes.is_empty() {
+            fields.insert(
+                "remotes".into(),
+                serde_json::to_value(remotes).unwrap_or_default(),
+            );
+        }
     }
     json(StatusCode::OK, &body)
 }
@@ -179,6 +186,13 @@ pub(super) async fn negotiate(state: &AppState) -> Response<Body> {
             );
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if state.signaling.starts_on_join() {
+                // For capture sides that dial out: no need to repeat Sync(session, true).
+                r.headers_mut().insert(
+                    crate::signaling::remote::START_ON_JOIN_HEADER,
+                    HeaderValue::from_static("1"),
+                );
+            }
             r
         }
         Err(e) => service_error(e),

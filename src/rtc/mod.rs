@@ -160,6 +160,8 @@ pub struct RtcStats {
     pub datagrams_unrouted: u64,
     /// Route lookups (syscalls) made to learn which local address a viewer sent to.
     pub local_addr_lookups: u64,
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
 }
 
 /// Commands to the engine task (bounded queue).

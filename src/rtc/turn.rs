@@ -53,6 +53,8 @@ use turn_client_proto::types::message::ALLOCATE;
 use turn_client_proto::types::TurnCredentials;
 use turn_client_proto::udp::TurnClientUdp;
 
+use super::core::{CoreTransmit, Sidecar, SidecarEvent, StreamState, Via};
+
 type ProtoInstant = turn_client_proto::stun::Instant;
 
 /// How the daemon reaches the TURN server (the `?transport=` of a `turn:` URL, and `turns:`).
@@ -80,98 +82,6 @@ impl fmt::Display for TurnTransport {
             TurnTransport::Udp => "udp",
             TurnTransport::Tcp => "tcp",
             TurnTransport::Tls => "tls",
-        })
-    }
-}
-
-/// A parsed `turn:`/`turns:` URL (RFC 7065): the host is resolved by the shell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TurnUrl {
-    /// Host name or address literal (the TLS server name for `turns:`).
-    pub host: String,
-    /// Port (3478 for `turn:`, 5349 for `turns:` when the URL has none).
-    pub port: u16,
-    /// How the server is reached.
-    pub transport: TurnTransport,
-}
-
-/// Why a `turn:` URL was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TurnUrlError {
-    /// Neither `turn:` nor `turns:`.
-    #[error("a TURN URL starts with turn: or turns:")]
-    Scheme,
-    /// No host after the scheme.
-    #[error("a TURN URL needs a host")]
-    Host,
-    /// The port is not a number from 1 to 65535.
-    #[error("bad port {0:?}")]
-    Port(String),
-    /// `?transport=` other than `udp` or `tcp`, or `turns:` with `transport=udp` (DTLS is not
-    /// supported).
-    #[error("unsupported transport {0:?} (udp or tcp; turns: is TLS over tcp)")]
-    Transport(String),
-}
-
-impl TurnUrl {
-    /// Parse `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port][?transport=tcp]`.
-    /// IPv6 literals go in brackets (`turn:[2001:db8::1]:3478`).
-    pub fn parse(url: &str) -> Result<Self, TurnUrlError> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("turns:") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("turn:") {
-            (false, r)
-        } else {
-            return Err(TurnUrlError::Scheme);
-        };
-        let (hostport, query) = match rest.split_once('?') {
-            Some((h, q)) => (h, Some(q)),
-            None => (rest, None),
-        };
-        let mut transport = if tls {
-            TurnTransport::Tls
-        } else {
-            TurnTransport::Udp
-        };
-        if let Some(query) = query {
-            let value = query
-                .strip_prefix("transport=")
-                .ok_or_else(|| TurnUrlError::Transport(query.to_owned()))?;
-            transport = match (tls, value.to_ascii_lowercase().as_str()) {
-                (false, "udp") => TurnTransport::Udp,
-                (false, "tcp") => TurnTransport::Tcp,
-                (true, "tcp") => TurnTransport::Tls,
-                _ => return Err(TurnUrlError::Transport(value.to_owned())),
-            };
-        }
-        let default_port = if tls { 5349 } else { 3478 };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or(TurnUrlError::Host)?;
-            match after.strip_prefix(':') {
-                Some(p) => (host, Some(p)),
-                None if after.is_empty() => (host, None),
-                None => return Err(TurnUrlError::Port(after.to_owned())),
-            }
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        if host.is_empty() || host.contains(['/', '@', ' ']) {
-            return Err(TurnUrlError::Host);
-        }
-        let port = match port {
-            None => default_port,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n != 0 => n,
-                _ => return Err(TurnUrlError::Port(p.to_owned())),
-            },
-        };
-        Ok(TurnUrl {
-            host: host.to_owned(),
-            port,
-            transport,
         })
     }
 }
@@ -744,8 +654,8 @@ impl TurnAllocation {
     }
 
     /// When to call [`TurnAllocation::handle_timeout`] next.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        match &mut self.phase {
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
             Phase::Backoff(at) => Some(*at),
             Phase::Connecting => None,
             // The deadline the client gave at the end of the last drive.
@@ -838,6 +748,208 @@ impl TurnAllocation {
             };
             self.fail(why, now);
         }
+    }
+}
+
+/// What `/health` and `/metrics` show of the TURN allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnStatus {
+    /// The configured URL (never the credential).
+    pub url: String,
+    /// `allocating`, `ready <relayed addr>`, `failed: <why>`…
+    pub state: String,
+    /// 0 connecting/allocating, 1 ready, 2 failed (`snaprtcd_turn_allocation_state`).
+    pub state_code: u8,
+    /// Payload bytes relayed from peers.
+    pub bytes_in: u64,
+    /// Payload bytes relayed to peers.
+    pub bytes_out: u64,
+}
+
+/// A [`TurnAllocation`] as a component beside str0m on the engine ([`Sidecar`]): its
+/// server's datagrams come to it, its relayed address becomes a relayed candidate, viewers'
+/// transmits from that address go through it, and what peers relay goes to the viewers.
+/// A viewer's first send to a peer installs the permission and channel for it (full ICE
+/// sends checks from every local candidate, so every remote candidate a viewer pairs with
+/// the relayed one is installed); sends before the permission is up are dropped and str0m
+/// retransmits.
+pub struct TurnSidecar {
+    alloc: TurnAllocation,
+    url: String,
+    host: String,
+    transmits: VecDeque<CoreTransmit>,
+    events: VecDeque<SidecarEvent>,
+    /// The relayed candidate offered now.
+    offered: Option<SocketAddr>,
+    /// The last failure logged (each distinct reason is logged once, not every retry).
+    logged_failure: Option<String>,
+}
+
+impl TurnSidecar {
+    /// `url` is the configured URL (for logs and `/health`), `host` its host (the TLS name).
+    pub fn new(alloc: TurnAllocation, url: String, host: String) -> Self {
+        let mut s = TurnSidecar {
+            alloc,
+            url,
+            host,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            offered: None,
+            logged_failure: None,
+        };
+        s.pump();
+        s
+    }
+
+    /// The allocation inside.
+    pub fn allocation(&self) -> &TurnAllocation {
+        &self.alloc
+    }
+
+    fn via(&self) -> Via {
+        match self.alloc.transport() {
+            TurnTransport::Udp => Via::Udp,
+            t => Via::Stream {
+                server: self.alloc.server(),
+                tls: t == TurnTransport::Tls,
+            },
+        }
+    }
+
+    /// Move the allocation's outputs into the sidecar's two queues.
+    fn pump(&mut self) {
+        let via = self.via();
+        let server = self.alloc.server();
+        while let Some(o) = self.alloc.poll_output() {
+            match o {
+                TurnOutput::Transmit(contents) => self.transmits.push_back(CoreTransmit {
+                    via,
+                    destination: server,
+                    contents,
+                }),
+                TurnOutput::Connect => {
+                    if let Via::Stream { server, tls } = via {
+                        self.events.push_back(SidecarEvent::Connect {
+                            server,
+                            tls,
+                            host: self.host.clone(),
+                        });
+                    }
+                }
+                TurnOutput::Received { peer, data } => {
+                    if let Some(relayed) = self.alloc.relayed() {
+                        self.events.push_back(SidecarEvent::Relayed {
+                            peer,
+                            relayed,
+                            contents: data,
+                        });
+                    }
+                }
+                TurnOutput::State(state) => self.state_changed(state),
+            }
+        }
+    }
+
+    fn state_changed(&mut self, state: AllocationState) {
+        if let Some(old) = self.offered.take() {
+            self.events
+                .push_back(SidecarEvent::CandidateGone { addr: old });
+        }
+        match &state {
+            AllocationState::Ready(relayed) => {
+                self.logged_failure = None;
+                tracing::info!(url = %self.url, %relayed, "TURN allocation ready: relayed candidate");
+                match str0m::Candidate::relayed(*relayed, self.alloc.local, "udp") {
+                    Ok(candidate) => {
+                        self.offered = Some(*relayed);
+                        self.events.push_back(SidecarEvent::Candidate { candidate });
+                    }
+                    Err(e) => tracing::warn!(%relayed, error = %e, "relayed address not usable"),
+                }
+            }
+            AllocationState::Failed(why) => {
+                if self.logged_failure.as_deref() != Some(why) {
+                    tracing::warn!(url = %self.url, "TURN allocation failed: {why} (retrying with backoff)");
+                    self.logged_failure = Some(why.clone());
+                }
+            }
+            AllocationState::Allocating | AllocationState::Connecting => {
+                tracing::debug!(url = %self.url, "TURN {state}");
+            }
+        }
+    }
+
+    /// The stream transport connected or closed.
+    pub fn handle_stream(&mut self, now: Instant, state: StreamState) {
+        match state {
+            StreamState::Connected(local) => self.alloc.handle_connected(local, now),
+            StreamState::Disconnected(why) => self.alloc.handle_disconnected(&why, now),
+        }
+        self.pump();
+    }
+}
+
+impl Sidecar for TurnSidecar {
+    fn name(&self) -> &str {
+        "turn"
+    }
+
+    fn claims(&self, via: Via, source: SocketAddr) -> bool {
+        source == self.alloc.server()
+            && match via {
+                Via::Udp => self.alloc.transport() == TurnTransport::Udp,
+                Via::Stream { server, .. } => {
+                    server == self.alloc.server() && self.alloc.transport().is_stream()
+                }
+            }
+    }
+
+    fn handle_datagram(&mut self, now: Instant, _via: Via, _source: SocketAddr, contents: &[u8]) {
+        self.alloc.handle_server_bytes(contents, now);
+        self.pump();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.alloc.handle_timeout(now);
+        self.pump();
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.alloc.poll_timeout()
+    }
+
+    fn poll_transmit(&mut self) -> Option<CoreTransmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<SidecarEvent> {
+        self.events.pop_front()
+    }
+
+    fn relayed_addr(&self) -> Option<SocketAddr> {
+        self.alloc.relayed()
+    }
+
+    fn send_relayed(&mut self, now: Instant, peer: SocketAddr, contents: &[u8]) -> bool {
+        let ok =
+            self.alloc.add_peer(peer, now) && self.alloc.handle_send(peer, contents, now).is_ok();
+        self.pump();
+        ok
+    }
+
+    fn handle_stream(&mut self, now: Instant, state: StreamState) {
+        TurnSidecar::handle_stream(self, now, state);
+    }
+
+    fn turn_status(&self) -> Option<TurnStatus> {
+        let st = self.alloc.stats();
+        Some(TurnStatus {
+            url: self.url.clone(),
+            state: self.alloc.state().to_string(),
+            state_code: self.alloc.state().metric(),
+            bytes_in: st.bytes_in,
+            bytes_out: st.bytes_out,
+        })
     }
 }
 
@@ -1449,41 +1561,5 @@ mod tests {
         net.advance(&mut c, t);
         assert_eq!(c.state(), &AllocationState::Ready(a(RELAYED)));
         assert_eq!(c.stats().allocations, 2);
-    }
-
-    #[test]
-    fn turn_urls() {
-        let u = TurnUrl::parse("turn:turn.example.org").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.transport),
-            ("turn.example.org", 3478, TurnTransport::Udp)
-        );
-        let u = TurnUrl::parse("turn:192.0.2.1:3479?transport=tcp").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.transport),
-            ("192.0.2.1", 3479, TurnTransport::Tcp)
-        );
-        let u = TurnUrl::parse("turns:t.example.org?transport=tcp").unwrap();
-        assert_eq!((u.port, u.transport), (5349, TurnTransport::Tls));
-        let u = TurnUrl::parse("turn:[2001:db8::1]:443").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 443));
-        assert_eq!(TurnUrl::parse("stun:x"), Err(TurnUrlError::Scheme));
-        assert_eq!(TurnUrl::parse("turn:"), Err(TurnUrlError::Host));
-        assert_eq!(
-            TurnUrl::parse("turn:x:0"),
-            Err(TurnUrlError::Port("0".into()))
-        );
-        assert_eq!(
-            TurnUrl::parse("turn:x:99999"),
-            Err(TurnUrlError::Port("99999".into()))
-        );
-        assert!(matches!(
-            TurnUrl::parse("turns:x?transport=udp"),
-            Err(TurnUrlError::Transport(_))
-        ));
-        assert!(matches!(
-            TurnUrl::parse("turn:x?transport=sctp"),
-            Err(TurnUrlError::Transport(_))
-        ));
     }
 }

@@ -95,14 +95,16 @@ async fn connect(target: &StreamTarget) -> io::Result<(Box<dyn Stream>, SocketAd
 }
 
 /// Run the stream shell until `cancel`: connect on [`StreamCommand::Connect`], write
-/// [`StreamCommand::Write`]s, report reads and closes as [`StreamEvent`]s. The engine owns
-/// both channels; when it goes away the task ends.
+/// [`StreamCommand::Write`]s, report reads and closes as [`StreamEvent`]s tagged with the
+/// server's address (one channel serves every stream task). The engine owns both channels;
+/// when it goes away the task ends.
 pub async fn run(
     target: StreamTarget,
     mut commands: mpsc::Receiver<StreamCommand>,
-    events: mpsc::Sender<StreamEvent>,
+    events: mpsc::Sender<(SocketAddr, StreamEvent)>,
     cancel: CancellationToken,
 ) {
+    let server = target.server;
     let mut conn: Option<Box<dyn Stream>> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -130,7 +132,7 @@ pub async fn run(
                             Err(_) => StreamEvent::Disconnected("connect timed out".into()),
                         },
                     };
-                    if events.send(ev).await.is_err() {
+                    if events.send((server, ev)).await.is_err() {
                         return;
                     }
                 }
@@ -138,7 +140,7 @@ pub async fn run(
                     let Some(c) = conn.as_mut() else { continue };
                     if let Err(e) = c.write_all(&bytes).await {
                         conn = None;
-                        if events.send(StreamEvent::Disconnected(e.to_string())).await.is_err() {
+                        if events.send((server, StreamEvent::Disconnected(e.to_string()))).await.is_err() {
                             return;
                         }
                     }
@@ -156,7 +158,7 @@ pub async fn run(
                         StreamEvent::Disconnected(e.to_string())
                     }
                 };
-                if events.send(ev).await.is_err() {
+                if events.send((server, ev)).await.is_err() {
                     return;
                 }
             }
