@@ -340,7 +340,44 @@ const METRICS: &[Metric] = &[
         help: "RTSP requests answered with an error status.",
         read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.bad_requests))),
     },
+    Metric {
+        name: "snaprtcd_turn_allocation_state",
+        kind: Kind::Gauge,
+        help: "Each [ice] turn_servers allocation: 0 connecting or allocating, 1 ready (relayed candidate offered), 2 failed (retrying).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .map(|t| (format!("{{url=\"{}\"}}", label(&t.url)), f64::from(t.state_code)))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_turn_relayed_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes relayed through the TURN allocation, by direction (in: from peers).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .flat_map(|t| {
+                    let url = label(&t.url);
+                    [
+                        (format!("{{url=\"{url}\",direction=\"in\"}}"), t.bytes_in as f64),
+                        (format!("{{url=\"{url}\",direction=\"out\"}}"), t.bytes_out as f64),
+                    ]
+                })
+                .collect()
+        }),
+    },
 ];
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 /// `snaprtcd_keyframes_total{cause="…"}` for every cause.
 fn keyframes_by_cause(s: &Snapshot<'_>) -> Vec<Sample> {
