@@ -374,6 +374,36 @@ const METRICS: &[Metric] = &[
         help: "Offers dropped because the remote session was serving another initiator.",
         read: Read::Samples(|s| remote_counter(s, |c| c.busy_offers)),
     },
+    Metric {
+        name: "snaprtcd_turn_allocation_state",
+        kind: Kind::Gauge,
+        help: "Each [ice] turn_servers allocation: 0 connecting or allocating, 1 ready (relayed candidate offered), 2 failed (retrying).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .map(|t| (format!("{{url=\"{}\"}}", label(&t.url)), f64::from(t.state_code)))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_turn_relayed_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes relayed through the TURN allocation, by direction (in: from peers).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .flat_map(|t| {
+                    let url = label(&t.url);
+                    [
+                        (format!("{{url=\"{url}\",direction=\"in\"}}"), t.bytes_in as f64),
+                        (format!("{{url=\"{url}\",direction=\"out\"}}"), t.bytes_out as f64),
+                    ]
+                })
+                .collect()
+        }),
+    },
 ];
 
 /// The labels naming one remote: `url="…",session="…"`.
@@ -418,6 +448,13 @@ fn remote_counter(s: &Snapshot<'_>, read: fn(&RemoteCounters) -> u64) -> Vec<Sam
             )
         })
         .collect()
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `snaprtcd_keyframes_total{cause="…"}` for every cause.

@@ -143,6 +143,13 @@ pub trait Sidecar: Send {
     }
     /// Its state for `/health` and `/metrics`.
     fn health(&self) -> SidecarHealth;
+    /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
+    /// closed.
+    fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
+    /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
+    fn turn_status(&self) -> Option<super::turn::TurnStatus> {
+        None
+    }
 }
 
 /// A [`Sidecar`]'s state as `/health` shows it.
@@ -162,9 +169,28 @@ pub struct SidecarHealth {
     pub bytes_relayed: u64,
 }
 
+/// What became of a stream the shell opened for a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    /// Connected, from this local address.
+    Connected(SocketAddr),
+    /// The connect failed or the connection closed (why).
+    Disconnected(String),
+}
+
 /// What a [`Sidecar`] tells the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SidecarEvent {
+    /// Open a (new) stream to `server` (TURN over TCP or TLS); the answer comes back through
+    /// [`Core::handle_stream`].
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// TLS over the TCP connection (`turns:`).
+        tls: bool,
+        /// The TLS server name.
+        host: String,
+    },
     /// A local candidate to offer viewers (server-reflexive or relayed); `base` is the local
     /// address it stands for.
     Candidate {
@@ -191,6 +217,17 @@ pub enum SidecarEvent {
 /// What only the shell can do, or wants to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreEvent {
+    /// A sidecar wants a (new) stream to `server`: close any open one, connect, and report
+    /// with [`Core::handle_stream`]; bytes read go to [`Core::handle_datagram`] with
+    /// [`Via::Stream`].
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// TLS over the TCP connection (`turns:`).
+        tls: bool,
+        /// The TLS server name.
+        host: String,
+    },
     /// A viewer needs video: take a frame subscription (the pipeline resumes with an IDR) and
     /// feed its frames to [`Core::handle_frame`].
     SubscribeVideo,
@@ -365,6 +402,20 @@ impl Core {
             self.route_to_viewer(now, source, Some(destination), contents);
         } else {
             self.totals.datagrams_unrouted += 1;
+        }
+        self.sweep(now);
+    }
+
+    /// The stream to `server` that a sidecar asked for connected or closed.
+    pub fn handle_stream(&mut self, now: Instant, server: SocketAddr, state: StreamState) {
+        let claims = |s: &dyn Sidecar| {
+            [false, true]
+                .into_iter()
+                .any(|tls| s.claims(Via::Stream { server, tls }, server))
+        };
+        if let Some(i) = self.sidecars.iter().position(|s| claims(s.as_ref())) {
+            self.sidecars[i].handle_stream(now, state);
+            self.drain_sidecar(i, now);
         }
         self.sweep(now);
     }
@@ -607,6 +658,10 @@ impl Core {
         }
         while let Some(e) = self.sidecars[i].poll_event() {
             match e {
+                SidecarEvent::Connect { server, tls, host } => {
+                    self.events
+                        .push_back(CoreEvent::Connect { server, tls, host });
+                }
                 SidecarEvent::Candidate { candidate } => self.add_local_candidate(candidate),
                 SidecarEvent::CandidateGone { addr } => {
                     let before = self.extra_candidates.len();
@@ -698,6 +753,11 @@ impl Core {
         s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
         s.local_addr_lookups = self.local_addrs.lookups();
         s.ice = self.sidecars.iter().map(|c| c.health()).collect();
+        s.turn = self
+            .sidecars
+            .iter()
+            .filter_map(|x| x.turn_status())
+            .collect();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.bytes_out += v.bytes_out;

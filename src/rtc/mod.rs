@@ -13,6 +13,8 @@
 //! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
 //!   credentials made from a TURN secret, never the secret).
 //! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
+//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
+//!   around `turn-client-proto`.
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -24,6 +26,8 @@ pub mod engine;
 pub mod ice_servers;
 pub mod offer;
 pub mod stun;
+pub mod turn;
+pub mod turn_stream;
 pub mod viewer;
 pub mod whep;
 
@@ -163,6 +167,8 @@ pub struct RtcStats {
     pub local_addr_lookups: u64,
     /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
     pub ice: Vec<core::SidecarHealth>,
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
 }
 
 /// Commands to the engine task (bounded queue).
