@@ -1,7 +1,11 @@
 //! WebRTC: every viewer is a `str0m::Rtc` owned by one engine task on one UDP port.
 //!
-//! - [`engine`]: the task that owns the socket and every `Rtc`; demultiplexes datagrams with
-//!   `Rtc::accepts` and drains `poll_output` after every input (str0m's single-mutation rule).
+//! - [`core`]: the engine's sans-IO state (every viewer's `Rtc`, the GOP cache, routing):
+//!   `handle_*(now, …)` in, `poll_transmit`/`poll_event`/`poll_timeout` out; demultiplexes
+//!   datagrams with `Rtc::accepts` (after any [`core::Sidecar`], e.g. STUN or TURN, claims its
+//!   server's) and drains each `Rtc` after every input (str0m's single-mutation rule).
+//! - [`engine`]: the thin tokio shell that owns the socket, the frame subscription and the
+//!   still tasks, and moves bytes and events between them and the core.
 //! - [`viewer`]: one peer: video writes, data channel stills, liveness.
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
@@ -12,6 +16,7 @@
 //! returns the answer with every server candidate in it (no trickle needed).
 
 pub mod candidates;
+pub mod core;
 pub mod engine;
 pub mod offer;
 pub mod viewer;
@@ -191,6 +196,8 @@ pub(crate) struct Shared {
     pub silence_timeout: Duration,
     /// Budgets for offers and trickle fragments.
     pub sdp_limits: SdpLimits,
+    /// Full ICE instead of ICE-lite (`[ice] mode`).
+    pub full_ice: bool,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -241,43 +248,7 @@ impl RtcHandle {
     /// text), then a viewer slot, and only then str0m's parser and the `Rtc` (a DTLS key and
     /// certificate).
     pub async fn answer(&self, offer_sdp: String, kind: ViewerKind) -> Result<Answer, RtcError> {
-        let (cleaned, summary) = offer::inspect_with(&offer_sdp, &self.shared.sdp_limits)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        check_kind(&kind, &summary)?;
-        let slot = ViewerSlot::take(&self.shared.slots, self.shared.max_viewers)?;
-        let (id, etag_id) = (ViewerId::random()?, ViewerId::random()?);
-        let offer =
-            SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
-
-        let now = Instant::now();
-        let mut rtc = new_rtc(now);
-        self.shared.rtc_built.fetch_add(1, Ordering::Relaxed);
-        for c in &self.shared.candidates {
-            rtc.add_local_candidate(c.clone());
-        }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        let sdp = answer.to_sdp_string();
-
-        let etag = format!("\"{etag_id}\"");
-        let max_message = summary.max_message_size.min(MAX_STILL_BYTES);
-        let viewer = viewer::Viewer::new(
-            id,
-            kind,
-            rtc,
-            etag.clone(),
-            viewer::ViewerOptions {
-                max_message,
-                snapshot_on_connect: self.shared.snapshot_on_connect,
-                silence_timeout: self.shared.silence_timeout,
-                expects_video: summary.has_video && summary.has_h264,
-                remote_candidates: summary.candidates,
-            },
-            slot,
-            now,
-        );
+        let (viewer, answer) = accept_offer(&self.shared, &offer_sdp, kind, Instant::now())?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Register {
@@ -287,7 +258,7 @@ impl RtcHandle {
             .await
             .map_err(|_| RtcError::Stopped)?;
         rx.await.map_err(|_| RtcError::Stopped)??;
-        Ok(Answer { id, sdp, etag })
+        Ok(answer)
     }
 
     /// Remove a viewer and free everything it held.
@@ -339,6 +310,57 @@ impl RtcHandle {
     }
 }
 
+/// Build a viewer from an offer, and the answer to send back: pure apart from the randomness
+/// of ids and DTLS keys, so the core's tests use it as the handles do.
+///
+/// Cheapest checks first: the SDP budgets and what the offer asks for (one pass over the
+/// text), then a viewer slot, and only then str0m's parser and the `Rtc` (a DTLS key and
+/// certificate).
+pub(crate) fn accept_offer(
+    shared: &Shared,
+    offer_sdp: &str,
+    kind: ViewerKind,
+    now: Instant,
+) -> Result<(viewer::Viewer, Answer), RtcError> {
+    let (cleaned, summary) = offer::inspect_with(offer_sdp, &shared.sdp_limits)
+        .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+    check_kind(&kind, &summary)?;
+    let slot = ViewerSlot::take(&shared.slots, shared.max_viewers)?;
+    let (id, etag_id) = (ViewerId::random()?, ViewerId::random()?);
+    let offer =
+        SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
+
+    let mut rtc = new_rtc(now, shared.full_ice);
+    shared.rtc_built.fetch_add(1, Ordering::Relaxed);
+    for c in &shared.candidates {
+        rtc.add_local_candidate(c.clone());
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+    let sdp = answer.to_sdp_string();
+
+    let etag = format!("\"{etag_id}\"");
+    let max_message = summary.max_message_size.min(MAX_STILL_BYTES);
+    let viewer = viewer::Viewer::new(
+        id,
+        kind,
+        rtc,
+        etag.clone(),
+        viewer::ViewerOptions {
+            max_message,
+            snapshot_on_connect: shared.snapshot_on_connect,
+            silence_timeout: shared.silence_timeout,
+            expects_video: summary.has_video && summary.has_h264,
+            remote_candidates: summary.candidates,
+        },
+        slot,
+        now,
+    );
+    Ok((viewer, Answer { id, sdp, etag }))
+}
+
 /// WHEP and go2rtc need H.264 video; SnapRTC needs a data channel or H.264 video.
 fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), RtcError> {
     if matches!(kind, ViewerKind::Whep | ViewerKind::Go2rtc) {
@@ -354,11 +376,12 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
     Ok(())
 }
 
-/// A fresh `Rtc` as every viewer gets it: ICE-lite (the device has only host candidates and
-/// the browser does the checks), H.264 CB only, room for a 256 KiB still in the SCTP buffer.
-fn new_rtc(now: Instant) -> Rtc {
+/// A fresh `Rtc` as every viewer gets it: ICE-lite unless `full_ice` (with host candidates
+/// only the browser does the checks; with STUN/TURN servers both sides check pairs), H.264 CB
+/// only, room for a 256 KiB still in the SCTP buffer.
+fn new_rtc(now: Instant, full_ice: bool) -> Rtc {
     let mut cfg = RtcConfig::new()
-        .set_ice_lite(true)
+        .set_ice_lite(!full_ice)
         .clear_codecs()
         .set_sctp_max_buffered_amount(2 * MAX_STILL_BYTES)
         // Lets the player render at once instead of buffering (live camera, LAN).

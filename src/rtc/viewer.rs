@@ -192,6 +192,11 @@ impl Viewer {
         Some(self.next_timeout)
     }
 
+    /// When this viewer counts as silent unless a datagram arrives first.
+    pub fn silent_at(&self) -> Instant {
+        self.last_rx + self.silence_timeout
+    }
+
     /// Alive: str0m has not given up, and the peer spoke within the silence timeout.
     pub fn is_alive(&self, now: Instant) -> bool {
         self.rtc.is_alive() && now.saturating_duration_since(self.last_rx) < self.silence_timeout
