@@ -472,7 +472,9 @@ impl Generation {
         common
             .media_counters
             .send_replace(Some(media.counters().clone()));
-        let rtc = self.start_rtc(config, &media, common).await?;
+        let rtc = self
+            .start_rtc(config, &media, audio.clone(), common)
+            .await?;
         // The engine answers for the built-in SnapRTC capture member (`join_sessions = "all"`).
         let answerer: Arc<dyn crate::signaling::capture::Answerer> = Arc::new(rtc.clone());
         let signaling = crate::signaling::spawn(
@@ -553,6 +555,7 @@ impl Generation {
         &mut self,
         config: &Config,
         media: &MediaHandle,
+        audio: Option<crate::audio::AudioHandle>,
         common: &Common,
     ) -> Result<RtcHandle, DaemonError> {
         let engine = crate::rtc::Engine::bind(
@@ -562,6 +565,10 @@ impl Generation {
         .await
         .map_err(DaemonError::Rtc)?
         .with_heartbeat(common.rtc_beat.clone());
+        let engine = match audio {
+            Some(audio) => engine.with_audio(audio),
+            None => engine,
+        };
         // (The engine logs its UDP port and the candidates it announces.)
         let rtc = engine.handle();
         self.services.spawn("rtc", engine.run(self.cancel.clone()));

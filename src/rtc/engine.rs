@@ -29,6 +29,7 @@ use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
 use super::core::{Core, CoreEvent, CoreTransmit, Via};
 use super::offer::SdpLimits;
 use super::{Command, RtcHandle, Shared, ViewerId};
+use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
 use crate::config::{Config, IceConfig};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
@@ -86,6 +87,7 @@ pub struct Engine {
     handle: RtcHandle,
     commands: mpsc::Receiver<Command>,
     media: MediaHandle,
+    audio: Option<AudioHandle>,
     hosts: Vec<HostAddr>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
@@ -119,6 +121,7 @@ impl Engine {
                 silence_timeout: settings.silence_timeout,
                 sdp_limits: settings.sdp_limits,
                 full_ice: settings.ice.full_ice(),
+                audio: Default::default(),
                 slots: Arc::default(),
                 rtc_built: Default::default(),
             }),
@@ -129,6 +132,7 @@ impl Engine {
             handle,
             commands,
             media,
+            audio: None,
             hosts: settings.hosts,
             heartbeat: Heartbeat::default(),
         })
@@ -137,6 +141,17 @@ impl Engine {
     /// Beat `heartbeat` every turn of the loop (the daemon registers it with the watchdog).
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Send `audio` to every viewer whose offer has an audio m-line (Opus); without it, audio
+    /// m-lines are answered rejected.
+    pub fn with_audio(mut self, audio: AudioHandle) -> Self {
+        self.handle
+            .shared
+            .audio
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.audio = Some(audio);
         self
     }
 
@@ -158,6 +173,7 @@ impl Engine {
             handle,
             mut commands,
             media,
+            audio,
             hosts,
             heartbeat,
         } = self;
@@ -172,6 +188,8 @@ impl Engine {
             socket,
             media,
             subscriber: None,
+            audio,
+            audio_subscriber: None,
             tasks: JoinSet::new(),
             still_tx,
         };
@@ -204,6 +222,11 @@ impl Engine {
                         core.handle_frames_ended(Instant::now());
                     }
                 },
+                frame = next_audio(&mut shell.audio_subscriber) => match frame {
+                    Some(frame) => core.handle_audio(Instant::now(), &frame),
+                    // The audio thread stopped: video goes on without it.
+                    None => shell.audio_subscriber = None,
+                },
                 Some((id, channel, still)) = still_rx.recv() => {
                     core.handle_still(Instant::now(), id, channel, still);
                 }
@@ -233,6 +256,10 @@ struct Shell {
     media: MediaHandle,
     /// Held while the core wants video ([`CoreEvent::SubscribeVideo`]).
     subscriber: Option<FrameSubscriber>,
+    /// The daemon's audio, when it has any.
+    audio: Option<AudioHandle>,
+    /// Held while the core wants audio ([`CoreEvent::SubscribeAudio`]).
+    audio_subscriber: Option<AudioSubscriber>,
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
     still_tx: mpsc::Sender<StillResult>,
@@ -250,6 +277,10 @@ impl Shell {
             match e {
                 CoreEvent::SubscribeVideo => self.subscriber = Some(self.media.subscribe()),
                 CoreEvent::ReleaseVideo => self.subscriber = None,
+                CoreEvent::SubscribeAudio => {
+                    self.audio_subscriber = self.audio.as_ref().map(AudioHandle::subscribe);
+                }
+                CoreEvent::ReleaseAudio => self.audio_subscriber = None,
                 CoreEvent::Keyframe(cause) => self.media.request_keyframe(cause),
                 CoreEvent::Still {
                     viewer,
@@ -293,6 +324,13 @@ impl Shell {
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioFrame> {
     match sub {
         Some(s) => s.recv().await,
         None => std::future::pending().await,

@@ -27,6 +27,7 @@ fn engine_addr() -> SocketAddr {
 fn shared(silence: Duration) -> Arc<Shared> {
     super::super::engine::init_crypto();
     Arc::new(Shared {
+        audio: Default::default(),
         candidates: vec![Candidate::host(engine_addr(), "udp").unwrap()],
         max_viewers: 4,
         snapshot_on_connect: true,
