@@ -152,8 +152,11 @@ pub struct SidecarHealth {
     pub kind: &'static str,
     /// The server as configured (URL; never credentials).
     pub server: String,
-    /// E.g. `starting`, `ok`, `failing` (STUN); the allocation's state (TURN).
+    /// One word: `starting`, `ok`, `failing` (STUN); the allocation's state (TURN, e.g.
+    /// `allocating`, `ready`, `failed`).
     pub state: String,
+    /// Working: the STUN server answers, the TURN allocation holds.
+    pub up: bool,
     /// The candidate it provides now (server-reflexive or relayed address).
     pub candidate: Option<SocketAddr>,
     /// The last error, while failing.
@@ -552,9 +555,15 @@ impl Core {
             match out {
                 ViewerOutput::Transmit(t) => self.transmit_for_viewer(t, now),
                 ViewerOutput::Event(ViewerEvent::Connected) => {
+                    let relayed: Vec<SocketAddr> = self
+                        .sidecars
+                        .iter()
+                        .filter_map(|c| c.relayed_addr())
+                        .collect();
                     let v = &self.viewers[i];
                     let after = now.saturating_duration_since(v.created);
-                    tracing::info!(viewer = %v.id, ?after, "viewer connected");
+                    let pair = v.pair_type(&relayed).map_or("?", |p| p.as_str());
+                    tracing::info!(viewer = %v.id, ?after, pair, "viewer connected");
                     self.events.push_back(CoreEvent::ViewerConnected {
                         viewer: v.id,
                         after,
@@ -698,6 +707,18 @@ impl Core {
         s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
         s.local_addr_lookups = self.local_addrs.lookups();
         s.ice = self.sidecars.iter().map(|c| c.health()).collect();
+        let relayed: Vec<SocketAddr> = self
+            .sidecars
+            .iter()
+            .filter_map(|c| c.relayed_addr())
+            .collect();
+        for v in &self.viewers {
+            if let Some(t) = v.pair_type(&relayed) {
+                if let Some(i) = super::viewer::PairType::ALL.iter().position(|p| *p == t) {
+                    s.pair_types[i] += 1;
+                }
+            }
+        }
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.bytes_out += v.bytes_out;

@@ -163,6 +163,9 @@ pub struct RtcStats {
     pub local_addr_lookups: u64,
     /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
     pub ice: Vec<core::SidecarHealth>,
+    /// Connected viewers by their selected candidate pair's type, in
+    /// [`viewer::PairType::ALL`] order (host, srflx, prflx, relay).
+    pub pair_types: [usize; 4],
 }
 
 /// Commands to the engine task (bounded queue).
@@ -393,6 +396,11 @@ pub(crate) fn accept_offer(
     );
     let mut viewer = viewer;
     viewer.told_candidates = told;
+    let remote: Vec<Candidate> = offer::fragment_candidates(&cleaned)
+        .into_iter()
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .collect();
+    viewer.note_remote_candidates(remote.iter(), shared.sdp_limits.max_candidates);
     Ok((viewer, Answer { id, sdp, etag }))
 }
 

@@ -51,6 +51,8 @@ struct Peer {
     events: Vec<Event>,
     /// Drop every datagram to and from the engine (a peer that vanished).
     muted: bool,
+    /// The address the engine sees it at (a NAT in between), when not `addr`.
+    nat: Option<SocketAddr>,
 }
 
 impl Peer {
@@ -66,6 +68,7 @@ impl Peer {
             addr,
             events: Vec::new(),
             muted: false,
+            nat: None,
         };
         (peer, offer.to_sdp_string(), pending)
     }
@@ -174,7 +177,11 @@ impl World {
     fn drain_core(&mut self) {
         loop {
             if let Some(t) = self.core.poll_transmit() {
-                match self.peers.iter_mut().find(|p| p.addr == t.destination) {
+                match self
+                    .peers
+                    .iter_mut()
+                    .find(|p| p.nat.unwrap_or(p.addr) == t.destination)
+                {
                     Some(p) if !p.muted => {
                         let input = Input::Receive(
                             self.now,
@@ -248,10 +255,11 @@ impl World {
                         if self.peers[i].muted {
                             continue;
                         }
+                        let source = self.peers[i].nat.unwrap_or(t.source);
                         self.core.handle_datagram(
                             self.now,
                             Via::Udp,
-                            t.source,
+                            source,
                             t.destination,
                             &t.contents,
                         );
@@ -358,6 +366,28 @@ fn a_peer_connects_gets_video_and_a_still_on_virtual_time() {
         s.local_addr_lookups, 0,
         "the destination came with the datagram"
     );
+    assert_eq!(s.pair_types, [1, 0, 0, 0], "host to host");
+}
+
+#[test]
+fn a_peer_behind_a_nat_is_found_peer_reflexive() {
+    let mut w = World::new(Duration::from_secs(15));
+    let (mut peer, offer, pending) = Peer::new(peer_addr(0), w.now);
+    peer.nat = Some(SocketAddr::from((Ipv4Addr::new(198, 51, 100, 9), 61000)));
+    let (viewer, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Register {
+            viewer: Box::new(viewer),
+            reply,
+        },
+    );
+    rx.try_recv().unwrap().unwrap();
+    peer.accept(pending, &answer.sdp);
+    w.peers.push(peer);
+    w.run_until(Duration::from_secs(10), |w| w.peers[0].frames() >= 5);
+    assert_eq!(w.core.stats().pair_types, [0, 0, 1, 0], "prflx");
 }
 
 #[test]
