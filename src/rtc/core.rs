@@ -141,6 +141,9 @@ pub trait Sidecar: Send {
     fn send_relayed(&mut self, _now: Instant, _peer: SocketAddr, _contents: &[u8]) -> bool {
         false
     }
+    /// A viewer's remote candidate (from its offer or a PATCH): a TURN allocation may install
+    /// a permission for it before the peer's first check arrives. Drained like any input.
+    fn handle_remote_candidate(&mut self, _now: Instant, _addr: SocketAddr) {}
     /// Its state for `/health` and `/metrics`.
     fn health(&self) -> SidecarHealth;
 }
@@ -480,9 +483,21 @@ impl Core {
         for c in &self.extra_candidates {
             viewer.rtc.add_local_candidate(c.clone());
         }
+        let remotes: Vec<SocketAddr> = viewer.remote_addrs().collect();
         self.viewers.push(viewer);
         self.process_outputs(self.viewers.len() - 1, now);
+        self.tell_sidecars_remotes(&remotes, now);
         Ok(())
+    }
+
+    /// Hand the viewers' remote candidates to the sidecars (TURN permissions).
+    fn tell_sidecars_remotes(&mut self, remotes: &[SocketAddr], now: Instant) {
+        for i in 0..self.sidecars.len() {
+            for a in remotes {
+                self.sidecars[i].handle_remote_candidate(now, *a);
+            }
+            self.drain_sidecar(i, now);
+        }
     }
 
     fn close(&mut self, id: ViewerId) -> Result<(), RtcError> {
@@ -513,6 +528,7 @@ impl Core {
         let v = &mut self.viewers[i];
         super::whep::check_if_match(&v.etag, if_match.as_deref())?;
         let max = self.shared.sdp_limits.max_candidates;
+        let remotes: Vec<SocketAddr> = candidates.iter().map(|c| c.addr()).collect();
         v.handle_candidates(candidates, max, now)?;
         let late: Vec<str0m::Candidate> = self
             .extra_candidates
@@ -522,6 +538,7 @@ impl Core {
             .collect();
         v.told_candidates.extend(late.iter().map(|c| c.addr()));
         self.process_outputs(i, now);
+        self.tell_sidecars_remotes(&remotes, now);
         Ok(late)
     }
 

@@ -231,6 +231,11 @@ impl Viewer {
         }
     }
 
+    /// The addresses of the peer's candidates (offer and trickle).
+    pub fn remote_addrs(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.remote_kinds.iter().map(|(a, _)| *a)
+    }
+
     /// The selected pair's type, once connected; `relayed` are our relayed addresses.
     pub fn pair_type(&self, relayed: &[std::net::SocketAddr]) -> Option<PairType> {
         if !self.connected {
