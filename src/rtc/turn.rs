@@ -949,6 +949,7 @@ impl Sidecar for TurnSidecar {
             kind: "turn",
             server: self.url.clone(),
             error: (state.metric() == 2).then(|| text.clone()),
+            up: state.metric() == 1,
             state: text,
             candidate: self.alloc.relayed(),
             bytes_relayed: st.bytes_in + st.bytes_out,
