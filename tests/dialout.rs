@@ -172,3 +172,143 @@ async fn initiators_in_turn_on_an_echoing_hub_each_get_one_signal_start() {
     let h = health(&cam);
     eprintln!("three initiators in {:?}; {h}", started.elapsed());
 }
+
+/// `https://` hubs: the device speaks TLS (rustls, the system's roots: here `SSL_CERT_FILE`
+/// names a test CA) to a TLS front of the relay, negotiates and upgrades to `wss://` through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reaches_an_https_hub_through_the_system_roots() {
+    if !common::require_tool("openssl", "openssl") {
+        return;
+    }
+    let relay = Daemon::start(RELAY);
+    let dir = common::TempDir::new("tls");
+    let ca = dir.path("ca.pem");
+    make_certificates(&dir);
+    let front = tls_front(&dir, relay.addr).await;
+    let ca_env = ca.to_str().unwrap().to_owned();
+    let mut cam = tokio::task::spawn_blocking(move || {
+        let mut cam = Daemon::start_with_env(
+            &format!(
+                "[[remote]]\nurl = \"https://localhost:{}\"\nsession = \"dev-tls\"\n",
+                front.port()
+            ),
+            &[("SSL_CERT_FILE", &ca_env)],
+        );
+        cam.wait_for_log("remote hub: idle", common::START_TIMEOUT);
+        cam
+    })
+    .await
+    .unwrap();
+    assert_eq!(health(&cam)["remotes"][0]["start_on_join"], true);
+    initiate(relay.addr, "dev-tls", 0).await;
+    cam.wait_for_log("answered the initiator's offer", Duration::from_secs(5));
+}
+
+/// A test CA and a server certificate for `localhost` signed by it, with openssl.
+fn make_certificates(dir: &common::TempDir) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "1",
+            "-subj",
+            "/CN=snaprtcd test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.path("srv.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "srv.ext",
+        "-out",
+        "srv.pem",
+    ]);
+}
+
+/// TLS on 127.0.0.1:0 in front of `backend` (plain TCP): what a reverse proxy does.
+async fn tls_front(dir: &common::TempDir, backend: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.path("srv.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.path("srv.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
