@@ -312,3 +312,35 @@ async fn tls_front(dir: &common::TempDir, backend: std::net::SocketAddr) -> std:
     });
     addr
 }
+
+/// `session = "device-id"` (the default) is the stable id the daemon keeps in its state
+/// directory (the one mDNS announces); the log names it once, and an initiator reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_id_is_the_session_by_default() {
+    let relay = Daemon::start(RELAY);
+    let state = common::TempDir::new("state");
+    std::fs::write(state.path("device-id"), "0123456789abcdef\n").unwrap();
+    let (hub, state_dir) = (relay.addr, state.0.to_str().unwrap().to_owned());
+    let cam = tokio::task::spawn_blocking(move || {
+        let mut cam = Daemon::start_with_env(
+            &format!("[[remote]]\nurl = \"http://{hub}\"\n"),
+            &[("STATE_DIRECTORY", &state_dir)],
+        );
+        cam.wait_for_log("remote hub: idle", common::START_TIMEOUT);
+        cam
+    })
+    .await
+    .unwrap();
+    let told: Vec<_> = cam
+        .log
+        .iter()
+        .filter(|l| l.contains("give that id"))
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0].contains("waits in session 0123456789abcdef on"),
+        "{}",
+        told[0]
+    );
+    initiate(relay.addr, "0123456789abcdef", 0).await;
+}
