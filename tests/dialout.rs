@@ -47,14 +47,16 @@ async fn initiate(hub: std::net::SocketAddr, session: &str, frames: usize) -> Cl
     let mut init = Client::open(hub).await;
     init.invoke("1", "Sync", json!([session, false])).await;
     until(&mut init, "signalStart").await;
-    let extra = exchange(&mut init, session, frames).await;
+    let extra = exchange(&mut init, session, frames, Duration::from_millis(100)).await;
     assert_eq!(extra, 0, "a second signalStart during the exchange");
     init
 }
 
-/// After `signalStart`: offer, take the answer, get a still (and `frames` frames). Returns how
-/// many more `signalStart`s came meanwhile (a stock page would have built a second peer).
-async fn exchange(init: &mut Client, session: &str, frames: usize) -> usize {
+/// After `signalStart`: offer, take the answer, get a still (and `frames` frames), stay in the
+/// hub `linger` longer (a page leaves the hub once connected; over a TURN relay that can take
+/// seconds). Returns how many more `signalStart`s came meanwhile (a stock page would have
+/// built a second peer).
+async fn exchange(init: &mut Client, session: &str, frames: usize, linger: Duration) -> usize {
     let (mut peer, offer, pending) = support::Peer::new().await;
     let payload = json!({"type": "offer", "sdp": offer}).to_string();
     init.invoke("2", "SignalCapture", json!([session, payload]))
@@ -69,9 +71,13 @@ async fn exchange(init: &mut Client, session: &str, frames: usize) -> usize {
     if frames > 0 {
         peer.frames(frames).await;
     }
-    // What else reached the page by the time it has its picture (and would leave the hub).
+    // What else reached the page until it leaves the hub.
     let mut after = Vec::new();
-    while let Some(Read::Record(r)) = init.read_within(Duration::from_millis(100)).await {
+    let leave = tokio::time::Instant::now() + linger;
+    while let Some(Read::Record(r)) = init
+        .read_within(leave.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
         after.push(r);
     }
     before
@@ -145,7 +151,8 @@ async fn initiators_in_turn_on_an_echoing_hub_each_get_one_signal_start() {
     b.invoke("1", "Sync", json!(["dev-3", false])).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // A's gathering, not a synchronisation
     assert_eq!(
-        exchange(&mut a, "dev-3", 0).await,
+        // A takes 4 s more to connect and leave: past the next announce were it not held.
+        exchange(&mut a, "dev-3", 0, Duration::from_secs(4)).await,
         0,
         "A got a second signalStart"
     );
@@ -155,12 +162,12 @@ async fn initiators_in_turn_on_an_echoing_hub_each_get_one_signal_start() {
     // B starts only now, once.
     let (_, before) = until(&mut b, "signalStart").await;
     assert!(
-        a_done.elapsed() > Duration::from_secs(1),
+        a_done.elapsed() > Duration::from_millis(500),
         "B started while A was being served"
     );
     assert!(!before.iter().any(|r| r["target"] == "signalStart"));
     assert_eq!(
-        exchange(&mut b, "dev-3", 0).await,
+        exchange(&mut b, "dev-3", 0, Duration::from_millis(100)).await,
         0,
         "B got a second signalStart"
     );
