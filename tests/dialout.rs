@@ -116,7 +116,10 @@ async fn a_device_waiting_on_a_relay_serves_an_initiator_that_joins_later() {
 async fn the_device_reconnects_and_rejoins_after_the_hub_restarts() {
     let relay = Daemon::start(RELAY);
     let addr = relay.addr;
-    let mut cam = device(addr, "dev-2", "");
+    // The link drops right after the device's first announce: an initiator that got it may
+    // still be gathering, so the device rejoins at once but says it is ready only an
+    // announce_interval after that announce (6 s here, the least allowed).
+    let mut cam = device(addr, "dev-2", "announce_interval = \"6s\"\n");
     cam.wait_for_log("remote hub: idle", common::START_TIMEOUT);
     drop(relay);
     cam.wait_for_log("remote hub: reconnecting", Duration::from_secs(10));
