@@ -354,3 +354,37 @@ async fn the_device_id_is_the_session_by_default() {
     );
     initiate(relay.addr, "0123456789abcdef", 0).await;
 }
+
+/// `systemctl reload` with a `[[remote]]` added starts dialling out; removed, it stops.
+#[test]
+fn sighup_adds_and_removes_a_remote() {
+    let relay = Daemon::start(RELAY);
+    let mut cam = Daemon::start("");
+    let path = cam.dir.path("snaprtcd.toml");
+    let base = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[[remote]]\nurl = \"http://{}\"\nsession = \"hup\"\n",
+            relay.addr
+        ),
+    )
+    .unwrap();
+    cam.signal("HUP");
+    let line = cam.wait_for_log("config reloaded", Duration::from_secs(10));
+    assert!(line.contains("remote"), "{line}");
+    cam.wait_for_log("remote hub: idle", Duration::from_secs(10));
+    assert_eq!(health(&cam)["remotes"][0]["session"], "hup");
+    std::fs::write(&path, &base).unwrap();
+    cam.signal("HUP");
+    // Ask /health until the remote is gone (a poll interval, not a synchronisation sleep: the
+    // second reload logs what the first did).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health(&cam).get("remotes").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remote outlived the reload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
