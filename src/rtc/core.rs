@@ -556,7 +556,12 @@ impl Core {
         }
         let remotes: Vec<SocketAddr> = viewer.remote_addrs().collect();
         self.viewers.push(viewer);
-        self.process_outputs(self.viewers.len() - 1, now);
+        let i = self.viewers.len() - 1;
+        // str0m's ICE agent schedules nothing until its first timeout: without this call a
+        // full-ICE viewer would send no connectivity check before the peer's first datagram,
+        // and behind a NAT that datagram never comes (tests/natlab case a).
+        self.viewers[i].handle_timeout(now);
+        self.process_outputs(i, now);
         self.tell_sidecars_remotes(&remotes, now);
         Ok(())
     }
