@@ -141,10 +141,13 @@ pub trait Sidecar: Send {
     fn send_relayed(&mut self, _now: Instant, _peer: SocketAddr, _contents: &[u8]) -> bool {
         false
     }
+    /// Its state for `/health` and `/metrics`.
+    fn health(&self) -> SidecarHealth;
     /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
     /// closed.
     fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
-    /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
+    /// Its TURN allocation's state code and relayed bytes by direction, if it is one (for
+    /// `/metrics`).
     fn turn_status(&self) -> Option<super::turn::TurnStatus> {
         None
     }
@@ -157,6 +160,23 @@ pub enum StreamState {
     Connected(SocketAddr),
     /// The connect failed or the connection closed (why).
     Disconnected(String),
+}
+
+/// A [`Sidecar`]'s state as `/health` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SidecarHealth {
+    /// `stun` or `turn`.
+    pub kind: &'static str,
+    /// The server as configured (URL; never credentials).
+    pub server: String,
+    /// E.g. `starting`, `ok`, `failing` (STUN); the allocation's state (TURN).
+    pub state: String,
+    /// The candidate it provides now (server-reflexive or relayed address).
+    pub candidate: Option<SocketAddr>,
+    /// The last error, while failing.
+    pub error: Option<String>,
+    /// Payload bytes relayed through it (TURN), both directions.
+    pub bytes_relayed: u64,
 }
 
 /// What a [`Sidecar`] tells the core.
@@ -504,6 +524,11 @@ impl Core {
             return Err(RtcError::Full { max });
         }
         tracing::info!(viewer = %viewer.id, kind = ?viewer.kind, "viewer added");
+        let mut viewer = viewer;
+        // Candidates found while its `Rtc` was being built (str0m drops the redundant).
+        for c in &self.extra_candidates {
+            viewer.rtc.add_local_candidate(c.clone());
+        }
         self.viewers.push(viewer);
         self.process_outputs(self.viewers.len() - 1, now);
         Ok(())
@@ -521,13 +546,14 @@ impl Core {
         Ok(())
     }
 
+    /// Trickle from the peer; returns the run-time candidates it has not been told of yet.
     fn patch(
         &mut self,
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<str0m::Candidate>,
         now: Instant,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<str0m::Candidate>, RtcError> {
         let i = self
             .viewers
             .iter()
@@ -537,8 +563,15 @@ impl Core {
         super::whep::check_if_match(&v.etag, if_match.as_deref())?;
         let max = self.shared.sdp_limits.max_candidates;
         v.handle_candidates(candidates, max, now)?;
+        let late: Vec<str0m::Candidate> = self
+            .extra_candidates
+            .iter()
+            .filter(|c| !v.told_candidates.contains(&c.addr()))
+            .cloned()
+            .collect();
+        v.told_candidates.extend(late.iter().map(|c| c.addr()));
         self.process_outputs(i, now);
-        Ok(())
+        Ok(late)
     }
 
     /// A viewer just connected: replay the cached GOP to it (squeezed before the live edge),
@@ -725,6 +758,7 @@ impl Core {
             .iter()
             .filter_map(|x| x.turn_status())
             .collect();
+        s.ice = self.sidecars.iter().map(|c| c.health()).collect();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.bytes_out += v.bytes_out;

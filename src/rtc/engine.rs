@@ -21,17 +21,18 @@ use std::time::{Duration, Instant};
 
 use str0m::Candidate;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
 use super::core::{Core, CoreEvent, CoreTransmit, StreamState, Via};
 use super::offer::SdpLimits;
+use super::stun::StunClient;
 use super::turn::{TurnAllocation, TurnAuth, TurnLimits, TurnSidecar, TurnTransport};
 use super::turn_stream::{self, StreamCommand, StreamEvent, StreamTarget};
 use super::{Command, RtcHandle, Shared, ViewerId};
-use crate::config::{self, Config, IceConfig, IceScheme, IceTransport};
+use crate::config::{self, Config, IceConfig, IceScheme, IceTransport, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
 
@@ -93,8 +94,10 @@ pub struct Engine {
     commands: mpsc::Receiver<Command>,
     media: MediaHandle,
     hosts: Vec<HostAddr>,
-    /// One TURN allocation per `[ice] turn_servers` entry that resolved, added to the core.
-    turn: Vec<TurnSidecar>,
+    /// `[ice]`: the STUN servers asked for server-reflexive candidates.
+    ice: IceConfig,
+    /// Publishes the candidates found at run time to the handles (for new answers).
+    extra_candidates: watch::Sender<Vec<Candidate>>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
 }
@@ -117,8 +120,8 @@ impl Engine {
             candidates = ?candidates.iter().map(|c| c.addr()).collect::<Vec<_>>(),
             "webrtc udp listening"
         );
-        let turn = turn_sidecars(&settings.ice, socket.local_addr()?).await;
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (extra_candidates, extra_rx) = watch::channel(Vec::new());
         let handle = RtcHandle {
             commands: tx,
             shared: Arc::new(Shared {
@@ -128,6 +131,7 @@ impl Engine {
                 silence_timeout: settings.silence_timeout,
                 sdp_limits: settings.sdp_limits,
                 full_ice: settings.ice.full_ice(),
+                extra_candidates: extra_rx,
                 slots: Arc::default(),
                 rtc_built: Default::default(),
             }),
@@ -139,7 +143,8 @@ impl Engine {
             commands,
             media,
             hosts: settings.hosts,
-            turn,
+            ice: settings.ice,
+            extra_candidates,
             heartbeat: Heartbeat::default(),
         })
     }
@@ -169,7 +174,8 @@ impl Engine {
             mut commands,
             media,
             hosts,
-            turn,
+            ice,
+            extra_candidates,
             heartbeat,
         } = self;
         // The engine keeps no sender: it stops when every caller's handle is gone.
@@ -189,12 +195,28 @@ impl Engine {
             streams: Vec::new(),
             stream_tx,
             cancel: cancel.child_token(),
+            extra_candidates,
         };
-        let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
-        for sidecar in turn {
-            core.add_sidecar(Box::new(sidecar), Instant::now());
+        // STUN and TURN servers are resolved off the loop (DNS may be slow or down); each joins
+        // the core as a sidecar once it has an address.
+        let (resolved_tx, mut resolved) = mpsc::channel(ice.stun_servers.len().max(1));
+        for (raw, url) in ice.stun_servers.iter().zip(ice.stun_urls()) {
+            shell
+                .tasks
+                .spawn(resolve_server(raw.clone(), url, resolved_tx.clone()));
         }
-        shell.drain(&mut core);
+        drop(resolved_tx);
+        let (turn_tx, mut turn_resolved) = mpsc::channel(ice.turn_servers.len().max(1));
+        for server in &ice.turn_servers {
+            if let Ok(url) = server.parsed_url() {
+                shell
+                    .tasks
+                    .spawn(resolve_server(server.url.clone(), url, turn_tx.clone()));
+            }
+        }
+        drop(turn_tx);
+        let mut bases = LocalAddrPicker::new(hosts.clone());
+        let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let now = Instant::now();
@@ -241,6 +263,29 @@ impl Engine {
                         }
                     }
                 }
+                Some((raw, server)) = resolved.recv() => {
+                    // The base: the local address packets to the server leave from.
+                    let base = if bound.ip().is_unspecified() {
+                        bases.pick(server, port)
+                    } else {
+                        bound
+                    };
+                    let now = Instant::now();
+                    let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
+                    core.add_sidecar(Box::new(stun), now);
+                }
+                Some((raw, addr)) = turn_resolved.recv() => {
+                    let base = if bound.ip().is_unspecified() {
+                        bases.pick(addr, port)
+                    } else {
+                        bound
+                    };
+                    let now = Instant::now();
+                    let entry = ice.turn_servers.iter().find(|t| t.url == raw);
+                    if let Some(turn) = entry.and_then(|t| turn_sidecar(&ice, t, addr, base, now)) {
+                        core.add_sidecar(Box::new(turn), now);
+                    }
+                }
                 Some(_) = shell.tasks.join_next(), if !shell.tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
             }
@@ -276,6 +321,8 @@ struct Shell {
     stream_tx: mpsc::Sender<(SocketAddr, StreamEvent)>,
     /// Cancels the stream tasks with the engine.
     cancel: CancellationToken,
+    /// Publishes [`Core::local_candidates`] to the handles.
+    extra_candidates: watch::Sender<Vec<Candidate>>,
 }
 
 impl Shell {
@@ -297,9 +344,11 @@ impl Shell {
                     max_bytes,
                 } => self.request_still(viewer, channel, max_bytes),
                 CoreEvent::Connect { server, tls, host } => self.connect(server, tls, host),
-                CoreEvent::ViewerConnected { .. }
-                | CoreEvent::ViewerRemoved { .. }
-                | CoreEvent::CandidatesChanged => {}
+                CoreEvent::CandidatesChanged => {
+                    self.extra_candidates
+                        .send_replace(core.local_candidates().to_vec());
+                }
+                CoreEvent::ViewerConnected { .. } | CoreEvent::ViewerRemoved { .. } => {}
             }
         }
     }
@@ -377,71 +426,79 @@ impl Shell {
     }
 }
 
-/// The TURN allocations of `[ice] turn_servers`: each host resolved once at start (IPv4
-/// first: viewers' candidates are IPv4); one that does not resolve is logged and left out.
-async fn turn_sidecars(ice: &IceConfig, udp_local: SocketAddr) -> Vec<TurnSidecar> {
-    let mut out = Vec::new();
+/// The TURN allocation for `[ice] turn_servers` entry `server`, resolved to `addr`; `base` is
+/// the engine's local address towards it (the relayed candidate's base). `None` for a URL
+/// config validation refused.
+fn turn_sidecar(
+    ice: &IceConfig,
+    server: &config::TurnServer,
+    addr: SocketAddr,
+    base: SocketAddr,
+    now: Instant,
+) -> Option<TurnSidecar> {
+    let url = server.parsed_url().ok()?;
+    let transport = match (url.scheme, url.transport) {
+        (IceScheme::Turns, _) => TurnTransport::Tls,
+        (_, IceTransport::Tcp) => TurnTransport::Tcp,
+        _ => TurnTransport::Udp,
+    };
+    let auth = match server.auth() {
+        config::TurnAuth::LongTerm {
+            username,
+            credential,
+        } => TurnAuth::LongTerm {
+            username: username.to_owned(),
+            credential: credential.to_owned(),
+        },
+        config::TurnAuth::Secret(secret) => TurnAuth::Secret {
+            secret: secret.to_owned(),
+            name: "snaprtcd".to_owned(),
+            ttl: ice.credential_ttl,
+        },
+    };
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    for server in &ice.turn_servers {
-        let Ok(url) = server.parsed_url() else {
-            continue; // refused by config validation already
-        };
-        let transport = match (url.scheme, url.transport) {
-            (IceScheme::Turns, _) => TurnTransport::Tls,
-            (_, IceTransport::Tcp) => TurnTransport::Tcp,
-            _ => TurnTransport::Udp,
-        };
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((url.host.as_str(), url.port))
+    tracing::info!(url = %server.url, %addr, %transport, "TURN server");
+    let alloc = TurnAllocation::new(
+        addr,
+        transport,
+        base,
+        auth,
+        TurnLimits::default(),
+        unix,
+        now,
+    );
+    Some(TurnSidecar::new(alloc, server.url.clone(), url.host))
+}
+
+/// Resolve an `[ice]` server's host name, retrying with backoff (1 s doubling to 5 min; the
+/// first failure is logged as a warning, the rest at debug); an IPv4 address is sent on `tx`.
+async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, SocketAddr)>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        let found = tokio::net::lookup_host((url.host.as_str(), url.port))
             .await
-        {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                tracing::warn!(url = %server.url, error = %e, "TURN server does not resolve; no relayed candidate");
-                continue;
+            .map(|mut addrs| addrs.find(SocketAddr::is_ipv4));
+        let why = match found {
+            Ok(Some(addr)) => {
+                tracing::debug!(server = %raw, %addr, "ICE server resolved");
+                let _ = tx.send((raw, addr)).await;
+                return;
             }
+            Ok(None) => "no IPv4 address".to_owned(),
+            Err(e) => e.to_string(),
         };
-        let Some(addr) = addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(addrs.first())
-            .copied()
-        else {
-            tracing::warn!(url = %server.url, "TURN server has no address; no relayed candidate");
-            continue;
-        };
-        let auth = match server.auth() {
-            config::TurnAuth::LongTerm {
-                username,
-                credential,
-            } => TurnAuth::LongTerm {
-                username: username.to_owned(),
-                credential: credential.to_owned(),
-            },
-            config::TurnAuth::Secret(secret) => TurnAuth::Secret {
-                secret: secret.to_owned(),
-                name: "snaprtcd".to_owned(),
-                ttl: ice.credential_ttl,
-            },
-        };
-        tracing::info!(url = %server.url, %addr, %transport, "TURN server");
-        let alloc = TurnAllocation::new(
-            addr,
-            transport,
-            udp_local,
-            auth,
-            TurnLimits::default(),
-            unix,
-            Instant::now(),
-        );
-        out.push(TurnSidecar::new(
-            alloc,
-            server.url.clone(),
-            url.host.clone(),
-        ));
+        if warned {
+            tracing::debug!(server = %raw, error = %why, "ICE server still not resolved");
+        } else {
+            tracing::warn!(server = %raw, error = %why, "cannot resolve ICE server; retrying with backoff");
+            warned = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(300));
     }
-    out
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {

@@ -12,6 +12,9 @@
 //! - [`candidates`]: which local addresses are announced as host candidates.
 //! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
 //!   around `turn-client-proto`.
+//! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
+//!   credentials made from a TURN secret, never the secret).
+//! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -20,7 +23,9 @@
 pub mod candidates;
 pub mod core;
 pub mod engine;
+pub mod ice_servers;
 pub mod offer;
+pub mod stun;
 pub mod turn;
 pub mod turn_stream;
 pub mod viewer;
@@ -162,6 +167,8 @@ pub struct RtcStats {
     pub local_addr_lookups: u64,
     /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
     pub turn: Vec<turn::TurnStatus>,
+    /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
+    pub ice: Vec<core::SidecarHealth>,
 }
 
 /// Commands to the engine task (bounded queue).
@@ -178,7 +185,9 @@ pub(crate) enum Command {
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<Result<(), RtcError>>,
+        /// The server's candidates found since the peer was last told (see
+        /// [`RtcHandle::patch`]).
+        reply: oneshot::Sender<Result<Vec<Candidate>, RtcError>>,
     },
     Stats {
         reply: oneshot::Sender<RtcStats>,
@@ -204,6 +213,8 @@ pub(crate) struct Shared {
     pub sdp_limits: SdpLimits,
     /// Full ICE instead of ICE-lite (`[ice] mode`).
     pub full_ice: bool,
+    /// Candidates found at run time (server-reflexive, relayed), published by the engine.
+    pub extra_candidates: tokio::sync::watch::Receiver<Vec<Candidate>>,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -275,12 +286,14 @@ impl RtcHandle {
     }
 
     /// WHEP trickle: add remote candidates, checking `If-Match` against the viewer's ETag.
+    /// Returns the server's candidates found since the peer was last told (in its answer or
+    /// an earlier PATCH): trickle in the other direction.
     pub async fn patch(
         &self,
         id: ViewerId,
         if_match: Option<String>,
         fragment: &str,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<Candidate>, RtcError> {
         let candidates = offer::parse_sdpfrag(fragment, &self.shared.sdp_limits)
             .map_err(|e| RtcError::BadFragment(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
@@ -304,6 +317,17 @@ impl RtcHandle {
     /// The most viewers at once.
     pub fn max_viewers(&self) -> usize {
         self.shared.max_viewers
+    }
+
+    /// Candidates the engine found at run time (server-reflexive from `[ice] stun_servers`,
+    /// relayed from TURN): in every answer made from now on.
+    pub fn extra_candidates(&self) -> Vec<Candidate> {
+        self.shared.extra_candidates.borrow().clone()
+    }
+
+    /// A receiver of [`RtcHandle::extra_candidates`] to wait on (`changed`, `wait_for`).
+    pub fn watch_extra_candidates(&self) -> tokio::sync::watch::Receiver<Vec<Candidate>> {
+        self.shared.extra_candidates.clone()
     }
 
     /// The host candidates' addresses (the engine's UDP port on each announced address).
@@ -341,6 +365,15 @@ pub(crate) fn accept_offer(
     for c in &shared.candidates {
         rtc.add_local_candidate(c.clone());
     }
+    let told: Vec<SocketAddr> = shared
+        .extra_candidates
+        .borrow()
+        .iter()
+        .map(|c| {
+            rtc.add_local_candidate(c.clone());
+            c.addr()
+        })
+        .collect();
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -364,6 +397,8 @@ pub(crate) fn accept_offer(
         slot,
         now,
     );
+    let mut viewer = viewer;
+    viewer.told_candidates = told;
     Ok((viewer, Answer { id, sdp, etag }))
 }
 

@@ -53,7 +53,7 @@ use turn_client_proto::types::message::ALLOCATE;
 use turn_client_proto::types::TurnCredentials;
 use turn_client_proto::udp::TurnClientUdp;
 
-use super::core::{CoreTransmit, Sidecar, SidecarEvent, StreamState, Via};
+use super::core::{CoreTransmit, Sidecar, SidecarEvent, SidecarHealth, StreamState, Via};
 
 type ProtoInstant = turn_client_proto::stun::Instant;
 
@@ -939,6 +939,23 @@ impl Sidecar for TurnSidecar {
 
     fn handle_stream(&mut self, now: Instant, state: StreamState) {
         TurnSidecar::handle_stream(self, now, state);
+    }
+
+    fn health(&self) -> SidecarHealth {
+        let st = self.alloc.stats();
+        let (state, error) = match self.alloc.state() {
+            AllocationState::Ready(_) => ("ready".to_owned(), None),
+            AllocationState::Failed(why) => ("failed".to_owned(), Some(why.clone())),
+            other => (other.to_string(), None),
+        };
+        SidecarHealth {
+            kind: "turn",
+            server: self.url.clone(),
+            state,
+            candidate: self.alloc.relayed(),
+            error,
+            bytes_relayed: st.bytes_in + st.bytes_out,
+        }
     }
 
     fn turn_status(&self) -> Option<TurnStatus> {

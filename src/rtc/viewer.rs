@@ -110,6 +110,9 @@ pub struct Viewer {
     pub stills_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_out: u64,
+    /// Run-time candidates (server-reflexive, relayed) the peer has been told of, in the
+    /// answer or in a PATCH response; the others go back in its next PATCH response.
+    pub told_candidates: Vec<std::net::SocketAddr>,
 }
 
 /// How a viewer behaves (from the engine's settings and the peer's offer).
@@ -168,6 +171,7 @@ impl Viewer {
             frames_sent: 0,
             stills_sent: 0,
             bytes_out: 0,
+            told_candidates: Vec::new(),
         }
     }
 

@@ -24,26 +24,24 @@ fn engine_addr() -> SocketAddr {
     SocketAddr::from((ENGINE_IP, PORT))
 }
 
-fn shared(silence: Duration) -> Arc<Shared> {
+fn shared(
+    silence: Duration,
+    full_ice: bool,
+) -> (Arc<Shared>, tokio::sync::watch::Sender<Vec<Candidate>>) {
     super::super::engine::init_crypto();
-    Arc::new(Shared {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let shared = Arc::new(Shared {
         candidates: vec![Candidate::host(engine_addr(), "udp").unwrap()],
         max_viewers: 4,
         snapshot_on_connect: true,
         silence_timeout: silence,
         sdp_limits: Default::default(),
-        full_ice: false,
+        full_ice,
+        extra_candidates: rx,
         slots: Arc::new(AtomicUsize::new(0)),
         rtc_built: AtomicU64::new(0),
-    })
-}
-
-fn core(silence: Duration) -> Core {
-    Core::new(
-        PORT,
-        Box::new(FixedLocalAddr(SocketAddrV4::new(ENGINE_IP, PORT))),
-        shared(silence),
-    )
+    });
+    (shared, tx)
 }
 
 /// A browser stand-in: full ICE, recvonly video and a data channel, at `addr`.
@@ -115,14 +113,30 @@ struct World {
     idr_due: bool,
     /// Datagrams the core sent to addresses that are no peer's (e.g. a STUN server).
     stray: Vec<CoreTransmit>,
+    /// The shell's side of `Shared::extra_candidates`.
+    candidates_tx: tokio::sync::watch::Sender<Vec<Candidate>>,
+    /// A STUN server answered in process: its address and the mapped address it reports.
+    stun_server: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl World {
     fn new(silence: Duration) -> Self {
+        Self::with_ice(silence, false)
+    }
+
+    fn with_ice(silence: Duration, full_ice: bool) -> Self {
         let now = Instant::now();
+        let (shared, candidates_tx) = shared(silence, full_ice);
+        let core = Core::new(
+            PORT,
+            Box::new(FixedLocalAddr(SocketAddrV4::new(ENGINE_IP, PORT))),
+            shared,
+        );
         Self {
             now,
-            core: core(silence),
+            core,
+            candidates_tx,
+            stun_server: None,
             peers: Vec::new(),
             subscribed: false,
             keyframes: Vec::new(),
@@ -174,7 +188,19 @@ impl World {
                         p.rtc.handle_input(input).unwrap();
                     }
                     Some(_) => {}
-                    None => self.stray.push(t),
+                    None => match self.stun_server {
+                        Some((server, mapped)) if t.destination == server => {
+                            let answer = crate::rtc::stun::tests::answer(&t.contents, mapped);
+                            self.core.handle_datagram(
+                                self.now,
+                                Via::Udp,
+                                server,
+                                engine_addr(),
+                                &answer,
+                            );
+                        }
+                        _ => self.stray.push(t),
+                    },
                 }
                 continue;
             }
@@ -188,6 +214,10 @@ impl World {
                     self.keyframes.push(KeyframeCause::NewViewer);
                 }
                 CoreEvent::ReleaseVideo => self.subscribed = false,
+                CoreEvent::CandidatesChanged => {
+                    self.candidates_tx
+                        .send_replace(self.core.local_candidates().to_vec());
+                }
                 CoreEvent::Keyframe(c) => {
                     self.idr_due = true;
                     self.keyframes.push(*c);
@@ -435,6 +465,117 @@ fn junk_and_strangers_are_counted_not_routed() {
     w.core
         .handle_datagram(w.now, Via::Udp, stranger, engine_addr(), &[0x80; 40]);
     assert_eq!(w.core.stats().datagrams_unrouted, 2);
+}
+
+/// An empty WHEP PATCH; the addresses of the server candidates it returns.
+fn patch(w: &mut World, id: ViewerId) -> Result<Vec<SocketAddr>, RtcError> {
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Patch {
+            id,
+            if_match: Some("*".into()),
+            candidates: vec![],
+            reply,
+        },
+    );
+    rx.try_recv()
+        .unwrap()
+        .map(|c| c.iter().map(Candidate::addr).collect())
+}
+
+/// A STUN client for `server` on the engine's address, answered in process with `mapped`.
+fn with_stun(w: &mut World, server: SocketAddr, mapped: SocketAddr) {
+    w.stun_server = Some((server, mapped));
+    let stun = crate::rtc::stun::StunClient::new(
+        "stun:test".into(),
+        server,
+        engine_addr(),
+        Duration::from_secs(30),
+        w.now,
+    );
+    w.core.add_sidecar(Box::new(stun), w.now);
+    w.drain_core();
+}
+
+#[test]
+fn a_stun_answer_becomes_a_srflx_candidate_in_new_answers_and_health() {
+    let mut w = World::with_ice(Duration::from_secs(15), true);
+    let server = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 3478));
+    let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), 41000));
+    with_stun(&mut w, server, mapped);
+    assert!(
+        w.core_events.contains(&CoreEvent::CandidatesChanged),
+        "{:?}",
+        w.core_events
+    );
+    assert_eq!(w.core.local_candidates().len(), 1);
+    assert_eq!(w.core.local_candidates()[0].addr(), mapped);
+    let health = w.core.stats().ice;
+    assert_eq!(health.len(), 1);
+    assert_eq!((health[0].kind, health[0].state.as_str()), ("stun", "ok"));
+    assert_eq!(health[0].candidate, Some(mapped));
+    // A new viewer's answer carries it, and full ICE still connects and plays.
+    let (mut peer, offer, pending) = Peer::new(peer_addr(0), w.now);
+    let (viewer, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    assert!(
+        answer.sdp.contains("203.0.113.5 41000 typ srflx"),
+        "{}",
+        answer.sdp
+    );
+    assert!(
+        !answer.sdp.contains("a=ice-lite"),
+        "full ICE: {}",
+        answer.sdp
+    );
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Register {
+            viewer: Box::new(viewer),
+            reply,
+        },
+    );
+    rx.try_recv().unwrap().unwrap();
+    peer.accept(pending, &answer.sdp);
+    w.peers.push(peer);
+    w.run_until(Duration::from_secs(10), |w| w.peers[0].frames() >= 5);
+    assert_eq!(patch(&mut w, answer.id), Ok(vec![]), "it was in the answer");
+}
+
+#[test]
+fn without_stun_the_answer_is_ice_lite_with_host_candidates_only() {
+    let mut w = World::new(Duration::from_secs(15));
+    let (_, offer, _) = Peer::new(peer_addr(0), w.now);
+    let (_, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
+    assert!(!answer.sdp.contains("srflx"), "{}", answer.sdp);
+    w.step();
+    assert!(
+        w.stray.is_empty(),
+        "nothing is sent anywhere but to viewers"
+    );
+    assert!(w.core.stats().ice.is_empty());
+}
+
+#[test]
+fn a_srflx_candidate_found_later_is_added_to_existing_viewers() {
+    let mut w = World::with_ice(Duration::from_secs(15), true);
+    let (p, id) = w.join(peer_addr(0));
+    w.run_until(Duration::from_secs(10), |w| w.peers[p].frames() >= 1);
+    assert_eq!(patch(&mut w, id), Ok(vec![]), "nothing new yet");
+    let server = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 3478));
+    let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), 41000));
+    with_stun(&mut w, server, mapped);
+    assert_eq!(w.core.local_candidates().len(), 1);
+    // The peer learns of it in the response to its next PATCH, once.
+    assert_eq!(patch(&mut w, id), Ok(vec![mapped]));
+    assert_eq!(patch(&mut w, id), Ok(vec![]));
+    // The viewer keeps playing; it now has the candidate too (str0m pairs it).
+    let frames = w.peers[p].frames();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.peers[p].frames() >= frames + 10
+    });
 }
 
 fn f(keyframe: bool, len: usize, ticks: u64) -> VideoFrame {
