@@ -865,7 +865,7 @@ impl Default for RemoteConfig {
             announce_interval: Duration::from_secs(10),
             exchange_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
-            reconnect_max: Duration::from_secs(30),
+            reconnect_max: Duration::from_secs(10),
             keepalive: Duration::from_secs(15),
             server_timeout: Duration::from_secs(30),
             max_message_bytes: 64 * 1024,

@@ -92,6 +92,12 @@ async fn a_device_waiting_on_a_relay_serves_an_initiator_that_joins_later() {
     assert_eq!(h["remotes"][0]["state"], "idle", "{h}");
     assert_eq!(h["remotes"][0]["session"], "dev-1", "{h}");
     assert_eq!(h["remotes"][0]["start_on_join"], true, "{h}");
+    let metrics = cam.http("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").text();
+    let idle = format!(
+        "snaprtcd_remote_state{{url=\"http://{}\",session=\"dev-1\",state=\"idle\"}} 1",
+        relay.addr
+    );
+    assert!(metrics.contains(&idle), "{metrics}");
 
     // The initiator comes after the device: the relay starts it at once.
     let init = initiate(relay.addr, "dev-1", 10).await;

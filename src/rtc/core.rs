@@ -146,20 +146,10 @@ pub trait Sidecar: Send {
     /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
     /// closed.
     fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
-    /// Its TURN allocation's state code and relayed bytes by direction, if it is one (for
-    /// `/metrics`).
+    /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
     fn turn_status(&self) -> Option<super::turn::TurnStatus> {
         None
     }
-}
-
-/// What became of a stream the shell opened for a sidecar.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamState {
-    /// Connected, from this local address.
-    Connected(SocketAddr),
-    /// The connect failed or the connection closed (why).
-    Disconnected(String),
 }
 
 /// A [`Sidecar`]'s state as `/health` shows it.
@@ -177,6 +167,15 @@ pub struct SidecarHealth {
     pub error: Option<String>,
     /// Payload bytes relayed through it (TURN), both directions.
     pub bytes_relayed: u64,
+}
+
+/// What became of a stream the shell opened for a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    /// Connected, from this local address.
+    Connected(SocketAddr),
+    /// The connect failed or the connection closed (why).
+    Disconnected(String),
 }
 
 /// What a [`Sidecar`] tells the core.
@@ -753,12 +752,12 @@ impl Core {
         s.connected = self.viewers.iter().filter(|v| v.is_connected()).count();
         s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
         s.local_addr_lookups = self.local_addrs.lookups();
+        s.ice = self.sidecars.iter().map(|c| c.health()).collect();
         s.turn = self
             .sidecars
             .iter()
             .filter_map(|x| x.turn_status())
             .collect();
-        s.ice = self.sidecars.iter().map(|c| c.health()).collect();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.bytes_out += v.bytes_out;

@@ -98,6 +98,8 @@ pub struct Engine {
     ice: IceConfig,
     /// Publishes the candidates found at run time to the handles (for new answers).
     extra_candidates: watch::Sender<Vec<Candidate>>,
+    /// One TURN allocation per `[ice] turn_servers` entry that resolved, added to the core.
+    turn: Vec<TurnSidecar>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
 }
@@ -120,6 +122,7 @@ impl Engine {
             candidates = ?candidates.iter().map(|c| c.addr()).collect::<Vec<_>>(),
             "webrtc udp listening"
         );
+        let turn = turn_sidecars(&settings.ice, socket.local_addr()?).await;
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (extra_candidates, extra_rx) = watch::channel(Vec::new());
         let handle = RtcHandle {
@@ -145,6 +148,7 @@ impl Engine {
             hosts: settings.hosts,
             ice: settings.ice,
             extra_candidates,
+            turn,
             heartbeat: Heartbeat::default(),
         })
     }
@@ -176,6 +180,7 @@ impl Engine {
             hosts,
             ice,
             extra_candidates,
+            turn,
             heartbeat,
         } = self;
         // The engine keeps no sender: it stops when every caller's handle is gone.
@@ -192,13 +197,13 @@ impl Engine {
             subscriber: None,
             tasks: JoinSet::new(),
             still_tx,
+            extra_candidates,
             streams: Vec::new(),
             stream_tx,
             cancel: cancel.child_token(),
-            extra_candidates,
         };
-        // STUN and TURN servers are resolved off the loop (DNS may be slow or down); each joins
-        // the core as a sidecar once it has an address.
+        // STUN servers are resolved off the loop (DNS may be slow or down); each joins the
+        // core as a sidecar once it has an address.
         let (resolved_tx, mut resolved) = mpsc::channel(ice.stun_servers.len().max(1));
         for (raw, url) in ice.stun_servers.iter().zip(ice.stun_urls()) {
             shell
@@ -206,17 +211,12 @@ impl Engine {
                 .spawn(resolve_server(raw.clone(), url, resolved_tx.clone()));
         }
         drop(resolved_tx);
-        let (turn_tx, mut turn_resolved) = mpsc::channel(ice.turn_servers.len().max(1));
-        for server in &ice.turn_servers {
-            if let Ok(url) = server.parsed_url() {
-                shell
-                    .tasks
-                    .spawn(resolve_server(server.url.clone(), url, turn_tx.clone()));
-            }
-        }
-        drop(turn_tx);
         let mut bases = LocalAddrPicker::new(hosts.clone());
         let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
+        for sidecar in turn {
+            core.add_sidecar(Box::new(sidecar), Instant::now());
+        }
+        shell.drain(&mut core);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let now = Instant::now();
@@ -248,6 +248,17 @@ impl Engine {
                 Some((id, channel, still)) = still_rx.recv() => {
                     core.handle_still(Instant::now(), id, channel, still);
                 }
+                Some((raw, server)) = resolved.recv() => {
+                    // The base: the local address packets to the server leave from.
+                    let base = if bound.ip().is_unspecified() {
+                        bases.pick(server, port)
+                    } else {
+                        bound
+                    };
+                    let now = Instant::now();
+                    let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
+                    core.add_sidecar(Box::new(stun), now);
+                }
                 Some((server, ev)) = stream_rx.recv() => {
                     let now = Instant::now();
                     match ev {
@@ -261,29 +272,6 @@ impl Engine {
                         StreamEvent::Disconnected(why) => {
                             core.handle_stream(now, server, StreamState::Disconnected(why));
                         }
-                    }
-                }
-                Some((raw, server)) = resolved.recv() => {
-                    // The base: the local address packets to the server leave from.
-                    let base = if bound.ip().is_unspecified() {
-                        bases.pick(server, port)
-                    } else {
-                        bound
-                    };
-                    let now = Instant::now();
-                    let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
-                    core.add_sidecar(Box::new(stun), now);
-                }
-                Some((raw, addr)) = turn_resolved.recv() => {
-                    let base = if bound.ip().is_unspecified() {
-                        bases.pick(addr, port)
-                    } else {
-                        bound
-                    };
-                    let now = Instant::now();
-                    let entry = ice.turn_servers.iter().find(|t| t.url == raw);
-                    if let Some(turn) = entry.and_then(|t| turn_sidecar(&ice, t, addr, base, now)) {
-                        core.add_sidecar(Box::new(turn), now);
                     }
                 }
                 Some(_) = shell.tasks.join_next(), if !shell.tasks.is_empty() => {}
@@ -315,14 +303,14 @@ struct Shell {
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
     still_tx: mpsc::Sender<StillResult>,
+    /// Publishes [`Core::local_candidates`] to the handles.
+    extra_candidates: watch::Sender<Vec<Candidate>>,
     /// TURN over TCP/TLS: one stream task per server (server, TLS, its command queue).
     streams: Vec<(SocketAddr, bool, mpsc::Sender<StreamCommand>)>,
     /// Given to each stream task: what they read and how their connection fares.
     stream_tx: mpsc::Sender<(SocketAddr, StreamEvent)>,
     /// Cancels the stream tasks with the engine.
     cancel: CancellationToken,
-    /// Publishes [`Core::local_candidates`] to the handles.
-    extra_candidates: watch::Sender<Vec<Candidate>>,
 }
 
 impl Shell {
@@ -343,12 +331,12 @@ impl Shell {
                     channel,
                     max_bytes,
                 } => self.request_still(viewer, channel, max_bytes),
-                CoreEvent::Connect { server, tls, host } => self.connect(server, tls, host),
                 CoreEvent::CandidatesChanged => {
                     self.extra_candidates
                         .send_replace(core.local_candidates().to_vec());
                 }
                 CoreEvent::ViewerConnected { .. } | CoreEvent::ViewerRemoved { .. } => {}
+                CoreEvent::Connect { server, tls, host } => self.connect(server, tls, host),
             }
         }
     }
@@ -426,52 +414,6 @@ impl Shell {
     }
 }
 
-/// The TURN allocation for `[ice] turn_servers` entry `server`, resolved to `addr`; `base` is
-/// the engine's local address towards it (the relayed candidate's base). `None` for a URL
-/// config validation refused.
-fn turn_sidecar(
-    ice: &IceConfig,
-    server: &config::TurnServer,
-    addr: SocketAddr,
-    base: SocketAddr,
-    now: Instant,
-) -> Option<TurnSidecar> {
-    let url = server.parsed_url().ok()?;
-    let transport = match (url.scheme, url.transport) {
-        (IceScheme::Turns, _) => TurnTransport::Tls,
-        (_, IceTransport::Tcp) => TurnTransport::Tcp,
-        _ => TurnTransport::Udp,
-    };
-    let auth = match server.auth() {
-        config::TurnAuth::LongTerm {
-            username,
-            credential,
-        } => TurnAuth::LongTerm {
-            username: username.to_owned(),
-            credential: credential.to_owned(),
-        },
-        config::TurnAuth::Secret(secret) => TurnAuth::Secret {
-            secret: secret.to_owned(),
-            name: "snaprtcd".to_owned(),
-            ttl: ice.credential_ttl,
-        },
-    };
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    tracing::info!(url = %server.url, %addr, %transport, "TURN server");
-    let alloc = TurnAllocation::new(
-        addr,
-        transport,
-        base,
-        auth,
-        TurnLimits::default(),
-        unix,
-        now,
-    );
-    Some(TurnSidecar::new(alloc, server.url.clone(), url.host))
-}
-
 /// Resolve an `[ice]` server's host name, retrying with backoff (1 s doubling to 5 min; the
 /// first failure is logged as a warning, the rest at debug); an IPv4 address is sent on `tx`.
 async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, SocketAddr)>) {
@@ -499,6 +441,73 @@ async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, Sock
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(300));
     }
+}
+
+/// The TURN allocations of `[ice] turn_servers`: each host resolved once at start (IPv4
+/// first: viewers' candidates are IPv4); one that does not resolve is logged and left out.
+async fn turn_sidecars(ice: &IceConfig, udp_local: SocketAddr) -> Vec<TurnSidecar> {
+    let mut out = Vec::new();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for server in &ice.turn_servers {
+        let Ok(url) = server.parsed_url() else {
+            continue; // refused by config validation already
+        };
+        let transport = match (url.scheme, url.transport) {
+            (IceScheme::Turns, _) => TurnTransport::Tls,
+            (_, IceTransport::Tcp) => TurnTransport::Tcp,
+            _ => TurnTransport::Udp,
+        };
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+        {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::warn!(url = %server.url, error = %e, "TURN server does not resolve; no relayed candidate");
+                continue;
+            }
+        };
+        let Some(addr) = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+        else {
+            tracing::warn!(url = %server.url, "TURN server has no address; no relayed candidate");
+            continue;
+        };
+        let auth = match server.auth() {
+            config::TurnAuth::LongTerm {
+                username,
+                credential,
+            } => TurnAuth::LongTerm {
+                username: username.to_owned(),
+                credential: credential.to_owned(),
+            },
+            config::TurnAuth::Secret(secret) => TurnAuth::Secret {
+                secret: secret.to_owned(),
+                name: "snaprtcd".to_owned(),
+                ttl: ice.credential_ttl,
+            },
+        };
+        tracing::info!(url = %server.url, %addr, %transport, "TURN server");
+        let alloc = TurnAllocation::new(
+            addr,
+            transport,
+            udp_local,
+            auth,
+            TurnLimits::default(),
+            unix,
+            Instant::now(),
+        );
+        out.push(TurnSidecar::new(
+            alloc,
+            server.url.clone(),
+            url.host.clone(),
+        ));
+    }
+    out
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {

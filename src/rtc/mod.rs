@@ -10,11 +10,11 @@
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
-//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
-//!   around `turn-client-proto`.
 //! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
 //!   credentials made from a TURN secret, never the secret).
 //! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
+//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
+//!   around `turn-client-proto`.
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -165,10 +165,10 @@ pub struct RtcStats {
     pub datagrams_unrouted: u64,
     /// Route lookups (syscalls) made to learn which local address a viewer sent to.
     pub local_addr_lookups: u64,
-    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
-    pub turn: Vec<turn::TurnStatus>,
     /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
     pub ice: Vec<core::SidecarHealth>,
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
 }
 
 /// Commands to the engine task (bounded queue).

@@ -942,18 +942,15 @@ impl Sidecar for TurnSidecar {
     }
 
     fn health(&self) -> SidecarHealth {
+        let state = self.alloc.state();
         let st = self.alloc.stats();
-        let (state, error) = match self.alloc.state() {
-            AllocationState::Ready(_) => ("ready".to_owned(), None),
-            AllocationState::Failed(why) => ("failed".to_owned(), Some(why.clone())),
-            other => (other.to_string(), None),
-        };
+        let text = state.to_string();
         SidecarHealth {
             kind: "turn",
             server: self.url.clone(),
-            state,
+            error: (state.metric() == 2).then(|| text.clone()),
+            state: text,
             candidate: self.alloc.relayed(),
-            error,
             bytes_relayed: st.bytes_in + st.bytes_out,
         }
     }

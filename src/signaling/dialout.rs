@@ -108,10 +108,9 @@ pub fn spawn(
             "remote hub: this device waits in session {session} on {}; give that id to the initiator page",
             remote.url
         );
-        let connector = if url.tls {
-            Some(tls.get_or_insert_with(tls_connector).clone())
-        } else {
-            None
+        let connector = match url.tls {
+            true => tls.get_or_insert_with(tls_connector).clone().ok(),
+            false => None,
         };
         let settings = RemoteSettings {
             session: session.clone(),
@@ -149,7 +148,7 @@ pub fn spawn(
 }
 
 /// rustls with the system's root certificates and the aws-lc-rs provider.
-fn tls_connector() -> tokio_rustls::TlsConnector {
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for e in &found.errors {
@@ -157,30 +156,16 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     }
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
     debug!(added, ignored, "remote hub: system root certificates");
+    if added == 0 {
+        warn!("remote hub: no system root certificates (install ca-certificates); https:// hubs will fail");
+    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|e| {
-            warn!(error = %e, "remote hub: TLS setup failed; https:// hubs cannot be reached");
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_protocol_versions(&[])
-            .map(|b| {
-                b.with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| unreachable_config())
-        });
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-/// Never reached: building a config with no protocol versions does not fail.
-fn unreachable_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Where to negotiate: a hub URL split up (a redirect may add a query).
@@ -432,25 +417,11 @@ impl Task {
         }
     }
 
+    /// Update the status watch, then log a change of state or error (in that order, so
+    /// whoever reads the log line finds `/health` saying the same).
     fn publish(&self, remote: &Remote, logged: &mut (RemoteState, Option<String>)) {
         let state = remote.state();
         let error = remote.error().map(str::to_owned);
-        if (state, &error) != (logged.0, &logged.1) {
-            let (url, session) = (&self.status.borrow().url.clone(), &self.settings.session);
-            match (&error, state) {
-                (Some(e), RemoteState::Reconnecting) => {
-                    warn!(%url, %session, error = %e, "remote hub: reconnecting")
-                }
-                _ => info!(
-                    %url,
-                    %session,
-                    connects = remote.counters().connects,
-                    "remote hub: {}",
-                    state.as_str()
-                ),
-            }
-            *logged = (state, error.clone());
-        }
         let start_on_join = remote.start_on_join();
         let counters = remote.counters();
         self.status.send_if_modified(|s| {
@@ -466,6 +437,23 @@ impl Task {
             *s = next;
             changed
         });
+        if (state, &error) == (logged.0, &logged.1) {
+            return;
+        }
+        let (url, session) = (self.status.borrow().url.clone(), &self.settings.session);
+        match (&error, state) {
+            (Some(e), RemoteState::Reconnecting) => {
+                warn!(%url, %session, error = %e, "remote hub: reconnecting")
+            }
+            _ => info!(
+                %url,
+                %session,
+                connects = counters.connects,
+                "remote hub: {}",
+                state.as_str()
+            ),
+        }
+        *logged = (state, error);
     }
 
     /// Negotiate and open the WebSocket, within `connect_timeout`.
@@ -494,7 +482,8 @@ impl Task {
         }
         let connector = match &self.connector {
             Some(c) => c.clone(),
-            None => tls_connector(),
+            // An http:// hub that redirected to https://, or a TLS setup that failed.
+            None => tls_connector()?,
         };
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(|e| format!("{:?} is no TLS server name: {e}", target.host))?;

@@ -172,7 +172,7 @@ pub enum RemoteError {
     #[error("{0}")]
     Transport(String),
     /// Negotiate, WebSocket and handshake took longer than `connect_timeout`.
-    #[error("no SignalR handshake within {0:?}")]
+    #[error("no connection within connect_timeout ({0:?})")]
     ConnectTimeout(Duration),
     /// Nothing heard from the hub for `server_timeout`.
     #[error("hub silent for {0:?} (server timeout)")]
@@ -990,7 +990,7 @@ mod tests {
         drain(&mut r);
         r.handle_timeout(t0 + 10 * S);
         assert_eq!(drain(&mut r), vec![RemoteOutput::Close]);
-        assert!(r.error().unwrap().contains("handshake"));
+        assert!(r.error().unwrap().contains("connect_timeout"));
     }
 
     #[test]

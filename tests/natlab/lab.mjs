@@ -57,7 +57,7 @@ export function udpDropped() {
     const out = execFileSync('ip', ['netns', 'exec', r, 'iptables', '-L', 'FORWARD', '-v', '-x', '-n'], { encoding: 'utf8' });
     for (const line of out.split('\n')) {
       const f = line.trim().split(/\s+/);
-      if (f[2] === 'DROP' && f[3] === 'udp' && line.includes(SERVERS)) n += Number(f[0]);
+      if (f[2] === 'DROP' && (f[3] === 'udp' || f[3] === '17') && line.includes(SERVERS)) n += Number(f[0]);
     }
   }
   return n;
@@ -257,6 +257,18 @@ const recordPeerConnections = () => {
   };
   window.RTCPeerConnection.prototype = Native.prototype;
   Object.setPrototypeOf(window.RTCPeerConnection, Native);
+  // What the newest connection's descriptions hold: candidates and ICE-lite (for failures).
+  window.__sdpSummary = () => {
+    const last = window.__pcs[window.__pcs.length - 1];
+    if (!last) return null;
+    const cands = (d) => (d?.sdp || '').split(/\r?\n/).filter((l) => l.startsWith('a=candidate:')).map((l) => l.split(' ').slice(4, 8).join(' '));
+    return {
+      iceConnectionState: last.pc.iceConnectionState,
+      remoteIceLite: /a=ice-lite/.test(last.pc.remoteDescription?.sdp || ''),
+      local: cands(last.pc.localDescription),
+      remote: cands(last.pc.remoteDescription),
+    };
+  };
   // The selected pair of the newest connection: candidate types, protocols, addresses.
   window.__selectedPair = async () => {
     const last = window.__pcs[window.__pcs.length - 1];

@@ -73,11 +73,14 @@ async function viewerPage(what) {
     await waitFor(() => page.evaluate(() => window.snaprtc.framesDecoded >= 5), 20000, `${what}: 5 decoded frames`);
     await waitFor(() => page.evaluate(() => window.snaprtc.stills >= 1), 10000, `${what}: a still on connect`);
     const pair = await waitFor(() => page.evaluate(() => window.__selectedPair()), 5000, `${what}: a selected pair`);
+    // The device's own view, for the summary: its [ice] state in /health.
+    const health = await deviceHealth().catch(() => ({}));
+    summary(`${what} device /health ice: ${JSON.stringify(health.ice ?? null).slice(0, 400)}`);
     return pair;
   } catch (e) {
     const st = await page.evaluate(async () => ({
       snaprtc: window.snaprtc, pcs: window.__pcs.length, pair: await window.__selectedPair(),
-      configs: window.__pcs.map((p) => p.config),
+      configs: window.__pcs.map((p) => p.config), sdp: window.__sdpSummary(),
     })).catch((err) => String(err));
     throw new Error(`${e.message}\npage: ${JSON.stringify(st)}\nconsole:\n${consoleLines.slice(-20).join('\n')}\ndevice log:\n${tail(device)}`);
   } finally {
@@ -211,7 +214,7 @@ async function openInitiator(session, { ice = [{ urls: STUN }], hub = HUB } = {}
   return page;
 }
 
-const initiatorState = (page) => page.evaluate(async () => ({ state: window.state, log: window.log }));
+const initiatorState = (page) => page.evaluate(async () => ({ state: window.state, log: window.log, sdp: window.__sdpSummary() }));
 
 /** Wait until the initiator connected, got a JPEG still and decoded video; its pair. */
 async function initiatorDone(page, what, ms = 20000) {
