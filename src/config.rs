@@ -34,6 +34,8 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// The RTSP server (`rtsp://host:8554/stream`) for NVRs and Home Assistant.
     pub rtsp: RtspConfig,
+    /// The microphone: captured once, encoded once to Opus, sent with the video.
+    pub audio: AudioConfig,
     /// mDNS advertisement of `_snaprtc._tcp` (and `_rtsp._tcp` with the RTSP server on).
     pub mdns: MdnsConfig,
     /// Sharing sessions with other instances through Redis (scale-out).
@@ -480,6 +482,109 @@ fn validate_rtsp(r: &RtspConfig) -> Result<(), Invalid> {
                 format!("{} is not between 1s and 1h", humantime::format_duration(t)),
             );
         }
+    }
+    Ok(())
+}
+
+/// `[audio]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// `auto`: the webcam's own microphone (the ALSA card on the camera's USB device), else
+    /// none.
+    pub source: AudioSourceKind,
+    /// ALSA capture device for `source = "alsa"`, e.g. `hw:CARD=C920,DEV=0`, `plughw:1,0` or
+    /// `default`.
+    pub device: String,
+    /// Capture sample rate in Hz: one Opus takes (8000, 12000, 16000, 24000 or 48000).
+    pub rate: u32,
+    /// Capture channels: 1 (mono) or 2 (stereo).
+    pub channels: u32,
+    /// Opus bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+    /// The `exec` source: argv of a program (no shell) that writes audio to stdout.
+    pub exec: Vec<String>,
+    /// What the `exec` program writes.
+    pub exec_format: AudioExecFormat,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            source: AudioSourceKind::Auto,
+            device: "default".into(),
+            rate: 48_000,
+            channels: 1,
+            bitrate_kbps: 32,
+            exec: Vec::new(),
+            exec_format: AudioExecFormat::S16le,
+        }
+    }
+}
+
+/// `[audio] source`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioSourceKind {
+    /// The V4L2 camera's own ALSA capture device (same USB device in sysfs), else none.
+    Auto,
+    /// No audio: offers get no audio track, RTSP describes video only.
+    None,
+    /// The ALSA capture device `[audio] device`.
+    Alsa,
+    /// A program's standard output (`[audio] exec`).
+    Exec,
+    /// A test tone (1 kHz, with a 100 ms 2 kHz beep at the start of every wall-clock second,
+    /// when the test pattern flashes).
+    Test,
+}
+
+/// `[audio] exec_format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioExecFormat {
+    /// Raw signed 16-bit little-endian samples at `rate` and `channels`, interleaved
+    /// (`arecord -f S16_LE -t raw`, `ffmpeg … -f s16le -`); encoded to Opus here.
+    S16le,
+    /// An Ogg/Opus stream of 20 ms packets (`ffmpeg … -c:a libopus -frame_duration 20 -f ogg -`),
+    /// passed through without re-encoding.
+    Ogg,
+}
+
+/// Sample rates Opus encodes natively.
+pub const AUDIO_RATES: [u32; 5] = [8000, 12000, 16000, 24000, 48000];
+
+fn validate_audio(c: &Config) -> Result<(), Invalid> {
+    let a = &c.audio;
+    if !AUDIO_RATES.contains(&a.rate) {
+        return bad(
+            "audio.rate",
+            format!(
+                "{} is not a rate Opus takes (8000, 12000, 16000, 24000 or 48000)",
+                a.rate
+            ),
+        );
+    }
+    in_range("audio.channels", a.channels, 1..=2)?;
+    in_range("audio.bitrate_kbps", a.bitrate_kbps, 6..=510)?;
+    if a.device.is_empty() || a.device.len() > 256 {
+        return bad(
+            "audio.device",
+            "must be an ALSA device name (1 to 256 bytes)",
+        );
+    }
+    if a.source == AudioSourceKind::Exec && a.exec.is_empty() {
+        return bad("audio.exec", "must name a program when source = \"exec\"");
+    }
+    if c.is_relay() && !matches!(a.source, AudioSourceKind::Auto | AudioSourceKind::None) {
+        return bad(
+            "audio.source",
+            format!(
+                "{} needs a camera, but [camera] source = \"none\" (the relay role) sends no \
+                 media; remove it, or choose a camera source",
+                differs(&a.source, &AudioSourceKind::None).unwrap_or_default()
+            ),
+        );
     }
     Ok(())
 }
@@ -1506,6 +1611,7 @@ impl Config {
             1..=1024,
         )?;
         validate_rtsp(&self.rtsp)?;
+        validate_audio(self)?;
         validate_signaling(&self.signaling)?;
         validate_backplane(&self.backplane)?;
         validate_ice(&self.ice)?;
@@ -1864,6 +1970,55 @@ mod tests {
     }
 
     const RELAY: &str = include_str!("../config/relay.toml");
+
+    #[test]
+    fn audio_validation_names_file_field_and_value() {
+        for (text, key, shown) in [
+            (
+                "[audio]\nrate = 44100\n",
+                "audio.rate",
+                "44100 is not a rate Opus takes",
+            ),
+            (
+                "[audio]\nchannels = 3\n",
+                "audio.channels",
+                "3 is not in 1..=2",
+            ),
+            (
+                "[audio]\nbitrate_kbps = 1000\n",
+                "audio.bitrate_kbps",
+                "1000 is not in 6..=510",
+            ),
+            (
+                "[audio]\nsource = \"exec\"\n",
+                "audio.exec",
+                "must name a program",
+            ),
+            (
+                "[audio]\ndevice = \"\"\n",
+                "audio.device",
+                "ALSA device name",
+            ),
+            (
+                "[camera]\nsource = \"none\"\n[audio]\nsource = \"test\"\n",
+                "audio.source",
+                "\"test\" needs a camera",
+            ),
+        ] {
+            let err = Config::from_toml(text, "a.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            let s = err.to_string();
+            assert!(s.starts_with("a.toml:"), "{s}");
+            assert!(s.contains(shown), "{s}");
+        }
+        let ok = Config::from_toml(
+            "[audio]\nsource = \"alsa\"\ndevice = \"hw:CARD=C920,DEV=0\"\nrate = 16000\nchannels = 2\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.audio.source, AudioSourceKind::Alsa);
+        assert!(Config::from_toml("[audio]\nsource = \"loud\"\n", "a.toml").is_err());
+    }
 
     #[test]
     fn shipped_relay_config_is_valid_and_is_a_relay() {

@@ -45,6 +45,7 @@ use str0m::Input;
 use super::candidates::LocalAddrPicker;
 use super::viewer::{VideoFrame, Viewer, ViewerEvent, ViewerOutput};
 use super::{Command, RtcError, RtcStats, Shared, ViewerId};
+use crate::audio::AudioFrame;
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Bounds of the GOP cache; a longer GOP is not cached (viewers wait for an IDR instead).
@@ -233,6 +234,11 @@ pub enum CoreEvent {
     SubscribeVideo,
     /// No viewer has video: drop the subscription (the pipeline stops encoding).
     ReleaseVideo,
+    /// A viewer takes audio: subscribe to the audio frames and feed them to
+    /// [`Core::handle_audio`].
+    SubscribeAudio,
+    /// No viewer takes audio: drop the audio subscription (the encoder idles).
+    ReleaseAudio,
     /// Ask the pipeline for a keyframe.
     Keyframe(KeyframeCause),
     /// Make a still of at most `max_bytes` and hand it to [`Core::handle_still`].
@@ -285,6 +291,8 @@ pub struct Core {
     subscribed: bool,
     /// The frame stream ended: the pipeline is gone, never subscribe again.
     pipeline_stopped: bool,
+    /// The shell holds an audio subscription.
+    audio_subscribed: bool,
     /// Frames since the last keyframe: a joining viewer starts from here at once.
     gop: Gop,
     /// Limits and admission counters shared with the handles.
@@ -307,6 +315,7 @@ impl Core {
             extra_candidates: Vec::new(),
             subscribed: false,
             pipeline_stopped: false,
+            audio_subscribed: false,
             gop: Gop::default(),
             shared,
             totals: RtcStats::default(),
@@ -468,6 +477,17 @@ impl Core {
         for i in 0..self.viewers.len() {
             if self.viewers[i].wants_video() {
                 self.viewers[i].write_frame(&frame, now);
+                self.process_outputs(i, now);
+            }
+        }
+        self.sweep(now);
+    }
+
+    /// An Opus frame from the audio subscription: written to every viewer that takes audio.
+    pub fn handle_audio(&mut self, now: Instant, frame: &AudioFrame) {
+        for i in 0..self.viewers.len() {
+            if self.viewers[i].wants_audio() {
+                self.viewers[i].write_audio(frame, now);
                 self.process_outputs(i, now);
             }
         }
@@ -730,6 +750,19 @@ impl Core {
             self.retire(&v, RemoveReason::Dead);
         }
         self.follow_video_viewers();
+        self.follow_audio_viewers();
+    }
+
+    /// Hold the audio stream exactly while some connected viewer takes audio.
+    fn follow_audio_viewers(&mut self) {
+        let audio = self.viewers.iter().any(Viewer::wants_audio);
+        if audio && !self.audio_subscribed {
+            self.audio_subscribed = true;
+            self.events.push_back(CoreEvent::SubscribeAudio);
+        } else if !audio && self.audio_subscribed {
+            self.audio_subscribed = false;
+            self.events.push_back(CoreEvent::ReleaseAudio);
+        }
     }
 
     fn retire(&mut self, v: &Viewer, why: RemoveReason) {
@@ -739,6 +772,7 @@ impl Core {
         };
         tracing::info!(viewer = %v.id, kind = ?v.kind, frames = v.frames_sent, why = reason, "viewer removed");
         self.totals.frames_sent += v.frames_sent;
+        self.totals.audio_frames_sent += v.audio_frames_sent;
         self.totals.bytes_out += v.bytes_out;
         self.totals.stills_sent += v.stills_sent;
         self.events
@@ -760,6 +794,7 @@ impl Core {
             .collect();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
+            s.audio_frames_sent += v.audio_frames_sent;
             s.bytes_out += v.bytes_out;
             s.stills_sent += v.stills_sent;
         }

@@ -32,6 +32,7 @@ use super::stun::StunClient;
 use super::turn::{TurnAllocation, TurnAuth, TurnLimits, TurnSidecar, TurnTransport};
 use super::turn_stream::{self, StreamCommand, StreamEvent, StreamTarget};
 use super::{Command, RtcHandle, Shared, ViewerId};
+use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
 use crate::config::{self, Config, IceConfig, IceScheme, IceTransport, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
@@ -93,6 +94,7 @@ pub struct Engine {
     handle: RtcHandle,
     commands: mpsc::Receiver<Command>,
     media: MediaHandle,
+    audio: Option<AudioHandle>,
     hosts: Vec<HostAddr>,
     /// `[ice]`: the STUN servers asked for server-reflexive candidates.
     ice: IceConfig,
@@ -135,6 +137,7 @@ impl Engine {
                 sdp_limits: settings.sdp_limits,
                 full_ice: settings.ice.full_ice(),
                 extra_candidates: extra_rx,
+                audio: Default::default(),
                 slots: Arc::default(),
                 rtc_built: Default::default(),
             }),
@@ -145,6 +148,7 @@ impl Engine {
             handle,
             commands,
             media,
+            audio: None,
             hosts: settings.hosts,
             ice: settings.ice,
             extra_candidates,
@@ -156,6 +160,17 @@ impl Engine {
     /// Beat `heartbeat` every turn of the loop (the daemon registers it with the watchdog).
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Send `audio` to every viewer whose offer has an audio m-line (Opus); without it, audio
+    /// m-lines are answered rejected.
+    pub fn with_audio(mut self, audio: AudioHandle) -> Self {
+        self.handle
+            .shared
+            .audio
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.audio = Some(audio);
         self
     }
 
@@ -177,6 +192,7 @@ impl Engine {
             handle,
             mut commands,
             media,
+            audio,
             hosts,
             ice,
             extra_candidates,
@@ -195,6 +211,8 @@ impl Engine {
             socket,
             media,
             subscriber: None,
+            audio,
+            audio_subscriber: None,
             tasks: JoinSet::new(),
             still_tx,
             extra_candidates,
@@ -244,6 +262,11 @@ impl Engine {
                         shell.subscriber = None;
                         core.handle_frames_ended(Instant::now());
                     }
+                },
+                frame = next_audio(&mut shell.audio_subscriber) => match frame {
+                    Some(frame) => core.handle_audio(Instant::now(), &frame),
+                    // The audio thread stopped: video goes on without it.
+                    None => shell.audio_subscriber = None,
                 },
                 Some((id, channel, still)) = still_rx.recv() => {
                     core.handle_still(Instant::now(), id, channel, still);
@@ -300,6 +323,10 @@ struct Shell {
     media: MediaHandle,
     /// Held while the core wants video ([`CoreEvent::SubscribeVideo`]).
     subscriber: Option<FrameSubscriber>,
+    /// The daemon's audio, when it has any.
+    audio: Option<AudioHandle>,
+    /// Held while the core wants audio ([`CoreEvent::SubscribeAudio`]).
+    audio_subscriber: Option<AudioSubscriber>,
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
     still_tx: mpsc::Sender<StillResult>,
@@ -325,6 +352,10 @@ impl Shell {
             match e {
                 CoreEvent::SubscribeVideo => self.subscriber = Some(self.media.subscribe()),
                 CoreEvent::ReleaseVideo => self.subscriber = None,
+                CoreEvent::SubscribeAudio => {
+                    self.audio_subscriber = self.audio.as_ref().map(AudioHandle::subscribe);
+                }
+                CoreEvent::ReleaseAudio => self.audio_subscriber = None,
                 CoreEvent::Keyframe(cause) => self.media.request_keyframe(cause),
                 CoreEvent::Still {
                     viewer,
@@ -511,6 +542,13 @@ async fn turn_sidecars(ice: &IceConfig, udp_local: SocketAddr) -> Vec<TurnSideca
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioFrame> {
     match sub {
         Some(s) => s.recv().await,
         None => std::future::pending().await,

@@ -53,10 +53,10 @@ root=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
 FUZZ_RSS_MB=${FUZZ_RSS_MB:-1024}
-read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag backplane mjpeg go2rtc rtsp remote turn}"
+read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag backplane mjpeg go2rtc rtsp remote turn ogg}"
 # Largest input per target: above the largest seed, small enough to keep executions fast.
 declare -A max_len=([signalr]=8192 [snappeer]=8192 [offer]=16384 [annexb]=16384 [config]=8192 [sdpfrag]=4096
-                  [backplane]=8192 [mjpeg]=16384 [go2rtc]=8192 [rtsp]=8192 [remote]=8192)
+                  [backplane]=8192 [mjpeg]=16384 [go2rtc]=8192 [rtsp]=8192 [remote]=8192 [turn]=8192 [ogg]=8192)
 
 if [ -n "${FUZZ_INSTRUMENT:-}" ]; then
   # Instrumented dependencies must never land in target/, where `cargo test` would link them.
