@@ -147,6 +147,9 @@ pub trait Sidecar: Send {
     /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
     /// closed.
     fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
+    /// A viewer's remote candidate: a TURN allocation installs a permission (and channel)
+    /// towards it now, so the peer's first checks to the relayed address get through.
+    fn add_peer(&mut self, _now: Instant, _peer: SocketAddr) {}
     /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
     fn turn_status(&self) -> Option<super::turn::TurnStatus> {
         None
@@ -548,6 +551,12 @@ impl Core {
         for c in &self.extra_candidates {
             viewer.rtc.add_local_candidate(c.clone());
         }
+        for i in 0..self.sidecars.len() {
+            for peer in &viewer.remote_addrs {
+                self.sidecars[i].add_peer(now, *peer);
+            }
+            self.drain_sidecar(i, now);
+        }
         self.viewers.push(viewer);
         self.process_outputs(self.viewers.len() - 1, now);
         Ok(())
@@ -581,7 +590,9 @@ impl Core {
         let v = &mut self.viewers[i];
         super::whep::check_if_match(&v.etag, if_match.as_deref())?;
         let max = self.shared.sdp_limits.max_candidates;
+        let known = v.remote_addrs.len();
         v.handle_candidates(candidates, max, now)?;
+        let fresh: Vec<SocketAddr> = v.remote_addrs[known..].to_vec();
         let late: Vec<str0m::Candidate> = self
             .extra_candidates
             .iter()
@@ -589,6 +600,12 @@ impl Core {
             .cloned()
             .collect();
         v.told_candidates.extend(late.iter().map(|c| c.addr()));
+        for s in 0..self.sidecars.len() {
+            for peer in &fresh {
+                self.sidecars[s].add_peer(now, *peer);
+            }
+            self.drain_sidecar(s, now);
+        }
         self.process_outputs(i, now);
         Ok(late)
     }

@@ -403,6 +403,13 @@ pub(crate) fn accept_offer(
     );
     let mut viewer = viewer;
     viewer.told_candidates = told;
+    // The peer's addresses, for a TURN allocation to install permissions towards before the
+    // peer's checks arrive (they are dropped by the server until then).
+    viewer.remote_addrs = offer::fragment_candidates(&cleaned)
+        .into_iter()
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .map(|c| c.addr())
+        .collect();
     Ok((viewer, Answer { id, sdp, etag }))
 }
 

@@ -118,6 +118,9 @@ pub struct Viewer {
     /// Run-time candidates (server-reflexive, relayed) the peer has been told of, in the
     /// answer or in a PATCH response; the others go back in its next PATCH response.
     pub told_candidates: Vec<std::net::SocketAddr>,
+    /// The peer's candidate addresses (offer and trickle, within `max_sdp_candidates`): a TURN
+    /// allocation installs permissions towards them.
+    pub remote_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// How a viewer behaves (from the engine's settings and the peer's offer).
@@ -179,6 +182,7 @@ impl Viewer {
             stills_sent: 0,
             bytes_out: 0,
             told_candidates: Vec::new(),
+            remote_addrs: Vec::new(),
         }
     }
 
@@ -280,6 +284,8 @@ impl Viewer {
             )));
         }
         self.remote_candidates = total;
+        self.remote_addrs
+            .extend(candidates.iter().map(|c| c.addr()));
         for c in candidates {
             self.rtc.add_remote_candidate(c);
         }
