@@ -34,10 +34,14 @@ pub struct Config {
     pub signaling: SignalingConfig,
     /// The RTSP server (`rtsp://host:8554/stream`) for NVRs and Home Assistant.
     pub rtsp: RtspConfig,
+    /// The microphone: captured once, encoded once to Opus, sent with the video.
+    pub audio: AudioConfig,
     /// mDNS advertisement of `_snaprtc._tcp` (and `_rtsp._tcp` with the RTSP server on).
     pub mdns: MdnsConfig,
     /// Sharing sessions with other instances through Redis (scale-out).
     pub backplane: BackplaneConfig,
+    /// ICE beyond the LAN: STUN and TURN servers, full ICE or ICE-lite.
+    pub ice: IceConfig,
     /// Log level and format.
     pub log: LogConfig,
     /// `[[remote]]`: remote SnapRTC hubs the device dials out to and waits in as the capture
@@ -482,6 +486,114 @@ fn validate_rtsp(r: &RtspConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// `[audio]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// `auto`: the webcam's own microphone (the ALSA card on the camera's USB device), else
+    /// none.
+    pub source: AudioSourceKind,
+    /// ALSA capture device for `source = "alsa"`, e.g. `hw:CARD=C920,DEV=0`, `plughw:1,0` or
+    /// `default`.
+    pub device: String,
+    /// Capture sample rate in Hz: one Opus takes (8000, 12000, 16000, 24000 or 48000).
+    pub rate: u32,
+    /// Capture channels: 1 (mono) or 2 (stereo).
+    pub channels: u32,
+    /// Opus bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+    /// Opus encoder complexity, 0 (cheapest) to 10 (best): 5 keeps a 48 kHz encode under
+    /// 2 % of one core (bench/audio) at little loss for speech at 32 kbit/s.
+    pub complexity: u32,
+    /// The `exec` source: argv of a program (no shell) that writes audio to stdout.
+    pub exec: Vec<String>,
+    /// What the `exec` program writes.
+    pub exec_format: AudioExecFormat,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            source: AudioSourceKind::Auto,
+            device: "default".into(),
+            rate: 48_000,
+            channels: 1,
+            bitrate_kbps: 32,
+            complexity: 5,
+            exec: Vec::new(),
+            exec_format: AudioExecFormat::S16le,
+        }
+    }
+}
+
+/// `[audio] source`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioSourceKind {
+    /// The V4L2 camera's own ALSA capture device (same USB device in sysfs), else none.
+    Auto,
+    /// No audio: offers get no audio track, RTSP describes video only.
+    None,
+    /// The ALSA capture device `[audio] device`.
+    Alsa,
+    /// A program's standard output (`[audio] exec`).
+    Exec,
+    /// A test tone (1 kHz, with a 100 ms 2 kHz beep at the start of every wall-clock second,
+    /// when the test pattern flashes).
+    Test,
+}
+
+/// `[audio] exec_format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioExecFormat {
+    /// Raw signed 16-bit little-endian samples at `rate` and `channels`, interleaved
+    /// (`arecord -f S16_LE -t raw`, `ffmpeg … -f s16le -`); encoded to Opus here.
+    S16le,
+    /// An Ogg/Opus stream of 20 ms packets (`ffmpeg … -c:a libopus -frame_duration 20 -f ogg -`),
+    /// passed through without re-encoding.
+    Ogg,
+}
+
+/// Sample rates Opus encodes natively.
+pub const AUDIO_RATES: [u32; 5] = [8000, 12000, 16000, 24000, 48000];
+
+fn validate_audio(c: &Config) -> Result<(), Invalid> {
+    let a = &c.audio;
+    if !AUDIO_RATES.contains(&a.rate) {
+        return bad(
+            "audio.rate",
+            format!(
+                "{} is not a rate Opus takes (8000, 12000, 16000, 24000 or 48000)",
+                a.rate
+            ),
+        );
+    }
+    in_range("audio.channels", a.channels, 1..=2)?;
+    in_range("audio.bitrate_kbps", a.bitrate_kbps, 6..=510)?;
+    in_range("audio.complexity", a.complexity, 0..=10)?;
+    if a.device.is_empty() || a.device.len() > 256 {
+        return bad(
+            "audio.device",
+            "must be an ALSA device name (1 to 256 bytes)",
+        );
+    }
+    if a.source == AudioSourceKind::Exec && a.exec.is_empty() {
+        return bad("audio.exec", "must name a program when source = \"exec\"");
+    }
+    if c.is_relay() && !matches!(a.source, AudioSourceKind::Auto | AudioSourceKind::None) {
+        return bad(
+            "audio.source",
+            format!(
+                "{} needs a camera, but [camera] source = \"none\" (the relay role) sends no \
+                 media; remove it, or choose a camera source",
+                differs(&a.source, &AudioSourceKind::None).unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// `[signaling]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -781,6 +893,41 @@ fn validate_backplane(b: &BackplaneConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// `[ice]`: how viewers outside the device's network reach it. The defaults stay LAN-only:
+/// no server is contacted unless one is listed here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceConfig {
+    /// `auto`: full ICE when any STUN or TURN server is listed, ICE-lite otherwise; `lite` or
+    /// `full` to choose.
+    pub mode: IceMode,
+    /// STUN servers (`stun:host[:port]`) asked for the device's public address
+    /// (server-reflexive candidates) from the engine's UDP socket, and offered to browsers.
+    pub stun_servers: Vec<String>,
+    /// TURN servers: the device allocates a relayed candidate on the first that works, and
+    /// browsers are offered all of them (`Link` headers on WHEP answers).
+    pub turn_servers: Vec<TurnServer>,
+    /// How often server-reflexive addresses are asked for again (NAT bindings expire).
+    #[serde(with = "humantime_serde")]
+    pub stun_refresh: Duration,
+    /// Lifetime of the REST credentials made from a TURN `secret` (for browsers and for the
+    /// device's own allocation).
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self {
+            mode: IceMode::Auto,
+            stun_servers: Vec::new(),
+            turn_servers: Vec::new(),
+            stun_refresh: Duration::from_secs(30),
+            credential_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// `[[remote]]`: one remote SnapRTC hub session the device dials out to (issue 13 item 6).
 ///
 /// The device connects as a SignalR client (negotiate, then a WebSocket; `https://` means
@@ -841,6 +988,251 @@ impl Default for RemoteConfig {
             server_timeout: Duration::from_secs(30),
             max_message_bytes: 64 * 1024,
         }
+    }
+}
+
+impl IceConfig {
+    /// Whether `Rtc`s use full ICE (they gather candidates beyond the host ones).
+    pub fn full_ice(&self) -> bool {
+        match self.mode {
+            IceMode::Auto => !self.stun_servers.is_empty() || !self.turn_servers.is_empty(),
+            IceMode::Lite => false,
+            IceMode::Full => true,
+        }
+    }
+
+    /// The parsed `stun_servers` (validated at load: the malformed are never here).
+    pub fn stun_urls(&self) -> Vec<IceUrl> {
+        self.stun_servers
+            .iter()
+            .filter_map(|u| IceUrl::parse(u).ok())
+            .collect()
+    }
+}
+
+/// `[ice] mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IceMode {
+    /// Full ICE when any server is configured, ICE-lite otherwise.
+    Auto,
+    /// ICE-lite: host candidates only; the browser does the checks.
+    Lite,
+    /// Full ICE: the device checks pairs and nominates too.
+    Full,
+}
+
+/// One `[[ice.turn_servers]]` entry: `{ url, username, credential }` (long-term credentials)
+/// or `{ url, secret }` (coturn's `use-auth-secret` REST credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnServer {
+    /// `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port][?transport=tcp]`.
+    pub url: String,
+    /// Long-term credential user name (with `credential`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    /// Long-term credential password (with `username`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+    /// coturn `static-auth-secret`: user names `<expiry>:<name>` and passwords
+    /// base64(HMAC-SHA1(secret, username)) are made from it; it is never sent anywhere.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+}
+
+/// How a TURN server is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnAuth<'a> {
+    /// Fixed long-term credentials.
+    LongTerm {
+        /// User name.
+        username: &'a str,
+        /// Password.
+        credential: &'a str,
+    },
+    /// REST credentials made from a shared secret (coturn `use-auth-secret`).
+    Secret(&'a str),
+}
+
+impl TurnServer {
+    /// The parsed URL (validated at load).
+    pub fn parsed_url(&self) -> Result<IceUrl, String> {
+        IceUrl::parse(&self.url)
+    }
+
+    /// Which credentials this entry has (validated at load: exactly one form).
+    pub fn auth(&self) -> TurnAuth<'_> {
+        if self.secret.is_empty() {
+            TurnAuth::LongTerm {
+                username: &self.username,
+                credential: &self.credential,
+            }
+        } else {
+            TurnAuth::Secret(&self.secret)
+        }
+    }
+
+    /// Exactly one of `{username, credential}` and `{secret}`.
+    fn check(&self) -> Result<IceUrl, String> {
+        let url = IceUrl::parse(&self.url).map_err(|e| format!("url {:?}: {e}", self.url))?;
+        if !url.scheme.is_turn() {
+            return Err(format!(
+                "url {:?} is not a TURN URL (turn: or turns:); list STUN servers in                  ice.stun_servers",
+                self.url
+            ));
+        }
+        let long_term = !self.username.is_empty() || !self.credential.is_empty();
+        match (long_term, self.secret.is_empty()) {
+            (true, false) => Err(format!(
+                "{:?} has both username/credential and secret; give one or the other",
+                self.url
+            )),
+            (false, true) => Err(format!(
+                "{:?} needs username and credential, or secret",
+                self.url
+            )),
+            (true, true) if self.username.is_empty() || self.credential.is_empty() => {
+                Err(format!("{:?} needs both username and credential", self.url))
+            }
+            _ => Ok(url),
+        }
+    }
+}
+
+/// The scheme of an ICE server URL (RFC 7064, RFC 7065).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceScheme {
+    /// `stun:`
+    Stun,
+    /// `turn:`
+    Turn,
+    /// `turns:` (TURN over TLS)
+    Turns,
+}
+
+impl IceScheme {
+    /// `turn:` or `turns:`.
+    pub fn is_turn(self) -> bool {
+        matches!(self, IceScheme::Turn | IceScheme::Turns)
+    }
+
+    /// As written in a URL, without the colon.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IceScheme::Stun => "stun",
+            IceScheme::Turn => "turn",
+            IceScheme::Turns => "turns",
+        }
+    }
+}
+
+/// The transport to an ICE server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceTransport {
+    /// UDP (`stun:`, and `turn:` unless `?transport=tcp`).
+    Udp,
+    /// TCP (`turn:…?transport=tcp`), or TLS over TCP for `turns:`.
+    Tcp,
+}
+
+/// A checked `stun:`/`turn:`/`turns:` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceUrl {
+    /// `stun`, `turn` or `turns`.
+    pub scheme: IceScheme,
+    /// Host name or IP address (an IPv6 address without brackets).
+    pub host: String,
+    /// Port: as given, else 3478 (`stun:`, `turn:`) or 5349 (`turns:`).
+    pub port: u16,
+    /// UDP or TCP (TLS over TCP for `turns:`).
+    pub transport: IceTransport,
+}
+
+impl IceUrl {
+    /// Check and split an ICE server URL; the error says what is wrong.
+    pub fn parse(url: &str) -> Result<IceUrl, String> {
+        let (scheme, rest) = if let Some(r) = url.strip_prefix("stun:") {
+            (IceScheme::Stun, r)
+        } else if let Some(r) = url.strip_prefix("turns:") {
+            (IceScheme::Turns, r)
+        } else if let Some(r) = url.strip_prefix("turn:") {
+            (IceScheme::Turn, r)
+        } else {
+            return Err(
+                "must start with stun:, turn: or turns: (e.g. \"stun:stun.example.org:3478\")"
+                    .into(),
+            );
+        };
+        if rest.starts_with("//") {
+            return Err("has no \"//\" after the scheme (e.g. \"turn:host:3478\")".into());
+        }
+        if rest
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '#')
+        {
+            return Err("must not contain spaces, control characters, '@' or '#'".into());
+        }
+        let (hostport, query) = match rest.split_once('?') {
+            Some((h, q)) => (h, Some(q)),
+            None => (rest, None),
+        };
+        let transport = match (scheme, query) {
+            (IceScheme::Turns, None) => IceTransport::Tcp,
+            (_, None) => IceTransport::Udp,
+            (IceScheme::Stun, Some(_)) => {
+                return Err("a stun: URL takes no ?transport (STUN is asked over UDP)".into())
+            }
+            (_, Some("transport=udp")) if scheme == IceScheme::Turns => {
+                return Err("turns: is TLS over TCP; ?transport=udp is not supported".into())
+            }
+            (_, Some("transport=udp")) => IceTransport::Udp,
+            (_, Some("transport=tcp")) => IceTransport::Tcp,
+            (_, Some(q)) => {
+                return Err(format!(
+                    "the query {q:?} is not ?transport=udp or ?transport=tcp"
+                ))
+            }
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ']'")?;
+            match after {
+                "" => (host, None),
+                a => match a.strip_prefix(':') {
+                    Some(p) => (host, Some(p)),
+                    None => return Err(format!("{a:?} after the IPv6 host is not :port")),
+                },
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && (host.parse::<std::net::IpAddr>().is_ok()
+                || host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        if !host_ok {
+            return Err(format!("{host:?} is not a host name or IP address"));
+        }
+        let port = match port {
+            None if scheme == IceScheme::Turns => 5349,
+            None => 3478,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("the port {p:?} is not in 1..=65535")),
+            },
+        };
+        Ok(IceUrl {
+            scheme,
+            host: host.to_owned(),
+            port,
+            transport,
+        })
     }
 }
 
@@ -911,6 +1303,58 @@ impl RemoteUrl {
             path: path.to_owned(),
         })
     }
+}
+
+/// `[ice]`: URLs of the right kind, credentials in one form, sane timers, and no contradiction
+/// between `mode = "lite"` and servers that only full ICE uses.
+fn validate_ice(i: &IceConfig) -> Result<(), Invalid> {
+    for (n, u) in i.stun_servers.iter().enumerate() {
+        match IceUrl::parse(u) {
+            Ok(url) if url.scheme == IceScheme::Stun => {}
+            Ok(_) => {
+                return bad(
+                    "ice.stun_servers",
+                    format!(
+                        "entry {} ({u:?}) is a TURN URL; list it in ice.turn_servers",
+                        n + 1
+                    ),
+                )
+            }
+            Err(e) => return bad("ice.stun_servers", format!("entry {} ({u:?}): {e}", n + 1)),
+        }
+    }
+    for (n, t) in i.turn_servers.iter().enumerate() {
+        if let Err(e) = t.check() {
+            return bad("ice.turn_servers", format!("entry {}: {e}", n + 1));
+        }
+    }
+    let servers = !i.stun_servers.is_empty() || !i.turn_servers.is_empty();
+    if i.mode == IceMode::Lite && servers {
+        return bad(
+            "ice.mode",
+            "\"lite\" contradicts the STUN/TURN servers listed: an ICE-lite agent gathers no \
+             server-reflexive or relayed candidates (use \"auto\" or \"full\", or list no servers)",
+        );
+    }
+    if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&i.stun_refresh) {
+        return bad(
+            "ice.stun_refresh",
+            format!(
+                "{} is not between 5s and 1h",
+                humantime::format_duration(i.stun_refresh)
+            ),
+        );
+    }
+    if !(Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&i.credential_ttl) {
+        return bad(
+            "ice.credential_ttl",
+            format!(
+                "{} is not between 1m and 7d",
+                humantime::format_duration(i.credential_ttl)
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// `[[remote]]`: each entry reachable and distinct, its timings sane against each other.
@@ -1180,8 +1624,10 @@ impl Config {
             1..=1024,
         )?;
         validate_rtsp(&self.rtsp)?;
+        validate_audio(self)?;
         validate_signaling(&self.signaling)?;
         validate_backplane(&self.backplane)?;
+        validate_ice(&self.ice)?;
         validate_log(&self.log)?;
         validate_remotes(&self.remote)?;
         validate_relay(self)
@@ -1239,6 +1685,15 @@ fn validate_relay(c: &Config) -> Result<(), Invalid> {
             differs(&srv.max_sdp_candidates, &server.max_sdp_candidates),
         ),
     ];
+    if c.ice != IceConfig::default() {
+        // No value in the message: the section may hold TURN credentials.
+        return bad(
+            "ice",
+            "is a WebRTC setting, but [camera] source = \"none\" (the relay role) runs no \
+             WebRTC engine; remove [ice], or choose a source",
+        );
+    }
+
     if !c.remote.is_empty() {
         return bad(
             "remote",
@@ -1530,6 +1985,60 @@ mod tests {
     const RELAY: &str = include_str!("../config/relay.toml");
 
     #[test]
+    fn audio_validation_names_file_field_and_value() {
+        for (text, key, shown) in [
+            (
+                "[audio]\nrate = 44100\n",
+                "audio.rate",
+                "44100 is not a rate Opus takes",
+            ),
+            (
+                "[audio]\nchannels = 3\n",
+                "audio.channels",
+                "3 is not in 1..=2",
+            ),
+            (
+                "[audio]\nbitrate_kbps = 1000\n",
+                "audio.bitrate_kbps",
+                "1000 is not in 6..=510",
+            ),
+            (
+                "[audio]\ncomplexity = 11\n",
+                "audio.complexity",
+                "11 is not in 0..=10",
+            ),
+            (
+                "[audio]\nsource = \"exec\"\n",
+                "audio.exec",
+                "must name a program",
+            ),
+            (
+                "[audio]\ndevice = \"\"\n",
+                "audio.device",
+                "ALSA device name",
+            ),
+            (
+                "[camera]\nsource = \"none\"\n[audio]\nsource = \"test\"\n",
+                "audio.source",
+                "\"test\" needs a camera",
+            ),
+        ] {
+            let err = Config::from_toml(text, "a.toml").unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            let s = err.to_string();
+            assert!(s.starts_with("a.toml:"), "{s}");
+            assert!(s.contains(shown), "{s}");
+        }
+        let ok = Config::from_toml(
+            "[audio]\nsource = \"alsa\"\ndevice = \"hw:CARD=C920,DEV=0\"\nrate = 16000\nchannels = 2\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.audio.source, AudioSourceKind::Alsa);
+        assert!(Config::from_toml("[audio]\nsource = \"loud\"\n", "a.toml").is_err());
+    }
+
+    #[test]
     fn shipped_relay_config_is_valid_and_is_a_relay() {
         let relay = Config::from_toml(RELAY, "config/relay.toml").expect("relay.toml is valid");
         assert!(relay.is_relay());
@@ -1684,6 +2193,159 @@ mod tests {
             assert!(shown.contains(words), "{words}: {shown}");
             assert!(!shown.contains("hunter2"), "{shown}");
         }
+    }
+
+    #[test]
+    fn ice_defaults_are_lan_only_and_auto_picks_full_ice_with_servers() {
+        let d = Config::default().ice;
+        assert!(d.stun_servers.is_empty() && d.turn_servers.is_empty());
+        assert!(!d.full_ice(), "no server configured: ICE-lite");
+        let c = Config::from_toml(
+            "[ice]\nstun_servers = [\"stun:stun.example.org\"]\n",
+            "i.toml",
+        )
+        .unwrap();
+        assert!(c.ice.full_ice());
+        assert_eq!(
+            c.ice.stun_urls(),
+            vec![IceUrl {
+                scheme: IceScheme::Stun,
+                host: "stun.example.org".into(),
+                port: 3478,
+                transport: IceTransport::Udp,
+            }]
+        );
+        let c = Config::from_toml("[ice]\nmode = \"full\"\n", "i.toml").unwrap();
+        assert!(c.ice.full_ice());
+        let c = Config::from_toml(
+            "[[ice.turn_servers]]\nurl = \"turns:t.example.org?transport=tcp\"\nsecret = \"s\"\n\
+             [[ice.turn_servers]]\nurl = \"turn:[2001:db8::1]:3479?transport=tcp\"\n\
+             username = \"u\"\ncredential = \"p\"\n",
+            "i.toml",
+        )
+        .unwrap();
+        assert!(c.ice.full_ice());
+        let t = &c.ice.turn_servers;
+        assert_eq!(t[0].auth(), TurnAuth::Secret("s"));
+        let u = t[0].parsed_url().unwrap();
+        assert_eq!(
+            (u.scheme, u.port, u.transport),
+            (IceScheme::Turns, 5349, IceTransport::Tcp)
+        );
+        assert_eq!(
+            t[1].auth(),
+            TurnAuth::LongTerm {
+                username: "u",
+                credential: "p"
+            }
+        );
+        let u = t[1].parsed_url().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 3479));
+        assert_eq!(
+            IceUrl::parse("turn:1.2.3.4").unwrap().transport,
+            IceTransport::Udp
+        );
+    }
+
+    #[test]
+    fn ice_errors_name_the_field_and_never_a_credential() {
+        let turn =
+            |url: &str, creds: &str| format!("[[ice.turn_servers]]\nurl = \"{url}\"\n{creds}\n");
+        let up = "username = \"u\"\ncredential = \"hunter2\"";
+        for (text, key, words) in [
+            (
+                "[ice]\nstun_servers = [\"stun.example.org\"]".to_owned(),
+                "ice.stun_servers",
+                "must start with stun:",
+            ),
+            (
+                "[ice]\nstun_servers = [\"stun:a\", \"stun:b:0\"]".to_owned(),
+                "ice.stun_servers",
+                "entry 2",
+            ),
+            (
+                "[ice]\nstun_servers = [\"stun:a?transport=tcp\"]".to_owned(),
+                "ice.stun_servers",
+                "takes no ?transport",
+            ),
+            (
+                "[ice]\nstun_servers = [\"turn:a\"]".to_owned(),
+                "ice.stun_servers",
+                "list it in ice.turn_servers",
+            ),
+            (
+                "[ice]\nstun_servers = [\"stun://a\"]".to_owned(),
+                "ice.stun_servers",
+                "no \"//\"",
+            ),
+            (
+                "[ice]\nstun_servers = [\"stun:a b\"]".to_owned(),
+                "ice.stun_servers",
+                "spaces",
+            ),
+            (
+                turn("turn:a?transport=sctp", up),
+                "ice.turn_servers",
+                "is not ?transport=udp",
+            ),
+            (
+                turn("turns:a?transport=udp", up),
+                "ice.turn_servers",
+                "?transport=udp is not supported",
+            ),
+            (turn("stun:a", up), "ice.turn_servers", "is not a TURN URL"),
+            (
+                turn("turn:a", "username = \"u\""),
+                "ice.turn_servers",
+                "needs both username and credential",
+            ),
+            (
+                turn("turn:a", ""),
+                "ice.turn_servers",
+                "needs username and credential, or secret",
+            ),
+            (
+                turn("turn:a", "credential = \"hunter2\"\nsecret = \"hunter2\""),
+                "ice.turn_servers",
+                "one or the other",
+            ),
+            (
+                turn("turn:a:99999", up),
+                "ice.turn_servers",
+                "the port \"99999\"",
+            ),
+            (
+                format!("[ice]\nmode = \"lite\"\n{}", turn("turn:a", up)),
+                "ice.mode",
+                "contradicts",
+            ),
+            (
+                "[ice]\nstun_refresh = \"1s\"".to_owned(),
+                "ice.stun_refresh",
+                "between 5s and 1h",
+            ),
+            (
+                "[ice]\ncredential_ttl = \"10s\"".to_owned(),
+                "ice.credential_ttl",
+                "between 1m and 7d",
+            ),
+            (
+                format!("[camera]\nsource = \"none\"\n{}", turn("turn:a", up)),
+                "ice",
+                "the relay role",
+            ),
+        ] {
+            let err = Config::from_toml(&text, "i.toml").unwrap_err();
+            let shown = err.to_string();
+            assert_eq!(err.key, key, "{shown}");
+            assert!(shown.contains(words), "{words}: {shown}");
+            assert!(shown.starts_with("i.toml:"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        let err = Config::from_toml("[ice]\nmode = \"half\"\n", "i.toml").unwrap_err();
+        assert!(err.to_string().contains("half"), "{err}");
+        let err = Config::from_toml(&turn("turn:a", "user = \"u\""), "i.toml").unwrap_err();
+        assert!(err.to_string().contains("user"), "{err}");
     }
 
     #[test]

@@ -374,6 +374,48 @@ const METRICS: &[Metric] = &[
         help: "Offers dropped because the remote session was serving another initiator.",
         read: Read::Samples(|s| remote_counter(s, |c| c.busy_offers)),
     },
+    Metric {
+        name: "snaprtcd_turn_allocation_state",
+        kind: Kind::Gauge,
+        help: "Each [ice] turn_servers allocation: 0 connecting or allocating, 1 ready (relayed candidate offered), 2 failed (retrying).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .map(|t| (format!("{{url=\"{}\"}}", label(&t.url)), f64::from(t.state_code)))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_turn_relayed_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes relayed through the TURN allocation, by direction (in: from peers).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .flat_map(|t| {
+                    let url = label(&t.url);
+                    [
+                        (format!("{{url=\"{url}\",direction=\"in\"}}"), t.bytes_in as f64),
+                        (format!("{{url=\"{url}\",direction=\"out\"}}"), t.bytes_out as f64),
+                    ]
+                })
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_viewers_pair",
+        kind: Kind::Gauge,
+        help: "Connected viewers by their selected ICE candidate pair's type (host, srflx, prflx, relay).",
+        read: Read::Samples(viewers_by_pair),
+    },
+    Metric {
+        name: "snaprtcd_ice_server_up",
+        kind: Kind::Gauge,
+        help: "1 while an [ice] STUN server answers (or a TURN allocation holds), 0 while it fails or starts.",
+        read: Read::Samples(ice_servers_up),
+    },
 ];
 
 /// The labels naming one remote: `url="…",session="…"`.
@@ -418,6 +460,41 @@ fn remote_counter(s: &Snapshot<'_>, read: fn(&RemoteCounters) -> u64) -> Vec<Sam
             )
         })
         .collect()
+}
+
+/// `snaprtcd_viewers_pair{type="…"}` for every pair type.
+fn viewers_by_pair(s: &Snapshot<'_>) -> Vec<Sample> {
+    crate::rtc::viewer::PairType::ALL
+        .iter()
+        .zip(s.rtc.pair_types)
+        .map(|(t, n)| (format!("{{type=\"{}\"}}", t.as_str()), n as f64))
+        .collect()
+}
+
+/// `snaprtcd_ice_server_up{kind="stun",server="…"}` per STUN client or TURN allocation.
+fn ice_servers_up(s: &Snapshot<'_>) -> Vec<Sample> {
+    s.rtc
+        .ice
+        .iter()
+        .map(|h| {
+            let server = h
+                .server
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            (
+                format!("{{kind=\"{}\",server=\"{server}\"}}", h.kind),
+                f64::from(u8::from(h.up)),
+            )
+        })
+        .collect()
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `snaprtcd_keyframes_total{cause="…"}` for every cause.
@@ -581,6 +658,15 @@ snaprtcd_camera_fps 29.5
             frames_sent: 7,
             bytes_out: 12345,
             stills_sent: 5,
+            pair_types: [1, 0, 0, 0],
+            ice: vec![crate::rtc::core::SidecarHealth {
+                kind: "stun",
+                server: "stun:stun.example.org".into(),
+                state: "ok".into(),
+                up: true,
+                bytes_relayed: 0,
+                ..Default::default()
+            }],
             ..RtcStats::default()
         };
         let camera = MediaStatus {
@@ -667,6 +753,14 @@ snaprtcd_camera_fps 29.5
         assert!(text.contains("snaprtcd_encode_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("snaprtcd_encode_seconds_count 2\n"));
         assert!(text.contains("snaprtcd_camera_state{state=\"streaming\"} 1\n"));
+        assert!(
+            text.contains("snaprtcd_viewers_pair{type=\"host\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("snaprtcd_viewers_pair{type=\"relay\"} 0\n"));
+        assert!(text.contains(
+            "snaprtcd_ice_server_up{kind=\"stun\",server=\"stun:stun.example.org\"} 1\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v.parse::<f64>().is_ok(), "{line}");

@@ -49,6 +49,7 @@ async fn pings_only_while_the_media_and_rtc_loops_go_round() {
         snapshot_on_connect: false,
         silence_timeout: Duration::from_secs(15),
         sdp_limits: Default::default(),
+        ice: Default::default(),
     };
 
     let mut watchdog = Watchdog::new();

@@ -1,12 +1,10 @@
-//! The one task that owns the UDP socket and every viewer's `Rtc`.
+//! The thin tokio shell around [`Core`]: it owns the UDP socket, the frame subscription,
+//! the still tasks and the command channel, and only moves bytes and events.
 //!
-//! Inputs (datagrams, frames, stills, commands, timeouts) arrive in one `select!`; after each
-//! input to a viewer the engine takes the viewer's `poll_output` until `None` (the draining
-//! rule; str0m's single-mutation rule underneath), then re-reads its `poll_timeout`.
-//!
-//! A datagram is routed with `Rtc::accepts` before anything else is done for it: one from a
-//! source no viewer knows costs a parse and one `accepts` per viewer, never a syscall or an
-//! entry in a cache viewers use.
+//! Inputs (datagrams, frames, stills, commands, timeouts) arrive in one `select!`; each goes to
+//! the core, whose outputs are then drained (the draining rule, see [`super::core`]): datagrams
+//! out of the socket, events acted on (subscribe to or release the frame stream, ask for a
+//! keyframe, run a still request on a task).
 //!
 //! Frames come from one [`FrameSubscriber`] held while any viewer takes video: the encoder
 //! runs once, each viewer costs packetisation and SRTP only.
@@ -18,22 +16,24 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
-use str0m::{Candidate, Input};
+use str0m::Candidate;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
+use super::core::{Core, CoreEvent, CoreTransmit, StreamState, Via};
 use super::offer::SdpLimits;
-use super::viewer::{VideoFrame, Viewer, ViewerEvent, ViewerOutput};
-use super::{Command, RtcError, RtcHandle, RtcStats, Shared, ViewerId};
-use crate::config::Config;
+use super::stun::StunClient;
+use super::turn::{TurnAllocation, TurnAuth, TurnLimits, TurnSidecar, TurnTransport};
+use super::turn_stream::{self, StreamCommand, StreamEvent, StreamTarget};
+use super::{Command, RtcHandle, Shared, ViewerId};
+use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
+use crate::config::{self, Config, IceConfig, IceScheme, IceTransport, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
 
@@ -43,11 +43,12 @@ const COMMAND_QUEUE: usize = 64;
 const STILL_QUEUE: usize = 16;
 /// Largest UDP datagram read.
 const RECV_BUF: usize = 2048;
+/// Writes waiting for one TURN stream task; more are dropped (UDP semantics).
+const STREAM_QUEUE: usize = 256;
+/// Reads and connection changes from every TURN stream waiting for the engine.
+const STREAM_EVENTS: usize = 64;
 /// Longest the loop sleeps without looking at liveness.
 const MAX_IDLE: Duration = Duration::from_secs(1);
-/// Bounds of the GOP cache; a longer GOP is not cached (viewers wait for an IDR instead).
-const GOP_MAX_FRAMES: usize = 150;
-const GOP_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// What the engine is built from (see [`EngineSettings::from_config`]).
 #[derive(Debug, Clone)]
@@ -64,6 +65,8 @@ pub struct EngineSettings {
     pub silence_timeout: Duration,
     /// `[server] max_sdp_*`: budgets for offers and trickle fragments.
     pub sdp_limits: SdpLimits,
+    /// `[ice]`: STUN and TURN servers, full ICE or ICE-lite (the default: LAN only).
+    pub ice: IceConfig,
 }
 
 impl EngineSettings {
@@ -79,6 +82,7 @@ impl EngineSettings {
             snapshot_on_connect: config.snapshot.on_connect,
             silence_timeout: super::SILENCE_TIMEOUT,
             sdp_limits: SdpLimits::from_config(s),
+            ice: config.ice.clone(),
         }
     }
 }
@@ -90,7 +94,14 @@ pub struct Engine {
     handle: RtcHandle,
     commands: mpsc::Receiver<Command>,
     media: MediaHandle,
+    audio: Option<AudioHandle>,
     hosts: Vec<HostAddr>,
+    /// `[ice]`: the STUN servers asked for server-reflexive candidates.
+    ice: IceConfig,
+    /// Publishes the candidates found at run time to the handles (for new answers).
+    extra_candidates: watch::Sender<Vec<Candidate>>,
+    /// One TURN allocation per `[ice] turn_servers` entry that resolved, added to the core.
+    turn: Vec<TurnSidecar>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
 }
@@ -113,7 +124,9 @@ impl Engine {
             candidates = ?candidates.iter().map(|c| c.addr()).collect::<Vec<_>>(),
             "webrtc udp listening"
         );
+        let turn = turn_sidecars(&settings.ice, socket.local_addr()?).await;
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (extra_candidates, extra_rx) = watch::channel(Vec::new());
         let handle = RtcHandle {
             commands: tx,
             shared: Arc::new(Shared {
@@ -122,6 +135,9 @@ impl Engine {
                 snapshot_on_connect: settings.snapshot_on_connect,
                 silence_timeout: settings.silence_timeout,
                 sdp_limits: settings.sdp_limits,
+                full_ice: settings.ice.full_ice(),
+                extra_candidates: extra_rx,
+                audio: Default::default(),
                 slots: Arc::default(),
                 rtc_built: Default::default(),
             }),
@@ -132,7 +148,11 @@ impl Engine {
             handle,
             commands,
             media,
+            audio: None,
             hosts: settings.hosts,
+            ice: settings.ice,
+            extra_candidates,
+            turn,
             heartbeat: Heartbeat::default(),
         })
     }
@@ -140,6 +160,17 @@ impl Engine {
     /// Beat `heartbeat` every turn of the loop (the daemon registers it with the watchdog).
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
         self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Send `audio` to every viewer whose offer has an audio m-line (Opus); without it, audio
+    /// m-lines are answered rejected.
+    pub fn with_audio(mut self, audio: AudioHandle) -> Self {
+        self.handle
+            .shared
+            .audio
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.audio = Some(audio);
         self
     }
 
@@ -161,56 +192,122 @@ impl Engine {
             handle,
             mut commands,
             media,
+            audio,
             hosts,
+            ice,
+            extra_candidates,
+            turn,
             heartbeat,
         } = self;
         // The engine keeps no sender: it stops when every caller's handle is gone.
         let shared = handle.shared.clone();
         drop(handle);
+        let bound = socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
         let (still_tx, mut still_rx) = mpsc::channel(STILL_QUEUE);
-        let mut st = State::new(
+        let (stream_tx, mut stream_rx) = mpsc::channel(STREAM_EVENTS);
+        let mut shell = Shell {
             socket,
-            port,
-            LocalAddrPicker::new(hosts),
             media,
+            subscriber: None,
+            audio,
+            audio_subscriber: None,
+            tasks: JoinSet::new(),
             still_tx,
-            shared,
-        );
+            extra_candidates,
+            streams: Vec::new(),
+            stream_tx,
+            cancel: cancel.child_token(),
+        };
+        // STUN servers are resolved off the loop (DNS may be slow or down); each joins the
+        // core as a sidecar once it has an address.
+        let (resolved_tx, mut resolved) = mpsc::channel(ice.stun_servers.len().max(1));
+        for (raw, url) in ice.stun_servers.iter().zip(ice.stun_urls()) {
+            shell
+                .tasks
+                .spawn(resolve_server(raw.clone(), url, resolved_tx.clone()));
+        }
+        drop(resolved_tx);
+        let mut bases = LocalAddrPicker::new(hosts.clone());
+        let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
+        for sidecar in turn {
+            core.add_sidecar(Box::new(sidecar), Instant::now());
+        }
+        shell.drain(&mut core);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let deadline = st.poll_timeout(Instant::now());
+            let now = Instant::now();
+            let deadline = core
+                .poll_timeout()
+                .map_or(now + MAX_IDLE, |t| t.min(now + MAX_IDLE));
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => st.handle_command(cmd, Instant::now()),
+                    Some(cmd) => core.handle_command(Instant::now(), cmd),
                     None => break,
                 },
-                r = st.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => st.handle_datagram(&buf[..n], source, Instant::now()),
+                r = shell.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => {
+                        core.handle_datagram(Instant::now(), Via::Udp, source, bound, &buf[..n]);
+                    }
                     Err(e) => tracing::debug!(error = %e, "udp recv failed"),
                 },
-                frame = next_frame(&mut st.subscriber) => match frame {
-                    Some(frame) => st.handle_frame(&frame, Instant::now()),
+                frame = next_frame(&mut shell.subscriber) => match frame {
+                    Some(frame) => {
+                        let skipped = shell.subscriber.as_ref().map_or(0, FrameSubscriber::skipped);
+                        core.handle_frame(Instant::now(), &frame, skipped);
+                    }
                     None => {
-                        // The pipeline stopped; never subscribe again (it would end at once).
-                        st.subscriber = None;
-                        st.pipeline_stopped = true;
+                        shell.subscriber = None;
+                        core.handle_frames_ended(Instant::now());
                     }
                 },
+                frame = next_audio(&mut shell.audio_subscriber) => match frame {
+                    Some(frame) => core.handle_audio(Instant::now(), &frame),
+                    // The audio thread stopped: video goes on without it.
+                    None => shell.audio_subscriber = None,
+                },
                 Some((id, channel, still)) = still_rx.recv() => {
-                    st.handle_still(id, channel, still, Instant::now());
+                    core.handle_still(Instant::now(), id, channel, still);
                 }
-                Some(_) = st.tasks.join_next(), if !st.tasks.is_empty() => {}
-                _ = tokio::time::sleep_until(deadline.into()) => st.handle_timeout(Instant::now()),
+                Some((raw, server)) = resolved.recv() => {
+                    // The base: the local address packets to the server leave from.
+                    let base = if bound.ip().is_unspecified() {
+                        bases.pick(server, port)
+                    } else {
+                        bound
+                    };
+                    let now = Instant::now();
+                    let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
+                    core.add_sidecar(Box::new(stun), now);
+                }
+                Some((server, ev)) = stream_rx.recv() => {
+                    let now = Instant::now();
+                    match ev {
+                        StreamEvent::Data(d) => {
+                            let tls = shell.stream_tls(server);
+                            core.handle_datagram(now, Via::Stream { server, tls }, server, bound, &d);
+                        }
+                        StreamEvent::Connected(local) => {
+                            core.handle_stream(now, server, StreamState::Connected(local));
+                        }
+                        StreamEvent::Disconnected(why) => {
+                            core.handle_stream(now, server, StreamState::Disconnected(why));
+                        }
+                    }
+                }
+                Some(_) = shell.tasks.join_next(), if !shell.tasks.is_empty() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
             }
-            st.sweep(Instant::now());
+            shell.drain(&mut core);
             heartbeat.beat();
         }
-        for v in &mut st.viewers {
-            v.rtc.disconnect();
-        }
-        st.tasks.shutdown().await;
-        tracing::info!(viewers = st.viewers.len(), "webrtc engine stopped");
+        let viewers = core.viewer_count();
+        core.disconnect_all();
+        shell.drain(&mut core);
+        shell.tasks.shutdown().await;
+        tracing::info!(viewers, "webrtc engine stopped");
     }
 }
 
@@ -220,249 +317,117 @@ type StillResult = (
     Result<bytes::Bytes, String>,
 );
 
-struct State {
+/// What the shell owns: the IO the core asks for.
+struct Shell {
     socket: UdpSocket,
-    port: u16,
-    picker: LocalAddrPicker,
-    viewers: Vec<Viewer>,
-    /// Held while any viewer takes video or will once connected; the pipeline encodes only
-    /// while someone holds one.
-    subscriber: Option<FrameSubscriber>,
-    /// The frame stream ended: the pipeline is gone.
-    pipeline_stopped: bool,
-    /// Frames since the last keyframe: a joining viewer starts from here at once.
-    gop: Gop,
     media: MediaHandle,
-    still_tx: mpsc::Sender<StillResult>,
+    /// Held while the core wants video ([`CoreEvent::SubscribeVideo`]).
+    subscriber: Option<FrameSubscriber>,
+    /// The daemon's audio, when it has any.
+    audio: Option<AudioHandle>,
+    /// Held while the core wants audio ([`CoreEvent::SubscribeAudio`]).
+    audio_subscriber: Option<AudioSubscriber>,
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
-    /// Limits and admission counters shared with the handles.
-    shared: Arc<Shared>,
-    /// Counters of viewers already removed, plus engine-level ones.
-    totals: RtcStats,
+    still_tx: mpsc::Sender<StillResult>,
+    /// Publishes [`Core::local_candidates`] to the handles.
+    extra_candidates: watch::Sender<Vec<Candidate>>,
+    /// TURN over TCP/TLS: one stream task per server (server, TLS, its command queue).
+    streams: Vec<(SocketAddr, bool, mpsc::Sender<StreamCommand>)>,
+    /// Given to each stream task: what they read and how their connection fares.
+    stream_tx: mpsc::Sender<(SocketAddr, StreamEvent)>,
+    /// Cancels the stream tasks with the engine.
+    cancel: CancellationToken,
 }
 
-async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
-    match sub {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// UDP is lossy anyway: a full socket buffer drops the datagram rather than stall every viewer.
-fn send(socket: &UdpSocket, t: &Transmit) {
-    if let Err(e) = socket.try_send_to(&t.contents, t.destination) {
-        tracing::trace!(error = %e, dest = %t.destination, "udp send dropped");
-    }
-}
-
-impl State {
-    fn new(
-        socket: UdpSocket,
-        port: u16,
-        picker: LocalAddrPicker,
-        media: MediaHandle,
-        still_tx: mpsc::Sender<StillResult>,
-        shared: Arc<Shared>,
-    ) -> Self {
-        Self {
-            socket,
-            port,
-            picker,
-            viewers: Vec::new(),
-            subscriber: None,
-            pipeline_stopped: false,
-            gop: Gop::default(),
-            media,
-            still_tx,
-            tasks: JoinSet::new(),
-            shared,
-            totals: RtcStats::default(),
+impl Shell {
+    /// The draining rule: every transmit out, every event acted on.
+    fn drain(&mut self, core: &mut Core) {
+        loop {
+            if let Some(t) = core.poll_transmit() {
+                self.send(&t);
+                continue;
+            }
+            let Some(e) = core.poll_event() else { break };
+            match e {
+                CoreEvent::SubscribeVideo => self.subscriber = Some(self.media.subscribe()),
+                CoreEvent::ReleaseVideo => self.subscriber = None,
+                CoreEvent::SubscribeAudio => {
+                    self.audio_subscriber = self.audio.as_ref().map(AudioHandle::subscribe);
+                }
+                CoreEvent::ReleaseAudio => self.audio_subscriber = None,
+                CoreEvent::Keyframe(cause) => self.media.request_keyframe(cause),
+                CoreEvent::Still {
+                    viewer,
+                    channel,
+                    max_bytes,
+                } => self.request_still(viewer, channel, max_bytes),
+                CoreEvent::CandidatesChanged => {
+                    self.extra_candidates
+                        .send_replace(core.local_candidates().to_vec());
+                }
+                CoreEvent::ViewerConnected { .. } | CoreEvent::ViewerRemoved { .. } => {}
+                CoreEvent::Connect { server, tls, host } => self.connect(server, tls, host),
+            }
         }
     }
 
-    /// The earliest viewer timeout, at most [`MAX_IDLE`] away (liveness is checked then).
-    fn poll_timeout(&self, now: Instant) -> Instant {
-        self.viewers
-            .iter()
-            .filter_map(Viewer::poll_timeout)
-            .fold(now + MAX_IDLE, Instant::min)
-    }
-
-    fn handle_command(&mut self, cmd: Command, now: Instant) {
-        match cmd {
-            Command::Register { viewer, reply } => {
-                let _ = reply.send(self.register(*viewer, now));
+    /// UDP is lossy anyway: a full socket buffer drops the datagram rather than stall every
+    /// viewer.
+    fn send(&self, t: &CoreTransmit) {
+        match t.via {
+            Via::Udp => {
+                if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                    tracing::trace!(error = %e, dest = %t.destination, "udp send dropped");
+                }
             }
-            Command::Close { id, reply } => {
-                let r = match self.viewers.iter().position(|v| v.id == id) {
-                    Some(i) => {
-                        let mut v = self.viewers.swap_remove(i);
-                        v.rtc.disconnect();
-                        self.retire(&v, "closed");
-                        Ok(())
-                    }
-                    None => Err(RtcError::NotFound),
+            Via::Stream { server, .. } => {
+                let Some((_, _, tx)) = self.streams.iter().find(|(s, _, _)| *s == server) else {
+                    tracing::trace!(%server, "no stream to this server; dropped");
+                    return;
                 };
-                let _ = reply.send(r);
-            }
-            Command::Patch {
-                id,
-                if_match,
-                candidates,
-                reply,
-            } => {
-                let _ = reply.send(self.patch(id, if_match, candidates, now));
-            }
-            Command::Stats { reply } => {
-                let _ = reply.send(self.stats());
-            }
-        }
-    }
-
-    fn register(&mut self, viewer: Viewer, now: Instant) -> Result<(), RtcError> {
-        // The caller's `ViewerSlot` already keeps to the limit; this is a second fence.
-        let max = self.shared.max_viewers;
-        if self.viewers.len() >= max {
-            return Err(RtcError::Full { max });
-        }
-        tracing::info!(viewer = %viewer.id, kind = ?viewer.kind, "viewer added");
-        self.viewers.push(viewer);
-        self.process_outputs(self.viewers.len() - 1, now);
-        Ok(())
-    }
-
-    fn patch(
-        &mut self,
-        id: ViewerId,
-        if_match: Option<String>,
-        candidates: Vec<str0m::Candidate>,
-        now: Instant,
-    ) -> Result<(), RtcError> {
-        let i = self
-            .viewers
-            .iter()
-            .position(|v| v.id == id)
-            .ok_or(RtcError::NotFound)?;
-        let v = &mut self.viewers[i];
-        super::whep::check_if_match(&v.etag, if_match.as_deref())?;
-        let max = self.shared.sdp_limits.max_candidates;
-        v.handle_candidates(candidates, max, now)?;
-        self.process_outputs(i, now);
-        Ok(())
-    }
-
-    /// Route a datagram to the viewer whose `Rtc` accepts it. `accepts` reads only the
-    /// source and the contents, so the local address it arrived on (a route lookup, see
-    /// [`LocalAddrPicker`]) is looked up only for a datagram a viewer took.
-    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
-        let contents = match DatagramRecv::try_from(data) {
-            Ok(c) if source.is_ipv4() => c,
-            _ => {
-                self.totals.datagrams_unrouted += 1;
-                return;
-            }
-        };
-        let mut input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)),
-                contents,
-            },
-        );
-        let Some(i) = self.viewers.iter().position(|v| v.rtc.accepts(&input)) else {
-            self.totals.datagrams_unrouted += 1;
-            tracing::trace!(%source, "datagram for no viewer");
-            return;
-        };
-        if let Input::Receive(_, r) = &mut input {
-            r.destination = self.picker.pick(source, self.port);
-        }
-        self.viewers[i].handle_input(input, now);
-        self.process_outputs(i, now);
-    }
-
-    fn handle_frame(&mut self, frame: &EncodedFrame, now: Instant) {
-        let skipped = self.subscriber.as_ref().map_or(0, FrameSubscriber::skipped);
-        let frame = VideoFrame::new(frame);
-        self.gop.push(&frame, skipped);
-        for i in 0..self.viewers.len() {
-            if self.viewers[i].wants_video() {
-                self.viewers[i].write_frame(&frame, now);
-                self.process_outputs(i, now);
-            }
-        }
-    }
-
-    /// A viewer just connected: replay the cached GOP to it (squeezed before the live edge),
-    /// or ask for a keyframe when there is none.
-    fn start_video(&mut self, i: usize, now: Instant) {
-        if self.subscriber.is_none() {
-            // Normally taken when the viewer was added; subscribing asks for a keyframe itself.
-            self.follow_video_viewers();
-            return;
-        }
-        let frames = self.gop.frames.clone();
-        let Some(last) = frames.last() else {
-            self.media
-                .request_keyframe(crate::media::KeyframeCause::NewViewer);
-            return;
-        };
-        let k = frames.len() as u64;
-        for (n, f) in frames.iter().enumerate() {
-            let ticks = last.ticks.saturating_sub(k - 1 - n as u64);
-            self.viewers[i].write_catch_up(f, ticks, now);
-            self.process_outputs(i, now);
-        }
-    }
-
-    fn handle_still(
-        &mut self,
-        id: ViewerId,
-        channel: str0m::channel::ChannelId,
-        still: Result<bytes::Bytes, String>,
-        now: Instant,
-    ) {
-        if let Some(i) = self.viewers.iter().position(|v| v.id == id) {
-            self.viewers[i].handle_still(channel, still, now);
-            self.process_outputs(i, now);
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.viewers.len() {
-            if self.viewers[i].poll_timeout().is_some_and(|t| t <= now) {
-                self.viewers[i].handle_timeout(now);
-                self.process_outputs(i, now);
-            }
-        }
-    }
-
-    /// The draining rule for viewer `i` after an input: act on each of its outputs until it
-    /// has none (its `poll_timeout` is then current).
-    fn process_outputs(&mut self, i: usize, now: Instant) {
-        let mut connected = false;
-        while let Some(out) = self.viewers[i].poll_output() {
-            match out {
-                ViewerOutput::Transmit(t) => send(&self.socket, &t),
-                ViewerOutput::Event(ViewerEvent::Connected) => {
-                    let v = &self.viewers[i];
-                    tracing::info!(viewer = %v.id, after = ?now.duration_since(v.created), "viewer connected");
-                    connected = true;
-                }
-                ViewerOutput::Event(ViewerEvent::Keyframe(cause)) => {
-                    self.media.request_keyframe(cause)
-                }
-                ViewerOutput::Event(ViewerEvent::Still { channel, max_bytes }) => {
-                    self.request_still(self.viewers[i].id, channel, max_bytes)
+                if tx
+                    .try_send(StreamCommand::Write(t.contents.clone()))
+                    .is_err()
+                {
+                    tracing::trace!(%server, "TURN stream queue full; dropped");
                 }
             }
         }
-        // Whether it takes video is known once every output of this turn is handled.
-        if connected && self.viewers[i].wants_video() {
-            self.start_video(i, now);
+    }
+
+    /// Whether the stream to `server` is TLS.
+    fn stream_tls(&self, server: SocketAddr) -> bool {
+        self.streams.iter().any(|(s, tls, _)| *s == server && *tls)
+    }
+
+    /// (Re)connect the stream to a TURN server, starting its task the first time.
+    fn connect(&mut self, server: SocketAddr, tls: bool, host: String) {
+        let tx = match self.streams.iter().find(|(s, _, _)| *s == server) {
+            Some((_, _, tx)) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                let target = StreamTarget {
+                    server,
+                    transport: if tls {
+                        TurnTransport::Tls
+                    } else {
+                        TurnTransport::Tcp
+                    },
+                    host,
+                };
+                self.tasks.spawn(turn_stream::run(
+                    target,
+                    rx,
+                    self.stream_tx.clone(),
+                    self.cancel.clone(),
+                ));
+                self.streams.push((server, tls, tx.clone()));
+                tx
+            }
+        };
+        if tx.try_send(StreamCommand::Connect).is_err() {
+            tracing::debug!(%server, "TURN stream queue full; connect dropped");
         }
     }
 
@@ -478,141 +443,120 @@ impl State {
             let _ = tx.send((id, channel, still)).await;
         });
     }
+}
 
-    /// Hold the frame stream exactly while some viewer has video: subscribe for the first
-    /// (the pipeline resumes encoding with an IDR), let go with the last (it stops encoding).
-    fn follow_video_viewers(&mut self) {
-        let video = self.viewers.iter().any(Viewer::has_video);
-        if video && self.subscriber.is_none() && !self.pipeline_stopped {
-            tracing::debug!("first video viewer: subscribing to the frame stream");
-            self.subscriber = Some(self.media.subscribe());
-            self.gop = Gop::default();
-        } else if !video && self.subscriber.is_some() {
-            tracing::debug!("no video viewer left: the frame stream is released");
-            self.subscriber = None;
-            self.gop = Gop::default();
+/// Resolve an `[ice]` server's host name, retrying with backoff (1 s doubling to 5 min; the
+/// first failure is logged as a warning, the rest at debug); an IPv4 address is sent on `tx`.
+async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, SocketAddr)>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        let found = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map(|mut addrs| addrs.find(SocketAddr::is_ipv4));
+        let why = match found {
+            Ok(Some(addr)) => {
+                tracing::debug!(server = %raw, %addr, "ICE server resolved");
+                let _ = tx.send((raw, addr)).await;
+                return;
+            }
+            Ok(None) => "no IPv4 address".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if warned {
+            tracing::debug!(server = %raw, error = %why, "ICE server still not resolved");
+        } else {
+            tracing::warn!(server = %raw, error = %why, "cannot resolve ICE server; retrying with backoff");
+            warned = true;
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(300));
     }
+}
 
-    /// Remove dead and silent viewers; hold the frame stream only while a viewer has video.
-    fn sweep(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.viewers.len() {
-            if self.viewers[i].is_alive(now) {
-                i += 1;
+/// The TURN allocations of `[ice] turn_servers`: each host resolved once at start (IPv4
+/// first: viewers' candidates are IPv4); one that does not resolve is logged and left out.
+async fn turn_sidecars(ice: &IceConfig, udp_local: SocketAddr) -> Vec<TurnSidecar> {
+    let mut out = Vec::new();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for server in &ice.turn_servers {
+        let Ok(url) = server.parsed_url() else {
+            continue; // refused by config validation already
+        };
+        let transport = match (url.scheme, url.transport) {
+            (IceScheme::Turns, _) => TurnTransport::Tls,
+            (_, IceTransport::Tcp) => TurnTransport::Tcp,
+            _ => TurnTransport::Udp,
+        };
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+        {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::warn!(url = %server.url, error = %e, "TURN server does not resolve; no relayed candidate");
                 continue;
             }
-            let mut v = self.viewers.swap_remove(i);
-            v.rtc.disconnect();
-            self.totals.timed_out += 1;
-            self.retire(&v, "ICE failed or silent");
-        }
-        self.follow_video_viewers();
+        };
+        let Some(addr) = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+        else {
+            tracing::warn!(url = %server.url, "TURN server has no address; no relayed candidate");
+            continue;
+        };
+        let auth = match server.auth() {
+            config::TurnAuth::LongTerm {
+                username,
+                credential,
+            } => TurnAuth::LongTerm {
+                username: username.to_owned(),
+                credential: credential.to_owned(),
+            },
+            config::TurnAuth::Secret(secret) => TurnAuth::Secret {
+                secret: secret.to_owned(),
+                name: "snaprtcd".to_owned(),
+                ttl: ice.credential_ttl,
+            },
+        };
+        tracing::info!(url = %server.url, %addr, %transport, "TURN server");
+        let alloc = TurnAllocation::new(
+            addr,
+            transport,
+            udp_local,
+            auth,
+            TurnLimits::default(),
+            unix,
+            Instant::now(),
+        );
+        out.push(TurnSidecar::new(
+            alloc,
+            server.url.clone(),
+            url.host.clone(),
+        ));
     }
+    out
+}
 
-    fn retire(&mut self, v: &Viewer, why: &str) {
-        tracing::info!(viewer = %v.id, kind = ?v.kind, frames = v.frames_sent, why, "viewer removed");
-        self.totals.frames_sent += v.frames_sent;
-        self.totals.bytes_out += v.bytes_out;
-        self.totals.stills_sent += v.stills_sent;
-    }
-
-    fn stats(&self) -> RtcStats {
-        let mut s = self.totals.clone();
-        s.viewers = self.viewers.len();
-        s.connected = self.viewers.iter().filter(|v| v.is_connected()).count();
-        s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
-        s.local_addr_lookups = self.picker.lookups();
-        for v in &self.viewers {
-            s.frames_sent += v.frames_sent;
-            s.bytes_out += v.bytes_out;
-            s.stills_sent += v.stills_sent;
-        }
-        s
+async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
-/// The frames since the last keyframe, while they fit the bounds.
-#[derive(Default)]
-struct Gop {
-    frames: Vec<VideoFrame>,
-    bytes: usize,
-    /// The subscriber's skip count when the cache started: a skip means a hole in it.
-    skipped: u64,
-}
-
-impl Gop {
-    fn push(&mut self, frame: &VideoFrame, skipped: u64) {
-        if frame.keyframe {
-            self.frames.clear();
-            self.bytes = 0;
-            self.skipped = skipped;
-        } else if self.frames.is_empty() {
-            return;
-        }
-        let fits =
-            self.frames.len() < GOP_MAX_FRAMES && self.bytes + frame.data.len() <= GOP_MAX_BYTES;
-        if skipped != self.skipped || !fits {
-            // A hole (this engine fell behind) or too long a GOP: no cache until the next IDR.
-            self.frames.clear();
-            self.bytes = 0;
-            return;
-        }
-        self.bytes += frame.data.len();
-        self.frames.push(frame.clone());
+async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioFrame> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
 /// str0m needs a process-wide crypto provider (aws-lc-rs); installing twice is harmless.
-fn init_crypto() {
+pub(crate) fn init_crypto() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(keyframe: bool, len: usize, ticks: u64) -> VideoFrame {
-        VideoFrame {
-            data: Arc::from(vec![0u8; len]),
-            keyframe,
-            ticks,
-        }
-    }
-
-    #[test]
-    fn gop_starts_at_a_keyframe_and_restarts_at_the_next() {
-        let mut g = Gop::default();
-        g.push(&f(false, 10, 1), 0);
-        assert!(g.frames.is_empty(), "no cache before a keyframe");
-        g.push(&f(true, 10, 2), 0);
-        g.push(&f(false, 10, 3), 0);
-        assert_eq!(g.frames.len(), 2);
-        g.push(&f(true, 10, 4), 0);
-        assert_eq!(g.frames.len(), 1);
-        assert!(g.frames[0].keyframe);
-    }
-
-    #[test]
-    fn gop_is_dropped_on_a_hole_or_when_too_big() {
-        let mut g = Gop::default();
-        g.push(&f(true, 10, 1), 0);
-        g.push(&f(false, 10, 2), 3);
-        assert!(
-            g.frames.is_empty(),
-            "the engine skipped frames: the cache has a hole"
-        );
-        g.push(&f(false, 10, 3), 3);
-        assert!(g.frames.is_empty(), "stays empty until the next keyframe");
-        g.push(&f(true, GOP_MAX_BYTES, 4), 3);
-        assert_eq!(g.frames.len(), 1);
-        g.push(&f(false, 1, 5), 3);
-        assert!(g.frames.is_empty(), "over the byte bound");
-        g.push(&f(true, 1, 6), 3);
-        for t in 0..GOP_MAX_FRAMES as u64 {
-            g.push(&f(false, 1, 7 + t), 3);
-        }
-        assert!(g.frames.is_empty(), "over the frame bound");
-    }
 }

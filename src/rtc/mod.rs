@@ -1,19 +1,33 @@
 //! WebRTC: every viewer is a `str0m::Rtc` owned by one engine task on one UDP port.
 //!
-//! - [`engine`]: the task that owns the socket and every `Rtc`; demultiplexes datagrams with
-//!   `Rtc::accepts` and drains `poll_output` after every input (str0m's single-mutation rule).
+//! - [`core`]: the engine's sans-IO state (every viewer's `Rtc`, the GOP cache, routing):
+//!   `handle_*(now, …)` in, `poll_transmit`/`poll_event`/`poll_timeout` out; demultiplexes
+//!   datagrams with `Rtc::accepts` (after any [`core::Sidecar`], e.g. STUN or TURN, claims its
+//!   server's) and drains each `Rtc` after every input (str0m's single-mutation rule).
+//! - [`engine`]: the thin tokio shell that owns the socket, the frame subscription and the
+//!   still tasks, and moves bytes and events between them and the core.
 //! - [`viewer`]: one peer: video writes, data channel stills, liveness.
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
+//! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
+//!   credentials made from a TURN secret, never the secret).
+//! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
+//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
+//!   around `turn-client-proto`.
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
 //! returns the answer with every server candidate in it (no trickle needed).
 
 pub mod candidates;
+pub mod core;
 pub mod engine;
+pub mod ice_servers;
 pub mod offer;
+pub mod stun;
+pub mod turn;
+pub mod turn_stream;
 pub mod viewer;
 pub mod whep;
 
@@ -47,8 +61,8 @@ pub enum ViewerKind {
         session: String,
     },
     /// An offer over go2rtc's WebSocket API (`/api/ws`): H.264 video required, as for WHEP.
-    /// go2rtc's players also offer audio (recvonly, and sendonly for two-way audio); those
-    /// m-lines are answered rejected, since the camera has no audio.
+    /// go2rtc's players also offer audio (recvonly, and sendonly for two-way audio); with
+    /// `[audio]` off those m-lines are answered rejected, with it the recvonly one gets Opus.
     Go2rtc,
 }
 
@@ -139,6 +153,8 @@ pub struct RtcStats {
     pub connected: usize,
     /// Video frames written to viewers (one per frame per viewer).
     pub frames_sent: u64,
+    /// Opus frames written to viewers (one per frame per viewer that takes audio).
+    pub audio_frames_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_out: u64,
     /// JPEG stills sent over data channels.
@@ -151,6 +167,13 @@ pub struct RtcStats {
     pub datagrams_unrouted: u64,
     /// Route lookups (syscalls) made to learn which local address a viewer sent to.
     pub local_addr_lookups: u64,
+    /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
+    pub ice: Vec<core::SidecarHealth>,
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
+    /// Connected viewers by their selected candidate pair's type, in
+    /// [`viewer::PairType::ALL`] order (host, srflx, prflx, relay).
+    pub pair_types: [usize; 4],
 }
 
 /// Commands to the engine task (bounded queue).
@@ -167,7 +190,9 @@ pub(crate) enum Command {
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<Result<(), RtcError>>,
+        /// The server's candidates found since the peer was last told (see
+        /// [`RtcHandle::patch`]).
+        reply: oneshot::Sender<Result<Vec<Candidate>, RtcError>>,
     },
     Stats {
         reply: oneshot::Sender<RtcStats>,
@@ -191,6 +216,12 @@ pub(crate) struct Shared {
     pub silence_timeout: Duration,
     /// Budgets for offers and trickle fragments.
     pub sdp_limits: SdpLimits,
+    /// Full ICE instead of ICE-lite (`[ice] mode`).
+    pub full_ice: bool,
+    /// Candidates found at run time (server-reflexive, relayed), published by the engine.
+    pub extra_candidates: tokio::sync::watch::Receiver<Vec<Candidate>>,
+    /// The daemon has audio: offers' audio m-lines are answered with Opus (else rejected).
+    pub audio: std::sync::atomic::AtomicBool,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -241,43 +272,7 @@ impl RtcHandle {
     /// text), then a viewer slot, and only then str0m's parser and the `Rtc` (a DTLS key and
     /// certificate).
     pub async fn answer(&self, offer_sdp: String, kind: ViewerKind) -> Result<Answer, RtcError> {
-        let (cleaned, summary) = offer::inspect_with(&offer_sdp, &self.shared.sdp_limits)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        check_kind(&kind, &summary)?;
-        let slot = ViewerSlot::take(&self.shared.slots, self.shared.max_viewers)?;
-        let (id, etag_id) = (ViewerId::random()?, ViewerId::random()?);
-        let offer =
-            SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
-
-        let now = Instant::now();
-        let mut rtc = new_rtc(now);
-        self.shared.rtc_built.fetch_add(1, Ordering::Relaxed);
-        for c in &self.shared.candidates {
-            rtc.add_local_candidate(c.clone());
-        }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        let sdp = answer.to_sdp_string();
-
-        let etag = format!("\"{etag_id}\"");
-        let max_message = summary.max_message_size.min(MAX_STILL_BYTES);
-        let viewer = viewer::Viewer::new(
-            id,
-            kind,
-            rtc,
-            etag.clone(),
-            viewer::ViewerOptions {
-                max_message,
-                snapshot_on_connect: self.shared.snapshot_on_connect,
-                silence_timeout: self.shared.silence_timeout,
-                expects_video: summary.has_video && summary.has_h264,
-                remote_candidates: summary.candidates,
-            },
-            slot,
-            now,
-        );
+        let (viewer, answer) = accept_offer(&self.shared, &offer_sdp, kind, Instant::now())?;
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Register {
@@ -287,7 +282,7 @@ impl RtcHandle {
             .await
             .map_err(|_| RtcError::Stopped)?;
         rx.await.map_err(|_| RtcError::Stopped)??;
-        Ok(Answer { id, sdp, etag })
+        Ok(answer)
     }
 
     /// Remove a viewer and free everything it held.
@@ -298,12 +293,14 @@ impl RtcHandle {
     }
 
     /// WHEP trickle: add remote candidates, checking `If-Match` against the viewer's ETag.
+    /// Returns the server's candidates found since the peer was last told (in its answer or
+    /// an earlier PATCH): trickle in the other direction.
     pub async fn patch(
         &self,
         id: ViewerId,
         if_match: Option<String>,
         fragment: &str,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<Candidate>, RtcError> {
         let candidates = offer::parse_sdpfrag(fragment, &self.shared.sdp_limits)
             .map_err(|e| RtcError::BadFragment(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
@@ -329,6 +326,17 @@ impl RtcHandle {
         self.shared.max_viewers
     }
 
+    /// Candidates the engine found at run time (server-reflexive from `[ice] stun_servers`,
+    /// relayed from TURN): in every answer made from now on.
+    pub fn extra_candidates(&self) -> Vec<Candidate> {
+        self.shared.extra_candidates.borrow().clone()
+    }
+
+    /// A receiver of [`RtcHandle::extra_candidates`] to wait on (`changed`, `wait_for`).
+    pub fn watch_extra_candidates(&self) -> tokio::sync::watch::Receiver<Vec<Candidate>> {
+        self.shared.extra_candidates.clone()
+    }
+
     /// The host candidates' addresses (the engine's UDP port on each announced address).
     pub fn candidate_addrs(&self) -> Vec<SocketAddr> {
         self.shared.candidates.iter().map(|c| c.addr()).collect()
@@ -337,6 +345,73 @@ impl RtcHandle {
     async fn send(&self, cmd: Command) -> Result<(), RtcError> {
         self.commands.send(cmd).await.map_err(|_| RtcError::Stopped)
     }
+}
+
+/// Build a viewer from an offer, and the answer to send back: pure apart from the randomness
+/// of ids and DTLS keys, so the core's tests use it as the handles do.
+///
+/// Cheapest checks first: the SDP budgets and what the offer asks for (one pass over the
+/// text), then a viewer slot, and only then str0m's parser and the `Rtc` (a DTLS key and
+/// certificate).
+pub(crate) fn accept_offer(
+    shared: &Shared,
+    offer_sdp: &str,
+    kind: ViewerKind,
+    now: Instant,
+) -> Result<(viewer::Viewer, Answer), RtcError> {
+    let (cleaned, summary) = offer::inspect_with(offer_sdp, &shared.sdp_limits)
+        .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+    check_kind(&kind, &summary)?;
+    let slot = ViewerSlot::take(&shared.slots, shared.max_viewers)?;
+    let (id, etag_id) = (ViewerId::random()?, ViewerId::random()?);
+    let offer =
+        SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
+
+    let mut rtc = new_rtc(now, shared.full_ice, shared.audio.load(Ordering::Relaxed));
+    shared.rtc_built.fetch_add(1, Ordering::Relaxed);
+    for c in &shared.candidates {
+        rtc.add_local_candidate(c.clone());
+    }
+    let told: Vec<SocketAddr> = shared
+        .extra_candidates
+        .borrow()
+        .iter()
+        .map(|c| {
+            rtc.add_local_candidate(c.clone());
+            c.addr()
+        })
+        .collect();
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+    let sdp = answer.to_sdp_string();
+
+    let etag = format!("\"{etag_id}\"");
+    let max_message = summary.max_message_size.min(MAX_STILL_BYTES);
+    let viewer = viewer::Viewer::new(
+        id,
+        kind,
+        rtc,
+        etag.clone(),
+        viewer::ViewerOptions {
+            max_message,
+            snapshot_on_connect: shared.snapshot_on_connect,
+            silence_timeout: shared.silence_timeout,
+            expects_video: summary.has_video && summary.has_h264,
+            remote_candidates: summary.candidates,
+        },
+        slot,
+        now,
+    );
+    let mut viewer = viewer;
+    viewer.told_candidates = told;
+    let remote: Vec<Candidate> = offer::fragment_candidates(&cleaned)
+        .into_iter()
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .collect();
+    viewer.note_remote_candidates(remote.iter(), shared.sdp_limits.max_candidates);
+    Ok((viewer, Answer { id, sdp, etag }))
 }
 
 /// WHEP and go2rtc need H.264 video; SnapRTC needs a data channel or H.264 video.
@@ -354,11 +429,13 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
     Ok(())
 }
 
-/// A fresh `Rtc` as every viewer gets it: ICE-lite (the device has only host candidates and
-/// the browser does the checks), H.264 CB only, room for a 256 KiB still in the SCTP buffer.
-fn new_rtc(now: Instant) -> Rtc {
+/// A fresh `Rtc` as every viewer gets it: ICE-lite unless `full_ice` (with host candidates
+/// only the browser does the checks; with STUN/TURN servers both sides check pairs), H.264 CB
+/// only (and Opus with `audio`: an offer's audio m-line is then answered sendonly/sendrecv,
+/// else rejected), room for a 256 KiB still in the SCTP buffer.
+fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
     let mut cfg = RtcConfig::new()
-        .set_ice_lite(true)
+        .set_ice_lite(!full_ice)
         .clear_codecs()
         .set_sctp_max_buffered_amount(2 * MAX_STILL_BYTES)
         // Lets the player render at once instead of buffering (live camera, LAN).
@@ -367,7 +444,19 @@ fn new_rtc(now: Instant) -> Rtc {
     for (pt, rtx, profile) in [H264_CB, H264_BASELINE] {
         codecs.add_h264(pt.into(), Some(rtx.into()), true, profile);
     }
+    if audio {
+        codecs.enable_opus(true, false);
+    }
     cfg.build(now)
+}
+
+/// The payload type str0m negotiated for Opus on an audio writer, if any.
+pub(crate) fn opus_pt<'a>(
+    mut params: impl Iterator<Item = &'a str0m::format::PayloadParams>,
+) -> Option<Pt> {
+    params
+        .find(|p| p.spec().codec == Codec::Opus)
+        .map(|p| p.pt())
 }
 
 /// The payload type str0m negotiated for H.264 on a video writer, if any.

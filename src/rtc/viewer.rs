@@ -8,11 +8,12 @@
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::Transmit;
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc};
 
 use super::{RtcError, ViewerId, ViewerKind, ViewerSlot};
+use crate::audio::AudioFrame;
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Stills a viewer may have in flight at once; more `snap`s get a "busy" reply.
@@ -81,6 +82,8 @@ pub struct Viewer {
     pub etag: String,
     /// Video m-line we send on, with the negotiated H.264 payload type.
     video: Option<(Mid, Option<Pt>)>,
+    /// Audio m-line we send on (the offer had one and the daemon has audio), with Opus's PT.
+    audio: Option<(Mid, Option<Pt>)>,
     /// Largest data channel message the peer takes (capped at `MAX_STILL_BYTES`).
     max_message: usize,
     snapshot_on_connect: bool,
@@ -106,10 +109,55 @@ pub struct Viewer {
     pub created: Instant,
     /// Video frames written.
     pub frames_sent: u64,
+    /// Opus frames written.
+    pub audio_frames_sent: u64,
     /// Stills sent on data channels.
     pub stills_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_out: u64,
+    /// Run-time candidates (server-reflexive, relayed) the peer has been told of, in the
+    /// answer or in a PATCH response; the others go back in its next PATCH response.
+    pub told_candidates: Vec<std::net::SocketAddr>,
+    /// The peer's candidates (offer and trickle) by address, to name the selected pair's type;
+    /// bounded by `max_sdp_candidates` like the count above.
+    remote_kinds: Vec<(std::net::SocketAddr, CandidateKind)>,
+    /// Source and destination of the latest datagram sent: once connected, str0m sends only
+    /// on the nominated pair.
+    last_send: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
+/// The type of a viewer's selected candidate pair, as browsers name candidate types: the
+/// "furthest" of its two ends (a relay anywhere makes it `relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PairType {
+    /// Both ends host candidates (LAN).
+    Host,
+    /// The peer's address was learnt from its checks (NAT between, no STUN on its side).
+    Prflx,
+    /// The peer's server-reflexive candidate (its STUN-found public address).
+    Srflx,
+    /// Through a TURN relay (ours or the peer's).
+    Relay,
+}
+
+impl PairType {
+    /// Every type, in metric order.
+    pub const ALL: [PairType; 4] = [
+        PairType::Host,
+        PairType::Srflx,
+        PairType::Prflx,
+        PairType::Relay,
+    ];
+
+    /// `host`, `srflx`, `prflx` or `relay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairType::Host => "host",
+            PairType::Prflx => "prflx",
+            PairType::Srflx => "srflx",
+            PairType::Relay => "relay",
+        }
+    }
 }
 
 /// How a viewer behaves (from the engine's settings and the peer's offer).
@@ -152,6 +200,7 @@ impl Viewer {
             rtc,
             etag,
             video: None,
+            audio: None,
             max_message,
             snapshot_on_connect,
             expects_video,
@@ -166,9 +215,54 @@ impl Viewer {
             _slot: slot,
             created: now,
             frames_sent: 0,
+            audio_frames_sent: 0,
             stills_sent: 0,
             bytes_out: 0,
+            told_candidates: Vec::new(),
+            remote_kinds: Vec::new(),
+            last_send: None,
         }
+    }
+
+    /// Remember the peer's candidates' types (from its offer), at most `max`.
+    pub(crate) fn note_remote_candidates<'a>(
+        &mut self,
+        candidates: impl Iterator<Item = &'a Candidate>,
+        max: usize,
+    ) {
+        for c in candidates {
+            if self.remote_kinds.len() >= max {
+                break;
+            }
+            self.remote_kinds.push((c.addr(), c.kind()));
+        }
+    }
+
+    /// The addresses of the peer's candidates (offer and trickle).
+    pub fn remote_addrs(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.remote_kinds.iter().map(|(a, _)| *a)
+    }
+
+    /// The selected pair's type, once connected; `relayed` are our relayed addresses.
+    pub fn pair_type(&self, relayed: &[std::net::SocketAddr]) -> Option<PairType> {
+        if !self.connected {
+            return None;
+        }
+        let (local, remote) = self.last_send?;
+        if relayed.contains(&local) {
+            return Some(PairType::Relay);
+        }
+        let kind = self
+            .remote_kinds
+            .iter()
+            .find(|(a, _)| *a == remote)
+            .map(|(_, k)| *k);
+        Some(match kind {
+            Some(CandidateKind::Host) => PairType::Host,
+            Some(CandidateKind::ServerReflexive) => PairType::Srflx,
+            Some(CandidateKind::Relayed) => PairType::Relay,
+            Some(CandidateKind::PeerReflexive) | None => PairType::Prflx,
+        })
     }
 
     /// ICE and DTLS are up.
@@ -187,9 +281,46 @@ impl Viewer {
         self.connected && self.video.is_some()
     }
 
+    /// Whether this viewer takes audio frames (connected with a sending Opus m-line).
+    pub fn wants_audio(&self) -> bool {
+        self.connected && self.audio.is_some()
+    }
+
+    /// Write one Opus frame at its capture time on the shared media clock (48 kHz RTP time), so
+    /// the peer lines it up with the video written at its own capture time.
+    pub fn write_audio(&mut self, frame: &AudioFrame, now: Instant) {
+        self.now = now;
+        if !self.wants_audio() {
+            return;
+        }
+        let Some((mid, pt)) = &mut self.audio else {
+            return;
+        };
+        let Some(writer) = self.rtc.writer(*mid) else {
+            return;
+        };
+        if pt.is_none() {
+            *pt = super::opus_pt(writer.payload_params());
+        }
+        let Some(pt) = *pt else {
+            return;
+        };
+        let ticks = (frame.timestamp.as_nanos() * 48_000 / 1_000_000_000) as u64;
+        let time = MediaTime::new(ticks, Frequency::FORTY_EIGHT_KHZ);
+        match writer.write(pt, now, time, frame.data.to_vec()) {
+            Ok(()) => self.audio_frames_sent += 1,
+            Err(e) => tracing::debug!(viewer = %self.id, error = %e, "audio write failed"),
+        }
+    }
+
     /// When [`Viewer::handle_timeout`] is next due (as of the last [`Viewer::poll_output`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         Some(self.next_timeout)
+    }
+
+    /// When this viewer counts as silent unless a datagram arrives first.
+    pub fn silent_at(&self) -> Instant {
+        self.last_rx + self.silence_timeout
     }
 
     /// Alive: str0m has not given up, and the peer spoke within the silence timeout.
@@ -233,6 +364,7 @@ impl Viewer {
         }
         self.remote_candidates = total;
         for c in candidates {
+            self.remote_kinds.push((c.addr(), c.kind()));
             self.rtc.add_remote_candidate(c);
         }
         Ok(())
@@ -364,6 +496,7 @@ impl Viewer {
                 }
                 Output::Transmit(t) => {
                     self.bytes_out += t.contents.len() as u64;
+                    self.last_send = Some((t.source, t.destination));
                     return Some(ViewerOutput::Transmit(t));
                 }
                 Output::Event(e) => {
@@ -390,6 +523,9 @@ impl Viewer {
                 let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
                 if m.kind == MediaKind::Video && sends && self.video.is_none() {
                     self.video = Some((m.mid, None));
+                }
+                if m.kind == MediaKind::Audio && sends && self.audio.is_none() {
+                    self.audio = Some((m.mid, None));
                 }
             }
             Event::KeyframeRequest(req) => {

@@ -28,6 +28,7 @@ pub fn loopback_settings() -> snaprtcd::rtc::EngineSettings {
         snapshot_on_connect: true,
         silence_timeout: Duration::from_secs(15),
         sdp_limits: Default::default(),
+        ice: Default::default(),
     }
 }
 
