@@ -404,6 +404,18 @@ const METRICS: &[Metric] = &[
                 .collect()
         }),
     },
+    Metric {
+        name: "snaprtcd_viewers_pair",
+        kind: Kind::Gauge,
+        help: "Connected viewers by their selected ICE candidate pair's type (host, srflx, prflx, relay).",
+        read: Read::Samples(viewers_by_pair),
+    },
+    Metric {
+        name: "snaprtcd_ice_server_up",
+        kind: Kind::Gauge,
+        help: "1 while an [ice] STUN server answers (or a TURN allocation holds), 0 while it fails or starts.",
+        read: Read::Samples(ice_servers_up),
+    },
 ];
 
 /// The labels naming one remote: `url="…",session="…"`.
@@ -445,6 +457,34 @@ fn remote_counter(s: &Snapshot<'_>, read: fn(&RemoteCounters) -> u64) -> Vec<Sam
             (
                 format!("{{{}}}", remote_labels(r)),
                 read(&r.counters) as f64,
+            )
+        })
+        .collect()
+}
+
+/// `snaprtcd_viewers_pair{type="…"}` for every pair type.
+fn viewers_by_pair(s: &Snapshot<'_>) -> Vec<Sample> {
+    crate::rtc::viewer::PairType::ALL
+        .iter()
+        .zip(s.rtc.pair_types)
+        .map(|(t, n)| (format!("{{type=\"{}\"}}", t.as_str()), n as f64))
+        .collect()
+}
+
+/// `snaprtcd_ice_server_up{kind="stun",server="…"}` per STUN client or TURN allocation.
+fn ice_servers_up(s: &Snapshot<'_>) -> Vec<Sample> {
+    s.rtc
+        .ice
+        .iter()
+        .map(|h| {
+            let server = h
+                .server
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            (
+                format!("{{kind=\"{}\",server=\"{server}\"}}", h.kind),
+                f64::from(u8::from(h.up)),
             )
         })
         .collect()
@@ -618,6 +658,15 @@ snaprtcd_camera_fps 29.5
             frames_sent: 7,
             bytes_out: 12345,
             stills_sent: 5,
+            pair_types: [1, 0, 0, 0],
+            ice: vec![crate::rtc::core::SidecarHealth {
+                kind: "stun",
+                server: "stun:stun.example.org".into(),
+                state: "ok".into(),
+                up: true,
+                bytes_relayed: 0,
+                ..Default::default()
+            }],
             ..RtcStats::default()
         };
         let camera = MediaStatus {
@@ -704,6 +753,14 @@ snaprtcd_camera_fps 29.5
         assert!(text.contains("snaprtcd_encode_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("snaprtcd_encode_seconds_count 2\n"));
         assert!(text.contains("snaprtcd_camera_state{state=\"streaming\"} 1\n"));
+        assert!(
+            text.contains("snaprtcd_viewers_pair{type=\"host\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("snaprtcd_viewers_pair{type=\"relay\"} 0\n"));
+        assert!(text.contains(
+            "snaprtcd_ice_server_up{kind=\"stun\",server=\"stun:stun.example.org\"} 1\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v.parse::<f64>().is_ok(), "{line}");

@@ -197,15 +197,22 @@ fn ice_json(ice: &crate::config::IceConfig, rtc: &crate::rtc::RtcStats) -> serde
                 "kind": h.kind,
                 "server": h.server,
                 "state": h.state,
+                "up": h.up,
                 "candidate": h.candidate.map(|a| a.to_string()),
                 "error": h.error,
                 "bytes_relayed": h.bytes_relayed,
             })
         })
         .collect();
+    let pairs: serde_json::Map<String, serde_json::Value> = crate::rtc::viewer::PairType::ALL
+        .iter()
+        .zip(rtc.pair_types)
+        .map(|(t, n)| (t.as_str().to_owned(), n.into()))
+        .collect();
     serde_json::json!({
         "mode": if ice.full_ice() { "full" } else { "lite" },
         "servers": servers,
+        "viewer_pairs": pairs,
     })
 }
 

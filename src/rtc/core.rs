@@ -142,14 +142,14 @@ pub trait Sidecar: Send {
     fn send_relayed(&mut self, _now: Instant, _peer: SocketAddr, _contents: &[u8]) -> bool {
         false
     }
+    /// A viewer's remote candidate (from its offer or a PATCH): a TURN allocation may install
+    /// a permission for it before the peer's first check arrives. Drained like any input.
+    fn handle_remote_candidate(&mut self, _now: Instant, _addr: SocketAddr) {}
     /// Its state for `/health` and `/metrics`.
     fn health(&self) -> SidecarHealth;
     /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
     /// closed.
     fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
-    /// A viewer's remote candidate: a TURN allocation installs a permission (and channel)
-    /// towards it now, so the peer's first checks to the relayed address get through.
-    fn add_peer(&mut self, _now: Instant, _peer: SocketAddr) {}
     /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
     fn turn_status(&self) -> Option<super::turn::TurnStatus> {
         None
@@ -163,8 +163,11 @@ pub struct SidecarHealth {
     pub kind: &'static str,
     /// The server as configured (URL; never credentials).
     pub server: String,
-    /// E.g. `starting`, `ok`, `failing` (STUN); the allocation's state (TURN).
+    /// One word: `starting`, `ok`, `failing` (STUN); the allocation's state (TURN, e.g.
+    /// `allocating`, `ready`, `failed`).
     pub state: String,
+    /// Working: the STUN server answers, the TURN allocation holds.
+    pub up: bool,
     /// The candidate it provides now (server-reflexive or relayed address).
     pub candidate: Option<SocketAddr>,
     /// The last error, while failing.
@@ -551,15 +554,26 @@ impl Core {
         for c in &self.extra_candidates {
             viewer.rtc.add_local_candidate(c.clone());
         }
+        let remotes: Vec<SocketAddr> = viewer.remote_addrs().collect();
+        self.viewers.push(viewer);
+        let i = self.viewers.len() - 1;
+        // str0m's ICE agent schedules nothing until its first timeout: without this call a
+        // full-ICE viewer would send no connectivity check before the peer's first datagram,
+        // and behind a NAT that datagram never comes (tests/natlab case a).
+        self.viewers[i].handle_timeout(now);
+        self.process_outputs(i, now);
+        self.tell_sidecars_remotes(&remotes, now);
+        Ok(())
+    }
+
+    /// Hand the viewers' remote candidates to the sidecars (TURN permissions).
+    fn tell_sidecars_remotes(&mut self, remotes: &[SocketAddr], now: Instant) {
         for i in 0..self.sidecars.len() {
-            for peer in &viewer.remote_addrs {
-                self.sidecars[i].add_peer(now, *peer);
+            for a in remotes {
+                self.sidecars[i].handle_remote_candidate(now, *a);
             }
             self.drain_sidecar(i, now);
         }
-        self.viewers.push(viewer);
-        self.process_outputs(self.viewers.len() - 1, now);
-        Ok(())
     }
 
     fn close(&mut self, id: ViewerId) -> Result<(), RtcError> {
@@ -590,9 +604,8 @@ impl Core {
         let v = &mut self.viewers[i];
         super::whep::check_if_match(&v.etag, if_match.as_deref())?;
         let max = self.shared.sdp_limits.max_candidates;
-        let known = v.remote_addrs.len();
+        let remotes: Vec<SocketAddr> = candidates.iter().map(|c| c.addr()).collect();
         v.handle_candidates(candidates, max, now)?;
-        let fresh: Vec<SocketAddr> = v.remote_addrs[known..].to_vec();
         let late: Vec<str0m::Candidate> = self
             .extra_candidates
             .iter()
@@ -600,13 +613,8 @@ impl Core {
             .cloned()
             .collect();
         v.told_candidates.extend(late.iter().map(|c| c.addr()));
-        for s in 0..self.sidecars.len() {
-            for peer in &fresh {
-                self.sidecars[s].add_peer(now, *peer);
-            }
-            self.drain_sidecar(s, now);
-        }
         self.process_outputs(i, now);
+        self.tell_sidecars_remotes(&remotes, now);
         Ok(late)
     }
 
@@ -640,9 +648,15 @@ impl Core {
             match out {
                 ViewerOutput::Transmit(t) => self.transmit_for_viewer(t, now),
                 ViewerOutput::Event(ViewerEvent::Connected) => {
+                    let relayed: Vec<SocketAddr> = self
+                        .sidecars
+                        .iter()
+                        .filter_map(|c| c.relayed_addr())
+                        .collect();
                     let v = &self.viewers[i];
                     let after = now.saturating_duration_since(v.created);
-                    tracing::info!(viewer = %v.id, ?after, "viewer connected");
+                    let pair = v.pair_type(&relayed).map_or("?", |p| p.as_str());
+                    tracing::info!(viewer = %v.id, ?after, pair, "viewer connected");
                     self.events.push_back(CoreEvent::ViewerConnected {
                         viewer: v.id,
                         after,
@@ -809,6 +823,18 @@ impl Core {
             .iter()
             .filter_map(|x| x.turn_status())
             .collect();
+        let relayed: Vec<SocketAddr> = self
+            .sidecars
+            .iter()
+            .filter_map(|c| c.relayed_addr())
+            .collect();
+        for v in &self.viewers {
+            if let Some(t) = v.pair_type(&relayed) {
+                if let Some(i) = super::viewer::PairType::ALL.iter().position(|p| *p == t) {
+                    s.pair_types[i] += 1;
+                }
+            }
+        }
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.audio_frames_sent += v.audio_frames_sent;

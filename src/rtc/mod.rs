@@ -171,6 +171,9 @@ pub struct RtcStats {
     pub ice: Vec<core::SidecarHealth>,
     /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
     pub turn: Vec<turn::TurnStatus>,
+    /// Connected viewers by their selected candidate pair's type, in
+    /// [`viewer::PairType::ALL`] order (host, srflx, prflx, relay).
+    pub pair_types: [usize; 4],
 }
 
 /// Commands to the engine task (bounded queue).
@@ -403,13 +406,11 @@ pub(crate) fn accept_offer(
     );
     let mut viewer = viewer;
     viewer.told_candidates = told;
-    // The peer's addresses, for a TURN allocation to install permissions towards before the
-    // peer's checks arrive (they are dropped by the server until then).
-    viewer.remote_addrs = offer::fragment_candidates(&cleaned)
+    let remote: Vec<Candidate> = offer::fragment_candidates(&cleaned)
         .into_iter()
         .filter_map(|l| Candidate::from_sdp_string(l).ok())
-        .map(|c| c.addr())
         .collect();
+    viewer.note_remote_candidates(remote.iter(), shared.sdp_limits.max_candidates);
     Ok((viewer, Answer { id, sdp, etag }))
 }
 

@@ -274,6 +274,7 @@ impl Sidecar for StunClient {
             kind: "stun",
             server: self.url.clone(),
             state: self.state.as_str().to_owned(),
+            up: self.state == StunState::Ok,
             candidate: self.mapped.filter(|m| *m != self.base),
             error: self.last_error.clone(),
             bytes_relayed: 0,

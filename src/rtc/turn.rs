@@ -941,7 +941,7 @@ impl Sidecar for TurnSidecar {
         TurnSidecar::handle_stream(self, now, state);
     }
 
-    fn add_peer(&mut self, now: Instant, peer: SocketAddr) {
+    fn handle_remote_candidate(&mut self, now: Instant, peer: SocketAddr) {
         // The relayed address is IPv4 (the allocation asks for IPv4): IPv6 peers cannot use it.
         if peer.is_ipv4() {
             self.alloc.add_peer(peer, now);
@@ -957,6 +957,7 @@ impl Sidecar for TurnSidecar {
             kind: "turn",
             server: self.url.clone(),
             error: (state.metric() == 2).then(|| text.clone()),
+            up: state.metric() == 1,
             state: text,
             candidate: self.alloc.relayed(),
             bytes_relayed: st.bytes_in + st.bytes_out,
