@@ -71,6 +71,9 @@ pub enum DaemonError {
     /// The RTC engine's UDP socket.
     #[error("cannot bind the WebRTC UDP port: {0}")]
     Rtc(#[source] std::io::Error),
+    /// The audio thread did not start.
+    #[error("cannot start the audio thread: {0}")]
+    Audio(#[source] std::io::Error),
     /// The RTSP listener (`[rtsp] listen`).
     #[error(transparent)]
     Rtsp(#[from] crate::rtsp::RtspError),
@@ -420,6 +423,7 @@ struct Generation {
     services: Services,
     tracker: TaskTracker,
     pipeline: Option<PipelineGuard>,
+    audio: Option<crate::audio::AudioGuard>,
 }
 
 impl Generation {
@@ -429,6 +433,7 @@ impl Generation {
             services: Services::default(),
             tracker: TaskTracker::new(),
             pipeline: None,
+            audio: None,
         }
     }
 
@@ -462,25 +467,40 @@ impl Generation {
         }
         let (media, pipeline) =
             crate::media::spawn(config, self.cancel.child_token()).map_err(DaemonError::Media)?;
+        let audio = self.start_audio(config, &media, &pipeline)?;
         self.pipeline = Some(pipeline);
         common
             .media_counters
             .send_replace(Some(media.counters().clone()));
-        let rtc = self.start_rtc(config, &media, common).await?;
+        let rtc = self
+            .start_rtc(config, &media, audio.clone(), common)
+            .await?;
         // The engine answers for the built-in SnapRTC capture member (`join_sessions = "all"`).
         let answerer: Arc<dyn crate::signaling::capture::Answerer> = Arc::new(rtc.clone());
         let signaling = crate::signaling::spawn(
             config.signaling.clone(),
             &config.backplane,
-            Some(answerer),
+            Some(answerer.clone()),
             self.cancel.child_token(),
             self.tracker.clone(),
         )?;
+        // `[[remote]]`: wait in sessions on remote hubs too, answering through the same engine.
+        let remotes = match config.remote.is_empty() {
+            true => Default::default(),
+            false => crate::signaling::dialout::spawn(
+                &config.remote,
+                &Self::device_id(common),
+                answerer,
+                config.signaling.max_payload_bytes,
+                self.cancel.child_token(),
+                &self.tracker,
+            ),
+        };
         let whep = crate::rtc::whep::Whep::new(
             rtc.clone(),
             crate::rtc::whep::WhepSettings::from_config(config),
         );
-        let rtsp = self.start_rtsp(config, &auth, &media)?;
+        let rtsp = self.start_rtsp(config, &auth, &media, audio.clone())?;
         let (mjpeg, producer) = crate::http::mjpeg::channel(
             media.clone(),
             config.snapshot.mjpeg_max_fps,
@@ -494,6 +514,7 @@ impl Generation {
             media: media.clone(),
             mjpeg,
             rtsp: rtsp.as_ref().map(|(counters, _)| counters.clone()),
+            remotes: remotes.clone(),
         };
         let http_port = self.start_http(config, http, auth, signaling, Some(camera))?;
         if config.mdns.enabled {
@@ -502,7 +523,7 @@ impl Generation {
         let (note, cancel) = (common.note.clone(), self.cancel.clone());
         self.services.spawn(
             "status",
-            status::report_status(media, rtc, note, STATUS_POLL, cancel),
+            status::report_status(media, rtc, remotes, note, STATUS_POLL, cancel),
         );
         Ok(())
     }
@@ -547,6 +568,7 @@ impl Generation {
         &mut self,
         config: &Config,
         media: &MediaHandle,
+        audio: Option<crate::audio::AudioHandle>,
         common: &Common,
     ) -> Result<RtcHandle, DaemonError> {
         let engine = crate::rtc::Engine::bind(
@@ -556,10 +578,37 @@ impl Generation {
         .await
         .map_err(DaemonError::Rtc)?
         .with_heartbeat(common.rtc_beat.clone());
+        let engine = match audio {
+            Some(audio) => engine.with_audio(audio),
+            None => engine,
+        };
         // (The engine logs its UDP port and the candidates it announces.)
         let rtc = engine.handle();
         self.services.spawn("rtc", engine.run(self.cancel.clone()));
         Ok(rtc)
+    }
+
+    /// Start the audio thread when `[audio]` resolves to a source (`auto`: the camera's own
+    /// microphone), stamped from the video pipeline's clock.
+    fn start_audio(
+        &mut self,
+        config: &Config,
+        media: &MediaHandle,
+        pipeline: &PipelineGuard,
+    ) -> Result<Option<crate::audio::AudioHandle>, DaemonError> {
+        let spec = crate::audio::resolve(&config.audio, pipeline.camera_device());
+        if spec == crate::audio::AudioSpec::None {
+            return Ok(None);
+        }
+        let (audio, guard) = crate::audio::spawn(
+            &config.audio,
+            spec,
+            media.epoch(),
+            self.cancel.child_token(),
+        )
+        .map_err(DaemonError::Audio)?;
+        self.audio = Some(guard);
+        Ok(Some(audio))
     }
 
     /// With `[rtsp] enabled`, bind the RTSP listener and serve the pipeline's frames on it;
@@ -569,12 +618,13 @@ impl Generation {
         config: &Config,
         auth: &Auth,
         media: &MediaHandle,
+        audio: Option<crate::audio::AudioHandle>,
     ) -> Result<Option<(Arc<crate::rtsp::RtspCounters>, u16)>, DaemonError> {
         if !config.rtsp.enabled {
             return Ok(None);
         }
         let settings = crate::rtsp::ServerSettings::from_config(config, auth);
-        let server = crate::rtsp::RtspServer::bind(settings, media.clone())?;
+        let server = crate::rtsp::RtspServer::bind(settings, media.clone(), audio)?;
         let port = server
             .local_addr()
             .map_err(|source| crate::rtsp::RtspError::Bind {
@@ -617,7 +667,17 @@ impl Generation {
     /// Advertise `_snaprtc._tcp` for `http_port` (and `_rtsp._tcp` for `rtsp_port`), following
     /// the live config.
     fn start_mdns(&mut self, http_port: u16, rtsp_port: Option<u16>, common: &Common) {
-        let device_id = common
+        let device_id = Self::device_id(common);
+        let (rx, cancel) = (common.config.clone(), self.cancel.clone());
+        self.services.spawn(
+            "mdns",
+            crate::discovery::supervise(rx, http_port, rtsp_port, device_id, cancel),
+        );
+    }
+
+    /// The stable device id (mDNS, and `[[remote]] session = "device-id"`), read once.
+    fn device_id(common: &Common) -> String {
+        common
             .device_id
             .get_or_init(|| {
                 let dir = systemd::state_dir();
@@ -626,12 +686,7 @@ impl Generation {
                     crate::discovery::system_hostname()
                 })
             })
-            .clone();
-        let (rx, cancel) = (common.config.clone(), self.cancel.clone());
-        self.services.spawn(
-            "mdns",
-            crate::discovery::supervise(rx, http_port, rtsp_port, device_id, cancel),
-        );
+            .clone()
     }
 
     /// Cancel every service, wait for them (with a deadline), and join the pipeline threads.
@@ -656,6 +711,9 @@ impl Generation {
         if let Some(pipeline) = self.pipeline.take() {
             // The pipeline's threads see the cancelled token; joining them blocks.
             let _ = tokio::task::spawn_blocking(move || pipeline.join()).await;
+        }
+        if let Some(audio) = self.audio.take() {
+            let _ = tokio::task::spawn_blocking(move || audio.join()).await;
         }
     }
 }

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | leaves | `config`, `ids`, `picture`, `progress`, `response`, `thread` | nothing in the crate |
 //! | leaves | `auth`, `logging` | `config`, `ids` |
-//! | 1 | `capture` | leaves |
+//! | 1 | `capture`, `audio` (not each other) | leaves |
 //! | 2 | `media` | leaves, `capture` |
 //! | 3 | `rtc`, `rtsp`, `signaling` (not each other) | leaves, `capture`, `media` |
 //! | 4 | `metrics`, `discovery`, `systemd`, `reload` | levels 0–3 |
@@ -35,6 +35,8 @@
 //! - [`logging`]: text, JSON or journald logs.
 //! - [`capture`]: the `Source` trait and its test pattern, V4L2 and `exec` implementations; the
 //!   capture thread that reopens a lost camera with backoff.
+//! - [`audio`]: the microphone (ALSA, `exec`, test tone) on one thread, encoded once to Opus
+//!   and fanned out on a bounded broadcast, stamped from the video pipeline's clock.
 //! - [`media`]: `EncodedFrame`, the fan-out to viewers, keyframe and still requests; the
 //!   pipeline (encode once, keyframe policy, slate), openh264, JPEG stills.
 //! - [`rtc`]: the str0m engine (one task, one UDP port, every viewer), WHEP, stills over data
@@ -72,6 +74,7 @@
 //! returns `None`, then reads `poll_timeout` again. Outputs left undrained are not lost, but
 //! the owner acts on them late; a deadline read before the drain may be stale.
 
+pub mod audio;
 pub mod auth;
 pub mod capture;
 pub mod cli;

@@ -22,7 +22,7 @@ const LOW: &[(&str, &[&str])] = &[
 /// Above the leaves, level by level: each module may import every leaf and every module on a
 /// lower level, never one on its own level or above.
 const LEVELS: &[&[&str]] = &[
-    &["capture"],
+    &["capture", "audio"],
     &["media"],
     &["rtc", "rtsp", "signaling"],
     &["metrics", "discovery", "systemd", "reload"],

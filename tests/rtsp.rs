@@ -492,3 +492,97 @@ fn one_client_over_max_clients_gets_503() {
         }
     }
 }
+
+/// The strongest frequency in `x` (48 kHz mono) between 500 and 3000 Hz: a DFT 5 Hz apart,
+/// then 1 Hz apart around the peak.
+fn dominant_hz(x: &[i16]) -> f64 {
+    let power = |f: f64| {
+        let w = std::f64::consts::TAU * f / 48_000.0;
+        let (mut re, mut im) = (0.0, 0.0);
+        for (i, &v) in x.iter().enumerate() {
+            re += f64::from(v) * (w * i as f64).cos();
+            im += f64::from(v) * (w * i as f64).sin();
+        }
+        re * re + im * im
+    };
+    let best = |fs: Vec<f64>| {
+        fs.into_iter()
+            .max_by(|a, b| power(*a).total_cmp(&power(*b)))
+            .unwrap()
+    };
+    let coarse = best((100..600).map(|k| f64::from(k) * 5.0).collect());
+    best((-10..=10).map(|d| coarse + f64::from(d)).collect())
+}
+
+#[test]
+fn the_test_tone_is_an_opus_track_ffprobe_sees_and_ffmpeg_decodes_at_1_khz() {
+    if !common::require_tool("ffprobe", "ffmpeg") {
+        return;
+    }
+    let (_d, addr) = start("[audio]\nsource = \"test\"\n");
+    for transport in ["tcp", "udp"] {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-timeout",
+                "15000000",
+                "-rtsp_transport",
+                transport,
+            ])
+            .args(["-show_entries", "stream=codec_type,codec_name,sample_rate"])
+            .args(["-of", "default=nw=1"])
+            .arg(url(addr))
+            .output()
+            .expect("ffprobe runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in ["codec_name=h264", "codec_name=opus", "sample_rate=48000"] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} over {transport} in {text}"
+            );
+        }
+        // Two seconds of the audio track, decoded to 48 kHz mono samples.
+        let out = Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-timeout",
+                "15000000",
+                "-rtsp_transport",
+                transport,
+            ])
+            .args(["-i", &url(addr), "-map", "0:a", "-t", "2"])
+            .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+            .output()
+            .expect("ffmpeg runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pcm: Vec<i16> = out
+            .stdout
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert!(
+            pcm.len() >= 80_000,
+            "{} samples over {transport}",
+            pcm.len()
+        );
+        // 20 ms blocks away from the beeps (the first 100 ms of each second are 2 kHz): the
+        // whole clip's strongest line is the 1 kHz tone (it sounds 90 % of the time).
+        let hz = dominant_hz(&pcm[..48_000]);
+        assert!((hz - 1000.0).abs() <= 20.0, "{hz} Hz over {transport}");
+        eprintln!(
+            "rtsp {transport}: opus, {} samples, tone at {hz} Hz",
+            pcm.len()
+        );
+    }
+}

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use snaprtcd::media::EncodedFrame;
-use snaprtcd::rtsp::session::{Output, Session, SessionSettings};
+use snaprtcd::audio::AudioFrame;
+use snaprtcd::rtsp::session::{AudioTrack, Output, Session, SessionSettings};
 
 const SPS_PPS_IDR: &[u8] = &[
     0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xb0, 0x11, 0x00, 0x00, 0x03,
@@ -42,6 +43,13 @@ fuzz_target!(|data: &[u8]| {
         peer: "127.0.0.1:40000".parse().unwrap(),
         wall_clock: Duration::from_secs(1_700_000_000),
         start,
+        // Every other input with an audio track (a second SETUP, interleaved 2/3).
+        audio: (chunk & 0x40 != 0).then_some(AudioTrack {
+            ssrc: 2,
+            first_seq: 65535,
+            rtp_time_base: u32::MAX - 10,
+            channels: 2,
+        }),
     };
     let mut s = Session::new(settings, start);
     let mut now = start;
@@ -56,6 +64,12 @@ fuzz_target!(|data: &[u8]| {
             timestamp: now - start,
         };
         s.handle_frame(&frame, now);
+        let sound = AudioFrame {
+            data: Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+            timestamp: now - start,
+            samples: 960,
+        };
+        s.handle_audio(&sound, now);
         if i % 5 == 4 {
             s.handle_timeout(now + Duration::from_secs(6));
         }
@@ -69,9 +83,14 @@ fuzz_target!(|data: &[u8]| {
                         String::from_utf8_lossy(&b[..b.len().min(64)])
                     );
                 }
-                Output::OpenUdp => s.handle_udp_opened((i % 2 == 0).then_some((6000, 6001)), now),
+                Output::OpenUdp { .. } => {
+                    s.handle_udp_opened((i % 2 == 0).then_some((6000, 6001)), now)
+                }
                 Output::Close => closed = true,
-                Output::SendUdp { .. } | Output::Subscribe | Output::RequestKeyframe => {}
+                Output::SendUdp { .. }
+                | Output::Subscribe
+                | Output::SubscribeAudio
+                | Output::RequestKeyframe => {}
             }
         }
         assert_eq!(closed, s.is_closed());

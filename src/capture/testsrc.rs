@@ -177,6 +177,23 @@ pub struct TestSource {
     paced: bool,
 }
 
+/// How long the corner flash lasts from the start of every wall-clock second: the audio test
+/// tone (`audio::tone`) beeps over the same 100 ms, so a receiver can measure A/V sync.
+pub const FLASH: Duration = Duration::from_millis(100);
+
+/// Whether the flash is on at `wall` (time since the Unix epoch).
+pub fn flash_at(wall: Duration) -> bool {
+    wall.subsec_nanos() < FLASH.as_nanos() as u32
+}
+
+/// The flash square of a `width`×`height` picture: x, y, side (at the right edge, above the
+/// moving box's band, below the stamp row). White while [`flash_at`], else black.
+pub fn flash_rect(width: u32, height: u32) -> (usize, usize, usize) {
+    let (w, h) = (width as usize, height as usize);
+    let side = (h / 8).max(2) & !1;
+    (w.saturating_sub(side) & !1, (h / 8) & !1, side)
+}
+
 impl TestSource {
     /// A test pattern of `width`×`height` (even) paced at `fps`.
     pub fn new(width: u32, height: u32, fps: u32) -> Result<Self, CaptureError> {
@@ -229,6 +246,10 @@ impl TestSource {
             span_x - t % span_x
         };
         fill_rect(&mut p, bx & !1, band.start, side, side, (235, 128, 128));
+        let wall = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (fx, fy, fside) = flash_rect(w as u32, h as u32);
+        let luma = if flash_at(wall) { 235 } else { 16 };
+        fill_rect(&mut p, fx, fy, fside, fside, (luma, 128, 128));
         let scale = text_scale(h as u32);
         let counter = format!("{n:08}");
         let y = h - 10 * scale;
@@ -297,6 +318,19 @@ mod tests {
         assert_ne!(a, b, "box and counter move");
         let s = slate(320, 240);
         assert_eq!((s.width(), s.height()), (320, 240));
+    }
+
+    #[test]
+    fn the_corner_flashes_white_in_the_first_100_ms_of_each_second() {
+        let src = TestSource::new(320, 240, 30).unwrap();
+        let (x, y, side) = flash_rect(320, 240);
+        assert!(y + side <= src.box_band().start, "clear of the moving box");
+        let centre = |p: &I420| p.y_plane()[(y + side / 2) * 320 + x + side / 2];
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(centre(&src.picture(0, at(5_000))), 235);
+        assert_eq!(centre(&src.picture(1, at(5_099))), 235);
+        assert_eq!(centre(&src.picture(2, at(5_100))), 16);
+        assert_eq!(centre(&src.picture(3, at(5_900))), 16);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         None => (crate::rtc::RtcStats::default(), None),
     };
     let no_media = crate::media::MediaCounters::default();
+    let remotes = state
+        .camera
+        .as_ref()
+        .map(|c| c.remotes.statuses())
+        .unwrap_or_default();
     let body = crate::metrics::render(&crate::metrics::Snapshot {
         rtc: &rtc,
         media: state
@@ -42,6 +47,7 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         signaling: &signaling,
         process: &crate::metrics::ProcessStats::sample(),
         rtsp: state.camera.as_ref().and_then(|c| c.rtsp.as_deref()),
+        remotes: &remotes,
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
@@ -150,7 +156,31 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
         let rtc = camera.rtc.stats().await.unwrap_or_default();
         fields.insert("viewers".into(), rtc.viewers.into());
         fields.insert("max_viewers".into(), camera.rtc.max_viewers().into());
+        if !rtc.turn.is_empty() {
+            // One entry per [ice] turn_servers URL: "allocating", "ready <relayed addr>",
+            // "failed: 401 Unauthorized …" (never a credential).
+            let turn: Vec<_> = rtc
+                .turn
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "url": t.url,
+                        "state": t.state,
+                        "bytes_in": t.bytes_in,
+                        "bytes_out": t.bytes_out,
+                    })
+                })
+                .collect();
+            fields.insert("turn".into(), turn.into());
+        }
         fields.insert("camera".into(), camera_json(&camera.media.status()));
+        let remotes = camera.remotes.statuses();
+        if !remotes.is_empty() {
+            fields.insert(
+                "remotes".into(),
+                serde_json::to_value(remotes).unwrap_or_default(),
+            );
+        }
         fields.insert("ice".into(), ice_json(&state.config.ice, &rtc));
     }
     json(StatusCode::OK, &body)
@@ -210,6 +240,13 @@ pub(super) async fn negotiate(state: &AppState) -> Response<Body> {
             );
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if state.signaling.starts_on_join() {
+                // For capture sides that dial out: no need to repeat Sync(session, true).
+                r.headers_mut().insert(
+                    crate::signaling::remote::START_ON_JOIN_HEADER,
+                    HeaderValue::from_static("1"),
+                );
+            }
             r
         }
         Err(e) => service_error(e),

@@ -56,7 +56,7 @@ pub use still::{snapshot_once, SnapshotError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -313,6 +313,7 @@ pub struct MediaHandle {
     stills: mpsc::Sender<StillRequest>,
     status: watch::Receiver<MediaStatus>,
     counters: Arc<MediaCounters>,
+    epoch: Instant,
 }
 
 /// The pipeline's side of a [`MediaHandle`]: where it publishes and what it receives.
@@ -327,6 +328,8 @@ pub struct MediaPorts {
     pub status: watch::Sender<MediaStatus>,
     /// Counters shared with the handle (metrics, watchdog).
     pub counters: Arc<MediaCounters>,
+    /// Time zero of [`EncodedFrame::timestamp`] (and of the audio's timestamps, so lips match).
+    pub epoch: Instant,
 }
 
 /// Bounds of the channels between the pipeline and its users.
@@ -357,6 +360,7 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
     let (st_tx, st_rx) = mpsc::channel(limits.stills.max(1));
     let (status_tx, status_rx) = watch::channel(MediaStatus::default());
     let counters = Arc::new(MediaCounters::default());
+    let epoch = Instant::now();
     (
         MediaHandle {
             frames: frames.downgrade(),
@@ -364,6 +368,7 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
             stills: st_tx,
             status: status_rx,
             counters: counters.clone(),
+            epoch,
         },
         MediaPorts {
             frames,
@@ -371,6 +376,7 @@ pub fn channel(limits: ChannelLimits) -> (MediaHandle, MediaPorts) {
             stills: st_rx,
             status: status_tx,
             counters,
+            epoch,
         },
     )
 }
@@ -427,6 +433,12 @@ impl MediaHandle {
     /// The pipeline's counters (metrics, watchdog progress).
     pub fn counters(&self) -> &Arc<MediaCounters> {
         &self.counters
+    }
+
+    /// Time zero of every [`EncodedFrame::timestamp`]: the audio pipeline stamps its frames
+    /// from the same instant, so a receiver lines sound up with pictures.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// How many frame subscribers exist (viewers holding a stream).

@@ -67,9 +67,16 @@ pub struct PipelineGuard {
     cancel: CancellationToken,
     capture: Option<CaptureThread>,
     media: Option<OwnedThread>,
+    camera_device: Option<std::path::PathBuf>,
 }
 
 impl PipelineGuard {
+    /// The V4L2 device the pipeline captures from (`auto` resolved), if it is one: where
+    /// `[audio] source = "auto"` looks for the camera's own microphone.
+    pub fn camera_device(&self) -> Option<&std::path::Path> {
+        self.camera_device.as_deref()
+    }
+
     /// Stop the pipeline (if the token did not already) and wait for its threads.
     pub fn join(mut self) {
         self.stop();
@@ -129,6 +136,10 @@ pub fn spawn_with(
             cancel: token,
             capture: Some(capture),
             media: Some(media),
+            camera_device: match spec {
+                SourceSpec::V4l2(path) => Some(path),
+                _ => None,
+            },
         },
     ))
 }
@@ -200,6 +211,7 @@ impl MediaLoop {
         // Fail early (at start, not at the first frame) if openh264 cannot be set up.
         let encoder = Some(OpenH264Encoder::new(software)?);
         let counters = ports.counters.clone();
+        let epoch = ports.epoch;
         ports.status.send_modify(|s| {
             s.state = CameraState::Starting;
             s.source = spec.label(cam);
@@ -213,7 +225,7 @@ impl MediaLoop {
             quality: config.snapshot.quality,
             max_decode_side: super::still::max_still_side(cam),
             oversize_sps: None,
-            start: now,
+            start: epoch,
             mode: Mode::Idle,
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
             encoder,

@@ -45,6 +45,7 @@ use str0m::Input;
 use super::candidates::LocalAddrPicker;
 use super::viewer::{VideoFrame, Viewer, ViewerEvent, ViewerOutput};
 use super::{Command, RtcError, RtcStats, Shared, ViewerId};
+use crate::audio::AudioFrame;
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Bounds of the GOP cache; a longer GOP is not cached (viewers wait for an IDR instead).
@@ -146,6 +147,13 @@ pub trait Sidecar: Send {
     fn handle_remote_candidate(&mut self, _now: Instant, _addr: SocketAddr) {}
     /// Its state for `/health` and `/metrics`.
     fn health(&self) -> SidecarHealth;
+    /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
+    /// closed.
+    fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
+    /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
+    fn turn_status(&self) -> Option<super::turn::TurnStatus> {
+        None
+    }
 }
 
 /// A [`Sidecar`]'s state as `/health` shows it.
@@ -168,9 +176,28 @@ pub struct SidecarHealth {
     pub bytes_relayed: u64,
 }
 
+/// What became of a stream the shell opened for a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    /// Connected, from this local address.
+    Connected(SocketAddr),
+    /// The connect failed or the connection closed (why).
+    Disconnected(String),
+}
+
 /// What a [`Sidecar`] tells the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SidecarEvent {
+    /// Open a (new) stream to `server` (TURN over TCP or TLS); the answer comes back through
+    /// [`Core::handle_stream`].
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// TLS over the TCP connection (`turns:`).
+        tls: bool,
+        /// The TLS server name.
+        host: String,
+    },
     /// A local candidate to offer viewers (server-reflexive or relayed); `base` is the local
     /// address it stands for.
     Candidate {
@@ -197,11 +224,27 @@ pub enum SidecarEvent {
 /// What only the shell can do, or wants to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreEvent {
+    /// A sidecar wants a (new) stream to `server`: close any open one, connect, and report
+    /// with [`Core::handle_stream`]; bytes read go to [`Core::handle_datagram`] with
+    /// [`Via::Stream`].
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// TLS over the TCP connection (`turns:`).
+        tls: bool,
+        /// The TLS server name.
+        host: String,
+    },
     /// A viewer needs video: take a frame subscription (the pipeline resumes with an IDR) and
     /// feed its frames to [`Core::handle_frame`].
     SubscribeVideo,
     /// No viewer has video: drop the subscription (the pipeline stops encoding).
     ReleaseVideo,
+    /// A viewer takes audio: subscribe to the audio frames and feed them to
+    /// [`Core::handle_audio`].
+    SubscribeAudio,
+    /// No viewer takes audio: drop the audio subscription (the encoder idles).
+    ReleaseAudio,
     /// Ask the pipeline for a keyframe.
     Keyframe(KeyframeCause),
     /// Make a still of at most `max_bytes` and hand it to [`Core::handle_still`].
@@ -254,6 +297,8 @@ pub struct Core {
     subscribed: bool,
     /// The frame stream ended: the pipeline is gone, never subscribe again.
     pipeline_stopped: bool,
+    /// The shell holds an audio subscription.
+    audio_subscribed: bool,
     /// Frames since the last keyframe: a joining viewer starts from here at once.
     gop: Gop,
     /// Limits and admission counters shared with the handles.
@@ -276,6 +321,7 @@ impl Core {
             extra_candidates: Vec::new(),
             subscribed: false,
             pipeline_stopped: false,
+            audio_subscribed: false,
             gop: Gop::default(),
             shared,
             totals: RtcStats::default(),
@@ -375,6 +421,20 @@ impl Core {
         self.sweep(now);
     }
 
+    /// The stream to `server` that a sidecar asked for connected or closed.
+    pub fn handle_stream(&mut self, now: Instant, server: SocketAddr, state: StreamState) {
+        let claims = |s: &dyn Sidecar| {
+            [false, true]
+                .into_iter()
+                .any(|tls| s.claims(Via::Stream { server, tls }, server))
+        };
+        if let Some(i) = self.sidecars.iter().position(|s| claims(s.as_ref())) {
+            self.sidecars[i].handle_stream(now, state);
+            self.drain_sidecar(i, now);
+        }
+        self.sweep(now);
+    }
+
     /// Give a datagram to the viewer whose `Rtc` accepts it. `destination` is `None` when
     /// it is a relayed address already known to be ours.
     fn route_to_viewer(
@@ -423,6 +483,17 @@ impl Core {
         for i in 0..self.viewers.len() {
             if self.viewers[i].wants_video() {
                 self.viewers[i].write_frame(&frame, now);
+                self.process_outputs(i, now);
+            }
+        }
+        self.sweep(now);
+    }
+
+    /// An Opus frame from the audio subscription: written to every viewer that takes audio.
+    pub fn handle_audio(&mut self, now: Instant, frame: &AudioFrame) {
+        for i in 0..self.viewers.len() {
+            if self.viewers[i].wants_audio() {
+                self.viewers[i].write_audio(frame, now);
                 self.process_outputs(i, now);
             }
         }
@@ -633,6 +704,10 @@ impl Core {
         }
         while let Some(e) = self.sidecars[i].poll_event() {
             match e {
+                SidecarEvent::Connect { server, tls, host } => {
+                    self.events
+                        .push_back(CoreEvent::Connect { server, tls, host });
+                }
                 SidecarEvent::Candidate { candidate } => self.add_local_candidate(candidate),
                 SidecarEvent::CandidateGone { addr } => {
                     let before = self.extra_candidates.len();
@@ -701,6 +776,19 @@ impl Core {
             self.retire(&v, RemoveReason::Dead);
         }
         self.follow_video_viewers();
+        self.follow_audio_viewers();
+    }
+
+    /// Hold the audio stream exactly while some connected viewer takes audio.
+    fn follow_audio_viewers(&mut self) {
+        let audio = self.viewers.iter().any(Viewer::wants_audio);
+        if audio && !self.audio_subscribed {
+            self.audio_subscribed = true;
+            self.events.push_back(CoreEvent::SubscribeAudio);
+        } else if !audio && self.audio_subscribed {
+            self.audio_subscribed = false;
+            self.events.push_back(CoreEvent::ReleaseAudio);
+        }
     }
 
     fn retire(&mut self, v: &Viewer, why: RemoveReason) {
@@ -710,6 +798,7 @@ impl Core {
         };
         tracing::info!(viewer = %v.id, kind = ?v.kind, frames = v.frames_sent, why = reason, "viewer removed");
         self.totals.frames_sent += v.frames_sent;
+        self.totals.audio_frames_sent += v.audio_frames_sent;
         self.totals.bytes_out += v.bytes_out;
         self.totals.stills_sent += v.stills_sent;
         self.events
@@ -736,8 +825,14 @@ impl Core {
                 }
             }
         }
+        s.turn = self
+            .sidecars
+            .iter()
+            .filter_map(|x| x.turn_status())
+            .collect();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
+            s.audio_frames_sent += v.audio_frames_sent;
             s.bytes_out += v.bytes_out;
             s.stills_sent += v.stills_sent;
         }

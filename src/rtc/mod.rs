@@ -13,6 +13,8 @@
 //! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
 //!   credentials made from a TURN secret, never the secret).
 //! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
+//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
+//!   around `turn-client-proto`.
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -24,6 +26,8 @@ pub mod engine;
 pub mod ice_servers;
 pub mod offer;
 pub mod stun;
+pub mod turn;
+pub mod turn_stream;
 pub mod viewer;
 pub mod whep;
 
@@ -57,8 +61,8 @@ pub enum ViewerKind {
         session: String,
     },
     /// An offer over go2rtc's WebSocket API (`/api/ws`): H.264 video required, as for WHEP.
-    /// go2rtc's players also offer audio (recvonly, and sendonly for two-way audio); those
-    /// m-lines are answered rejected, since the camera has no audio.
+    /// go2rtc's players also offer audio (recvonly, and sendonly for two-way audio); with
+    /// `[audio]` off those m-lines are answered rejected, with it the recvonly one gets Opus.
     Go2rtc,
 }
 
@@ -149,6 +153,8 @@ pub struct RtcStats {
     pub connected: usize,
     /// Video frames written to viewers (one per frame per viewer).
     pub frames_sent: u64,
+    /// Opus frames written to viewers (one per frame per viewer that takes audio).
+    pub audio_frames_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_out: u64,
     /// JPEG stills sent over data channels.
@@ -166,6 +172,8 @@ pub struct RtcStats {
     /// Connected viewers by their selected candidate pair's type, in
     /// [`viewer::PairType::ALL`] order (host, srflx, prflx, relay).
     pub pair_types: [usize; 4],
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
 }
 
 /// Commands to the engine task (bounded queue).
@@ -212,6 +220,8 @@ pub(crate) struct Shared {
     pub full_ice: bool,
     /// Candidates found at run time (server-reflexive, relayed), published by the engine.
     pub extra_candidates: tokio::sync::watch::Receiver<Vec<Candidate>>,
+    /// The daemon has audio: offers' audio m-lines are answered with Opus (else rejected).
+    pub audio: std::sync::atomic::AtomicBool,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
     /// of offers over `max_viewers` costs no DTLS key or certificate.
     pub slots: Arc<AtomicUsize>,
@@ -357,7 +367,7 @@ pub(crate) fn accept_offer(
     let offer =
         SdpOffer::from_sdp_string(&cleaned).map_err(|e| RtcError::BadOffer(e.to_string()))?;
 
-    let mut rtc = new_rtc(now, shared.full_ice);
+    let mut rtc = new_rtc(now, shared.full_ice, shared.audio.load(Ordering::Relaxed));
     shared.rtc_built.fetch_add(1, Ordering::Relaxed);
     for c in &shared.candidates {
         rtc.add_local_candidate(c.clone());
@@ -421,8 +431,9 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
 
 /// A fresh `Rtc` as every viewer gets it: ICE-lite unless `full_ice` (with host candidates
 /// only the browser does the checks; with STUN/TURN servers both sides check pairs), H.264 CB
-/// only, room for a 256 KiB still in the SCTP buffer.
-fn new_rtc(now: Instant, full_ice: bool) -> Rtc {
+/// only (and Opus with `audio`: an offer's audio m-line is then answered sendonly/sendrecv,
+/// else rejected), room for a 256 KiB still in the SCTP buffer.
+fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(!full_ice)
         .clear_codecs()
@@ -433,7 +444,19 @@ fn new_rtc(now: Instant, full_ice: bool) -> Rtc {
     for (pt, rtx, profile) in [H264_CB, H264_BASELINE] {
         codecs.add_h264(pt.into(), Some(rtx.into()), true, profile);
     }
+    if audio {
+        codecs.enable_opus(true, false);
+    }
     cfg.build(now)
+}
+
+/// The payload type str0m negotiated for Opus on an audio writer, if any.
+pub(crate) fn opus_pt<'a>(
+    mut params: impl Iterator<Item = &'a str0m::format::PayloadParams>,
+) -> Option<Pt> {
+    params
+        .find(|p| p.spec().codec == Codec::Opus)
+        .map(|p| p.pt())
 }
 
 /// The payload type str0m negotiated for H.264 on a video writer, if any.

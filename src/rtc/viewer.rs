@@ -8,11 +8,12 @@
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::Transmit;
 use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc};
 
 use super::{RtcError, ViewerId, ViewerKind, ViewerSlot};
+use crate::audio::AudioFrame;
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Stills a viewer may have in flight at once; more `snap`s get a "busy" reply.
@@ -81,6 +82,8 @@ pub struct Viewer {
     pub etag: String,
     /// Video m-line we send on, with the negotiated H.264 payload type.
     video: Option<(Mid, Option<Pt>)>,
+    /// Audio m-line we send on (the offer had one and the daemon has audio), with Opus's PT.
+    audio: Option<(Mid, Option<Pt>)>,
     /// Largest data channel message the peer takes (capped at `MAX_STILL_BYTES`).
     max_message: usize,
     snapshot_on_connect: bool,
@@ -106,6 +109,8 @@ pub struct Viewer {
     pub created: Instant,
     /// Video frames written.
     pub frames_sent: u64,
+    /// Opus frames written.
+    pub audio_frames_sent: u64,
     /// Stills sent on data channels.
     pub stills_sent: u64,
     /// UDP payload bytes sent.
@@ -195,6 +200,7 @@ impl Viewer {
             rtc,
             etag,
             video: None,
+            audio: None,
             max_message,
             snapshot_on_connect,
             expects_video,
@@ -209,6 +215,7 @@ impl Viewer {
             _slot: slot,
             created: now,
             frames_sent: 0,
+            audio_frames_sent: 0,
             stills_sent: 0,
             bytes_out: 0,
             told_candidates: Vec::new(),
@@ -272,6 +279,38 @@ impl Viewer {
     /// Whether this viewer takes video frames (connected with a sending video m-line).
     pub fn wants_video(&self) -> bool {
         self.connected && self.video.is_some()
+    }
+
+    /// Whether this viewer takes audio frames (connected with a sending Opus m-line).
+    pub fn wants_audio(&self) -> bool {
+        self.connected && self.audio.is_some()
+    }
+
+    /// Write one Opus frame at its capture time on the shared media clock (48 kHz RTP time), so
+    /// the peer lines it up with the video written at its own capture time.
+    pub fn write_audio(&mut self, frame: &AudioFrame, now: Instant) {
+        self.now = now;
+        if !self.wants_audio() {
+            return;
+        }
+        let Some((mid, pt)) = &mut self.audio else {
+            return;
+        };
+        let Some(writer) = self.rtc.writer(*mid) else {
+            return;
+        };
+        if pt.is_none() {
+            *pt = super::opus_pt(writer.payload_params());
+        }
+        let Some(pt) = *pt else {
+            return;
+        };
+        let ticks = (frame.timestamp.as_nanos() * 48_000 / 1_000_000_000) as u64;
+        let time = MediaTime::new(ticks, Frequency::FORTY_EIGHT_KHZ);
+        match writer.write(pt, now, time, frame.data.to_vec()) {
+            Ok(()) => self.audio_frames_sent += 1,
+            Err(e) => tracing::debug!(viewer = %self.id, error = %e, "audio write failed"),
+        }
     }
 
     /// When [`Viewer::handle_timeout`] is next due (as of the last [`Viewer::poll_output`]).
@@ -484,6 +523,9 @@ impl Viewer {
                 let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
                 if m.kind == MediaKind::Video && sends && self.video.is_none() {
                     self.video = Some((m.mid, None));
+                }
+                if m.kind == MediaKind::Audio && sends && self.audio.is_none() {
+                    self.audio = Some((m.mid, None));
                 }
             }
             Event::KeyframeRequest(req) => {

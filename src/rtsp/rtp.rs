@@ -12,6 +12,8 @@ use crate::picture::annexb;
 
 /// The RTP payload type announced in the SDP (`a=rtpmap:96 H264/90000`).
 pub const PAYLOAD_TYPE: u8 = 96;
+/// The RTP payload type of the Opus audio track (`a=rtpmap:97 opus/48000/2`).
+pub const OPUS_PAYLOAD_TYPE: u8 = 97;
 /// RTP clock rate of H.264 video.
 pub const CLOCK_RATE: u64 = 90_000;
 /// Largest RTP payload: a 1500-byte Ethernet MTU less IPv6 (40), UDP (8) and RTP (12) headers,
@@ -70,7 +72,7 @@ impl RtpSender {
         for (i, nal) in nals.iter().enumerate() {
             let last_nal = i + 1 == nals.len();
             if nal.len() <= MAX_PAYLOAD {
-                emit(self.packet(rtp_time, last_nal, &[], nal));
+                emit(self.packet(PAYLOAD_TYPE, rtp_time, last_nal, &[], nal));
                 made += 1;
                 continue;
             }
@@ -85,17 +87,36 @@ impl RtpSender {
                 let start = if k == 0 { 0x80 } else { 0 };
                 let end = if k + 1 == count { 0x40 } else { 0 };
                 let fu = [indicator, start | end | (header & 0x1f)];
-                emit(self.packet(rtp_time, last_nal && k + 1 == count, &fu, chunk));
+                emit(self.packet(
+                    PAYLOAD_TYPE,
+                    rtp_time,
+                    last_nal && k + 1 == count,
+                    &fu,
+                    chunk,
+                ));
                 made += 1;
             }
         }
         made
     }
 
-    fn packet(&mut self, rtp_time: u32, marker: bool, prefix: &[u8], payload: &[u8]) -> Bytes {
+    /// One Opus packet as one RTP packet (RFC 7587: the marker bit is not set; a frame is never
+    /// split).
+    pub fn opus(&mut self, packet: &[u8], rtp_time: u32) -> Bytes {
+        self.packet(OPUS_PAYLOAD_TYPE, rtp_time, false, &[], packet)
+    }
+
+    fn packet(
+        &mut self,
+        pt: u8,
+        rtp_time: u32,
+        marker: bool,
+        prefix: &[u8],
+        payload: &[u8],
+    ) -> Bytes {
         let mut b = BytesMut::with_capacity(RTP_HEADER + prefix.len() + payload.len());
         b.put_u8(0x80); // V=2, no padding, no extension, no CSRC
-        b.put_u8(if marker { 0x80 } else { 0 } | PAYLOAD_TYPE);
+        b.put_u8(if marker { 0x80 } else { 0 } | pt);
         b.put_u16(self.seq);
         b.put_u32(rtp_time);
         b.put_u32(self.ssrc);

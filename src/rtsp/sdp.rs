@@ -6,10 +6,12 @@ use base64::Engine as _;
 
 use crate::picture::annexb;
 
-use super::rtp::{CLOCK_RATE, PAYLOAD_TYPE};
+use super::rtp::{CLOCK_RATE, OPUS_PAYLOAD_TYPE, PAYLOAD_TYPE};
 
-/// The track's control URL, relative to the aggregate `Content-Base`.
+/// The video track's control URL, relative to the aggregate `Content-Base`.
 pub const TRACK_CONTROL: &str = "trackID=0";
+/// The audio track's control URL.
+pub const AUDIO_CONTROL: &str = "trackID=1";
 
 const SPS: u8 = 7;
 const PPS: u8 = 8;
@@ -59,9 +61,15 @@ impl ParamSets {
     }
 }
 
-/// The session description of the one H.264 video track. `session_id` is the `o=` line's id
-/// (any number), `server_ip` the address the client reached.
-pub fn describe(params: &ParamSets, session_id: u64, server_ip: std::net::IpAddr) -> String {
+/// The session description: the H.264 video track, and with `audio_channels` an Opus track
+/// (RFC 7587: always `opus/48000/2`; `stereo=1` says the sender sends two channels).
+/// `session_id` is the `o=` line's id (any number), `server_ip` the address the client reached.
+pub fn describe(
+    params: &ParamSets,
+    session_id: u64,
+    server_ip: std::net::IpAddr,
+    audio_channels: Option<u32>,
+) -> String {
     let family = if server_ip.is_ipv6() { "IP6" } else { "IP4" };
     let mut sdp = String::with_capacity(512);
     // `write!` into a String cannot fail.
@@ -87,6 +95,16 @@ pub fn describe(params: &ParamSets, session_id: u64, server_ip: std::net::IpAddr
         let _ = write!(sdp, "a=x-dimensions:{w},{h}\r\n");
     }
     let _ = write!(sdp, "a=control:{TRACK_CONTROL}\r\n");
+    if let Some(channels) = audio_channels {
+        let stereo = u8::from(channels == 2);
+        let _ = write!(
+            sdp,
+            "m=audio 0 RTP/AVP {OPUS_PAYLOAD_TYPE}\r\n\
+             a=rtpmap:{OPUS_PAYLOAD_TYPE} opus/48000/2\r\n\
+             a=fmtp:{OPUS_PAYLOAD_TYPE} stereo={stereo};sprop-stereo={stereo};useinbandfec=1\r\n\
+             a=control:{AUDIO_CONTROL}\r\n"
+        );
+    }
     sdp
 }
 
@@ -123,14 +141,23 @@ mod tests {
     #[test]
     fn sdp_names_the_track_codec_and_parameter_sets() {
         let p = ParamSets::from_access_unit(&au()).expect("SPS and PPS");
-        let sdp = describe(&p, 42, "192.0.2.1".parse().expect("ip"));
+        let sdp = describe(&p, 42, "192.0.2.1".parse().expect("ip"), None);
         assert!(sdp.starts_with("v=0\r\no=- 42 1 IN IP4 192.0.2.1\r\n"));
         assert!(sdp.contains("m=video 0 RTP/AVP 96\r\n"));
         assert!(sdp.contains("a=rtpmap:96 H264/90000\r\n"));
         assert!(sdp.contains("profile-level-id=42c01e;"));
         assert!(sdp.contains("sprop-parameter-sets=Z0LAHtkAoD2wEQAAAwABAAADADwPFi5I,aM48gA==\r\n"));
         assert!(sdp.ends_with("a=control:trackID=0\r\n"));
-        let v6 = describe(&p, 1, "::1".parse().expect("ip"));
+        let v6 = describe(&p, 1, "::1".parse().expect("ip"), None);
         assert!(v6.contains("c=IN IP6 ::1\r\n"));
+        assert!(!sdp.contains("m=audio"));
+        let av = describe(&p, 42, "192.0.2.1".parse().expect("ip"), Some(1));
+        assert!(av.starts_with(&sdp), "the video part is unchanged");
+        assert!(av.ends_with(
+            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n\
+             a=fmtp:97 stereo=0;sprop-stereo=0;useinbandfec=1\r\na=control:trackID=1\r\n"
+        ));
+        let stereo = describe(&p, 42, "192.0.2.1".parse().expect("ip"), Some(2));
+        assert!(stereo.contains("stereo=1;sprop-stereo=1;"));
     }
 }

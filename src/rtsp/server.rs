@@ -26,7 +26,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::session::{Output, Session, SessionSettings};
+use super::session::{AudioTrack, Output, Session, SessionSettings};
+use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::media::{EncodedFrame, FrameSubscriber, KeyframeCause, MediaHandle};
@@ -120,12 +121,18 @@ pub struct RtspServer {
     listener: TcpListener,
     settings: Arc<ServerSettings>,
     media: MediaHandle,
+    audio: Option<AudioHandle>,
     counters: Arc<RtspCounters>,
 }
 
 impl RtspServer {
-    /// Bind `settings.listen`; the stream is the frames of `media`.
-    pub fn bind(settings: ServerSettings, media: MediaHandle) -> Result<Self, RtspError> {
+    /// Bind `settings.listen`; the stream is the frames of `media`, and of `audio` as a second
+    /// track when there is audio.
+    pub fn bind(
+        settings: ServerSettings,
+        media: MediaHandle,
+        audio: Option<AudioHandle>,
+    ) -> Result<Self, RtspError> {
         let bind_err = |source| RtspError::Bind {
             addr: settings.listen,
             source,
@@ -137,6 +144,7 @@ impl RtspServer {
             listener,
             settings: Arc::new(settings),
             media,
+            audio,
             counters: Arc::default(),
         })
     }
@@ -185,6 +193,7 @@ impl RtspServer {
                     let conn = Connection {
                         settings: self.settings.clone(),
                         media: self.media.clone(),
+                        audio: self.audio.clone(),
                         counters: self.counters.clone(),
                         peer,
                     };
@@ -233,6 +242,7 @@ impl UdpPair {
 struct Connection {
     settings: Arc<ServerSettings>,
     media: MediaHandle,
+    audio: Option<AudioHandle>,
     counters: Arc<RtspCounters>,
     peer: SocketAddr,
 }
@@ -312,6 +322,7 @@ impl Connection {
         local: SocketAddr,
     ) -> Result<SessionSettings, crate::ids::RandomError> {
         let r: [u8; 10] = crate::ids::random_bytes()?;
+        let a: [u8; 10] = crate::ids::random_bytes()?;
         let now = Instant::now();
         let wall_clock = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -331,6 +342,12 @@ impl Connection {
             peer: self.peer,
             wall_clock,
             start: now,
+            audio: self.audio.as_ref().map(|h| AudioTrack {
+                ssrc: u32::from_be_bytes([a[0], a[1], a[2], a[3]]),
+                first_seq: u16::from_be_bytes([a[4], a[5]]),
+                rtp_time_base: u32::from_be_bytes([a[6], a[7], a[8], a[9]]),
+                channels: h.channels(),
+            }),
         })
     }
 
@@ -347,9 +364,12 @@ impl Connection {
         let (mut rd, mut wr) = stream.into_split();
         let mut sub: Option<FrameSubscriber> = None;
         let mut udp: Option<UdpPair> = None;
+        let mut audio_sub: Option<AudioSubscriber> = None;
+        let mut audio_udp: Option<UdpPair> = None;
         let mut queue = SendQueue::default();
         let mut read_buf = vec![0u8; READ_CHUNK];
         let mut udp_buf = vec![0u8; 1500];
+        let mut audio_udp_buf = vec![0u8; 1500];
         let mut sent = session.stats();
         let max_queue = self.settings.max_queue_bytes;
         let result = loop {
@@ -358,8 +378,13 @@ impl Connection {
             while let Some(out) = session.poll_output() {
                 match out {
                     Output::Send(b) => queue.push(b, Instant::now()),
-                    Output::SendUdp { to, rtcp, packet } => {
-                        if let Some(u) = &udp {
+                    Output::SendUdp {
+                        to,
+                        rtcp,
+                        audio,
+                        packet,
+                    } => {
+                        if let Some(u) = if audio { &audio_udp } else { &udp } {
                             let sock = if rtcp { &u.rtcp } else { &u.rtp };
                             let _ = sock.try_send_to(&packet, to);
                         }
@@ -372,13 +397,19 @@ impl Connection {
                     Output::RequestKeyframe => {
                         self.media.request_keyframe(KeyframeCause::NewViewer);
                     }
-                    Output::OpenUdp => {
+                    Output::SubscribeAudio => {
+                        if audio_sub.is_none() {
+                            audio_sub = self.audio.as_ref().map(AudioHandle::subscribe);
+                        }
+                    }
+                    Output::OpenUdp { audio } => {
                         let pair = UdpPair::bind(local.ip()).await;
                         if let Err(e) = &pair {
                             warn!(error = %e, "rtsp: cannot bind UDP sockets for a client");
                         }
-                        udp = pair.ok();
-                        let ports = udp.as_ref().and_then(UdpPair::ports);
+                        let slot = if audio { &mut audio_udp } else { &mut udp };
+                        *slot = pair.ok();
+                        let ports = slot.as_ref().and_then(UdpPair::ports);
                         session.handle_udp_opened(ports, Instant::now());
                     }
                     Output::Close => closing = true,
@@ -434,6 +465,16 @@ impl Connection {
                     // The pipeline stopped (a reload rebuilds everything): end the session.
                     None => break Ok(()),
                 },
+                frame = next_audio(&mut audio_sub), if room => match frame {
+                    Some(frame) => session.handle_audio(&frame, Instant::now()),
+                    // The audio thread stopped: video goes on.
+                    None => audio_sub = None,
+                },
+                r = recv_rtcp(&audio_udp, &mut audio_udp_buf) => {
+                    if r.is_some_and(|from| from.ip() == self.peer.ip()) {
+                        session.handle_udp_rtcp(Instant::now());
+                    }
+                }
                 r = recv_rtcp(&udp, &mut udp_buf) => {
                     if r.is_some_and(|from| from.ip() == self.peer.ip()) {
                         session.handle_udp_rtcp(Instant::now());
@@ -456,6 +497,13 @@ impl Connection {
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioFrame> {
     match sub {
         Some(s) => s.recv().await,
         None => std::future::pending().await,

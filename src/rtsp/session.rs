@@ -29,7 +29,8 @@ use rtsp_types::{Message, Method, ParseError, Request, Version};
 
 use super::credentials;
 use super::rtp::{self, RtpSender, CLOCK_RATE};
-use super::sdp::{self, ParamSets, TRACK_CONTROL};
+use super::sdp::{self, ParamSets, AUDIO_CONTROL, TRACK_CONTROL};
+use crate::audio::AudioFrame;
 use crate::media::EncodedFrame;
 
 /// Methods this server answers (the `Public` header).
@@ -70,6 +71,21 @@ pub struct SessionSettings {
     pub wall_clock: Duration,
     /// The instant `wall_clock` was read.
     pub start: Instant,
+    /// The Opus track, when the daemon has audio (`None`: video only).
+    pub audio: Option<AudioTrack>,
+}
+
+/// The identity of a session's audio RTP stream (random, like the video's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioTrack {
+    /// Its SSRC.
+    pub ssrc: u32,
+    /// Its first sequence number.
+    pub first_seq: u16,
+    /// Its RTP time (48 kHz) at the media epoch.
+    pub rtp_time_base: u32,
+    /// Channels the microphone gives (the SDP's `stereo=`).
+    pub channels: u32,
 }
 
 /// What the owner must do.
@@ -85,16 +101,23 @@ pub enum Output {
         to: SocketAddr,
         /// Which server socket sends it.
         rtcp: bool,
+        /// From the audio track's socket pair (else the video's).
+        audio: bool,
         /// The RTP or RTCP packet.
         packet: Bytes,
     },
     /// Start feeding this session the encoded frames (the first frames subscription).
     Subscribe,
+    /// Start feeding this session the audio frames ([`Session::handle_audio`]).
+    SubscribeAudio,
     /// Ask the pipeline for an IDR (a client is about to play).
     RequestKeyframe,
-    /// Bind a pair of UDP sockets for RTP and RTCP and report their ports (or the failure) with
-    /// [`Session::handle_udp_opened`].
-    OpenUdp,
+    /// Bind a pair of UDP sockets for RTP and RTCP (for the audio track, or the video) and
+    /// report their ports (or the failure) with [`Session::handle_udp_opened`].
+    OpenUdp {
+        /// For the audio track.
+        audio: bool,
+    },
     /// Flush what was sent and close the connection.
     Close,
 }
@@ -135,7 +158,20 @@ enum Pending {
         deadline: Instant,
     },
     /// SETUP with UDP, waiting for the owner's sockets.
-    Udp { cseq: u32, client: (u16, u16) },
+    Udp {
+        cseq: u32,
+        client: (u16, u16),
+        audio: bool,
+    },
+}
+
+/// The audio track's sending state.
+#[derive(Debug)]
+struct AudioState {
+    track: AudioTrack,
+    sender: RtpSender,
+    transport: Option<Transport>,
+    last_rtp: Option<(u32, Instant)>,
 }
 
 /// One client connection.
@@ -157,6 +193,8 @@ pub struct Session {
     /// RTP time of the last frame sent, and when it was handled (to date sender reports).
     last_rtp: Option<(u32, Instant)>,
     next_report: Option<Instant>,
+    /// The audio track, when the daemon has audio.
+    audio: Option<AudioState>,
     last_heard: Instant,
     closed: bool,
     stats: SessionStats,
@@ -166,7 +204,14 @@ impl Session {
     /// A new connection at `now`.
     pub fn new(settings: SessionSettings, now: Instant) -> Self {
         let sender = RtpSender::new(settings.ssrc, settings.first_seq);
+        let audio = settings.audio.map(|track| AudioState {
+            track,
+            sender: RtpSender::new(track.ssrc, track.first_seq),
+            transport: None,
+            last_rtp: None,
+        });
         Self {
+            audio,
             settings,
             input: Vec::new(),
             skip: 0,
@@ -231,24 +276,35 @@ impl Session {
     /// The owner's answer to [`Output::OpenUdp`]: the server's RTP and RTCP ports, or `None`
     /// when no sockets could be bound.
     pub fn handle_udp_opened(&mut self, ports: Option<(u16, u16)>, now: Instant) {
-        let Some(Pending::Udp { cseq, client }) = self.pending.take() else {
+        let Some(Pending::Udp {
+            cseq,
+            client,
+            audio,
+        }) = self.pending.take()
+        else {
             return;
         };
         match ports {
             Some(server) => {
                 let ip = self.settings.peer.ip();
-                self.transport = Some(Transport::Udp {
+                let t = Transport::Udp {
                     rtp: SocketAddr::new(ip, client.0),
                     rtcp: SocketAddr::new(ip, client.1),
                     server,
-                });
+                };
+                let ssrc = match (&mut self.audio, audio) {
+                    (Some(a), true) => {
+                        a.transport = Some(t);
+                        a.sender.ssrc()
+                    }
+                    _ => {
+                        self.transport = Some(t);
+                        self.sender.ssrc()
+                    }
+                };
                 let transport = format!(
-                    "RTP/AVP;unicast;client_port={}-{};server_port={}-{};ssrc={:08X}",
-                    client.0,
-                    client.1,
-                    server.0,
-                    server.1,
-                    self.sender.ssrc()
+                    "RTP/AVP;unicast;client_port={}-{};server_port={}-{};ssrc={ssrc:08X}",
+                    client.0, client.1, server.0, server.1,
                 );
                 self.setup_ok(cseq, transport);
             }
@@ -299,6 +355,7 @@ impl Session {
                     outputs.push_back(Output::SendUdp {
                         to,
                         rtcp: false,
+                        audio: false,
                         packet,
                     })
                 });
@@ -308,6 +365,35 @@ impl Session {
         }
         self.stats.frames_sent += 1;
         self.last_rtp = Some((rtp_time, now));
+        if self.next_report.is_none_or(|t| t <= now) {
+            self.send_report(now);
+        }
+    }
+
+    /// An Opus frame from the audio pipeline: one RTP packet on the audio track while playing.
+    pub fn handle_audio(&mut self, frame: &AudioFrame, now: Instant) {
+        if self.closed || !self.playing {
+            return;
+        }
+        let Some(a) = &mut self.audio else { return };
+        let rtp_time = crate::audio::rtp_time(a.track.rtp_time_base, frame.timestamp);
+        let packet = a.sender.opus(&frame.data, rtp_time);
+        match a.transport {
+            Some(Transport::Tcp { rtp: channel, .. }) => {
+                let mut out = BytesMut::with_capacity(packet.len() + 4);
+                rtp::interleave(&mut out, channel, &packet);
+                self.outputs.push_back(Output::Send(out.freeze()));
+            }
+            Some(Transport::Udp { rtp: to, .. }) => self.outputs.push_back(Output::SendUdp {
+                to,
+                rtcp: false,
+                audio: true,
+                packet,
+            }),
+            None => return,
+        }
+        self.stats.packets_sent += 1;
+        a.last_rtp = Some((rtp_time, now));
         if self.next_report.is_none_or(|t| t <= now) {
             self.send_report(now);
         }
@@ -326,7 +412,7 @@ impl Session {
                 self.process(now);
             }
         }
-        if self.playing && self.next_report.is_some_and(|t| t <= now) && self.last_rtp.is_some() {
+        if self.playing && self.next_report.is_some_and(|t| t <= now) && self.has_sent() {
             self.send_report(now);
         }
         if self.idle_deadline().is_some_and(|t| t <= now) {
@@ -343,9 +429,7 @@ impl Session {
             Some(Pending::Describe { deadline, .. }) => Some(deadline),
             _ => None,
         };
-        let report = self
-            .next_report
-            .filter(|_| self.playing && self.last_rtp.is_some());
+        let report = self.next_report.filter(|_| self.playing && self.has_sent());
         [describe, report, self.idle_deadline()]
             .into_iter()
             .flatten()
@@ -361,7 +445,9 @@ impl Session {
     /// A TCP client that is playing is alive while its connection is (its writes time out in
     /// the owner); anyone else must speak within the session timeout.
     fn idle_deadline(&self) -> Option<Instant> {
-        let tcp_playing = self.playing && matches!(self.transport, Some(Transport::Tcp { .. }));
+        let tcp = |t: Option<Transport>| matches!(t, Some(Transport::Tcp { .. }));
+        let tcp_playing = self.playing
+            && (tcp(self.transport) || tcp(self.audio.as_ref().and_then(|a| a.transport)));
         (!tcp_playing).then(|| self.last_heard + self.settings.session_timeout)
     }
 
@@ -370,18 +456,38 @@ impl Session {
         self.settings.rtp_time_base.wrapping_add(ticks as u32)
     }
 
+    /// Whether a track has sent media (a sender report has something to report).
+    fn has_sent(&self) -> bool {
+        self.last_rtp.is_some() || self.audio.as_ref().is_some_and(|a| a.last_rtp.is_some())
+    }
+
+    /// Sender reports of both tracks, from one wall-clock reading: each maps `now` to its RTP
+    /// clock by extrapolating its last packet's time, so a client lines the tracks up.
     fn send_report(&mut self, now: Instant) {
-        let Some((last, at)) = self.last_rtp else {
-            return;
-        };
-        let since = now.saturating_duration_since(at);
-        let rtp_time =
-            last.wrapping_add((since.as_nanos() * u128::from(CLOCK_RATE) / 1_000_000_000) as u32);
         let wall = self.settings.wall_clock + now.saturating_duration_since(self.settings.start);
-        let sr = self
-            .sender
-            .sender_report(rtp::ntp_timestamp(wall), rtp_time, CNAME);
-        match self.transport {
+        let ntp = rtp::ntp_timestamp(wall);
+        let extrapolate = |(last, at): (u32, Instant), rate: u64| {
+            let since = now.saturating_duration_since(at);
+            last.wrapping_add((since.as_nanos() * u128::from(rate) / 1_000_000_000) as u32)
+        };
+        if let Some(last) = self.last_rtp {
+            let sr = self
+                .sender
+                .sender_report(ntp, extrapolate(last, CLOCK_RATE), CNAME);
+            self.send_rtcp(self.transport, sr, false);
+        }
+        if let Some(a) = &self.audio {
+            if let Some(last) = a.last_rtp {
+                let rate = u64::from(crate::audio::RTP_CLOCK);
+                let sr = a.sender.sender_report(ntp, extrapolate(last, rate), CNAME);
+                self.send_rtcp(a.transport, sr, true);
+            }
+        }
+        self.next_report = Some(now + SENDER_REPORT_INTERVAL);
+    }
+
+    fn send_rtcp(&mut self, transport: Option<Transport>, sr: Bytes, audio: bool) {
+        match transport {
             Some(Transport::Tcp { rtcp, .. }) => {
                 let mut out = BytesMut::new();
                 rtp::interleave(&mut out, rtcp, &sr);
@@ -390,11 +496,11 @@ impl Session {
             Some(Transport::Udp { rtcp, .. }) => self.outputs.push_back(Output::SendUdp {
                 to: rtcp,
                 rtcp: true,
+                audio,
                 packet: sr,
             }),
             None => {}
         }
-        self.next_report = Some(now + SENDER_REPORT_INTERVAL);
     }
 
     /// Handle every whole message in the input, unless a request waits for its answer.
@@ -503,7 +609,7 @@ impl Session {
         match method {
             Method::Options => self.ok(cseq, &[("Public", PUBLIC.to_owned())], b""),
             Method::Describe => self.describe(cseq, req, now),
-            Method::Setup => self.setup(cseq, req),
+            Method::Setup => self.setup(cseq, req, target == Target::AudioTrack),
             Method::Play => self.play(cseq, req),
             Method::Teardown => {
                 if self.session_matches(req) {
@@ -555,6 +661,7 @@ impl Session {
             params,
             u64::from(self.settings.ssrc),
             self.settings.server_ip,
+            self.audio.as_ref().map(|a| a.track.channels),
         );
         self.described = true;
         self.ok(
@@ -567,8 +674,13 @@ impl Session {
         );
     }
 
-    fn setup(&mut self, cseq: u32, req: &Request<Vec<u8>>) {
-        if !self.described || self.transport.is_some() {
+    fn setup(&mut self, cseq: u32, req: &Request<Vec<u8>>, audio: bool) {
+        let set_up = if audio {
+            self.audio.as_ref().is_some_and(|a| a.transport.is_some())
+        } else {
+            self.transport.is_some()
+        };
+        if !self.described || set_up {
             self.error(cseq, 455, "Method Not Valid in This State");
             return;
         }
@@ -585,13 +697,22 @@ impl Session {
             }
             match t.lower_transport {
                 Some(rtsp_types::headers::RtpLowerTransport::Tcp) => {
-                    let (rtp, rtcp) = t.params.interleaved.unwrap_or((0, Some(1)));
+                    let default = if audio { (2, Some(3)) } else { (0, Some(1)) };
+                    let (rtp, rtcp) = t.params.interleaved.unwrap_or(default);
                     let rtcp = rtcp.unwrap_or(rtp.wrapping_add(1));
-                    self.transport = Some(Transport::Tcp { rtp, rtcp });
-                    let transport = format!(
-                        "RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp};ssrc={:08X}",
-                        self.sender.ssrc()
-                    );
+                    let t = Some(Transport::Tcp { rtp, rtcp });
+                    let ssrc = match &mut self.audio {
+                        Some(a) if audio => {
+                            a.transport = t;
+                            a.sender.ssrc()
+                        }
+                        _ => {
+                            self.transport = t;
+                            self.sender.ssrc()
+                        }
+                    };
+                    let transport =
+                        format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp};ssrc={ssrc:08X}");
                     self.setup_ok(cseq, transport);
                     return;
                 }
@@ -606,8 +727,9 @@ impl Session {
                     self.pending = Some(Pending::Udp {
                         cseq,
                         client: (rtp, rtcp),
+                        audio,
                     });
-                    self.outputs.push_back(Output::OpenUdp);
+                    self.outputs.push_back(Output::OpenUdp { audio });
                     return;
                 }
                 Some(_) => continue,
@@ -626,7 +748,8 @@ impl Session {
     }
 
     fn play(&mut self, cseq: u32, req: &Request<Vec<u8>>) {
-        if self.transport.is_none() {
+        let audio_set_up = self.audio.as_ref().is_some_and(|a| a.transport.is_some());
+        if self.transport.is_none() && !audio_set_up {
             self.error(cseq, 455, "Method Not Valid in This State");
             return;
         }
@@ -637,12 +760,25 @@ impl Session {
         let base = self.base_url(req);
         let base = base
             .strip_suffix(&format!("/{TRACK_CONTROL}"))
+            .or_else(|| base.strip_suffix(&format!("/{AUDIO_CONTROL}")))
             .unwrap_or(&base)
             .to_owned();
-        let mut rtp_info = format!("url={base}/{TRACK_CONTROL};seq={}", self.sender.next_seq());
-        if let Some((t, _)) = self.last_rtp {
-            rtp_info.push_str(&format!(";rtptime={t}"));
+        let mut info = Vec::new();
+        if self.transport.is_some() {
+            let mut i = format!("url={base}/{TRACK_CONTROL};seq={}", self.sender.next_seq());
+            if let Some((t, _)) = self.last_rtp {
+                i.push_str(&format!(";rtptime={t}"));
+            }
+            info.push(i);
         }
+        if let Some(a) = self.audio.as_ref().filter(|a| a.transport.is_some()) {
+            let mut i = format!("url={base}/{AUDIO_CONTROL};seq={}", a.sender.next_seq());
+            if let Some((t, _)) = a.last_rtp {
+                i.push_str(&format!(";rtptime={t}"));
+            }
+            info.push(i);
+        }
+        let rtp_info = info.join(",");
         let session = self.settings.session_id.clone();
         self.ok(
             cseq,
@@ -658,6 +794,9 @@ impl Session {
             self.waiting_for_keyframe = true;
             self.subscribe();
             self.outputs.push_back(Output::RequestKeyframe);
+            if audio_set_up {
+                self.outputs.push_back(Output::SubscribeAudio);
+            }
         }
     }
 
@@ -705,10 +844,13 @@ impl Session {
         };
         let path = uri.path().trim_end_matches('/');
         let stream = self.settings.path.trim_end_matches('/');
+        let track = path.strip_prefix(stream);
         if path == stream {
             Target::Aggregate
-        } else if path.strip_prefix(stream) == Some(&format!("/{TRACK_CONTROL}")) {
+        } else if track == Some(&format!("/{TRACK_CONTROL}")) {
             Target::Track
+        } else if self.audio.is_some() && track == Some(&format!("/{AUDIO_CONTROL}")) {
+            Target::AudioTrack
         } else {
             Target::Other
         }
@@ -733,6 +875,8 @@ enum Target {
     Aggregate,
     /// `/stream/trackID=0`.
     Track,
+    /// `/stream/trackID=1` (with audio on).
+    AudioTrack,
     /// Anything else (404).
     Other,
 }
@@ -790,6 +934,7 @@ mod tests {
             peer: "127.0.0.1:40000".parse().expect("addr"),
             wall_clock: Duration::from_secs(1_700_000_000),
             start: Instant::now(),
+            audio: None,
         }
     }
 
@@ -952,11 +1097,79 @@ mod tests {
     }
 
     #[test]
+    fn audio_is_a_second_track_on_channels_2_and_3_with_48_khz_rtp_time_and_its_own_report() {
+        let mut st = settings(None);
+        st.audio = Some(AudioTrack {
+            ssrc: 0xa0d1_0001,
+            first_seq: 7,
+            rtp_time_base: 5000,
+            channels: 1,
+        });
+        let now = st.start;
+        let mut h = Harness {
+            s: Session::new(st, now),
+            now,
+        };
+        let sdp = h.describe();
+        assert!(
+            sdp.contains("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=control:trackID=1\r\n"));
+        let r = h.request("SETUP rtsp://127.0.0.1:8554/stream/trackID=0 RTSP/1.0\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n");
+        assert!(r.contains("interleaved=0-1;ssrc=ABCD0001"), "{r}");
+        let r = h.request("SETUP rtsp://127.0.0.1:8554/stream/trackID=1 RTSP/1.0\r\nCSeq: 4\r\nTransport: RTP/AVP/TCP;unicast;interleaved=2-3\r\nSession: 5e55\r\n\r\n");
+        assert!(r.contains("interleaved=2-3;ssrc=A0D10001"), "{r}");
+        // The same track twice is refused.
+        let r = h.request("SETUP rtsp://127.0.0.1:8554/stream/trackID=1 RTSP/1.0\r\nCSeq: 5\r\nTransport: RTP/AVP/TCP;unicast;interleaved=4-5\r\n\r\n");
+        assert!(r.starts_with("RTSP/1.0 455"), "{r}");
+        let out = h.send(
+            "PLAY rtsp://127.0.0.1:8554/stream/ RTSP/1.0\r\nCSeq: 6\r\nSession: 5e55\r\n\r\n",
+        );
+        let Output::Send(b) = &out[0] else {
+            panic!("{out:?}")
+        };
+        let r = String::from_utf8_lossy(b);
+        assert!(r.contains("RTP-Info: url=rtsp://127.0.0.1:8554/stream/trackID=0;seq=100,url=rtsp://127.0.0.1:8554/stream/trackID=1;seq=7\r\n"), "{r}");
+        assert!(out.contains(&Output::SubscribeAudio));
+        // Audio flows at once (no keyframe to wait for): one RTP packet on channel 2, and the
+        // first sender report (audio's, on channel 3).
+        let f = AudioFrame {
+            data: Bytes::from_static(&[0xf8, 1, 2, 3]),
+            timestamp: Duration::from_millis(1000),
+            samples: 960,
+        };
+        h.s.handle_audio(&f, h.now);
+        let out = h.drain();
+        assert_eq!(interleaved_channels(&out), [2, 3]);
+        let Output::Send(b) = &out[0] else {
+            panic!("{out:?}")
+        };
+        let p = &b[4..];
+        assert_eq!(p[1], 97, "payload type 97, no marker");
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 7);
+        assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 5000 + 48_000);
+        assert_eq!(u32::from_be_bytes([p[8], p[9], p[10], p[11]]), 0xa0d1_0001);
+        assert_eq!(&p[12..], [0xf8, 1, 2, 3]);
+        // The next report covers both tracks.
+        let out = h.frame(&frame(9, true));
+        assert!(interleaved_channels(&out).iter().all(|&c| c == 0));
+        h.now += SENDER_REPORT_INTERVAL;
+        h.s.handle_timeout(h.now);
+        assert_eq!(interleaved_channels(&h.drain()), [1, 3]);
+        // Without audio, trackID=1 does not exist.
+        let mut v = Harness::new(None);
+        v.describe();
+        let r = v.request("SETUP rtsp://127.0.0.1:8554/stream/trackID=1 RTSP/1.0\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=2-3\r\n\r\n");
+        assert!(r.starts_with("RTSP/1.0 404"), "{r}");
+    }
+
+    #[test]
     fn udp_setup_waits_for_the_sockets_and_sends_datagrams_to_the_client_ports() {
         let mut h = Harness::new(None);
         h.describe();
         let out = h.send("SETUP rtsp://127.0.0.1:8554/stream/trackID=0 RTSP/1.0\r\nCSeq: 3\r\nTransport: RTP/AVP;unicast;client_port=5000-5001\r\n\r\n");
-        assert_eq!(out, [Output::OpenUdp]);
+        assert_eq!(out, [Output::OpenUdp { audio: false }]);
         // A request pipelined behind it waits for the SETUP's answer.
         assert!(h.send("OPTIONS * RTSP/1.0\r\nCSeq: 4\r\n\r\n").is_empty());
         h.s.handle_udp_opened(Some((6000, 6001)), h.now);
@@ -976,7 +1189,7 @@ mod tests {
         assert!(out.len() > 3);
         for o in &out[..out.len() - 1] {
             assert!(
-                matches!(o, Output::SendUdp { to, rtcp: false, packet } if *to == rtp && packet.len() <= 12 + rtp::MAX_PAYLOAD)
+                matches!(o, Output::SendUdp { to, rtcp: false, audio: false, packet } if *to == rtp && packet.len() <= 12 + rtp::MAX_PAYLOAD)
             );
         }
         assert!(matches!(out.last(), Some(Output::SendUdp { to, rtcp: true, .. }) if *to == rtcp));

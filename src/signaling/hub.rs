@@ -3,12 +3,13 @@
 //!
 //! | client calls                        | hub does                                             |
 //! |-------------------------------------|------------------------------------------------------|
-//! | `Sync(session, ready)`              | joins `session`; when `ready`, `signalStart` to the others |
+//! | `Sync(session, ready)`              | joins `session`; when `ready`, `signalStart` to the others; not ready, `signalStart` to it when a ready capture side waits ([`Hub::starts_on_join`]) |
 //! | `SignalCapture(session, payload)`   | `signalCapture(payload)` to the others                |
 //! | `SignalInitiator(session, payload)` | `signalInitiator(payload)` to the others              |
 //!
 //! The original server also echoes relayed messages to the sender; no SnapRTC client reacts to
-//! its own echo, so this hub does not send it. Payloads are relayed byte for byte (raw JSON).
+//! its own echo, so this hub does not send it (unless asked to, [`Hub::echo_to_sender`], to
+//! test clients against the original). Payloads are relayed byte for byte (raw JSON).
 //!
 //! Members are remote connections or the daemon's own capture side: both use the same member
 //! API ([`Hub::join`] or [`Hub::join_local`], [`Hub::signal`]), and the hub tells the shell, through
@@ -447,6 +448,12 @@ pub struct Hub {
     pending: HashMap<(MemberId, SessionId), PendingJoin>,
     /// With a backplane: sessions subscribed (members here, or joins pending).
     subscribed: std::collections::HashSet<SessionId>,
+    /// An initiator that joins a session where a ready capture side waits gets `signalStart`
+    /// at once ([`Hub::starts_on_join`]); not yet across a backplane.
+    start_on_join: bool,
+    /// Relayed messages go back to their sender too, as on the original server
+    /// ([`Hub::echo_to_sender`]).
+    echo: bool,
 }
 
 /// A `Sync` waiting for its fleet-wide place.
@@ -471,7 +478,28 @@ impl Hub {
             backplane_up: false,
             pending: HashMap::new(),
             subscribed: std::collections::HashSet::new(),
+            start_on_join: true,
+            echo: false,
         }
+    }
+
+    /// Behave like the original ASP.NET server (`[signaling] echo_to_sender`): every relayed
+    /// message, `signalStart` included, also goes to its sender (when it is a connection), and
+    /// initiators are not started on join. For testing clients against that behaviour.
+    pub fn echo_to_sender(mut self) -> Self {
+        self.echo = true;
+        self.start_on_join = false;
+        self
+    }
+
+    /// Whether an initiator that `Sync`s (not ready) into a session where a ready capture side
+    /// already waits gets `signalStart` at once, from the hub. The original server does not do
+    /// this (the initiator waits for the capture side's next `Sync(session, true)`); stock
+    /// pages take it like any `signalStart`. On with no backplane: across instances the ready
+    /// capture side may be elsewhere, which this hub cannot see, so a hub with a backplane
+    /// behaves like the original one and capture sides that dial out keep announcing.
+    pub fn starts_on_join(&self) -> bool {
+        self.start_on_join
     }
 
     /// A hub that shares its sessions with other instances through a backplane. `instance`
@@ -480,6 +508,7 @@ impl Hub {
     pub fn with_backplane(config: HubConfig, instance: &str) -> Self {
         Self {
             instance: Some(Arc::from(instance)),
+            start_on_join: false,
             ..Self::new(config)
         }
     }
@@ -780,8 +809,22 @@ impl Hub {
                 }
             }
         }
+        // A ready capture side that is a connection (the daemon's own member serves the one
+        // initiator it joined for, and answers every offer it sees).
+        let capture_waits = self.sessions.get(&session).is_some_and(|s| {
+            s.members
+                .iter()
+                .any(|&(other, ready)| ready && other != member && !self.locals.contains(&other))
+        });
         if ready {
             self.signal(member, &session, Outbound::SignalStart);
+        } else if self.start_on_join && capture_waits {
+            // A ready capture side already waits (one that dialled out, say): this initiator
+            // starts now instead of waiting for the capture side to announce again.
+            self.outputs.push_back(HubOutput::Deliver {
+                to: member,
+                message: Outbound::SignalStart,
+            });
         } else if self.config.capture_wanted && !entry_has_capture(&self.sessions, &session) {
             self.outputs.push_back(HubOutput::CaptureWanted { session });
         }
@@ -814,7 +857,8 @@ impl Hub {
         };
         let mut delivered = 0;
         for &(to, _) in &s.members {
-            if to != from {
+            let echo = self.echo && !self.locals.contains(&to);
+            if to != from || echo {
                 delivered += 1;
                 self.outputs.push_back(HubOutput::Deliver {
                     to,
@@ -1168,6 +1212,82 @@ mod tests {
     }
 
     #[test]
+    fn an_initiator_joining_a_waiting_capture_side_starts_at_once() {
+        let mut h = hub();
+        assert!(h.starts_on_join());
+        // The capture side (a device that dialled out) waits first.
+        call(&mut h, 1, None, sync("a", true));
+        assert!(drain(&mut h).is_empty());
+        // An initiator joins later: signalStart to it alone, at once.
+        call(&mut h, 2, None, sync("a", false));
+        assert_eq!(drain(&mut h), vec![deliver(2, Outbound::SignalStart)]);
+        // The capture side is busy (Sync false): the next initiator waits...
+        call(&mut h, 1, None, sync("a", false));
+        assert!(drain(&mut h).is_empty());
+        call(&mut h, 3, None, sync("b", false));
+        call(&mut h, 3, None, sync("a", false));
+        drain(&mut h);
+        // ...until the capture side is ready again, which starts everyone there (the first
+        // initiator has left the hub by then, as stock pages do).
+        h.handle_disconnect(MemberId(2));
+        call(&mut h, 1, None, sync("a", true));
+        assert_eq!(drain(&mut h), vec![deliver(3, Outbound::SignalStart)]);
+        // Another capture side joining as not ready gets nothing; no capture side, nothing.
+        call(&mut h, 4, None, sync("c", false));
+        assert!(drain(&mut h).is_empty());
+    }
+
+    #[test]
+    fn echo_to_sender_behaves_like_the_original_server() {
+        let mut h = hub().echo_to_sender();
+        assert!(!h.starts_on_join());
+        call(&mut h, 1, None, sync("a", true));
+        assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
+        call(&mut h, 2, None, sync("a", false));
+        assert!(drain(&mut h).is_empty(), "no start on join");
+        let p = raw("\"x\"");
+        call(
+            &mut h,
+            2,
+            None,
+            Method::SignalCapture {
+                session: sid("a"),
+                payload: p.clone(),
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                deliver(1, Outbound::SignalCapture(p.clone())),
+                deliver(2, Outbound::SignalCapture(p)),
+            ]
+        );
+    }
+
+    #[test]
+    fn with_a_backplane_initiators_wait_for_the_announce_as_on_the_original_server() {
+        let mut h = Hub::with_backplane(
+            HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 8,
+                capture_wanted: false,
+            },
+            "i1",
+        );
+        assert!(!h.starts_on_join());
+        h.join(MemberId(1), sid("a"), true).unwrap();
+        drain(&mut h);
+        h.join(MemberId(2), sid("a"), false).unwrap();
+        let outputs = drain(&mut h);
+        assert!(
+            !outputs
+                .iter()
+                .any(|o| matches!(o, HubOutput::Deliver { .. })),
+            "{outputs:?}"
+        );
+    }
+
+    #[test]
     fn capture_wanted_only_when_no_capture_is_present() {
         let mut h = Hub::new(HubConfig {
             max_sessions: 10,
@@ -1179,8 +1299,8 @@ mod tests {
             drain(&mut h),
             vec![HubOutput::CaptureWanted { session: sid("a") }]
         );
-        // The daemon's capture member joins through the member API.
-        h.join(MemberId(100), sid("a"), true).unwrap();
+        // The daemon's capture member joins through the member API (as the shell does).
+        h.join_local(MemberId(100), sid("a")).unwrap();
         assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
         call(&mut h, 2, None, sync("a", false));
         assert!(drain(&mut h).is_empty(), "a capture side is already there");

@@ -158,6 +158,10 @@ pub fn spawn(
             (Hub::with_backplane(hub_config, &instance), Some(link))
         }
     };
+    let hub = match config.echo_to_sender {
+        true => hub.echo_to_sender(),
+        false => hub,
+    };
     let (backplane_link, events) = match link {
         Some(link) => (
             Some(BackplaneLink {
@@ -285,6 +289,13 @@ impl SignalingHandle {
     pub async fn stats(&self) -> Result<SignalingStats, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.call(Command::Stats { reply }, rx).await
+    }
+
+    /// Whether this hub starts initiators that join a session where a ready capture side
+    /// waits ([`Hub::starts_on_join`]): yes without a backplane. Negotiate says so to clients
+    /// in the [`START_ON_JOIN_HEADER`](super::remote::START_ON_JOIN_HEADER) header.
+    pub fn starts_on_join(&self) -> bool {
+        self.backplane.is_none() && !self.config.echo_to_sender
     }
 
     /// The path of the hub.

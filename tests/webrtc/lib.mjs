@@ -27,7 +27,7 @@ bitrate_kbps = 1500
 enabled = false
 `.replace(/^max_viewers = \n/m, "");
 
-const TESTSRC = `[camera]
+export const TESTSRC = `[camera]
 source = "testsrc"
 width = 640
 height = 480

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startDaemon, launchBrowser, healthJson, metrics, waitFor, median } from "./lib.mjs";
+import { startDaemon, launchBrowser, healthJson, metrics, waitFor, median, TESTSRC } from "./lib.mjs";
 
 // Page-side helpers (installed in every page): a WHEP client and a frame counter.
 const pageHelpers = () => {
@@ -52,7 +52,8 @@ const pageHelpers = () => {
 
 let daemon, browser;
 before(async () => {
-  daemon = await startDaemon();
+  // With the test tone as its microphone: the viewer page and offers with audio get Opus.
+  daemon = await startDaemon("", TESTSRC + '\n\n[audio]\nsource = "test"');
   browser = await launchBrowser();
   await browser.context.addInitScript(pageHelpers);
 });
@@ -154,6 +155,34 @@ test("viewer page at / plays >= 60 frames in 5 s, the picture is not flat, shows
   assert.deepEqual(img, [640, 480]);
   await p.close();
   await waitFor(async () => (await healthJson(daemon.base)).viewers === 0, 5000, "page's viewer gone");
+});
+
+test("viewer page plays the microphone: muted by default, Unmute; Chromium decodes Opus (samples rising, audioLevel > 0)", async () => {
+  const p = await page("/");
+  await waitFor(() => p.evaluate(() => window.snaprtc.audio), 10000, "an audio track");
+  const before = await p.evaluate(() => ({
+    muted: document.getElementById("video").muted, state: window.snaprtc.muted,
+    button: document.getElementById("mute").textContent, hidden: document.getElementById("mute").hidden,
+  }));
+  assert.deepEqual(before, { muted: true, state: true, button: "Unmute", hidden: false });
+  await p.click("#mute");
+  assert.equal(await p.evaluate(() => document.getElementById("video").muted), false);
+  assert.equal(await p.evaluate(() => document.getElementById("mute").textContent), "Mute");
+  await waitFor(() => p.evaluate(() => window.snaprtc.audioSamples > 0), 10000, "audio samples received");
+  const s0 = await p.evaluate(() => window.snaprtc.audioSamples);
+  await waitFor(() => p.evaluate((s0) => window.snaprtc.audioSamples >= s0 + 48000, s0), 5000, "a second more of samples");
+  await waitFor(() => p.evaluate(() => window.snaprtc.audioLevel > 0), 5000, "audioLevel > 0");
+  const got = await p.evaluate(() => [window.snaprtc.audioSamples, window.snaprtc.audioLevel]);
+  console.log(`viewer page audio: totalSamplesReceived ${got[0]}, audioLevel ${got[1]}`);
+  // A WHEP offer with video only is answered without audio.
+  const r = await p.evaluate(async () => {
+    const w = await whepConnect();
+    await fetch(w.location, { method: "DELETE" });
+    w.pc.close();
+    return w.body;
+  });
+  assert.ok(!/m=audio/.test(r), r);
+  await p.close();
 });
 
 test("8 viewers at once all decode; frames encoded ~ frames captured (encoded once)", async () => {

@@ -32,6 +32,7 @@ fn shared(
     super::super::engine::init_crypto();
     let (tx, rx) = tokio::sync::watch::channel(Vec::new());
     let shared = Arc::new(Shared {
+        audio: Default::default(),
         candidates: vec![Candidate::host(engine_addr(), "udp").unwrap()],
         max_viewers: 4,
         snapshot_on_connect: true,

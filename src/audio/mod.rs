@@ -1,0 +1,600 @@
+//! Audio: one microphone, captured once and encoded once to Opus, fanned out to everyone who
+//! sends sound (the RTC engine, each RTSP session) on a bounded broadcast, like video.
+//!
+//! One named thread (`audio`) owns the source ([`AudioSource`]: ALSA, an `exec` program, or the
+//! test tone) and the encoder ([`encoder::OpusEncoder`]: 20 ms frames, in-band FEC). It behaves
+//! like the camera's capture thread when the source goes away: it warns once, sends silence
+//! (so receivers keep a running clock and the stream stays continuous) and reopens the source
+//! with backoff, resuming by itself. While nobody subscribes, blocks are read and dropped (the
+//! source keeps its pace) and nothing is encoded.
+//!
+//! Timestamps come from the video pipeline's clock ([`crate::media::MediaHandle::epoch`], handed
+//! in as an `Instant`): a frame's [`AudioFrame::timestamp`] is the capture instant of its first
+//! sample since that epoch, the same reckoning as [`crate::media::EncodedFrame::timestamp`],
+//! so lips match at the receiver. [`Timeline`] keeps the frames 20 ms apart and re-anchors when
+//! the source's clock drifts from the monotonic clock.
+
+pub mod alsa;
+pub mod encoder;
+pub mod exec;
+pub mod ogg;
+pub mod tone;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AudioConfig, AudioSourceKind};
+use crate::thread::OwnedThread;
+
+use encoder::{frame_samples, OpusEncoder, FRAME_MS};
+
+/// RTP clock rate of Opus (RFC 7587): 48 kHz whatever the capture rate.
+pub const RTP_CLOCK: u32 = 48_000;
+/// One frame's length.
+pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+/// Frames buffered for the slowest subscriber (one second) before it loses its place.
+pub const BROADCAST_FRAMES: usize = 50;
+/// A timeline this far off the clock is re-anchored (a source's clock drifts, or it stalled).
+const RESYNC: Duration = Duration::from_millis(60);
+
+/// One Opus packet, as every receiver gets it.
+#[derive(Debug, Clone)]
+pub struct AudioFrame {
+    /// The Opus packet (20 ms).
+    pub data: Bytes,
+    /// Capture instant of its first sample, since the shared media epoch (drives RTP time).
+    pub timestamp: Duration,
+    /// Its length in 48 kHz samples (960 for 20 ms).
+    pub samples: u32,
+}
+
+/// Why an audio source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    /// The device or program could not be opened.
+    #[error("cannot open the audio source: {0}")]
+    Open(String),
+    /// The device went away or the program ended.
+    #[error("the audio source ended: {0}")]
+    Ended(String),
+    /// Nothing arrived for this long.
+    #[error("no audio for {0:?}")]
+    Stalled(Duration),
+    /// Reading failed.
+    #[error("reading audio failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The Opus encoder refused its settings or a frame.
+    #[error("Opus encoder: {0}")]
+    Encoder(String),
+}
+
+/// What a source hands over.
+#[derive(Debug)]
+pub enum Block {
+    /// The caller's buffer now holds one 20 ms block of samples; `at` is its first sample's
+    /// capture instant.
+    Pcm {
+        /// When the first sample was captured.
+        at: Instant,
+    },
+    /// An Opus packet to pass through (Ogg/Opus from a program).
+    Opus {
+        /// The packet.
+        packet: Bytes,
+        /// When it arrived.
+        at: Instant,
+    },
+}
+
+/// A source of sound: `read` blocks for one block (at most about a second).
+pub trait AudioSource {
+    /// How logs and `/health` name it.
+    fn name(&self) -> String;
+    /// Fill `pcm` (one 20 ms block, interleaved) or hand over a packet.
+    fn read(&mut self, pcm: &mut [i16]) -> Result<Block, AudioError>;
+}
+
+/// What `[audio] source` resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioSpec {
+    /// No audio.
+    None,
+    /// This ALSA capture device.
+    Alsa(String),
+    /// The `[audio] exec` program.
+    Exec,
+    /// The test tone.
+    Test,
+}
+
+/// Resolve `[audio] source`: `auto` looks for the ALSA card on the camera's USB device
+/// (`camera`: the V4L2 node the pipeline opened, if any).
+pub fn resolve(audio: &AudioConfig, camera: Option<&Path>) -> AudioSpec {
+    match audio.source {
+        AudioSourceKind::None => AudioSpec::None,
+        AudioSourceKind::Alsa => AudioSpec::Alsa(audio.device.clone()),
+        AudioSourceKind::Exec => AudioSpec::Exec,
+        AudioSourceKind::Test => AudioSpec::Test,
+        AudioSourceKind::Auto => {
+            match camera.and_then(|c| alsa::camera_microphone(Path::new("/sys"), c)) {
+                Some(device) => {
+                    tracing::info!(%device, "the camera's microphone found");
+                    AudioSpec::Alsa(device)
+                }
+                None => AudioSpec::None,
+            }
+        }
+    }
+}
+
+/// The audio state as `/health` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AudioStatus {
+    /// `starting`, `capturing`, `lost` (silence sent, retrying), `stopped`.
+    pub state: &'static str,
+    /// e.g. `alsa hw:CARD=C920,DEV=0`, `test tone`.
+    pub source: String,
+}
+
+/// Counters the audio thread bumps.
+#[derive(Debug, Default)]
+pub struct AudioCounters {
+    /// Opus frames published (captured and silence).
+    pub frames: AtomicU64,
+    /// Of those, silence sent while the source was gone.
+    pub silence: AtomicU64,
+    /// Times the source was lost.
+    pub losses: AtomicU64,
+    /// Times the timeline was re-anchored to the clock.
+    pub resyncs: AtomicU64,
+}
+
+/// Keeps frame timestamps exactly one frame apart while the source keeps time, and re-anchors
+/// them to the capture clock when it does not (pure: instants come in).
+#[derive(Debug, Default, Clone)]
+pub struct Timeline {
+    next: Option<Duration>,
+}
+
+impl Timeline {
+    /// The timestamp of a frame of `len` whose first sample was captured at `at` (since the
+    /// epoch); true in the second value when the timeline was re-anchored.
+    pub fn stamp(&mut self, at: Duration, len: Duration) -> (Duration, bool) {
+        let (t, resync) = match self.next {
+            Some(next) if next.abs_diff(at) <= RESYNC => (next, false),
+            Some(_) => (at, true),
+            None => (at, false),
+        };
+        self.next = Some(t + len);
+        (t, resync)
+    }
+
+    /// The source restarted: the next frame anchors afresh.
+    pub fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+/// RTP time (48 kHz) of a timestamp since the epoch, offset by a stream's random base.
+pub fn rtp_time(base: u32, t: Duration) -> u32 {
+    let ticks = t.as_nanos() * u128::from(RTP_CLOCK) / 1_000_000_000;
+    base.wrapping_add(ticks as u32)
+}
+
+/// The cloneable handle to the audio pipeline.
+#[derive(Clone)]
+pub struct AudioHandle {
+    frames: broadcast::WeakSender<AudioFrame>,
+    status: watch::Receiver<AudioStatus>,
+    counters: Arc<AudioCounters>,
+    channels: u32,
+}
+
+impl AudioHandle {
+    /// A receiver's stream of frames, from the next one on.
+    pub fn subscribe(&self) -> AudioSubscriber {
+        let rx = match self.frames.upgrade() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        };
+        AudioSubscriber { rx, skipped: 0 }
+    }
+
+    /// The audio state now.
+    pub fn status(&self) -> AudioStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The thread's counters.
+    pub fn counters(&self) -> &Arc<AudioCounters> {
+        &self.counters
+    }
+
+    /// Channels captured (1 or 2): SDP says `stereo=1` for 2.
+    pub fn channels(&self) -> u32 {
+        self.channels
+    }
+}
+
+/// One receiver's place in the broadcast. Audio frames stand alone: one that falls behind
+/// skips what it lost and goes on.
+pub struct AudioSubscriber {
+    rx: broadcast::Receiver<AudioFrame>,
+    skipped: u64,
+}
+
+impl AudioSubscriber {
+    /// The next frame; `None` once the pipeline has stopped.
+    pub async fn recv(&mut self) -> Option<AudioFrame> {
+        loop {
+            match self.rx.recv().await {
+                Ok(f) => return Some(f),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.skipped += n,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next frame if one is waiting (`Ok(None)`: none yet; `Err`: the pipeline stopped).
+    pub fn try_recv(&mut self) -> Result<Option<AudioFrame>, AudioStopped> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(f) => return Ok(Some(f)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.skipped += n,
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Closed) => return Err(AudioStopped),
+            }
+        }
+    }
+
+    /// Frames lost by falling behind.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+/// The audio pipeline has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audio pipeline has stopped")]
+pub struct AudioStopped;
+
+/// Owns the audio thread: dropping it cancels and joins.
+pub struct AudioGuard {
+    thread: Option<OwnedThread>,
+}
+
+impl AudioGuard {
+    /// Stop and wait for the thread.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start the audio thread for `spec`; `epoch` is the video pipeline's time zero.
+pub fn spawn(
+    config: &AudioConfig,
+    spec: AudioSpec,
+    epoch: Instant,
+    cancel: CancellationToken,
+) -> std::io::Result<(AudioHandle, AudioGuard)> {
+    let (tx, _) = broadcast::channel(BROADCAST_FRAMES);
+    let (status_tx, status_rx) = watch::channel(AudioStatus {
+        state: "starting",
+        source: String::new(),
+    });
+    let counters = Arc::new(AudioCounters::default());
+    let handle = AudioHandle {
+        frames: tx.downgrade(),
+        status: status_rx,
+        counters: counters.clone(),
+        channels: config.channels,
+    };
+    let worker = Worker {
+        config: config.clone(),
+        spec,
+        epoch,
+        frames: tx,
+        status: status_tx,
+        counters,
+        timeline: Timeline::default(),
+        encoder: None,
+    };
+    let token = cancel.clone();
+    let thread = OwnedThread::spawn("audio", cancel, move || worker.run(&token))?;
+    Ok((
+        handle,
+        AudioGuard {
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// Open the source `spec` names.
+fn open(spec: &AudioSpec, config: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError> {
+    let frames = frame_samples(config.rate);
+    Ok(match spec {
+        AudioSpec::None => return Err(AudioError::Open("[audio] source = \"none\"".into())),
+        AudioSpec::Alsa(device) => Box::new(alsa::AlsaSource::open(
+            device,
+            config.rate,
+            config.channels,
+            frames,
+        )?),
+        AudioSpec::Exec => Box::new(exec::ExecAudio::spawn(&config.exec, config.exec_format)?),
+        AudioSpec::Test => Box::new(tone::ToneSource::new(config.rate, config.channels, FRAME)),
+    })
+}
+
+struct Worker {
+    config: AudioConfig,
+    spec: AudioSpec,
+    epoch: Instant,
+    frames: broadcast::Sender<AudioFrame>,
+    status: watch::Sender<AudioStatus>,
+    counters: Arc<AudioCounters>,
+    timeline: Timeline,
+    encoder: Option<OpusEncoder>,
+}
+
+impl Worker {
+    fn run(mut self, cancel: &CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut warned = false;
+        let mut pcm = vec![0i16; frame_samples(self.config.rate) * self.config.channels as usize];
+        while !cancel.is_cancelled() {
+            let failure = match open(&self.spec, &self.config) {
+                Ok(mut source) => {
+                    let name = source.name();
+                    if warned {
+                        tracing::info!(source = %name, "microphone is back");
+                    } else {
+                        tracing::info!(source = %name, rate = self.config.rate, channels = self.config.channels, "audio capture started");
+                    }
+                    self.status.send_replace(AudioStatus {
+                        state: "capturing",
+                        source: name,
+                    });
+                    self.timeline.reset();
+                    self.pump(source.as_mut(), &mut pcm, cancel, &mut backoff)
+                }
+                Err(e) => e.to_string(),
+            };
+            if cancel.is_cancelled() {
+                break;
+            }
+            let retry_in = backoff.next();
+            if !warned {
+                tracing::warn!(reason = %failure, ?retry_in, "microphone lost; sending silence and retrying");
+                warned = true;
+            } else {
+                tracing::debug!(reason = %failure, ?retry_in, "microphone still unavailable");
+            }
+            self.counters.losses.fetch_add(1, Ordering::Relaxed);
+            self.status.send_modify(|s| s.state = "lost");
+            self.timeline.reset();
+            if !self.silence(retry_in, &mut pcm, cancel) {
+                break;
+            }
+        }
+        self.status.send_modify(|s| s.state = "stopped");
+    }
+
+    /// Read, encode and publish until the source fails (returns why) or cancellation.
+    fn pump(
+        &mut self,
+        source: &mut dyn AudioSource,
+        pcm: &mut [i16],
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> String {
+        while !cancel.is_cancelled() {
+            match source.read(pcm) {
+                Ok(Block::Pcm { at }) => {
+                    backoff.reset();
+                    if let Err(e) = self.publish_pcm(pcm, at) {
+                        return e.to_string();
+                    }
+                }
+                Ok(Block::Opus { packet, at }) => {
+                    backoff.reset();
+                    let samples = opus::packet::get_nb_samples(&packet, RTP_CLOCK)
+                        .ok()
+                        .filter(|&n| n > 0 && n <= 5760)
+                        .unwrap_or(960) as u32;
+                    self.publish(packet, at, samples);
+                }
+                Err(AudioError::Stalled(_)) => continue,
+                Err(e) => return e.to_string(),
+            }
+        }
+        "cancelled".into()
+    }
+
+    /// Encode one block (only while someone listens) and publish it.
+    fn publish_pcm(&mut self, pcm: &[i16], at: Instant) -> Result<(), AudioError> {
+        if self.frames.receiver_count() == 0 {
+            // Nobody listens: keep the timeline, encode nothing.
+            let _ = self.stamp(at, FRAME);
+            return Ok(());
+        }
+        let encoder = match &mut self.encoder {
+            Some(e) => e,
+            None => self.encoder.insert(OpusEncoder::new(
+                self.config.rate,
+                self.config.channels,
+                self.config.bitrate_kbps,
+            )?),
+        };
+        let packet = encoder.encode(pcm)?;
+        self.publish(packet, at, RTP_CLOCK / 50);
+        Ok(())
+    }
+
+    fn stamp(&mut self, at: Instant, len: Duration) -> Duration {
+        let (t, resynced) = self
+            .timeline
+            .stamp(at.saturating_duration_since(self.epoch), len);
+        if resynced {
+            self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        t
+    }
+
+    fn publish(&mut self, data: Bytes, at: Instant, samples: u32) {
+        let len = Duration::from_micros(u64::from(samples) * 1_000_000 / u64::from(RTP_CLOCK));
+        let timestamp = self.stamp(at, len);
+        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        // No receiver is fine: nobody listens right now.
+        let _ = self.frames.send(AudioFrame {
+            data,
+            timestamp,
+            samples,
+        });
+    }
+
+    /// Send silence every 20 ms for `d` (receivers keep a running stream). False if cancelled.
+    fn silence(&mut self, d: Duration, pcm: &mut [i16], cancel: &CancellationToken) -> bool {
+        pcm.fill(0);
+        let end = Instant::now() + d;
+        let mut next = Instant::now();
+        while Instant::now() < end {
+            if cancel.is_cancelled() {
+                return false;
+            }
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let at = next;
+            next += FRAME;
+            let before = self.counters.frames.load(Ordering::Relaxed);
+            if self.publish_pcm(pcm, at).is_err() {
+                continue;
+            }
+            if self.counters.frames.load(Ordering::Relaxed) > before {
+                self.counters.silence.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        !cancel.is_cancelled()
+    }
+}
+
+/// Retry delays: 1 s, 2 s, then every 5 s (the camera's rule).
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = match self.failures {
+            0 => 1,
+            1 => 2,
+            _ => 5,
+        };
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_secs(d)
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_keeps_frames_20_ms_apart_and_reanchors_on_drift() {
+        let mut t = Timeline::default();
+        let ms = Duration::from_millis;
+        assert_eq!(t.stamp(ms(1000), FRAME), (ms(1000), false));
+        // Jitter in when blocks arrive does not move the timestamps.
+        assert_eq!(t.stamp(ms(1027), FRAME), (ms(1020), false));
+        assert_eq!(t.stamp(ms(1035), FRAME), (ms(1040), false));
+        // A stall of half a second: re-anchored to the clock.
+        assert_eq!(t.stamp(ms(1600), FRAME), (ms(1600), true));
+        assert_eq!(t.stamp(ms(1620), FRAME), (ms(1620), false));
+        t.reset();
+        assert_eq!(t.stamp(ms(5000), FRAME), (ms(5000), false));
+    }
+
+    #[test]
+    fn rtp_time_is_48_khz_from_the_base_and_wraps() {
+        assert_eq!(rtp_time(100, Duration::from_millis(20)), 100 + 960);
+        assert_eq!(rtp_time(u32::MAX, Duration::from_millis(20)), 959);
+        // Video at 90 kHz and audio at 48 kHz name the same instant: 1 s is 48 000 ticks.
+        assert_eq!(rtp_time(0, Duration::from_secs(1)), 48_000);
+    }
+
+    #[tokio::test]
+    async fn test_tone_is_encoded_once_and_fanned_out_with_shared_timestamps() {
+        let config = AudioConfig {
+            source: AudioSourceKind::Test,
+            ..AudioConfig::default()
+        };
+        let epoch = Instant::now();
+        let cancel = CancellationToken::new();
+        let (audio, guard) = spawn(&config, AudioSpec::Test, epoch, cancel.clone()).unwrap();
+        let (mut a, mut b) = (audio.subscribe(), audio.subscribe());
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let mut pcm = Vec::new();
+        let mut last = None;
+        for _ in 0..50 {
+            let fa = tokio::time::timeout(Duration::from_secs(5), a.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let fb = b.recv().await.unwrap();
+            // Encoded once: both receivers hold the same bytes.
+            assert_eq!(fa.data.as_ptr(), fb.data.as_ptr());
+            assert_eq!(fa.samples, 960);
+            if let Some(prev) = last {
+                assert_eq!(fa.timestamp - prev, FRAME, "20 ms apart");
+            }
+            last = Some(fa.timestamp);
+            let mut out = vec![0i16; 960];
+            let n = decoder.decode(&fa.data, &mut out, false).unwrap();
+            pcm.extend_from_slice(&out[..n]);
+        }
+        // The first timestamp is within a frame or two of when it was captured.
+        assert!(last.unwrap() <= epoch.elapsed());
+        let hz = dominant_hz(&pcm[4800..], 48_000);
+        assert!(
+            (hz - 1000.0).abs() < 20.0 || (hz - 2000.0).abs() < 40.0,
+            "{hz} Hz"
+        );
+        assert_eq!(audio.status().state, "capturing");
+        cancel.cancel();
+        guard.join();
+    }
+
+    /// The strongest frequency in `x` by a plain DFT scan over 100..4000 Hz, 5 Hz apart.
+    pub(crate) fn dominant_hz(x: &[i16], rate: u32) -> f64 {
+        let mut best = (0.0, 0.0);
+        let mut f = 100.0;
+        while f < 4000.0 {
+            let w = std::f64::consts::TAU * f / f64::from(rate);
+            let (mut re, mut im) = (0.0, 0.0);
+            for (i, &v) in x.iter().enumerate() {
+                re += f64::from(v) * (w * i as f64).cos();
+                im += f64::from(v) * (w * i as f64).sin();
+            }
+            let p = re * re + im * im;
+            if p > best.1 {
+                best = (f, p);
+            }
+            f += 5.0;
+        }
+        best.0
+    }
+}

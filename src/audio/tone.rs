@@ -1,0 +1,149 @@
+//! The test tone (`[audio] source = "test"`): a 1 kHz sine, with a 2 kHz beep in the first
+//! 100 ms of every wall-clock second, the same instants the test pattern flashes
+//! (`capture::testsrc`). Both a frequency a test can check by FFT and an onset a test can line up
+//! with the flash to measure A/V sync. Paced like a sound card: one 20 ms block every 20 ms.
+
+use std::f64::consts::TAU;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{AudioError, AudioSource, Block};
+
+/// Frequency of the steady tone, in Hz.
+pub const TONE_HZ: f64 = 1000.0;
+/// Frequency of the beep at the start of every wall-clock second, in Hz.
+pub const BEEP_HZ: f64 = 2000.0;
+/// How long the beep (and the test pattern's flash) lasts from the start of each second.
+pub const BEEP: Duration = Duration::from_millis(100);
+/// Peak amplitude, a third of full scale.
+const AMPLITUDE: f64 = 10_000.0;
+
+/// Whether the beep (and the flash) is on at `wall` (time since the Unix epoch).
+pub fn beep_at(wall: Duration) -> bool {
+    wall.subsec_nanos() < BEEP.as_nanos() as u32
+}
+
+/// A sine generator whose frequency follows the wall clock: pure, sample by sample.
+#[derive(Debug, Clone)]
+pub struct Tone {
+    rate: u32,
+    channels: usize,
+    phase: f64,
+}
+
+impl Tone {
+    /// A generator at `rate` Hz with `channels` interleaved channels (the same on each).
+    pub fn new(rate: u32, channels: u32) -> Self {
+        Self {
+            rate: rate.max(1),
+            channels: channels.max(1) as usize,
+            phase: 0.0,
+        }
+    }
+
+    /// Fill `out` (interleaved) with the samples whose first one sounds at `wall` (time since
+    /// the Unix epoch). The phase runs on between calls, so blocks join without clicks.
+    pub fn fill(&mut self, out: &mut [i16], wall: Duration) {
+        let step = 1.0 / f64::from(self.rate);
+        for (i, frame) in out.chunks_mut(self.channels).enumerate() {
+            let at = wall + Duration::from_secs_f64(i as f64 * step);
+            let hz = if beep_at(at) { BEEP_HZ } else { TONE_HZ };
+            self.phase = (self.phase + TAU * hz * step) % TAU;
+            let v = (self.phase.sin() * AMPLITUDE) as i16;
+            frame.fill(v);
+        }
+    }
+}
+
+/// The `test` source: [`Tone`] paced by the monotonic clock, 20 ms a block.
+pub struct ToneSource {
+    tone: Tone,
+    block: Duration,
+    /// When the next block's first sample is due, and that instant on the wall clock.
+    next: Option<(Instant, Duration)>,
+}
+
+impl ToneSource {
+    /// A tone at `rate` and `channels`, in blocks of `block`.
+    pub fn new(rate: u32, channels: u32, block: Duration) -> Self {
+        Self {
+            tone: Tone::new(rate, channels),
+            block,
+            next: None,
+        }
+    }
+}
+
+impl AudioSource for ToneSource {
+    fn name(&self) -> String {
+        "test tone".into()
+    }
+
+    fn read(&mut self, pcm: &mut [i16]) -> Result<Block, AudioError> {
+        let (at, wall) = *self.next.get_or_insert_with(|| {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            (Instant::now(), wall)
+        });
+        // A sound card hands a block over once its last sample is in.
+        let ready = at + self.block;
+        let now = Instant::now();
+        if ready > now {
+            std::thread::sleep(ready - now);
+        }
+        self.tone.fill(pcm, wall);
+        let next = at + self.block;
+        self.next = if Instant::now() > next + Duration::from_millis(200) {
+            // After a stall, start again from now rather than catch up with a burst.
+            None
+        } else {
+            Some((next, wall + self.block))
+        };
+        Ok(Block::Pcm { at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goertzel power of `hz` in `x`, relative to the signal's total power.
+    pub(crate) fn relative_power(x: &[i16], rate: u32, hz: f64) -> f64 {
+        let w = TAU * hz / f64::from(rate);
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &v in x {
+            let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+        let total: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        p / (total * x.len() as f64 / 2.0)
+    }
+
+    #[test]
+    fn tone_is_1_khz_and_beeps_2_khz_in_the_first_100_ms_of_a_second() {
+        let rate = 48_000;
+        let mut tone = Tone::new(rate, 1);
+        let mut block = vec![0i16; 960];
+        // 40 ms into a second: the beep.
+        tone.fill(&mut block, Duration::from_millis(5_040));
+        assert!(relative_power(&block, rate, BEEP_HZ) > 0.9);
+        assert!(relative_power(&block, rate, TONE_HZ) < 0.05);
+        // 500 ms into a second: the tone.
+        tone.fill(&mut block, Duration::from_millis(5_500));
+        assert!(relative_power(&block, rate, TONE_HZ) > 0.9);
+        assert!(relative_power(&block, rate, BEEP_HZ) < 0.05);
+        assert!(beep_at(Duration::from_millis(7_099)));
+        assert!(!beep_at(Duration::from_millis(7_100)));
+    }
+
+    #[test]
+    fn stereo_carries_the_same_sample_on_both_channels() {
+        let mut tone = Tone::new(48_000, 2);
+        let mut block = vec![0i16; 1920];
+        tone.fill(&mut block, Duration::from_millis(500));
+        assert!(block.chunks(2).all(|f| f[0] == f[1]));
+        assert!(block.iter().any(|&v| v > 9000));
+    }
+}
