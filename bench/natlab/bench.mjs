@@ -1,6 +1,7 @@
 // Time to first frame across the NAT lab (issue 13, item 9): WHEP POST to the first decoded
 // frame in headless Chromium, median of N (10), for the device behind a cone NAT reached
-// directly (server-reflexive) and through coturn (the browser's iceTransportPolicy "relay").
+// directly (server-reflexive) and through coturn (the browser's iceTransportPolicy "relay";
+// with the device on STUN alone, then with the device's own TURN allocation as well).
 // Runs inside the lab's internet namespace (run.sh). Prints a Markdown table.
 import {
   SERVERS, DEVICE_PUBLIC, TURN_PORT, TURN_USER, TURN_PASS,
@@ -59,41 +60,54 @@ const pageHelpers = () => {
 
 setNat('cone', 'cone');
 const coturn = await startCoturn();
-const device = await startDevice(`
-[ice]
-stun_servers = ["${STUN}"]
-turn_servers = [{ url = "${TURN}", username = "${TURN_USER}", credential = "${TURN_PASS}" }]
-`);
+// The device's [ice] per path: STUN alone for the direct path, STUN and TURN for the relayed one.
+const ICE_STUN = `[ice]\nstun_servers = ["${STUN}"]\n`;
+const ICE_TURN = `${ICE_STUN}turn_servers = [{ url = "${TURN}", username = "${TURN_USER}", credential = "${TURN_PASS}" }]\n`;
+let device = null;
 const browser = await launchBrowser();
 const rows = [];
 try {
   await browser.addInitScript(pageHelpers);
-  const page = await browser.newPage();
-  await page.goto(`http://${DEVICE_PUBLIC}:8080/health`);
   const paths = [
-    ['direct through the cone NATs (STUN)', [{ urls: STUN }], 'all'],
-    ['through coturn (TURN/UDP, browser relay only)', [{ urls: TURN, username: TURN_USER, credential: TURN_PASS }], 'relay'],
+    ['direct through the cone NATs (STUN)', ICE_STUN, [{ urls: STUN }], 'all'],
+    ['through coturn (the browser relays over TURN/UDP; device STUN only)', ICE_STUN, [{ urls: TURN, username: TURN_USER, credential: TURN_PASS }], 'relay'],
+    ['through coturn (the browser relays; the device has its TURN allocation too)', ICE_TURN, [{ urls: TURN, username: TURN_USER, credential: TURN_PASS }], 'relay'],
   ];
-  for (const [name, ice, policy] of paths) {
-    // One unmeasured run first (the encoder opens for the first viewer).
-    await page.evaluate(([ice, policy]) => window.ttff(ice, policy), [ice, policy]);
+  for (const [name, deviceIce, ice, policy] of paths) {
     const runs = [];
     const types = new Set();
-    for (let i = 0; i < N; i++) {
-      const r = await page.evaluate(([ice, policy]) => window.ttff(ice, policy), [ice, policy]);
-      runs.push(r.ms);
-      types.add(r.types);
-      // The device drops the viewer on DELETE; wait until it has (no overlap between runs).
-      await waitFor(async () => (await (await fetch(`http://${DEVICE_PUBLIC}:8080/health`, { headers: { Accept: 'application/json' } })).json()).viewers === 0, 5000, 'viewer gone');
+    let page = null;
+    try {
+      await device?.stop();
+      device = await startDevice(deviceIce);
+      page = await browser.newPage();
+      await page.goto(`http://${DEVICE_PUBLIC}:8080/health`);
+      // One unmeasured run first (the encoder opens for the first viewer).
+      await page.evaluate(([ice, policy]) => window.ttff(ice, policy), [ice, policy]);
+      for (let i = 0; i < N; i++) {
+        const r = await page.evaluate(([ice, policy]) => window.ttff(ice, policy), [ice, policy]);
+        runs.push(r.ms);
+        types.add(r.types);
+        // The device drops the viewer on DELETE; wait until it has (no overlap between runs).
+        await waitFor(async () => (await (await fetch(`http://${DEVICE_PUBLIC}:8080/health`, { headers: { Accept: 'application/json' } })).json()).viewers === 0, 5000, 'viewer gone');
+      }
+      rows.push({ name, median: median(runs), min: Math.min(...runs), max: Math.max(...runs), types: [...types].join(', ') });
+    } catch (e) {
+      rows.push({ name, error: String(e.message || e).split('\n')[0] });
+    } finally {
+      await page?.close();
     }
-    rows.push({ name, median: median(runs), min: Math.min(...runs), max: Math.max(...runs), types: [...types].join(', ') });
   }
 } finally {
   await browser.close();
-  await device.stop();
+  await device?.stop();
   await coturn.stop();
   cleanupWork();
 }
 console.log(`\n| path (N=${N}) | TTFF median | min | max | selected pair (browser/device) |`);
 console.log('|---|---|---|---|---|');
-for (const r of rows) console.log(`| ${r.name} | ${r.median.toFixed(0)} ms | ${r.min.toFixed(0)} | ${r.max.toFixed(0)} | ${r.types} |`);
+for (const r of rows) {
+  if (r.error) console.log(`| ${r.name} | failed: ${r.error} | | | |`);
+  else console.log(`| ${r.name} | ${r.median.toFixed(0)} ms | ${r.min.toFixed(0)} | ${r.max.toFixed(0)} | ${r.types} |`);
+}
+if (rows.some((r) => r.error)) process.exitCode = 1;

@@ -26,8 +26,14 @@ pub struct OpusEncoder {
 }
 
 impl OpusEncoder {
-    /// An encoder for `rate` Hz (one Opus takes), `channels` (1 or 2), at `bitrate_kbps`.
-    pub fn new(rate: u32, channels: u32, bitrate_kbps: u32) -> Result<Self, AudioError> {
+    /// An encoder for `rate` Hz (one Opus takes), `channels` (1 or 2), at `bitrate_kbps` and
+    /// `complexity` (0..=10).
+    pub fn new(
+        rate: u32,
+        channels: u32,
+        bitrate_kbps: u32,
+        complexity: u32,
+    ) -> Result<Self, AudioError> {
         let ch = match channels {
             1 => opus::Channels::Mono,
             2 => opus::Channels::Stereo,
@@ -39,6 +45,7 @@ impl OpusEncoder {
             .set_bitrate(opus::Bitrate::Bits(bitrate_kbps.saturating_mul(1000) as i32))
             .map_err(e)?;
         inner.set_inband_fec(true).map_err(e)?;
+        inner.set_complexity(complexity.min(10) as i32).map_err(e)?;
         inner
             .set_packet_loss_perc(EXPECTED_LOSS_PERCENT)
             .map_err(e)?;
@@ -79,7 +86,7 @@ mod tests {
     #[test]
     fn frames_are_20_ms_with_fec_and_decode_to_20_ms() {
         for (rate, channels) in [(48_000, 1), (48_000, 2), (16_000, 1)] {
-            let mut enc = OpusEncoder::new(rate, channels, 32).unwrap();
+            let mut enc = OpusEncoder::new(rate, channels, 32, 5).unwrap();
             assert_eq!(enc.frame_len(), (rate / 50 * channels) as usize);
             assert!(enc.inner.get_inband_fec().unwrap());
             let pcm: Vec<i16> = (0..enc.frame_len())
@@ -91,7 +98,7 @@ mod tests {
             assert_eq!(opus::packet::get_nb_samples(&packet, 48_000).unwrap(), 960);
             assert!(enc.encode(&pcm[1..]).is_err(), "a short frame is refused");
         }
-        assert!(OpusEncoder::new(44_100, 1, 32).is_err());
-        assert!(OpusEncoder::new(48_000, 3, 32).is_err());
+        assert!(OpusEncoder::new(44_100, 1, 32, 5).is_err());
+        assert!(OpusEncoder::new(48_000, 3, 32, 5).is_err());
     }
 }

@@ -431,6 +431,7 @@ impl Worker {
                 self.config.rate,
                 self.config.channels,
                 self.config.bitrate_kbps,
+                self.config.complexity,
             )?),
         };
         let packet = encoder.encode(pcm)?;

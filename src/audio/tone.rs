@@ -43,11 +43,18 @@ impl Tone {
     /// Fill `out` (interleaved) with the samples whose first one sounds at `wall` (time since
     /// the Unix epoch). The phase runs on between calls, so blocks join without clicks.
     pub fn fill(&mut self, out: &mut [i16], wall: Duration) {
-        let step = 1.0 / f64::from(self.rate);
+        let rate = u64::from(self.rate);
+        let start = u64::from(wall.subsec_nanos());
+        let beep = BEEP.as_nanos() as u64;
+        let (tone_step, beep_step) = (
+            TAU * TONE_HZ / f64::from(self.rate),
+            TAU * BEEP_HZ / f64::from(self.rate),
+        );
         for (i, frame) in out.chunks_mut(self.channels).enumerate() {
-            let at = wall + Duration::from_secs_f64(i as f64 * step);
-            let hz = if beep_at(at) { BEEP_HZ } else { TONE_HZ };
-            self.phase = (self.phase + TAU * hz * step) % TAU;
+            // Nanoseconds into the wall-clock second of this sample (integer: cheap per sample).
+            let ns = (start + i as u64 * 1_000_000_000 / rate) % 1_000_000_000;
+            let step = if ns < beep { beep_step } else { tone_step };
+            self.phase = (self.phase + step) % TAU;
             let v = (self.phase.sin() * AMPLITUDE) as i16;
             frame.fill(v);
         }

@@ -556,7 +556,12 @@ impl Core {
         }
         let remotes: Vec<SocketAddr> = viewer.remote_addrs().collect();
         self.viewers.push(viewer);
-        self.process_outputs(self.viewers.len() - 1, now);
+        let i = self.viewers.len() - 1;
+        // str0m's ICE agent schedules nothing until its first timeout: without this call a
+        // full-ICE viewer would send no connectivity check before the peer's first datagram,
+        // and behind a NAT that datagram never comes (tests/natlab case a).
+        self.viewers[i].handle_timeout(now);
+        self.process_outputs(i, now);
         self.tell_sidecars_remotes(&remotes, now);
         Ok(())
     }
@@ -813,6 +818,11 @@ impl Core {
         s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
         s.local_addr_lookups = self.local_addrs.lookups();
         s.ice = self.sidecars.iter().map(|c| c.health()).collect();
+        s.turn = self
+            .sidecars
+            .iter()
+            .filter_map(|x| x.turn_status())
+            .collect();
         let relayed: Vec<SocketAddr> = self
             .sidecars
             .iter()
@@ -825,11 +835,6 @@ impl Core {
                 }
             }
         }
-        s.turn = self
-            .sidecars
-            .iter()
-            .filter_map(|x| x.turn_status())
-            .collect();
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.audio_frames_sent += v.audio_frames_sent;

@@ -169,11 +169,11 @@ pub struct RtcStats {
     pub local_addr_lookups: u64,
     /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
     pub ice: Vec<core::SidecarHealth>,
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
     /// Connected viewers by their selected candidate pair's type, in
     /// [`viewer::PairType::ALL`] order (host, srflx, prflx, relay).
     pub pair_types: [usize; 4],
-    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
-    pub turn: Vec<turn::TurnStatus>,
 }
 
 /// Commands to the engine task (bounded queue).

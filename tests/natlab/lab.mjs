@@ -132,6 +132,8 @@ export async function startCoturn() {
     '-n', '--listening-ip', SERVERS, '--relay-ip', SERVERS, '--fingerprint',
     '--no-tls', '--no-dtls', '--no-cli', '--log-file', 'stdout', '--simple-log',
     '--min-port', '49152', '--max-port', '65535', '--realm', 'natlab',
+    // NATLAB_COTURN_VERBOSE=1 (with SNAPRTCD_TEST_LOG=1): coturn logs every session and refusal.
+    ...(process.env.NATLAB_COTURN_VERBOSE === '1' ? ['--verbose'] : []),
   ];
   const lt = proc('coturn', ['turnserver', ...common, '--listening-port', String(TURN_PORT),
     '--lt-cred-mech', '--user', `${TURN_USER}:${TURN_PASS}`, '--pidfile', path.join(work, 'coturn.pid')],

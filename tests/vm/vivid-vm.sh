@@ -46,9 +46,11 @@ INITRD_DIR=$TMP/root
 mkdir -p "$INITRD_DIR"/{bin,proc,sys,dev,newroot,ko}
 cp /bin/busybox "$INITRD_DIR/bin/"
 
-# Kernel modules for the 9p root, in load order.
+# Kernel modules for the 9p root, in load order; virtio_rng feeds the guest's entropy pool from
+# the host (-device virtio-rng-pci), so getrandom() (DTLS keys, ids) does not block for minutes
+# in a fresh guest under software emulation.
 i=0
-for ko in $(for m in virtio_pci 9pnet_virtio 9p; do modprobe -S "$KVER" --show-depends "$m"; done \
+for ko in $(for m in virtio_pci 9pnet_virtio 9p virtio_rng; do modprobe -S "$KVER" --show-depends "$m"; done \
             | awk '$1 == "insmod" && !seen[$2]++ { print $2 }'); do
   i=$((i + 1)); cp "$ko" "$INITRD_DIR/ko/$(printf '%03d' "$i").ko"
 done
@@ -100,6 +102,7 @@ timeout "$LIMIT" qemu-system-x86_64 "${ACCEL[@]}" -m 1024 -smp 2 -nographic -no-
   -device virtio-9p-pci,fsdev=fs0,mount_tag=rootfs \
   -fsdev local,id=fs1,path="$HERE",security_model=none \
   -device virtio-9p-pci,fsdev=fs1,mount_tag=project \
+  -device virtio-rng-pci \
   </dev/null >"$TMP/console" 2>&1
 QEMU_RC=$?
 set -e
