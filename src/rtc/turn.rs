@@ -941,6 +941,14 @@ impl Sidecar for TurnSidecar {
         TurnSidecar::handle_stream(self, now, state);
     }
 
+    fn handle_remote_candidate(&mut self, now: Instant, peer: SocketAddr) {
+        // The relayed address is IPv4 (the allocation asks for IPv4): IPv6 peers cannot use it.
+        if peer.is_ipv4() {
+            self.alloc.add_peer(peer, now);
+            self.pump();
+        }
+    }
+
     fn health(&self) -> SidecarHealth {
         let state = self.alloc.state();
         let st = self.alloc.stats();
