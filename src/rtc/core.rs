@@ -123,6 +123,13 @@ pub trait Sidecar: Send {
     /// Whether a datagram from `source` arriving `via` is this component's (its server).
     /// Cheap: an address comparison, no parsing.
     fn claims(&self, via: Via, source: SocketAddr) -> bool;
+    /// Whether `contents`, from a source it claims, is an answer it waits for (a response to
+    /// its own STUN transaction). When several sidecars claim one server (coturn serves STUN
+    /// and TURN on one port), the one that expects the datagram gets it, else the first that
+    /// claims the source. Cheap: a look at the header, no parsing.
+    fn expects(&self, _contents: &[u8]) -> bool {
+        false
+    }
     /// A datagram it claimed.
     fn handle_datagram(&mut self, now: Instant, via: Via, source: SocketAddr, contents: &[u8]);
     /// Time passed.
@@ -410,7 +417,12 @@ impl Core {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        if let Some(i) = self.sidecars.iter().position(|s| s.claims(via, source)) {
+        let claimed = self
+            .sidecars
+            .iter()
+            .position(|s| s.claims(via, source) && s.expects(contents))
+            .or_else(|| self.sidecars.iter().position(|s| s.claims(via, source)));
+        if let Some(i) = claimed {
             self.sidecars[i].handle_datagram(now, via, source, contents);
             self.drain_sidecar(i, now);
         } else if via == Via::Udp {

@@ -201,6 +201,18 @@ impl StunClient {
     }
 }
 
+/// The transaction id of a STUN message (the 96 bits after the magic cookie), read from its
+/// header alone; `None` for anything else (ChannelData, junk).
+fn stun_transaction(contents: &[u8]) -> Option<u128> {
+    let header = contents.get(..20)?;
+    if header[0] & 0xc0 != 0 || header[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&header[4..20]);
+    Some(u128::from_be_bytes(id) & ((1 << 96) - 1))
+}
+
 impl Sidecar for StunClient {
     fn name(&self) -> &str {
         "stun"
@@ -208,6 +220,11 @@ impl Sidecar for StunClient {
 
     fn claims(&self, via: Via, source: SocketAddr) -> bool {
         via == Via::Udp && source == self.server
+    }
+
+    fn expects(&self, contents: &[u8]) -> bool {
+        self.in_flight
+            .is_some_and(|f| stun_transaction(contents) == Some(u128::from(f.id)))
     }
 
     fn handle_datagram(&mut self, now: Instant, _via: Via, _source: SocketAddr, contents: &[u8]) {

@@ -183,7 +183,10 @@ impl World {
     fn drain_core(&mut self) {
         loop {
             if let Some(t) = self.core.poll_transmit() {
-                if t.destination == TURN_SERVER {
+                // A STUN Binding request to the same server goes to the STUN answerer below.
+                let binding =
+                    t.contents.len() >= 20 && t.contents[4..8] == [0x21, 0x12, 0xa4, 0x42];
+                if t.destination == TURN_SERVER && !binding {
                     // The fake TURN server unwraps and sends from the relayed address.
                     let (peer, payload) = fake_turn::decode(&t.contents);
                     if let Some(p) = self.peers.iter_mut().find(|p| p.addr == peer && !p.muted) {
@@ -817,4 +820,20 @@ fn gop_is_dropped_on_a_hole_or_when_too_big() {
         g.push(&f(false, 1, 7 + t), 3);
     }
     assert!(g.frames.is_empty(), "over the frame bound");
+}
+
+#[test]
+fn stun_and_turn_on_one_server_each_get_their_own_answers() {
+    // coturn serves STUN and TURN on one port: the STUN client's answers must reach it even
+    // though the TURN allocation (added first) claims every datagram from that address.
+    let mut w = World::with_ice(Duration::from_secs(15), true);
+    w.core
+        .add_sidecar(Box::new(fake_turn::Relay::default()), w.now);
+    w.drain_core();
+    let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), 41000));
+    with_stun(&mut w, TURN_SERVER, mapped);
+    let addrs: Vec<SocketAddr> = w.core.local_candidates().iter().map(|c| c.addr()).collect();
+    assert!(addrs.contains(&mapped), "{addrs:?}");
+    let stun = w.core.stats().ice.into_iter().find(|h| h.kind == "stun");
+    assert_eq!(stun.map(|h| h.state), Some("ok".to_owned()));
 }
