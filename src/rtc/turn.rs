@@ -825,6 +825,10 @@ pub struct TurnStatus {
     pub bytes_in: u64,
     /// Payload bytes relayed to peers.
     pub bytes_out: u64,
+    /// Peers with a permission and channel now (at most [`TurnLimits::max_peers`]).
+    pub peers: usize,
+    /// Fresh allocations made to drop idle peers ([`TurnStats::recycles`]).
+    pub recycles: u64,
 }
 
 /// A [`TurnAllocation`] as a component beside str0m on the engine ([`Sidecar`]): its
@@ -1033,6 +1037,8 @@ impl Sidecar for TurnSidecar {
             state_code: self.alloc.state().metric(),
             bytes_in: st.bytes_in,
             bytes_out: st.bytes_out,
+            peers: self.alloc.peer_count(),
+            recycles: st.recycles,
         })
     }
 }
