@@ -730,6 +730,13 @@ pub struct BackplaneConfig {
     /// that, messages are dropped (and counted) rather than held, and a subscription that could
     /// not be queued holds joins until the queue drains (then everything is subscribed again).
     pub max_queued_messages: usize,
+    /// Start an initiator at once when it joins a session where a capture side that dialled
+    /// out (`[[remote]]`) waits on another instance, through snaprtcd's own channel
+    /// `{prefix}:snaprtcd:start`. Only for fleets of snaprtcd instances: with an instance of
+    /// the original server in the fleet, initiators that reach it would never be started this
+    /// way, so leave it off there (devices then re-announce, as on the original server).
+    #[serde(default)]
+    pub start_on_join: bool,
 }
 
 /// `[backplane] prefix`: the SnapRTC server's hub class name.
@@ -745,6 +752,7 @@ impl Default for BackplaneConfig {
             prefix: default_backplane_prefix(),
             instance_ttl: Duration::from_secs(15),
             max_queued_messages: 4096,
+            start_on_join: false,
         }
     }
 }

@@ -406,11 +406,72 @@ pub enum HubOutput {
     /// With a backplane: a member here left `session` (or was granted a place it no longer
     /// wants); give one place back.
     Release(SessionId),
+    /// With a backplane and starting on join across instances ([`Hub::start_across`]):
+    /// publish `message` on the fleet's start channel (snaprtcd's own; the original server
+    /// never reads it), for `session`.
+    PublishStart {
+        /// The session it is about.
+        session: SessionId,
+        /// An initiator asking, or a capture side's instance granting.
+        message: StartMessage,
+    },
     /// With a backplane that has just (re)connected: every session this instance needs, with
     /// the places its members here hold (the daemon's own capture side is not counted).
     /// Subscribe them all and restate the places, so that what Redis lost or missed while it
     /// was away is put right. One output for all of them, however many there are.
     Resync(Vec<(SessionId, usize)>),
+}
+
+/// Starting initiators on join across instances: what goes over the fleet's start channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+pub enum StartMessage {
+    /// An initiator (fleet-wide connection id `c`) joined the session, not ready: an instance
+    /// with a ready capture connection there answers with [`StartMessage::Grant`].
+    Ask {
+        /// The initiator's connection id, `{instance}.{member}`.
+        c: String,
+    },
+    /// A ready capture side waits: the instance of connection `c` sends it `signalStart`.
+    Grant {
+        /// The initiator's connection id.
+        c: String,
+    },
+}
+
+impl StartMessage {
+    /// Largest start message read.
+    pub const MAX_BYTES: usize = 512;
+
+    /// The wire form (JSON).
+    pub fn encode(&self, session: &SessionId) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            s: &'a str,
+            #[serde(flatten)]
+            m: &'a StartMessage,
+        }
+        serde_json::to_vec(&Wire {
+            s: session.as_str(),
+            m: self,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Read the wire form: the session and the message (`None` for anything else).
+    pub fn decode(bytes: &[u8]) -> Option<(SessionId, StartMessage)> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            s: String,
+            #[serde(flatten)]
+            m: StartMessage,
+        }
+        if bytes.len() > Self::MAX_BYTES {
+            return None;
+        }
+        let wire: Wire = serde_json::from_slice(bytes).ok()?;
+        Some((SessionId::parse(&wire.s).ok()?, wire.m))
+    }
 }
 
 /// Limits and behaviour of the hub.
@@ -454,6 +515,10 @@ pub struct Hub {
     /// Relayed messages go back to their sender too, as on the original server
     /// ([`Hub::echo_to_sender`]).
     echo: bool,
+    /// With a backplane: start on join across instances ([`Hub::start_across`]).
+    start_across: bool,
+    /// Initiators here that asked the fleet for a start and have not had one.
+    asking: std::collections::HashSet<(MemberId, SessionId)>,
 }
 
 /// A `Sync` waiting for its fleet-wide place.
@@ -480,6 +545,67 @@ impl Hub {
             subscribed: std::collections::HashSet::new(),
             start_on_join: true,
             echo: false,
+            start_across: false,
+            asking: std::collections::HashSet::new(),
+        }
+    }
+
+    /// With a backplane, start on join across instances too (`[backplane] start_on_join`):
+    /// an initiator that joins here, not ready, is asked about on the fleet's start channel
+    /// ([`HubOutput::PublishStart`]); an instance with a ready capture connection in the
+    /// session grants it, and this instance sends the initiator `signalStart`, once. Only for
+    /// fleets of snaprtcd instances: an instance of the original server neither asks nor
+    /// grants. Without a backplane this changes nothing.
+    pub fn start_across(mut self) -> Self {
+        if self.instance.is_some() && !self.echo {
+            self.start_on_join = true;
+            self.start_across = true;
+        }
+        self
+    }
+
+    /// Input: a message from the fleet's start channel ([`StartMessage`]).
+    pub fn handle_start(&mut self, session: &SessionId, message: StartMessage) {
+        if !self.start_across {
+            return;
+        }
+        match message {
+            StartMessage::Ask { c } => {
+                let Some(instance) = &self.instance else {
+                    return;
+                };
+                if c.split_once('.').is_some_and(|(i, _)| i == &**instance) {
+                    return; // our own ask: a capture side here was already looked for
+                }
+                let waits = self.sessions.get(session).is_some_and(|s| {
+                    s.members
+                        .iter()
+                        .any(|&(m, ready)| ready && !self.locals.contains(&m))
+                });
+                if waits {
+                    self.outputs.push_back(HubOutput::PublishStart {
+                        session: session.clone(),
+                        message: StartMessage::Grant { c },
+                    });
+                }
+            }
+            StartMessage::Grant { c } => {
+                let Some(instance) = &self.instance else {
+                    return;
+                };
+                let member = match c.split_once('.') {
+                    Some((i, m)) if i == &**instance => m.parse().ok().map(MemberId),
+                    _ => None,
+                };
+                let Some(member) = member else { return };
+                // Once: several instances may grant the same ask.
+                if self.asking.remove(&(member, session.clone())) {
+                    self.outputs.push_back(HubOutput::Deliver {
+                        to: member,
+                        message: Outbound::SignalStart,
+                    });
+                }
+            }
         }
     }
 
@@ -489,15 +615,17 @@ impl Hub {
     pub fn echo_to_sender(mut self) -> Self {
         self.echo = true;
         self.start_on_join = false;
+        self.start_across = false;
         self
     }
 
     /// Whether an initiator that `Sync`s (not ready) into a session where a ready capture side
     /// already waits gets `signalStart` at once, from the hub. The original server does not do
     /// this (the initiator waits for the capture side's next `Sync(session, true)`); stock
-    /// pages take it like any `signalStart`. On with no backplane: across instances the ready
-    /// capture side may be elsewhere, which this hub cannot see, so a hub with a backplane
-    /// behaves like the original one and capture sides that dial out keep announcing.
+    /// pages take it like any `signalStart`. On with no backplane; with one, only with
+    /// [`Hub::start_across`] (the ready capture side may be on another instance), else a hub
+    /// with a backplane behaves like the original one and capture sides that dial out keep
+    /// announcing.
     pub fn starts_on_join(&self) -> bool {
         self.start_on_join
     }
@@ -545,6 +673,9 @@ impl Hub {
                 .connection_id(to)
                 .is_some_and(|id| envelope.excluded.contains(&id));
             if !excluded {
+                if message == Outbound::SignalStart {
+                    self.asking.remove(&(to, session.clone()));
+                }
                 self.outputs.push_back(HubOutput::Deliver {
                     to,
                     message: message.clone(),
@@ -771,6 +902,7 @@ impl Hub {
 
     /// A member is gone: it leaves every session; empty sessions are freed.
     pub fn handle_disconnect(&mut self, member: MemberId) {
+        self.asking.retain(|(m, _)| *m != member);
         // A pending join keeps its subscription until its answer comes (handle_reservation).
         self.pending.retain(|(m, _), _| *m != member);
         for session in self.memberships.remove(&member).unwrap_or_default() {
@@ -825,6 +957,15 @@ impl Hub {
                 to: member,
                 message: Outbound::SignalStart,
             });
+        } else if self.start_across && self.backplane_up {
+            // The capture side may wait on another instance: ask the fleet.
+            if let Some(c) = self.connection_id(member) {
+                self.asking.insert((member, session.clone()));
+                self.outputs.push_back(HubOutput::PublishStart {
+                    session,
+                    message: StartMessage::Ask { c },
+                });
+            }
         } else if self.config.capture_wanted && !entry_has_capture(&self.sessions, &session) {
             self.outputs.push_back(HubOutput::CaptureWanted { session });
         }
@@ -833,6 +974,7 @@ impl Hub {
 
     /// Member API: leave one session.
     pub fn leave(&mut self, member: MemberId, session: &SessionId) {
+        self.asking.remove(&(member, session.clone()));
         if let Some(list) = self.memberships.get_mut(&member) {
             list.retain(|s| s != session);
             if list.is_empty() {
@@ -1442,6 +1584,8 @@ mod tests {
             let n = self.hubs.len();
             loop {
                 let mut answers = Vec::new();
+                // The start channel: every instance is subscribed to it.
+                let mut starts = Vec::new();
                 for i in 0..n {
                     while let Some(output) = self.hubs[i].poll_output() {
                         match output {
@@ -1473,13 +1617,22 @@ mod tests {
                                     self.places.entry(session).or_insert(vec![0; n])[i] = count;
                                 }
                             }
+                            HubOutput::PublishStart { session, message } => {
+                                starts.push(message.encode(&session));
+                            }
                             other => self.delivered[i].push(other),
                         }
                     }
                 }
-                let moved = !answers.is_empty();
+                let moved = !answers.is_empty() || !starts.is_empty();
                 for (i, member, session, result) in answers {
                     self.hubs[i].handle_reservation(member, session, result);
+                }
+                for bytes in starts {
+                    let (session, message) = StartMessage::decode(&bytes).unwrap();
+                    for hub in &mut self.hubs {
+                        hub.handle_start(&session, message.clone());
+                    }
                 }
                 let Some((session, bytes)) = self.wire.pop_front() else {
                     if moved {
@@ -1501,6 +1654,55 @@ mod tests {
         fn take(&mut self, hub: usize) -> Vec<HubOutput> {
             std::mem::take(&mut self.delivered[hub])
         }
+    }
+
+    #[test]
+    fn start_on_join_across_instances_starts_an_initiator_once() {
+        let mut f = Fleet::new(3);
+        for hub in &mut f.hubs {
+            *hub = std::mem::replace(
+                hub,
+                Hub::new(HubConfig {
+                    max_sessions: 1,
+                    max_members_per_session: 1,
+                    capture_wanted: false,
+                }),
+            )
+            .start_across();
+            assert!(hub.starts_on_join());
+        }
+        // Two devices that dialled out wait in session s, on instances 1 and 2.
+        f.call(1, 1, None, sync("s", true));
+        f.call(2, 1, None, sync("s", true));
+        f.take(1);
+        f.take(2);
+        // An initiator joins on instance 0: both grant; it gets signalStart once.
+        f.call(0, 1, Some("0"), sync("s", false));
+        assert_eq!(
+            f.take(0),
+            vec![deliver(1, ok("0")), deliver(1, Outbound::SignalStart)]
+        );
+        // Busy devices (Sync false) grant nothing: the next initiator waits...
+        f.call(1, 1, None, sync("s", false));
+        f.call(2, 1, None, sync("s", false));
+        f.call(0, 2, Some("0"), sync("s", false));
+        assert_eq!(f.take(0), vec![deliver(2, ok("0"))]);
+        // ...for a device that is ready again, whose signalStart reaches it (and the first
+        // initiator, had it not left the hub, as on the original server).
+        f.disconnect(0, 1);
+        f.call(1, 1, None, sync("s", true));
+        assert_eq!(f.take(0), vec![deliver(2, Outbound::SignalStart)]);
+        // A grant for an initiator that has had its start changes nothing.
+        f.hubs[0].handle_start(
+            &sid("s"),
+            StartMessage::Grant {
+                c: "inst0.2".into(),
+            },
+        );
+        assert!(f.hubs[0].poll_output().is_none());
+        // Junk on the channel is refused before it reaches a hub.
+        assert!(StartMessage::decode(b"{\"s\":\"s\",\"t\":\"boom\"}").is_none());
+        assert!(StartMessage::decode(&[b' '; 600]).is_none());
     }
 
     #[test]

@@ -32,7 +32,7 @@
 # (FUZZ_INSTRUMENT="str0m", which builds into its own fuzz/target-instrumented/) or use
 # `cargo fuzz run <target>` in fuzz/ (release, everything instrumented; cargo-fuzz is not
 # needed in CI).
-# Then each target runs for FUZZ_SECONDS (default 20: eleven targets fit CI's budget; run longer by hand), one per core at a
+# Then each target runs for FUZZ_SECONDS (default 20: fourteen targets fit CI's budget; run longer by hand), one per core at a
 # time, on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
 # the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
 # FUZZ_RSS_MB fails the suite, and its input is printed: its path (kept in
