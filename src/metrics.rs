@@ -405,6 +405,30 @@ const METRICS: &[Metric] = &[
         }),
     },
     Metric {
+        name: "snaprtcd_turn_peers",
+        kind: Kind::Gauge,
+        help: "Remote peers with a permission and channel on each TURN allocation (a full table of idle peers is recycled by a fresh allocation).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .map(|t| (format!("{{url=\"{}\"}}", label(&t.url)), t.peers as f64))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_turn_recycles_total",
+        kind: Kind::Counter,
+        help: "Fresh TURN allocations made to drop the permissions of idle peers.",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .map(|t| (format!("{{url=\"{}\"}}", label(&t.url)), t.recycles as f64))
+                .collect()
+        }),
+    },
+    Metric {
         name: "snaprtcd_viewers_pair",
         kind: Kind::Gauge,
         help: "Connected viewers by their selected ICE candidate pair's type (host, srflx, prflx, relay).",
@@ -688,6 +712,42 @@ snaprtcd_camera_fps 29.5
             rtsp: None,
             remotes: &[],
         })
+    }
+
+    #[test]
+    fn turn_allocations_have_state_bytes_peers_and_recycles() {
+        let media = MediaCounters::default();
+        let rtc = RtcStats {
+            turn: vec![crate::rtc::turn::TurnStatus {
+                url: "turn:turn.example.org?transport=tcp".into(),
+                state: "ready 198.51.100.1:50000".into(),
+                state_code: 1,
+                bytes_in: 10,
+                bytes_out: 20,
+                peers: 3,
+                recycles: 2,
+            }],
+            ..RtcStats::default()
+        };
+        let signaling = SignalingStats::default();
+        let text = render(&Snapshot {
+            rtc: &rtc,
+            media: &media,
+            camera: None,
+            signaling: &signaling,
+            process: &ProcessStats::default(),
+            rtsp: None,
+            remotes: &[],
+        });
+        let url = "url=\"turn:turn.example.org?transport=tcp\"";
+        for line in [
+            format!("snaprtcd_turn_allocation_state{{{url}}} 1"),
+            format!("snaprtcd_turn_relayed_bytes_total{{{url},direction=\"out\"}} 20"),
+            format!("snaprtcd_turn_peers{{{url}}} 3"),
+            format!("snaprtcd_turn_recycles_total{{{url}}} 2"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

@@ -141,7 +141,12 @@ async fn peer(audio: bool) -> (support::Peer, String, str0m::change::SdpPendingO
     }
     let (offer, pending) = api.apply().unwrap();
     (
-        support::Peer { rtc, socket, local },
+        support::Peer {
+            rtc,
+            socket,
+            local,
+            messages: Default::default(),
+        },
         offer.to_sdp_string(),
         pending,
     )

@@ -156,23 +156,6 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
         let rtc = camera.rtc.stats().await.unwrap_or_default();
         fields.insert("viewers".into(), rtc.viewers.into());
         fields.insert("max_viewers".into(), camera.rtc.max_viewers().into());
-        if !rtc.turn.is_empty() {
-            // One entry per [ice] turn_servers URL: "allocating", "ready <relayed addr>",
-            // "failed: 401 Unauthorized …" (never a credential).
-            let turn: Vec<_> = rtc
-                .turn
-                .iter()
-                .map(|t| {
-                    serde_json::json!({
-                        "url": t.url,
-                        "state": t.state,
-                        "bytes_in": t.bytes_in,
-                        "bytes_out": t.bytes_out,
-                    })
-                })
-                .collect();
-            fields.insert("turn".into(), turn.into());
-        }
         fields.insert("camera".into(), camera_json(&camera.media.status()));
         let remotes = camera.remotes.statuses();
         if !remotes.is_empty() {

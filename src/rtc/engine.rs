@@ -100,8 +100,6 @@ pub struct Engine {
     ice: IceConfig,
     /// Publishes the candidates found at run time to the handles (for new answers).
     extra_candidates: watch::Sender<Vec<Candidate>>,
-    /// One TURN allocation per `[ice] turn_servers` entry that resolved, added to the core.
-    turn: Vec<TurnSidecar>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
 }
@@ -124,7 +122,6 @@ impl Engine {
             candidates = ?candidates.iter().map(|c| c.addr()).collect::<Vec<_>>(),
             "webrtc udp listening"
         );
-        let turn = turn_sidecars(&settings.ice, socket.local_addr()?).await;
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (extra_candidates, extra_rx) = watch::channel(Vec::new());
         let handle = RtcHandle {
@@ -152,7 +149,6 @@ impl Engine {
             hosts: settings.hosts,
             ice: settings.ice,
             extra_candidates,
-            turn,
             heartbeat: Heartbeat::default(),
         })
     }
@@ -196,7 +192,6 @@ impl Engine {
             hosts,
             ice,
             extra_candidates,
-            turn,
             heartbeat,
         } = self;
         // The engine keeps no sender: it stops when every caller's handle is gone.
@@ -229,11 +224,22 @@ impl Engine {
                 .spawn(resolve_server(raw.clone(), url, resolved_tx.clone()));
         }
         drop(resolved_tx);
+        // TURN servers too: a device that boots before DNS (or its network) is up gets its
+        // relayed candidate once the name resolves, not never.
+        let (turn_tx, mut turn_resolved) = mpsc::channel(ice.turn_servers.len().max(1));
+        for (i, server) in ice.turn_servers.iter().enumerate() {
+            let Ok(url) = server.parsed_url() else {
+                continue; // refused by config validation already
+            };
+            let (raw, tx) = (server.url.clone(), turn_tx.clone());
+            shell.tasks.spawn(async move {
+                let addr = resolve_with_backoff(&raw, || lookup(&url.host, url.port)).await;
+                let _ = tx.send((i, addr)).await;
+            });
+        }
+        drop(turn_tx);
         let mut bases = LocalAddrPicker::new(hosts.clone());
         let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
-        for sidecar in turn {
-            core.add_sidecar(Box::new(sidecar), Instant::now());
-        }
         shell.drain(&mut core);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
@@ -281,6 +287,13 @@ impl Engine {
                     let now = Instant::now();
                     let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
                     core.add_sidecar(Box::new(stun), now);
+                }
+                Some((i, addr)) = turn_resolved.recv() => {
+                    if let Some(sidecar) = ice.turn_servers.get(i).and_then(|server| {
+                        turn_sidecar(&ice, server, addr, bound)
+                    }) {
+                        core.add_sidecar(Box::new(sidecar), Instant::now());
+                    }
                 }
                 Some((server, ev)) = stream_rx.recv() => {
                     let now = Instant::now();
@@ -445,23 +458,64 @@ impl Shell {
     }
 }
 
-/// Resolve an `[ice]` server's host name, retrying with backoff (1 s doubling to 5 min; the
-/// first failure is logged as a warning, the rest at debug); an IPv4 address is sent on `tx`.
+/// Resolve a STUN server's host name off the loop ([`resolve_with_backoff`]); its IPv4
+/// address is sent on `tx`.
 async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, SocketAddr)>) {
-    let mut backoff = Duration::from_secs(1);
+    let addr = resolve_with_backoff(&raw, || async {
+        lookup(&url.host, url.port)
+            .await
+            .and_then(|a| {
+                a.filter(SocketAddr::is_ipv4)
+                    .ok_or_else(|| "no IPv4 address".into())
+            })
+            .map(Some)
+    })
+    .await;
+    let _ = tx.send((raw, addr)).await;
+}
+
+/// Look `host` up: its first IPv4 address, else its first address (viewers' candidates are
+/// IPv4), `None` when it has none; the resolver's error as text.
+async fn lookup(host: &str, port: u16) -> Result<Option<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| e.to_string())?
+        .collect();
+    Ok(addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied())
+}
+
+/// First wait after a failed lookup; it doubles up to [`RESOLVE_MAX_BACKOFF`].
+const RESOLVE_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between lookups of an `[ice]` server that does not resolve.
+const RESOLVE_MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Look an `[ice]` server (`raw`, its URL for the log) up with `lookup` until it gives an
+/// address, waiting with backoff between tries (1 s doubling to 5 min). The first failure is
+/// a warning, the rest are logged at debug. Cancelled by dropping the future (the engine's
+/// task set).
+async fn resolve_with_backoff<F, Fut>(raw: &str, mut lookup: F) -> SocketAddr
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<SocketAddr>, String>>,
+{
+    let mut backoff = RESOLVE_BACKOFF;
     let mut warned = false;
     loop {
-        let found = tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await
-            .map(|mut addrs| addrs.find(SocketAddr::is_ipv4));
-        let why = match found {
+        let why = match lookup().await {
             Ok(Some(addr)) => {
-                tracing::debug!(server = %raw, %addr, "ICE server resolved");
-                let _ = tx.send((raw, addr)).await;
-                return;
+                if warned {
+                    tracing::info!(server = %raw, %addr, "ICE server resolved at last");
+                } else {
+                    tracing::debug!(server = %raw, %addr, "ICE server resolved");
+                }
+                return addr;
             }
-            Ok(None) => "no IPv4 address".to_owned(),
-            Err(e) => e.to_string(),
+            Ok(None) => "no address".to_owned(),
+            Err(e) => e,
         };
         if warned {
             tracing::debug!(server = %raw, error = %why, "ICE server still not resolved");
@@ -470,75 +524,56 @@ async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, Sock
             warned = true;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(300));
+        backoff = (backoff * 2).min(RESOLVE_MAX_BACKOFF);
     }
 }
 
-/// The TURN allocations of `[ice] turn_servers`: each host resolved once at start (IPv4
-/// first: viewers' candidates are IPv4); one that does not resolve is logged and left out.
-async fn turn_sidecars(ice: &IceConfig, udp_local: SocketAddr) -> Vec<TurnSidecar> {
-    let mut out = Vec::new();
+/// The TURN allocation for one `[ice] turn_servers` entry, its host resolved to `addr`;
+/// `None` for a URL config validation refuses.
+fn turn_sidecar(
+    ice: &IceConfig,
+    server: &config::TurnServer,
+    addr: SocketAddr,
+    udp_local: SocketAddr,
+) -> Option<TurnSidecar> {
+    let url = server.parsed_url().ok()?;
+    let transport = match (url.scheme, url.transport) {
+        (IceScheme::Turns, _) => TurnTransport::Tls,
+        (_, IceTransport::Tcp) => TurnTransport::Tcp,
+        _ => TurnTransport::Udp,
+    };
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    for server in &ice.turn_servers {
-        let Ok(url) = server.parsed_url() else {
-            continue; // refused by config validation already
-        };
-        let transport = match (url.scheme, url.transport) {
-            (IceScheme::Turns, _) => TurnTransport::Tls,
-            (_, IceTransport::Tcp) => TurnTransport::Tcp,
-            _ => TurnTransport::Udp,
-        };
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await
-        {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                tracing::warn!(url = %server.url, error = %e, "TURN server does not resolve; no relayed candidate");
-                continue;
-            }
-        };
-        let Some(addr) = addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(addrs.first())
-            .copied()
-        else {
-            tracing::warn!(url = %server.url, "TURN server has no address; no relayed candidate");
-            continue;
-        };
-        let auth = match server.auth() {
-            config::TurnAuth::LongTerm {
-                username,
-                credential,
-            } => TurnAuth::LongTerm {
-                username: username.to_owned(),
-                credential: credential.to_owned(),
-            },
-            config::TurnAuth::Secret(secret) => TurnAuth::Secret {
-                secret: secret.to_owned(),
-                name: "snaprtcd".to_owned(),
-                ttl: ice.credential_ttl,
-            },
-        };
-        tracing::info!(url = %server.url, %addr, %transport, "TURN server");
-        let alloc = TurnAllocation::new(
-            addr,
-            transport,
-            udp_local,
-            auth,
-            TurnLimits::default(),
-            unix,
-            Instant::now(),
-        );
-        out.push(TurnSidecar::new(
-            alloc,
-            server.url.clone(),
-            url.host.clone(),
-        ));
-    }
-    out
+    let auth = match server.auth() {
+        config::TurnAuth::LongTerm {
+            username,
+            credential,
+        } => TurnAuth::LongTerm {
+            username: username.to_owned(),
+            credential: credential.to_owned(),
+        },
+        config::TurnAuth::Secret(secret) => TurnAuth::Secret {
+            secret: secret.to_owned(),
+            name: "snaprtcd".to_owned(),
+            ttl: ice.credential_ttl,
+        },
+    };
+    tracing::info!(url = %server.url, %addr, %transport, "TURN server");
+    let alloc = TurnAllocation::new(
+        addr,
+        transport,
+        udp_local,
+        auth,
+        TurnLimits::default(),
+        unix,
+        Instant::now(),
+    );
+    Some(TurnSidecar::new(
+        alloc,
+        server.url.clone(),
+        url.host.clone(),
+    ))
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
@@ -559,4 +594,49 @@ async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioFrame> {
 pub(crate) fn init_crypto() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name that does not resolve at first (a device booting before DNS is up) is looked up
+    /// again with backoff until it does, on virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_resolves_late_is_retried_with_backoff() {
+        let start = tokio::time::Instant::now();
+        let mut tries = Vec::new();
+        let addr = SocketAddr::from(([192, 0, 2, 1], 3478));
+        let got = resolve_with_backoff("turn:turn.example", || {
+            tries.push(start.elapsed());
+            let n = tries.len();
+            async move {
+                match n {
+                    1..=3 => Err("Temporary failure in name resolution".to_owned()),
+                    4 => Ok(None),
+                    _ => Ok(Some(addr)),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, addr);
+        let secs: Vec<u64> = tries.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [0, 1, 3, 7, 15], "1 s doubling");
+    }
+
+    /// The wait between lookups stops doubling at 5 min.
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_is_capped() {
+        let start = tokio::time::Instant::now();
+        let mut tries = Vec::new();
+        let addr = SocketAddr::from(([192, 0, 2, 1], 3478));
+        resolve_with_backoff("stun:stun.example", || {
+            tries.push(start.elapsed());
+            let done = tries.len() > 12;
+            async move { Ok(done.then_some(addr)) }
+        })
+        .await;
+        let gaps: Vec<u64> = tries.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
 }

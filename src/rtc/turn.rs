@@ -141,8 +141,14 @@ impl fmt::Debug for TurnAuth {
 /// Bounds of one allocation's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TurnLimits {
-    /// Most remote peers (permission + channel each) at once; more are refused and counted.
+    /// Most remote peers (permission + channel each) at once. When the table is full and
+    /// every peer in it has been idle for [`TurnLimits::peer_idle`] (no viewer uses the relay
+    /// now), the allocation is made afresh without them; otherwise more are refused and
+    /// counted.
     pub max_peers: usize,
+    /// A peer with no traffic either way for this long is no longer in use: it may go at the
+    /// next re-allocation.
+    pub peer_idle: Duration,
     /// Most outputs waiting in the queue for the owner; more are dropped and counted.
     pub max_queued: usize,
     /// First wait before a new allocation after a failure; doubles up to `max_backoff`.
@@ -155,6 +161,7 @@ impl Default for TurnLimits {
     fn default() -> Self {
         TurnLimits {
             max_peers: 64,
+            peer_idle: Duration::from_secs(60),
             max_queued: 512,
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -240,8 +247,10 @@ pub struct TurnStats {
     pub bytes_out: u64,
     /// Allocations made (1 normally; more after losses).
     pub allocations: u64,
-    /// Peers refused because [`TurnLimits::max_peers`] were installed.
+    /// Peers refused because [`TurnLimits::max_peers`] were installed and some were in use.
     pub peers_refused: u64,
+    /// Fresh allocations made to drop idle peers' permissions (a full table, none in use).
+    pub recycles: u64,
     /// Outputs dropped because the queue was full.
     pub dropped: u64,
     /// Datagrams from the server's address that were not TURN (junk, or for nobody).
@@ -298,8 +307,11 @@ pub struct TurnAllocation {
     wake: Option<Instant>,
     /// Stream transports: bytes of a frame not yet complete (at most one frame, < 64 KiB + 24).
     stream_buf: Vec<u8>,
-    /// Remote peers wanted by viewers (kept across re-allocations and re-installed).
-    peers: BTreeMap<SocketAddr, ()>,
+    /// Remote peers wanted by viewers, with their last traffic (kept across re-allocations
+    /// and re-installed).
+    peers: BTreeMap<SocketAddr, Instant>,
+    /// A delete of the current allocation is under way to make a fresh one (recycling).
+    recycling: bool,
     out: VecDeque<TurnOutput>,
     stats: TurnStats,
 }
@@ -319,6 +331,7 @@ impl TurnAllocation {
     ) -> Self {
         let limits = TurnLimits {
             max_peers: limits.max_peers.max(1),
+            peer_idle: limits.peer_idle,
             max_queued: limits.max_queued.max(8),
             min_backoff: limits.min_backoff.max(Duration::from_millis(10)),
             max_backoff: limits.max_backoff.max(limits.min_backoff),
@@ -343,6 +356,7 @@ impl TurnAllocation {
             signed_allocates: VecDeque::new(),
             stream_buf: Vec::new(),
             peers: BTreeMap::new(),
+            recycling: false,
             out: VecDeque::new(),
             stats: TurnStats::default(),
         }
@@ -443,6 +457,7 @@ impl TurnAllocation {
     /// Give up on the current client and try again after the backoff.
     fn fail(&mut self, why: String, now: Instant) {
         let wait = self.backoff;
+        self.recycling = false;
         self.backoff = (self.backoff * 2).min(self.limits.max_backoff);
         self.phase = Phase::Backoff(now + wait);
         self.set_state(AllocationState::Failed(why));
@@ -539,6 +554,9 @@ impl TurnAllocation {
         }
         for (peer, data) in received {
             self.stats.bytes_in += data.len() as u64;
+            if let Some(last) = self.peers.get_mut(&peer) {
+                *last = now;
+            }
             self.push(TurnOutput::Received { peer, data });
         }
         self.drive(now);
@@ -564,6 +582,9 @@ impl TurnAllocation {
         match built {
             Ok(Some(t)) => {
                 self.stats.bytes_out += payload.len() as u64;
+                if let Some(last) = self.peers.get_mut(&peer) {
+                    *last = now;
+                }
                 let mut bytes = t.build().data;
                 // Over a stream, ChannelData is padded to a multiple of 4 (RFC 8656 §12.5);
                 // the crate leaves that to the caller.
@@ -584,19 +605,51 @@ impl TurnAllocation {
     /// A viewer's remote candidate: install a permission for its IP and bind a channel to it
     /// (now if allocated, else as soon as the allocation is ready). Returns `false` when the
     /// peer limit refuses it.
+    ///
+    /// Permissions and channels live as long as the allocation (the client refreshes them),
+    /// so a long-running device would fill the table with peers of viewers long gone. When it
+    /// is full and every peer has been idle for [`TurnLimits::peer_idle`], no viewer uses the
+    /// relay now: the allocation is deleted and made afresh (a new relayed candidate) with
+    /// only this peer. While some peer is in use, a new one is refused.
     pub fn add_peer(&mut self, peer: SocketAddr, now: Instant) -> bool {
         if self.peers.contains_key(&peer) {
             return true;
         }
         if self.peers.len() >= self.limits.max_peers {
-            self.stats.peers_refused += 1;
-            return false;
+            let idle =
+                |last: &Instant| now.saturating_duration_since(*last) >= self.limits.peer_idle;
+            if self.recycling || !self.peers.values().all(idle) || !self.recycle(now) {
+                self.stats.peers_refused += 1;
+                return false;
+            }
         }
-        self.peers.insert(peer, ());
-        if self.relayed().is_some() {
+        self.peers.insert(peer, now);
+        if self.relayed().is_some() && !self.recycling {
             self.install(peer, now);
             self.drive(now);
         }
+        true
+    }
+
+    /// Delete the current allocation (its permissions and channels with it) and forget every
+    /// peer; a fresh allocation follows when the delete is done ([`Self::drive`]). `false`
+    /// when there is no allocation to delete.
+    fn recycle(&mut self, now: Instant) -> bool {
+        if self.relayed().is_none() {
+            return false;
+        }
+        let pnow = self.proto(now);
+        let Phase::Running(client) = &mut self.phase else {
+            return false;
+        };
+        if with_client!(client.as_mut(), c => c.delete(pnow)).is_err() {
+            return false;
+        }
+        tracing::debug!(server = %self.server, peers = self.peers.len(), "TURN peer table full of idle peers: making a fresh allocation");
+        self.peers.clear();
+        self.recycling = true;
+        self.stats.recycles += 1;
+        self.drive(now);
         true
     }
 
@@ -740,6 +793,14 @@ impl TurnAllocation {
             }
             return;
         }
+        if closed && self.recycling {
+            // The delete is done: allocate afresh now (a stream reconnects: one allocation
+            // per connection).
+            self.recycling = false;
+            self.phase = Phase::Backoff(now);
+            self.handle_timeout(now);
+            return;
+        }
         if failed || closed {
             let why = match (&self.state, self.last_error.take()) {
                 (AllocationState::Ready(_), _) => "allocation lost (refresh failed)".to_owned(),
@@ -764,6 +825,10 @@ pub struct TurnStatus {
     pub bytes_in: u64,
     /// Payload bytes relayed to peers.
     pub bytes_out: u64,
+    /// Peers with a permission and channel now (at most [`TurnLimits::max_peers`]).
+    pub peers: usize,
+    /// Fresh allocations made to drop idle peers ([`TurnStats::recycles`]).
+    pub recycles: u64,
 }
 
 /// A [`TurnAllocation`] as a component beside str0m on the engine ([`Sidecar`]): its
@@ -972,6 +1037,8 @@ impl Sidecar for TurnSidecar {
             state_code: self.alloc.state().metric(),
             bytes_in: st.bytes_in,
             bytes_out: st.bytes_out,
+            peers: self.alloc.peer_count(),
+            recycles: st.recycles,
         })
     }
 }
@@ -1033,6 +1100,7 @@ mod tests {
     const SERVER: &str = "198.51.100.1:3478";
     const RELAYED: &str = "198.51.100.1:50000";
     const PEER: &str = "203.0.113.7:6000";
+    const PEER2: &str = "203.0.113.8:6000";
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -1453,6 +1521,65 @@ mod tests {
         assert!(!c.add_peer(a("203.0.113.3:1"), net.now));
         assert_eq!(c.peer_count(), 2);
         assert_eq!(c.stats().peers_refused, 1);
+    }
+
+    /// A long-running device: viewers come and go, each with new peer addresses. A full table
+    /// of idle peers is recycled (fresh allocation, only the new peer installed, counted);
+    /// a full table with a peer in use refuses, as before.
+    #[test]
+    fn a_full_table_of_idle_peers_is_recycled_by_a_fresh_allocation() {
+        let (mut net, now) = Net::new(TransportType::Udp, ("user", "pass"));
+        let mut c = TurnAllocation::new(
+            a(SERVER),
+            TurnTransport::Udp,
+            a(CLIENT),
+            TurnAuth::LongTerm {
+                username: "user".into(),
+                credential: "pass".into(),
+            },
+            TurnLimits {
+                max_peers: 2,
+                ..TurnLimits::default()
+            },
+            0,
+            now,
+        );
+        net.advance(&mut c, now + Duration::from_secs(1));
+        assert!(c.add_peer(a("203.0.113.1:1"), net.now));
+        assert!(c.add_peer(a(PEER), net.now));
+        // The viewer behind PEER is live: traffic both ways for a while.
+        for _ in 0..30 {
+            let t = net.now + Duration::from_secs(5);
+            net.advance(&mut c, t);
+            c.handle_send(a(PEER), b"rtp", net.now).unwrap();
+            net.settle(&mut c);
+        }
+        assert!(!c.add_peer(a("203.0.113.3:1"), net.now), "PEER is in use");
+        assert_eq!(c.stats().peers_refused, 1);
+        assert_eq!(c.stats().recycles, 0);
+        // The viewer leaves; a minute later a new viewer's peer comes.
+        let t = net.now + Duration::from_secs(61);
+        net.advance(&mut c, t);
+        assert!(c.add_peer(a(PEER2), net.now), "idle table recycled");
+        assert_eq!(c.stats().recycles, 1);
+        let t = net.now + Duration::from_secs(2);
+        net.advance(&mut c, t);
+        assert_eq!(c.state(), &AllocationState::Ready(a(RELAYED)));
+        assert_eq!(c.stats().allocations, 2, "a fresh allocation");
+        assert_eq!(c.peer_count(), 1, "only the new peer");
+        // The new peer works; the old ones have no permission on the new allocation.
+        c.handle_send(a(PEER2), b"new viewer", net.now).unwrap();
+        assert_eq!(
+            c.handle_send(a(PEER), b"gone", net.now),
+            Err(TurnSendError::NoPermission(a(PEER)))
+        );
+        net.settle(&mut c);
+        assert_eq!(
+            net.peer_inbox.last(),
+            Some(&(a(RELAYED), b"new viewer".to_vec()))
+        );
+        assert!(c.add_peer(a("203.0.113.4:1"), net.now));
+        assert_eq!(c.peer_count(), 2);
     }
 
     #[test]

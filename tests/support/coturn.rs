@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -43,6 +44,16 @@ fn free_port() -> u16 {
 impl Coturn {
     /// Start coturn with `auth` arguments; `None` when it is not installed (outside CI).
     pub fn start(auth: &[&str]) -> Option<Coturn> {
+        Self::start_with(auth, None)
+    }
+
+    /// Start coturn speaking TLS too (`turns:`) with this certificate and key (PEM files): on
+    /// its listening port it tells TLS from plain TCP by the first bytes.
+    pub fn start_tls(auth: &[&str], cert: &Path, key: &Path) -> Option<Coturn> {
+        Self::start_with(auth, Some((cert, key)))
+    }
+
+    fn start_with(auth: &[&str], tls: Option<(&Path, &Path)>) -> Option<Coturn> {
         if Command::new("turnserver")
             .arg("--version")
             .stdout(Stdio::null())
@@ -64,14 +75,14 @@ impl Coturn {
         // A relay port range of its own, from a free port upward (coturn needs a range).
         let relay = free_port().clamp(1024, 65000);
         let mut child = Command::new("turnserver")
-            .args([
-                "-n",
-                "-v",
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--simple-log",
-            ])
+            .args(["-n", "-v", "--no-cli", "--no-dtls", "--simple-log"])
+            .args(match tls {
+                None => vec!["--no-tls".to_owned()],
+                Some((cert, key)) => vec![
+                    format!("--cert={}", cert.display()),
+                    format!("--pkey={}", key.display()),
+                ],
+            })
             .args([
                 "--log-file",
                 "stdout",

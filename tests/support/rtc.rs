@@ -95,6 +95,9 @@ pub struct Peer {
     pub rtc: Rtc,
     pub socket: UdpSocket,
     pub local: SocketAddr,
+    /// Data channel messages that arrived while driving for something else (e.g. the still
+    /// sent on open, reaching the peer before the 5th frame), kept for [`Peer::first_still`].
+    pub messages: std::collections::VecDeque<(bool, Vec<u8>)>,
 }
 
 impl Peer {
@@ -107,7 +110,16 @@ impl Peer {
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         api.add_channel("snap".into());
         let (offer, pending) = api.apply().unwrap();
-        (Self { rtc, socket, local }, offer.to_sdp_string(), pending)
+        (
+            Self {
+                rtc,
+                socket,
+                local,
+                messages: Default::default(),
+            },
+            offer.to_sdp_string(),
+            pending,
+        )
     }
 }
 
@@ -166,35 +178,50 @@ impl Peer {
         }
     }
 
-    /// Drive until `n` video frames arrived.
+    /// Drive until `n` video frames arrived; data channel messages meanwhile are kept.
     pub async fn frames(&mut self, n: usize) {
         let mut got = 0;
+        let mut kept = Vec::new();
         self.drive(Duration::from_secs(10), |_, e| {
-            if matches!(e, Event::MediaData(_)) {
-                got += 1;
+            match e {
+                Event::MediaData(_) => got += 1,
+                Event::ChannelData(d) => kept.push((d.binary, d.data)),
+                _ => {}
             }
             got >= n
         })
         .await;
+        self.messages.extend(kept);
     }
 
-    /// Drive until the first binary data channel message (the still sent on open).
+    /// Drive until the first binary data channel message (the still sent on open), or take
+    /// it from the messages kept while driving for frames.
     pub async fn first_still(&mut self) -> Vec<u8> {
         let mut still = None;
-        self.drive(Duration::from_secs(10), |_, e| {
-            if let Event::ChannelData(d) = e {
-                if d.binary {
-                    still = Some(d.data);
-                } else {
-                    panic!(
-                        "error instead of a still: {}",
-                        String::from_utf8_lossy(&d.data)
-                    );
+        if let Some((binary, data)) = self.messages.pop_front() {
+            assert!(
+                binary,
+                "error instead of a still: {}",
+                String::from_utf8_lossy(&data)
+            );
+            still = Some(data);
+        }
+        if still.is_none() {
+            self.drive(Duration::from_secs(10), |_, e| {
+                if let Event::ChannelData(d) = e {
+                    if d.binary {
+                        still = Some(d.data);
+                    } else {
+                        panic!(
+                            "error instead of a still: {}",
+                            String::from_utf8_lossy(&d.data)
+                        );
+                    }
                 }
-            }
-            still.is_some()
-        })
-        .await;
+                still.is_some()
+            })
+            .await;
+        }
         still.unwrap()
     }
 }
