@@ -44,6 +44,9 @@ pub struct Config {
     pub ice: IceConfig,
     /// Log level and format.
     pub log: LogConfig,
+    /// `[[remote]]`: remote SnapRTC hubs the device dials out to and waits in as the capture
+    /// side (one entry per session; several entries serve several initiators at once).
+    pub remote: Vec<RemoteConfig>,
 }
 
 /// `[server]`
@@ -628,6 +631,11 @@ pub struct SignalingConfig {
     pub max_members_per_session: usize,
     /// Messages queued towards one client; a client that lets it fill is disconnected.
     pub max_queued_messages: usize,
+    /// Behave like the original ASP.NET server, for testing clients against it: every relayed
+    /// message (and `signalStart`) also goes back to its sender, and an initiator joining a
+    /// waiting capture side is not started at once.
+    #[serde(default)]
+    pub echo_to_sender: bool,
 }
 
 impl Default for SignalingConfig {
@@ -645,6 +653,7 @@ impl Default for SignalingConfig {
             max_sessions: 10000,
             max_members_per_session: 8,
             max_queued_messages: 64,
+            echo_to_sender: false,
         }
     }
 }
@@ -721,6 +730,13 @@ pub struct BackplaneConfig {
     /// that, messages are dropped (and counted) rather than held, and a subscription that could
     /// not be queued holds joins until the queue drains (then everything is subscribed again).
     pub max_queued_messages: usize,
+    /// Start an initiator at once when it joins a session where a capture side that dialled
+    /// out (`[[remote]]`) waits on another instance, through snaprtcd's own channel
+    /// `{prefix}:snaprtcd:start`. Only for fleets of snaprtcd instances: with an instance of
+    /// the original server in the fleet, initiators that reach it would never be started this
+    /// way, so leave it off there (devices then re-announce, as on the original server).
+    #[serde(default)]
+    pub start_on_join: bool,
 }
 
 /// `[backplane] prefix`: the SnapRTC server's hub class name.
@@ -736,6 +752,7 @@ impl Default for BackplaneConfig {
             prefix: default_backplane_prefix(),
             instance_ttl: Duration::from_secs(15),
             max_queued_messages: 4096,
+            start_on_join: false,
         }
     }
 }
@@ -907,6 +924,69 @@ impl Default for IceConfig {
             turn_servers: Vec::new(),
             stun_refresh: Duration::from_secs(30),
             credential_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[[remote]]`: one remote SnapRTC hub session the device dials out to (issue 13 item 6).
+///
+/// The device connects as a SignalR client (negotiate, then a WebSocket; `https://` means
+/// `wss://`, with the system's root certificates), joins `session` as the capture side and
+/// answers the offers of the initiators that join it, one initiator at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// The hub: `http(s)://host[:port][/path]`; with no path, the SnapRTC hub path
+    /// `/snaprtc-hub`.
+    pub url: String,
+    /// The session to wait in: 1-128 characters of `[A-Za-z0-9_-]`, or `"device-id"` for the
+    /// device's stable id (the one mDNS announces).
+    pub session: String,
+    /// Bearer token for the hub (sent as `Authorization: Bearer` on negotiate and as
+    /// `access_token` on the WebSocket, as `@microsoft/signalr` does); empty for none.
+    pub token: String,
+    /// While idle on a hub that cannot start initiators itself (the original .NET server),
+    /// the device says `Sync(session, true)` again this often, so an initiator that joined
+    /// later gets `signalStart` within it. It must be longer than an initiator needs to gather
+    /// and send its offer (simple-peer gives up gathering after 5 s): no second `signalStart`
+    /// may reach an initiator that is still making its offer.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// How long an initiator's exchange may take from its offer to the device's answer; after
+    /// that the session is free again.
+    #[serde(with = "humantime_serde")]
+    pub exchange_timeout: Duration,
+    /// Negotiate, WebSocket and SignalR handshake together must finish within this.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The longest wait between reconnection attempts (the backoff starts at 1 s and doubles).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// A SignalR ping goes to the hub after this long without sending anything.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// The connection is dropped (and made again) after this long without hearing from the
+    /// hub; SignalR hubs ping every 15 s.
+    #[serde(with = "humantime_serde")]
+    pub server_timeout: Duration,
+    /// Largest SignalR message (and negotiate response) accepted from the hub; a bigger one
+    /// drops the connection.
+    pub max_message_bytes: usize,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            session: "device-id".to_owned(),
+            token: String::new(),
+            announce_interval: Duration::from_secs(10),
+            exchange_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            reconnect_max: Duration::from_secs(10),
+            keepalive: Duration::from_secs(15),
+            server_timeout: Duration::from_secs(30),
+            max_message_bytes: 64 * 1024,
         }
     }
 }
@@ -1156,6 +1236,75 @@ impl IceUrl {
     }
 }
 
+/// `[[remote]] session = "device-id"`: the device's stable id stands for the session.
+pub const REMOTE_SESSION_DEVICE_ID: &str = "device-id";
+
+/// Most `[[remote]]` entries.
+pub const MAX_REMOTES: usize = 64;
+
+/// A checked `[[remote]] url`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteUrl {
+    /// `https://` (TLS, `wss://`).
+    pub tls: bool,
+    /// Host name or IP address (an IPv6 address without brackets).
+    pub host: String,
+    /// Port (80 or 443 when not given).
+    pub port: u16,
+    /// The hub path, starting with `/` and without a trailing `/`.
+    pub path: String,
+}
+
+impl RemoteUrl {
+    /// Check and split a hub URL.
+    pub fn parse(url: &str) -> Result<RemoteUrl, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| format!("{url:?} is not a URL like \"https://hub.example.com\""))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("{url:?} must start with http:// or https://")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{url:?} names no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "{url:?} must not carry user info; put a token in `token`"
+            ));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url:?} names no host"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{url:?} must not have a query (?…)"));
+        }
+        let port = match authority.port_u16() {
+            Some(0) => return Err(format!("{url:?}: port 0 is not a port")),
+            Some(p) => p,
+            None if tls => 443,
+            None => 80,
+        };
+        let path = uri.path().trim_end_matches('/');
+        let path = if path.is_empty() {
+            "/snaprtc-hub"
+        } else {
+            path
+        };
+        Ok(RemoteUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
 /// `[ice]`: URLs of the right kind, credentials in one form, sane timers, and no contradiction
 /// between `mode = "lite"` and servers that only full ICE uses.
 fn validate_ice(i: &IceConfig) -> Result<(), Invalid> {
@@ -1204,6 +1353,103 @@ fn validate_ice(i: &IceConfig) -> Result<(), Invalid> {
                 humantime::format_duration(i.credential_ttl)
             ),
         );
+    }
+    Ok(())
+}
+
+/// `[[remote]]`: each entry reachable and distinct, its timings sane against each other.
+fn validate_remotes(remotes: &[RemoteConfig]) -> Result<(), Invalid> {
+    if remotes.len() > MAX_REMOTES {
+        return bad(
+            "remote",
+            format!("{} entries; at most {MAX_REMOTES}", remotes.len()),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in remotes.iter().enumerate() {
+        let n = i + 1;
+        let url = match RemoteUrl::parse(&r.url) {
+            Ok(url) => url,
+            Err(_) if r.url.is_empty() => {
+                return bad(
+                    "remote.url",
+                    format!("entry {n}: must be set (the hub's http(s):// URL)"),
+                )
+            }
+            Err(e) => return bad("remote.url", format!("entry {n}: {e}")),
+        };
+        let session_ok = r.session == REMOTE_SESSION_DEVICE_ID
+            || (!r.session.is_empty()
+                && r.session.len() <= 128
+                && r.session
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        if !session_ok {
+            return bad(
+                "remote.session",
+                format!(
+                    "entry {n}: {:?} must be \"device-id\" or 1-128 characters of A-Z, a-z, 0-9, '_' and '-'",
+                    r.session
+                ),
+            );
+        }
+        if !seen.insert((url.clone(), r.session.clone())) {
+            return bad(
+                "remote.session",
+                format!(
+                    "entry {n}: session {:?} on {} is listed twice; one device waits once in a session",
+                    r.session, r.url
+                ),
+            );
+        }
+        if r.token.len() > 4096 || r.token.chars().any(|c| !c.is_ascii_graphic()) {
+            return bad(
+                "remote.token",
+                format!(
+                    "entry {n}: must be at most 4096 printable ASCII characters without spaces"
+                ),
+            );
+        }
+        let durations = [
+            ("remote.announce_interval", r.announce_interval, 6, 3600),
+            ("remote.exchange_timeout", r.exchange_timeout, 5, 600),
+            ("remote.connect_timeout", r.connect_timeout, 1, 300),
+            ("remote.reconnect_max", r.reconnect_max, 1, 3600),
+            ("remote.keepalive", r.keepalive, 1, 300),
+            ("remote.server_timeout", r.server_timeout, 2, 600),
+        ];
+        for (key, value, lo, hi) in durations {
+            if value < Duration::from_secs(lo) || value > Duration::from_secs(hi) {
+                return bad(
+                    key,
+                    format!(
+                        "entry {n}: {} is not between {} and {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(Duration::from_secs(lo)),
+                        humantime::format_duration(Duration::from_secs(hi)),
+                    ),
+                );
+            }
+        }
+        if r.server_timeout <= r.keepalive {
+            return bad(
+                "remote.server_timeout",
+                format!(
+                    "entry {n}: {} must be longer than keepalive ({}), or the link drops between pings",
+                    humantime::format_duration(r.server_timeout),
+                    humantime::format_duration(r.keepalive)
+                ),
+            );
+        }
+        if !(4096..=16 << 20).contains(&r.max_message_bytes) {
+            return bad(
+                "remote.max_message_bytes",
+                format!(
+                    "entry {n}: {} is not in 4096..=16777216",
+                    r.max_message_bytes
+                ),
+            );
+        }
     }
     Ok(())
 }
@@ -1383,6 +1629,7 @@ impl Config {
         validate_backplane(&self.backplane)?;
         validate_ice(&self.ice)?;
         validate_log(&self.log)?;
+        validate_remotes(&self.remote)?;
         validate_relay(self)
     }
 
@@ -1444,6 +1691,22 @@ fn validate_relay(c: &Config) -> Result<(), Invalid> {
             "ice",
             "is a WebRTC setting, but [camera] source = \"none\" (the relay role) runs no \
              WebRTC engine; remove [ice], or choose a source",
+        );
+    }
+
+    if !c.remote.is_empty() {
+        return bad(
+            "remote",
+            format!(
+                "{} [[remote]] entr{} given, but [camera] source = \"none\" (the relay role) \
+                 has no camera to offer a remote hub; remove them, or choose a camera source",
+                c.remote.len(),
+                if c.remote.len() == 1 {
+                    "y is"
+                } else {
+                    "ies are"
+                }
+            ),
         );
     }
     match changed.into_iter().find_map(|(key, v)| v.map(|v| (key, v))) {
@@ -2276,6 +2539,81 @@ mod tests {
     fn bad_listen_address_is_rejected() {
         let err = Config::from_toml("[server]\nlisten = \"localhost\"\n", "a").unwrap_err();
         assert_eq!(err.position, Some((2, 10)), "{err}");
+    }
+
+    #[test]
+    fn remotes_are_checked() {
+        let ok = Config::from_toml(
+            "[[remote]]\nurl = \"https://hub.example.com\"\n\n[[remote]]\nurl = \"http://10.0.0.1:8080/hub/\"\nsession = \"kitchen-1\"\ntoken = \"abc\"\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(ok.remote.len(), 2);
+        assert_eq!(ok.remote[0].session, "device-id");
+        let url = RemoteUrl::parse(&ok.remote[1].url).unwrap();
+        assert_eq!(
+            (url.tls, url.port, url.path.as_str()),
+            (false, 8080, "/hub")
+        );
+        let url = RemoteUrl::parse(&ok.remote[0].url).unwrap();
+        assert_eq!(
+            (url.tls, url.port, url.path.as_str()),
+            (true, 443, "/snaprtc-hub")
+        );
+        let cases = [
+            ("[[remote]]\n", "remote.url", "must be set"),
+            ("[[remote]]\nurl = \"ftp://x\"\n", "remote.url", "http://"),
+            (
+                "[[remote]]\nurl = \"http://u:p@x\"\n",
+                "remote.url",
+                "user info",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x/?a=1\"\n",
+                "remote.url",
+                "query",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nsession = \"a b\"\n",
+                "remote.session",
+                "entry 1",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\n[[remote]]\nurl = \"http://x/snaprtc-hub\"\n",
+                "remote.session",
+                "entry 2: session \"device-id\" on http://x/snaprtc-hub is listed twice",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nannounce_interval = \"2s\"\n",
+                "remote.announce_interval",
+                "2s is not between 6s",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nserver_timeout = \"10s\"\n",
+                "remote.server_timeout",
+                "longer than keepalive",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\ntoken = \"a b\"\n",
+                "remote.token",
+                "printable",
+            ),
+            (
+                "[[remote]]\nurl = \"http://x\"\nmax_message_bytes = 10\n",
+                "remote.max_message_bytes",
+                "10 is not in",
+            ),
+            (
+                "[camera]\nsource = \"none\"\n[[remote]]\nurl = \"http://x\"\n",
+                "remote",
+                "relay role",
+            ),
+        ];
+        for (text, key, message) in cases {
+            let err = Config::from_toml(text, "a").unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+            assert!(err.message.contains(message), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -480,10 +480,22 @@ impl Generation {
         let signaling = crate::signaling::spawn(
             config.signaling.clone(),
             &config.backplane,
-            Some(answerer),
+            Some(answerer.clone()),
             self.cancel.child_token(),
             self.tracker.clone(),
         )?;
+        // `[[remote]]`: wait in sessions on remote hubs too, answering through the same engine.
+        let remotes = match config.remote.is_empty() {
+            true => Default::default(),
+            false => crate::signaling::dialout::spawn(
+                &config.remote,
+                &Self::device_id(common),
+                answerer,
+                config.signaling.max_payload_bytes,
+                self.cancel.child_token(),
+                &self.tracker,
+            ),
+        };
         let whep = crate::rtc::whep::Whep::new(
             rtc.clone(),
             crate::rtc::whep::WhepSettings::from_config(config),
@@ -502,6 +514,7 @@ impl Generation {
             media: media.clone(),
             mjpeg,
             rtsp: rtsp.as_ref().map(|(counters, _)| counters.clone()),
+            remotes: remotes.clone(),
         };
         let http_port = self.start_http(config, http, auth, signaling, Some(camera))?;
         if config.mdns.enabled {
@@ -510,7 +523,7 @@ impl Generation {
         let (note, cancel) = (common.note.clone(), self.cancel.clone());
         self.services.spawn(
             "status",
-            status::report_status(media, rtc, note, STATUS_POLL, cancel),
+            status::report_status(media, rtc, remotes, note, STATUS_POLL, cancel),
         );
         Ok(())
     }
@@ -654,7 +667,17 @@ impl Generation {
     /// Advertise `_snaprtc._tcp` for `http_port` (and `_rtsp._tcp` for `rtsp_port`), following
     /// the live config.
     fn start_mdns(&mut self, http_port: u16, rtsp_port: Option<u16>, common: &Common) {
-        let device_id = common
+        let device_id = Self::device_id(common);
+        let (rx, cancel) = (common.config.clone(), self.cancel.clone());
+        self.services.spawn(
+            "mdns",
+            crate::discovery::supervise(rx, http_port, rtsp_port, device_id, cancel),
+        );
+    }
+
+    /// The stable device id (mDNS, and `[[remote]] session = "device-id"`), read once.
+    fn device_id(common: &Common) -> String {
+        common
             .device_id
             .get_or_init(|| {
                 let dir = systemd::state_dir();
@@ -663,12 +686,7 @@ impl Generation {
                     crate::discovery::system_hostname()
                 })
             })
-            .clone();
-        let (rx, cancel) = (common.config.clone(), self.cancel.clone());
-        self.services.spawn(
-            "mdns",
-            crate::discovery::supervise(rx, http_port, rtsp_port, device_id, cancel),
-        );
+            .clone()
     }
 
     /// Cancel every service, wait for them (with a deadline), and join the pipeline threads.

@@ -45,7 +45,8 @@
 //!   RTP packetisation, RTCP sender reports, token auth (Basic, Digest); a thin tokio shell.
 //! - [`signaling`]: SignalR JSON hub protocol codec and the SnapRTC hub (pure), the Redis
 //!   backplane's wire format (ASP.NET Core SignalR's channels and MessagePack envelope, pure),
-//!   and their tokio shell (one hub task, one task per WebSocket).
+//!   and their tokio shell (one hub task, one task per WebSocket); dial-out to remote hubs
+//!   (`[[remote]]`) as a SignalR client: a pure state machine and one task per remote.
 //! - [`metrics`]: `GET /metrics` in Prometheus text, rendered from the owners' snapshots.
 //! - [`discovery`]: mDNS advertisement of `_snaprtc._tcp` (instance, port, TXT), goodbye on exit.
 //! - [`systemd`]: `sd_notify` (ready, status, reload, stop), the progress-gated watchdog, the

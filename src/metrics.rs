@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::media::{CameraState, KeyframeCause, MediaCounters, MediaStatus, ENCODE_BUCKETS_MS};
 use crate::rtc::RtcStats;
 use crate::rtsp::RtspCounters;
+use crate::signaling::dialout::RemoteStatus;
+use crate::signaling::remote::{RemoteCounters, RemoteState};
 use crate::signaling::ws::SignalingStats;
 
 /// Everything one scrape shows.
@@ -28,6 +30,8 @@ pub struct Snapshot<'a> {
     pub process: &'a ProcessStats,
     /// The RTSP server's counters; `None` when it is off (its series are left out).
     pub rtsp: Option<&'a RtspCounters>,
+    /// The `[[remote]]` hubs dialled out to (no series without any).
+    pub remotes: &'a [RemoteStatus],
 }
 
 /// Figures about the daemon process, read at scrape time by [`ProcessStats::sample`]. A
@@ -340,7 +344,158 @@ const METRICS: &[Metric] = &[
         help: "RTSP requests answered with an error status.",
         read: Read::Maybe(|s| s.rtsp.map(|r| get(&r.bad_requests))),
     },
+    Metric {
+        name: "snaprtcd_remote_state",
+        kind: Kind::Gauge,
+        help: "Each [[remote]] hub link's state: 1 for the current one.",
+        read: Read::Samples(remote_state),
+    },
+    Metric {
+        name: "snaprtcd_remote_connects_total",
+        kind: Kind::Counter,
+        help: "Connections to the remote hub that completed the SignalR handshake.",
+        read: Read::Samples(|s| remote_counter(s, |c| c.connects)),
+    },
+    Metric {
+        name: "snaprtcd_remote_failures_total",
+        kind: Kind::Counter,
+        help: "Remote hub links lost and connection attempts that failed.",
+        read: Read::Samples(|s| remote_counter(s, |c| c.failures)),
+    },
+    Metric {
+        name: "snaprtcd_remote_offers_total",
+        kind: Kind::Counter,
+        help: "Initiators' offers taken through a remote hub.",
+        read: Read::Samples(|s| remote_counter(s, |c| c.offers)),
+    },
+    Metric {
+        name: "snaprtcd_remote_busy_offers_total",
+        kind: Kind::Counter,
+        help: "Offers dropped because the remote session was serving another initiator.",
+        read: Read::Samples(|s| remote_counter(s, |c| c.busy_offers)),
+    },
+    Metric {
+        name: "snaprtcd_turn_allocation_state",
+        kind: Kind::Gauge,
+        help: "Each [ice] turn_servers allocation: 0 connecting or allocating, 1 ready (relayed candidate offered), 2 failed (retrying).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .map(|t| (format!("{{url=\"{}\"}}", label(&t.url)), f64::from(t.state_code)))
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_turn_relayed_bytes_total",
+        kind: Kind::Counter,
+        help: "Payload bytes relayed through the TURN allocation, by direction (in: from peers).",
+        read: Read::Samples(|s| {
+            s.rtc
+                .turn
+                .iter()
+                .flat_map(|t| {
+                    let url = label(&t.url);
+                    [
+                        (format!("{{url=\"{url}\",direction=\"in\"}}"), t.bytes_in as f64),
+                        (format!("{{url=\"{url}\",direction=\"out\"}}"), t.bytes_out as f64),
+                    ]
+                })
+                .collect()
+        }),
+    },
+    Metric {
+        name: "snaprtcd_viewers_pair",
+        kind: Kind::Gauge,
+        help: "Connected viewers by their selected ICE candidate pair's type (host, srflx, prflx, relay).",
+        read: Read::Samples(viewers_by_pair),
+    },
+    Metric {
+        name: "snaprtcd_ice_server_up",
+        kind: Kind::Gauge,
+        help: "1 while an [ice] STUN server answers (or a TURN allocation holds), 0 while it fails or starts.",
+        read: Read::Samples(ice_servers_up),
+    },
 ];
+
+/// The labels naming one remote: `url="…",session="…"`.
+fn remote_labels(r: &RemoteStatus) -> String {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "url=\"{}\",session=\"{}\"",
+        escape(&r.url),
+        escape(&r.session)
+    )
+}
+
+/// `snaprtcd_remote_state{url,session,state}`: 1 for each remote's state, 0 for the others.
+fn remote_state(s: &Snapshot<'_>) -> Vec<Sample> {
+    const STATES: [RemoteState; 4] = [
+        RemoteState::Connecting,
+        RemoteState::Idle,
+        RemoteState::Serving,
+        RemoteState::Reconnecting,
+    ];
+    let mut samples = Vec::new();
+    for r in s.remotes {
+        for st in STATES {
+            let on = f64::from(u8::from(st == r.state));
+            samples.push((
+                format!("{{{},state=\"{}\"}}", remote_labels(r), st.as_str()),
+                on,
+            ));
+        }
+    }
+    samples
+}
+
+/// One counter of every remote.
+fn remote_counter(s: &Snapshot<'_>, read: fn(&RemoteCounters) -> u64) -> Vec<Sample> {
+    s.remotes
+        .iter()
+        .map(|r| {
+            (
+                format!("{{{}}}", remote_labels(r)),
+                read(&r.counters) as f64,
+            )
+        })
+        .collect()
+}
+
+/// `snaprtcd_viewers_pair{type="…"}` for every pair type.
+fn viewers_by_pair(s: &Snapshot<'_>) -> Vec<Sample> {
+    crate::rtc::viewer::PairType::ALL
+        .iter()
+        .zip(s.rtc.pair_types)
+        .map(|(t, n)| (format!("{{type=\"{}\"}}", t.as_str()), n as f64))
+        .collect()
+}
+
+/// `snaprtcd_ice_server_up{kind="stun",server="…"}` per STUN client or TURN allocation.
+fn ice_servers_up(s: &Snapshot<'_>) -> Vec<Sample> {
+    s.rtc
+        .ice
+        .iter()
+        .map(|h| {
+            let server = h
+                .server
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            (
+                format!("{{kind=\"{}\",server=\"{server}\"}}", h.kind),
+                f64::from(u8::from(h.up)),
+            )
+        })
+        .collect()
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 /// `snaprtcd_keyframes_total{cause="…"}` for every cause.
 fn keyframes_by_cause(s: &Snapshot<'_>) -> Vec<Sample> {
@@ -503,6 +658,15 @@ snaprtcd_camera_fps 29.5
             frames_sent: 7,
             bytes_out: 12345,
             stills_sent: 5,
+            pair_types: [1, 0, 0, 0],
+            ice: vec![crate::rtc::core::SidecarHealth {
+                kind: "stun",
+                server: "stun:stun.example.org".into(),
+                state: "ok".into(),
+                up: true,
+                bytes_relayed: 0,
+                ..Default::default()
+            }],
             ..RtcStats::default()
         };
         let camera = MediaStatus {
@@ -522,7 +686,51 @@ snaprtcd_camera_fps 29.5
             signaling: &signaling,
             process,
             rtsp: None,
+            remotes: &[],
         })
+    }
+
+    #[test]
+    fn remote_hubs_have_a_state_and_counters_each() {
+        let (rtc, media) = (RtcStats::default(), MediaCounters::default());
+        let signaling = SignalingStats::default();
+        let remotes = [RemoteStatus {
+            url: "https://hub.example.com".into(),
+            session: "dev-1".into(),
+            state: RemoteState::Serving,
+            error: None,
+            start_on_join: true,
+            counters: RemoteCounters {
+                offers: 3,
+                ..RemoteCounters::default()
+            },
+        }];
+        let text = render(&Snapshot {
+            rtc: &rtc,
+            media: &media,
+            camera: None,
+            signaling: &signaling,
+            process: &ProcessStats::default(),
+            rtsp: None,
+            remotes: &remotes,
+        });
+        let labels = "url=\"https://hub.example.com\",session=\"dev-1\"";
+        assert!(
+            text.contains(&format!(
+                "\nsnaprtcd_remote_state{{{labels},state=\"serving\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "\nsnaprtcd_remote_state{{{labels},state=\"idle\"}} 0\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("\nsnaprtcd_remote_offers_total{{{labels}}} 3\n")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -545,6 +753,14 @@ snaprtcd_camera_fps 29.5
         assert!(text.contains("snaprtcd_encode_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("snaprtcd_encode_seconds_count 2\n"));
         assert!(text.contains("snaprtcd_camera_state{state=\"streaming\"} 1\n"));
+        assert!(
+            text.contains("snaprtcd_viewers_pair{type=\"host\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("snaprtcd_viewers_pair{type=\"relay\"} 0\n"));
+        assert!(text.contains(
+            "snaprtcd_ice_server_up{kind=\"stun\",server=\"stun:stun.example.org\"} 1\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v.parse::<f64>().is_ok(), "{line}");
@@ -571,6 +787,7 @@ snaprtcd_camera_fps 29.5
             signaling: &signaling,
             process: &ProcessStats::default(),
             rtsp: None,
+            remotes: &[],
         });
         assert!(
             text.contains("\nsnaprtcd_role{role=\"relay\"} 1\n"),

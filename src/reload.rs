@@ -7,7 +7,7 @@
 //! - `[mdns]` changes live: the advertiser follows the published config (goodbye, then the new
 //!   records).
 //! - every other section except `[log]` (`[server]`, `[camera]`, `[encoder]`, `[snapshot]`,
-//!   `[rtsp]`, `[audio]`, `[signaling]`, `[backplane]`) restarts the daemon's services in-process: the HTTP socket stays open (a
+//!   `[rtsp]`, `[audio]`, `[signaling]`, `[backplane]`, `[[remote]]`) restarts the daemon's services in-process: the HTTP socket stays open (a
 //!   new `listen` is bound first), the pipeline, RTC engine, hub and HTTP server are stopped
 //!   and built again from the new config. Viewers and hub sessions are dropped and reconnect.
 //!   Sockets, device and encoder are all tied to these sections, so a finer split would save
@@ -157,6 +157,9 @@ pub fn changed_parts(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.log != new.log {
         out.push("log");
     }
+    if old.remote != new.remote {
+        out.push("remote");
+    }
     out
 }
 
@@ -241,6 +244,7 @@ mod tests {
         new.log.level = "debug".into();
         new.server.auth_token_file = "/tmp/t".into();
         new.server.rtc_udp_port = 1;
+        new.remote.push(crate::config::RemoteConfig::default());
         assert_eq!(
             changed_parts(&old, &new),
             vec![
@@ -250,7 +254,8 @@ mod tests {
                 "encoder",
                 "snapshot",
                 "signaling",
-                "log"
+                "log",
+                "remote"
             ]
         );
     }

@@ -552,3 +552,41 @@ async fn pairs_set_up_together_across_instances_all_meet() {
         done.unwrap();
     }
 }
+
+/// `[backplane] start_on_join`: a device that dialled out (`[[remote]]`) to instance A waits in
+/// its session; an initiator that joins on instance B gets `signalStart` at once, through
+/// snaprtcd's start channel (the device, told so by negotiate, never re-announces). Without the
+/// setting, instances leave the header out and the device re-announces as on the original
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initiator_on_another_instance_is_started_at_once_with_start_on_join() {
+    let Some(redis) = Redis::start() else { return };
+    let on = "start_on_join = true\n";
+    let (a, b) = (instance(&redis, on, ""), instance(&redis, on, ""));
+    wait_up(&a);
+    wait_up(&b);
+    let negotiate = common::negotiate(a.addr, "");
+    assert_eq!(negotiate.header("x-snaprtc-start-on-join"), Some("1"));
+    let hub = a.addr;
+    let mut cam = Daemon::start(&format!(
+        "[[remote]]\nurl = \"http://{hub}\"\nsession = \"far\"\nannounce_interval = \"1h\"\n"
+    ));
+    cam.wait_for_log("remote hub: idle", Duration::from_secs(10));
+    let mut init = open(b.addr).await;
+    init.invoke("0", "Sync", json!(["far", false])).await;
+    let mut got = Vec::new();
+    while !got.contains(&invocation("signalStart", json!([]))) {
+        match init.read_within(Duration::from_secs(5)).await {
+            Some(Read::Record(r)) if r["type"] != 6 => got.push(Read::Record(r)),
+            Some(_) => {}
+            None => panic!("no signalStart from the device on the other instance: {got:?}"),
+        }
+    }
+    // Off: no header, and the device keeps announcing.
+    let plain = instance(&redis, "", "");
+    wait_up(&plain);
+    assert_eq!(
+        common::negotiate(plain.addr, "").header("x-snaprtc-start-on-join"),
+        None
+    );
+}

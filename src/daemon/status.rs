@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::media::{CameraState, MediaHandle, MediaStatus};
 use crate::progress::Heartbeat;
 use crate::rtc::RtcHandle;
+use crate::signaling::dialout::{DialoutHandle, RemoteStatus};
 use crate::signaling::SignalingHandle;
 use crate::signaling::SignalingStats;
 use crate::systemd;
@@ -37,6 +38,18 @@ pub fn status_line(media: &MediaStatus, viewers: usize, note: Option<&str>) -> S
     one_line(line, note)
 }
 
+/// The remote hubs' part of the line: "remote kitchen: idle, remote b: reconnecting (why)".
+pub fn remotes_part(remotes: &[RemoteStatus]) -> Option<String> {
+    let parts: Vec<String> = remotes
+        .iter()
+        .map(|r| match &r.error {
+            Some(e) => format!("remote {}: {} ({e})", r.session, r.state.as_str()),
+            None => format!("remote {}: {}", r.session, r.state.as_str()),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// `line`, then `note` after a `; `, as the one line systemd shows.
 fn one_line(mut line: String, note: Option<&str>) -> String {
     if let Some(note) = note {
@@ -52,6 +65,7 @@ fn one_line(mut line: String, note: Option<&str>) -> String {
 pub async fn report_status(
     media: MediaHandle,
     rtc: RtcHandle,
+    remotes: DialoutHandle,
     mut note: watch::Receiver<Option<String>>,
     poll: Duration,
     cancel: CancellationToken,
@@ -67,7 +81,12 @@ pub async fn report_status(
         };
         let line = {
             let note = note.borrow_and_update();
-            status_line(&camera.borrow_and_update(), viewers, note.as_deref())
+            let line = status_line(&camera.borrow_and_update(), viewers, None);
+            let line = match remotes_part(&remotes.statuses()) {
+                Some(part) => format!("{line}; {part}"),
+                None => line,
+            };
+            one_line(line, note.as_deref())
         };
         if line != last {
             tracing::debug!(status = %line, "status");

@@ -32,6 +32,11 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         None => (crate::rtc::RtcStats::default(), None),
     };
     let no_media = crate::media::MediaCounters::default();
+    let remotes = state
+        .camera
+        .as_ref()
+        .map(|c| c.remotes.statuses())
+        .unwrap_or_default();
     let body = crate::metrics::render(&crate::metrics::Snapshot {
         rtc: &rtc,
         media: state
@@ -42,6 +47,7 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         signaling: &signaling,
         process: &crate::metrics::ProcessStats::sample(),
         rtsp: state.camera.as_ref().and_then(|c| c.rtsp.as_deref()),
+        remotes: &remotes,
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
@@ -150,9 +156,64 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
         let rtc = camera.rtc.stats().await.unwrap_or_default();
         fields.insert("viewers".into(), rtc.viewers.into());
         fields.insert("max_viewers".into(), camera.rtc.max_viewers().into());
+        if !rtc.turn.is_empty() {
+            // One entry per [ice] turn_servers URL: "allocating", "ready <relayed addr>",
+            // "failed: 401 Unauthorized …" (never a credential).
+            let turn: Vec<_> = rtc
+                .turn
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "url": t.url,
+                        "state": t.state,
+                        "bytes_in": t.bytes_in,
+                        "bytes_out": t.bytes_out,
+                    })
+                })
+                .collect();
+            fields.insert("turn".into(), turn.into());
+        }
         fields.insert("camera".into(), camera_json(&camera.media.status()));
+        let remotes = camera.remotes.statuses();
+        if !remotes.is_empty() {
+            fields.insert(
+                "remotes".into(),
+                serde_json::to_value(remotes).unwrap_or_default(),
+            );
+        }
+        fields.insert("ice".into(), ice_json(&state.config.ice, &rtc));
     }
     json(StatusCode::OK, &body)
+}
+
+/// `[ice]` at work: the ICE mode, and each STUN client or TURN allocation with its state, the
+/// candidate it gives (server-reflexive or relayed address) and its last error.
+fn ice_json(ice: &crate::config::IceConfig, rtc: &crate::rtc::RtcStats) -> serde_json::Value {
+    let servers: Vec<_> = rtc
+        .ice
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "kind": h.kind,
+                "server": h.server,
+                "state": h.state,
+                "up": h.up,
+                "candidate": h.candidate.map(|a| a.to_string()),
+                "error": h.error,
+                "bytes_relayed": h.bytes_relayed,
+            })
+        })
+        .collect();
+    let pairs: serde_json::Map<String, serde_json::Value> = crate::rtc::viewer::PairType::ALL
+        .iter()
+        .zip(rtc.pair_types)
+        .map(|(t, n)| (t.as_str().to_owned(), n.into()))
+        .collect();
+    serde_json::json!({
+        "mode": if ice.full_ice() { "full" } else { "lite" },
+        "servers": servers,
+        "viewer_pairs": pairs,
+    })
 }
 
 fn camera_json(c: &crate::media::MediaStatus) -> serde_json::Value {
@@ -179,6 +240,13 @@ pub(super) async fn negotiate(state: &AppState) -> Response<Body> {
             );
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if state.signaling.starts_on_join() {
+                // For capture sides that dial out: no need to repeat Sync(session, true).
+                r.headers_mut().insert(
+                    crate::signaling::remote::START_ON_JOIN_HEADER,
+                    HeaderValue::from_static("1"),
+                );
+            }
             r
         }
         Err(e) => service_error(e),

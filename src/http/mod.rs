@@ -72,6 +72,9 @@ pub struct CameraServices {
     pub mjpeg: mjpeg::Mjpeg,
     /// The RTSP server's counters for `/metrics`; `None` with `[rtsp] enabled = false`.
     pub rtsp: Option<Arc<crate::rtsp::RtspCounters>>,
+    /// The `[[remote]]` hubs dialled out to (state for `/health`, `/metrics` and the status
+    /// line); empty without any.
+    pub remotes: crate::signaling::dialout::DialoutHandle,
 }
 
 /// The server as every connection sees it.
@@ -228,6 +231,13 @@ async fn route(req: Request<Incoming>, server: &Server) -> Response<OutBody> {
         if let Some(route) = whep {
             r.headers_mut()
                 .extend(crate::rtc::whep::options(route).headers().clone());
+            // ICE servers (TURN credentials) only for a client that may use WHEP.
+            let authorised = state.auth.allows(req.headers(), req.uri().query());
+            if let (crate::rtc::whep::Route::Endpoint, true, Some(camera)) =
+                (route, authorised, &state.camera)
+            {
+                camera.whep.add_ice_links(r.headers_mut());
+            }
         }
         whole(r)
     } else {

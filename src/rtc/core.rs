@@ -142,11 +142,62 @@ pub trait Sidecar: Send {
     fn send_relayed(&mut self, _now: Instant, _peer: SocketAddr, _contents: &[u8]) -> bool {
         false
     }
+    /// A viewer's remote candidate (from its offer or a PATCH): a TURN allocation may install
+    /// a permission for it before the peer's first check arrives. Drained like any input.
+    fn handle_remote_candidate(&mut self, _now: Instant, _addr: SocketAddr) {}
+    /// Its state for `/health` and `/metrics`.
+    fn health(&self) -> SidecarHealth;
+    /// The stream to its server (asked for with [`SidecarEvent::Connect`]) connected or
+    /// closed.
+    fn handle_stream(&mut self, _now: Instant, _state: StreamState) {}
+    /// Its TURN allocation's state and counters, if it is one (for `/health`, `/metrics`).
+    fn turn_status(&self) -> Option<super::turn::TurnStatus> {
+        None
+    }
+}
+
+/// A [`Sidecar`]'s state as `/health` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SidecarHealth {
+    /// `stun` or `turn`.
+    pub kind: &'static str,
+    /// The server as configured (URL; never credentials).
+    pub server: String,
+    /// One word: `starting`, `ok`, `failing` (STUN); the allocation's state (TURN, e.g.
+    /// `allocating`, `ready`, `failed`).
+    pub state: String,
+    /// Working: the STUN server answers, the TURN allocation holds.
+    pub up: bool,
+    /// The candidate it provides now (server-reflexive or relayed address).
+    pub candidate: Option<SocketAddr>,
+    /// The last error, while failing.
+    pub error: Option<String>,
+    /// Payload bytes relayed through it (TURN), both directions.
+    pub bytes_relayed: u64,
+}
+
+/// What became of a stream the shell opened for a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    /// Connected, from this local address.
+    Connected(SocketAddr),
+    /// The connect failed or the connection closed (why).
+    Disconnected(String),
 }
 
 /// What a [`Sidecar`] tells the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SidecarEvent {
+    /// Open a (new) stream to `server` (TURN over TCP or TLS); the answer comes back through
+    /// [`Core::handle_stream`].
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// TLS over the TCP connection (`turns:`).
+        tls: bool,
+        /// The TLS server name.
+        host: String,
+    },
     /// A local candidate to offer viewers (server-reflexive or relayed); `base` is the local
     /// address it stands for.
     Candidate {
@@ -173,6 +224,17 @@ pub enum SidecarEvent {
 /// What only the shell can do, or wants to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreEvent {
+    /// A sidecar wants a (new) stream to `server`: close any open one, connect, and report
+    /// with [`Core::handle_stream`]; bytes read go to [`Core::handle_datagram`] with
+    /// [`Via::Stream`].
+    Connect {
+        /// The server.
+        server: SocketAddr,
+        /// TLS over the TCP connection (`turns:`).
+        tls: bool,
+        /// The TLS server name.
+        host: String,
+    },
     /// A viewer needs video: take a frame subscription (the pipeline resumes with an IDR) and
     /// feed its frames to [`Core::handle_frame`].
     SubscribeVideo,
@@ -359,6 +421,20 @@ impl Core {
         self.sweep(now);
     }
 
+    /// The stream to `server` that a sidecar asked for connected or closed.
+    pub fn handle_stream(&mut self, now: Instant, server: SocketAddr, state: StreamState) {
+        let claims = |s: &dyn Sidecar| {
+            [false, true]
+                .into_iter()
+                .any(|tls| s.claims(Via::Stream { server, tls }, server))
+        };
+        if let Some(i) = self.sidecars.iter().position(|s| claims(s.as_ref())) {
+            self.sidecars[i].handle_stream(now, state);
+            self.drain_sidecar(i, now);
+        }
+        self.sweep(now);
+    }
+
     /// Give a datagram to the viewer whose `Rtc` accepts it. `destination` is `None` when
     /// it is a relayed address already known to be ours.
     fn route_to_viewer(
@@ -473,9 +549,31 @@ impl Core {
             return Err(RtcError::Full { max });
         }
         tracing::info!(viewer = %viewer.id, kind = ?viewer.kind, "viewer added");
+        let mut viewer = viewer;
+        // Candidates found while its `Rtc` was being built (str0m drops the redundant).
+        for c in &self.extra_candidates {
+            viewer.rtc.add_local_candidate(c.clone());
+        }
+        let remotes: Vec<SocketAddr> = viewer.remote_addrs().collect();
         self.viewers.push(viewer);
-        self.process_outputs(self.viewers.len() - 1, now);
+        let i = self.viewers.len() - 1;
+        // str0m's ICE agent schedules nothing until its first timeout: without this call a
+        // full-ICE viewer would send no connectivity check before the peer's first datagram,
+        // and behind a NAT that datagram never comes (tests/natlab case a).
+        self.viewers[i].handle_timeout(now);
+        self.process_outputs(i, now);
+        self.tell_sidecars_remotes(&remotes, now);
         Ok(())
+    }
+
+    /// Hand the viewers' remote candidates to the sidecars (TURN permissions).
+    fn tell_sidecars_remotes(&mut self, remotes: &[SocketAddr], now: Instant) {
+        for i in 0..self.sidecars.len() {
+            for a in remotes {
+                self.sidecars[i].handle_remote_candidate(now, *a);
+            }
+            self.drain_sidecar(i, now);
+        }
     }
 
     fn close(&mut self, id: ViewerId) -> Result<(), RtcError> {
@@ -490,13 +588,14 @@ impl Core {
         Ok(())
     }
 
+    /// Trickle from the peer; returns the run-time candidates it has not been told of yet.
     fn patch(
         &mut self,
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<str0m::Candidate>,
         now: Instant,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<str0m::Candidate>, RtcError> {
         let i = self
             .viewers
             .iter()
@@ -505,9 +604,18 @@ impl Core {
         let v = &mut self.viewers[i];
         super::whep::check_if_match(&v.etag, if_match.as_deref())?;
         let max = self.shared.sdp_limits.max_candidates;
+        let remotes: Vec<SocketAddr> = candidates.iter().map(|c| c.addr()).collect();
         v.handle_candidates(candidates, max, now)?;
+        let late: Vec<str0m::Candidate> = self
+            .extra_candidates
+            .iter()
+            .filter(|c| !v.told_candidates.contains(&c.addr()))
+            .cloned()
+            .collect();
+        v.told_candidates.extend(late.iter().map(|c| c.addr()));
         self.process_outputs(i, now);
-        Ok(())
+        self.tell_sidecars_remotes(&remotes, now);
+        Ok(late)
     }
 
     /// A viewer just connected: replay the cached GOP to it (squeezed before the live edge),
@@ -540,9 +648,15 @@ impl Core {
             match out {
                 ViewerOutput::Transmit(t) => self.transmit_for_viewer(t, now),
                 ViewerOutput::Event(ViewerEvent::Connected) => {
+                    let relayed: Vec<SocketAddr> = self
+                        .sidecars
+                        .iter()
+                        .filter_map(|c| c.relayed_addr())
+                        .collect();
                     let v = &self.viewers[i];
                     let after = now.saturating_duration_since(v.created);
-                    tracing::info!(viewer = %v.id, ?after, "viewer connected");
+                    let pair = v.pair_type(&relayed).map_or("?", |p| p.as_str());
+                    tracing::info!(viewer = %v.id, ?after, pair, "viewer connected");
                     self.events.push_back(CoreEvent::ViewerConnected {
                         viewer: v.id,
                         after,
@@ -595,6 +709,10 @@ impl Core {
         }
         while let Some(e) = self.sidecars[i].poll_event() {
             match e {
+                SidecarEvent::Connect { server, tls, host } => {
+                    self.events
+                        .push_back(CoreEvent::Connect { server, tls, host });
+                }
                 SidecarEvent::Candidate { candidate } => self.add_local_candidate(candidate),
                 SidecarEvent::CandidateGone { addr } => {
                     let before = self.extra_candidates.len();
@@ -699,6 +817,24 @@ impl Core {
         s.connected = self.viewers.iter().filter(|v| v.is_connected()).count();
         s.rtc_built = self.shared.rtc_built.load(Ordering::Relaxed);
         s.local_addr_lookups = self.local_addrs.lookups();
+        s.ice = self.sidecars.iter().map(|c| c.health()).collect();
+        s.turn = self
+            .sidecars
+            .iter()
+            .filter_map(|x| x.turn_status())
+            .collect();
+        let relayed: Vec<SocketAddr> = self
+            .sidecars
+            .iter()
+            .filter_map(|c| c.relayed_addr())
+            .collect();
+        for v in &self.viewers {
+            if let Some(t) = v.pair_type(&relayed) {
+                if let Some(i) = super::viewer::PairType::ALL.iter().position(|p| *p == t) {
+                    s.pair_types[i] += 1;
+                }
+            }
+        }
         for v in &self.viewers {
             s.frames_sent += v.frames_sent;
             s.audio_frames_sent += v.audio_frames_sent;

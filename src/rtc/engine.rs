@@ -21,16 +21,19 @@ use std::time::{Duration, Instant};
 
 use str0m::Candidate;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::candidates::{host_addrs, HostAddr, LocalAddrPicker};
-use super::core::{Core, CoreEvent, CoreTransmit, Via};
+use super::core::{Core, CoreEvent, CoreTransmit, StreamState, Via};
 use super::offer::SdpLimits;
+use super::stun::StunClient;
+use super::turn::{TurnAllocation, TurnAuth, TurnLimits, TurnSidecar, TurnTransport};
+use super::turn_stream::{self, StreamCommand, StreamEvent, StreamTarget};
 use super::{Command, RtcHandle, Shared, ViewerId};
 use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
-use crate::config::{Config, IceConfig};
+use crate::config::{self, Config, IceConfig, IceScheme, IceTransport, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
 
@@ -40,6 +43,10 @@ const COMMAND_QUEUE: usize = 64;
 const STILL_QUEUE: usize = 16;
 /// Largest UDP datagram read.
 const RECV_BUF: usize = 2048;
+/// Writes waiting for one TURN stream task; more are dropped (UDP semantics).
+const STREAM_QUEUE: usize = 256;
+/// Reads and connection changes from every TURN stream waiting for the engine.
+const STREAM_EVENTS: usize = 64;
 /// Longest the loop sleeps without looking at liveness.
 const MAX_IDLE: Duration = Duration::from_secs(1);
 
@@ -89,6 +96,12 @@ pub struct Engine {
     media: MediaHandle,
     audio: Option<AudioHandle>,
     hosts: Vec<HostAddr>,
+    /// `[ice]`: the STUN servers asked for server-reflexive candidates.
+    ice: IceConfig,
+    /// Publishes the candidates found at run time to the handles (for new answers).
+    extra_candidates: watch::Sender<Vec<Candidate>>,
+    /// One TURN allocation per `[ice] turn_servers` entry that resolved, added to the core.
+    turn: Vec<TurnSidecar>,
     /// Beaten every turn of the loop: the systemd watchdog is fed only while it advances.
     heartbeat: Heartbeat,
 }
@@ -111,7 +124,9 @@ impl Engine {
             candidates = ?candidates.iter().map(|c| c.addr()).collect::<Vec<_>>(),
             "webrtc udp listening"
         );
+        let turn = turn_sidecars(&settings.ice, socket.local_addr()?).await;
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (extra_candidates, extra_rx) = watch::channel(Vec::new());
         let handle = RtcHandle {
             commands: tx,
             shared: Arc::new(Shared {
@@ -121,6 +136,7 @@ impl Engine {
                 silence_timeout: settings.silence_timeout,
                 sdp_limits: settings.sdp_limits,
                 full_ice: settings.ice.full_ice(),
+                extra_candidates: extra_rx,
                 audio: Default::default(),
                 slots: Arc::default(),
                 rtc_built: Default::default(),
@@ -134,6 +150,9 @@ impl Engine {
             media,
             audio: None,
             hosts: settings.hosts,
+            ice: settings.ice,
+            extra_candidates,
+            turn,
             heartbeat: Heartbeat::default(),
         })
     }
@@ -175,6 +194,9 @@ impl Engine {
             media,
             audio,
             hosts,
+            ice,
+            extra_candidates,
+            turn,
             heartbeat,
         } = self;
         // The engine keeps no sender: it stops when every caller's handle is gone.
@@ -184,6 +206,7 @@ impl Engine {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
         let (still_tx, mut still_rx) = mpsc::channel(STILL_QUEUE);
+        let (stream_tx, mut stream_rx) = mpsc::channel(STREAM_EVENTS);
         let mut shell = Shell {
             socket,
             media,
@@ -192,8 +215,26 @@ impl Engine {
             audio_subscriber: None,
             tasks: JoinSet::new(),
             still_tx,
+            extra_candidates,
+            streams: Vec::new(),
+            stream_tx,
+            cancel: cancel.child_token(),
         };
+        // STUN servers are resolved off the loop (DNS may be slow or down); each joins the
+        // core as a sidecar once it has an address.
+        let (resolved_tx, mut resolved) = mpsc::channel(ice.stun_servers.len().max(1));
+        for (raw, url) in ice.stun_servers.iter().zip(ice.stun_urls()) {
+            shell
+                .tasks
+                .spawn(resolve_server(raw.clone(), url, resolved_tx.clone()));
+        }
+        drop(resolved_tx);
+        let mut bases = LocalAddrPicker::new(hosts.clone());
         let mut core = Core::new(port, Box::new(LocalAddrPicker::new(hosts)), shared);
+        for sidecar in turn {
+            core.add_sidecar(Box::new(sidecar), Instant::now());
+        }
+        shell.drain(&mut core);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let now = Instant::now();
@@ -230,6 +271,32 @@ impl Engine {
                 Some((id, channel, still)) = still_rx.recv() => {
                     core.handle_still(Instant::now(), id, channel, still);
                 }
+                Some((raw, server)) = resolved.recv() => {
+                    // The base: the local address packets to the server leave from.
+                    let base = if bound.ip().is_unspecified() {
+                        bases.pick(server, port)
+                    } else {
+                        bound
+                    };
+                    let now = Instant::now();
+                    let stun = StunClient::new(raw, server, base, ice.stun_refresh, now);
+                    core.add_sidecar(Box::new(stun), now);
+                }
+                Some((server, ev)) = stream_rx.recv() => {
+                    let now = Instant::now();
+                    match ev {
+                        StreamEvent::Data(d) => {
+                            let tls = shell.stream_tls(server);
+                            core.handle_datagram(now, Via::Stream { server, tls }, server, bound, &d);
+                        }
+                        StreamEvent::Connected(local) => {
+                            core.handle_stream(now, server, StreamState::Connected(local));
+                        }
+                        StreamEvent::Disconnected(why) => {
+                            core.handle_stream(now, server, StreamState::Disconnected(why));
+                        }
+                    }
+                }
                 Some(_) = shell.tasks.join_next(), if !shell.tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(Instant::now()),
             }
@@ -263,6 +330,14 @@ struct Shell {
     /// Still requests waiting on the pipeline (bounded by its still queue).
     tasks: JoinSet<()>,
     still_tx: mpsc::Sender<StillResult>,
+    /// Publishes [`Core::local_candidates`] to the handles.
+    extra_candidates: watch::Sender<Vec<Candidate>>,
+    /// TURN over TCP/TLS: one stream task per server (server, TLS, its command queue).
+    streams: Vec<(SocketAddr, bool, mpsc::Sender<StreamCommand>)>,
+    /// Given to each stream task: what they read and how their connection fares.
+    stream_tx: mpsc::Sender<(SocketAddr, StreamEvent)>,
+    /// Cancels the stream tasks with the engine.
+    cancel: CancellationToken,
 }
 
 impl Shell {
@@ -287,9 +362,12 @@ impl Shell {
                     channel,
                     max_bytes,
                 } => self.request_still(viewer, channel, max_bytes),
-                CoreEvent::ViewerConnected { .. }
-                | CoreEvent::ViewerRemoved { .. }
-                | CoreEvent::CandidatesChanged => {}
+                CoreEvent::CandidatesChanged => {
+                    self.extra_candidates
+                        .send_replace(core.local_candidates().to_vec());
+                }
+                CoreEvent::ViewerConnected { .. } | CoreEvent::ViewerRemoved { .. } => {}
+                CoreEvent::Connect { server, tls, host } => self.connect(server, tls, host),
             }
         }
     }
@@ -304,8 +382,52 @@ impl Shell {
                 }
             }
             Via::Stream { server, .. } => {
-                tracing::trace!(%server, "no stream transport yet; datagram dropped");
+                let Some((_, _, tx)) = self.streams.iter().find(|(s, _, _)| *s == server) else {
+                    tracing::trace!(%server, "no stream to this server; dropped");
+                    return;
+                };
+                if tx
+                    .try_send(StreamCommand::Write(t.contents.clone()))
+                    .is_err()
+                {
+                    tracing::trace!(%server, "TURN stream queue full; dropped");
+                }
             }
+        }
+    }
+
+    /// Whether the stream to `server` is TLS.
+    fn stream_tls(&self, server: SocketAddr) -> bool {
+        self.streams.iter().any(|(s, tls, _)| *s == server && *tls)
+    }
+
+    /// (Re)connect the stream to a TURN server, starting its task the first time.
+    fn connect(&mut self, server: SocketAddr, tls: bool, host: String) {
+        let tx = match self.streams.iter().find(|(s, _, _)| *s == server) {
+            Some((_, _, tx)) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                let target = StreamTarget {
+                    server,
+                    transport: if tls {
+                        TurnTransport::Tls
+                    } else {
+                        TurnTransport::Tcp
+                    },
+                    host,
+                };
+                self.tasks.spawn(turn_stream::run(
+                    target,
+                    rx,
+                    self.stream_tx.clone(),
+                    self.cancel.clone(),
+                ));
+                self.streams.push((server, tls, tx.clone()));
+                tx
+            }
+        };
+        if tx.try_send(StreamCommand::Connect).is_err() {
+            tracing::debug!(%server, "TURN stream queue full; connect dropped");
         }
     }
 
@@ -321,6 +443,102 @@ impl Shell {
             let _ = tx.send((id, channel, still)).await;
         });
     }
+}
+
+/// Resolve an `[ice]` server's host name, retrying with backoff (1 s doubling to 5 min; the
+/// first failure is logged as a warning, the rest at debug); an IPv4 address is sent on `tx`.
+async fn resolve_server(raw: String, url: IceUrl, tx: mpsc::Sender<(String, SocketAddr)>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        let found = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+            .map(|mut addrs| addrs.find(SocketAddr::is_ipv4));
+        let why = match found {
+            Ok(Some(addr)) => {
+                tracing::debug!(server = %raw, %addr, "ICE server resolved");
+                let _ = tx.send((raw, addr)).await;
+                return;
+            }
+            Ok(None) => "no IPv4 address".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if warned {
+            tracing::debug!(server = %raw, error = %why, "ICE server still not resolved");
+        } else {
+            tracing::warn!(server = %raw, error = %why, "cannot resolve ICE server; retrying with backoff");
+            warned = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(300));
+    }
+}
+
+/// The TURN allocations of `[ice] turn_servers`: each host resolved once at start (IPv4
+/// first: viewers' candidates are IPv4); one that does not resolve is logged and left out.
+async fn turn_sidecars(ice: &IceConfig, udp_local: SocketAddr) -> Vec<TurnSidecar> {
+    let mut out = Vec::new();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for server in &ice.turn_servers {
+        let Ok(url) = server.parsed_url() else {
+            continue; // refused by config validation already
+        };
+        let transport = match (url.scheme, url.transport) {
+            (IceScheme::Turns, _) => TurnTransport::Tls,
+            (_, IceTransport::Tcp) => TurnTransport::Tcp,
+            _ => TurnTransport::Udp,
+        };
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await
+        {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::warn!(url = %server.url, error = %e, "TURN server does not resolve; no relayed candidate");
+                continue;
+            }
+        };
+        let Some(addr) = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+        else {
+            tracing::warn!(url = %server.url, "TURN server has no address; no relayed candidate");
+            continue;
+        };
+        let auth = match server.auth() {
+            config::TurnAuth::LongTerm {
+                username,
+                credential,
+            } => TurnAuth::LongTerm {
+                username: username.to_owned(),
+                credential: credential.to_owned(),
+            },
+            config::TurnAuth::Secret(secret) => TurnAuth::Secret {
+                secret: secret.to_owned(),
+                name: "snaprtcd".to_owned(),
+                ttl: ice.credential_ttl,
+            },
+        };
+        tracing::info!(url = %server.url, %addr, %transport, "TURN server");
+        let alloc = TurnAllocation::new(
+            addr,
+            transport,
+            udp_local,
+            auth,
+            TurnLimits::default(),
+            unix,
+            Instant::now(),
+        );
+        out.push(TurnSidecar::new(
+            alloc,
+            server.url.clone(),
+            url.host.clone(),
+        ));
+    }
+    out
 }
 
 async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {

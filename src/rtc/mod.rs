@@ -10,6 +10,11 @@
 //! - [`offer`]: what an offer asks for (pure SDP text inspection).
 //! - [`whep`]: WHEP over HTTP (RFC 9725) as functions from request to response.
 //! - [`candidates`]: which local addresses are announced as host candidates.
+//! - [`ice_servers`]: `[ice]` servers as RFC 9725 `Link` headers for browsers (REST
+//!   credentials made from a TURN secret, never the secret).
+//! - [`stun`]: server-reflexive candidates from STUN Binding requests (a [`core::Sidecar`]).
+//! - [`turn`]: one TURN allocation shared by every viewer (relayed candidates), a pure core
+//!   around `turn-client-proto`.
 //!
 //! Callers hold an [`RtcHandle`]: [`RtcHandle::answer`] builds an `Rtc` from an offer in the
 //! caller's task, registers it with the engine (so early STUN is not dropped) and only then
@@ -18,7 +23,11 @@
 pub mod candidates;
 pub mod core;
 pub mod engine;
+pub mod ice_servers;
 pub mod offer;
+pub mod stun;
+pub mod turn;
+pub mod turn_stream;
 pub mod viewer;
 pub mod whep;
 
@@ -158,6 +167,13 @@ pub struct RtcStats {
     pub datagrams_unrouted: u64,
     /// Route lookups (syscalls) made to learn which local address a viewer sent to.
     pub local_addr_lookups: u64,
+    /// STUN clients and TURN allocations beside the viewers (`[ice]`), one entry each.
+    pub ice: Vec<core::SidecarHealth>,
+    /// The TURN allocation(s) (`[ice] turn_servers`): state and relayed bytes.
+    pub turn: Vec<turn::TurnStatus>,
+    /// Connected viewers by their selected candidate pair's type, in
+    /// [`viewer::PairType::ALL`] order (host, srflx, prflx, relay).
+    pub pair_types: [usize; 4],
 }
 
 /// Commands to the engine task (bounded queue).
@@ -174,7 +190,9 @@ pub(crate) enum Command {
         id: ViewerId,
         if_match: Option<String>,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<Result<(), RtcError>>,
+        /// The server's candidates found since the peer was last told (see
+        /// [`RtcHandle::patch`]).
+        reply: oneshot::Sender<Result<Vec<Candidate>, RtcError>>,
     },
     Stats {
         reply: oneshot::Sender<RtcStats>,
@@ -200,6 +218,8 @@ pub(crate) struct Shared {
     pub sdp_limits: SdpLimits,
     /// Full ICE instead of ICE-lite (`[ice] mode`).
     pub full_ice: bool,
+    /// Candidates found at run time (server-reflexive, relayed), published by the engine.
+    pub extra_candidates: tokio::sync::watch::Receiver<Vec<Candidate>>,
     /// The daemon has audio: offers' audio m-lines are answered with Opus (else rejected).
     pub audio: std::sync::atomic::AtomicBool,
     /// Viewer slots taken (see [`ViewerSlot`]): checked before an `Rtc` is built, so a flood
@@ -273,12 +293,14 @@ impl RtcHandle {
     }
 
     /// WHEP trickle: add remote candidates, checking `If-Match` against the viewer's ETag.
+    /// Returns the server's candidates found since the peer was last told (in its answer or
+    /// an earlier PATCH): trickle in the other direction.
     pub async fn patch(
         &self,
         id: ViewerId,
         if_match: Option<String>,
         fragment: &str,
-    ) -> Result<(), RtcError> {
+    ) -> Result<Vec<Candidate>, RtcError> {
         let candidates = offer::parse_sdpfrag(fragment, &self.shared.sdp_limits)
             .map_err(|e| RtcError::BadFragment(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
@@ -302,6 +324,17 @@ impl RtcHandle {
     /// The most viewers at once.
     pub fn max_viewers(&self) -> usize {
         self.shared.max_viewers
+    }
+
+    /// Candidates the engine found at run time (server-reflexive from `[ice] stun_servers`,
+    /// relayed from TURN): in every answer made from now on.
+    pub fn extra_candidates(&self) -> Vec<Candidate> {
+        self.shared.extra_candidates.borrow().clone()
+    }
+
+    /// A receiver of [`RtcHandle::extra_candidates`] to wait on (`changed`, `wait_for`).
+    pub fn watch_extra_candidates(&self) -> tokio::sync::watch::Receiver<Vec<Candidate>> {
+        self.shared.extra_candidates.clone()
     }
 
     /// The host candidates' addresses (the engine's UDP port on each announced address).
@@ -339,6 +372,15 @@ pub(crate) fn accept_offer(
     for c in &shared.candidates {
         rtc.add_local_candidate(c.clone());
     }
+    let told: Vec<SocketAddr> = shared
+        .extra_candidates
+        .borrow()
+        .iter()
+        .map(|c| {
+            rtc.add_local_candidate(c.clone());
+            c.addr()
+        })
+        .collect();
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -362,6 +404,13 @@ pub(crate) fn accept_offer(
         slot,
         now,
     );
+    let mut viewer = viewer;
+    viewer.told_candidates = told;
+    let remote: Vec<Candidate> = offer::fragment_candidates(&cleaned)
+        .into_iter()
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .collect();
+    viewer.note_remote_candidates(remote.iter(), shared.sdp_limits.max_candidates);
     Ok((viewer, Answer { id, sdp, etag }))
 }
 

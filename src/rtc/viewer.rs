@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::Transmit;
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc};
 
 use super::{RtcError, ViewerId, ViewerKind, ViewerSlot};
 use crate::audio::AudioFrame;
@@ -115,6 +115,49 @@ pub struct Viewer {
     pub stills_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_out: u64,
+    /// Run-time candidates (server-reflexive, relayed) the peer has been told of, in the
+    /// answer or in a PATCH response; the others go back in its next PATCH response.
+    pub told_candidates: Vec<std::net::SocketAddr>,
+    /// The peer's candidates (offer and trickle) by address, to name the selected pair's type;
+    /// bounded by `max_sdp_candidates` like the count above.
+    remote_kinds: Vec<(std::net::SocketAddr, CandidateKind)>,
+    /// Source and destination of the latest datagram sent: once connected, str0m sends only
+    /// on the nominated pair.
+    last_send: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
+/// The type of a viewer's selected candidate pair, as browsers name candidate types: the
+/// "furthest" of its two ends (a relay anywhere makes it `relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PairType {
+    /// Both ends host candidates (LAN).
+    Host,
+    /// The peer's address was learnt from its checks (NAT between, no STUN on its side).
+    Prflx,
+    /// The peer's server-reflexive candidate (its STUN-found public address).
+    Srflx,
+    /// Through a TURN relay (ours or the peer's).
+    Relay,
+}
+
+impl PairType {
+    /// Every type, in metric order.
+    pub const ALL: [PairType; 4] = [
+        PairType::Host,
+        PairType::Srflx,
+        PairType::Prflx,
+        PairType::Relay,
+    ];
+
+    /// `host`, `srflx`, `prflx` or `relay`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairType::Host => "host",
+            PairType::Prflx => "prflx",
+            PairType::Srflx => "srflx",
+            PairType::Relay => "relay",
+        }
+    }
 }
 
 /// How a viewer behaves (from the engine's settings and the peer's offer).
@@ -175,7 +218,51 @@ impl Viewer {
             audio_frames_sent: 0,
             stills_sent: 0,
             bytes_out: 0,
+            told_candidates: Vec::new(),
+            remote_kinds: Vec::new(),
+            last_send: None,
         }
+    }
+
+    /// Remember the peer's candidates' types (from its offer), at most `max`.
+    pub(crate) fn note_remote_candidates<'a>(
+        &mut self,
+        candidates: impl Iterator<Item = &'a Candidate>,
+        max: usize,
+    ) {
+        for c in candidates {
+            if self.remote_kinds.len() >= max {
+                break;
+            }
+            self.remote_kinds.push((c.addr(), c.kind()));
+        }
+    }
+
+    /// The addresses of the peer's candidates (offer and trickle).
+    pub fn remote_addrs(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.remote_kinds.iter().map(|(a, _)| *a)
+    }
+
+    /// The selected pair's type, once connected; `relayed` are our relayed addresses.
+    pub fn pair_type(&self, relayed: &[std::net::SocketAddr]) -> Option<PairType> {
+        if !self.connected {
+            return None;
+        }
+        let (local, remote) = self.last_send?;
+        if relayed.contains(&local) {
+            return Some(PairType::Relay);
+        }
+        let kind = self
+            .remote_kinds
+            .iter()
+            .find(|(a, _)| *a == remote)
+            .map(|(_, k)| *k);
+        Some(match kind {
+            Some(CandidateKind::Host) => PairType::Host,
+            Some(CandidateKind::ServerReflexive) => PairType::Srflx,
+            Some(CandidateKind::Relayed) => PairType::Relay,
+            Some(CandidateKind::PeerReflexive) | None => PairType::Prflx,
+        })
     }
 
     /// ICE and DTLS are up.
@@ -277,6 +364,7 @@ impl Viewer {
         }
         self.remote_candidates = total;
         for c in candidates {
+            self.remote_kinds.push((c.addr(), c.kind()));
             self.rtc.add_remote_candidate(c);
         }
         Ok(())
@@ -408,6 +496,7 @@ impl Viewer {
                 }
                 Output::Transmit(t) => {
                     self.bytes_out += t.contents.len() as u64;
+                    self.last_send = Some((t.source, t.destination));
                     return Some(ViewerOutput::Transmit(t));
                 }
                 Output::Event(e) => {

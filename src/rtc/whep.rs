@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use super::ice_servers::IceServers;
 use super::{RtcError, RtcHandle, ViewerId, ViewerKind};
 use crate::config::Config;
 use crate::response::{insert_header as insert, method_not_allowed, text, Body};
@@ -24,13 +25,16 @@ const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 pub struct WhepSettings {
     /// `[server] max_body_bytes`.
     pub max_body_bytes: usize,
+    /// `[ice]` servers, sent to clients as `Link: <…>; rel="ice-server"` headers.
+    pub ice_servers: IceServers,
 }
 
 impl WhepSettings {
-    /// From `[server]`.
+    /// From `[server]` and `[ice]`.
     pub fn from_config(config: &Config) -> Self {
         Self {
             max_body_bytes: config.server.max_body_bytes,
+            ice_servers: IceServers::from_config(&config.ice),
         }
     }
 }
@@ -90,6 +94,28 @@ impl Whep {
         }
     }
 
+    /// Add the `[ice]` servers as `Link: <url>; rel="ice-server"` headers (RFC 9725 §4.6),
+    /// TURN REST credentials made now. Only for clients that passed the access check: they
+    /// carry TURN credentials.
+    pub fn add_ice_links(&self, h: &mut HeaderMap) {
+        if self.settings.ice_servers.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for v in self.settings.ice_servers.link_values(now) {
+            match HeaderValue::from_str(&v) {
+                Ok(v) => {
+                    h.append(header::LINK, v);
+                }
+                Err(_) => tracing::warn!(
+                    "an [ice] server's URL or credentials cannot be sent in a header"
+                ),
+            }
+        }
+    }
+
     /// Serve a request whose path [`route`] accepted, once the router has checked its token
     /// and read its body. CORS headers are the router's job.
     pub async fn handle(&self, req: Request<Bytes>) -> Response<Body> {
@@ -134,6 +160,7 @@ impl Whep {
                 insert(h, header::LOCATION, &format!("/whep/{}", a.id));
                 insert(h, header::ETAG, &a.etag);
                 h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+                self.add_ice_links(h);
                 r
             }
             Err(e) => error(e),
@@ -156,7 +183,19 @@ impl Whep {
             return text(StatusCode::BAD_REQUEST, "fragment is not UTF-8");
         };
         match self.rtc.patch(id, if_match, frag).await {
-            Ok(()) => text(StatusCode::NO_CONTENT, ""),
+            Ok(late) if late.is_empty() => text(StatusCode::NO_CONTENT, ""),
+            // Server candidates found after the answer go back in the response (RFC 9725
+            // §4.3.1: 200 with a trickle fragment).
+            Ok(late) => {
+                let body: String = late
+                    .iter()
+                    .map(|c| format!("a={}\r\n", c.to_sdp_string()))
+                    .collect();
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+                r
+            }
             Err(e) => error(e),
         }
     }

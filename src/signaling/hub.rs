@@ -3,12 +3,13 @@
 //!
 //! | client calls                        | hub does                                             |
 //! |-------------------------------------|------------------------------------------------------|
-//! | `Sync(session, ready)`              | joins `session`; when `ready`, `signalStart` to the others |
+//! | `Sync(session, ready)`              | joins `session`; when `ready`, `signalStart` to the others; not ready, `signalStart` to it when a ready capture side waits ([`Hub::starts_on_join`]) |
 //! | `SignalCapture(session, payload)`   | `signalCapture(payload)` to the others                |
 //! | `SignalInitiator(session, payload)` | `signalInitiator(payload)` to the others              |
 //!
 //! The original server also echoes relayed messages to the sender; no SnapRTC client reacts to
-//! its own echo, so this hub does not send it. Payloads are relayed byte for byte (raw JSON).
+//! its own echo, so this hub does not send it (unless asked to, [`Hub::echo_to_sender`], to
+//! test clients against the original). Payloads are relayed byte for byte (raw JSON).
 //!
 //! Members are remote connections or the daemon's own capture side: both use the same member
 //! API ([`Hub::join`] or [`Hub::join_local`], [`Hub::signal`]), and the hub tells the shell, through
@@ -405,11 +406,72 @@ pub enum HubOutput {
     /// With a backplane: a member here left `session` (or was granted a place it no longer
     /// wants); give one place back.
     Release(SessionId),
+    /// With a backplane and starting on join across instances ([`Hub::start_across`]):
+    /// publish `message` on the fleet's start channel (snaprtcd's own; the original server
+    /// never reads it), for `session`.
+    PublishStart {
+        /// The session it is about.
+        session: SessionId,
+        /// An initiator asking, or a capture side's instance granting.
+        message: StartMessage,
+    },
     /// With a backplane that has just (re)connected: every session this instance needs, with
     /// the places its members here hold (the daemon's own capture side is not counted).
     /// Subscribe them all and restate the places, so that what Redis lost or missed while it
     /// was away is put right. One output for all of them, however many there are.
     Resync(Vec<(SessionId, usize)>),
+}
+
+/// Starting initiators on join across instances: what goes over the fleet's start channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+pub enum StartMessage {
+    /// An initiator (fleet-wide connection id `c`) joined the session, not ready: an instance
+    /// with a ready capture connection there answers with [`StartMessage::Grant`].
+    Ask {
+        /// The initiator's connection id, `{instance}.{member}`.
+        c: String,
+    },
+    /// A ready capture side waits: the instance of connection `c` sends it `signalStart`.
+    Grant {
+        /// The initiator's connection id.
+        c: String,
+    },
+}
+
+impl StartMessage {
+    /// Largest start message read.
+    pub const MAX_BYTES: usize = 512;
+
+    /// The wire form (JSON).
+    pub fn encode(&self, session: &SessionId) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            s: &'a str,
+            #[serde(flatten)]
+            m: &'a StartMessage,
+        }
+        serde_json::to_vec(&Wire {
+            s: session.as_str(),
+            m: self,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Read the wire form: the session and the message (`None` for anything else).
+    pub fn decode(bytes: &[u8]) -> Option<(SessionId, StartMessage)> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            s: String,
+            #[serde(flatten)]
+            m: StartMessage,
+        }
+        if bytes.len() > Self::MAX_BYTES {
+            return None;
+        }
+        let wire: Wire = serde_json::from_slice(bytes).ok()?;
+        Some((SessionId::parse(&wire.s).ok()?, wire.m))
+    }
 }
 
 /// Limits and behaviour of the hub.
@@ -447,6 +509,16 @@ pub struct Hub {
     pending: HashMap<(MemberId, SessionId), PendingJoin>,
     /// With a backplane: sessions subscribed (members here, or joins pending).
     subscribed: std::collections::HashSet<SessionId>,
+    /// An initiator that joins a session where a ready capture side waits gets `signalStart`
+    /// at once ([`Hub::starts_on_join`]); not yet across a backplane.
+    start_on_join: bool,
+    /// Relayed messages go back to their sender too, as on the original server
+    /// ([`Hub::echo_to_sender`]).
+    echo: bool,
+    /// With a backplane: start on join across instances ([`Hub::start_across`]).
+    start_across: bool,
+    /// Initiators here that asked the fleet for a start and have not had one.
+    asking: std::collections::HashSet<(MemberId, SessionId)>,
 }
 
 /// A `Sync` waiting for its fleet-wide place.
@@ -471,7 +543,91 @@ impl Hub {
             backplane_up: false,
             pending: HashMap::new(),
             subscribed: std::collections::HashSet::new(),
+            start_on_join: true,
+            echo: false,
+            start_across: false,
+            asking: std::collections::HashSet::new(),
         }
+    }
+
+    /// With a backplane, start on join across instances too (`[backplane] start_on_join`):
+    /// an initiator that joins here, not ready, is asked about on the fleet's start channel
+    /// ([`HubOutput::PublishStart`]); an instance with a ready capture connection in the
+    /// session grants it, and this instance sends the initiator `signalStart`, once. Only for
+    /// fleets of snaprtcd instances: an instance of the original server neither asks nor
+    /// grants. Without a backplane this changes nothing.
+    pub fn start_across(mut self) -> Self {
+        if self.instance.is_some() && !self.echo {
+            self.start_on_join = true;
+            self.start_across = true;
+        }
+        self
+    }
+
+    /// Input: a message from the fleet's start channel ([`StartMessage`]).
+    pub fn handle_start(&mut self, session: &SessionId, message: StartMessage) {
+        if !self.start_across {
+            return;
+        }
+        match message {
+            StartMessage::Ask { c } => {
+                let Some(instance) = &self.instance else {
+                    return;
+                };
+                if c.split_once('.').is_some_and(|(i, _)| i == &**instance) {
+                    return; // our own ask: a capture side here was already looked for
+                }
+                let waits = self.sessions.get(session).is_some_and(|s| {
+                    s.members
+                        .iter()
+                        .any(|&(m, ready)| ready && !self.locals.contains(&m))
+                });
+                if waits {
+                    self.outputs.push_back(HubOutput::PublishStart {
+                        session: session.clone(),
+                        message: StartMessage::Grant { c },
+                    });
+                }
+            }
+            StartMessage::Grant { c } => {
+                let Some(instance) = &self.instance else {
+                    return;
+                };
+                let member = match c.split_once('.') {
+                    Some((i, m)) if i == &**instance => m.parse().ok().map(MemberId),
+                    _ => None,
+                };
+                let Some(member) = member else { return };
+                // Once: several instances may grant the same ask.
+                if self.asking.remove(&(member, session.clone())) {
+                    self.outputs.push_back(HubOutput::Deliver {
+                        to: member,
+                        message: Outbound::SignalStart,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Behave like the original ASP.NET server (`[signaling] echo_to_sender`): every relayed
+    /// message, `signalStart` included, also goes to its sender (when it is a connection), and
+    /// initiators are not started on join. For testing clients against that behaviour.
+    pub fn echo_to_sender(mut self) -> Self {
+        self.echo = true;
+        self.start_on_join = false;
+        self.start_across = false;
+        self
+    }
+
+    /// Whether an initiator that `Sync`s (not ready) into a session where a ready capture side
+    /// already waits gets `signalStart` at once, from the hub. The original server does not do
+    /// this (the initiator waits for the capture side's next `Sync(session, true)`); stock
+    /// pages take it like any `signalStart`. On with no backplane; with one, only with
+    /// [`Hub::start_across`] (the ready capture side may be on another instance), else a hub
+    /// with a backplane behaves like the original one and capture sides that dial out keep
+    /// announcing.
+    pub fn starts_on_join(&self) -> bool {
+        self.start_on_join
     }
 
     /// A hub that shares its sessions with other instances through a backplane. `instance`
@@ -480,6 +636,7 @@ impl Hub {
     pub fn with_backplane(config: HubConfig, instance: &str) -> Self {
         Self {
             instance: Some(Arc::from(instance)),
+            start_on_join: false,
             ..Self::new(config)
         }
     }
@@ -516,6 +673,9 @@ impl Hub {
                 .connection_id(to)
                 .is_some_and(|id| envelope.excluded.contains(&id));
             if !excluded {
+                if message == Outbound::SignalStart {
+                    self.asking.remove(&(to, session.clone()));
+                }
                 self.outputs.push_back(HubOutput::Deliver {
                     to,
                     message: message.clone(),
@@ -742,6 +902,7 @@ impl Hub {
 
     /// A member is gone: it leaves every session; empty sessions are freed.
     pub fn handle_disconnect(&mut self, member: MemberId) {
+        self.asking.retain(|(m, _)| *m != member);
         // A pending join keeps its subscription until its answer comes (handle_reservation).
         self.pending.retain(|(m, _), _| *m != member);
         for session in self.memberships.remove(&member).unwrap_or_default() {
@@ -780,8 +941,31 @@ impl Hub {
                 }
             }
         }
+        // A ready capture side that is a connection (the daemon's own member serves the one
+        // initiator it joined for, and answers every offer it sees).
+        let capture_waits = self.sessions.get(&session).is_some_and(|s| {
+            s.members
+                .iter()
+                .any(|&(other, ready)| ready && other != member && !self.locals.contains(&other))
+        });
         if ready {
             self.signal(member, &session, Outbound::SignalStart);
+        } else if self.start_on_join && capture_waits {
+            // A ready capture side already waits (one that dialled out, say): this initiator
+            // starts now instead of waiting for the capture side to announce again.
+            self.outputs.push_back(HubOutput::Deliver {
+                to: member,
+                message: Outbound::SignalStart,
+            });
+        } else if self.start_across && self.backplane_up {
+            // The capture side may wait on another instance: ask the fleet.
+            if let Some(c) = self.connection_id(member) {
+                self.asking.insert((member, session.clone()));
+                self.outputs.push_back(HubOutput::PublishStart {
+                    session,
+                    message: StartMessage::Ask { c },
+                });
+            }
         } else if self.config.capture_wanted && !entry_has_capture(&self.sessions, &session) {
             self.outputs.push_back(HubOutput::CaptureWanted { session });
         }
@@ -790,6 +974,7 @@ impl Hub {
 
     /// Member API: leave one session.
     pub fn leave(&mut self, member: MemberId, session: &SessionId) {
+        self.asking.remove(&(member, session.clone()));
         if let Some(list) = self.memberships.get_mut(&member) {
             list.retain(|s| s != session);
             if list.is_empty() {
@@ -814,7 +999,8 @@ impl Hub {
         };
         let mut delivered = 0;
         for &(to, _) in &s.members {
-            if to != from {
+            let echo = self.echo && !self.locals.contains(&to);
+            if to != from || echo {
                 delivered += 1;
                 self.outputs.push_back(HubOutput::Deliver {
                     to,
@@ -1168,6 +1354,82 @@ mod tests {
     }
 
     #[test]
+    fn an_initiator_joining_a_waiting_capture_side_starts_at_once() {
+        let mut h = hub();
+        assert!(h.starts_on_join());
+        // The capture side (a device that dialled out) waits first.
+        call(&mut h, 1, None, sync("a", true));
+        assert!(drain(&mut h).is_empty());
+        // An initiator joins later: signalStart to it alone, at once.
+        call(&mut h, 2, None, sync("a", false));
+        assert_eq!(drain(&mut h), vec![deliver(2, Outbound::SignalStart)]);
+        // The capture side is busy (Sync false): the next initiator waits...
+        call(&mut h, 1, None, sync("a", false));
+        assert!(drain(&mut h).is_empty());
+        call(&mut h, 3, None, sync("b", false));
+        call(&mut h, 3, None, sync("a", false));
+        drain(&mut h);
+        // ...until the capture side is ready again, which starts everyone there (the first
+        // initiator has left the hub by then, as stock pages do).
+        h.handle_disconnect(MemberId(2));
+        call(&mut h, 1, None, sync("a", true));
+        assert_eq!(drain(&mut h), vec![deliver(3, Outbound::SignalStart)]);
+        // Another capture side joining as not ready gets nothing; no capture side, nothing.
+        call(&mut h, 4, None, sync("c", false));
+        assert!(drain(&mut h).is_empty());
+    }
+
+    #[test]
+    fn echo_to_sender_behaves_like_the_original_server() {
+        let mut h = hub().echo_to_sender();
+        assert!(!h.starts_on_join());
+        call(&mut h, 1, None, sync("a", true));
+        assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
+        call(&mut h, 2, None, sync("a", false));
+        assert!(drain(&mut h).is_empty(), "no start on join");
+        let p = raw("\"x\"");
+        call(
+            &mut h,
+            2,
+            None,
+            Method::SignalCapture {
+                session: sid("a"),
+                payload: p.clone(),
+            },
+        );
+        assert_eq!(
+            drain(&mut h),
+            vec![
+                deliver(1, Outbound::SignalCapture(p.clone())),
+                deliver(2, Outbound::SignalCapture(p)),
+            ]
+        );
+    }
+
+    #[test]
+    fn with_a_backplane_initiators_wait_for_the_announce_as_on_the_original_server() {
+        let mut h = Hub::with_backplane(
+            HubConfig {
+                max_sessions: 10,
+                max_members_per_session: 8,
+                capture_wanted: false,
+            },
+            "i1",
+        );
+        assert!(!h.starts_on_join());
+        h.join(MemberId(1), sid("a"), true).unwrap();
+        drain(&mut h);
+        h.join(MemberId(2), sid("a"), false).unwrap();
+        let outputs = drain(&mut h);
+        assert!(
+            !outputs
+                .iter()
+                .any(|o| matches!(o, HubOutput::Deliver { .. })),
+            "{outputs:?}"
+        );
+    }
+
+    #[test]
     fn capture_wanted_only_when_no_capture_is_present() {
         let mut h = Hub::new(HubConfig {
             max_sessions: 10,
@@ -1179,8 +1441,8 @@ mod tests {
             drain(&mut h),
             vec![HubOutput::CaptureWanted { session: sid("a") }]
         );
-        // The daemon's capture member joins through the member API.
-        h.join(MemberId(100), sid("a"), true).unwrap();
+        // The daemon's capture member joins through the member API (as the shell does).
+        h.join_local(MemberId(100), sid("a")).unwrap();
         assert_eq!(drain(&mut h), vec![deliver(1, Outbound::SignalStart)]);
         call(&mut h, 2, None, sync("a", false));
         assert!(drain(&mut h).is_empty(), "a capture side is already there");
@@ -1322,6 +1584,8 @@ mod tests {
             let n = self.hubs.len();
             loop {
                 let mut answers = Vec::new();
+                // The start channel: every instance is subscribed to it.
+                let mut starts = Vec::new();
                 for i in 0..n {
                     while let Some(output) = self.hubs[i].poll_output() {
                         match output {
@@ -1353,13 +1617,22 @@ mod tests {
                                     self.places.entry(session).or_insert(vec![0; n])[i] = count;
                                 }
                             }
+                            HubOutput::PublishStart { session, message } => {
+                                starts.push(message.encode(&session));
+                            }
                             other => self.delivered[i].push(other),
                         }
                     }
                 }
-                let moved = !answers.is_empty();
+                let moved = !answers.is_empty() || !starts.is_empty();
                 for (i, member, session, result) in answers {
                     self.hubs[i].handle_reservation(member, session, result);
+                }
+                for bytes in starts {
+                    let (session, message) = StartMessage::decode(&bytes).unwrap();
+                    for hub in &mut self.hubs {
+                        hub.handle_start(&session, message.clone());
+                    }
                 }
                 let Some((session, bytes)) = self.wire.pop_front() else {
                     if moved {
@@ -1381,6 +1654,55 @@ mod tests {
         fn take(&mut self, hub: usize) -> Vec<HubOutput> {
             std::mem::take(&mut self.delivered[hub])
         }
+    }
+
+    #[test]
+    fn start_on_join_across_instances_starts_an_initiator_once() {
+        let mut f = Fleet::new(3);
+        for hub in &mut f.hubs {
+            *hub = std::mem::replace(
+                hub,
+                Hub::new(HubConfig {
+                    max_sessions: 1,
+                    max_members_per_session: 1,
+                    capture_wanted: false,
+                }),
+            )
+            .start_across();
+            assert!(hub.starts_on_join());
+        }
+        // Two devices that dialled out wait in session s, on instances 1 and 2.
+        f.call(1, 1, None, sync("s", true));
+        f.call(2, 1, None, sync("s", true));
+        f.take(1);
+        f.take(2);
+        // An initiator joins on instance 0: both grant; it gets signalStart once.
+        f.call(0, 1, Some("0"), sync("s", false));
+        assert_eq!(
+            f.take(0),
+            vec![deliver(1, ok("0")), deliver(1, Outbound::SignalStart)]
+        );
+        // Busy devices (Sync false) grant nothing: the next initiator waits...
+        f.call(1, 1, None, sync("s", false));
+        f.call(2, 1, None, sync("s", false));
+        f.call(0, 2, Some("0"), sync("s", false));
+        assert_eq!(f.take(0), vec![deliver(2, ok("0"))]);
+        // ...for a device that is ready again, whose signalStart reaches it (and the first
+        // initiator, had it not left the hub, as on the original server).
+        f.disconnect(0, 1);
+        f.call(1, 1, None, sync("s", true));
+        assert_eq!(f.take(0), vec![deliver(2, Outbound::SignalStart)]);
+        // A grant for an initiator that has had its start changes nothing.
+        f.hubs[0].handle_start(
+            &sid("s"),
+            StartMessage::Grant {
+                c: "inst0.2".into(),
+            },
+        );
+        assert!(f.hubs[0].poll_output().is_none());
+        // Junk on the channel is refused before it reaches a hub.
+        assert!(StartMessage::decode(b"{\"s\":\"s\",\"t\":\"boom\"}").is_none());
+        assert!(StartMessage::decode(&[b' '; 600]).is_none());
     }
 
     #[test]

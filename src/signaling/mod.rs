@@ -11,13 +11,17 @@
 //! - [`backplane`]: the Redis backplane's wire format (ASP.NET Core SignalR's channel names
 //!   and MessagePack envelope), pure.
 //! - [`redis`]: the backplane task that owns the Redis connections (IO only).
+//! - [`dialout`]: the tokio shell of dial-out, one task per `[[remote]]` entry.
+//! - [`remote`]: dial-out to a remote hub as the capture side of a session (pure).
 
 pub mod backplane;
 pub mod capture;
+pub mod dialout;
 pub mod go2rtc;
 pub mod hub;
 pub mod lzstring;
 pub mod redis;
+pub mod remote;
 pub mod signalr;
 pub mod snappeer;
 pub mod ws;

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::backplane::{group_channel, session_of_channel, Envelope};
-use super::hub::{MemberId, RequestError, SessionId};
+use super::hub::{MemberId, RequestError, SessionId, StartMessage};
 use crate::config::{BackplaneConfig, RedisUrl};
 
 /// Places are counted in Redis by this script. `KEYS[1]`: the session's places hash.
@@ -95,6 +95,13 @@ pub enum Op {
         /// The envelope's bytes.
         bytes: Vec<u8>,
     },
+    /// Publish a start message ([`StartMessage`], encoded) on the fleet's start channel.
+    PublishStart {
+        /// The session it is about.
+        session: SessionId,
+        /// The message's bytes.
+        bytes: Vec<u8>,
+    },
     /// Take a place for `member` in `session`; answered by [`Event::Reserved`].
     Reserve {
         /// Who joins.
@@ -136,6 +143,13 @@ pub enum Event {
         session: SessionId,
         /// The envelope.
         envelope: Envelope,
+    },
+    /// A message on the fleet's start channel (`[backplane] start_on_join`).
+    Start {
+        /// The session it is about.
+        session: SessionId,
+        /// What it says.
+        message: StartMessage,
     },
     /// The answer to [`Op::Reserve`].
     Reserved {
@@ -179,6 +193,10 @@ impl Keys {
     fn token(&self, token: &str) -> String {
         format!("{}:snaprtcd:token:{token}", self.prefix)
     }
+    /// The fleet's start channel: snaprtcd's own, never read by the original server.
+    fn start(&self) -> String {
+        format!("{}:snaprtcd:start", self.prefix)
+    }
 }
 
 /// Why the task could not start.
@@ -202,6 +220,8 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// `[signaling] handshake_timeout`: how long a stored token lives.
     pub token_lifetime: Duration,
+    /// `[backplane] start_on_join`: subscribe the fleet's start channel.
+    pub start_on_join: bool,
 }
 
 /// The ends of the task the signaling shell holds.
@@ -359,7 +379,10 @@ impl Task {
         let pubsub = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| timeout_error())??;
-        let (sink, stream) = pubsub.split();
+        let (mut sink, stream) = pubsub.split();
+        if self.settings.start_on_join {
+            within(sink.subscribe(self.keys.start())).await?;
+        }
         let (reserve_sha, release_sha, ()): (String, String, ()) = redis::pipe()
             .cmd("SCRIPT")
             .arg("LOAD")
@@ -400,9 +423,24 @@ impl Task {
         let prefix = self.keys.prefix.clone();
         let max = self.settings.max_message_bytes;
         let instance = self.keys.instance.clone();
+        let start_channel = self.keys.start();
         // Messages in: decoded here, handed to the hub in arrival order.
         let reader = async move {
             while let Some(msg) = stream.next().await {
+                if msg.get_channel_name() == start_channel {
+                    match StartMessage::decode(msg.get_payload_bytes()) {
+                        Some((session, message)) => {
+                            let start = Event::Start { session, message };
+                            if events.send(start).await.is_err() {
+                                return End::Cancelled;
+                            }
+                        }
+                        None => {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 let Some(session) = session_of_channel(&prefix, msg.get_channel_name()) else {
                     continue;
                 };
@@ -567,6 +605,11 @@ impl Task {
                         .arg(group_channel(&self.keys.prefix, session))
                         .arg(bytes.as_slice());
                 }
+                Op::PublishStart { bytes, .. } => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.keys.start())
+                        .arg(bytes.as_slice());
+                }
                 Op::Reserve { session, .. } => {
                     pipe.cmd("EVALSHA")
                         .arg(&c.reserve_sha)
@@ -624,7 +667,7 @@ impl Task {
     /// Hand `op`'s reply to whoever waits for it.
     async fn answer(&self, op: Op, reply: redis::RedisResult<Value>) {
         match op {
-            Op::Publish { session, .. } => match reply {
+            Op::Publish { session, .. } | Op::PublishStart { session, .. } => match reply {
                 Ok(_) => {
                     self.counters.published.fetch_add(1, Ordering::Relaxed);
                 }
@@ -689,7 +732,7 @@ impl Task {
                     })
                     .await;
             }
-            Op::Publish { .. } => {
+            Op::Publish { .. } | Op::PublishStart { .. } => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Op::StoreToken { reply, .. } => {

@@ -113,6 +113,8 @@ pub struct SignalingHandle {
     config: Arc<SignalingConfig>,
     /// To the backplane task (tokens), when there is one.
     backplane: Option<mpsc::Sender<Op>>,
+    /// The hub starts initiators on join (negotiate says so).
+    start_on_join: bool,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -151,12 +153,22 @@ pub fn spawn(
                     max_members_per_session: config.max_members_per_session,
                     max_message_bytes: config.max_payload_bytes,
                     token_lifetime: config.handshake_timeout,
+                    start_on_join: backplane.start_on_join && !config.echo_to_sender,
                 },
                 cancel.clone(),
                 &tracker,
             )?;
-            (Hub::with_backplane(hub_config, &instance), Some(link))
+            let hub = Hub::with_backplane(hub_config, &instance);
+            let hub = match backplane.start_on_join {
+                true => hub.start_across(),
+                false => hub,
+            };
+            (hub, Some(link))
         }
+    };
+    let hub = match config.echo_to_sender {
+        true => hub.echo_to_sender(),
+        false => hub,
     };
     let (backplane_link, events) = match link {
         Some(link) => (
@@ -195,11 +207,13 @@ pub fn spawn(
         backplane_up: false,
         stalled: false,
     };
+    let start_on_join = task.hub.starts_on_join();
     tracker.spawn(task.run(rx, replies, events, cancel.clone()));
     Ok(SignalingHandle {
         commands: tx,
         config: Arc::new(config),
         backplane: backplane_link.map(|link| link.ops),
+        start_on_join,
         cancel,
         tracker,
     })
@@ -285,6 +299,14 @@ impl SignalingHandle {
     pub async fn stats(&self) -> Result<SignalingStats, ServiceError> {
         let (reply, rx) = oneshot::channel();
         self.call(Command::Stats { reply }, rx).await
+    }
+
+    /// Whether this hub starts initiators that join a session where a ready capture side
+    /// waits ([`Hub::starts_on_join`]): yes without a backplane, and with one when
+    /// `[backplane] start_on_join` is on (unless `echo_to_sender`). Negotiate says so to clients
+    /// in the [`START_ON_JOIN_HEADER`](super::remote::START_ON_JOIN_HEADER) header.
+    pub fn starts_on_join(&self) -> bool {
+        self.start_on_join
     }
 
     /// The path of the hub.
@@ -688,6 +710,7 @@ impl HubTask {
                 session,
                 result,
             } => self.hub.handle_reservation(member, session, result),
+            Event::Start { session, message } => self.hub.handle_start(&session, message),
         }
         self.drain();
     }
@@ -880,6 +903,10 @@ impl HubTask {
                 }
                 HubOutput::Release(session) => self.send_backplane(Op::Release(session)),
                 HubOutput::Resync(sessions) => self.send_backplane(Op::Resync(sessions)),
+                HubOutput::PublishStart { session, message } => {
+                    let bytes = message.encode(&session);
+                    self.send_backplane(Op::PublishStart { session, bytes })
+                }
             }
         }
         for member in dropped {

@@ -99,6 +99,25 @@ write('sdpfrag', 'mdns-and-ipv6.txt', frag('a=ice-ufrag:abcd', 'a=ice-pwd:aaaaaa
   'a=candidate:4 1 UDP 2122194687 2001:db8::1 51000 typ host', 'a=end-of-candidates'));
 write('sdpfrag', 'restart.txt', frag('a=ice-ufrag:new1', 'a=ice-pwd:bbbbbbbbbbbbbbbbbbbbbbbb'));
 
+// --- remote: a script of operations (see fuzz/fuzz_targets/remote.rs).
+{
+  const frame = (s) => { const b = Buffer.from(s, 'utf8'); return Buffer.concat([Buffer.from([0]), u16(b.length), b]); };
+  const wait = (ms) => Buffer.concat([Buffer.from([1]), u16(Math.min(0xffff, Math.round(ms / 16)))]);
+  const [timer, failed, answer, offer, hello] = [2, 3, 5, 6, 7].map((op) => Buffer.from([op]));
+  const open = (startOnJoin) => Buffer.from([4, startOnJoin ? 1 : 0]);
+  const ping = frame(rec({ type: 6 }));
+  write('remote', 'idle-dotnet.bin', script(open(false), hello, wait(7000), ping, wait(7000), timer, timer));
+  write('remote', 'serve-snaprtcd.bin', script(open(true), hello, offer, offer, wait(1000), answer, timer, ping, timer));
+  write('remote', 'echoes.bin', script(open(false), hello,
+    frame(rec({ type: 1, target: 'signalStart', arguments: [] })), offer, answer,
+    frame(rec({ type: 1, target: 'signalInitiator', arguments: ['answer'] }) + rec({ type: 3, invocationId: '1' })), timer));
+  write('remote', 'reconnect.bin', script(open(false), hello, offer, failed, timer, open(false), hello, timer, timer, answer));
+  write('remote', 'refused.bin', script(open(false), frame(rec({ error: 'nope' })), timer, timer, open(true), hello,
+    frame(rec({ type: 3, invocationId: '1', error: 'Session is full (8 members).' })), timer));
+  write('remote', 'split-and-close.bin', script(open(true), frame('{'), frame('}' + RS + '{"type":1,"target":"signal'),
+    frame('Capture","arguments":["x"]}' + RS), frame(rec({ type: 7, error: 'bye', allowReconnect: true })), timer));
+}
+
 // --- annexb: two header bytes (AU limit, largest piece; see annexb.rs) + a real H.264 stream.
 const tmp = mkdtempSync(join(tmpdir(), 'snaprtcd-seeds-'));
 const h264 = (name, x264) => {

@@ -13,7 +13,10 @@
 # backplane (messages from other instances: the .NET Redis envelope and the record in it),
 # mjpeg (a camera's MJPEG frames decoded straight to I420), go2rtc (go2rtc's /api/ws Session fed
 # messages, answers and clock ticks), rtsp (an RTSP client's bytes through the RTSP session, cut
-# into reads, with frames and time in between).
+# into reads, with frames and time in between), remote (dial-out's SignalR client state machine
+# fed a hub's frames, failures, answers and clock ticks), turn (bytes from the TURN server's
+# address into the TURN allocation core, as datagrams and as a stream), stun (datagrams from a
+# STUN server's address through rtc::stun::StunClient between clock ticks).
 #
 # The targets are built once with the coverage flags `cargo fuzz build --sanitizer none`
 # (cargo-fuzz 0.13.2, src/project.rs) gives rustc: libFuzzer's sancov coverage, `--cfg fuzzing`,
@@ -29,7 +32,7 @@
 # (FUZZ_INSTRUMENT="str0m", which builds into its own fuzz/target-instrumented/) or use
 # `cargo fuzz run <target>` in fuzz/ (release, everything instrumented; cargo-fuzz is not
 # needed in CI).
-# Then each target runs for FUZZ_SECONDS (default 20: eleven targets fit CI's budget; run longer by hand), one per core at a
+# Then each target runs for FUZZ_SECONDS (default 20: fourteen targets fit CI's budget; run longer by hand), one per core at a
 # time, on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
 # the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
 # FUZZ_RSS_MB fails the suite, and its input is printed: its path (kept in
@@ -51,10 +54,11 @@ root=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
 FUZZ_RSS_MB=${FUZZ_RSS_MB:-1024}
-read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag backplane mjpeg go2rtc rtsp ogg}"
+read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag backplane mjpeg go2rtc rtsp remote turn ogg stun}"
 # Largest input per target: above the largest seed, small enough to keep executions fast.
 declare -A max_len=([signalr]=8192 [snappeer]=8192 [offer]=16384 [annexb]=16384 [config]=8192 [sdpfrag]=4096
-                  [backplane]=8192 [mjpeg]=16384 [go2rtc]=8192 [rtsp]=8192 [ogg]=8192)
+                  [backplane]=8192 [mjpeg]=16384 [go2rtc]=8192 [rtsp]=8192 [remote]=8192 [turn]=8192 [ogg]=8192
+                  [stun]=2048)
 
 if [ -n "${FUZZ_INSTRUMENT:-}" ]; then
   # Instrumented dependencies must never land in target/, where `cargo test` would link them.

@@ -3,6 +3,7 @@
 //! neither side has anything to do, to the earliest timeout.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
@@ -24,27 +25,25 @@ fn engine_addr() -> SocketAddr {
     SocketAddr::from((ENGINE_IP, PORT))
 }
 
-fn shared(silence: Duration) -> Arc<Shared> {
+fn shared(
+    silence: Duration,
+    full_ice: bool,
+) -> (Arc<Shared>, tokio::sync::watch::Sender<Vec<Candidate>>) {
     super::super::engine::init_crypto();
-    Arc::new(Shared {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let shared = Arc::new(Shared {
         audio: Default::default(),
         candidates: vec![Candidate::host(engine_addr(), "udp").unwrap()],
         max_viewers: 4,
         snapshot_on_connect: true,
         silence_timeout: silence,
         sdp_limits: Default::default(),
-        full_ice: false,
+        full_ice,
+        extra_candidates: rx,
         slots: Arc::new(AtomicUsize::new(0)),
         rtc_built: AtomicU64::new(0),
-    })
-}
-
-fn core(silence: Duration) -> Core {
-    Core::new(
-        PORT,
-        Box::new(FixedLocalAddr(SocketAddrV4::new(ENGINE_IP, PORT))),
-        shared(silence),
-    )
+    });
+    (shared, tx)
 }
 
 /// A browser stand-in: full ICE, recvonly video and a data channel, at `addr`.
@@ -54,6 +53,11 @@ struct Peer {
     events: Vec<Event>,
     /// Drop every datagram to and from the engine (a peer that vanished).
     muted: bool,
+    /// The address the engine sees it at (a NAT in between), when not `addr`.
+    nat: Option<SocketAddr>,
+    /// Direct datagrams between it and the engine are lost (symmetric NATs): only the fake
+    /// TURN server carries them.
+    relay_only: bool,
 }
 
 impl Peer {
@@ -69,6 +73,8 @@ impl Peer {
             addr,
             events: Vec::new(),
             muted: false,
+            nat: None,
+            relay_only: false,
         };
         (peer, offer.to_sdp_string(), pending)
     }
@@ -116,14 +122,30 @@ struct World {
     idr_due: bool,
     /// Datagrams the core sent to addresses that are no peer's (e.g. a STUN server).
     stray: Vec<CoreTransmit>,
+    /// The shell's side of `Shared::extra_candidates`.
+    candidates_tx: tokio::sync::watch::Sender<Vec<Candidate>>,
+    /// A STUN server answered in process: its address and the mapped address it reports.
+    stun_server: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl World {
     fn new(silence: Duration) -> Self {
+        Self::with_ice(silence, false)
+    }
+
+    fn with_ice(silence: Duration, full_ice: bool) -> Self {
         let now = Instant::now();
+        let (shared, candidates_tx) = shared(silence, full_ice);
+        let core = Core::new(
+            PORT,
+            Box::new(FixedLocalAddr(SocketAddrV4::new(ENGINE_IP, PORT))),
+            shared,
+        );
         Self {
             now,
-            core: core(silence),
+            core,
+            candidates_tx,
+            stun_server: None,
             peers: Vec::new(),
             subscribed: false,
             keyframes: Vec::new(),
@@ -161,8 +183,29 @@ impl World {
     fn drain_core(&mut self) {
         loop {
             if let Some(t) = self.core.poll_transmit() {
-                match self.peers.iter_mut().find(|p| p.addr == t.destination) {
-                    Some(p) if !p.muted => {
+                if t.destination == TURN_SERVER {
+                    // The fake TURN server unwraps and sends from the relayed address.
+                    let (peer, payload) = fake_turn::decode(&t.contents);
+                    if let Some(p) = self.peers.iter_mut().find(|p| p.addr == peer && !p.muted) {
+                        let input = Input::Receive(
+                            self.now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: RELAYED,
+                                destination: p.addr,
+                                contents: DatagramRecv::try_from(payload).unwrap(),
+                            },
+                        );
+                        p.rtc.handle_input(input).unwrap();
+                    }
+                    continue;
+                }
+                match self
+                    .peers
+                    .iter_mut()
+                    .find(|p| p.nat.unwrap_or(p.addr) == t.destination)
+                {
+                    Some(p) if !p.muted && !p.relay_only => {
                         let input = Input::Receive(
                             self.now,
                             Receive {
@@ -175,7 +218,19 @@ impl World {
                         p.rtc.handle_input(input).unwrap();
                     }
                     Some(_) => {}
-                    None => self.stray.push(t),
+                    None => match self.stun_server {
+                        Some((server, mapped)) if t.destination == server => {
+                            let answer = crate::rtc::stun::tests::answer(&t.contents, mapped);
+                            self.core.handle_datagram(
+                                self.now,
+                                Via::Udp,
+                                server,
+                                engine_addr(),
+                                &answer,
+                            );
+                        }
+                        _ => self.stray.push(t),
+                    },
                 }
                 continue;
             }
@@ -189,6 +244,10 @@ impl World {
                     self.keyframes.push(KeyframeCause::NewViewer);
                 }
                 CoreEvent::ReleaseVideo => self.subscribed = false,
+                CoreEvent::CandidatesChanged => {
+                    self.candidates_tx
+                        .send_replace(self.core.local_candidates().to_vec());
+                }
                 CoreEvent::Keyframe(c) => {
                     self.idr_due = true;
                     self.keyframes.push(*c);
@@ -219,10 +278,27 @@ impl World {
                         if self.peers[i].muted {
                             continue;
                         }
+                        if t.destination == RELAYED {
+                            // To the fake TURN server, which wraps it for the engine.
+                            let wrapped = fake_turn::encode(t.source, &t.contents);
+                            self.core.handle_datagram(
+                                self.now,
+                                Via::Udp,
+                                TURN_SERVER,
+                                engine_addr(),
+                                &wrapped,
+                            );
+                            self.drain_core();
+                            continue;
+                        }
+                        if self.peers[i].relay_only {
+                            continue;
+                        }
+                        let source = self.peers[i].nat.unwrap_or(t.source);
                         self.core.handle_datagram(
                             self.now,
                             Via::Udp,
-                            t.source,
+                            source,
                             t.destination,
                             &t.contents,
                         );
@@ -329,6 +405,28 @@ fn a_peer_connects_gets_video_and_a_still_on_virtual_time() {
         s.local_addr_lookups, 0,
         "the destination came with the datagram"
     );
+    assert_eq!(s.pair_types, [1, 0, 0, 0], "host to host");
+}
+
+#[test]
+fn a_peer_behind_a_nat_is_found_peer_reflexive() {
+    let mut w = World::new(Duration::from_secs(15));
+    let (mut peer, offer, pending) = Peer::new(peer_addr(0), w.now);
+    peer.nat = Some(SocketAddr::from((Ipv4Addr::new(198, 51, 100, 9), 61000)));
+    let (viewer, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Register {
+            viewer: Box::new(viewer),
+            reply,
+        },
+    );
+    rx.try_recv().unwrap().unwrap();
+    peer.accept(pending, &answer.sdp);
+    w.peers.push(peer);
+    w.run_until(Duration::from_secs(10), |w| w.peers[0].frames() >= 5);
+    assert_eq!(w.core.stats().pair_types, [0, 0, 1, 0], "prflx");
 }
 
 #[test]
@@ -436,6 +534,246 @@ fn junk_and_strangers_are_counted_not_routed() {
     w.core
         .handle_datagram(w.now, Via::Udp, stranger, engine_addr(), &[0x80; 40]);
     assert_eq!(w.core.stats().datagrams_unrouted, 2);
+}
+
+/// An empty WHEP PATCH; the addresses of the server candidates it returns.
+fn patch(w: &mut World, id: ViewerId) -> Result<Vec<SocketAddr>, RtcError> {
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Patch {
+            id,
+            if_match: Some("*".into()),
+            candidates: vec![],
+            reply,
+        },
+    );
+    rx.try_recv()
+        .unwrap()
+        .map(|c| c.iter().map(Candidate::addr).collect())
+}
+
+/// A STUN client for `server` on the engine's address, answered in process with `mapped`.
+fn with_stun(w: &mut World, server: SocketAddr, mapped: SocketAddr) {
+    w.stun_server = Some((server, mapped));
+    let stun = crate::rtc::stun::StunClient::new(
+        "stun:test".into(),
+        server,
+        engine_addr(),
+        Duration::from_secs(30),
+        w.now,
+    );
+    w.core.add_sidecar(Box::new(stun), w.now);
+    w.drain_core();
+}
+
+#[test]
+fn a_stun_answer_becomes_a_srflx_candidate_in_new_answers_and_health() {
+    let mut w = World::with_ice(Duration::from_secs(15), true);
+    let server = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 3478));
+    let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), 41000));
+    with_stun(&mut w, server, mapped);
+    assert!(
+        w.core_events.contains(&CoreEvent::CandidatesChanged),
+        "{:?}",
+        w.core_events
+    );
+    assert_eq!(w.core.local_candidates().len(), 1);
+    assert_eq!(w.core.local_candidates()[0].addr(), mapped);
+    let health = w.core.stats().ice;
+    assert_eq!(health.len(), 1);
+    assert_eq!((health[0].kind, health[0].state.as_str()), ("stun", "ok"));
+    assert_eq!(health[0].candidate, Some(mapped));
+    // A new viewer's answer carries it, and full ICE still connects and plays.
+    let (mut peer, offer, pending) = Peer::new(peer_addr(0), w.now);
+    let (viewer, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    assert!(
+        answer.sdp.contains("203.0.113.5 41000 typ srflx"),
+        "{}",
+        answer.sdp
+    );
+    assert!(
+        !answer.sdp.contains("a=ice-lite"),
+        "full ICE: {}",
+        answer.sdp
+    );
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Register {
+            viewer: Box::new(viewer),
+            reply,
+        },
+    );
+    rx.try_recv().unwrap().unwrap();
+    peer.accept(pending, &answer.sdp);
+    w.peers.push(peer);
+    w.run_until(Duration::from_secs(10), |w| w.peers[0].frames() >= 5);
+    assert_eq!(patch(&mut w, answer.id), Ok(vec![]), "it was in the answer");
+}
+
+#[test]
+fn without_stun_the_answer_is_ice_lite_with_host_candidates_only() {
+    let mut w = World::new(Duration::from_secs(15));
+    let (_, offer, _) = Peer::new(peer_addr(0), w.now);
+    let (_, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
+    assert!(!answer.sdp.contains("srflx"), "{}", answer.sdp);
+    w.step();
+    assert!(
+        w.stray.is_empty(),
+        "nothing is sent anywhere but to viewers"
+    );
+    assert!(w.core.stats().ice.is_empty());
+}
+
+#[test]
+fn a_srflx_candidate_found_later_is_added_to_existing_viewers() {
+    let mut w = World::with_ice(Duration::from_secs(15), true);
+    let (p, id) = w.join(peer_addr(0));
+    w.run_until(Duration::from_secs(10), |w| w.peers[p].frames() >= 1);
+    assert_eq!(patch(&mut w, id), Ok(vec![]), "nothing new yet");
+    let server = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 3478));
+    let mapped = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 5), 41000));
+    with_stun(&mut w, server, mapped);
+    assert_eq!(w.core.local_candidates().len(), 1);
+    // The peer learns of it in the response to its next PATCH, once.
+    assert_eq!(patch(&mut w, id), Ok(vec![mapped]));
+    assert_eq!(patch(&mut w, id), Ok(vec![]));
+    // The viewer keeps playing; it now has the candidate too (str0m pairs it).
+    let frames = w.peers[p].frames();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.peers[p].frames() >= frames + 10
+    });
+}
+
+const TURN_SERVER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 50)), 3478);
+const RELAYED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 50)), 50000);
+
+/// A stand-in for a TURN allocation behind the [`Sidecar`] seam: datagrams to and from the
+/// server are `peer address (6 bytes) + payload`.
+mod fake_turn {
+    use super::*;
+
+    pub fn encode(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        let SocketAddr::V4(v4) = peer else {
+            panic!("IPv4 only")
+        };
+        let mut out = v4.ip().octets().to_vec();
+        out.extend_from_slice(&v4.port().to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> (SocketAddr, &[u8]) {
+        let ip = Ipv4Addr::new(data[0], data[1], data[2], data[3]);
+        let port = u16::from_be_bytes([data[4], data[5]]);
+        (SocketAddr::from((ip, port)), &data[6..])
+    }
+
+    #[derive(Default)]
+    pub struct Relay {
+        pub transmits: VecDeque<CoreTransmit>,
+        pub events: VecDeque<SidecarEvent>,
+        pub permissions: Vec<SocketAddr>,
+        pub relayed_bytes: u64,
+        pub announced: bool,
+    }
+
+    impl Sidecar for Relay {
+        fn name(&self) -> &str {
+            "turn"
+        }
+        fn claims(&self, via: Via, source: SocketAddr) -> bool {
+            via == Via::Udp && source == TURN_SERVER
+        }
+        fn handle_datagram(&mut self, _: Instant, _: Via, _: SocketAddr, contents: &[u8]) {
+            let (peer, payload) = decode(contents);
+            self.relayed_bytes += payload.len() as u64;
+            self.events.push_back(SidecarEvent::Relayed {
+                peer,
+                relayed: RELAYED,
+                contents: payload.to_vec(),
+            });
+        }
+        fn handle_timeout(&mut self, _: Instant) {
+            if !self.announced {
+                self.announced = true;
+                let candidate = Candidate::relayed(RELAYED, engine_addr(), "udp").unwrap();
+                self.events.push_back(SidecarEvent::Candidate { candidate });
+            }
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn poll_transmit(&mut self) -> Option<CoreTransmit> {
+            self.transmits.pop_front()
+        }
+        fn poll_event(&mut self) -> Option<SidecarEvent> {
+            self.events.pop_front()
+        }
+        fn relayed_addr(&self) -> Option<SocketAddr> {
+            Some(RELAYED)
+        }
+        fn send_relayed(&mut self, _: Instant, peer: SocketAddr, contents: &[u8]) -> bool {
+            self.relayed_bytes += contents.len() as u64;
+            self.transmits.push_back(CoreTransmit {
+                via: Via::Udp,
+                destination: TURN_SERVER,
+                contents: encode(peer, contents),
+            });
+            true
+        }
+        fn handle_remote_candidate(&mut self, _: Instant, addr: SocketAddr) {
+            self.permissions.push(addr);
+        }
+        fn health(&self) -> SidecarHealth {
+            SidecarHealth {
+                kind: "turn",
+                server: "turn:fake".into(),
+                state: format!("ready-{}", self.permissions.len()),
+                up: true,
+                candidate: Some(RELAYED),
+                error: None,
+                bytes_relayed: self.relayed_bytes,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_peer_reachable_only_through_the_relay_sidecar_plays_over_it() {
+    let mut w = World::with_ice(Duration::from_secs(15), true);
+    w.core
+        .add_sidecar(Box::new(fake_turn::Relay::default()), w.now);
+    w.drain_core();
+    assert_eq!(w.core.local_candidates().len(), 1, "the relayed candidate");
+    let (mut peer, offer, pending) = Peer::new(peer_addr(0), w.now);
+    peer.relay_only = true;
+    let (viewer, answer) = accept_offer(&w.core.shared, &offer, ViewerKind::Whep, w.now).unwrap();
+    assert!(answer.sdp.contains("typ relay"), "{}", answer.sdp);
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    w.core.handle_command(
+        w.now,
+        Command::Register {
+            viewer: Box::new(viewer),
+            reply,
+        },
+    );
+    rx.try_recv().unwrap().unwrap();
+    peer.accept(pending, &answer.sdp);
+    w.peers.push(peer);
+    w.run_until(Duration::from_secs(15), |w| w.peers[0].frames() >= 10);
+    let s = w.core.stats();
+    assert_eq!(s.pair_types, [0, 0, 0, 1], "relay");
+    let turn = &s.ice[0];
+    assert_eq!(
+        turn.state, "ready-1",
+        "the offer's candidate reached the sidecar: {turn:?}"
+    );
+    assert!(turn.bytes_relayed > 10 * 800, "{turn:?}");
 }
 
 fn f(keyframe: bool, len: usize, ticks: u64) -> VideoFrame {
