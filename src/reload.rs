@@ -7,7 +7,7 @@
 //! - `[mdns]` changes live: the advertiser follows the published config (goodbye, then the new
 //!   records).
 //! - every other section except `[log]` (`[server]`, `[camera]`, `[encoder]`, `[snapshot]`,
-//!   `[rtsp]`, `[signaling]`, `[backplane]`, `[[remote]]`) restarts the daemon's services in-process: the HTTP socket stays open (a
+//!   `[rtsp]`, `[audio]`, `[signaling]`, `[backplane]`, `[[remote]]`) restarts the daemon's services in-process: the HTTP socket stays open (a
 //!   new `listen` is bound first), the pipeline, RTC engine, hub and HTTP server are stopped
 //!   and built again from the new config. Viewers and hub sessions are dropped and reconnect.
 //!   Sockets, device and encoder are all tied to these sections, so a finer split would save
@@ -141,6 +141,9 @@ pub fn changed_parts(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.rtsp != new.rtsp {
         out.push("rtsp");
+    }
+    if old.audio != new.audio {
+        out.push("audio");
     }
     if old.signaling != new.signaling {
         out.push("signaling");
