@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/cross/run.sh — arm64 and armhf: cross-build (rustup targets + Debian's cross gcc/g++),
-# then run the binary under qemu-user (Debian qemu-user, the cross toolchains' libc as sysroot):
+# then run the binary under qemu-user (Debian qemu-user, with the target's own Debian libraries,
+# multiarch, as its root: libc6, libstdc++6, libopus0 and libasound2 of arm64/armhf):
 # `--version`, `check-config` on the shipped /etc/snaprtcd/snaprtcd.toml, and a 3-second
 # testsrc run that answers /health and stops cleanly on SIGTERM; the YUYV/NV12 row kernels
 # (tests/cross/rows) match the scalar code and the host's output. Prints build times and sizes.
@@ -28,6 +29,16 @@ profile=${SNAPRTCD_DEB_PROFILE:-dev}
 triple() { case "$1" in arm64) echo aarch64-unknown-linux-gnu ;; armhf) echo armv7-unknown-linux-gnueabihf ;; esac; }
 start=$(date +%s)
 packaging/build-debs.sh --install --profile "$profile" "${archs[@]}"
+# The binaries run against the target's multiarch libraries (build-debs.sh installed its -dev
+# packages, which bring libc6:ARCH): the cross toolchain's own sysroot holds a libc of another
+# build, and a loader from one with the libc of the other hangs at the first thread.
+need=()
+for a in "${archs[@]}"; do
+  dpkg-query -W -f='${Status}' "libstdc++6:$a" 2>/dev/null | grep -q "install ok installed" || need+=("libstdc++6:$a")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
 echo "# cross: built ${archs[*]} (profile $profile) in $(( $(date +%s) - start )) s"
 
 tmp=$(mktemp -d /tmp/snaprtcd-cross.XXXXXX)
@@ -46,8 +57,8 @@ host_rows=$($rows/target/release/snaprtcd-rows-check)
 port=18580
 for a in "${archs[@]}"; do
   case "$a" in
-    arm64) qemu=qemu-aarch64; sysroot=/usr/aarch64-linux-gnu ;;
-    armhf) qemu=qemu-arm; sysroot=/usr/arm-linux-gnueabihf ;;
+    arm64) qemu=qemu-aarch64; sysroot=/ ;;
+    armhf) qemu=qemu-arm; sysroot=/ ;;
     *) echo "cross: unknown arch $a" >&2; exit 2 ;;
   esac
   x=$tmp/$a
