@@ -6,7 +6,9 @@ import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { startDaemon, launchBrowser, median } from "../../tests/webrtc/lib.mjs";
 
-const COUNTS = (process.env.BENCH_VIEWERS || "1,4,16").split(",").map(Number);
+// BENCH_VIEWERS=0: time to first frame only (no CPU rows).
+const COUNTS = (process.env.BENCH_VIEWERS || "1,4,16").split(",").map(Number).filter((n) => n > 0);
+const TTFF_N = Number(process.env.BENCH_TTFF_N || 10);
 // `testsrc`: each server draws the test pattern and encodes it (snaprtcd once, aiortc once per
 // viewer). `h264`: both pass through the same ffmpeg-made 1.5 Mbit/s CBR H.264 stream (noise
 // keeps the rate full), which isolates the per-viewer cost of the WebRTC stack at full rate.
@@ -49,11 +51,21 @@ const pageHelpers = () => {
     document.body.appendChild(v);
     // Time to first frame counts from the WHEP POST (set below) to the first decoded frame.
     let started = performance.now();
-    const res = { pc, v, firstFrameMs: null };
+    const res = { pc, v, firstFrameMs: null, phases: {} };
+    // Phases of the time to first frame, each from the POST (ms).
+    const mark = (k, t = performance.now()) => { if (res.phases[k] === undefined) res.phases[k] = t - started; };
+    pc.oniceconnectionstatechange = () => pc.iceConnectionState === "connected" && mark("ice");
+    pc.onconnectionstatechange = () => pc.connectionState === "connected" && mark("dtls");
     pc.ontrack = (ev) => {
       v.srcObject = new MediaStream([ev.track]);
       v.play().catch(() => {});
-      v.requestVideoFrameCallback(() => { res.firstFrameMs = performance.now() - started; });
+      v.requestVideoFrameCallback((now, m) => {
+        res.firstFrameMs = performance.now() - started;
+        // receiveTime: the frame's last packet in; presentationTime: handed to the compositor.
+        if (m.receiveTime) mark("received", m.receiveTime);
+        if (m.presentationTime) mark("presented", m.presentationTime);
+        mark("callback");
+      });
     };
     await pc.setLocalDescription(await pc.createOffer());
     // aiortc is not ICE-lite: give it our candidates (wait for gathering, as its examples do).
@@ -63,8 +75,11 @@ const pageHelpers = () => {
     started = performance.now();
     const r = await fetch("/whep", { method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp });
     if (r.status !== 201) throw new Error("WHEP " + r.status + " " + await r.text());
+    mark("answer");
     res.location = r.headers.get("Location");
-    await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+    const answerSdp = await r.text();
+    window.lastAnswer = answerSdp; window.lastOffer = pc.localDescription.sdp;
+    await pc.setRemoteDescription({ type: "answer", sdp: answerSdp });
     return res;
   };
   window.decoded = async (bytes = false) => {
@@ -90,7 +105,23 @@ const pageHelpers = () => {
   };
 };
 
-async function measure(name, base, pid, browser) {
+// A tracing Debug duration ("1.2ms", "850µs", "1.1s") in ms.
+function durMs(t) {
+  const m = t.match(/^([\d.]+)(ns|µs|us|ms|s)$/);
+  if (!m) return NaN;
+  return Number(m[1]) * { ns: 1e-6, "µs": 1e-3, us: 1e-3, ms: 1, s: 1000 }[m[2]];
+}
+// Median of the daemon's own "viewer connected after=" (offer accepted → ICE and DTLS up), TTFF joins.
+function daemonPhases(lines) {
+  const out = {};
+  for (const [k, re] of [["connected", /viewer connected.*after=(\S+)/]]) {
+    const v = lines.map((l) => l.match(re)).filter(Boolean).map((m) => durMs(m[1])).slice(-TTFF_N);
+    if (v.length) out[k] = median(v);
+  }
+  return out;
+}
+
+async function measure(name, base, pid, browser, log = null) {
   const page = await browser.context.newPage();
   await page.goto(base + (name === "snaprtcd" ? "/health" : "/"));
   const rows = [];
@@ -129,21 +160,30 @@ async function measure(name, base, pid, browser) {
   }
   // Time to first frame: 10 joins, each 600 ms after the last (past the keyframe rate limit).
   const ttff = [];
-  for (let i = 0; i < 10; i++) {
+  const phases = {};
+  for (let i = 0; i < TTFF_N; i++) {
     await sleep(600);
-    const ms = await page.evaluate(async () => {
+    const r = await page.evaluate(async () => {
       window.viewers = [await connect()];
       const w = window.viewers[0];
       const end = performance.now() + 10000;
       while (w.firstFrameMs === null && performance.now() < end) await new Promise((r) => setTimeout(r, 5));
       const t = w.firstFrameMs;
+      await new Promise((r) => setTimeout(r, 50));
+      const p = { ...w.phases };
       await closeAll();
-      return t;
+      return { t, p };
     });
-    ttff.push(ms);
+    ttff.push(r.t);
+    for (const [k, v] of Object.entries(r.p)) (phases[k] ||= []).push(v);
   }
+  if (process.env.BENCH_DUMP_SDP) console.error(await page.evaluate(() => window.lastOffer + "\n----\n" + window.lastAnswer));
   await page.close();
-  return { name, idle, idleRss, rows, ttff: median(ttff.filter((t) => t !== null)) };
+  const ph = Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, median(v)]));
+  const ok = ttff.filter((t) => t !== null).sort((a, b) => a - b);
+  if (log) console.error(`${name} daemon medians (ms): ${JSON.stringify(daemonPhases(log))}`);
+  console.error(`${name} ttff sorted: ${ok.map((t) => t.toFixed(0)).join(" ")}; phase medians: ${Object.entries(ph).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}; load ${loadavg()[0].toFixed(2)}`);
+  return { name, idle, idleRss, rows, ttff: median(ok), ttffMin: ok[0], ttffMax: ok.at(-1), phases: ph };
 }
 
 async function startAiortc() {
@@ -163,9 +203,15 @@ await browser.context.addInitScript(pageHelpers);
 const results = [];
 try {
   const d = await startDaemon("", SOURCE === "h264" ? EXEC_CAMERA : undefined);
-  try { results.push(await measure("snaprtcd", d.base, d.proc.pid, browser)); } finally { await d.stop(); }
+  try { results.push(await measure("snaprtcd", d.base, d.proc.pid, browser, d.log)); } finally { await d.stop(); }
   const a = await startAiortc();
   try { results.push(await measure("aiortc", a.base, a.proc.pid, browser)); } finally { a.stop(); }
+  // BENCH_ICE_FULL=1: snaprtcd once more with `[ice] mode = "full"` (ICE-lite is the default
+  // without STUN/TURN servers), to compare the time to first frame of both modes in one run.
+  if (process.env.BENCH_ICE_FULL) {
+    const d2 = await startDaemon('\n[ice]\nmode = "full"\n', SOURCE === "h264" ? EXEC_CAMERA : undefined);
+    try { results.push(await measure("snaprtcd (ice full)", d2.base, d2.proc.pid, browser, d2.log)); } finally { await d2.stop(); }
+  }
 } finally {
   await browser.close();
 }
@@ -195,7 +241,14 @@ for (const r of results) {
     const k = b.n - a.n || 1;
     return `${((b.cpu - a.cpu) / k).toFixed(2)} % / ${((b.rss - a.rss) / k).toFixed(2)} MiB`;
   });
-  out.push(`| ${r.name} | ${cells.join(" | ")} | ${r.ttff.toFixed(0)} ms |`);
+  out.push(`| ${r.name} | ${cells.join(" | ")} | ${r.ttff.toFixed(0)} ms (${r.ttffMin.toFixed(0)}–${r.ttffMax.toFixed(0)}) |`);
+}
+out.push("\n| server | POST→answer | →ICE connected | →DTLS connected | →frame received | →presented | →callback (TTFF) |");
+out.push("|---|---:|---:|---:|---:|---:|---:|");
+const cell = (v) => (v === undefined ? "–" : `${v.toFixed(1)} ms`);
+for (const r of results) {
+  const p = r.phases;
+  out.push(`| ${r.name} | ${cell(p.answer)} | ${cell(p.ice)} | ${cell(p.dtls)} | ${cell(p.received)} | ${cell(p.presented)} | ${cell(p.callback)} |`);
 }
 const s = results.find((r) => r.name === "snaprtcd"), a = results.find((r) => r.name === "aiortc");
 const at4 = (r) => r.rows.find((x) => x.n === 4);

@@ -4,6 +4,8 @@
 #   bench/webrtc/run.sh                  # release build, 10 s windows
 #   BENCH_VIEWERS=1,4 BENCH_WINDOW_MS=5000 bench/webrtc/run.sh
 #   BENCH_SOURCE=h264 bench/webrtc/run.sh  # both pass through one ffmpeg 1.5 Mbit/s H.264 stream
+#   BENCH_VIEWERS=0 bench/webrtc/run.sh    # time to first frame only, with its phases
+#   BENCH_TTFF_N=20 BENCH_ICE_FULL=1 ...   # 20 joins; snaprtcd once more with [ice] mode = "full"
 # Server CPU is process CPU-seconds over each window (not wall-clock %), so a loaded machine
 # does not inflate it; the 1-minute load average is printed beside each row.
 # Needs root (namespace). Installs Chromium, Node.js, npm, python3-venv, ffmpeg when missing.
