@@ -11,7 +11,7 @@ use alsa::{Direction, ValueOr};
 use super::{AudioError, AudioSource, Block};
 
 /// Periods in the ALSA buffer: 200 ms of slack before an overrun.
-const PERIODS: i64 = 10;
+const PERIODS: alsa::pcm::Frames = 10;
 /// Longest wait for a period before the read reports a stall.
 const WAIT: Duration = Duration::from_secs(1);
 
