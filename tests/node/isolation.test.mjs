@@ -44,11 +44,13 @@ test('two sessions side by side see only their own messages', { timeout: 30000 }
   assert.deepEqual(c2.messages, [['signalcapture', 'offer-2'], ['signalcapture', `barrier-${s2}`]]);
 
   // The loner joins s1 last; it got nothing so far, and from now on gets s1's traffic only.
+  // s1's capture side (c1) is ready and waiting, so snaprtcd starts the loner at once
+  // (start-on-join; the original hub would leave it waiting for the next Sync(…, true)).
   await loner.invoke('Sync', s1, false);
   await a2.invoke('SignalCapture', s2, 'not-for-loner');
   await a1.invoke('SignalCapture', s1, 'for-loner');
   assert.deepEqual(await loner.waitFor('signalCapture'), ['for-loner']);
-  assert.deepEqual(loner.messages, [['signalcapture', 'for-loner']]);
+  assert.deepEqual(loner.messages, [['signalstart'], ['signalcapture', 'for-loner']]);
 });
 
 test('signalling a session one has not joined leaks to no other session', { timeout: 30000 }, async (t) => {
