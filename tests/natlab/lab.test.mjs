@@ -163,10 +163,11 @@ test('(a) cone NATs: the viewer page reaches the device by WHEP; the pair is ser
 });
 
 // (b) and (c) do not pass yet (issue 13 is open on them): the device's relay connects
-// (`viewer connected … pair="relay"`, frames flow) but its channel binds and permissions then
-// fail — coturn answers 438 (stale nonce) and turn-client-proto resends with the same
-// transaction id, which coturn answers from its cache, then 400. They run and print what they
-// see, reported as TODO, not as passes; NATLAB_STRICT=1 makes them count.
+// (`viewer connected … pair="relay"`, frames flow), then coturn answers its next channel binds
+// and permissions with 438 (stale nonce) and, after turn-client-proto resends them with the new
+// nonce, the channel binds with 400 (Bad Request), and the relayed path dies; the cause is not
+// found yet. They run and print what they see, reported as TODO, not as passes;
+// NATLAB_STRICT=1 makes them count.
 const knownOpen = process.env.NATLAB_STRICT === '1' ? {} : { todo: 'TURN channel binds after a stale nonce (issue 13)' };
 test('(b) symmetric NATs: only TURN works, and the selected pair is relayed', knownOpen, async () => {
   setNat('symmetric', 'symmetric');
