@@ -444,11 +444,10 @@ const METRICS: &[Metric] = &[
 
 /// The labels naming one remote: `url="…",session="…"`.
 fn remote_labels(r: &RemoteStatus) -> String {
-    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
     format!(
         "url=\"{}\",session=\"{}\"",
-        escape(&r.url),
-        escape(&r.session)
+        label(&r.url),
+        label(&r.session)
     )
 }
 
@@ -501,13 +500,8 @@ fn ice_servers_up(s: &Snapshot<'_>) -> Vec<Sample> {
         .ice
         .iter()
         .map(|h| {
-            let server = h
-                .server
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
             (
-                format!("{{kind=\"{}\",server=\"{server}\"}}", h.kind),
+                format!("{{kind=\"{}\",server=\"{}\"}}", h.kind, label(&h.server)),
                 f64::from(u8::from(h.up)),
             )
         })
