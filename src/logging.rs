@@ -27,6 +27,26 @@ pub enum LogError {
     AlreadySet,
 }
 
+/// Crates that log their protocol work at INFO (`turn-client-proto` logs every request and
+/// every poll with its return value): at `warn` unless the filter names them itself, so that
+/// an `info` device log (a journal on an SD card) holds snaprtcd's lines, not theirs.
+const QUIET_CRATES: [&str; 2] = ["turn_client_proto", "stun_proto"];
+
+/// `filter` with `crate=warn` added for each of [`QUIET_CRATES`] it does not name.
+pub fn with_quiet_crates(filter: &str) -> String {
+    let mut out = filter.trim().to_owned();
+    for krate in QUIET_CRATES {
+        if !out.contains(krate) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(krate);
+            out.push_str("=warn");
+        }
+    }
+    out
+}
+
 /// Install the global subscriber. `env_filter` is `SNAPRTCD_LOG`; it wins over `[log] level`.
 /// Under systemd (`JOURNAL_STREAM` set) text logs go to the journal with their fields.
 pub fn init(
@@ -35,12 +55,15 @@ pub fn init(
     journal_stream: bool,
 ) -> Result<(), LogError> {
     let filter = match env_filter {
-        Some(value) => EnvFilter::try_new(value).map_err(|e| LogError::BadFilter {
-            value: value.to_owned(),
-            reason: e.to_string(),
-        })?,
+        Some(value) => {
+            EnvFilter::try_new(with_quiet_crates(value)).map_err(|e| LogError::BadFilter {
+                value: value.to_owned(),
+                reason: e.to_string(),
+            })?
+        }
         // Validated with the config.
-        None => EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_new(with_quiet_crates(&config.level))
+            .unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let format = match config.format {
         LogFormat::Text if journal_stream => LogFormat::Journald,
@@ -68,4 +91,26 @@ pub fn init(
         }
     };
     result.map_err(|_| LogError::AlreadySet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_crates_are_quiet_unless_named() {
+        assert_eq!(
+            with_quiet_crates("info"),
+            "info,turn_client_proto=warn,stun_proto=warn"
+        );
+        assert_eq!(
+            with_quiet_crates("debug,turn_client_proto=trace"),
+            "debug,turn_client_proto=trace,stun_proto=warn"
+        );
+        assert_eq!(
+            with_quiet_crates(""),
+            "turn_client_proto=warn,stun_proto=warn"
+        );
+        assert!(EnvFilter::try_new(with_quiet_crates("snaprtcd=debug,info")).is_ok());
+    }
 }
