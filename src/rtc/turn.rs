@@ -33,9 +33,9 @@
 //! The core maps `std::time::Instant`s onto it from the instant it was built, so callers and
 //! tests use `std::time::Instant` throughout.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -45,11 +45,11 @@ use turn_client_proto::prelude::*;
 use turn_client_proto::stun::agent::Transmit as StunTransmit;
 use turn_client_proto::stun::types::attribute::ErrorCode;
 use turn_client_proto::stun::types::attribute::MessageIntegrity;
-use turn_client_proto::stun::types::message::{Message, MessageClass, TransactionId};
+use turn_client_proto::stun::types::message::{Message, MessageClass, Method, TransactionId};
 use turn_client_proto::stun::types::prelude::AttributeStaticType;
 use turn_client_proto::stun::types::TransportType;
 use turn_client_proto::tcp::TurnClientTcp;
-use turn_client_proto::types::message::ALLOCATE;
+use turn_client_proto::types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 use turn_client_proto::types::TurnCredentials;
 use turn_client_proto::udp::TurnClientUdp;
 
@@ -303,6 +303,11 @@ pub struct TurnAllocation {
     /// Transaction ids of the signed ALLOCATE requests sent by the current client: a 401 to
     /// one of them means the credentials are wrong (the first, unsigned one is the challenge).
     signed_allocates: VecDeque<TransactionId>,
+    /// Transaction ids and methods of the current client's last requests on its allocation
+    /// (REFRESH, CREATE_PERMISSION, CHANNEL_BIND; at most [`RECENT_REQUESTS`]): an answer
+    /// saying the allocation is gone counts only when it answers one of them, so a spoofed
+    /// datagram cannot make the device drop its allocation.
+    recent_requests: VecDeque<(TransactionId, Method)>,
     /// The running client's next deadline, read at the end of every drive.
     wake: Option<Instant>,
     /// Stream transports: bytes of a frame not yet complete (at most one frame, < 64 KiB + 24).
@@ -354,6 +359,7 @@ impl TurnAllocation {
             backoff: limits.min_backoff,
             wake: None,
             signed_allocates: VecDeque::new(),
+            recent_requests: VecDeque::new(),
             stream_buf: Vec::new(),
             peers: BTreeMap::new(),
             recycling: false,
@@ -448,6 +454,7 @@ impl TurnAllocation {
         };
         self.last_error = None;
         self.signed_allocates.clear();
+        self.recent_requests.clear();
         self.stream_buf.clear();
         self.phase = Phase::Running(Box::new(client));
         self.set_state(AllocationState::Allocating);
@@ -509,6 +516,7 @@ impl TurnAllocation {
             TurnTransport::Udp => TransportType::Udp,
             _ => TransportType::Tcp,
         };
+        let allocated = self.relayed().is_some();
         let Phase::Running(client) = &mut self.phase else {
             self.stats.ignored += 1;
             return;
@@ -517,6 +525,7 @@ impl TurnAllocation {
         // whole response usually arrives in one read, and when it does not only the reason in
         // the log is lost, never the failure).
         let mut wrong_credentials = false;
+        let mut lost = None;
         if let Ok(msg) = Message::from_bytes(bytes) {
             if msg.has_class(MessageClass::Error) {
                 if let Ok(code) = msg.attribute::<ErrorCode>() {
@@ -525,12 +534,35 @@ impl TurnAllocation {
                     // a 401 to our signed ALLOCATE is a final answer.
                     wrong_credentials = code.code() == ErrorCode::UNAUTHORIZED
                         && self.signed_allocates.contains(&msg.transaction_id());
+                    let txid = msg.transaction_id();
+                    let method = self
+                        .recent_requests
+                        .iter()
+                        .find(|(t, _)| *t == txid)
+                        .map(|(_, m)| *m);
+                    if let Some(method) = method.filter(|m| allocation_gone(*m, code.code())) {
+                        lost = Some(format!(
+                            "allocation lost: the server answered {} {} to {}",
+                            code.code(),
+                            code.reason(),
+                            method_name(method)
+                        ));
+                    }
                 }
             }
         }
         if wrong_credentials {
             let why = self.last_error.take().unwrap_or_default();
             self.fail(format!("{why} (wrong username or credential?)"), now);
+            return;
+        }
+        if let Some(why) = lost.filter(|_| allocated) {
+            // The server forgot the allocation (restarted, or closed it: coturn closes one
+            // whose relayed send failed) while the client would go on refreshing a ghost until
+            // its REFRESH fails, minutes later. Allocate afresh now; the peers stay wanted
+            // and are installed on the new one.
+            self.last_error = None;
+            self.fail(why, now);
             return;
         }
         let mut received: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -625,7 +657,7 @@ impl TurnAllocation {
         }
         self.peers.insert(peer, now);
         if self.relayed().is_some() && !self.recycling {
-            self.install(peer, now);
+            self.install(&[peer], now);
             self.drive(now);
         }
         true
@@ -653,19 +685,30 @@ impl TurnAllocation {
         true
     }
 
-    fn install(&mut self, peer: SocketAddr, now: Instant) {
+    /// Install `new` (peers of [`Self::peers`] not installed on this allocation yet): one
+    /// permission per IP address (a viewer's candidates often share one; asking again while
+    /// the first request is pending is an error the client logs), a channel per peer.
+    fn install(&mut self, new: &[SocketAddr], now: Instant) {
         let pnow = self.proto(now);
+        let mut asked: BTreeSet<IpAddr> = self
+            .peers
+            .keys()
+            .filter(|p| !new.contains(p))
+            .map(|p| p.ip())
+            .collect();
         let Phase::Running(client) = &mut self.phase else {
             return;
         };
         with_client!(client.as_mut(), c => {
-            if !c.have_permission(TransportType::Udp, peer.ip()) {
-                // AlreadyExists (a pending request) is fine.
-                let _ = c.create_permission(TransportType::Udp, peer.ip(), pnow);
+            for peer in new {
+                if asked.insert(peer.ip()) && !c.have_permission(TransportType::Udp, peer.ip()) {
+                    let _ = c.create_permission(TransportType::Udp, peer.ip(), pnow);
+                }
+                // A channel makes every relayed packet 4 bytes instead of 36; failure to bind
+                // one (the server's channel numbers, a pending bind) leaves Send indications
+                // working.
+                let _ = c.bind_channel(TransportType::Udp, *peer, pnow);
             }
-            // A channel makes every relayed packet 4 bytes instead of 36; failure to bind one
-            // (the server's channel numbers, a pending bind) leaves Send indications working.
-            let _ = c.bind_channel(TransportType::Udp, peer, pnow);
         });
     }
 
@@ -767,6 +810,16 @@ impl TurnAllocation {
                     }
                     self.signed_allocates.push_back(msg.transaction_id());
                 }
+                let method = msg.method();
+                if msg.has_class(MessageClass::Request)
+                    && [REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method)
+                {
+                    if self.recent_requests.len() >= RECENT_REQUESTS {
+                        self.recent_requests.pop_front();
+                    }
+                    self.recent_requests
+                        .push_back((msg.transaction_id(), method));
+                }
             }
             self.push(TurnOutput::Transmit(t));
         }
@@ -784,9 +837,7 @@ impl TurnAllocation {
             self.backoff = self.limits.min_backoff;
             self.set_state(AllocationState::Ready(relayed));
             let peers: Vec<SocketAddr> = self.peers.keys().copied().collect();
-            for p in peers {
-                self.install(p, now);
-            }
+            self.install(&peers, now);
             // The installs queued requests: send them now.
             if !self.peers.is_empty() {
                 self.drive(now);
@@ -809,6 +860,33 @@ impl TurnAllocation {
             };
             self.fail(why, now);
         }
+    }
+}
+
+/// How many of the client's requests on its allocation are remembered (by transaction id) to
+/// recognise an answer that says the allocation is gone: more than the requests one viewer's
+/// candidates make at once, and retransmissions reuse their ids.
+const RECENT_REQUESTS: usize = 64;
+
+/// Whether an error `code` answering a `method` request on an allocation means the server has
+/// no allocation for this client any more: 437 Allocation Mismatch to anything (RFC 8656), and
+/// 400 to CREATE_PERMISSION, which coturn answers when it has no allocation for the 5-tuple (it
+/// sends 400 for CHANNEL_BIND then too, but there 400 also means a channel number clash, so
+/// CHANNEL_BIND alone does not decide).
+fn allocation_gone(method: Method, code: u16) -> bool {
+    code == ErrorCode::ALLOCATION_MISMATCH
+        || (code == ErrorCode::BAD_REQUEST && method == CREATE_PERMISSION)
+}
+
+fn method_name(method: Method) -> &'static str {
+    if method == REFRESH {
+        "REFRESH"
+    } else if method == CREATE_PERMISSION {
+        "CREATE_PERMISSION"
+    } else if method == CHANNEL_BIND {
+        "CHANNEL_BIND"
+    } else {
+        "a request"
     }
 }
 
@@ -1093,6 +1171,7 @@ fn frame_len(buf: &[u8]) -> Frame {
 mod tests {
     //! The core against `turn-server-proto`'s sans-IO server, on virtual time.
     use super::*;
+    use turn_client_proto::stun::types::message::{MessageWrite, MessageWriteExt, MessageWriteVec};
     use turn_server_proto::api::{TurnServerApi, TurnServerPollRet};
     use turn_server_proto::server::TurnServer;
 
@@ -1122,6 +1201,9 @@ mod tests {
         chunk: usize,
         /// Error responses the server sent the client, by code.
         errors: BTreeMap<u16, usize>,
+        /// Answer the next request of this method with this error code in the server's
+        /// place (as coturn answers once it has dropped the allocation), then pass again.
+        refuse_next: Option<(Method, u16)>,
     }
 
     impl Net {
@@ -1140,6 +1222,7 @@ mod tests {
                     outputs: Vec::new(),
                     chunk: usize::MAX,
                     errors: BTreeMap::new(),
+                    refuse_next: None,
                 },
                 now,
             )
@@ -1201,6 +1284,12 @@ mod tests {
                                 let len = 4 + usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
                                 bytes.truncate(len);
                             }
+                            if let Some(err) = self.refusal(&bytes) {
+                                let (to, from) = (self.client_addr(c), a(SERVER));
+                                self.route(c, to, from, err);
+                                self.outputs.push(o);
+                                continue;
+                            }
                             let from = self.client_addr(c);
                             let t = StunTransmit::new(
                                 bytes.as_slice(),
@@ -1253,6 +1342,27 @@ mod tests {
                 }
             }
             panic!("no quiescence");
+        }
+
+        /// The server loses every allocation (a coturn that closed it, or restarted).
+        fn forget_allocations(&mut self) {
+            let mut server = TurnServer::new(self.stransport, a(SERVER), "realm".into());
+            server.add_user("user".into(), "pass".into());
+            self.server = server;
+        }
+
+        /// The error response standing in for the server's answer to `bytes`, if refused.
+        fn refusal(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+            let (method, code) = self.refuse_next?;
+            let req = Message::from_bytes(bytes).ok()?;
+            if !req.has_class(MessageClass::Request) || !req.has_method(method) {
+                return None;
+            }
+            self.refuse_next = None;
+            let mut resp = Message::builder_error(&req, MessageWriteVec::new());
+            resp.add_attribute(&ErrorCode::builder(code).build().unwrap())
+                .unwrap();
+            Some(resp.finish())
         }
 
         /// Run timers up to `until`.
@@ -1467,6 +1577,134 @@ mod tests {
             net.peer_inbox.last(),
             Some(&(a(RELAYED), b"again".to_vec()))
         );
+    }
+
+    /// coturn closes an allocation whose relayed send failed (ENETUNREACH to a peer's private
+    /// address) and answers the client's next requests from a fresh session: 438 (no nonce
+    /// yet), then 400 to CREATE_PERMISSION. The client is re-allocated at once, not minutes
+    /// later when a REFRESH fails, and the wanted peers are installed on the new allocation.
+    #[test]
+    fn a_400_to_create_permission_means_the_allocation_is_gone_and_it_is_made_again() {
+        let (mut net, mut c) = ready(TurnTransport::Udp, TransportType::Udp);
+        assert!(c.add_peer(a(PEER), net.now));
+        let t = net.now + Duration::from_secs(1);
+        net.advance(&mut c, t);
+        net.forget_allocations();
+        net.refuse_next = Some((CREATE_PERMISSION, 400));
+        assert!(c.add_peer(a(PEER2), net.now));
+        let t = net.now + Duration::from_millis(100);
+        net.advance(&mut c, t);
+        let states = net.states();
+        assert!(
+            states.iter().any(|s| s.starts_with(
+                "failed: allocation lost: the server answered 400 Bad Request to CREATE_PERMISSION"
+            )),
+            "{states:?}"
+        );
+        let t = net.now + Duration::from_secs(2);
+        net.advance(&mut c, t);
+        assert_eq!(
+            c.state(),
+            &AllocationState::Ready(a(RELAYED)),
+            "{:?}",
+            net.states()
+        );
+        assert_eq!(c.stats().allocations, 2);
+        // Both peers work on the new allocation.
+        for p in [PEER, PEER2] {
+            c.handle_send(a(p), b"again", net.now).unwrap();
+        }
+        net.settle(&mut c);
+        assert_eq!(net.peer_inbox.len(), 2, "{:?}", net.peer_inbox);
+    }
+
+    #[test]
+    fn a_437_to_a_refresh_means_the_allocation_is_gone() {
+        let (mut net, mut c) = ready(TurnTransport::Udp, TransportType::Udp);
+        net.forget_allocations();
+        net.refuse_next = Some((REFRESH, 437));
+        // The client refreshes its allocation well before its lifetime ends.
+        let t = net.now + Duration::from_secs(3600);
+        net.advance(&mut c, t);
+        assert!(
+            net.states()
+                .iter()
+                .any(|s| s.contains("437") && s.contains("REFRESH")),
+            "{:?}",
+            net.states()
+        );
+        assert_eq!(c.state(), &AllocationState::Ready(a(RELAYED)));
+        assert_eq!(c.stats().allocations, 2);
+    }
+
+    /// A viewer's candidates often share an IP address: one CREATE_PERMISSION for them (a
+    /// second while the first is pending is refused by the client, with an ERROR in the log),
+    /// a channel each, and both reachable.
+    #[test]
+    fn peers_on_one_address_share_one_permission_request() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let (mut net, mut c) = ready(TurnTransport::Udp, TransportType::Udp);
+        let same_ip = a("203.0.113.7:6001");
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(c.add_peer(a(PEER), net.now));
+            assert!(c.add_peer(same_ip, net.now));
+            let t = net.now + Duration::from_secs(1);
+            net.advance(&mut c, t);
+        });
+        let errors = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+        assert!(errors.is_empty(), "{errors}");
+        let requests = |method| {
+            net.outputs
+                .iter()
+                .filter(|o| match o {
+                    TurnOutput::Transmit(b) => Message::from_bytes(b)
+                        .is_ok_and(|m| m.has_class(MessageClass::Request) && m.has_method(method)),
+                    _ => false,
+                })
+                .count()
+        };
+        assert_eq!(requests(CREATE_PERMISSION), 1);
+        assert_eq!(requests(CHANNEL_BIND), 2);
+        for p in [a(PEER), same_ip] {
+            c.handle_send(p, b"hi", net.now).unwrap();
+        }
+        net.settle(&mut c);
+        assert_eq!(net.peer_inbox.len(), 2);
+    }
+
+    /// Only answers to the client's own requests count: a 437 or 400 with a transaction id it
+    /// never sent (spoofed from the server's address) changes nothing.
+    #[test]
+    fn an_allocation_mismatch_for_a_request_never_sent_changes_nothing() {
+        let (mut net, mut c) = ready(TurnTransport::Udp, TransportType::Udp);
+        for (method, code) in [(REFRESH, 437), (CREATE_PERMISSION, 400)] {
+            let req = Message::builder_request(method, MessageWriteVec::new()).finish();
+            let req = Message::from_bytes(&req).unwrap();
+            let mut resp = Message::builder_error(&req, MessageWriteVec::new());
+            resp.add_attribute(&ErrorCode::builder(code).build().unwrap())
+                .unwrap();
+            c.handle_server_bytes(&resp.finish(), net.now);
+            net.settle(&mut c);
+        }
+        assert_eq!(net.states(), ["ready 198.51.100.1:50000"]);
+        assert_eq!(c.stats().allocations, 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/natlab/topo.sh — the NAT lab's network: an "internet" and two NAT routers, each with a
-# private LAN behind it, all network namespaces of this machine. Nothing leaves them: the
-# internet namespace has no default route, and no namespace reaches the machine's own network.
+# private LAN behind it, all network namespaces of this machine. Nothing leaves them: no
+# namespace reaches the machine's own network.
 #
 #   topo.sh up P                 create the namespaces P-inet, P-rd, P-dev, P-rb, P-br
 #   topo.sh nat P ROUTER MODE    ROUTER rd|rb; MODE cone (MASQUERADE) | symmetric (SNAT --random-fully)
@@ -25,6 +25,7 @@ set -euo pipefail
 
 SERVERS=198.51.100.1
 INET_GW=203.0.113.1
+INET_VOID=203.0.113.254
 DEVICE=10.201.1.2
 DEVICE_HTTP_PORT=8080
 
@@ -91,6 +92,12 @@ up() {
   # The servers' address sits on the bridge too (no dummy devices here); the routers reach it
   # through their default route, 203.0.113.1.
   ip -n "$p-inet" addr add "$SERVERS/24" dev br0
+  # The internet's "upstream": a default route to a neighbour that no port of the bridge has,
+  # so a packet to an address the lab does not route (a viewer's private host candidate, which
+  # a TURN client asks coturn to relay to) vanishes as it would out there, instead of failing
+  # with ENETUNREACH, which makes coturn close the whole allocation that sent it.
+  ip -n "$p-inet" route add default via "$INET_VOID" dev br0
+  ip -n "$p-inet" neigh replace "$INET_VOID" lladdr 02:00:00:00:00:fe dev br0 nud permanent
   add_router "$p" rd 203.0.113.10 10.201.1 "$p-dev"
   add_router "$p" rb 203.0.113.20 10.201.2 "$p-br"
   # WHEP and the viewer page: the device router forwards TCP 8080 on its WAN to the device.
