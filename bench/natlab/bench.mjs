@@ -27,6 +27,14 @@ const pageHelpers = () => {
     v.muted = true; v.autoplay = true; v.playsInline = true;
     document.body.appendChild(v);
     let started = 0;
+    // When each step ended (ms after the POST): the answer applied, ICE connected, DTLS done.
+    const at = {};
+    pc.oniceconnectionstatechange = () => {
+      if (pc.iceConnectionState === 'connected' && at.ice === undefined) at.ice = performance.now() - started;
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'connected' && at.dtls === undefined) at.dtls = performance.now() - started;
+    };
     const first = new Promise((resolve) => {
       pc.ontrack = (ev) => {
         v.srcObject = new MediaStream([ev.track]);
@@ -43,6 +51,7 @@ const pageHelpers = () => {
     if (r.status !== 201) throw new Error(`WHEP ${r.status}: ${await r.text()}`);
     const location = r.headers.get('Location');
     await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+    at.answer = performance.now() - started;
     const ms = await Promise.race([first, new Promise((_, rej) => setTimeout(() => rej(new Error('no frame in 15 s')), 15000))]);
     let pair = null;
     (await pc.getStats()).forEach((s) => {
@@ -54,7 +63,7 @@ const pageHelpers = () => {
     pc.close();
     v.remove();
     await fetch(location, { method: 'DELETE' });
-    return { ms, types };
+    return { ms, types, at };
   };
 };
 
@@ -75,6 +84,7 @@ try {
   ];
   for (const [name, deviceIce, ice, policy] of paths) {
     const runs = [];
+    const steps = [];
     const types = new Set();
     let page = null;
     try {
@@ -87,11 +97,14 @@ try {
       for (let i = 0; i < N; i++) {
         const r = await page.evaluate(([ice, policy]) => window.ttff(ice, policy), [ice, policy]);
         runs.push(r.ms);
+        steps.push(r.at);
         types.add(r.types);
         // The device drops the viewer on DELETE; wait until it has (no overlap between runs).
         await waitFor(async () => (await (await fetch(`http://${DEVICE_PUBLIC}:8080/health`, { headers: { Accept: 'application/json' } })).json()).viewers === 0, 5000, 'viewer gone');
       }
-      rows.push({ name, median: median(runs), min: Math.min(...runs), max: Math.max(...runs), types: [...types].join(', ') });
+      const step = (k) => median(steps.map((a) => a[k] ?? NaN)).toFixed(0);
+      rows.push({ name, median: median(runs), min: Math.min(...runs), max: Math.max(...runs), types: [...types].join(', '),
+        steps: `${step('answer')} / ${step('ice')} / ${step('dtls')}` });
     } catch (e) {
       rows.push({ name, error: String(e.message || e).split('\n')[0] });
     } finally {
@@ -104,10 +117,10 @@ try {
   await coturn.stop();
   cleanupWork();
 }
-console.log(`\n| path (N=${N}) | TTFF median | min | max | selected pair (browser/device) |`);
-console.log('|---|---|---|---|---|');
+console.log(`\n| path (N=${N}) | TTFF median | min | max | answer / ICE connected / DTLS connected (medians, ms after the POST) | selected pair (browser/device) |`);
+console.log('|---|---|---|---|---|---|');
 for (const r of rows) {
-  if (r.error) console.log(`| ${r.name} | failed: ${r.error} | | | |`);
-  else console.log(`| ${r.name} | ${r.median.toFixed(0)} ms | ${r.min.toFixed(0)} | ${r.max.toFixed(0)} | ${r.types} |`);
+  if (r.error) console.log(`| ${r.name} | failed: ${r.error} | | | | |`);
+  else console.log(`| ${r.name} | ${r.median.toFixed(0)} ms | ${r.min.toFixed(0)} | ${r.max.toFixed(0)} | ${r.steps} | ${r.types} |`);
 }
 if (rows.some((r) => r.error)) process.exitCode = 1;
