@@ -1601,6 +1601,8 @@ impl IceAgent {
         let remote_addr = remote.addr();
 
         pair.increase_remote_binding_requests(req.now);
+        let pair_id = pair.id();
+        let mut tentative_send = false;
 
         if self.ice_lite && !self.controlling {
             // ice-lite sends no checks of its own, so this pair can never be
@@ -1622,7 +1624,26 @@ impl IceAgent {
             // below, so promoting a pair here would let one forged request
             // with a high PRIORITY choose the send address.
             pair.record_remote_binding_request_success();
+
+            // snaprtcd patch (vendor/README.md): until the peer nominates, send
+            // on the pair of the first authenticated request, as mediasoup's
+            // ice-lite server does (RFC 8445 §12 allows sending on a valid pair
+            // before selection). The peer's DTLS ClientHello follows its first
+            // successful check, well before USE-CANDIDATE, and without a send
+            // address it went unanswered until then. Only when no pair is the
+            // send path yet, so no request moves an existing one; a nomination
+            // replaces it in `evaluate_nomination`.
+            tentative_send = self
+                .nominated_send
+                .is_none_or(|id| !self.candidate_pairs.iter().any(|p| p.id() == id));
         }
+
+        let pair = self
+            .candidate_pairs
+            .iter_mut()
+            .find(|p| p.id() == pair_id)
+            // unwrap is fine: the pair was found above and nothing removed it.
+            .unwrap();
 
         if !self.controlling && !pair.is_nominated() && req.use_candidate {
             // We need to answer a nomination request with a binding request
@@ -1635,6 +1656,20 @@ impl IceAgent {
         if self.controlling && pair.state() == CheckState::Succeeded {
             // See if we can nominate something now.
             self.evaluate_nomination();
+        }
+
+        if tentative_send {
+            debug!(
+                "Tentative send (ice-lite, not nominated yet): {} -> {}",
+                Pii(local_addr),
+                Pii(remote_addr)
+            );
+            self.nominated_send = Some(pair_id);
+            self.emit_event(IceAgentEvent::NominatedSend {
+                proto,
+                source: local_addr,
+                destination: remote_addr,
+            });
         }
 
         let (_, password) = self.stun_credentials(true);
@@ -1972,9 +2007,11 @@ impl IceAgent {
     fn nominated_pair_priority(&self) -> Option<u64> {
         let id = self.nominated_send?;
 
+        // snaprtcd patch: a tentative send pair (not nominated) never holds
+        // off a nominated one, even of equal priority.
         self.candidate_pairs
             .iter()
-            .find_map(|p| (p.id() == id).then_some(p.prio()))
+            .find_map(|p| (p.id() == id && p.is_nominated()).then_some(p.prio()))
     }
 
     fn nominated_pair(&self) -> Option<&CandidatePair> {
@@ -3045,6 +3082,76 @@ mod test {
             agent.handle_timeout(now);
         }
         assert_eq!(nominated_sends(&mut agent), vec![ipv4_4()]);
+    }
+
+    #[test]
+    fn ice_lite_controlled_sends_on_the_first_checked_pair_until_a_nomination() {
+        // snaprtcd patch: a binding request without USE-CANDIDATE gives a
+        // controlled ice-lite agent a send address at once (the peer's DTLS
+        // needs an answer); the pair the peer then nominates takes over, even
+        // at the same priority (both requests below carry the same PRIORITY).
+        let mut agent = new_test_agent();
+        agent.set_ice_lite(true);
+        agent.set_controlling(false);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+
+        let request = |agent: &mut IceAgent, now: Instant, source: SocketAddr, nominate: bool| {
+            let username = format!("{}:{}", agent.local_credentials.ufrag, remote_creds.ufrag);
+            let req = StunMessage::binding_request(
+                &username,
+                TransId::new(),
+                true,
+                0,
+                1_694_498_815,
+                nominate,
+            );
+            let req = serialize_stun_msg(req, &agent.local_credentials.pass);
+            assert!(agent.handle_packet(
+                now,
+                StunPacket {
+                    message: StunMessage::parse(&req).unwrap(),
+                    source,
+                    destination: ipv4_1(),
+                    proto: Protocol::Udp,
+                },
+            ));
+        };
+        let sends = |agent: &mut IceAgent| {
+            let mut v = vec![];
+            while let Some(e) = agent.poll_event() {
+                if let IceAgentEvent::NominatedSend { destination, .. } = e {
+                    v.push(destination);
+                }
+            }
+            v
+        };
+
+        let mut now = Instant::now();
+        agent.handle_timeout(now);
+        request(&mut agent, now, ipv4_3(), false);
+        assert_eq!(
+            sends(&mut agent),
+            vec![ipv4_3()],
+            "the first authenticated request gives a send address"
+        );
+        request(&mut agent, now, ipv4_4(), false);
+        now += Duration::from_millis(50);
+        agent.handle_timeout(now);
+        assert_eq!(sends(&mut agent), vec![], "later requests do not move it");
+        assert_eq!(agent.state(), IceConnectionState::Checking);
+
+        request(&mut agent, now, ipv4_4(), true);
+        now += Duration::from_millis(50);
+        agent.handle_timeout(now);
+        assert_eq!(
+            sends(&mut agent),
+            vec![ipv4_4()],
+            "the nominated pair replaces the tentative one"
+        );
     }
 
     fn make_serialized_binding_request(
