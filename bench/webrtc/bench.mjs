@@ -253,4 +253,6 @@ for (const r of results) {
 const s = results.find((r) => r.name === "snaprtcd"), a = results.find((r) => r.name === "aiortc");
 const at4 = (r) => r.rows.find((x) => x.n === 4);
 if (s && a && at4(s) && at4(a)) out.push(`\nAt 4 viewers aiortc uses ${(at4(a).cpu / at4(s).cpu).toFixed(1)}× the CPU of snaprtcd.`);
+// Issue 13 item 9: snaprtcd's median time to first frame at most 0.85× aiortc's, in one run.
+if (a) for (const r of results.filter((r) => r !== a)) out.push(`\nTime to first frame, ${r.name} / aiortc: ${(r.ttff / a.ttff).toFixed(2)}× (${r.ttff.toFixed(0)} / ${a.ttff.toFixed(0)} ms, target ≤ 0.85×).`);
 console.log(out.join("\n"));

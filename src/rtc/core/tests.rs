@@ -58,6 +58,9 @@ struct Peer {
     /// Direct datagrams between it and the engine are lost (symmetric NATs): only the fake
     /// TURN server carries them.
     relay_only: bool,
+    /// Its nominations (Binding requests with USE-CANDIDATE) are lost, counted here.
+    hold_nomination: bool,
+    nominations_held: usize,
 }
 
 impl Peer {
@@ -75,6 +78,8 @@ impl Peer {
             muted: false,
             nat: None,
             relay_only: false,
+            hold_nomination: false,
+            nominations_held: 0,
         };
         (peer, offer.to_sdp_string(), pending)
     }
@@ -297,6 +302,10 @@ impl World {
                         if self.peers[i].relay_only {
                             continue;
                         }
+                        if self.peers[i].hold_nomination && is_nomination(&t.contents) {
+                            self.peers[i].nominations_held += 1;
+                            continue;
+                        }
                         let source = self.peers[i].nat.unwrap_or(t.source);
                         self.core.handle_datagram(
                             self.now,
@@ -381,6 +390,25 @@ fn fake_frame(n: u64, keyframe: bool) -> EncodedFrame {
     }
 }
 
+/// A STUN Binding request carrying USE-CANDIDATE (RFC 8445 §7.1.2).
+fn is_nomination(datagram: &[u8]) -> bool {
+    const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+    const USE_CANDIDATE: u16 = 0x0025;
+    if datagram.len() < 20 || datagram[..2] != BINDING_REQUEST {
+        return false;
+    }
+    let mut attrs = &datagram[20..];
+    while attrs.len() >= 4 {
+        let kind = u16::from_be_bytes([attrs[0], attrs[1]]);
+        if kind == USE_CANDIDATE {
+            return true;
+        }
+        let len = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
+        attrs = attrs.get(4 + len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    false
+}
+
 fn peer_addr(n: u8) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 0, 0, 100 + n), 40000))
 }
@@ -409,6 +437,31 @@ fn a_peer_connects_gets_video_and_a_still_on_virtual_time() {
         "the destination came with the datagram"
     );
     assert_eq!(s.pair_types, [1, 0, 0, 0], "host to host");
+}
+
+#[test]
+fn ice_lite_answers_dtls_before_the_peer_nominates() {
+    // Browsers send their DTLS ClientHello right after their first successful check and
+    // nominate some 50 ms later. The ICE-lite engine must not sit on the handshake until then:
+    // the pair of the first authenticated check is the send address until a nomination
+    // (vendor/is, see vendor/README.md). Here no nomination ever arrives until released.
+    let mut w = World::new(Duration::from_secs(15));
+    let (p, _) = w.join(peer_addr(0));
+    w.peers[p].hold_nomination = true;
+    w.run_until(Duration::from_secs(5), |w| {
+        w.peers[p].connected() && w.peers[p].frames() >= 1
+    });
+    assert!(
+        w.peers[p].nominations_held >= 1,
+        "the peer did nominate, and it was held"
+    );
+    assert_eq!(w.core.stats().connected, 1);
+    w.peers[p].hold_nomination = false;
+    let before = w.peers[p].frames();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.peers[p].frames() >= before + 10
+    });
+    assert_eq!(w.core.stats().pair_types, [1, 0, 0, 0], "host to host");
 }
 
 #[test]
