@@ -1560,11 +1560,8 @@ impl IceAgent {
             // When the pair is already on the checklist:
             trace!("Found existing pair for STUN request: {:?}", pair);
 
-            // TODO: The spec has all these ideas about resetting to Waiting state
-            // for the candidate pair. I think that's to do speeding up the triggered
-            // checks if a nomination comes through. It doesn't seem to make much
-            // sense in this implementation, where a nomination jumps the queue.
-            // https://datatracker.ietf.org/doc/html/rfc8445#section-7.3.1.4
+            // snaprtcd patch: the triggered check of RFC 8445 §7.3.1.4 is sent
+            // below, once the reply is queued.
         } else {
             // If the pair is not already on the checklist:
             let local = &self.local_candidates[local_idx];
@@ -1698,6 +1695,32 @@ impl IceAgent {
         };
 
         self.transmit.push_back(trans);
+
+        // snaprtcd patch (vendor/README.md): a triggered check (RFC 8445
+        // §7.3.1.4). A full agent answering a check on a pair its own checks
+        // have not validated yet checks it back now instead of at the pair's
+        // next retransmission. Behind NATs this is what opens the path: our
+        // first check to the peer's server-reflexive address is dropped by the
+        // peer's NAT until the peer has sent to us, and its retransmission
+        // came some 250 ms later, while the peer's DTLS ClientHello (refused
+        // until the pair is valid here) waited. Only authenticated requests
+        // get here, and at most one check per pair per Ta.
+        if !self.ice_lite {
+            if let Some(idx) = self.candidate_pairs.iter().position(|p| p.id() == pair_id) {
+                let pair = &self.candidate_pairs[idx];
+                let recent = pair
+                    .last_attempt_time()
+                    .is_some_and(|t| req.now.saturating_duration_since(t) < self.timing_advance);
+                if pair.state() != CheckState::Succeeded && !recent {
+                    debug!(
+                        "Triggered check: {} -> {}",
+                        Pii(local_addr),
+                        Pii(remote_addr)
+                    );
+                    self.stun_client_binding_request(req.now, idx);
+                }
+            }
+        }
     }
 
     fn send_role_conflict_reply(&mut self, req: &StunRequest) {
@@ -3152,6 +3175,61 @@ mod test {
             vec![ipv4_4()],
             "the nominated pair replaces the tentative one"
         );
+    }
+
+    #[test]
+    fn full_agent_answers_a_check_with_a_triggered_check() {
+        // snaprtcd patch: a full (not lite) controlled agent whose own check
+        // on a pair is unanswered (dropped by the peer's NAT) checks that pair
+        // again at once when the peer's authenticated check arrives on it,
+        // not at the pair's next retransmission; then not again within Ta.
+        let mut agent = new_test_agent();
+        agent.set_controlling(false);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+        agent.add_remote_candidate(Candidate::host(ipv4_3(), "udp").unwrap());
+
+        let checks_to = |agent: &mut IceAgent, to: SocketAddr| {
+            let mut n = 0;
+            while let Some(t) = agent.poll_transmit() {
+                let msg = StunMessage::parse(&t.contents).unwrap();
+                if t.destination == to && msg.is_binding_request() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        let check_from_peer = |agent: &mut IceAgent, now: Instant| {
+            let username = format!("{}:{}", agent.local_credentials.ufrag, remote_creds.ufrag);
+            let req = StunMessage::binding_request(&username, TransId::new(), true, 0, 1_694_498_815, false);
+            let req = serialize_stun_msg(req, &agent.local_credentials.pass);
+            assert!(agent.handle_packet(
+                now,
+                StunPacket {
+                    message: StunMessage::parse(&req).unwrap(),
+                    source: ipv4_3(),
+                    destination: ipv4_1(),
+                    proto: Protocol::Udp,
+                },
+            ));
+        };
+
+        let mut now = Instant::now();
+        agent.handle_timeout(now);
+        assert_eq!(checks_to(&mut agent, ipv4_3()), 1, "the first check (lost)");
+        now += Duration::from_millis(80);
+        check_from_peer(&mut agent, now);
+        assert_eq!(
+            checks_to(&mut agent, ipv4_3()),
+            1,
+            "a triggered check with the reply, before any timeout"
+        );
+        now += Duration::from_millis(10);
+        check_from_peer(&mut agent, now);
+        assert_eq!(checks_to(&mut agent, ipv4_3()), 0, "not again within Ta");
     }
 
     fn make_serialized_binding_request(

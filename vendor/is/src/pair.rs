@@ -393,7 +393,7 @@ impl CandidatePair {
     /// The time of the last binding request attempt.
     ///
     /// `None` means there has been no attempts.
-    fn last_attempt_time(&self) -> Option<Instant> {
+    pub(crate) fn last_attempt_time(&self) -> Option<Instant> {
         self.binding_attempts.back().map(|b| b.request_sent)
     }
 
