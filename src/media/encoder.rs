@@ -2,6 +2,8 @@
 //! of viewers. There is one kind (openh264 in software), so it is a concrete type; a hardware
 //! encoder (Pi 4 V4L2 M2M) would make this an enum the pipeline matches on.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use openh264::encoder::{
     BitRate, Complexity, EncoderConfig, FrameRate, IntraFramePeriod, Profile, RateControlMode,
@@ -27,8 +29,9 @@ pub enum EncodeError {
 /// An access unit the encoder produced.
 #[derive(Debug, Clone)]
 pub struct EncodedPicture {
-    /// Annex-B; an IDR carries SPS and PPS in front.
-    pub data: Bytes,
+    /// Annex-B; an IDR carries SPS and PPS in front. Allocated once, shared as it is by the
+    /// broadcast, the GOP cache and every viewer's str0m writer (which takes an `Arc<[u8]>`).
+    pub data: Arc<[u8]>,
     /// True for an IDR.
     pub keyframe: bool,
 }
@@ -179,7 +182,7 @@ impl OpenH264Encoder {
         if self.out.is_empty() {
             return Ok(None);
         }
-        let (data, keyframe) = self.params.process(Bytes::copy_from_slice(&self.out));
+        let (data, keyframe) = self.params.process_shared(&self.out);
         Ok(Some(EncodedPicture { data, keyframe }))
     }
 }
@@ -324,7 +327,9 @@ mod tests {
             .count();
         // One slice per thread: openh264 really split the work.
         assert_eq!(idr_slices, 2, "IDR slices");
-        let decoded = decode_last_picture(&[out.data]).unwrap().unwrap();
+        let decoded = decode_last_picture(&[Bytes::copy_from_slice(&out.data)])
+            .unwrap()
+            .unwrap();
         assert_eq!((decoded.width(), decoded.height()), (320, 240));
     }
 }
