@@ -228,6 +228,9 @@ pub struct MediaCounters {
     /// Access units published to viewers (camera and slate). Flat while nobody watches a
     /// software-encoded source: unwatched pictures are not encoded.
     pub frames_encoded: AtomicU64,
+    /// Pictures given to the software encoder that it produced nothing for (openh264's rate
+    /// control skipping a picture). Stays 0: skipping is off, a skipped picture is a stall.
+    pub frames_encoder_skipped: AtomicU64,
     /// Of those, "no signal" slate pictures.
     pub frames_slate: AtomicU64,
     /// IDRs sent, by cause (index with [`KeyframeCause::index`]).
@@ -251,6 +254,7 @@ impl Default for MediaCounters {
             frames_dropped: Arc::default(),
             frames_corrupt: AtomicU64::new(0),
             frames_encoded: AtomicU64::new(0),
+            frames_encoder_skipped: AtomicU64::new(0),
             frames_slate: AtomicU64::new(0),
             keyframes: Default::default(),
             encode_time_buckets: Default::default(),

@@ -581,7 +581,11 @@ impl MediaLoop {
                 }
                 self.publish(out.data, out.keyframe, timestamp);
             }
-            Ok(None) => {}
+            Ok(None) => {
+                self.counters
+                    .frames_encoder_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "encoding failed; frame skipped");
                 // A fresh encoder next time, starting with an IDR.
