@@ -305,7 +305,8 @@ pub enum ExecFormat {
 pub struct EncoderConfig {
     /// `auto`: passthrough when the source gives H.264, else software.
     pub kind: EncoderKind,
-    /// Target bitrate of the software encoder.
+    /// Target bitrate of the software encoder. It never skips a picture to hold it: on content
+    /// too rich for the rate it lowers the quality and may overshoot a little.
     pub bitrate_kbps: u32,
     /// Time between periodic IDR frames (the GOP).
     #[serde(with = "humantime_serde")]

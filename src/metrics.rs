@@ -177,6 +177,12 @@ const METRICS: &[Metric] = &[
         read: Read::Value(|s| get(&s.media.frames_encoded)),
     },
     Metric {
+        name: "snaprtcd_frames_encoder_skipped_total",
+        kind: Kind::Counter,
+        help: "Pictures the software encoder produced nothing for (rate control skips; 0 expected).",
+        read: Read::Value(|s| get(&s.media.frames_encoder_skipped)),
+    },
+    Metric {
         name: "snaprtcd_frames_sent_total",
         kind: Kind::Counter,
         help: "Frames written to viewers (one per frame per viewer).",
@@ -615,6 +621,9 @@ snaprtcd_frames_corrupt_total 2
 # HELP snaprtcd_frames_encoded_total Access units published to viewers (encoded once for all).
 # TYPE snaprtcd_frames_encoded_total counter
 snaprtcd_frames_encoded_total 9
+# HELP snaprtcd_frames_encoder_skipped_total Pictures the software encoder produced nothing for (rate control skips; 0 expected).
+# TYPE snaprtcd_frames_encoder_skipped_total counter
+snaprtcd_frames_encoder_skipped_total 4
 # HELP snaprtcd_frames_sent_total Frames written to viewers (one per frame per viewer).
 # TYPE snaprtcd_frames_sent_total counter
 snaprtcd_frames_sent_total 7
@@ -664,6 +673,7 @@ snaprtcd_camera_fps 29.5
         media.frames_dropped.store(3, Ordering::Relaxed);
         media.frames_corrupt.store(2, Ordering::Relaxed);
         media.frames_encoded.store(9, Ordering::Relaxed);
+        media.frames_encoder_skipped.store(4, Ordering::Relaxed);
         media.camera_losses.store(1, Ordering::Relaxed);
         media.record_keyframe(KeyframeCause::Pli);
         media.record_keyframe(KeyframeCause::Pli);

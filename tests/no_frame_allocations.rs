@@ -3,8 +3,9 @@
 //! allocator records, on this test's thread only, every allocation (and growing reallocation)
 //! of at least a quarter of an I420 picture (a noisy JPEG of that picture is larger), over N
 //! frames after a warm-up of two.
-//! (Smaller allocations remain: zune-jpeg's per-MCU-row buffers, a few KiB to tens of KiB, and
-//! the encoded access unit.)
+//! The encoded access unit is allocated exactly once, by the encoder, and reaches the viewers
+//! as it is: the RTC engine's frame and GOP cache copy nothing (counted from 1 KiB).
+//! (Smaller allocations remain: zune-jpeg's per-MCU-row buffers, a few KiB to tens of KiB.)
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -14,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use snaprtcd::capture::exec::MjpegSplitter;
 use snaprtcd::media::encoder::{OpenH264Encoder, SoftwareSettings};
 use snaprtcd::media::jpeg::{encode_i420, MjpegDecoder};
+use snaprtcd::media::EncodedFrame;
 use snaprtcd::picture::yuv::{BufferPool, I420};
+use snaprtcd::rtc::viewer::VideoFrame;
 
 struct Counting;
 
@@ -73,12 +76,18 @@ const H: u32 = 240;
 const FRAMES: usize = 10;
 const WARM_UP: usize = 2;
 
-/// Runs `frame(i)` WARM_UP times, then FRAMES times counting; the number of big allocations.
-fn big_allocations(mut frame: impl FnMut(usize)) -> usize {
+/// Runs `frame(i)` WARM_UP times, then FRAMES times counting; the number of big allocations
+/// (a quarter of a picture and more).
+fn big_allocations(frame: impl FnMut(usize)) -> usize {
+    allocations_from(I420::len_for(W, H) / 4, frame)
+}
+
+/// [`big_allocations`] counting every allocation of at least `threshold` bytes.
+fn allocations_from(threshold: usize, mut frame: impl FnMut(usize)) -> usize {
     for i in 0..WARM_UP {
         frame(i);
     }
-    THRESHOLD.store(I420::len_for(W, H) / 4, Ordering::Relaxed);
+    THRESHOLD.store(threshold, Ordering::Relaxed);
     BIG.store(0, Ordering::Relaxed);
     LARGEST.store(0, Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
@@ -153,7 +162,18 @@ fn the_camera_path_allocates_no_picture_buffers_per_frame() {
         big_allocations(|i| drop(I420::from_nv12_in(Some(&pool), W, H, w, &nv12[i % 2]).unwrap()));
     assert_none("NV12 to I420", n);
 
-    // The encoder takes the pooled picture as it is (no copy into a buffer of its own).
+    // The encoder takes the pooled picture as it is (no copy into a buffer of its own). Its
+    // access unit is the one allocation it makes (counted below); faint noise keeps that under
+    // a quarter of a picture (full noise makes 50 KB access units: nothing is skipped).
+    let faint: Vec<Vec<u8>> = (0..2)
+        .map(|s| {
+            let yuv = noise(I420::len_for(W, H), s + 11)
+                .into_iter()
+                .map(|b| 96 + (b & 3))
+                .collect();
+            encode_i420(&I420::from_vec(W, H, yuv).unwrap(), 80).unwrap()
+        })
+        .collect();
     let mut encoder = OpenH264Encoder::new(SoftwareSettings {
         bitrate_kbps: 1000,
         fps: 30,
@@ -161,8 +181,47 @@ fn the_camera_path_allocates_no_picture_buffers_per_frame() {
     })
     .unwrap();
     let n = big_allocations(|i| {
-        let picture = mjpeg.decode(&jpegs[i % 2]).unwrap();
+        let picture = mjpeg.decode(&faint[i % 2]).unwrap();
         let _ = encoder.encode(&picture, i as u64 * 33, i == 0).unwrap();
     });
     assert_none("MJPEG decode + encode", n);
+
+    // From the encoder to the viewers: one allocation per access unit (the `Arc<[u8]>` the
+    // encoder fills), shared as it is by the broadcast's frame, the RTC engine's `VideoFrame`
+    // and its GOP cache. The engine used to copy every access unit again.
+    let pictures: Vec<I420> = (0..2)
+        .map(|s| {
+            let yuv = noise(I420::len_for(W, H), s + 7)
+                .into_iter()
+                .map(|b| 80 + (b & 31))
+                .collect();
+            I420::from_vec(W, H, yuv).unwrap()
+        })
+        .collect();
+    let mut smallest = usize::MAX;
+    let mut gop = Vec::with_capacity(WARM_UP + FRAMES);
+    let n = allocations_from(1024, |i| {
+        let au = encoder
+            .encode(&pictures[i % 2], i as u64 * 33, false)
+            .unwrap()
+            .expect("no picture skipped");
+        smallest = smallest.min(au.data.len());
+        let frame = EncodedFrame {
+            data: au.data,
+            keyframe: au.keyframe,
+            timestamp: std::time::Duration::from_millis(i as u64 * 33),
+        };
+        let shared = VideoFrame::new(&frame);
+        gop.push(shared.clone());
+    });
+    assert!(
+        smallest >= 1024,
+        "access units of {smallest} bytes count for nothing here"
+    );
+    assert_eq!(
+        n,
+        FRAMES,
+        "allocations of 1 KiB and more from encoder to viewers in {FRAMES} frames (largest {} bytes)",
+        LARGEST.load(Ordering::Relaxed)
+    );
 }

@@ -24,8 +24,9 @@
 #     so CPU ms per picture is the figure to compare);
 #   - snaprtcd's page faults (minor/major) per picture taken (captured and not dropped), and
 #     per thread on stderr;
-#   - frames captured, dropped before the encoder, and encoded, and the mean wall time of one
-#     openh264 encode call (from /metrics).
+#   - frames captured, dropped before the encoder, skipped by the encoder (openh264's rate
+#     control; 0 since it may not skip) and encoded, and the mean wall time of one openh264
+#     encode call (from /metrics).
 # Then the quality of both outputs against the decoded source: SSIM (All) and PSNR (average)
 # from ffmpeg's ssim/psnr filters, at the bitrate each really produced. snaprtcd's pictures
 # are paired with the source pictures they came from by the matcher (RTP time, then luma MSE
@@ -36,11 +37,14 @@
 #   CP_RUNS=mjpeg:1280x720 CP_THREADS=1 bench/camera_path/run.sh
 #
 # Knobs: CP_RUNS ("mjpeg:1280x720 mjpeg:1920x1080 yuyv:1280x720 h264:1280x720"), CP_SECONDS
-# (20: source length; a run lasts CP_WARMUP + CP_WINDOW + 2), CP_WARMUP (25), CP_WINDOW (10), CP_BITRATE_KBPS
-# (2000, both encoders), CP_THREADS ("auto": snaprtcd's [encoder] threads), SNAPRTCD_BIN
-# (default: a release build of this checkout). Needs ffmpeg with libx264. Temporary files (a
-# few GB of raw video) go to $TMPDIR. Prints a markdown table for docs/BENCHMARKS.md; details
-# go to stderr.
+# (20: source length; a run lasts CP_WARMUP + CP_WINDOW + 2), CP_WARMUP (25), CP_WINDOW (10),
+# CP_BITRATE_KBPS (2000, both encoders), CP_THREADS ("auto": snaprtcd's [encoder] threads),
+# SNAPRTCD_BIN (default: a release build of this checkout), CP_FAULTS_DIR (unset; when set,
+# `perf record -e page-faults --call-graph dwarf` follows the daemon through each window and
+# the call chain of every fault goes to DIR/KIND-WxH.txt; perf's own cost then shows in the
+# CPU columns). Needs ffmpeg with libx264 (and perf for CP_FAULTS_DIR). Temporary files (a few
+# GB of raw video) go to $TMPDIR. Prints a markdown table for docs/BENCHMARKS.md; details go
+# to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -72,7 +76,7 @@ for run in $runs; do
     exit 2
   fi
 done
-for tool in ffmpeg; do
+for tool in ffmpeg ${CP_FAULTS_DIR:+perf}; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is needed" >&2; exit 2; }
 done
 encoders="$(ffmpeg -hide_banner -encoders 2>/dev/null)"
@@ -240,6 +244,12 @@ TOML
   x0="0 0 0"; x1="0 0 0"; xf0=0; xf1=0
   t0="$(thread_sample "$pid")"; p0="$(proc_sample "$pid")"
   [ -z "$x264" ] || { x0="$(proc_sample "$x264")"; xf0="$(x264_frames "$dir")"; }
+  perf_pid=""
+  if [ -n "${CP_FAULTS_DIR:-}" ]; then
+    perf record -q -e page-faults --call-graph dwarf -p "$pid" -o "$dir/faults.data" -- sleep "$window" \
+      >/dev/null 2>"$dir/perf.log" &
+    perf_pid=$!; pids+=("$perf_pid")
+  fi
   sleep "$window"
   t1="$(thread_sample "$pid")"; p1="$(proc_sample "$pid")"
   [ -z "$x264" ] || { x1="$(proc_sample "$x264")"; xf1="$(x264_frames "$dir")"; }
@@ -250,6 +260,7 @@ TOML
   captured="$(d snaprtcd_frames_captured_total)"
   dropped="$(d snaprtcd_frames_dropped_total)"
   encoded="$(d snaprtcd_frames_encoded_total)"
+  skipped="$(d snaprtcd_frames_encoder_skipped_total)"
   # Wall time of openh264's encode call per picture (threads shorten it only with idle cores).
   encode_ms="$(awk -v s="$(metric snaprtcd_encode_seconds_sum "$m1")" -v s0="$(metric snaprtcd_encode_seconds_sum "$m0")" \
     -v n="$(d snaprtcd_encode_seconds_count)" 'BEGIN {printf "%.1f", (s - s0) * 1000 / (n ? n : 1)}')"
@@ -279,6 +290,13 @@ TOML
   faults="$(awk -v a=$((pmin1 - pmin0)) -v b=$((pmaj1 - pmaj0)) -v n="$taken" \
     'BEGIN {printf "%.2f / %.2f", a / (n ? n : 1), b / (n ? n : 1)}')"
 
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || { echo "run.sh: perf record failed:" >&2; cat "$dir/perf.log" >&2; exit 1; }
+    mkdir -p "$CP_FAULTS_DIR"
+    perf report -i "$dir/faults.data" --stdio --no-children -g caller,0.5,callee --sort comm,dso,sym \
+      >"$CP_FAULTS_DIR/$kind-$size.txt" 2>/dev/null
+    echo "   page faults in the window, by call chain: $CP_FAULTS_DIR/$kind-$size.txt" >&2
+  fi
   wait "$rec" || { echo "run.sh: the WHEP recorder failed:" >&2; cat "$dir/record.out" >&2; exit 1; }
   [ -z "$x264" ] || wait "$x264" || { echo "run.sh: ffmpeg+x264 failed" >&2; exit 1; }
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -308,7 +326,7 @@ TOML
     label="snaprtcd (openh264, threads=$threads → $threads_used)"
   fi
   input="${kind^^} ${w}x${h}@$fps"
-  rows+=("| $input | $label | **$daemon_ms** | $(rate "$taken") | $daemon_cpu ($per_thread) | $s_ssim | $s_psnr | $s_kbps | $s_fps | $faults | $captured / $dropped / $encoded | $encode_ms |")
+  rows+=("| $input | $label | **$daemon_ms** | $(rate "$taken") | $daemon_cpu ($per_thread) | $s_ssim | $s_psnr | $s_kbps | $s_fps | $faults | $captured / $dropped / $skipped / $encoded | $encode_ms |")
   if [ -n "$x264" ]; then
     x_kbps="$(awk -v b="$(stat -c %s "$dir/x264.h264")" -v n="$x_frames" 'BEGIN {printf "%.0f", b * 8 / (n / 30) / 1000}')"
     rows+=("| $input | ffmpeg + x264 ultrafast, -threads 1 | **$x264_ms** | $(rate "$xframes") | $x264_cpu | $x_ssim | $x_psnr | $x_kbps | $(rate "$xframes") | | | |")
@@ -322,6 +340,6 @@ done
 echo
 echo "$(nproc) cores, load average $load at the start; window ${window}s after ${warmup}s; bitrate ${kbps} kbit/s; snaprtcd $("$daemon" --version 2>/dev/null | head -1)"
 echo
-echo "| input | encoder | CPU ms/picture | pictures/s in | CPU % of a core (threads) | SSIM | PSNR dB | kbit/s | pictures/s out | faults/picture taken (minor / major) | captured / dropped / encoded | encode wall ms |"
+echo "| input | encoder | CPU ms/picture | pictures/s in | CPU % of a core (threads) | SSIM | PSNR dB | kbit/s | pictures/s out | faults/picture taken (minor / major) | captured / dropped / skipped / encoded | encode wall ms |"
 echo "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|"
 printf '%s\n' "${rows[@]}"

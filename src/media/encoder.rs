@@ -2,6 +2,8 @@
 //! of viewers. There is one kind (openh264 in software), so it is a concrete type; a hardware
 //! encoder (Pi 4 V4L2 M2M) would make this an enum the pipeline matches on.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use openh264::encoder::{
     BitRate, Complexity, EncoderConfig, FrameRate, IntraFramePeriod, Profile, RateControlMode,
@@ -27,8 +29,9 @@ pub enum EncodeError {
 /// An access unit the encoder produced.
 #[derive(Debug, Clone)]
 pub struct EncodedPicture {
-    /// Annex-B; an IDR carries SPS and PPS in front.
-    pub data: Bytes,
+    /// Annex-B; an IDR carries SPS and PPS in front. Allocated once, shared as it is by the
+    /// broadcast, the GOP cache and every viewer's str0m writer (which takes an `Arc<[u8]>`).
+    pub data: Arc<[u8]>,
     /// True for an IDR.
     pub keyframe: bool,
 }
@@ -72,10 +75,10 @@ fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// openh264: H.264 Constrained Baseline, real-time camera mode, bitrate control (it may skip a
-/// picture to hold the rate), IDRs only when asked (the pipeline's keyframe policy owns the
-/// GOP), SPS/PPS in front of every IDR. Threads per [`encoder_threads`], decided again when the
-/// picture size changes.
+/// openh264: H.264 Constrained Baseline, real-time camera mode, bitrate control that never
+/// skips a picture (it raises the quantiser instead), IDRs only when asked (the pipeline's
+/// keyframe policy owns the GOP), SPS/PPS in front of every IDR. Threads per
+/// [`encoder_threads`], decided again when the picture size changes.
 pub struct OpenH264Encoder {
     inner: openh264::encoder::Encoder,
     settings: SoftwareSettings,
@@ -120,8 +123,12 @@ impl OpenH264Encoder {
                 settings.bitrate_kbps.saturating_mul(1000),
             ))
             .max_frame_rate(FrameRate::from_hz(settings.fps.max(1) as f32))
-            // Frame skipping is how openh264 holds the bitrate (it warns without it).
-            .skip_frames(true)
+            // No frame skipping: for a live camera a skipped picture is a stall the viewer sees
+            // (40 of 309 at noisy 1080p and 2 Mbit/s). The rate control raises the QP instead
+            // (up to 51), so a picture too rich for the bitrate costs quality and overshoots
+            // the rate (docs/BENCHMARKS.md, "Camera path"). openh264's warning about this at
+            // open is not printed: the crate sets its log level to quiet.
+            .skip_frames(false)
             .scene_change_detect(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
@@ -158,8 +165,8 @@ impl OpenH264Encoder {
         Ok(())
     }
 
-    /// Encode one picture; `force_idr` makes it an IDR. `None`: the encoder skipped it (rate
-    /// control).
+    /// Encode one picture; `force_idr` makes it an IDR. `None`: openh264 produced nothing for it
+    /// (it does not skip pictures for its rate control here; the pipeline counts any `None`).
     pub fn encode(
         &mut self,
         picture: &I420,
@@ -179,7 +186,7 @@ impl OpenH264Encoder {
         if self.out.is_empty() {
             return Ok(None);
         }
-        let (data, keyframe) = self.params.process(Bytes::copy_from_slice(&self.out));
+        let (data, keyframe) = self.params.process_shared(&self.out);
         Ok(Some(EncodedPicture { data, keyframe }))
     }
 }
@@ -285,6 +292,41 @@ mod tests {
         assert!(read >= 10, "only {read} pictures encoded");
     }
 
+    /// Pictures of fresh noise at a bitrate far below what they need: with openh264's frame
+    /// skipping on, its rate control drops most of them (a stall a viewer sees); here every
+    /// picture comes out, the quantiser pays instead (how far over the rate that goes on real
+    /// content is measured in bench/camera_path; white noise like this stays far over it).
+    #[test]
+    fn rate_control_never_skips_a_picture_on_noise_at_a_low_bitrate() {
+        let (w, h) = (320, 240);
+        let mut enc = OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: 100,
+            fps: 30,
+            threads: EncoderThreads::Auto,
+        })
+        .unwrap();
+        let mut x = 0x9e37_79b9_u32;
+        let mut noise = || {
+            let data = (0..I420::len_for(w, h))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            I420::from_vec(w, h, data).unwrap()
+        };
+        let pictures = 30u64;
+        let mut skipped = 0;
+        for i in 0..pictures {
+            if enc.encode(&noise(), i * 33, i == 0).unwrap().is_none() {
+                skipped += 1;
+            }
+        }
+        assert_eq!(skipped, 0, "pictures skipped by the rate control");
+    }
+
     #[test]
     fn auto_threads_from_picture_size_and_cores() {
         use EncoderThreads::{Auto, Fixed};
@@ -324,7 +366,9 @@ mod tests {
             .count();
         // One slice per thread: openh264 really split the work.
         assert_eq!(idr_slices, 2, "IDR slices");
-        let decoded = decode_last_picture(&[out.data]).unwrap().unwrap();
+        let decoded = decode_last_picture(&[Bytes::copy_from_slice(&out.data)])
+            .unwrap()
+            .unwrap();
         assert_eq!((decoded.width(), decoded.height()), (320, 240));
     }
 }

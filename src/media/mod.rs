@@ -3,10 +3,10 @@
 //! The pipeline (one per camera) owns the encoder and publishes [`EncodedFrame`]s on a bounded
 //! broadcast. Its users are few, not one per viewer: the RTC engine holds a single
 //! [`FrameSubscriber`] for all of its WebRTC viewers, taken while at least one of them wants
-//! video (see `rtc::engine`). The broadcast shares each frame's `Bytes` among subscribers; the
-//! engine then copies a frame once into an `Arc<[u8]>` (`rtc::viewer::VideoFrame::new`) that
-//! every viewer's str0m writer shares, and str0m packetises and encrypts it per viewer (each
-//! viewer has its own RTP packets and SRTP keys), which copies the bytes once per viewer.
+//! video (see `rtc::engine`). Each frame's bytes are one `Arc<[u8]>`, made once by the pipeline
+//! and shared as they are by every subscriber and by every viewer's str0m writer (no copy per
+//! frame after the encoder's); str0m packetises and encrypts it per viewer (each viewer has its
+//! own RTP packets and SRTP keys), which copies the bytes once per viewer.
 //!
 //! A subscriber that falls behind loses its place in the broadcast (bounded memory), skips to
 //! the next keyframe and asks for one; it never makes the pipeline wait. Keyframe requests and
@@ -67,8 +67,10 @@ use crate::progress::ProgressStamp;
 /// One H.264 access unit in Annex-B form, as every viewer receives it.
 #[derive(Debug, Clone)]
 pub struct EncodedFrame {
-    /// Annex-B access unit; an IDR is preceded by SPS and PPS.
-    pub data: Bytes,
+    /// Annex-B access unit; an IDR is preceded by SPS and PPS. One allocation per access unit,
+    /// made by the pipeline and shared as it is by every consumer: the broadcast, RTSP, the
+    /// RTC engine's GOP cache and every viewer's str0m writer (which takes an `Arc<[u8]>`).
+    pub data: Arc<[u8]>,
     /// True for an IDR access unit (a viewer can start decoding here).
     pub keyframe: bool,
     /// Capture time relative to the pipeline's start (monotonic; drives RTP timestamps).
@@ -226,6 +228,9 @@ pub struct MediaCounters {
     /// Access units published to viewers (camera and slate). Flat while nobody watches a
     /// software-encoded source: unwatched pictures are not encoded.
     pub frames_encoded: AtomicU64,
+    /// Pictures given to the software encoder that it produced nothing for (openh264's rate
+    /// control skipping a picture). Stays 0: skipping is off, a skipped picture is a stall.
+    pub frames_encoder_skipped: AtomicU64,
     /// Of those, "no signal" slate pictures.
     pub frames_slate: AtomicU64,
     /// IDRs sent, by cause (index with [`KeyframeCause::index`]).
@@ -249,6 +254,7 @@ impl Default for MediaCounters {
             frames_dropped: Arc::default(),
             frames_corrupt: AtomicU64::new(0),
             frames_encoded: AtomicU64::new(0),
+            frames_encoder_skipped: AtomicU64::new(0),
             frames_slate: AtomicU64::new(0),
             keyframes: Default::default(),
             encode_time_buckets: Default::default(),
@@ -526,7 +532,7 @@ mod tests {
 
     fn frame(n: u64, keyframe: bool) -> EncodedFrame {
         EncodedFrame {
-            data: Bytes::from(vec![n as u8; 4]),
+            data: Arc::from(vec![n as u8; 4]),
             keyframe,
             timestamp: Duration::from_millis(n * 33),
         }

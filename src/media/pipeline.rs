@@ -404,14 +404,16 @@ impl MediaLoop {
             return;
         }
         self.set_encoder_name(PASSTHROUGH);
-        self.latest.push_h264(data.clone(), keyframe);
+        // Copied once into the form every consumer shares; stills keep the camera's `Bytes`.
+        let shared = Arc::from(&data[..]);
+        self.latest.push_h264(data, keyframe);
         let due = self.idr_due(now);
         if keyframe {
             self.keyframe_sent(due.unwrap_or(KeyframeCause::Periodic), now);
         } else {
             self.ask_camera_if_requested(due, now);
         }
-        self.publish(data, keyframe, timestamp);
+        self.publish(shared, keyframe, timestamp);
     }
 
     /// The policy says an IDR is due: a viewer's request goes to the camera; the camera keeps
@@ -579,7 +581,11 @@ impl MediaLoop {
                 }
                 self.publish(out.data, out.keyframe, timestamp);
             }
-            Ok(None) => {}
+            Ok(None) => {
+                self.counters
+                    .frames_encoder_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "encoding failed; frame skipped");
                 // A fresh encoder next time, starting with an IDR.
@@ -617,7 +623,7 @@ impl MediaLoop {
         });
     }
 
-    fn publish(&mut self, data: Bytes, keyframe: bool, timestamp: Duration) {
+    fn publish(&mut self, data: Arc<[u8]>, keyframe: bool, timestamp: Duration) {
         self.counters.frames_encoded.fetch_add(1, Ordering::Relaxed);
         // No receivers is fine (nobody watching); the frame is simply not kept.
         let _ = self.ports.frames.send(EncodedFrame {
@@ -819,7 +825,7 @@ mod tests {
         // A picture of an allowed size decodes and is encoded again.
         let mut enc = OpenH264Encoder::new(media.software).unwrap();
         let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
-        let small = enc.encode(&pic, 0, true).unwrap().unwrap().data;
+        let small = Bytes::copy_from_slice(&enc.encode(&pic, 0, true).unwrap().unwrap().data);
         let t1 = t0 + FRAME;
         media.handle_event(frame(Payload::H264(small), t1), t1);
         assert_eq!(media.oversize_sps, None);

@@ -235,7 +235,7 @@ mod tests {
         })
         .unwrap();
         let pic = I420::filled(160, 120, 80, 100, 150).unwrap();
-        let au = enc.encode(&pic, 0, true).unwrap().unwrap().data;
+        let au = Bytes::copy_from_slice(&enc.encode(&pic, 0, true).unwrap().unwrap().data);
         assert_eq!(largest_sps_dimensions([&au]), Some((160, 120)));
         let mut l = Latest::None;
         l.push_h264(au, true);

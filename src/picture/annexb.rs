@@ -5,6 +5,8 @@
 //! by SPS and PPS, as Safari/iOS and late joiners need, even when a camera sends them only once.
 //! Both are pure: bytes in, bytes out; they never panic on bad input.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 /// NAL unit types used here (ITU-T H.264 table 7-1).
@@ -498,51 +500,88 @@ impl ParamSetInserter {
 
     /// The access unit as it must be sent, and whether it is a keyframe (IDR).
     pub fn process(&mut self, au: Bytes) -> (Bytes, bool) {
-        let nals = nal_units(&au);
+        match self.scan(&au) {
+            Scan::AsIs { idr } => (au, idr),
+            Scan::Insert => (Bytes::from(self.with_param_sets(&au)), true),
+        }
+    }
+
+    /// [`process`](Self::process) for an access unit in a buffer the caller reuses: it is
+    /// copied once, into the `Arc<[u8]>` every consumer shares (str0m's writers take one).
+    pub fn process_shared(&mut self, au: &[u8]) -> (Arc<[u8]>, bool) {
+        match self.scan(au) {
+            Scan::AsIs { idr } => (Arc::from(au), idr),
+            Scan::Insert => (Arc::from(self.with_param_sets(au)), true),
+        }
+    }
+
+    /// Remembers the parameter sets in `au`; whether it must have them put in front.
+    fn scan(&mut self, au: &[u8]) -> Scan {
         let mut has_sps = false;
         let mut has_pps = false;
         let mut idr = false;
-        for n in &nals {
+        for n in nal_units(au) {
             match nal_type(n) {
                 Some(nal::SPS) => {
                     has_sps = true;
-                    self.sps = Some(Bytes::copy_from_slice(n));
+                    // Copied only when it changes (an encoder repeats the same ones per IDR).
+                    if self.sps.as_deref() != Some(n) {
+                        self.sps = Some(Bytes::copy_from_slice(n));
+                    }
                 }
                 Some(nal::PPS) => {
                     has_pps = true;
-                    self.pps = Some(Bytes::copy_from_slice(n));
+                    if self.pps.as_deref() != Some(n) {
+                        self.pps = Some(Bytes::copy_from_slice(n));
+                    }
                 }
                 Some(nal::IDR) => idr = true,
                 _ => {}
             }
         }
-        if !idr || (has_sps && has_pps) {
-            return (au, idr);
+        // Without parameter sets known yet, a decoder cannot use this IDR either.
+        if !idr || (has_sps && has_pps) || !self.ready() {
+            return Scan::AsIs { idr };
         }
-        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
-            // No parameter sets known yet: a decoder cannot use this IDR either.
-            return (au, idr);
-        };
-        let mut out = BytesMut::with_capacity(au.len() + sps.len() + pps.len() + 8);
+        Scan::Insert
+    }
+
+    /// `au` (an IDR) with the parameter sets it lacks put in front (after an AUD, if any).
+    fn with_param_sets(&self, au: &[u8]) -> Vec<u8> {
+        let nals = nal_units(au);
+        let has = |t| nals.iter().any(|n| nal_type(n) == Some(t));
+        let (sps, pps) = (
+            self.sps.as_deref().unwrap_or_default(),
+            self.pps.as_deref().unwrap_or_default(),
+        );
+        let mut out = Vec::with_capacity(au.len() + sps.len() + pps.len() + 8);
         // Keep an AUD first if there is one.
-        let mut rest: &[u8] = &au;
+        let mut rest = au;
         if nals.first().and_then(|n| nal_type(n)) == Some(nal::AUD) {
-            if let Some((sc, _)) = start_codes(&au, 0).nth(1) {
+            if let Some((sc, _)) = start_codes(au, 0).nth(1) {
                 out.extend_from_slice(&au[..sc]);
                 rest = &au[sc..];
             }
         }
-        if !has_sps {
+        if !has(nal::SPS) {
             out.extend_from_slice(&START_CODE);
             out.extend_from_slice(sps);
         }
-        if !has_pps {
+        if !has(nal::PPS) {
             out.extend_from_slice(&START_CODE);
             out.extend_from_slice(pps);
         }
         out.extend_from_slice(rest);
-        (out.freeze(), true)
+        out
     }
+}
+
+/// What [`ParamSetInserter::scan`] found an access unit needs.
+enum Scan {
+    /// Sent as it is; `idr` says whether it is a keyframe.
+    AsIs { idr: bool },
+    /// An IDR that lacks SPS or PPS, which are known: they go in front.
+    Insert,
 }
 
 #[cfg(test)]
@@ -750,6 +789,14 @@ mod tests {
         assert!(key);
         let types: Vec<u8> = nal_units(&idr).iter().filter_map(|n| nal_type(n)).collect();
         assert_eq!(types, vec![nal::AUD, nal::SPS, nal::PPS, nal::IDR]);
+        // The shared form gives the same bytes.
+        let bare_idr = [n(0x09, &[0x10]), n(0x65, &[0x88, 9])].concat();
+        let (shared, key) = ins.process_shared(&bare_idr);
+        assert!(key);
+        assert_eq!(&shared[..], &idr[..]);
+        let (shared, key) = ins.process_shared(&aus[1]);
+        assert!(!key);
+        assert_eq!(&shared[..], &aus[1][..]);
     }
 
     proptest! {

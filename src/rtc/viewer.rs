@@ -35,10 +35,10 @@ pub struct VideoFrame {
 }
 
 impl VideoFrame {
-    /// Share `frame`'s bytes once for every viewer.
+    /// `frame` as viewers are written it: its bytes shared as they are (no copy).
     pub fn new(frame: &EncodedFrame) -> Self {
         Self {
-            data: std::sync::Arc::from(&frame.data[..]),
+            data: frame.data.clone(),
             keyframe: frame.keyframe,
             ticks: (frame.timestamp.as_micros() * 9 / 100) as u64,
         }

@@ -949,7 +949,7 @@ mod tests {
         }
         data.extend(std::iter::repeat_n(n as u8 | 1, 3000));
         EncodedFrame {
-            data: Bytes::from(data),
+            data: std::sync::Arc::from(data),
             keyframe,
             timestamp: Duration::from_millis(n * 100),
         }

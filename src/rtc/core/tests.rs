@@ -384,7 +384,7 @@ fn fake_frame(n: u64, keyframe: bool) -> EncodedFrame {
         d.extend(std::iter::repeat_n(0x22, 800));
     }
     EncodedFrame {
-        data: Bytes::from(d),
+        data: std::sync::Arc::from(d),
         keyframe,
         timestamp: Duration::from_millis(n * 33),
     }
