@@ -503,8 +503,9 @@ pub struct AudioConfig {
     pub channels: u32,
     /// Opus bitrate in kbit/s.
     pub bitrate_kbps: u32,
-    /// Opus encoder complexity, 0 (cheapest) to 10 (best): 5 keeps a 48 kHz encode under
-    /// 2 % of one core (bench/audio) at little loss for speech at 32 kbit/s.
+    /// Opus encoder complexity, 0 (cheapest) to 10 (best). With in-band FEC a 48 kHz mono
+    /// encode at 5 took about 1.7 % of an x86 core in libopus alone, 3 % for the audio
+    /// thread on a loaded machine; 0 about half that (docs/BENCHMARKS.md, bench/audio).
     pub complexity: u32,
     /// The `exec` source: argv of a program (no shell) that writes audio to stdout.
     pub exec: Vec<String>,

@@ -514,6 +514,7 @@ impl Generation {
             media: media.clone(),
             mjpeg,
             rtsp: rtsp.as_ref().map(|(counters, _)| counters.clone()),
+            audio: audio.clone(),
             remotes: remotes.clone(),
         };
         let http_port = self.start_http(config, http, auth, signaling, Some(camera))?;

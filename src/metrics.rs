@@ -9,6 +9,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::audio::{AudioReport, AudioStatus};
 use crate::media::{CameraState, KeyframeCause, MediaCounters, MediaStatus, ENCODE_BUCKETS_MS};
 use crate::rtc::RtcStats;
 use crate::rtsp::RtspCounters;
@@ -32,6 +33,8 @@ pub struct Snapshot<'a> {
     pub rtsp: Option<&'a RtspCounters>,
     /// The `[[remote]]` hubs dialled out to (no series without any).
     pub remotes: &'a [RemoteStatus],
+    /// The audio pipeline's state and counters; `None` without `[audio]` (no series).
+    pub audio: Option<&'a AudioReport>,
 }
 
 /// Figures about the daemon process, read at scrape time by [`ProcessStats::sample`]. A
@@ -446,6 +449,36 @@ const METRICS: &[Metric] = &[
         help: "1 while an [ice] STUN server answers (or a TURN allocation holds), 0 while it fails or starts.",
         read: Read::Samples(ice_servers_up),
     },
+    Metric {
+        name: "snaprtcd_audio_state",
+        kind: Kind::Gauge,
+        help: "The audio capture's state: 1 for the current one (lost: the source is gone, silence is sent while it is retried).",
+        read: Read::Samples(audio_state),
+    },
+    Metric {
+        name: "snaprtcd_audio_frames_total",
+        kind: Kind::Counter,
+        help: "Opus frames (20 ms) encoded once and published to every listener, silence included.",
+        read: Read::Maybe(|s| s.audio.map(|a| a.frames as f64)),
+    },
+    Metric {
+        name: "snaprtcd_audio_silence_frames_total",
+        kind: Kind::Counter,
+        help: "Of the audio frames, silence sent while the source was lost.",
+        read: Read::Maybe(|s| s.audio.map(|a| a.silence as f64)),
+    },
+    Metric {
+        name: "snaprtcd_audio_losses_total",
+        kind: Kind::Counter,
+        help: "Times the audio source was lost (or could not be opened).",
+        read: Read::Maybe(|s| s.audio.map(|a| a.losses as f64)),
+    },
+    Metric {
+        name: "snaprtcd_audio_listeners",
+        kind: Kind::Gauge,
+        help: "Subscriptions to the audio frames: one per RTSP session playing audio, one for all WebRTC viewers taking audio.",
+        read: Read::Maybe(|s| s.audio.map(|a| a.listeners as f64)),
+    },
 ];
 
 /// The labels naming one remote: `url="…",session="…"`.
@@ -564,6 +597,20 @@ fn camera_state(s: &Snapshot<'_>) -> Vec<Sample> {
         .map(|st| {
             let on = f64::from(u8::from(*st == camera.state));
             (format!("{{state=\"{}\"}}", st.as_str()), on)
+        })
+        .collect()
+}
+
+/// `snaprtcd_audio_state{state="…"}`: 1 for the audio thread's state, 0 for the others.
+fn audio_state(s: &Snapshot<'_>) -> Vec<Sample> {
+    let Some(audio) = s.audio else {
+        return Vec::new();
+    };
+    AudioStatus::STATES
+        .iter()
+        .map(|st| {
+            let on = f64::from(u8::from(*st == audio.status.state));
+            (format!("{{state=\"{st}\"}}"), on)
         })
         .collect()
 }
@@ -715,6 +762,7 @@ snaprtcd_camera_fps 29.5
             process,
             rtsp: None,
             remotes: &[],
+            audio: None,
         })
     }
 
@@ -742,6 +790,7 @@ snaprtcd_camera_fps 29.5
             process: &ProcessStats::default(),
             rtsp: None,
             remotes: &[],
+            audio: None,
         });
         let url = "url=\"turn:turn.example.org?transport=tcp\"";
         for line in [
@@ -752,6 +801,50 @@ snaprtcd_camera_fps 29.5
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn audio_has_a_state_frames_and_listeners_only_when_on() {
+        let (rtc, media) = (RtcStats::default(), MediaCounters::default());
+        let signaling = SignalingStats::default();
+        let audio = AudioReport {
+            status: AudioStatus {
+                state: "lost",
+                source: "alsa hw:CARD=C920,DEV=0".into(),
+            },
+            channels: 1,
+            frames: 500,
+            silence: 50,
+            losses: 1,
+            listeners: 3,
+        };
+        let process = ProcessStats::default();
+        let snapshot = |audio| Snapshot {
+            rtc: &rtc,
+            media: &media,
+            camera: None,
+            signaling: &signaling,
+            process: &process,
+            rtsp: None,
+            remotes: &[],
+            audio,
+        };
+        let text = render(&snapshot(Some(&audio)));
+        for line in [
+            "snaprtcd_audio_state{state=\"lost\"} 1",
+            "snaprtcd_audio_state{state=\"capturing\"} 0",
+            "snaprtcd_audio_frames_total 500",
+            "snaprtcd_audio_silence_frames_total 50",
+            "snaprtcd_audio_losses_total 1",
+            "snaprtcd_audio_listeners 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let text = render(&snapshot(None));
+        assert!(
+            !text.lines().any(|l| l.starts_with("snaprtcd_audio")),
+            "no samples without audio:\n{text}"
+        );
     }
 
     #[test]
@@ -777,6 +870,7 @@ snaprtcd_camera_fps 29.5
             process: &ProcessStats::default(),
             rtsp: None,
             remotes: &remotes,
+            audio: None,
         });
         let labels = "url=\"https://hub.example.com\",session=\"dev-1\"";
         assert!(
@@ -852,6 +946,7 @@ snaprtcd_camera_fps 29.5
             process: &ProcessStats::default(),
             rtsp: None,
             remotes: &[],
+            audio: None,
         });
         assert!(
             text.contains("\nsnaprtcd_role{role=\"relay\"} 1\n"),

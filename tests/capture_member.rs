@@ -80,6 +80,7 @@ async fn start(join: JoinSessions) -> (std::net::SocketAddr, CancellationToken) 
             mjpeg: snaprtcd::http::mjpeg::channel(media.clone(), 5, 8).0,
             media,
             rtsp: None,
+            audio: None,
             remotes: Default::default(),
         }),
     });

@@ -586,3 +586,98 @@ fn the_test_tone_is_an_opus_track_ffprobe_sees_and_ffmpeg_decodes_at_1_khz() {
         );
     }
 }
+
+/// `name`'s value in a `/metrics` body (`name` with its labels, as printed).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn an_audio_only_client_forces_no_idr_and_shows_in_health_and_metrics() {
+    let (d, addr) = start("[audio]\nsource = \"test\"\n");
+    let metrics = || {
+        let r = d.http("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        r.text()
+    };
+    let health = || -> serde_json::Value {
+        let r = d.http("GET /health HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n");
+        serde_json::from_slice(&r.body).expect("JSON")
+    };
+    // Nobody listens yet: the tone is read and dropped, nothing encoded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = health();
+        if h["audio"]["state"] == "capturing" {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(h["audio"]["source"], "test tone", "{h}");
+    assert_eq!(h["audio"]["listeners"], 0, "{h}");
+    assert_eq!(h["audio"]["frames"], 0, "{h}");
+    let mut c = Conn::open(addr);
+    let a = c.request(&format!(
+        "DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+        url(addr)
+    ));
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = c.request(&format!(
+        "SETUP {}/trackID=1 RTSP/1.0\r\nCSeq: 2\r\nTransport: RTP/AVP/TCP;unicast;interleaved=2-3\r\n\r\n",
+        url(addr)
+    ));
+    assert_eq!(a.status, 200, "{a:?}");
+    let session = a.header("Session")[0].split(';').next().unwrap().to_owned();
+    let a = c.request(&format!(
+        "PLAY {} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n",
+        url(addr)
+    ));
+    assert_eq!(a.status, 200, "{a:?}");
+    // Opus RTP arrives on channel 2 (its keyframe request, had it made one, was queued before).
+    while c.buf.len() < 4 {
+        assert!(c.fill(), "audio RTP");
+    }
+    assert_eq!(&c.buf[..2], b"$\x02", "{:?}", &c.buf[..4]);
+    // Three more camera frames: the encoder stays idle for this listener (no video receiver
+    // after PLAY; at most the frame in hand when it let go is encoded), so no IDR either.
+    let text = metrics();
+    let captured = metric(&text, "snaprtcd_frames_captured_total").unwrap();
+    let encoded = metric(&text, "snaprtcd_frames_encoded_total").unwrap();
+    // DESCRIBE woke the encoder for SPS/PPS: that IDR is counted already.
+    let new_viewer = "snaprtcd_keyframes_total{cause=\"new_viewer\"}";
+    let idrs = metric(&text, new_viewer).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics();
+        if metric(&text, "snaprtcd_frames_captured_total").unwrap() >= captured + 3.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the camera stalled:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metric(&text, "snaprtcd_frames_encoded_total").unwrap() <= encoded + 1.0,
+        "an audio-only listener keeps the H.264 encoder running:\n{text}"
+    );
+    assert_eq!(
+        metric(&text, new_viewer),
+        Some(idrs),
+        "an audio-only listener needs no IDR:\n{text}"
+    );
+    assert_eq!(metric(&text, "snaprtcd_audio_listeners"), Some(1.0));
+    assert_eq!(
+        metric(&text, "snaprtcd_audio_state{state=\"capturing\"}"),
+        Some(1.0)
+    );
+    assert!(metric(&text, "snaprtcd_audio_frames_total").unwrap() >= 1.0);
+    let h = health();
+    let audio = &h["audio"];
+    assert_eq!(audio["state"], "capturing", "{h}");
+    assert_eq!(audio["listeners"], 1, "{h}");
+    assert_eq!(audio["channels"], 1, "{h}");
+    assert_eq!(audio["losses"], 0, "{h}");
+    assert!(audio["frames"].as_u64().unwrap() >= 1, "{h}");
+}

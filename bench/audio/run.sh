@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
 # Audio benchmark (issue 15 item 6; a benchmark, not a test: never run by CI or tests/run).
 #
-# 1. Capture + Opus encode: the daemon with [audio] source = "test" (the tone generator stands in
-#    for the sound card; it costs more than an ALSA read, a sine per sample) at 48 kHz, mono and
-#    stereo, 32 kbit/s, with one RTSP listener taking the audio track only (the encoder runs only
-#    while someone listens). The `audio` thread's CPU (utime+stime of /proc/PID/task/TID/stat)
-#    over AB_WINDOW seconds (default 10) after AB_WARMUP (3).
-# 2. The extra cost per listener: the whole process's CPU with 1 and with AB_CLIENTS (default
-#    16) RTSP clients that set up the audio track only (`ffmpeg -allowed_media_types audio`),
-#    the slope per client. (The camera is a 320x240@15 test pattern in every run; RTSP clients
-#    still subscribe to video for DESCRIBE's SPS/PPS, so the slope includes skipping video
-#    frames they did not set up: an upper bound for audio alone.)
+# The daemon (a RELEASE build unless SNAPRTCD_BIN says otherwise) with [audio] source = "test"
+# (the tone generator stands in for the sound card; it costs more than an ALSA read, a sine per
+# sample), 48 kHz, 32 kbit/s, and a 320x240@15 test-pattern camera. Listeners are ffmpeg RTSP
+# clients that set up the audio track only (`-allowed_media_types audio`); they do not keep the
+# H.264 encoder running, so the video threads stay idle and what grows with listeners is audio.
 #
-#   bench/audio/run.sh                  # a release build of this checkout
+# CPU is read per thread from /proc/PID/task/TID/stat (utime+stime) over AB_WINDOW seconds
+# (default 10) after AB_WARMUP (3), grouped by thread name:
+#   audio     the capture + Opus encode thread (one, whatever the listener count)
+#   runtime   the tokio workers ("snaprtcd"): the fan-out, RTP packetising, socket writes
+#   video     "capture" and "media" (should be ~0: nobody watches video)
+#   daemon    the whole process
+# and printed as % of one core.
+#
+# 1. Capture + encode, mono and stereo, at Opus complexity AB_COMPLEXITIES (default "0 5 10";
+#    5 is the default of [audio] complexity; AB_COMPLEXITIES= skips this part), one listener.
+# 2. Fan-out: mono at the default complexity with AB_LISTENERS (default "0 1 5 20") listeners,
+#    the cost of the first listener (0 -> 1: the encoder starts) and the slope per extra
+#    listener (1 -> the last count: the fan-out alone).
+#
+#   flock /work/coord/bench.lock bench/audio/run.sh    # a release build of this checkout
 #   SNAPRTCD_BIN=target/debug/snaprtcd bench/audio/run.sh
-# Needs ffmpeg. Prints "% of one core" lines; details of each run go to stderr.
+# Needs ffmpeg. Prints a table; details of each run go to stderr.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 window="${AB_WINDOW:-10}"
 warmup="${AB_WARMUP:-3}"
-clients="${AB_CLIENTS:-16}"
+complexities="${AB_COMPLEXITIES-0 5 10}"
+listeners="${AB_LISTENERS:-0 1 5 20}"
 bin="${SNAPRTCD_BIN:-}"
 if [ -z "$bin" ]; then
   (cd "$root" && cargo build --release --locked --bin snaprtcd)
@@ -32,9 +42,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
 trap cleanup EXIT
 
-ticks() { awk '{print $14 + $15}' "$1"; }
-
-# start CHANNELS: the daemon on free ports; sets $pid and $rtsp.
+# start CHANNELS COMPLEXITY: the daemon on free ports; sets $pid and $rtsp.
 start() {
   cat >"$dir/snaprtcd.toml" <<TOML
 [server]
@@ -52,11 +60,14 @@ max_clients = 64
 [audio]
 source = "test"
 channels = $1
+complexity = $2
 [mdns]
 enabled = false
 TOML
+  : >"$dir/log"
   "$bin" --config "$dir/snaprtcd.toml" 2>"$dir/log" &
   pid=$!; pids+=("$pid")
+  rtsp=
   for _ in $(seq 1 100); do
     rtsp=$(sed -n 's/.*rtsp listening.*addr=\([0-9.:]*\).*/\1/p' "$dir/log" | head -n1)
     [ -n "$rtsp" ] && break
@@ -67,7 +78,8 @@ TOML
 
 # listen N: N audio-only RTSP readers.
 listen() {
-  for _ in $(seq 1 "$1"); do
+  local i
+  for i in $(seq 1 "$1"); do
     ffmpeg -nostdin -v error -rtsp_transport tcp -allowed_media_types audio \
       -i "rtsp://$rtsp/stream" -c copy -f null - 2>>"$dir/ffmpeg.log" &
     pids+=("$!")
@@ -76,41 +88,76 @@ listen() {
 
 stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
-# measure FILE...: % of one core the sum of FILEs' ticks took over the window.
-measure() {
-  local a=0 b=0 f
-  for f in "$@"; do a=$((a + $(ticks "$f"))); done
-  local t0; t0=$(date +%s.%N)
-  sleep "$window"
-  for f in "$@"; do b=$((b + $(ticks "$f"))); done
-  awk -v a="$a" -v b="$b" -v t0="$t0" -v t1="$(date +%s.%N)" -v tck="$tck" \
-    'BEGIN { printf "%.2f", 100 * (b - a) / tck / (t1 - t0) }'
-}
-
-audio_task() {
-  local t
+# ticks: "audio runtime video daemon" CPU ticks of $pid now.
+ticks() {
+  local t name a=0 r=0 v=0 n
   for t in /proc/"$pid"/task/*; do
-    [ "$(cat "$t/comm")" = audio ] && { echo "$t/stat"; return; }
+    name=$(cat "$t/comm" 2>/dev/null) || continue
+    n=$(awk '{print $14 + $15}' "$t/stat" 2>/dev/null) || continue
+    case "$name" in
+      audio) a=$((a + n)) ;;
+      snaprtcd) r=$((r + n)) ;;
+      capture | media) v=$((v + n)) ;;
+    esac
   done
-  echo "bench/audio: no audio thread in $pid" >&2; exit 1
+  echo "$a $r $v $(awk '{print $14 + $15}' "/proc/$pid/stat")"
 }
 
+# measure: "audio runtime video daemon" as % of one core over the window.
+measure() {
+  local a b t0 t1
+  a=$(ticks); t0=$(date +%s.%N)
+  sleep "$window"
+  b=$(ticks); t1=$(date +%s.%N)
+  awk -v a="$a" -v b="$b" -v t0="$t0" -v t1="$t1" -v tck="$tck" 'BEGIN {
+    split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= 4; i++) printf "%s%.2f", (i > 1 ? " " : ""), 100 * (y[i] - x[i]) / tck / (t1 - t0);
+    printf "\n" }'
+}
+
+# connected: RTSP sessions the daemon holds now (established TCP connections to its port;
+# printed after the window, so a listener that failed shows).
+connected() {
+  local port=${rtsp##*:}
+  ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l
+}
+
+echo "# bench/audio: $(basename "$bin"), ${window} s windows, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# % of one core: audio thread | tokio runtime | video threads | whole daemon"
+echo "## 1. capture + Opus encode (48 kHz, 32 kbit/s, 1 RTSP listener)"
+printf '%-8s %-10s %7s %8s %6s %7s\n' channels complexity audio runtime video daemon
 for ch in 1 2; do
-  start "$ch"; listen 1; sleep "$warmup"
-  name=$([ "$ch" = 1 ] && echo mono || echo stereo)
-  echo "capture + Opus encode, 48 kHz $name, 32 kbit/s: $(measure "$(audio_task)") % of one core (the audio thread)"
-  stop
+  for cx in $complexities; do
+    start "$ch" "$cx"; listen 1; sleep "$warmup"
+    read -r a r v d < <(measure)
+    printf '%-8s %-10s %7s %8s %6s %7s\n' "$ch" "$cx" "$a" "$r" "$v" "$d"
+    stop
+  done
 done
 
-start 1
-listen 1; sleep "$warmup"
-one=$(measure "/proc/$pid/stat")
-stop
-start 1
-listen "$clients"; sleep "$warmup"
-many=$(measure "/proc/$pid/stat")
-echo "whole daemon (320x240@15 testsrc + mono audio): 1 audio listener $one %, $clients listeners $many % of one core"
-awk -v a="$one" -v b="$many" -v n="$clients" \
-  'BEGIN { printf "extra cost per audio listener (RTSP, slope 1 -> %d): %.3f %% of one core\n", n, (b - a) / (n - 1) }'
-stop
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "## 2. fan-out: mono, complexity 5, N audio-only RTSP listeners"
+printf '%-9s %9s %7s %8s %6s %7s\n' listeners connected audio runtime video daemon
+declare -A cpu=()
+for n in $listeners; do
+  start 1 5; listen "$n"
+  # ffmpeg starts slowly on a busy machine: measure once all N are connected.
+  for _ in $(seq 1 600); do [ "$(connected)" -ge "$n" ] && break; sleep 0.1; done
+  sleep "$warmup"
+  read -r a r v d < <(measure)
+  c=$(connected)
+  printf '%-9s %9s %7s %8s %6s %7s\n' "$n" "$c" "$a" "$r" "$v" "$d"
+  cpu[$n]=$d
+  stop
+done
+# The first listener starts the encoder; the slope from there on is the fan-out alone.
+set -- $listeners
+shift $(($# - 1)); top=$1
+if [ -n "${cpu[0]:-}" ] && [ -n "${cpu[1]:-}" ]; then
+  awk -v a="${cpu[0]}" -v b="${cpu[1]}" \
+    'BEGIN { printf "first listener (starts the encode), whole daemon 0 -> 1: %.2f %% of one core\n", b - a }'
+fi
+if [ -n "${cpu[1]:-}" ] && [ "$top" -gt 1 ]; then
+  awk -v a="${cpu[1]}" -v b="${cpu[$top]}" -v n="$top" \
+    'BEGIN { printf "each extra listener, whole daemon 1 -> %d: %.3f %% of one core\n", n, (b - a) / (n - 1) }'
+fi
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -142,6 +142,29 @@ pub struct AudioStatus {
     pub source: String,
 }
 
+impl AudioStatus {
+    /// Every [`state`](Self::state), in the order `/metrics` lists them.
+    pub const STATES: [&'static str; 4] = ["starting", "capturing", "lost", "stopped"];
+}
+
+/// The audio pipeline's state and counters at one instant, for `/health` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AudioReport {
+    /// The state and the source's name.
+    pub status: AudioStatus,
+    /// Channels captured (1 or 2).
+    pub channels: u32,
+    /// Opus frames published (captured and silence).
+    pub frames: u64,
+    /// Of those, silence sent while the source was gone.
+    pub silence: u64,
+    /// Times the source was lost.
+    pub losses: u64,
+    /// Subscriptions to the frames now: one per RTSP session playing the audio track, and one
+    /// for the WebRTC engine while any viewer takes audio (it fans out to all of them).
+    pub listeners: u64,
+}
+
 /// Counters the audio thread bumps.
 #[derive(Debug, Default)]
 pub struct AudioCounters {
@@ -209,6 +232,26 @@ impl AudioHandle {
     /// The audio state now.
     pub fn status(&self) -> AudioStatus {
         self.status.borrow().clone()
+    }
+
+    /// Subscriptions to the frames now (0 once the thread has stopped).
+    pub fn listeners(&self) -> u64 {
+        self.frames
+            .upgrade()
+            .map_or(0, |tx| tx.receiver_count() as u64)
+    }
+
+    /// The state and counters now.
+    pub fn report(&self) -> AudioReport {
+        let c = &self.counters;
+        AudioReport {
+            status: self.status(),
+            channels: self.channels,
+            frames: c.frames.load(Ordering::Relaxed),
+            silence: c.silence.load(Ordering::Relaxed),
+            losses: c.losses.load(Ordering::Relaxed),
+            listeners: self.listeners(),
+        }
     }
 
     /// The thread's counters.
@@ -575,8 +618,17 @@ mod tests {
             "{hz} Hz"
         );
         assert_eq!(audio.status().state, "capturing");
+        let report = audio.report();
+        assert_eq!(report.status.source, "test tone");
+        assert_eq!(report.listeners, 2, "a and b");
+        assert!(report.frames >= 50, "{report:?}");
+        assert_eq!((report.silence, report.losses, report.channels), (0, 0, 1));
+        drop(b);
+        assert_eq!(audio.listeners(), 1);
         cancel.cancel();
         guard.join();
+        assert_eq!(audio.report().status.state, "stopped");
+        assert_eq!(audio.listeners(), 0, "the thread is gone");
     }
 
     /// The strongest frequency in `x` by a plain DFT scan over 100..4000 Hz, 5 Hz apart.

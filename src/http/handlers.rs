@@ -37,6 +37,11 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         .as_ref()
         .map(|c| c.remotes.statuses())
         .unwrap_or_default();
+    let audio = state
+        .camera
+        .as_ref()
+        .and_then(|c| c.audio.as_ref())
+        .map(crate::audio::AudioHandle::report);
     let body = crate::metrics::render(&crate::metrics::Snapshot {
         rtc: &rtc,
         media: state
@@ -48,6 +53,7 @@ pub(super) async fn metrics(state: &AppState) -> Response<Body> {
         process: &crate::metrics::ProcessStats::sample(),
         rtsp: state.camera.as_ref().and_then(|c| c.rtsp.as_deref()),
         remotes: &remotes,
+        audio: audio.as_ref(),
     });
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(
@@ -157,6 +163,9 @@ pub(super) async fn health_json(state: &AppState) -> Response<Body> {
         fields.insert("viewers".into(), rtc.viewers.into());
         fields.insert("max_viewers".into(), camera.rtc.max_viewers().into());
         fields.insert("camera".into(), camera_json(&camera.media.status()));
+        if let Some(audio) = &camera.audio {
+            fields.insert("audio".into(), audio_json(&audio.report()));
+        }
         let remotes = camera.remotes.statuses();
         if !remotes.is_empty() {
             fields.insert(
@@ -196,6 +205,19 @@ fn ice_json(ice: &crate::config::IceConfig, rtc: &crate::rtc::RtcStats) -> serde
         "mode": if ice.full_ice() { "full" } else { "lite" },
         "servers": servers,
         "viewer_pairs": pairs,
+    })
+}
+
+/// The audio thread: state (`starting`, `capturing`, `lost`, `stopped`), source, counters.
+fn audio_json(a: &crate::audio::AudioReport) -> serde_json::Value {
+    serde_json::json!({
+        "state": a.status.state,
+        "source": a.status.source,
+        "channels": a.channels,
+        "frames": a.frames,
+        "silence_frames": a.silence,
+        "losses": a.losses,
+        "listeners": a.listeners,
     })
 }
 

@@ -72,6 +72,9 @@ pub struct CameraServices {
     pub mjpeg: mjpeg::Mjpeg,
     /// The RTSP server's counters for `/metrics`; `None` with `[rtsp] enabled = false`.
     pub rtsp: Option<Arc<crate::rtsp::RtspCounters>>,
+    /// The audio pipeline (state and counters for `/health` and `/metrics`); `None` without
+    /// `[audio]`.
+    pub audio: Option<crate::audio::AudioHandle>,
     /// The `[[remote]]` hubs dialled out to (state for `/health`, `/metrics` and the status
     /// line); empty without any.
     pub remotes: crate::signaling::dialout::DialoutHandle,

@@ -365,6 +365,8 @@ impl Connection {
         let mut sub: Option<FrameSubscriber> = None;
         let mut udp: Option<UdpPair> = None;
         let mut audio_sub: Option<AudioSubscriber> = None;
+        // Frames skipped by a video subscription this session dropped (audio only).
+        let mut skipped = 0;
         let mut audio_udp: Option<UdpPair> = None;
         let mut queue = SendQueue::default();
         let mut read_buf = vec![0u8; READ_CHUNK];
@@ -393,6 +395,9 @@ impl Connection {
                         if sub.is_none() {
                             sub = Some(self.media.subscribe());
                         }
+                    }
+                    Output::Unsubscribe => {
+                        skipped += sub.take().map_or(0, |s| s.skipped());
                     }
                     Output::RequestKeyframe => {
                         self.media.request_keyframe(KeyframeCause::NewViewer);
@@ -492,7 +497,9 @@ impl Connection {
             }
         };
         result?;
-        Ok(sub.as_ref().map_or(0, FrameSubscriber::skipped) + session.stats().frames_skipped)
+        Ok(skipped
+            + sub.as_ref().map_or(0, FrameSubscriber::skipped)
+            + session.stats().frames_skipped)
     }
 }
 

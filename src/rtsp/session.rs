@@ -108,6 +108,9 @@ pub enum Output {
     },
     /// Start feeding this session the encoded frames (the first frames subscription).
     Subscribe,
+    /// Stop feeding this session the encoded frames: it plays the audio track only (DESCRIBE
+    /// subscribed to learn SPS/PPS; an audio listener should not wake for every video frame).
+    Unsubscribe,
     /// Start feeding this session the audio frames ([`Session::handle_audio`]).
     SubscribeAudio,
     /// Ask the pipeline for an IDR (a client is about to play).
@@ -792,8 +795,14 @@ impl Session {
         if !self.playing {
             self.playing = true;
             self.waiting_for_keyframe = true;
-            self.subscribe();
-            self.outputs.push_back(Output::RequestKeyframe);
+            if self.transport.is_some() {
+                self.subscribe();
+                self.outputs.push_back(Output::RequestKeyframe);
+            } else if self.subscribed {
+                // Audio only: no video frames to wake for, no IDR to ask the encoder for.
+                self.subscribed = false;
+                self.outputs.push_back(Output::Unsubscribe);
+            }
             if audio_set_up {
                 self.outputs.push_back(Output::SubscribeAudio);
             }
@@ -1094,6 +1103,39 @@ mod tests {
         assert!(matches!(&out[0], Output::Send(b) if b.starts_with(b"RTSP/1.0 200 OK\r\nCSeq: 5")));
         assert_eq!(out[1], Output::Close);
         assert!(h.s.is_closed());
+    }
+
+    #[test]
+    fn an_audio_only_client_drops_the_video_subscription_and_asks_no_keyframe() {
+        let mut st = settings(None);
+        st.audio = Some(AudioTrack {
+            ssrc: 0xa0d1_0001,
+            first_seq: 7,
+            rtp_time_base: 5000,
+            channels: 1,
+        });
+        let now = st.start;
+        let mut h = Harness {
+            s: Session::new(st, now),
+            now,
+        };
+        // DESCRIBE subscribed to the frames for SPS/PPS; only the audio track is set up.
+        h.describe();
+        let r = h.request("SETUP rtsp://127.0.0.1:8554/stream/trackID=1 RTSP/1.0\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=2-3\r\n\r\n");
+        assert!(r.contains("interleaved=2-3"), "{r}");
+        let out = h.send(
+            "PLAY rtsp://127.0.0.1:8554/stream/ RTSP/1.0\r\nCSeq: 4\r\nSession: 5e55\r\n\r\n",
+        );
+        assert!(matches!(out[0], Output::Send(_)), "{out:?}");
+        // No video frame wakes this session again, and no IDR is forced for it.
+        assert_eq!(out[1..], [Output::Unsubscribe, Output::SubscribeAudio]);
+        let f = AudioFrame {
+            data: Bytes::from_static(&[0xf8, 1, 2, 3]),
+            timestamp: Duration::from_millis(20),
+            samples: 960,
+        };
+        h.s.handle_audio(&f, h.now);
+        assert_eq!(interleaved_channels(&h.drain()), [2, 3]);
     }
 
     #[test]
