@@ -32,7 +32,7 @@ pub enum LogError {
 /// an `info` device log (a journal on an SD card) holds snaprtcd's lines, not theirs.
 const QUIET_CRATES: [&str; 2] = ["turn_client_proto", "stun_proto"];
 
-/// `filter` with `crate=warn` added for each of [`QUIET_CRATES`] it does not name.
+/// `filter` with `crate=warn` added for each of the quiet crates it does not name.
 pub fn with_quiet_crates(filter: &str) -> String {
     let mut out = filter.trim().to_owned();
     for krate in QUIET_CRATES {

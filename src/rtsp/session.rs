@@ -1105,8 +1105,8 @@ mod tests {
         assert!(h.s.is_closed());
     }
 
-    #[test]
-    fn an_audio_only_client_drops_the_video_subscription_and_asks_no_keyframe() {
+    /// A session whose stream has a mono Opus track beside the video.
+    fn audio_harness() -> Harness {
         let mut st = settings(None);
         st.audio = Some(AudioTrack {
             ssrc: 0xa0d1_0001,
@@ -1115,10 +1115,15 @@ mod tests {
             channels: 1,
         });
         let now = st.start;
-        let mut h = Harness {
+        Harness {
             s: Session::new(st, now),
             now,
-        };
+        }
+    }
+
+    #[test]
+    fn an_audio_only_client_drops_the_video_subscription_and_asks_no_keyframe() {
+        let mut h = audio_harness();
         // DESCRIBE subscribed to the frames for SPS/PPS; only the audio track is set up.
         h.describe();
         let r = h.request("SETUP rtsp://127.0.0.1:8554/stream/trackID=1 RTSP/1.0\r\nCSeq: 3\r\nTransport: RTP/AVP/TCP;unicast;interleaved=2-3\r\n\r\n");
@@ -1140,18 +1145,7 @@ mod tests {
 
     #[test]
     fn audio_is_a_second_track_on_channels_2_and_3_with_48_khz_rtp_time_and_its_own_report() {
-        let mut st = settings(None);
-        st.audio = Some(AudioTrack {
-            ssrc: 0xa0d1_0001,
-            first_seq: 7,
-            rtp_time_base: 5000,
-            channels: 1,
-        });
-        let now = st.start;
-        let mut h = Harness {
-            s: Session::new(st, now),
-            now,
-        };
+        let mut h = audio_harness();
         let sdp = h.describe();
         assert!(
             sdp.contains("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\n"),
