@@ -113,6 +113,67 @@ fn sighup_applies_camera_and_server_changes_by_restarting_the_services_in_proces
     );
 }
 
+/// One request on a fresh connection; `None` when the connection closed without a response.
+fn status_or_closed(addr: std::net::SocketAddr) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let head = String::from_utf8_lossy(&raw);
+    head.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+#[test]
+fn requests_that_arrive_while_a_reload_restarts_the_services_are_answered() {
+    let mut d = Daemon::start("");
+    let path = d.dir.path("snaprtcd.toml");
+    let good = std::fs::read_to_string(&path).expect("read config");
+    let other = good.replace("fps = 15", "fps = 10");
+    assert_ne!(other, good);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Clients that keep opening connections, so some are accepted by the server being stopped
+    // before it has read their request.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (d.addr, stop.clone());
+            std::thread::spawn(move || {
+                let (mut answered, mut closed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match status_or_closed(addr) {
+                        Some(200) => answered += 1,
+                        Some(other) => panic!("/health answered {other}"),
+                        None => closed += 1,
+                    }
+                }
+                (answered, closed)
+            })
+        })
+        .collect();
+    for round in 0..10 {
+        let from = d.log.len();
+        std::fs::write(&path, if round % 2 == 0 { &other } else { &good }).expect("write");
+        d.signal("HUP");
+        d.wait_for_log_from(from, "services restarted", WAIT);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut answered, mut closed) = (0, 0);
+    for c in clients {
+        let (a, c) = c.join().expect("client");
+        answered += a;
+        closed += c;
+    }
+    assert!(answered > 0, "no request answered");
+    assert_eq!(
+        closed,
+        0,
+        "{closed} of {} requests got a closed connection across 10 reloads",
+        answered + closed
+    );
+}
+
 #[test]
 fn a_reload_that_cannot_start_goes_back_to_the_previous_config() {
     let mut d = Daemon::start("");

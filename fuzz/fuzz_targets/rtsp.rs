@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         s.handle_input(piece, now);
         assert!(s.buffered() <= max_request_bytes + read, "{} buffered", s.buffered());
         let frame = EncodedFrame {
-            data: Bytes::from_static(SPS_PPS_IDR),
+            data: std::sync::Arc::from(SPS_PPS_IDR),
             keyframe: i % 3 == 0,
             timestamp: now - start,
         };
@@ -89,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
                 Output::Close => closed = true,
                 Output::SendUdp { .. }
                 | Output::Subscribe
+                | Output::Unsubscribe
                 | Output::SubscribeAudio
                 | Output::RequestKeyframe => {}
             }

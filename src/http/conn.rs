@@ -106,6 +106,13 @@ impl Activity {
         };
     }
 
+    /// Whether a request head is owed: the connection is new, or bytes came after a response.
+    /// A request may then be on its way (even already in the socket), which a server that stops
+    /// should still read and answer. A query, not a `handle_*` input.
+    pub fn awaits_head(&self) -> bool {
+        matches!(self.phase, Phase::Head { .. })
+    }
+
     /// When the connection must be closed unless something happens first.
     pub fn poll_timeout(&self, t: &Timeouts) -> Option<Instant> {
         match self.phase {
@@ -264,6 +271,19 @@ mod tests {
         assert_eq!(a.poll_timeout(&T), Some(t0 + T.header_read));
         assert_eq!(a.expiry(t0 + Duration::from_secs(9), &T), None);
         assert_eq!(a.expiry(t0 + T.header_read, &T), Some(Expiry::HeaderRead));
+    }
+
+    #[test]
+    fn a_head_is_owed_by_a_new_connection_and_after_bytes_follow_a_response() {
+        let t0 = Instant::now();
+        let mut a = Activity::new(t0);
+        assert!(a.awaits_head(), "a new connection");
+        a.handle_request_start();
+        assert!(!a.awaits_head(), "serving");
+        a.handle_request_end(t0);
+        assert!(!a.awaits_head(), "idle after a response: nothing owed");
+        a.handle_read(t0);
+        assert!(a.awaits_head(), "the next request's first bytes");
     }
 
     #[test]

@@ -214,12 +214,44 @@ async fn serve_connection(
                 }
             }
             () = cancel.cancelled() => {
+                // A request on its way in is still answered (hyper's graceful shutdown would
+                // close a connection whose head it has not read yet): a reload, which stops
+                // this server for the next, must not turn a request into a closed connection.
+                if activity.with(|a| a.awaits_head())
+                    && !finish_head(conn.as_mut(), &activity).await
+                {
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 return;
             }
         }
     }
+}
+
+/// How long a stopping server waits for a connection's owed request head.
+const HEAD_GRACE: Duration = Duration::from_millis(500);
+
+/// Drive `conn` until its owed request head has been read, for at most [`HEAD_GRACE`]. `false`
+/// when the connection ended meanwhile.
+async fn finish_head<F: std::future::Future + ?Sized>(
+    mut conn: std::pin::Pin<&mut F>,
+    activity: &SharedActivity,
+) -> bool {
+    let head = async {
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => return false,
+                () = activity.changed() => {
+                    if !activity.with(|a| a.awaits_head()) {
+                        return true;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(HEAD_GRACE, head).await.unwrap_or(true)
 }
 
 async fn route(req: Request<Incoming>, server: &Server) -> Response<OutBody> {

@@ -107,7 +107,13 @@ impl Daemon {
 
     /// Wait for a log line containing `needle` (lines already seen count).
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
-        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+        self.wait_for_log_from(0, needle, timeout)
+    }
+
+    /// Wait for a log line containing `needle` among the lines from the `from`th on (`log.len()`
+    /// taken before an action: a line that action caused).
+    pub fn wait_for_log_from(&mut self, from: usize, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.log.iter().skip(from).find(|l| l.contains(needle)) {
             return line.clone();
         }
         let deadline = Instant::now() + timeout;
