@@ -7,9 +7,8 @@
 //! `vm_…` (ignored in a plain `cargo test`; `tests/vivid/run.sh` runs it in the VM with
 //! SNAPRTCD_VIVID=1): real ALSA. `snd-aloop` is loaded, `aplay` plays a 1 kHz sine into the
 //! loopback's playback side and the audio thread captures the other side; the tone is in the
-//! Opus frames every receiver gets and reaches ffmpeg over RTSP, within 2 %. (The str0m peer
-//! is the in-process test above: under software emulation a debug-build DTLS handshake costs
-//! minutes of the CI budget.) The card is then unplugged (its platform
+//! Opus frames every receiver gets and reaches ffmpeg over RTSP and a str0m peer over WebRTC,
+//! within 2 %. The card is then unplugged (its platform
 //! device unbound, then `rmmod snd-aloop`): silence flows, nothing crashes; `modprobe` brings
 //! it back and the tone resumes by itself.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
@@ -431,6 +430,35 @@ async fn vm_alsa_loopback_tone_reaches_rtsp_and_survives_unplugging() {
     let hz = dominant_hz(&over_rtsp[24_000..]);
     eprintln!("{}: alsa loopback -> RTSP (ffmpeg): {hz} Hz", at());
     assert!((hz - 1000.0).abs() <= 20.0, "ffmpeg hears {hz} Hz");
+
+    // And over WebRTC: a str0m peer (a browser's part) offers audio and decodes the track.
+    let engine = Engine::bind(support::loopback_settings(), media.clone())
+        .await
+        .unwrap()
+        .with_audio(sound.clone());
+    let rtc = engine.handle();
+    tokio::spawn(engine.run(cancel.clone()));
+    let (mut p, offer, pending) = peer(true).await;
+    let answer = rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    assert!(answer.sdp.contains("opus/48000/2"), "{}", answer.sdp);
+    p.accept(pending, &answer.sdp);
+    let mut peer_dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut over_webrtc: Vec<f32> = Vec::new();
+    p.drive(Duration::from_secs(120), |_, e| {
+        if let Event::MediaData(d) = e {
+            if d.params.spec().codec == str0m::format::Codec::Opus {
+                let mut pcm = vec![0f32; 5760];
+                let n = peer_dec.decode_float(&d.data, &mut pcm, false).unwrap();
+                over_webrtc.extend_from_slice(&pcm[..n]);
+            }
+        }
+        over_webrtc.len() >= 57_600
+    })
+    .await;
+    let hz = dominant_hz(&over_webrtc[9_600..]);
+    eprintln!("{}: alsa loopback -> WebRTC (str0m peer): {hz} Hz", at());
+    assert!((hz - 1000.0).abs() <= 20.0, "the str0m peer hears {hz} Hz");
+    drop(p);
 
     // Unplug: the card disconnects under the open stream (as a USB microphone's does).
     let mut sub = sound.subscribe();
