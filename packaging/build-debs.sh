@@ -5,13 +5,6 @@
 #
 #   packaging/build-debs.sh [--install] [--profile P] [ARCH...]   ARCH: amd64 arm64 armhf (default: all)
 #   packaging/build-debs.sh --assets-only            only the generated assets (below)
-#   packaging/build-debs.sh [--install] --tools-only [ARCH...]    only what --install fetches
-#   packaging/build-debs.sh --compile-only [--profile P] [ARCH...]   only the cargo builds
-#
-# Builds with --target (every architecture but a dev build for the host's own) go to
-# target/cross/ (CARGO_TARGET_DIR): cargo locks a target directory while it builds, and
-# tests/run compiles the arm packages in the background (--compile-only) while other suites
-# build and test in target/.
 #
 # --profile P: the cargo profile the binary is built with (default release: what users get).
 # The tests (tests/appliance, tests/cross) package the dev build instead, with a warning from
@@ -34,16 +27,14 @@ CARGO_DEB_VERSION=3.8.0
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-install=0 archs=() assets_only=0 tools_only=0 compile_only=0 profile=release
+install=0 archs=() assets_only=0 profile=release
 while [ $# -gt 0 ]; do
   case "$1" in
     --install) install=1 ;;
     --assets-only) assets_only=1 ;;
-    --tools-only) tools_only=1 ;;
-    --compile-only) compile_only=1 ;;
     --profile) profile=${2:?--profile needs a name}; shift ;;
     amd64|arm64|armhf) archs+=("$1") ;;
-    *) sed -n '2,33p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,26p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
@@ -84,13 +75,9 @@ if [ $install = 1 ]; then
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
   fi
 fi
-[ $tools_only = 0 ] || exit 0
-[ $assets_only = 1 ] || [ $compile_only = 1 ] || command -v cargo-deb >/dev/null \
-  || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
-cross_dir=$root/target/cross
+[ $assets_only = 1 ] || command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
 
 # --- generated assets ------------------------------------------------------------------------
-if [ $compile_only = 0 ]; then
 assets=target/debian-assets
 rm -rf "$assets"; mkdir -p "$assets"
 cargo run -q --locked --example gen-assets -- "$assets" >/dev/null
@@ -104,7 +91,6 @@ changed=$(diff config/snaprtcd.toml "$assets/snaprtcd.toml" | grep -c '^>' || tr
 [ "$changed" = 2 ] || { echo "build-debs: expected one 'auth = \"none\"' line and [rtsp] 'enabled = false' in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
 cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
 [ $assets_only = 0 ] || exit 0
-fi
 
 # --- packages --------------------------------------------------------------------------------
 allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|libasound\.so\.2|libopus\.so\.0|ld-linux.*\.so\.[0-9]+)$'
@@ -132,9 +118,8 @@ if [ ${#targets[@]} -lt ${#archs[@]} ]; then
   cargo build --profile "$profile" --locked --bin snaprtcd
 fi
 if [ ${#targets[@]} -gt 0 ]; then
-  CARGO_TARGET_DIR=$cross_dir cargo build --profile "$profile" --locked --bin snaprtcd "${targets[@]}"
+  cargo build --profile "$profile" --locked --bin snaprtcd "${targets[@]}"
 fi
-[ $compile_only = 0 ] || exit 0
 for a in "${archs[@]}"; do
   t=$(triple "$a")
   echo "build-debs: $a ($t)"
@@ -143,8 +128,8 @@ for a in "${archs[@]}"; do
     cargo deb --locked --no-build --profile dev --output target/debian/ >/dev/null
     bin=target/debug/snaprtcd
   else
-    CARGO_TARGET_DIR=$cross_dir cargo deb --locked --no-build --profile "$profile" --target "$t" --output target/debian/ >/dev/null
-    bin=$cross_dir/$t/$profile_dir/snaprtcd
+    cargo deb --locked --no-build --profile "$profile" --target "$t" --output target/debian/ >/dev/null
+    bin=target/$t/$profile_dir/snaprtcd
   fi
   deb=$(ls target/debian/snaprtcd_*_"$a".deb)
   # The binary must run on Debian 12: only base libraries, glibc symbols <= 2.36.
