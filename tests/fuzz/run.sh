@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Suite `fuzz` of tests/run: cargo-fuzz (libFuzzer) targets for the parsers of outside input.
 #
-#   tests/run fuzz                      every target, FUZZ_SECONDS (default 12) each, FUZZ_JOBS
+#   tests/run fuzz                      every target, FUZZ_SECONDS (default 8) each, FUZZ_JOBS
 #                                       (default: the number of cores) at a time
 #   FUZZ_SECONDS=300 tests/fuzz/run.sh  longer runs; FUZZ_TARGETS="signalr offer" for a few
 #
@@ -32,7 +32,7 @@
 # (FUZZ_INSTRUMENT="str0m", which builds into its own fuzz/target-instrumented/) or use
 # `cargo fuzz run <target>` in fuzz/ (release, everything instrumented; cargo-fuzz is not
 # needed in CI).
-# Then each target runs for FUZZ_SECONDS (default 12: fourteen targets fit CI's 30-minute budget; run longer by hand), one per core at a
+# Then each target runs for FUZZ_SECONDS (default 8: fourteen targets fit CI's 30-minute budget; run longer by hand), one per core at a
 # time, on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
 # the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
 # FUZZ_RSS_MB fails the suite, and its input is printed: its path (kept in
@@ -51,7 +51,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-12}
+FUZZ_SECONDS=${FUZZ_SECONDS:-8}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
 FUZZ_RSS_MB=${FUZZ_RSS_MB:-1024}
 read -r -a targets <<<"${FUZZ_TARGETS:-signalr snappeer offer annexb config sdpfrag backplane mjpeg go2rtc rtsp remote turn ogg stun}"
