@@ -113,17 +113,11 @@ fn sighup_applies_camera_and_server_changes_by_restarting_the_services_in_proces
     );
 }
 
-/// One request on a fresh connection; `None` when the connection closed without a response.
+/// `/health` on a fresh connection; `None` when the connection closed without a response.
 fn status_or_closed(addr: std::net::SocketAddr) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let head = String::from_utf8_lossy(&raw);
-    head.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+    common::try_http(addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()
+        .map(|r| r.status)
 }
 
 #[test]

@@ -247,16 +247,29 @@ impl HttpResponse {
 
 /// Send a raw request (`Connection: close` is added) and read the whole response.
 pub fn http(addr: SocketAddr, request: &str) -> HttpResponse {
+    try_http(addr, request).unwrap_or_else(|e| panic!("no whole response: {e}"))
+}
+
+/// [`http`], but a reply without a whole head (the connection closed or was reset first) is
+/// `Err` with what came, not a panic.
+pub fn try_http(addr: SocketAddr, request: &str) -> Result<HttpResponse, String> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let request = request.replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
     s.write_all(request.as_bytes()).expect("write");
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    if let Err(e) = s.read_to_end(&mut raw) {
+        return Err(format!(
+            "read failed ({e}) after {:?}",
+            String::from_utf8_lossy(&raw)
+        ));
+    }
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(format!(
+            "no header end in {:?}",
+            String::from_utf8_lossy(&raw)
+        ));
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
@@ -268,11 +281,11 @@ pub fn http(addr: SocketAddr, request: &str) -> HttpResponse {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body: raw[split + 4..].to_vec(),
-    }
+    })
 }
 
 /// `POST {hub}/negotiate` and return the connection token.
