@@ -479,12 +479,25 @@ mod tests {
         assert_eq!(w.loops.len(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn watchdog_task_runs_until_cancelled_with_or_without_a_period() {
         let cancel = CancellationToken::new();
         let idle = tokio::spawn(Watchdog::new().run(None, cancel.clone()));
-        let armed = tokio::spawn(Watchdog::new().run(Some(SEC), cancel.clone()));
-        tokio::time::sleep(10 * SEC).await; // virtual time: many ticks pass
+        let (pings, mut pinged) = tokio::sync::mpsc::unbounded_channel();
+        let armed = tokio::spawn(Watchdog::new().run_with(
+            Duration::from_millis(20),
+            cancel.clone(),
+            move |event| {
+                let _ = pings.send(event);
+            },
+        ));
+        for _ in 0..5 {
+            let event = tokio::time::timeout(SEC, pinged.recv()).await;
+            assert_eq!(
+                event.expect("a ping every 10 ms"),
+                Some(WatchdogEvent::Ping)
+            );
+        }
         assert!(!idle.is_finished() && !armed.is_finished());
         cancel.cancel();
         for task in [idle, armed] {

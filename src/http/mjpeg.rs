@@ -201,17 +201,18 @@ mod tests {
         assert!(mjpeg.respond().is_some());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn stills_are_asked_for_only_while_a_client_watches_and_at_most_max_fps() {
         use futures_util::StreamExt;
         use http_body_util::BodyExt;
         let (media, mut ports) = crate::media::channel(crate::media::ChannelLimits::default());
-        let (mjpeg, producer) = channel(media, 5, 4);
+        // 50 a second: a still every 20 ms at most, so a few hundred ms are many periods.
+        let (mjpeg, producer) = channel(media, 50, 4);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(producer.run(cancel.clone()));
 
-        // Nobody watches: no still is asked for, however long.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Nobody watches: no still is asked for, however long (15 periods).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             ports.stills.try_recv().is_err(),
             "no still without a client"
@@ -228,19 +229,19 @@ mod tests {
             let part = frames.next().await.expect("a part").expect("data");
             assert!(part.ends_with(&[0xff, 0xd8, n, 0xff, 0xd9, b'\r', b'\n']));
         }
-        // Three stills at 5 a second: the second and third came 200 ms apart at the earliest.
-        assert!(started.elapsed() >= Duration::from_millis(400));
+        // Three stills at 50 a second: the second and third came 20 ms apart at the earliest.
+        assert!(started.elapsed() >= Duration::from_millis(40));
 
         // The client leaves: at most the request already under way, then none.
         drop(frames);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut late = 0;
         while let Ok(req) = ports.stills.try_recv() {
             let _ = req.reply.send(Ok(Bytes::from_static(b"x")));
             late += 1;
         }
         assert!(late <= 1, "{late} stills asked for after the client left");
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             ports.stills.try_recv().is_err(),
             "none while nobody watches"
