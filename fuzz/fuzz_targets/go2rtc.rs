@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: Duration::from_secs(30),
     };
     let mut now = Instant::now();
-    let src = data.first().map(|b| if b % 4 == 0 { "other" } else { "camera" });
+    let src = data
+        .first()
+        .map(|b| if b % 4 == 0 { "other" } else { "camera" });
     let mut s = Session::new(config, src, now);
     let (mut offers, mut answered, mut closed, mut awaiting) = (0, false, false, false);
     for message in data.split(|&b| b == 0xff) {
@@ -72,7 +74,9 @@ fuzz_target!(|data: &[u8]| {
                 Output::Candidates(c) => {
                     assert!(answered, "candidates before the answer");
                     assert!(!c.is_empty() && c.len() <= 4);
-                    assert!(c.iter().all(|l| l.starts_with("candidate:") && !l.contains(['\r', '\n'])));
+                    assert!(c
+                        .iter()
+                        .all(|l| l.starts_with("candidate:") && !l.contains(['\r', '\n'])));
                 }
                 Output::Close(..) => closed = true,
             }

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use snaprtcd::media::EncodedFrame;
 use snaprtcd::audio::AudioFrame;
+use snaprtcd::media::EncodedFrame;
 use snaprtcd::rtsp::session::{AudioTrack, Output, Session, SessionSettings};
 
 const SPS_PPS_IDR: &[u8] = &[
-    0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xb0, 0x11, 0x00, 0x00, 0x03,
-    0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48, 0, 0, 0, 1, 0x68, 0xce,
-    0x3c, 0x80, 0, 0, 0, 1, 0x65, 0x88, 0x84, 0x21,
+    0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xb0, 0x11, 0x00, 0x00, 0x03, 0x00,
+    0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80,
+    0, 0, 0, 1, 0x65, 0x88, 0x84, 0x21,
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -57,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
     for (i, piece) in input.chunks(read).enumerate() {
         now += Duration::from_millis(40);
         s.handle_input(piece, now);
-        assert!(s.buffered() <= max_request_bytes + read, "{} buffered", s.buffered());
+        assert!(
+            s.buffered() <= max_request_bytes + read,
+            "{} buffered",
+            s.buffered()
+        );
         let frame = EncodedFrame {
             data: std::sync::Arc::from(SPS_PPS_IDR),
             keyframe: i % 3 == 0,

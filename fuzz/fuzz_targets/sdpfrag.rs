@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use snaprtcd::rtc::offer::{fragment_candidates, parse_sdpfrag};
-use snaprtcd::rtc::SdpLimits;
 use snaprtcd::rtc::whep::{check_if_match, route};
+use snaprtcd::rtc::SdpLimits;
 use str0m::Candidate;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     // What the engine does with a PATCH body: the budgets, then str0m's parser.
     let limits = SdpLimits::default();
     if let Ok(parsed) = parse_sdpfrag(frag, &limits) {
-        assert!(parsed.len() <= limits.max_candidates, "{} candidates", parsed.len());
+        assert!(
+            parsed.len() <= limits.max_candidates,
+            "{} candidates",
+            parsed.len()
+        );
     }
     // The same request's other outside strings: its If-Match header and its path.
     let first = frag.lines().next().unwrap_or("");

@@ -21,7 +21,13 @@ fuzz_target!(|data: &[u8]| {
     let server: SocketAddr = "192.0.2.1:3478".parse().unwrap();
     let base: SocketAddr = "10.0.0.1:5000".parse().unwrap();
     let mut now = Instant::now();
-    let mut c = StunClient::new("stun:fuzz".into(), server, base, Duration::from_secs(30), now);
+    let mut c = StunClient::new(
+        "stun:fuzz".into(),
+        server,
+        base,
+        Duration::from_secs(30),
+        now,
+    );
     let mut last_request: Vec<u8> = Vec::new();
     let mut rest = data;
     let mut steps = 0;
@@ -38,7 +44,9 @@ fuzz_target!(|data: &[u8]| {
                 c.handle_timeout(now);
             }
             t => {
-                let Some((&len, tail)) = rest.split_first() else { break };
+                let Some((&len, tail)) = rest.split_first() else {
+                    break;
+                };
                 let n = usize::from(len).min(tail.len());
                 let mut dgram = tail[..n].to_vec();
                 rest = &tail[n..];
@@ -51,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
         while let Some(t) = c.poll_transmit() {
             assert_eq!(t.destination, server);
             assert_eq!(t.via, Via::Udp);
-            assert!(t.contents.len() >= 20 && t.contents[0] & 0xc0 == 0, "a STUN message");
+            assert!(
+                t.contents.len() >= 20 && t.contents[0] & 0xc0 == 0,
+                "a STUN message"
+            );
             last_request = t.contents;
         }
         while let Some(e) = c.poll_event() {

@@ -46,7 +46,11 @@ fn drain(c: &mut TurnAllocation) {
         // State changes bypass the bound; there are at most a few per input.
         assert!(n <= MAX_QUEUED + 4, "output queue beyond its bound");
         if let TurnOutput::Received { peer, .. } = o {
-            assert_eq!(peer.ip().to_string(), "203.0.113.7", "data from a peer never added");
+            assert_eq!(
+                peer.ip().to_string(),
+                "203.0.113.7",
+                "data from a peer never added"
+            );
         }
     }
 }

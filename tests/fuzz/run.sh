@@ -23,15 +23,16 @@
 # debug assertions. Unlike cargo-fuzz, the suite gives them only to the crates under test
 # (snaprtcd and the targets), through tests/fuzz/rustc-wrapper, and builds in the dev profile
 # into the main target/ directory: every other crate is then the very build `cargo build` and
-# `cargo test` made (fuzz/Cargo.toml mirrors the main [profile.dev] and fuzz/Cargo.lock its
-# versions), and only libFuzzer, snaprtcd (at opt-level 1) and the six targets are compiled.
+# `cargo test` made (fuzz/ is a member of the main workspace, with its Cargo.lock and
+# profiles; its "fuzzing" feature of snaprtcd keeps the instrumented crate's artifacts apart),
+# and only libFuzzer, snaprtcd (at opt-level 1) and the targets are compiled.
 # On a fresh 2-core machine that is 2-3 minutes instead of 9 for cargo-fuzz's own release
 # build, where the instrumented str0m alone took 5. libFuzzer steers by snaprtcd's branches;
 # str0m's SDP parser runs on every `offer`/`sdpfrag` input (a panic there is caught) without
 # its own coverage, and dependencies run unoptimised: for a long run by hand, instrument more
 # (FUZZ_INSTRUMENT="str0m", which builds into its own fuzz/target-instrumented/) or use
-# `cargo fuzz run <target>` in fuzz/ (release, everything instrumented; cargo-fuzz is not
-# needed in CI).
+# `cargo fuzz run <target>` in fuzz/ (the workspace's release profile, everything
+# instrumented: a long build; cargo-fuzz is not needed in CI).
 # Then each target runs for FUZZ_SECONDS (default 8: fourteen targets fit CI's 30-minute budget; run longer by hand), one per core at a
 # time, on a temporary copy of its committed seed corpus (fuzz/corpus/<target>/), so runs never grow
 # the repository. A crash, a panic, a timeout (FUZZ_TIMEOUT s for one input) or an RSS over
@@ -83,7 +84,7 @@ else
   # No --target, so the dependencies are target/'s own dev build; the wrapper keeps the flags
   # off build scripts itself.
   FUZZ_RUSTFLAGS="$fuzz_rustflags" FUZZ_REPO_ROOT="$root" RUSTC_WRAPPER="$root/tests/fuzz/rustc-wrapper" \
-    cargo build --manifest-path fuzz/Cargo.toml --locked --bins --target-dir "$target_dir" \
+    cargo build -p snaprtcd-fuzz --locked --bins --target-dir "$target_dir" \
     || { echo "FAIL: building the fuzz targets failed" >&2; exit 1; }
   echo "built in $(( $(date +%s) - start ))s"
 fi
