@@ -17,9 +17,14 @@
 #
 # 1. Capture + encode, mono and stereo, at Opus complexity AB_COMPLEXITIES (default "0 5 10";
 #    5 is the default of [audio] complexity; AB_COMPLEXITIES= skips this part), one listener.
-# 2. Fan-out: mono at the default complexity with AB_LISTENERS (default "0 1 5 20") listeners,
-#    the cost of the first listener (0 -> 1: the encoder starts) and the slope per extra
-#    listener (1 -> the last count: the fan-out alone).
+# 2. Fan-out: mono at the default complexity with AB_LISTENERS (default "0 1 5 20"; empty
+#    skips it) listeners, the cost of the first listener (0 -> 1: the encoder starts) and the
+#    slope per extra listener (1 -> the last count: the fan-out alone).
+# 3. WebRTC: AB_WEBRTC (default "1 5"; empty skips it) WHEP viewers (str0m, the camera path
+#    bench's `listen` helper, built in release on first use), each taking the 320x240@15
+#    video; once without audio in the offer and once with an Opus m-line. The difference is
+#    what audio adds for WebRTC viewers: the encode (started by the first) and each viewer's
+#    SRTP and datagram per 20 ms.
 #
 #   flock /work/coord/bench.lock bench/audio/run.sh    # a release build of this checkout
 #   SNAPRTCD_BIN=target/debug/snaprtcd bench/audio/run.sh
@@ -29,7 +34,8 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 window="${AB_WINDOW:-10}"
 warmup="${AB_WARMUP:-3}"
 complexities="${AB_COMPLEXITIES-0 5 10}"
-listeners="${AB_LISTENERS:-0 1 5 20}"
+webrtc="${AB_WEBRTC-1 5}"
+listeners="${AB_LISTENERS-0 1 5 20}"
 bin="${SNAPRTCD_BIN:-}"
 if [ -z "$bin" ]; then
   (cd "$root" && cargo build --release --locked --bin snaprtcd)
@@ -69,7 +75,8 @@ TOML
   rtsp=
   for _ in $(seq 1 100); do
     rtsp=$(sed -n 's/.*rtsp listening.*addr=\([0-9.:]*\).*/\1/p' "$dir/log" | head -n1)
-    [ -n "$rtsp" ] && break
+    http=$(sed -n 's/.*http listening.*addr=\([0-9.:]*\).*/\1/p' "$dir/log" | head -n1)
+    [ -n "$rtsp" ] && [ -n "$http" ] && break
     sleep 0.1
   done
   [ -n "$rtsp" ] || { cat "$dir/log" >&2; exit 1; }
@@ -127,40 +134,82 @@ connected() {
 
 echo "# bench/audio: $(basename "$bin"), ${window} s windows, load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# % of one core: audio thread | tokio runtime | video threads | whole daemon"
-echo "## 1. capture + Opus encode (48 kHz, 32 kbit/s, 1 RTSP listener)"
-printf '%-8s %-10s %7s %8s %6s %7s\n' channels complexity audio runtime video daemon
-for ch in 1 2; do
-  for cx in $complexities; do
-    start "$ch" "$cx"; listen 1; sleep "$warmup"
+if [ -n "$complexities" ]; then
+  echo "## 1. capture + Opus encode (48 kHz, 32 kbit/s, 1 RTSP listener)"
+  printf '%-8s %-10s %7s %8s %6s %7s\n' channels complexity audio runtime video daemon
+  for ch in 1 2; do
+    for cx in $complexities; do
+      start "$ch" "$cx"; listen 1; sleep "$warmup"
+      read -r a r v d < <(measure)
+      printf '%-8s %-10s %7s %8s %6s %7s\n' "$ch" "$cx" "$a" "$r" "$v" "$d"
+      stop
+    done
+  done
+fi
+
+if [ -n "$listeners" ]; then
+  echo "## 2. fan-out: mono, complexity 5, N audio-only RTSP listeners"
+  printf '%-9s %9s %7s %8s %6s %7s\n' listeners connected audio runtime video daemon
+  declare -A cpu=()
+  for n in $listeners; do
+    start 1 5; listen "$n"
+    # ffmpeg starts slowly on a busy machine: measure once all N are connected.
+    for _ in $(seq 1 600); do [ "$(connected)" -ge "$n" ] && break; sleep 0.1; done
+    sleep "$warmup"
     read -r a r v d < <(measure)
-    printf '%-8s %-10s %7s %8s %6s %7s\n' "$ch" "$cx" "$a" "$r" "$v" "$d"
+    c=$(connected)
+    printf '%-9s %9s %7s %8s %6s %7s\n' "$n" "$c" "$a" "$r" "$v" "$d"
+    cpu[$n]=$d
     stop
   done
-done
-
-echo "## 2. fan-out: mono, complexity 5, N audio-only RTSP listeners"
-printf '%-9s %9s %7s %8s %6s %7s\n' listeners connected audio runtime video daemon
-declare -A cpu=()
-for n in $listeners; do
-  start 1 5; listen "$n"
-  # ffmpeg starts slowly on a busy machine: measure once all N are connected.
-  for _ in $(seq 1 600); do [ "$(connected)" -ge "$n" ] && break; sleep 0.1; done
-  sleep "$warmup"
-  read -r a r v d < <(measure)
-  c=$(connected)
-  printf '%-9s %9s %7s %8s %6s %7s\n' "$n" "$c" "$a" "$r" "$v" "$d"
-  cpu[$n]=$d
-  stop
-done
-# The first listener starts the encoder; the slope from there on is the fan-out alone.
-set -- $listeners
-shift $(($# - 1)); top=$1
-if [ -n "${cpu[0]:-}" ] && [ -n "${cpu[1]:-}" ]; then
-  awk -v a="${cpu[0]}" -v b="${cpu[1]}" \
-    'BEGIN { printf "first listener (starts the encode), whole daemon 0 -> 1: %.2f %% of one core\n", b - a }'
+  # The first listener starts the encoder; the slope from there on is the fan-out alone.
+  set -- $listeners
+  shift $(($# - 1)); top=$1
+  if [ -n "${cpu[0]:-}" ] && [ -n "${cpu[1]:-}" ]; then
+    awk -v a="${cpu[0]}" -v b="${cpu[1]}" \
+      'BEGIN { printf "first listener (starts the encode), whole daemon 0 -> 1: %.2f %% of one core\n", b - a }'
+  fi
+  if [ -n "${cpu[1]:-}" ] && [ "$top" -gt 1 ]; then
+    awk -v a="${cpu[1]}" -v b="${cpu[$top]}" -v n="$top" \
+      'BEGIN { printf "each extra listener, whole daemon 1 -> %d: %.3f %% of one core\n", n, (b - a) / (n - 1) }'
+  fi
 fi
-if [ -n "${cpu[1]:-}" ] && [ "$top" -gt 1 ]; then
-  awk -v a="${cpu[1]}" -v b="${cpu[$top]}" -v n="$top" \
-    'BEGIN { printf "each extra listener, whole daemon 1 -> %d: %.3f %% of one core\n", n, (b - a) / (n - 1) }'
+
+if [ -n "$webrtc" ]; then
+  # Into the main target/ (as bench/camera_path/run.sh builds it): str0m is compiled once.
+  target="${CARGO_TARGET_DIR:-$root/target}"
+  CARGO_TARGET_DIR="$target" cargo build --release --locked -q \
+    --manifest-path "$root/bench/camera_path/Cargo.toml"
+  viewer="$target/release/snaprtcd-camera-path"
+  echo "## 3. WebRTC: mono, complexity 5, N WHEP viewers of the 320x240@15 video, without and with audio"
+  printf '%-7s %-5s %7s %8s %6s %7s\n' viewers audio audio runtime video daemon
+  declare -A rtc=()
+  for n in $webrtc; do
+    for with in 0 1; do
+      start 1 5
+      for _ in $(seq 1 "$n"); do
+        "$viewer" listen --url "http://$http" --seconds $((warmup + window + 5)) --audio "$with" \
+          >>"$dir/viewers.log" 2>&1 &
+        pids+=("$!")
+      done
+      sleep "$warmup"
+      read -r a r v d < <(measure)
+      printf '%-7s %-5s %7s %8s %6s %7s\n' "$n" "$with" "$a" "$r" "$v" "$d"
+      rtc[$n.$with]=$d
+      stop
+    done
+  done
+  # Each viewer says "video flowing", then "audio flowing" when it took audio.
+  sort "$dir/viewers.log" | uniq -c | sed 's/^/# viewer lines: /' >&2
+  for n in $webrtc; do
+    awk -v a="${rtc[$n.0]}" -v b="${rtc[$n.1]}" -v n="$n" \
+      'BEGIN { printf "audio for %d WebRTC viewer(s), whole daemon: %.2f %% of one core\n", n, b - a }'
+  done
+  set -- $webrtc
+  if [ $# -ge 2 ]; then
+    lo=$1; shift $(($# - 1)); hi=$1
+    awk -v a0="${rtc[$lo.0]}" -v a1="${rtc[$lo.1]}" -v b0="${rtc[$hi.0]}" -v b1="${rtc[$hi.1]}" -v lo="$lo" -v hi="$hi" \
+      'BEGIN { printf "audio per extra WebRTC viewer (%d -> %d): %.3f %% of one core\n", lo, hi, ((b1 - b0) - (a1 - a0)) / (hi - lo) }'
+  fi
 fi
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -8,7 +8,10 @@
 //!   control, a busy encoder) and stamps them with the time it read them, so the n-th picture
 //!   out is not the n-th picture in: the first one is found by searching every source picture,
 //!   the next ones from their RTP time (at `--fps`), each checked against its two neighbours
-//!   either side (luma MSE on a sparse grid).
+//!   either side (luma MSE on a sparse grid);
+//! - `listen`: a WHEP viewer that takes video, and audio too with `--audio 1` (an Opus
+//!   m-line, as a browser offers), for `--seconds`, and prints what it got: the listeners of
+//!   bench/audio/run.sh's WebRTC part.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -28,7 +31,7 @@ use tokio::net::{TcpStream, UdpSocket};
 /// Longest wait for an HTTP answer, or for the first picture after the answer.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
-const USAGE: &str = "usage:\n  snaprtcd-camera-path record --url http://127.0.0.1:PORT --seconds S --out FILE.h264 --times FILE\n  snaprtcd-camera-path match --width W --height H --fps F --source SRC.yuv --decoded DEC.yuv --times FILE --ref OUT.yuv";
+const USAGE: &str = "usage:\n  snaprtcd-camera-path record --url http://127.0.0.1:PORT --seconds S --out FILE.h264 --times FILE\n  snaprtcd-camera-path listen --url http://127.0.0.1:PORT --seconds S --audio 0|1\n  snaprtcd-camera-path match --width W --height H --fps F --source SRC.yuv --decoded DEC.yuv --times FILE --ref OUT.yuv";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -47,22 +50,34 @@ fn main() -> Result<()> {
     };
     let num =
         |k: &str| -> Result<u64> { get(k)?.parse().map_err(|e| anyhow!("--{k}: {e}\n{USAGE}")) };
+    let authority = || -> Result<String> {
+        Ok(get("url")?
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("--url must start with http://"))?
+            .trim_end_matches('/')
+            .to_owned())
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match command.as_str() {
         "record" => {
-            let url = get("url")?;
-            let authority = url
-                .strip_prefix("http://")
-                .ok_or_else(|| anyhow!("--url must start with http://"))?
-                .trim_end_matches('/')
-                .to_owned();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(record(
+            let authority = authority()?;
+            runtime()?.block_on(record(
                 &authority,
                 Duration::from_secs(num("seconds")?),
                 PathBuf::from(get("out")?),
                 PathBuf::from(get("times")?),
+            ))
+        }
+        "listen" => {
+            let authority = authority()?;
+            runtime()?.block_on(listen(
+                &authority,
+                Duration::from_secs(num("seconds")?),
+                num("audio")? != 0,
             ))
         }
         "match" => match_frames(
@@ -85,7 +100,7 @@ fn has_idr(au: &[u8]) -> bool {
 }
 
 async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf) -> Result<()> {
-    let (mut peer, offer, pending) = Peer::offer().await?;
+    let (mut peer, offer, pending) = Peer::offer(false).await?;
     let r = http(
         authority,
         "POST",
@@ -149,6 +164,57 @@ async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf
         "recorded {frames} pictures in {secs:.1} s, {:.0} kbit/s, {gaps} not contiguous, {skipped} before the first IDR",
         bytes as f64 * 8.0 / secs.max(0.001) / 1000.0
     );
+    Ok(())
+}
+
+/// Watch (video, and audio when `audio`) for `seconds` once media flows, then leave.
+async fn listen(authority: &str, seconds: Duration, audio: bool) -> Result<()> {
+    let (mut peer, offer, pending) = Peer::offer(audio).await?;
+    let r = http(
+        authority,
+        "POST",
+        "/whep",
+        Some("application/sdp"),
+        offer.as_bytes(),
+    )
+    .await?;
+    if r.status != 201 {
+        bail!("POST /whep: {} {:.200}", r.status, r.text());
+    }
+    let location = r
+        .header("location")
+        .ok_or_else(|| anyhow!("POST /whep: 201 without Location"))?
+        .to_owned();
+    if audio && !r.text().contains("opus/48000") {
+        bail!("the answer has no Opus track: {:.400}", r.text());
+    }
+    peer.accept(pending, &r.text())?;
+    let (mut pictures, mut sound) = (0u64, 0u64);
+    let mut first: Option<Instant> = None;
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT + seconds;
+    let watched = peer
+        .drive(deadline, |e| {
+            if let Event::MediaData(d) = e {
+                first.get_or_insert_with(Instant::now);
+                let (kind, count) = match d.params.spec().codec {
+                    str0m::format::Codec::Opus => ("audio", &mut sound),
+                    _ => ("video", &mut pictures),
+                };
+                *count += 1;
+                if *count == 1 {
+                    // For bench/audio/run.sh, which stops the viewers before they finish.
+                    println!("{kind} flowing");
+                }
+            }
+            Ok(first.is_some_and(|t| t.elapsed() >= seconds))
+        })
+        .await;
+    let _ = http(authority, "DELETE", &location, None, b"").await;
+    watched.with_context(|| format!("{pictures} pictures, {sound} audio frames so far"))?;
+    if audio && sound == 0 {
+        bail!("no audio in {seconds:?}");
+    }
+    println!("{pictures} pictures, {sound} audio frames in {seconds:?}");
     Ok(())
 }
 
@@ -271,13 +337,20 @@ struct Peer {
 }
 
 impl Peer {
-    async fn offer() -> Result<(Peer, String, SdpPendingOffer)> {
+    /// A recvonly offer for video, and for audio (Opus) when `audio`.
+    async fn offer(audio: bool) -> Result<(Peer, String, SdpPendingOffer)> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder().enable_h264(true).build(Instant::now());
+        let mut rtc = Rtc::builder()
+            .enable_h264(true)
+            .enable_opus(audio, false)
+            .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp")?);
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        if audio {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
         let (offer, pending) = api.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
         let sdp = offer.to_sdp_string();
         Ok((Peer { rtc, socket, local }, sdp, pending))
