@@ -99,8 +99,8 @@ fn has_idr(au: &[u8]) -> bool {
         .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
 }
 
-async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf) -> Result<()> {
-    let (mut peer, offer, pending) = Peer::offer(false).await?;
+/// POST the offer to /whep: the session's Location and the answer.
+async fn whep_post(authority: &str, offer: &str) -> Result<(String, String)> {
     let r = http(
         authority,
         "POST",
@@ -116,7 +116,13 @@ async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf
         .header("location")
         .ok_or_else(|| anyhow!("POST /whep: 201 without Location"))?
         .to_owned();
-    peer.accept(pending, &r.text())?;
+    Ok((location, r.text()))
+}
+
+async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf) -> Result<()> {
+    let (mut peer, offer, pending) = Peer::offer(false).await?;
+    let (location, answer) = whep_post(authority, &offer).await?;
+    peer.accept(pending, &answer)?;
 
     let mut out = BufWriter::new(File::create(&out).with_context(|| format!("{out:?}"))?);
     let mut times = BufWriter::new(File::create(&times).with_context(|| format!("{times:?}"))?);
@@ -170,25 +176,11 @@ async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf
 /// Watch (video, and audio when `audio`) for `seconds` once media flows, then leave.
 async fn listen(authority: &str, seconds: Duration, audio: bool) -> Result<()> {
     let (mut peer, offer, pending) = Peer::offer(audio).await?;
-    let r = http(
-        authority,
-        "POST",
-        "/whep",
-        Some("application/sdp"),
-        offer.as_bytes(),
-    )
-    .await?;
-    if r.status != 201 {
-        bail!("POST /whep: {} {:.200}", r.status, r.text());
+    let (location, answer) = whep_post(authority, &offer).await?;
+    if audio && !answer.contains("opus/48000") {
+        bail!("the answer has no Opus track: {answer:.400}");
     }
-    let location = r
-        .header("location")
-        .ok_or_else(|| anyhow!("POST /whep: 201 without Location"))?
-        .to_owned();
-    if audio && !r.text().contains("opus/48000") {
-        bail!("the answer has no Opus track: {:.400}", r.text());
-    }
-    peer.accept(pending, &r.text())?;
+    peer.accept(pending, &answer)?;
     let (mut pictures, mut sound) = (0u64, 0u64);
     let mut first: Option<Instant> = None;
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT + seconds;
