@@ -5,6 +5,7 @@
 #
 #   packaging/build-debs.sh [--install] [--profile P] [ARCH...]   ARCH: amd64 arm64 armhf (default: all)
 #   packaging/build-debs.sh --assets-only            only the generated assets (below)
+#   packaging/build-debs.sh --build-only [...]       only the cargo builds (no assets, no cargo-deb)
 #
 # --profile P: the cargo profile the binary is built with (default release: what users get).
 # The tests (tests/appliance, tests/cross) package the dev build instead, with a warning from
@@ -22,16 +23,21 @@
 # and bash/zsh/fish completions from the CLI definition (examples/gen-assets.rs).
 # Every package is then checked: its binary's libraries and glibc symbol versions, and lintian
 # (no errors).
+#
+# SNAPRTCD_CROSS_TARGET_DIR: the cargo target directory of the cross (non-host) builds
+# (default target/). tests/run gives them their own, so that they can build in the background
+# while other cargo commands use target/.
 set -euo pipefail
 CARGO_DEB_VERSION=3.8.0
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-install=0 archs=() assets_only=0 profile=release
+install=0 archs=() assets_only=0 build_only=0 profile=release
 while [ $# -gt 0 ]; do
   case "$1" in
     --install) install=1 ;;
     --assets-only) assets_only=1 ;;
+    --build-only) build_only=1 ;;
     --profile) profile=${2:?--profile needs a name}; shift ;;
     amd64|arm64|armhf) archs+=("$1") ;;
     *) sed -n '2,26p' "$0" >&2; exit 2 ;;
@@ -71,29 +77,32 @@ if [ $install = 1 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   fi
   for a in "${archs[@]}"; do rustup target add "$(triple "$a")" >/dev/null; done
-  if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+  if [ $build_only = 0 ] && [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
     # For the tests' dev packages, cargo-deb's own debug build: 57 s to compile instead of
     # 109 (two cores), the same code; it packs with --fast (below), so its speed hardly shows.
     debug=(); [ "$profile" = dev ] && debug=(--debug)
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked "${debug[@]}"
   fi
 fi
-[ $assets_only = 1 ] || command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
+[ $assets_only = 1 ] || [ $build_only = 1 ] || command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
 
 # --- generated assets ------------------------------------------------------------------------
+xdir=${SNAPRTCD_CROSS_TARGET_DIR:-target}
 assets=target/debian-assets
-rm -rf "$assets"; mkdir -p "$assets"
-cargo run -q --locked --example gen-assets -- "$assets" >/dev/null
-gzip -9nf "$assets/snaprtcd.8"
-# The shipped config is the documented defaults with auth and the RTSP server switched on:
-# exactly two lines change.
-sed -e 's/^auth = "none"$/auth = "token"/' \
-    -e '/^\[rtsp\]$/,/^\[/ s/^enabled = false$/enabled = true/' \
-    config/snaprtcd.toml > "$assets/snaprtcd.toml"
-changed=$(diff config/snaprtcd.toml "$assets/snaprtcd.toml" | grep -c '^>' || true)
-[ "$changed" = 2 ] || { echo "build-debs: expected one 'auth = \"none\"' line and [rtsp] 'enabled = false' in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
-cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
-[ $assets_only = 0 ] || exit 0
+if [ $build_only = 0 ]; then
+  rm -rf "$assets"; mkdir -p "$assets"
+  cargo run -q --locked --example gen-assets -- "$assets" >/dev/null
+  gzip -9nf "$assets/snaprtcd.8"
+  # The shipped config is the documented defaults with auth and the RTSP server switched on:
+  # exactly two lines change.
+  sed -e 's/^auth = "none"$/auth = "token"/' \
+      -e '/^\[rtsp\]$/,/^\[/ s/^enabled = false$/enabled = true/' \
+      config/snaprtcd.toml > "$assets/snaprtcd.toml"
+  changed=$(diff config/snaprtcd.toml "$assets/snaprtcd.toml" | grep -c '^>' || true)
+  [ "$changed" = 2 ] || { echo "build-debs: expected one 'auth = \"none\"' line and [rtsp] 'enabled = false' in config/snaprtcd.toml, changed $changed" >&2; exit 1; }
+  cargo run -q --locked -- check-config "$assets/snaprtcd.toml"
+  [ $assets_only = 0 ] || exit 0
+fi
 
 # --- packages --------------------------------------------------------------------------------
 allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|libasound\.so\.2|libopus\.so\.0|ld-linux.*\.so\.[0-9]+)$'
@@ -124,8 +133,9 @@ if [ ${#targets[@]} -lt ${#archs[@]} ]; then
   cargo build --profile "$profile" --locked --bin snaprtcd
 fi
 if [ ${#targets[@]} -gt 0 ]; then
-  cargo build --profile "$profile" --locked --bin snaprtcd "${targets[@]}"
+  cargo build --profile "$profile" --locked --bin snaprtcd --target-dir "$xdir" "${targets[@]}"
 fi
+[ $build_only = 0 ] || exit 0
 for a in "${archs[@]}"; do
   t=$(triple "$a")
   echo "build-debs: $a ($t)"
@@ -134,8 +144,8 @@ for a in "${archs[@]}"; do
     cargo deb --locked --no-build --profile dev "${fast[@]}" --output target/debian/ >/dev/null
     bin=target/debug/snaprtcd
   else
-    cargo deb --locked --no-build --profile "$profile" "${fast[@]}" --target "$t" --output target/debian/ >/dev/null
-    bin=target/$t/$profile_dir/snaprtcd
+    CARGO_TARGET_DIR=$xdir cargo deb --locked --no-build --profile "$profile" "${fast[@]}" --target "$t" --output target/debian/ >/dev/null
+    bin=$xdir/$t/$profile_dir/snaprtcd
   fi
   deb=$(ls target/debian/snaprtcd_*_"$a".deb)
   # The binary must run on Debian 12: only base libraries, glibc symbols <= 2.36.

@@ -28,6 +28,16 @@ fi
 profile=${SNAPRTCD_DEB_PROFILE:-dev}
 triple() { case "$1" in arm64) echo aarch64-unknown-linux-gnu ;; armhf) echo armv7-unknown-linux-gnueabihf ;; esac; }
 start=$(date +%s)
+# tests/run may have started the cargo builds in the background (build-debs.sh --build-only,
+# at idle priority, holding this lock): wait for them and show how they went; build-debs.sh
+# below then finds them up to date.
+if [ -n "${SNAPRTCD_CROSS_BUILD_LOCK:-}" ]; then
+  echo "# cross: waiting for the background build (started by tests/run) ..."
+  flock -w 3600 "$SNAPRTCD_CROSS_BUILD_LOCK" true || echo "# cross: still building after an hour"
+  cat "$SNAPRTCD_CROSS_BUILD_LOCK.log" 2>/dev/null | grep -v '^ *Compiling ' || true
+  bg_rc=$(cat "$SNAPRTCD_CROSS_BUILD_LOCK.rc" 2>/dev/null || echo "none (it never ran)")
+  echo "# cross: background build exit status: $bg_rc, waited $(( $(date +%s) - start )) s"
+fi
 packaging/build-debs.sh --install --profile "$profile" "${archs[@]}"
 # The binaries run against the target's multiarch libraries (build-debs.sh installed its -dev
 # packages, which bring libc6:ARCH): the cross toolchain's own sysroot holds a libc of another
