@@ -45,6 +45,9 @@ if [ ! -e "$root/.complete" ]; then
   mirror=$(sed -n 's/^URIs: *\(http[^ ]*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -n 1)
   [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
   [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  # An interrupted debootstrap leaves its /proc (and /sys) mounted inside: unmount, never
+  # delete through them.
+  for m in $(awk -v r="$root.new/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do umount -l "$m"; done
   rm -rf "$root.new"; mkdir -p "$(dirname "$root")"
   debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,udev,dbus,iproute2,curl,ca-certificates,avahi-daemon,avahi-utils,kmod,procps,adduser,libgcc-s1,libasound2,libopus0 \
