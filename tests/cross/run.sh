@@ -3,7 +3,7 @@
 # then run the binary under qemu-user (Debian qemu-user, with the target's own Debian libraries,
 # multiarch, as its root: libc6, libstdc++6, libopus0 and libasound2 of arm64/armhf):
 # `--version`, `check-config` on the shipped /etc/snaprtcd/snaprtcd.toml, and a 3-second
-# testsrc run that answers /health and stops cleanly on SIGTERM; the YUYV/NV12 row kernels
+# testsrc run that answers /health and stops cleanly on SIGTERM; the YUYV/NV12/YCbCr row kernels
 # (tests/cross/rows) match the scalar code and the host's output. Prints build times and sizes.
 #
 #   tests/cross/run.sh [ARCH...]      ARCH: arm64 armhf (default: both)
@@ -58,7 +58,7 @@ trap cleanup EXIT
 failed=0
 fail() { echo "not ok - $*"; failed=$((failed + 1)); }
 
-# The YUYV/NV12 row kernels (NEON on arm64, scalar on armhf) against the scalar code, and their
+# The YUYV/NV12/YCbCr row kernels (NEON on arm64 for YUYV/NV12, scalar otherwise) against the scalar code, and their
 # output checksum against the host's (SSE2 on x86_64): a tiny crate with no dependencies.
 rows=tests/cross/rows
 cargo build -q --locked --release --manifest-path $rows/Cargo.toml
