@@ -26,6 +26,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 profile=${SNAPRTCD_DEB_PROFILE:-dev}
+# The arm builds' own target directory, the same whether tests/run built them in the
+# background or this suite runs alone (packaging/build-debs.sh).
+export SNAPRTCD_CROSS_TARGET_DIR=${SNAPRTCD_CROSS_TARGET_DIR:-$root/target/cross}
 triple() { case "$1" in arm64) echo aarch64-unknown-linux-gnu ;; armhf) echo armv7-unknown-linux-gnueabihf ;; esac; }
 start=$(date +%s)
 # tests/run may have started the cargo builds in the background (build-debs.sh --build-only,
