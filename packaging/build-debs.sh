@@ -87,7 +87,6 @@ fi
 [ $assets_only = 1 ] || [ $build_only = 1 ] || command -v cargo-deb >/dev/null || { echo "build-debs: cargo-deb missing; run with --install" >&2; exit 2; }
 
 # --- generated assets ------------------------------------------------------------------------
-xdir=${SNAPRTCD_CROSS_TARGET_DIR:-target}
 assets=target/debian-assets
 if [ $build_only = 0 ]; then
   rm -rf "$assets"; mkdir -p "$assets"
@@ -107,6 +106,7 @@ fi
 # --- packages --------------------------------------------------------------------------------
 allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|libasound\.so\.2|libopus\.so\.0|ld-linux.*\.so\.[0-9]+)$'
 mkdir -p target/debian
+xdir=${SNAPRTCD_CROSS_TARGET_DIR:-target}   # the --target builds' (see above)
 # One cargo invocation builds every architecture: it keeps both cores busy through each
 # target's serial stretches (build scripts, the final crate, the link). A dev package for the
 # host's architecture is the one exception: built without --target, it is the dev build that
