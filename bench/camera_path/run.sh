@@ -39,7 +39,8 @@
 # Knobs: CP_RUNS ("mjpeg:1280x720 mjpeg:1920x1080 yuyv:1280x720 h264:1280x720"), CP_SECONDS
 # (20: source length; a run lasts CP_WARMUP + CP_WINDOW + 2), CP_WARMUP (25), CP_WINDOW (10),
 # CP_BITRATE_KBPS (2000, both encoders), CP_THREADS ("auto": snaprtcd's [encoder] threads),
-# SNAPRTCD_BIN (default: a release build of this checkout), CP_FAULTS_DIR (unset; when set,
+# CP_BESIDE (1; 0 runs snaprtcd alone, without x264 beside it: what the daemon drops when it
+# has the machine to itself), SNAPRTCD_BIN (default: a release build of this checkout), CP_FAULTS_DIR (unset; when set,
 # `perf record -e page-faults --call-graph dwarf` follows the daemon through each window and
 # the call chain of every fault goes to DIR/KIND-WxH.txt; perf's own cost then shows in the
 # CPU columns). Needs ffmpeg with libx264 (and perf for CP_FAULTS_DIR). Temporary files (a few
@@ -55,6 +56,7 @@ warmup="${CP_WARMUP:-25}"
 window="${CP_WINDOW:-10}"
 kbps="${CP_BITRATE_KBPS:-2000}"
 threads="${CP_THREADS:-auto}"
+beside="${CP_BESIDE:-1}"
 fps=30
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 
@@ -66,6 +68,10 @@ for v in seconds warmup window kbps; do
 done
 # Each run lasts this long; both the daemon's program and x264 loop the source.
 length=$((warmup + window + 2))
+if [ "$beside" != 0 ] && [ "$beside" != 1 ]; then
+  echo "run.sh: CP_BESIDE must be 0 or 1, not '$beside'" >&2
+  exit 2
+fi
 if [ "$threads" != auto ] && ! [[ "$threads" =~ ^[1-4]$ ]]; then
   echo "run.sh: CP_THREADS must be auto or 1-4, not '$threads'" >&2
   exit 2
@@ -194,6 +200,7 @@ for run in $runs; do
       encoder_kind=passthrough
       ;;
   esac
+  [ "$beside" = 1 ] || x264_in=()
   command="$(printf '"%s", ' ffmpeg -loglevel error -re -stream_loop -1 "${feed[@]}")"
   ffmpeg -loglevel error -y -i "$dir/src.mkv" -pix_fmt yuv420p -f rawvideo "$dir/src.yuv"
 
