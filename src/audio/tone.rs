@@ -44,19 +44,28 @@ impl Tone {
     /// the Unix epoch). The phase runs on between calls, so blocks join without clicks.
     pub fn fill(&mut self, out: &mut [i16], wall: Duration) {
         let rate = u64::from(self.rate);
-        let start = u64::from(wall.subsec_nanos());
-        let beep = BEEP.as_nanos() as u64;
+        const SECOND: u64 = 1_000_000_000;
+        let beep = BEEP.as_nanos() as u64 * rate;
         let (tone_step, beep_step) = (
             TAU * TONE_HZ / f64::from(self.rate),
             TAU * BEEP_HZ / f64::from(self.rate),
         );
-        for (i, frame) in out.chunks_mut(self.channels).enumerate() {
-            // Nanoseconds into the wall-clock second of this sample (integer: cheap per sample).
-            let ns = (start + i as u64 * 1_000_000_000 / rate) % 1_000_000_000;
-            let step = if ns < beep { beep_step } else { tone_step };
-            self.phase = (self.phase + step) % TAU;
+        // Where this sample falls in its wall-clock second, in units of 1/rate ns: integer adds
+        // and compares per sample (no division), exactly `ns < BEEP` for the sample's instant
+        // `start + floor(i * 10^9 / rate)` ns.
+        let mut at = u64::from(wall.subsec_nanos()) * rate;
+        for frame in out.chunks_mut(self.channels) {
+            let step = if at < beep { beep_step } else { tone_step };
+            self.phase += step;
+            if self.phase >= TAU {
+                self.phase -= TAU;
+            }
             let v = (self.phase.sin() * AMPLITUDE) as i16;
             frame.fill(v);
+            at += SECOND;
+            if at >= SECOND * rate {
+                at -= SECOND * rate;
+            }
         }
     }
 }
@@ -143,6 +152,32 @@ mod tests {
         assert!(relative_power(&block, rate, BEEP_HZ) < 0.05);
         assert!(beep_at(Duration::from_millis(7_099)));
         assert!(!beep_at(Duration::from_millis(7_100)));
+    }
+
+    #[test]
+    fn the_beep_starts_and_ends_on_the_same_samples_as_the_per_sample_division() {
+        // The reference: each sample's instant by division, the phase by `%` (Sterbenz: the
+        // subtraction `fill` does instead is exact, so the samples match bit for bit).
+        fn reference(rate: u32, out: &mut [i16], wall: Duration, phase: &mut f64) {
+            let start = u64::from(wall.subsec_nanos());
+            for (i, v) in out.iter_mut().enumerate() {
+                let ns = (start + i as u64 * 1_000_000_000 / u64::from(rate)) % 1_000_000_000;
+                let hz = if ns < BEEP.as_nanos() as u64 { BEEP_HZ } else { TONE_HZ };
+                *phase = (*phase + TAU * hz / f64::from(rate)) % TAU;
+                *v = (phase.sin() * AMPLITUDE) as i16;
+            }
+        }
+        for rate in [48_000, 44_100, 16_000, 8_000] {
+            // Blocks across the beep's end, across the second's wrap, and a plain one.
+            for wall in [5_099_990_000u64, 5_999_990_123, 6_050_000_000] {
+                let wall = Duration::from_nanos(wall);
+                let (mut tone, mut phase) = (Tone::new(rate, 1), 0.0);
+                let (mut got, mut want) = (vec![0i16; 2400], vec![0i16; 2400]);
+                tone.fill(&mut got, wall);
+                reference(rate, &mut want, wall, &mut phase);
+                assert_eq!(got, want, "{rate} Hz at {wall:?}");
+            }
+        }
     }
 
     #[test]
