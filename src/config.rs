@@ -507,6 +507,11 @@ pub struct AudioConfig {
     /// encode at 5 took about 1.7 % of an x86 core in libopus alone, 3 % for the audio
     /// thread on a loaded machine; 0 about half that (docs/BENCHMARKS.md, bench/audio).
     pub complexity: u32,
+    /// Sound read and encoded per wake-up of the audio thread, in ms: 20, 40 or 60 (one, two or
+    /// three 20 ms Opus frames, sent together). Each wake-up also wakes whoever sends the frames
+    /// (the RTC engine, RTSP sessions), and on a small board the wake-ups cost more than the
+    /// encoding: 40 halves them against 20 for 20 ms more delay (docs/BENCHMARKS.md).
+    pub period_ms: u32,
     /// The `exec` source: argv of a program (no shell) that writes audio to stdout.
     pub exec: Vec<String>,
     /// What the `exec` program writes.
@@ -522,6 +527,7 @@ impl Default for AudioConfig {
             channels: 1,
             bitrate_kbps: 32,
             complexity: 5,
+            period_ms: 40,
             exec: Vec::new(),
             exec_format: AudioExecFormat::S16le,
         }
@@ -574,6 +580,15 @@ fn validate_audio(c: &Config) -> Result<(), Invalid> {
     in_range("audio.channels", a.channels, 1..=2)?;
     in_range("audio.bitrate_kbps", a.bitrate_kbps, 6..=510)?;
     in_range("audio.complexity", a.complexity, 0..=10)?;
+    if ![20, 40, 60].contains(&a.period_ms) {
+        return bad(
+            "audio.period_ms",
+            format!(
+                "{} is not 20, 40 or 60 (a whole number of 20 ms Opus frames per wake-up)",
+                a.period_ms
+            ),
+        );
+    }
     if a.device.is_empty() || a.device.len() > 256 {
         return bad(
             "audio.device",
@@ -2008,6 +2023,11 @@ mod tests {
                 "[audio]\ncomplexity = 11\n",
                 "audio.complexity",
                 "11 is not in 0..=10",
+            ),
+            (
+                "[audio]\nperiod_ms = 30\n",
+                "audio.period_ms",
+                "30 is not 20, 40 or 60",
             ),
             (
                 "[audio]\nsource = \"exec\"\n",

@@ -1,6 +1,6 @@
 //! ALSA capture (libasound through the `alsa` crate): S16_LE, interleaved, at `[audio] rate`
-//! and `channels`, one 20 ms period a read, ten periods of buffer. And `auto`: the ALSA card on
-//! the same USB device as the V4L2 camera, found in sysfs.
+//! and `channels`, one `[audio] period_ms` period a read (whole 20 ms frames), ten periods of
+//! buffer. And `auto`: the ALSA card on the same USB device as the V4L2 camera, found in sysfs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use alsa::{Direction, ValueOr};
 
 use super::{AudioError, AudioSource, Block};
 
-/// Periods in the ALSA buffer: 200 ms of slack before an overrun.
+/// Periods in the ALSA buffer: 200 to 600 ms of slack before an overrun.
 const PERIODS: alsa::pcm::Frames = 10;
 /// Longest wait for a period before the read reports a stall.
 const WAIT: Duration = Duration::from_secs(1);

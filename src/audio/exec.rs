@@ -23,12 +23,18 @@ pub struct ExecAudio {
     buf: Vec<u8>,
     /// Bytes of the current raw block read so far.
     filled: usize,
+    /// How long one raw block (one period) sounds.
+    period: Duration,
     last_byte: Instant,
 }
 
 impl ExecAudio {
-    /// Start `argv`.
-    pub fn spawn(argv: &[String], format: AudioExecFormat) -> Result<Self, AudioError> {
+    /// Start `argv`; raw samples are read a `period` at a time.
+    pub fn spawn(
+        argv: &[String],
+        format: AudioExecFormat,
+        period: Duration,
+    ) -> Result<Self, AudioError> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| AudioError::Open("[audio] exec is empty".into()))?;
@@ -66,6 +72,7 @@ impl ExecAudio {
             ogg: (format == AudioExecFormat::Ogg).then(OggOpus::default),
             buf: vec![0; 16 * 1024],
             filled: 0,
+            period,
             last_byte: Instant::now(),
         })
     }
@@ -119,10 +126,9 @@ impl AudioSource for ExecAudio {
                 for (s, b) in pcm.iter_mut().zip(self.buf.chunks_exact(2)) {
                     *s = i16::from_le_bytes([b[0], b[1]]);
                 }
-                let block = Duration::from_millis(20);
                 return Ok(Block::Pcm {
                     at: Instant::now()
-                        .checked_sub(block)
+                        .checked_sub(self.period)
                         .unwrap_or_else(Instant::now),
                 });
             }

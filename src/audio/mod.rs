@@ -2,7 +2,10 @@
 //! sends sound (the RTC engine, each RTSP session) on a bounded broadcast, like video.
 //!
 //! One named thread (`audio`) owns the source ([`AudioSource`]: ALSA, an `exec` program, or the
-//! test tone) and the encoder ([`encoder::OpusEncoder`]: 20 ms frames, in-band FEC). It behaves
+//! test tone) and the encoder ([`encoder::OpusEncoder`]: 20 ms frames, in-band FEC). It wakes
+//! once per `[audio] period_ms` (40 by default), encodes that period's 20 ms frames and
+//! publishes them as one [`AudioBatch`], so whoever sends them wakes once per period too;
+//! [`AudioSubscriber`] hands them out frame by frame. It behaves
 //! like the camera's capture thread when the source goes away: it warns once, sends silence
 //! (so receivers keep a running clock and the stream stays continuous) and reopens the source
 //! with backoff, resuming by itself. While nobody subscribes, blocks are read and dropped (the
@@ -40,6 +43,8 @@ pub const RTP_CLOCK: u32 = 48_000;
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
 /// Frames buffered for the slowest subscriber (one second) before it loses its place.
 pub const BROADCAST_FRAMES: usize = 50;
+/// Longest period (`[audio] period_ms`): three frames.
+pub const MAX_PERIOD_FRAMES: usize = 3;
 /// A timeline this far off the clock is re-anchored (a source's clock drifts, or it stalled).
 const RESYNC: Duration = Duration::from_millis(60);
 
@@ -74,11 +79,14 @@ pub enum AudioError {
     Encoder(String),
 }
 
+/// The frames of one period (one wake-up of the audio thread), as the broadcast carries them.
+pub type AudioBatch = Arc<[AudioFrame]>;
+
 /// What a source hands over.
 #[derive(Debug)]
 pub enum Block {
-    /// The caller's buffer now holds one 20 ms block of samples; `at` is its first sample's
-    /// capture instant.
+    /// The caller's buffer now holds one period of samples (whole 20 ms frames); `at` is its
+    /// first sample's capture instant.
     Pcm {
         /// When the first sample was captured.
         at: Instant,
@@ -92,11 +100,11 @@ pub enum Block {
     },
 }
 
-/// A source of sound: `read` blocks for one block (at most about a second).
+/// A source of sound: `read` blocks for one period (at most about a second).
 pub trait AudioSource {
     /// How logs and `/health` name it.
     fn name(&self) -> String;
-    /// Fill `pcm` (one 20 ms block, interleaved) or hand over a packet.
+    /// Fill `pcm` (one period, interleaved) or hand over a packet.
     fn read(&mut self, pcm: &mut [i16]) -> Result<Block, AudioError>;
 }
 
@@ -213,7 +221,9 @@ pub fn rtp_time(base: u32, t: Duration) -> u32 {
 /// The cloneable handle to the audio pipeline.
 #[derive(Clone)]
 pub struct AudioHandle {
-    frames: broadcast::WeakSender<AudioFrame>,
+    frames: broadcast::WeakSender<AudioBatch>,
+    /// Frames in a period: a lagged batch is this many frames lost.
+    period_frames: usize,
     status: watch::Receiver<AudioStatus>,
     counters: Arc<AudioCounters>,
     channels: u32,
@@ -226,7 +236,13 @@ impl AudioHandle {
             Some(tx) => tx.subscribe(),
             None => broadcast::channel(1).1,
         };
-        AudioSubscriber { rx, skipped: 0 }
+        AudioSubscriber {
+            rx,
+            batch: None,
+            next: 0,
+            period_frames: self.period_frames,
+            skipped: 0,
+        }
     }
 
     /// The audio state now.
@@ -266,19 +282,28 @@ impl AudioHandle {
 }
 
 /// One receiver's place in the broadcast. Audio frames stand alone: one that falls behind
-/// skips what it lost and goes on.
+/// skips what it lost and goes on. Batches come in whole and go out frame by frame, so the
+/// frames of one period are handled in one wake-up of the receiving task.
 pub struct AudioSubscriber {
-    rx: broadcast::Receiver<AudioFrame>,
+    rx: broadcast::Receiver<AudioBatch>,
+    /// The batch being handed out, and the index of its next frame.
+    batch: Option<AudioBatch>,
+    next: usize,
+    period_frames: usize,
     skipped: u64,
 }
 
 impl AudioSubscriber {
-    /// The next frame; `None` once the pipeline has stopped.
+    /// The next frame; `None` once the pipeline has stopped. Cancel-safe: a frame is only
+    /// taken from the batch when it is returned.
     pub async fn recv(&mut self) -> Option<AudioFrame> {
         loop {
+            if let Some(f) = self.take_buffered() {
+                return Some(f);
+            }
             match self.rx.recv().await {
-                Ok(f) => return Some(f),
-                Err(broadcast::error::RecvError::Lagged(n)) => self.skipped += n,
+                Ok(b) => self.hold(b),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lost(n),
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
@@ -287,13 +312,34 @@ impl AudioSubscriber {
     /// The next frame if one is waiting (`Ok(None)`: none yet; `Err`: the pipeline stopped).
     pub fn try_recv(&mut self) -> Result<Option<AudioFrame>, AudioStopped> {
         loop {
+            if let Some(f) = self.take_buffered() {
+                return Ok(Some(f));
+            }
             match self.rx.try_recv() {
-                Ok(f) => return Ok(Some(f)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => self.skipped += n,
+                Ok(b) => self.hold(b),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lost(n),
                 Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
                 Err(broadcast::error::TryRecvError::Closed) => return Err(AudioStopped),
             }
         }
+    }
+
+    fn take_buffered(&mut self) -> Option<AudioFrame> {
+        let frame = self.batch.as_ref()?.get(self.next).cloned();
+        match frame {
+            Some(_) => self.next += 1,
+            None => self.batch = None,
+        }
+        frame
+    }
+
+    fn hold(&mut self, batch: AudioBatch) {
+        self.batch = Some(batch);
+        self.next = 0;
+    }
+
+    fn lost(&mut self, batches: u64) {
+        self.skipped += batches.saturating_mul(self.period_frames as u64);
     }
 
     /// Frames lost by falling behind.
@@ -328,7 +374,8 @@ pub fn spawn(
     epoch: Instant,
     cancel: CancellationToken,
 ) -> std::io::Result<(AudioHandle, AudioGuard)> {
-    let (tx, _) = broadcast::channel(BROADCAST_FRAMES);
+    let period_frames = period_frames(config);
+    let (tx, _) = broadcast::channel((BROADCAST_FRAMES / period_frames).max(1));
     let (status_tx, status_rx) = watch::channel(AudioStatus {
         state: "starting",
         source: String::new(),
@@ -336,6 +383,7 @@ pub fn spawn(
     let counters = Arc::new(AudioCounters::default());
     let handle = AudioHandle {
         frames: tx.downgrade(),
+        period_frames,
         status: status_rx,
         counters: counters.clone(),
         channels: config.channels,
@@ -360,9 +408,15 @@ pub fn spawn(
     ))
 }
 
+/// 20 ms frames in one period (`[audio] period_ms`), 1..=[`MAX_PERIOD_FRAMES`].
+fn period_frames(config: &AudioConfig) -> usize {
+    ((config.period_ms / FRAME_MS) as usize).clamp(1, MAX_PERIOD_FRAMES)
+}
+
 /// Open the source `spec` names.
 fn open(spec: &AudioSpec, config: &AudioConfig) -> Result<Box<dyn AudioSource>, AudioError> {
-    let frames = frame_samples(config.rate);
+    let n = period_frames(config);
+    let frames = frame_samples(config.rate) * n;
     Ok(match spec {
         AudioSpec::None => return Err(AudioError::Open("[audio] source = \"none\"".into())),
         AudioSpec::Alsa(device) => Box::new(alsa::AlsaSource::open(
@@ -371,8 +425,16 @@ fn open(spec: &AudioSpec, config: &AudioConfig) -> Result<Box<dyn AudioSource>, 
             config.channels,
             frames,
         )?),
-        AudioSpec::Exec => Box::new(exec::ExecAudio::spawn(&config.exec, config.exec_format)?),
-        AudioSpec::Test => Box::new(tone::ToneSource::new(config.rate, config.channels, FRAME)),
+        AudioSpec::Exec => Box::new(exec::ExecAudio::spawn(
+            &config.exec,
+            config.exec_format,
+            FRAME * n as u32,
+        )?),
+        AudioSpec::Test => Box::new(tone::ToneSource::new(
+            config.rate,
+            config.channels,
+            FRAME * n as u32,
+        )),
     })
 }
 
@@ -380,7 +442,7 @@ struct Worker {
     config: AudioConfig,
     spec: AudioSpec,
     epoch: Instant,
-    frames: broadcast::Sender<AudioFrame>,
+    frames: broadcast::Sender<AudioBatch>,
     status: watch::Sender<AudioStatus>,
     counters: Arc<AudioCounters>,
     timeline: Timeline,
@@ -391,7 +453,10 @@ impl Worker {
     fn run(mut self, cancel: &CancellationToken) {
         let mut backoff = Backoff::default();
         let mut warned = false;
-        let mut pcm = vec![0i16; frame_samples(self.config.rate) * self.config.channels as usize];
+        let period = frame_samples(self.config.rate)
+            * self.config.channels as usize
+            * period_frames(&self.config);
+        let mut pcm = vec![0i16; period];
         while !cancel.is_cancelled() {
             let failure = match open(&self.spec, &self.config) {
                 Ok(mut source) => {
@@ -452,7 +517,8 @@ impl Worker {
                         .ok()
                         .filter(|&n| n > 0 && n <= 5760)
                         .unwrap_or(960) as u32;
-                    self.publish(packet, at, samples);
+                    let frame = self.frame(packet, at, samples);
+                    self.send(Arc::from([frame]));
                 }
                 Err(AudioError::Stalled(_)) => continue,
                 Err(e) => return e.to_string(),
@@ -461,11 +527,16 @@ impl Worker {
         "cancelled".into()
     }
 
-    /// Encode one block (only while someone listens) and publish it.
+    /// Encode one period's frames (only while someone listens) and publish them as one batch.
     fn publish_pcm(&mut self, pcm: &[i16], at: Instant) -> Result<(), AudioError> {
+        let frames = pcm.len()
+            / frame_samples(self.config.rate).max(1)
+            / self.config.channels.max(1) as usize;
         if self.frames.receiver_count() == 0 {
             // Nobody listens: keep the timeline, encode nothing.
-            let _ = self.stamp(at, FRAME);
+            for _ in 0..frames {
+                let _ = self.stamp(at, FRAME);
+            }
             return Ok(());
         }
         let encoder = match &mut self.encoder {
@@ -477,8 +548,18 @@ impl Worker {
                 self.config.complexity,
             )?),
         };
-        let packet = encoder.encode(pcm)?;
-        self.publish(packet, at, RTP_CLOCK / 50);
+        let len = encoder.frame_len();
+        let mut packets = [const { None }; MAX_PERIOD_FRAMES];
+        for (slot, chunk) in packets.iter_mut().zip(pcm.chunks_exact(len)) {
+            *slot = Some(encoder.encode(chunk)?);
+        }
+        let batch: AudioBatch = packets
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, packet)| self.frame(packet, at + FRAME * i as u32, RTP_CLOCK / 50))
+            .collect();
+        self.send(batch);
         Ok(())
     }
 
@@ -492,19 +573,25 @@ impl Worker {
         t
     }
 
-    fn publish(&mut self, data: Bytes, at: Instant, samples: u32) {
+    /// One frame, stamped on the timeline and counted.
+    fn frame(&mut self, data: Bytes, at: Instant, samples: u32) -> AudioFrame {
         let len = Duration::from_micros(u64::from(samples) * 1_000_000 / u64::from(RTP_CLOCK));
         let timestamp = self.stamp(at, len);
         self.counters.frames.fetch_add(1, Ordering::Relaxed);
-        // No receiver is fine: nobody listens right now.
-        let _ = self.frames.send(AudioFrame {
+        AudioFrame {
             data,
             timestamp,
             samples,
-        });
+        }
     }
 
-    /// Send silence every 20 ms for `d` (receivers keep a running stream). False if cancelled.
+    fn send(&mut self, batch: AudioBatch) {
+        // No receiver is fine: nobody listens right now.
+        let _ = self.frames.send(batch);
+    }
+
+    /// Send silence, a period at a time, for `d` (receivers keep a running stream). False if
+    /// cancelled.
     fn silence(&mut self, d: Duration, pcm: &mut [i16], cancel: &CancellationToken) -> bool {
         pcm.fill(0);
         let end = Instant::now() + d;
@@ -518,14 +605,13 @@ impl Worker {
                 std::thread::sleep(next - now);
             }
             let at = next;
-            next += FRAME;
+            next += FRAME * period_frames(&self.config) as u32;
             let before = self.counters.frames.load(Ordering::Relaxed);
             if self.publish_pcm(pcm, at).is_err() {
                 continue;
             }
-            if self.counters.frames.load(Ordering::Relaxed) > before {
-                self.counters.silence.fetch_add(1, Ordering::Relaxed);
-            }
+            let sent = self.counters.frames.load(Ordering::Relaxed) - before;
+            self.counters.silence.fetch_add(sent, Ordering::Relaxed);
         }
         !cancel.is_cancelled()
     }
@@ -629,6 +715,71 @@ mod tests {
         guard.join();
         assert_eq!(audio.report().status.state, "stopped");
         assert_eq!(audio.listeners(), 0, "the thread is gone");
+    }
+
+    #[tokio::test]
+    async fn a_period_of_three_frames_arrives_as_one_batch_handed_out_frame_by_frame() {
+        let config = AudioConfig {
+            source: AudioSourceKind::Test,
+            period_ms: 60,
+            ..AudioConfig::default()
+        };
+        let cancel = CancellationToken::new();
+        let (audio, guard) =
+            spawn(&config, AudioSpec::Test, Instant::now(), cancel.clone()).unwrap();
+        let mut sub = audio.subscribe();
+        for _ in 0..3 {
+            let first = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            // The other two frames of the period are already here: no second wake-up.
+            let second = sub.try_recv().unwrap().expect("second frame of the batch");
+            let third = sub.try_recv().unwrap().expect("third frame of the batch");
+            assert_eq!(second.timestamp - first.timestamp, FRAME);
+            assert_eq!(third.timestamp - second.timestamp, FRAME);
+            assert_eq!((first.samples, third.samples), (960, 960));
+            assert!(
+                sub.try_recv().unwrap().is_none(),
+                "the next period is 60 ms away"
+            );
+        }
+        assert_eq!(sub.skipped(), 0);
+        cancel.cancel();
+        guard.join();
+    }
+
+    #[test]
+    fn a_lagging_subscriber_counts_the_frames_of_the_batches_it_lost() {
+        let (tx, rx) = broadcast::channel::<AudioBatch>(1);
+        let frame = |ms| AudioFrame {
+            data: Bytes::from_static(b"x"),
+            timestamp: Duration::from_millis(ms),
+            samples: 960,
+        };
+        let mut sub = AudioSubscriber {
+            rx,
+            batch: None,
+            next: 0,
+            period_frames: 2,
+            skipped: 0,
+        };
+        for at in [0, 40, 80] {
+            tx.send(Arc::from([frame(at), frame(at + 20)])).unwrap();
+        }
+        // Capacity 1: the first two batches (four frames) are gone.
+        assert_eq!(
+            sub.try_recv().unwrap().unwrap().timestamp,
+            Duration::from_millis(80)
+        );
+        assert_eq!(
+            sub.try_recv().unwrap().unwrap().timestamp,
+            Duration::from_millis(100)
+        );
+        assert_eq!(sub.skipped(), 4);
+        assert!(sub.try_recv().unwrap().is_none());
+        drop(tx);
+        assert_eq!(sub.try_recv().unwrap_err(), AudioStopped);
     }
 
     /// The strongest frequency in `x` by a plain DFT scan over 100..4000 Hz, 5 Hz apart.

@@ -162,7 +162,11 @@ mod tests {
             let start = u64::from(wall.subsec_nanos());
             for (i, v) in out.iter_mut().enumerate() {
                 let ns = (start + i as u64 * 1_000_000_000 / u64::from(rate)) % 1_000_000_000;
-                let hz = if ns < BEEP.as_nanos() as u64 { BEEP_HZ } else { TONE_HZ };
+                let hz = if ns < BEEP.as_nanos() as u64 {
+                    BEEP_HZ
+                } else {
+                    TONE_HZ
+                };
                 *phase = (*phase + TAU * hz / f64::from(rate)) % TAU;
                 *v = (phase.sin() * AMPLITUDE) as i16;
             }
