@@ -21,6 +21,9 @@ pub const MAX_PENDING_STILLS: usize = 2;
 
 /// Most a player should buffer before rendering (RTP playout-delay extension).
 const PLAYOUT_DELAY_MAX: MediaTime = MediaTime::from_millis(100);
+/// Timeouts due at once that one drain of [`Viewer::poll_output`] hands str0m before it waits
+/// (str0m asks for one after each write; more in a row would be a busy loop).
+const MAX_DUE_NOW: u8 = 4;
 
 /// An encoded frame as viewers are written it: the bytes shared (one copy for every viewer),
 /// the RTP time in 90 kHz ticks.
@@ -99,6 +102,9 @@ pub struct Viewer {
     next_timeout: Instant,
     /// Time of the latest input: a timeout str0m reports in the past is moved after it.
     now: Instant,
+    /// Timeouts str0m asked for at `now` and got at once in this drain (bounded: see
+    /// [`Viewer::poll_output`]).
+    due_now: u8,
     pending_stills: usize,
     /// Remote candidates from the offer and trickle fragments: bounded by
     /// `max_sdp_candidates`, since str0m keeps each one.
@@ -210,6 +216,7 @@ impl Viewer {
             silence_timeout,
             next_timeout: now,
             now,
+            due_now: 0,
             pending_stills: 0,
             remote_candidates,
             _slot: slot,
@@ -477,6 +484,7 @@ impl Viewer {
     pub fn poll_output(&mut self) -> Option<ViewerOutput> {
         loop {
             if !self.rtc.is_alive() {
+                self.due_now = 0;
                 self.next_timeout = self.now;
                 return None;
             }
@@ -489,8 +497,19 @@ impl Viewer {
                 }
             };
             match out {
+                Output::Timeout(t) if t <= self.now && self.due_now < MAX_DUE_NOW => {
+                    // str0m's pacer sends what was just written on its next timeout, which it
+                    // asks for at once: give it now, in this turn, rather than wake the engine
+                    // again a millisecond later to send the frame then.
+                    self.due_now += 1;
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(self.now)) {
+                        tracing::debug!(viewer = %self.id, error = %e, "viewer timeout failed; disconnecting");
+                        self.rtc.disconnect();
+                    }
+                }
                 Output::Timeout(t) => {
                     // Never busy-loop on a timeout in the past.
+                    self.due_now = 0;
                     self.next_timeout = t.max(self.now + Duration::from_millis(1));
                     return None;
                 }

@@ -890,3 +890,32 @@ fn stun_and_turn_on_one_server_each_get_their_own_answers() {
     let stun = w.core.stats().ice.into_iter().find(|h| h.kind == "stun");
     assert_eq!(stun.map(|h| h.state), Some("ok".to_owned()));
 }
+
+#[test]
+fn a_frame_leaves_in_the_turn_it_is_written_not_on_a_timer_after_it() {
+    // str0m's pacer releases what was just written on its next timeout, which it asks for at
+    // once: the core gives it that timeout in the same turn, so a frame costs one wake-up of
+    // the engine, not two, and leaves a millisecond or two sooner.
+    let mut w = World::new(Duration::from_secs(15));
+    let (p, _) = w.join(peer_addr(0));
+    w.run_until(Duration::from_secs(10), |w| w.peers[p].frames() >= 3);
+    w.subscribed = false; // the test writes the next frame itself
+    w.run_until(Duration::from_secs(1), |w| {
+        w.core
+            .poll_timeout()
+            .is_some_and(|t| t > w.now + Duration::from_millis(5))
+    });
+    let before = w.core.stats().frames_sent;
+    w.core.handle_frame(w.now, &fake_frame(w.frame_n, false), 0);
+    let mut sent = 0;
+    while let Some(t) = w.core.poll_transmit() {
+        assert_eq!(t.destination, peer_addr(0));
+        sent += 1;
+    }
+    assert!(sent >= 1, "the frame's RTP went out in the same turn");
+    assert_eq!(w.core.stats().frames_sent, before + 1);
+    assert!(
+        w.core.poll_timeout().is_some_and(|t| t > w.now),
+        "nothing is left due now"
+    );
+}
