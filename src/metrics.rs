@@ -479,6 +479,12 @@ const METRICS: &[Metric] = &[
         help: "Subscriptions to the audio frames: one per RTSP session playing audio, one for all WebRTC viewers taking audio.",
         read: Read::Maybe(|s| s.audio.map(|a| a.listeners as f64)),
     },
+    Metric {
+        name: "snaprtcd_audio_fec_loss_percent",
+        kind: Kind::Gauge,
+        help: "Packet loss the Opus encoder codes in-band FEC for, in percent: the worst a WebRTC viewer reported in the last 10 s (0: no redundancy sent).",
+        read: Read::Maybe(|s| s.audio.map(|a| f64::from(a.fec_loss_percent))),
+    },
 ];
 
 /// The labels naming one remote: `url="…",session="…"`.
@@ -817,6 +823,7 @@ snaprtcd_camera_fps 29.5
             silence: 50,
             losses: 1,
             listeners: 3,
+            fec_loss_percent: 5,
         };
         let process = ProcessStats::default();
         let snapshot = |audio| Snapshot {
@@ -837,6 +844,7 @@ snaprtcd_camera_fps 29.5
             "snaprtcd_audio_silence_frames_total 50",
             "snaprtcd_audio_losses_total 1",
             "snaprtcd_audio_listeners 3",
+            "snaprtcd_audio_fec_loss_percent 5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

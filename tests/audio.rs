@@ -95,6 +95,7 @@ struct Setup {
     cancel: CancellationToken,
     rtc: snaprtcd::rtc::RtcHandle,
     _pipeline: snaprtcd::media::PipelineGuard,
+    audio: audio::AudioHandle,
     _audio: audio::AudioGuard,
 }
 
@@ -114,13 +115,14 @@ async fn setup() -> Setup {
     let engine = Engine::bind(support::loopback_settings(), media.clone())
         .await
         .unwrap()
-        .with_audio(sound);
+        .with_audio(sound.clone());
     let rtc = engine.handle();
     tokio::spawn(engine.run(cancel.clone()));
     Setup {
         cancel,
         rtc,
         _pipeline: pipeline,
+        audio: sound,
         _audio: guard,
     }
 }
@@ -252,6 +254,50 @@ async fn a_str0m_peer_gets_the_tone_as_opus_and_the_beep_matches_the_flash() {
         assert!(t.abs() <= 80.0, "RTP timeline offset {t:.1} ms");
         assert!(a.abs() <= 80.0, "arrival offset {a:.1} ms");
     }
+    s.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fec_is_coded_only_once_a_viewer_reports_audio_loss() {
+    let s = setup().await;
+    let (mut p, offer, pending) = peer(true).await;
+    let answer = s.rtc.answer(offer, ViewerKind::Whep).await.unwrap();
+    let opus_pt: u8 = answer
+        .sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" opus/48000/2"))
+        .and_then(|pt| pt.parse().ok())
+        .expect("an Opus payload type in the answer");
+    p.accept(pending, &answer.sdp);
+    // A clean network: audio flows with no FEC planned (no redundancy, no cost for it).
+    let mut frames = 0;
+    p.drive(Duration::from_secs(20), |_, e| {
+        frames += usize::from(matches!(&e, Event::MediaData(d) if d.params.spec().codec == str0m::format::Codec::Opus));
+        frames >= 100
+    })
+    .await;
+    assert_eq!(s.audio.report().fec_loss_percent, 0, "no loss, no FEC");
+    // Now every fourth audio packet is lost on the way: the peer's receiver reports say so,
+    // and the encoder plans FEC for it (capped at 20 %).
+    let mut audio_packets = 0u64;
+    let is_audio = |d: &[u8]| d.len() > 12 && d[0] >> 6 == 2 && d[1] & 0x7f == opus_pt;
+    p.drive_lossy(
+        Duration::from_secs(20),
+        |d| {
+            if !is_audio(d) {
+                return true;
+            }
+            audio_packets += 1;
+            audio_packets % 4 != 0
+        },
+        |_, _| s.audio.report().fec_loss_percent > 0,
+    )
+    .await;
+    let planned = s.audio.report().fec_loss_percent;
+    assert!(
+        (10..=20).contains(&planned),
+        "FEC planned for {planned} % loss"
+    );
     s.cancel.cancel();
 }
 

@@ -1,5 +1,12 @@
 //! One Opus encoder (libopus): 20 ms frames, in-band FEC on, at the capture rate (Opus takes
 //! 8, 12, 16, 24 and 48 kHz as they are; RTP time is 48 kHz whatever the input rate).
+//!
+//! In-band FEC is enabled, and libopus codes it in proportion to the packet loss it is told to
+//! expect ([`OpusEncoder::set_expected_loss`]; none at 0). [`LossPlan`] sets that from what the
+//! receivers report (RTCP receiver reports), as libwebrtc does: no redundancy, and no cost for
+//! it, on a clean network; redundancy for the worst receiver once one loses packets.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -9,8 +16,39 @@ use super::AudioError;
 pub const FRAME_MS: u32 = 20;
 /// Largest Opus packet of one frame (RFC 6716, 3.4: 1275 bytes), with room for the TOC.
 const MAX_PACKET: usize = 1500;
-/// Loss the encoder plans FEC for, in percent (in-band FEC is only coded when this is > 0).
-const EXPECTED_LOSS_PERCENT: i32 = 10;
+/// Most loss FEC is planned for, in percent (libwebrtc's ceiling too: beyond it redundancy
+/// takes more of the bitrate than it gives back).
+pub const MAX_EXPECTED_LOSS_PERCENT: u8 = 20;
+/// How long a receiver's loss report holds the plan up without a new one.
+pub const LOSS_HOLD: Duration = Duration::from_secs(10);
+
+/// The loss FEC is planned for: the worst any receiver reported within [`LOSS_HOLD`], in whole
+/// percent up to [`MAX_EXPECTED_LOSS_PERCENT`]; 0 once nobody has reported loss for that long.
+/// Pure: instants come in.
+#[derive(Debug, Default, Clone)]
+pub struct LossPlan {
+    percent: u8,
+    until: Option<Instant>,
+}
+
+impl LossPlan {
+    /// A receiver reported `percent` loss at `now` (0: none).
+    pub fn handle_report(&mut self, now: Instant, percent: u8) {
+        let percent = percent.min(MAX_EXPECTED_LOSS_PERCENT);
+        if percent > 0 && percent >= self.poll_percent(now) {
+            self.percent = percent;
+            self.until = Some(now + LOSS_HOLD);
+        }
+    }
+
+    /// The loss to plan for at `now`.
+    pub fn poll_percent(&mut self, now: Instant) -> u8 {
+        if self.until.is_some_and(|until| now >= until) {
+            (self.percent, self.until) = (0, None);
+        }
+        self.percent
+    }
+}
 
 /// Samples (per channel) in one frame at `rate`.
 pub fn frame_samples(rate: u32) -> usize {
@@ -22,6 +60,8 @@ pub struct OpusEncoder {
     inner: opus::Encoder,
     channels: u32,
     rate: u32,
+    /// The loss libopus was last told to expect, in percent.
+    expected_loss: u8,
     out: Vec<u8>,
 }
 
@@ -46,15 +86,31 @@ impl OpusEncoder {
             .map_err(e)?;
         inner.set_inband_fec(true).map_err(e)?;
         inner.set_complexity(complexity.min(10) as i32).map_err(e)?;
-        inner
-            .set_packet_loss_perc(EXPECTED_LOSS_PERCENT)
-            .map_err(e)?;
+        inner.set_packet_loss_perc(0).map_err(e)?;
         Ok(Self {
             inner,
             channels,
             rate,
+            expected_loss: 0,
             out: vec![0; MAX_PACKET],
         })
+    }
+
+    /// Plan in-band FEC for `percent` packet loss (0: code none), from the next frame on.
+    pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), AudioError> {
+        let percent = percent.min(MAX_EXPECTED_LOSS_PERCENT);
+        if percent != self.expected_loss {
+            self.inner
+                .set_packet_loss_perc(i32::from(percent))
+                .map_err(|e| AudioError::Encoder(e.to_string()))?;
+            self.expected_loss = percent;
+        }
+        Ok(())
+    }
+
+    /// The loss FEC is planned for now, in percent.
+    pub fn expected_loss(&self) -> u8 {
+        self.expected_loss
     }
 
     /// Interleaved samples in one 20 ms frame.
@@ -84,6 +140,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_plan_follows_the_worst_report_and_falls_to_zero_when_reports_stop() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut plan = LossPlan::default();
+        assert_eq!(plan.poll_percent(t0), 0, "nothing reported: no FEC");
+        plan.handle_report(t0, 0);
+        assert_eq!(plan.poll_percent(t0), 0);
+        plan.handle_report(t0, 7);
+        // A better receiver does not lower the plan while the worse one's report holds.
+        plan.handle_report(t0 + s(1), 2);
+        assert_eq!(plan.poll_percent(t0 + s(2)), 7);
+        // Worse loss raises it at once, capped.
+        plan.handle_report(t0 + s(3), 90);
+        assert_eq!(plan.poll_percent(t0 + s(3)), MAX_EXPECTED_LOSS_PERCENT);
+        // The report held for LOSS_HOLD; then a lower one is taken...
+        plan.handle_report(t0 + s(3) + LOSS_HOLD, 3);
+        assert_eq!(plan.poll_percent(t0 + s(4) + LOSS_HOLD), 3);
+        // ...and without any, the plan is back to none.
+        assert_eq!(plan.poll_percent(t0 + s(3) + LOSS_HOLD * 2), 0);
+    }
+
+    #[test]
     fn frames_are_20_ms_with_fec_and_decode_to_20_ms() {
         for (rate, channels) in [(48_000, 1), (48_000, 2), (16_000, 1)] {
             let mut enc = OpusEncoder::new(rate, channels, 32, 5).unwrap();
@@ -98,6 +176,15 @@ mod tests {
             assert_eq!(opus::packet::get_nb_samples(&packet, 48_000).unwrap(), 960);
             assert!(enc.encode(&pcm[1..]).is_err(), "a short frame is refused");
         }
+        let mut enc = OpusEncoder::new(48_000, 1, 32, 5).unwrap();
+        assert_eq!(
+            enc.inner.get_packet_loss_perc().unwrap(),
+            0,
+            "no FEC bits until loss"
+        );
+        enc.set_expected_loss(55).unwrap();
+        assert_eq!(enc.inner.get_packet_loss_perc().unwrap(), 20, "capped");
+        assert_eq!(enc.expected_loss(), 20);
         assert!(OpusEncoder::new(44_100, 1, 32, 5).is_err());
         assert!(OpusEncoder::new(48_000, 3, 32, 5).is_err());
     }

@@ -24,7 +24,7 @@ pub mod ogg;
 pub mod tone;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AudioConfig, AudioSourceKind};
 use crate::thread::OwnedThread;
 
-use encoder::{frame_samples, OpusEncoder, FRAME_MS};
+use encoder::{frame_samples, LossPlan, OpusEncoder, FRAME_MS};
 
 /// RTP clock rate of Opus (RFC 7587): 48 kHz whatever the capture rate.
 pub const RTP_CLOCK: u32 = 48_000;
@@ -171,6 +171,9 @@ pub struct AudioReport {
     /// Subscriptions to the frames now: one per RTSP session playing the audio track, and one
     /// for the WebRTC engine while any viewer takes audio (it fans out to all of them).
     pub listeners: u64,
+    /// Packet loss in-band FEC is coded for, in percent: the worst a receiver reported lately
+    /// (0: none reported, no redundancy sent).
+    pub fec_loss_percent: u8,
 }
 
 /// Counters the audio thread bumps.
@@ -184,6 +187,8 @@ pub struct AudioCounters {
     pub losses: AtomicU64,
     /// Times the timeline was re-anchored to the clock.
     pub resyncs: AtomicU64,
+    /// Packet loss the encoder codes in-band FEC for now, in percent.
+    pub fec_loss_percent: AtomicU8,
 }
 
 /// Keeps frame timestamps exactly one frame apart while the source keeps time, and re-anchors
@@ -224,6 +229,8 @@ pub struct AudioHandle {
     frames: broadcast::WeakSender<AudioBatch>,
     /// Frames in a period: a lagged batch is this many frames lost.
     period_frames: usize,
+    /// Receivers' loss reports, in percent: the worst since the audio thread last looked.
+    loss_reports: Arc<AtomicU8>,
     status: watch::Receiver<AudioStatus>,
     counters: Arc<AudioCounters>,
     channels: u32,
@@ -257,6 +264,13 @@ impl AudioHandle {
             .map_or(0, |tx| tx.receiver_count() as u64)
     }
 
+    /// A receiver lost this percentage of the audio packets lately (an RTCP receiver report's
+    /// "fraction lost"): the encoder plans in-band FEC for the worst receiver's loss (see
+    /// [`encoder::LossPlan`]).
+    pub fn report_loss(&self, percent: u8) {
+        self.loss_reports.fetch_max(percent, Ordering::Relaxed);
+    }
+
     /// The state and counters now.
     pub fn report(&self) -> AudioReport {
         let c = &self.counters;
@@ -267,6 +281,7 @@ impl AudioHandle {
             silence: c.silence.load(Ordering::Relaxed),
             losses: c.losses.load(Ordering::Relaxed),
             listeners: self.listeners(),
+            fec_loss_percent: c.fec_loss_percent.load(Ordering::Relaxed),
         }
     }
 
@@ -381,9 +396,11 @@ pub fn spawn(
         source: String::new(),
     });
     let counters = Arc::new(AudioCounters::default());
+    let loss_reports = Arc::new(AtomicU8::new(0));
     let handle = AudioHandle {
         frames: tx.downgrade(),
         period_frames,
+        loss_reports: loss_reports.clone(),
         status: status_rx,
         counters: counters.clone(),
         channels: config.channels,
@@ -397,6 +414,8 @@ pub fn spawn(
         counters,
         timeline: Timeline::default(),
         encoder: None,
+        loss_reports,
+        loss_plan: LossPlan::default(),
     };
     let token = cancel.clone();
     let thread = OwnedThread::spawn("audio", cancel, move || worker.run(&token))?;
@@ -447,6 +466,8 @@ struct Worker {
     counters: Arc<AudioCounters>,
     timeline: Timeline,
     encoder: Option<OpusEncoder>,
+    loss_reports: Arc<AtomicU8>,
+    loss_plan: LossPlan,
 }
 
 impl Worker {
@@ -548,6 +569,21 @@ impl Worker {
                 self.config.complexity,
             )?),
         };
+        let now = Instant::now();
+        let reported = self.loss_reports.swap(0, Ordering::Relaxed);
+        self.loss_plan.handle_report(now, reported);
+        let planned = self.loss_plan.poll_percent(now);
+        if planned != encoder.expected_loss() {
+            tracing::debug!(
+                from = encoder.expected_loss(),
+                to = planned,
+                "in-band FEC now planned for this % packet loss"
+            );
+            encoder.set_expected_loss(planned)?;
+            self.counters
+                .fec_loss_percent
+                .store(planned, Ordering::Relaxed);
+        }
         let len = encoder.frame_len();
         let mut packets = [const { None }; MAX_PERIOD_FRAMES];
         for (slot, chunk) in packets.iter_mut().zip(pcm.chunks_exact(len)) {

@@ -218,6 +218,7 @@ fn audio_json(a: &crate::audio::AudioReport) -> serde_json::Value {
         "silence_frames": a.silence,
         "losses": a.losses,
         "listeners": a.listeners,
+        "fec_loss_percent": a.fec_loss_percent,
     })
 }
 

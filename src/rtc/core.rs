@@ -254,6 +254,9 @@ pub enum CoreEvent {
     ReleaseAudio,
     /// Ask the pipeline for a keyframe.
     Keyframe(KeyframeCause),
+    /// A viewer's receiver reports give this percentage of its audio packets lost: tell the
+    /// audio encoder ([`crate::audio::AudioHandle::report_loss`]).
+    AudioLoss(u8),
     /// Make a still of at most `max_bytes` and hand it to [`Core::handle_still`].
     Still {
         /// For whom.
@@ -677,6 +680,9 @@ impl Core {
                 }
                 ViewerOutput::Event(ViewerEvent::Keyframe(cause)) => {
                     self.events.push_back(CoreEvent::Keyframe(cause));
+                }
+                ViewerOutput::Event(ViewerEvent::AudioLoss(percent)) => {
+                    self.events.push_back(CoreEvent::AudioLoss(percent));
                 }
                 ViewerOutput::Event(ViewerEvent::Still { channel, max_bytes }) => {
                     self.events.push_back(CoreEvent::Still {

@@ -372,6 +372,11 @@ impl Shell {
                 }
                 CoreEvent::ReleaseAudio => self.audio_subscriber = None,
                 CoreEvent::Keyframe(cause) => self.media.request_keyframe(cause),
+                CoreEvent::AudioLoss(percent) => {
+                    if let Some(audio) = &self.audio {
+                        audio.report_loss(percent);
+                    }
+                }
                 CoreEvent::Still {
                     viewer,
                     channel,

@@ -432,7 +432,12 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
 /// A fresh `Rtc` as every viewer gets it: ICE-lite unless `full_ice` (with host candidates
 /// only the browser does the checks; with STUN/TURN servers both sides check pairs), H.264 CB
 /// only (and Opus with `audio`: an offer's audio m-line is then answered sendonly/sendrecv,
-/// else rejected), room for a 256 KiB still in the SCTP buffer.
+/// else rejected, and str0m's stats run once a second for the receiver's audio loss), room for
+/// a 256 KiB still in the SCTP buffer.
+/// How often str0m reports a viewer's stats when it may take audio (the receiver's audio loss
+/// steers the Opus encoder's FEC).
+const AUDIO_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(!full_ice)
@@ -446,6 +451,7 @@ fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
     }
     if audio {
         codecs.enable_opus(true, false);
+        cfg = cfg.set_stats_interval(Some(AUDIO_STATS_INTERVAL));
     }
     cfg.build(now)
 }

@@ -62,6 +62,9 @@ pub enum ViewerEvent {
         /// The peer's `max-message-size` (capped).
         max_bytes: usize,
     },
+    /// The peer's receiver reports give this percentage of the audio packets lost, rounded up
+    /// (str0m's stats, once a second while audio flows): the encoder's FEC follows it.
+    AudioLoss(u8),
 }
 
 /// What [`Viewer::poll_output`] hands the engine.
@@ -545,6 +548,14 @@ impl Viewer {
                 }
                 if m.kind == MediaKind::Audio && sends && self.audio.is_none() {
                     self.audio = Some((m.mid, None));
+                }
+            }
+            Event::MediaEgressStats(s)
+                if self.audio.as_ref().is_some_and(|(mid, _)| *mid == s.mid) =>
+            {
+                if let Some(loss) = s.loss.filter(|l| l.is_finite()) {
+                    let percent = (loss.clamp(0.0, 1.0) * 100.0).ceil() as u8;
+                    return Some(ViewerEvent::AudioLoss(percent));
                 }
             }
             Event::KeyframeRequest(req) => {

@@ -134,9 +134,16 @@ impl Peer {
 
     /// Run the peer like a browser's event loop (drain it, then wait for a datagram or its
     /// timeout) and hand every event to `on_event` until it returns true; panics after `limit`.
-    pub async fn drive(
+    pub async fn drive(&mut self, limit: Duration, on_event: impl FnMut(&mut Rtc, Event) -> bool) {
+        self.drive_lossy(limit, |_| true, on_event).await
+    }
+
+    /// [`Peer::drive`] over a lossy network: datagrams for which `keep` is false are dropped
+    /// before the peer sees them.
+    pub async fn drive_lossy(
         &mut self,
         limit: Duration,
+        mut keep: impl FnMut(&[u8]) -> bool,
         mut on_event: impl FnMut(&mut Rtc, Event) -> bool,
     ) {
         let mut buf = vec![0u8; 2048];
@@ -162,6 +169,9 @@ impl Peer {
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     let (n, source) = r.unwrap();
+                    if !keep(&buf[..n]) {
+                        continue;
+                    }
                     let input = Input::Receive(Instant::now(), Receive {
                         proto: Protocol::Udp,
                         source,
