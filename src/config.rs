@@ -503,9 +503,9 @@ pub struct AudioConfig {
     pub channels: u32,
     /// Opus bitrate in kbit/s.
     pub bitrate_kbps: u32,
-    /// Opus encoder complexity, 0 (cheapest) to 10 (best). With in-band FEC a 48 kHz mono
-    /// encode at 5 took about 1.7 % of an x86 core in libopus alone, 3 % for the audio
-    /// thread on a loaded machine; 0 about half that (docs/BENCHMARKS.md, bench/audio).
+    /// Opus encoder complexity, 0 (cheapest) to 10 (best). A 48 kHz mono encode at 5 took
+    /// about 0.9 % of an x86 core, 1.75 % while FEC is coded for 10 % loss; 1 costs a fifth
+    /// less (docs/BENCHMARKS.md, bench/audio).
     pub complexity: u32,
     /// Sound read and encoded per wake-up of the audio thread, in ms: 20, 40 or 60 (one, two or
     /// three 20 ms Opus frames, sent together). Each wake-up also wakes whoever sends the frames
