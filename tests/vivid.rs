@@ -153,7 +153,17 @@ async fn vivid_unplug_unload_and_reload_resume_the_stream() {
     // Viewers keep getting (slate) frames while the camera is away.
     let slate = MediaCounters::get(&media.counters().frames_slate);
     let _ = next(&mut sub).await;
-    sh("rmmod vivid");
+    // The capture thread closes the device when it reports the loss, but its retry may hold
+    // it open a moment (a slow VM): rmmod until it is free.
+    let since = Instant::now();
+    while !Command::new("rmmod")
+        .arg("vivid")
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(since.elapsed() < WAIT, "rmmod vivid: still in use");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Slate pictures keep coming with the module gone. The frames `sub` holds may predate the
     // count above (it queued while wait_state polled), so wait on the count itself.
     let since = Instant::now();
