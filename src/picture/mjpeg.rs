@@ -35,6 +35,9 @@ pub struct MjpegDecoder {
     max_side: usize,
     /// Interleaved Y, Cb, Cr at full size, as zune-jpeg writes it.
     scratch: Vec<u8>,
+    /// Frames given to [`decode`](Self::decode), good or not (which thread decodes what is
+    /// a design choice tests check).
+    decoded: u64,
 }
 
 impl MjpegDecoder {
@@ -44,11 +47,28 @@ impl MjpegDecoder {
             pool,
             max_side: MAX_SIDE,
             scratch: Vec::new(),
+            decoded: 0,
         }
     }
 
+    /// Another decoder with the same size limit whose pictures come from the same pool (its
+    /// scratch buffer is its own, made at its first frame).
+    pub fn sharing_pool(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            max_side: self.max_side,
+            scratch: Vec::new(),
+            decoded: 0,
+        }
+    }
+
+    /// How many frames [`decode`](Self::decode) was given, good or not.
+    pub fn frames_decoded(&self) -> u64 {
+        self.decoded
+    }
+
     /// Refuse frames wider or taller than `max_side` (at most 8192) from their header, before
-    /// anything their size is allocated: the media loop passes the camera's budget
+    /// anything their size is allocated: the pipeline passes the camera's budget
     /// (`media::still::max_still_side`), so a frame from an `exec` program cannot make it
     /// allocate hundreds of megabytes.
     pub fn with_max_side(mut self, max_side: u32) -> Self {
@@ -59,6 +79,7 @@ impl MjpegDecoder {
     /// Decode one JPEG into I420, cropping an odd last column or row. A truncated or corrupt
     /// JPEG is an error (strict mode: zune-jpeg would otherwise fill what is missing with grey).
     pub fn decode(&mut self, jpeg: &[u8]) -> Result<I420, DecodeError> {
+        self.decoded += 1;
         let options = DecoderOptions::default()
             .set_strict_mode(true)
             .set_max_width(self.max_side)
