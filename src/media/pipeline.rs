@@ -201,6 +201,9 @@ struct MediaLoop {
     /// Set while pictures are encoded ([`Mode::Encoding`]): the decode thread decodes MJPEG
     /// only then. Written by this thread alone, after every frame.
     pictures_wanted: Arc<AtomicBool>,
+    /// CPUs the decode thread keeps busy while pictures are encoded (1 for an MJPEG source):
+    /// the encoder's `auto` thread count leaves them to it.
+    decode_cores: usize,
     params: ParamSetInserter,
     camera_keyframe: SyncSender<()>,
     last_camera_keyframe_request: Option<Instant>,
@@ -251,6 +254,7 @@ impl MediaLoop {
             mjpeg: MjpegDecoder::new(BufferPool::new(capture::DECODED_POOL))
                 .with_max_side(super::still::max_still_side(cam)),
             pictures_wanted: Arc::new(AtomicBool::new(false)),
+            decode_cores: 0,
             params: ParamSetInserter::new(),
             camera_keyframe,
             last_camera_keyframe_request: None,
@@ -377,6 +381,11 @@ impl MediaLoop {
         }
         self.fps_window.1 += 1;
         let timestamp = frame.captured_at.saturating_duration_since(self.start);
+        let mjpeg = matches!(
+            frame.payload,
+            Payload::Mjpeg(_) | Payload::DecodedMjpeg { .. }
+        );
+        self.leave_cores_to_decoding(usize::from(mjpeg));
         match frame.payload {
             Payload::I420(picture) => {
                 self.warn_if_passthrough_impossible("raw");
@@ -642,11 +651,27 @@ impl MediaLoop {
     fn encoder(&mut self) -> Option<&mut OpenH264Encoder> {
         if self.encoder.is_none() {
             match OpenH264Encoder::new(self.software) {
-                Ok(e) => self.encoder = Some(e),
+                Ok(mut e) => {
+                    e.leave_cores(self.decode_cores);
+                    self.encoder = Some(e);
+                }
                 Err(e) => tracing::error!(error = %e, "software encoder unavailable"),
             }
         }
         self.encoder.as_mut()
+    }
+
+    /// The source's pictures are decoded on the decode thread (`cores` 1) or not (0). Only
+    /// changes when the source does, so the stream restarts with an IDR anyway; if the
+    /// encoder's thread count changes with it, the next picture must be one regardless.
+    fn leave_cores_to_decoding(&mut self, cores: usize) {
+        if self.decode_cores != cores {
+            self.decode_cores = cores;
+            if let Some(encoder) = self.encoder.as_mut() {
+                encoder.leave_cores(cores);
+            }
+            self.restart_stream();
+        }
     }
 
     fn take_keyframe_requests(&mut self, now: Instant) {
