@@ -338,8 +338,9 @@ pub const MAX_ENCODER_THREADS: u16 = 4;
 /// `[encoder] threads`: `"auto"` or a number of threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncoderThreads {
-    /// More than one thread for pictures of 1080p and up when the machine has the cores, one
-    /// below (see `media::encoder::encoder_threads`).
+    /// More than one thread for pictures of 1080p and up when the machine has the cores (less
+    /// the one an MJPEG source's decode thread takes), one below (see
+    /// `media::encoder::encoder_threads`).
     Auto,
     /// Exactly this many (1..=[`MAX_ENCODER_THREADS`], checked by validation).
     Fixed(u16),

@@ -1,5 +1,6 @@
 //! The running pipeline: testsrc through openh264 to a subscriber, stills, cancellation;
-//! H.264 from a program passed through without the software encoder; a program that dies
+//! H.264 from a program passed through without the software encoder; MJPEG from a program
+//! decoded (on the decode thread) and encoded, stills its own JPEGs; a program that dies
 //! turns into the "no signal" slate and comes back; nothing is encoded while nobody subscribes,
 //! and a subscriber after an idle spell starts at an IDR at once.
 //!
@@ -226,6 +227,60 @@ async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
     assert_eq!(status.encoder, "openh264");
     let captured = MediaCounters::get(&media.counters().frames_captured);
     assert!(captured > 0, "no picture captured");
+    let jpeg = timeout(WAIT, media.still(256 * 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    cancel.cancel();
+    guard.join();
+}
+
+/// `[camera.exec] format = "mjpeg"`: the program's JPEGs are decoded (on the decode thread,
+/// while someone watches) and encoded; a still is one of the program's own JPEGs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_mjpeg_is_decoded_and_encoded_and_stills_are_its_jpegs() {
+    if !common::require_tool("ffmpeg", "ffmpeg") {
+        return;
+    }
+    let mut config = testsrc_config();
+    config.camera.source = SourceKind::Exec;
+    config.camera.exec.command = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30",
+        "-c:v",
+        "mjpeg",
+        "-pix_fmt",
+        "yuvj420p",
+        "-f",
+        "mjpeg",
+        "-",
+    ]
+    .map(String::from)
+    .to_vec();
+    config.camera.exec.format = ExecFormat::Mjpeg;
+    let cancel = CancellationToken::new();
+    let (media, guard) = spawn(&config, cancel.clone()).unwrap();
+    let mut sub = media.subscribe();
+    wait_state(&media, CameraState::Streaming).await;
+    let first = next(&mut sub).await;
+    assert!(first.keyframe, "a subscriber starts at an IDR");
+    // Past the first frames (those sent before the decode thread knew someone watches, which
+    // the media thread decodes itself), pictures keep coming.
+    for _ in 0..10 {
+        next(&mut sub).await;
+    }
+    let status = media.status();
+    assert_eq!(status.format, "MJPEG");
+    assert_eq!((status.width, status.height), (320, 240));
+    assert_eq!(MediaCounters::get(&media.counters().frames_corrupt), 0);
     let jpeg = timeout(WAIT, media.still(256 * 1024))
         .await
         .unwrap()

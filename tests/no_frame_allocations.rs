@@ -1,8 +1,9 @@
 //! The camera path allocates nothing of a picture's size per frame once warmed up: MJPEG
-//! decoding, YUYV and NV12 conversion, and the encoder taking the picture. A counting global
-//! allocator records, on this test's thread only, every allocation (and growing reallocation)
-//! of at least a quarter of an I420 picture (a noisy JPEG of that picture is larger), over N
-//! frames after a warm-up of two.
+//! decoding (also with the pictures dropped on another thread, as the pipeline decodes on the
+//! decode thread and encodes on the media thread), YUYV and NV12 conversion, and the encoder
+//! taking the picture. A counting global allocator records, on this test's thread only, every
+//! allocation (and growing reallocation) of at least a quarter of an I420 picture (a noisy JPEG
+//! of that picture is larger), over N frames after a warm-up of two.
 //! The encoded access unit is allocated exactly once, by the encoder, and reaches the viewers
 //! as it is: the RTC engine's frame and GOP cache copy nothing (counted from 1 KiB).
 //! (Smaller allocations remain: zune-jpeg's per-MCU-row buffers, a few KiB to tens of KiB.)
@@ -13,6 +14,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use snaprtcd::capture::exec::MjpegSplitter;
+use snaprtcd::capture::DECODED_POOL;
 use snaprtcd::media::encoder::{OpenH264Encoder, SoftwareSettings};
 use snaprtcd::media::jpeg::{encode_i420, MjpegDecoder};
 use snaprtcd::media::EncodedFrame;
@@ -133,6 +135,50 @@ fn the_camera_path_allocates_no_picture_buffers_per_frame() {
     let mut mjpeg = MjpegDecoder::new(BufferPool::new(2));
     let n = big_allocations(|i| drop(mjpeg.decode(&jpegs[i % 2]).unwrap()));
     assert_none("MJPEG decode", n);
+
+    // The pipeline's two stages: this thread decodes (as the decode thread does) into a pool
+    // of DECODED_POOL buffers; another (the media thread) drops the pictures when done with
+    // them. Each picture is decoded while as many others are alive (queued, or being encoded)
+    // as the pipeline allows (DECODED_POOL - 1: at most two frames are on their way to the media
+    // thread); the oldest is then dropped on the other thread, its buffer back in the pool.
+    // Once each buffer has been made (DECODED_POOL frames), the decoding thread allocates none.
+    enum ToMedia {
+        Picture(I420),
+        DropOldest,
+    }
+    let mut decoder = MjpegDecoder::new(BufferPool::new(DECODED_POOL));
+    let (to_media, media_rx) = std::sync::mpsc::channel::<ToMedia>();
+    let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
+    let media = std::thread::spawn(move || {
+        let mut alive = std::collections::VecDeque::new();
+        for message in media_rx {
+            match message {
+                ToMedia::Picture(picture) => alive.push_back(picture),
+                ToMedia::DropOldest => {
+                    drop(alive.pop_front());
+                    let _ = dropped_tx.send(());
+                }
+            }
+        }
+    });
+    let mut alive = 0;
+    let mut two_stages = |i: usize| {
+        let picture = decoder.decode(&jpegs[i % 2]).unwrap();
+        to_media.send(ToMedia::Picture(picture)).unwrap();
+        alive += 1;
+        if alive == DECODED_POOL {
+            to_media.send(ToMedia::DropOldest).unwrap();
+            dropped.recv().unwrap();
+            alive -= 1;
+        }
+    };
+    for i in 0..DECODED_POOL {
+        two_stages(i);
+    }
+    let n = big_allocations(two_stages);
+    drop(to_media);
+    media.join().unwrap();
+    assert_none("MJPEG decoded on one thread, dropped on another", n);
 
     // An `exec` program's stdout, cut into JPEGs (read in 64 KiB pieces, as the source does),
     // decoded, and the latest kept for stills as the media thread does.

@@ -86,6 +86,9 @@ pub struct OpenH264Encoder {
     size: Option<(u32, u32)>,
     /// Threads `inner` was made with.
     threads: u16,
+    /// CPUs another stage of the pipeline keeps busy (the MJPEG decode thread), left to it
+    /// when `auto` counts cores.
+    cores_elsewhere: usize,
     params: ParamSetInserter,
     out: Vec<u8>,
 }
@@ -101,6 +104,7 @@ impl OpenH264Encoder {
             settings,
             size: None,
             threads: 1,
+            cores_elsewhere: 0,
             params: ParamSetInserter::new(),
             out: Vec::with_capacity(256 * 1024),
         })
@@ -109,6 +113,17 @@ impl OpenH264Encoder {
     /// Threads the encoder uses now (1 until the first picture decides).
     pub fn threads(&self) -> u16 {
         self.threads
+    }
+
+    /// Leave `cores` CPUs to another stage of the pipeline when `auto` counts them (1 while
+    /// MJPEG is decoded on its own thread: two openh264 threads beside it on two cores wait
+    /// for each other's slices). The next picture chooses the thread count again; a new count
+    /// means a new openh264 encoder, so the caller's next picture must be an IDR.
+    pub fn leave_cores(&mut self, cores: usize) {
+        if self.cores_elsewhere != cores {
+            self.cores_elsewhere = cores;
+            self.size = None;
+        }
     }
 
     fn open(
@@ -149,7 +164,8 @@ impl OpenH264Encoder {
         if self.size == Some((width, height)) {
             return Ok(());
         }
-        let threads = encoder_threads(width, height, available_cores(), self.settings.threads);
+        let cores = available_cores().saturating_sub(self.cores_elsewhere);
+        let threads = encoder_threads(width, height, cores, self.settings.threads);
         if threads != self.threads {
             self.inner = Self::open(self.settings, threads)?;
             self.threads = threads;
@@ -160,6 +176,7 @@ impl OpenH264Encoder {
             height,
             threads,
             setting = ?self.settings.threads,
+            cores_left_to_decode = self.cores_elsewhere,
             "openh264 encoder open"
         );
         Ok(())
@@ -325,6 +342,36 @@ mod tests {
             }
         }
         assert_eq!(skipped, 0, "pictures skipped by the rate control");
+    }
+
+    #[test]
+    fn auto_leaves_a_core_to_the_decode_thread_when_asked() {
+        let mut enc = OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: 2000,
+            fps: 30,
+            threads: EncoderThreads::Auto,
+        })
+        .unwrap();
+        let picture = I420::filled(1920, 1080, 80, 100, 150).unwrap();
+        let cores = available_cores();
+        enc.encode(&picture, 0, true).unwrap();
+        assert_eq!(
+            enc.threads(),
+            encoder_threads(1920, 1080, cores, EncoderThreads::Auto)
+        );
+        enc.leave_cores(1);
+        enc.encode(&picture, 33, true).unwrap();
+        assert_eq!(
+            enc.threads(),
+            encoder_threads(1920, 1080, cores - 1, EncoderThreads::Auto),
+            "one core fewer"
+        );
+        enc.leave_cores(0);
+        enc.encode(&picture, 66, true).unwrap();
+        assert_eq!(
+            enc.threads(),
+            encoder_threads(1920, 1080, cores, EncoderThreads::Auto)
+        );
     }
 
     #[test]

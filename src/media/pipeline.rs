@@ -1,12 +1,25 @@
-//! The pipeline: one per camera. The capture thread (see `capture`) owns the source; the
-//! `media` thread owns everything else: the encoder, the keyframe policy, the latest picture for
-//! stills, the "no signal" slate, and the status. It publishes each access unit once on the
-//! broadcast; viewers share the same `Bytes`.
+//! The pipeline: one per camera. The capture thread (see `capture`) owns the source, and its
+//! decode thread turns MJPEG into I420 while pictures are wanted; the `media` thread owns
+//! everything else: the encoder, the keyframe policy, the latest picture for stills, the
+//! "no signal" slate, and the status. It publishes each access unit once on the broadcast;
+//! viewers share the same `Bytes`.
 //!
 //! ```text
-//! source ─(capture thread, bounded 2)─▶ media thread ─▶ broadcast ─▶ viewers
-//!            ▲ force key frame                 ▲ keyframe requests, still requests (bounded)
+//! source ─▶ capture thread ─▶ decode thread ─(at most 2 on the way)─▶ media thread ─▶ broadcast ─▶ viewers
+//!           ▲ force key frame  MJPEG → I420 while ◀── "pictures wanted"   encodes
+//!                              (a flag the media thread sets)             ▲ keyframe requests,
+//!                                                                           still requests (bounded)
 //! ```
+//!
+//! For MJPEG the decode and media threads are the two stages of a pipeline: while the media
+//! thread encodes picture N, the decode thread decodes picture N+1, so at 1080p30 decode
+//! (~20 ms) and encode (~11 ms) each fit the 33 ms a frame has, on two cores, where one thread
+//! doing both would not. It decodes only while the media thread says pictures are wanted (it
+//! encodes: someone watches), and the capture thread drops a frame that would be a third on its
+//! way before it is decoded; the pictures come from one pool that both return them to. A JPEG
+//! that arrives undecoded while someone watches (sent before the flag was seen: the first
+//! frames after a viewer comes) is decoded on the media thread, so a new viewer waits for
+//! nothing.
 //!
 //! Whatever the camera does, the pipeline runs: a lost camera turns into the slate (10 fps, an
 //! IDR first), and the capture thread retries with backoff. Only cancellation stops it.
@@ -17,8 +30,8 @@
 //! such an idle spell is an IDR, whatever the keyframe rate limit, so a new viewer starts at
 //! once. H.264 passed through costs nothing and is always forwarded.
 
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +39,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::encoder::{EncodeError, OpenH264Encoder, SoftwareSettings};
-use super::jpeg::MjpegDecoder;
+use super::jpeg::{DecodeError, MjpegDecoder};
 use super::keyframe::{KeyframePolicy, MIN_FORCED_GAP};
 use super::still::Latest;
 use super::{
@@ -34,7 +47,8 @@ use super::{
     MediaPorts, StillError,
 };
 use crate::capture::{
-    self, testsrc, CaptureEvent, CaptureThread, CapturedFrame, Payload, SourceSpec,
+    self, testsrc, CaptureEvent, CaptureEvents, CaptureThread, CapturedFrame, MjpegDecoding,
+    Payload, SourceSpec,
 };
 use crate::config::{Config, EncoderKind};
 use crate::picture::annexb::{largest_sps_dimensions, ParamSetInserter};
@@ -45,9 +59,6 @@ use crate::thread::OwnedThread;
 const SLATE_FPS: u32 = 10;
 /// Before the first camera frame, wait this long before showing the slate.
 const FIRST_FRAME_GRACE: Duration = Duration::from_millis(1000);
-/// Decoded MJPEG pictures kept for reuse: one is in the encoder at a time, a second covers the
-/// next frame's decode while the first goes back.
-const MJPEG_POOL: usize = 2;
 /// The media loop wakes at least this often (cancellation, requests, watchdog).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -118,14 +129,16 @@ pub fn spawn_with(
     let token = cancel.child_token();
     let (handle, ports) = channel(ChannelLimits::default());
     let (kf_tx, kf_rx) = std::sync::mpsc::sync_channel(1);
+    let counters = ports.counters.capture_counters();
+    let media = MediaLoop::new(config, &spec, ports, kf_tx)?;
     let (capture, events) = CaptureThread::spawn(
         spec.clone(),
         config.camera.clone(),
         kf_rx,
-        ports.counters.capture_counters(),
+        counters,
+        media.capture_decoding(),
         token.clone(),
     )?;
-    let media = MediaLoop::new(config, &spec, ports, kf_tx)?;
     let media_token = token.clone();
     let media = OwnedThread::spawn("media", token.clone(), move || {
         media.run(events, media_token)
@@ -181,8 +194,16 @@ struct MediaLoop {
     encoder: Option<OpenH264Encoder>,
     /// Decoder for H.264 input when `kind = "software"` (re-encoding was asked for).
     decoder: Option<openh264::decoder::Decoder>,
-    /// MJPEG frames to I420, into pooled pictures (no per-frame allocation of a picture's size).
+    /// MJPEG frames to I420 for the frames that come undecoded while someone watches (the
+    /// decode thread decodes the others); its pictures come from the pool the decode thread's
+    /// decoder uses (no per-frame allocation of a picture's size).
     mjpeg: MjpegDecoder,
+    /// Set while pictures are encoded ([`Mode::Encoding`]): the decode thread decodes MJPEG
+    /// only then. Written by this thread alone, after every frame.
+    pictures_wanted: Arc<AtomicBool>,
+    /// CPUs the decode thread keeps busy while pictures are encoded (1 for an MJPEG source):
+    /// the encoder's `auto` thread count leaves them to it.
+    decode_cores: usize,
     params: ParamSetInserter,
     camera_keyframe: SyncSender<()>,
     last_camera_keyframe_request: Option<Instant>,
@@ -230,8 +251,10 @@ impl MediaLoop {
             policy: KeyframePolicy::new(config.encoder.keyframe_interval, MIN_FORCED_GAP),
             encoder,
             decoder: None,
-            mjpeg: MjpegDecoder::new(BufferPool::new(MJPEG_POOL))
+            mjpeg: MjpegDecoder::new(BufferPool::new(capture::DECODED_POOL))
                 .with_max_side(super::still::max_still_side(cam)),
+            pictures_wanted: Arc::new(AtomicBool::new(false)),
+            decode_cores: 0,
             params: ParamSetInserter::new(),
             camera_keyframe,
             last_camera_keyframe_request: None,
@@ -244,7 +267,13 @@ impl MediaLoop {
         })
     }
 
-    fn run(mut self, events: Receiver<CaptureEvent>, cancel: CancellationToken) {
+    /// The decode thread's MJPEG stage: a decoder drawing from this loop's pool, told by this
+    /// loop when pictures are wanted.
+    fn capture_decoding(&self) -> MjpegDecoding {
+        MjpegDecoding::new(self.mjpeg.sharing_pool(), self.pictures_wanted.clone())
+    }
+
+    fn run(mut self, events: CaptureEvents, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
             match events.recv_timeout(self.wait(Instant::now())) {
                 Ok(event) => self.handle_event(event, Instant::now()),
@@ -352,31 +381,54 @@ impl MediaLoop {
         }
         self.fps_window.1 += 1;
         let timestamp = frame.captured_at.saturating_duration_since(self.start);
+        let mjpeg = matches!(
+            frame.payload,
+            Payload::Mjpeg(_) | Payload::DecodedMjpeg { .. }
+        );
+        self.leave_cores_to_decoding(usize::from(mjpeg));
         match frame.payload {
             Payload::I420(picture) => {
                 self.warn_if_passthrough_impossible("raw");
                 self.handle_picture(&picture, timestamp, now, false);
                 self.latest = Latest::Raw(picture);
             }
-            Payload::Mjpeg(jpeg) => {
-                self.warn_if_passthrough_impossible("MJPEG");
-                // Unwatched, the JPEG is kept for stills without being decoded.
-                if self.enter_software_mode() {
-                    match self.mjpeg.decode(&jpeg) {
-                        Ok(picture) => self.handle_picture(&picture, timestamp, now, false),
-                        Err(e) => {
-                            self.counters.frames_corrupt.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(error = %e, "bad MJPEG frame skipped");
-                        }
-                    }
-                }
-                self.latest = Latest::Jpeg(jpeg);
+            Payload::Mjpeg(jpeg) => self.handle_mjpeg(jpeg, None, timestamp, now),
+            Payload::DecodedMjpeg { jpeg, picture } => {
+                self.handle_mjpeg(jpeg, Some(picture), timestamp, now)
             }
             Payload::H264(au) if self.kind == EncoderKind::Software => {
                 self.reencode(au, timestamp, now)
             }
             Payload::H264(au) => self.pass_through(au, timestamp, now),
         }
+        // What the decode thread does with the next JPEG follows the mode this frame left.
+        let wanted = matches!(self.mode, Mode::Encoding { .. });
+        self.pictures_wanted.store(wanted, Ordering::Relaxed);
+    }
+
+    /// A camera's JPEG, with the decode thread's decode of it if it made one: encoded if
+    /// anyone watches, kept for stills either way. Unwatched, it is not decoded here (one the
+    /// decode thread decoded before it saw that nobody watches is dropped).
+    fn handle_mjpeg(
+        &mut self,
+        jpeg: Bytes,
+        decoded: Option<Result<I420, DecodeError>>,
+        timestamp: Duration,
+        now: Instant,
+    ) {
+        self.warn_if_passthrough_impossible("MJPEG");
+        if self.enter_software_mode() {
+            // Undecoded while watched: sent before the decode thread saw the flag.
+            let decoded = decoded.unwrap_or_else(|| self.mjpeg.decode(&jpeg));
+            match decoded {
+                Ok(picture) => self.handle_picture(&picture, timestamp, now, false),
+                Err(e) => {
+                    self.counters.frames_corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "bad MJPEG frame skipped");
+                }
+            }
+        }
+        self.latest = Latest::Jpeg(jpeg);
     }
 
     fn warn_if_passthrough_impossible(&mut self, what: &str) {
@@ -599,11 +651,27 @@ impl MediaLoop {
     fn encoder(&mut self) -> Option<&mut OpenH264Encoder> {
         if self.encoder.is_none() {
             match OpenH264Encoder::new(self.software) {
-                Ok(e) => self.encoder = Some(e),
+                Ok(mut e) => {
+                    e.leave_cores(self.decode_cores);
+                    self.encoder = Some(e);
+                }
                 Err(e) => tracing::error!(error = %e, "software encoder unavailable"),
             }
         }
         self.encoder.as_mut()
+    }
+
+    /// The source's pictures are decoded on the decode thread (`cores` 1) or not (0). Only
+    /// changes when the source does, so the stream restarts with an IDR anyway; if the
+    /// encoder's thread count changes with it, the next picture must be one regardless.
+    fn leave_cores_to_decoding(&mut self, cores: usize) {
+        if self.decode_cores != cores {
+            self.decode_cores = cores;
+            if let Some(encoder) = self.encoder.as_mut() {
+                encoder.leave_cores(cores);
+            }
+            self.restart_stream();
+        }
     }
 
     fn take_keyframe_requests(&mut self, now: Instant) {
@@ -801,6 +869,67 @@ mod tests {
         );
         assert_eq!(MediaCounters::get(&counters.frames_corrupt), 3);
         assert_eq!(MediaCounters::get(&counters.frames_encoded), 1);
+    }
+
+    #[test]
+    fn mjpeg_decoded_by_the_decode_thread_is_encoded_as_it_comes_and_the_flag_follows_viewers() {
+        let (mut media, handle, _) = media_loop(EncoderKind::Auto);
+        fn media_wanted(media: &MediaLoop) -> bool {
+            media.pictures_wanted.load(Ordering::Relaxed)
+        }
+        // The decode thread's decoder: the same pool, a scratch buffer of its own.
+        let mut capture = media.mjpeg.sharing_pool();
+        let picture = I420::filled(160, 120, 80, 100, 150).unwrap();
+        let jpeg = Bytes::from(super::super::jpeg::encode_i420(&picture, 80).unwrap());
+        let mut decoded = |jpeg: &Bytes, at| {
+            let payload = Payload::DecodedMjpeg {
+                jpeg: jpeg.clone(),
+                picture: capture.decode(jpeg),
+            };
+            frame(payload, at)
+        };
+        let counters = handle.counters();
+        let t0 = Instant::now();
+
+        // Nobody watches: not decoded anywhere, kept for stills.
+        media.handle_event(frame(Payload::Mjpeg(jpeg.clone()), t0), t0);
+        assert!(!media_wanted(&media));
+        assert_eq!(media.mjpeg.frames_decoded(), 0);
+        assert!(matches!(&media.latest, Latest::Jpeg(j) if *j == jpeg));
+
+        // A viewer comes; the frame on its way was not decoded: the media thread decodes it
+        // (no wait for the new viewer) and tells the decode thread to decode from now on.
+        let mut sub = handle.subscribe();
+        let t1 = t0 + FRAME;
+        media.handle_event(frame(Payload::Mjpeg(jpeg.clone()), t1), t1);
+        assert!(sub.rx.try_recv().unwrap().keyframe);
+        assert_eq!(media.mjpeg.frames_decoded(), 1);
+        assert!(media_wanted(&media));
+
+        // Decoded on the decode thread: encoded as it is, not decoded again here.
+        let t2 = t1 + FRAME;
+        media.handle_event(decoded(&jpeg, t2), t2);
+        assert!(sub.rx.try_recv().is_ok());
+        assert_eq!(
+            media.mjpeg.frames_decoded(),
+            1,
+            "decoded once, on the decode thread"
+        );
+
+        // A corrupt frame the decode thread could not decode is counted and skipped.
+        let t3 = t2 + FRAME;
+        media.handle_event(decoded(&jpeg.slice(..jpeg.len() / 2), t3), t3);
+        assert!(sub.rx.try_recv().is_err());
+        assert_eq!(MediaCounters::get(&counters.frames_corrupt), 1);
+        assert_eq!(MediaCounters::get(&counters.frames_encoded), 2);
+
+        // The viewer leaves: the decode thread's last picture is dropped, the flag cleared.
+        drop(sub);
+        let t4 = t3 + FRAME;
+        media.handle_event(decoded(&jpeg, t4), t4);
+        assert!(!media_wanted(&media));
+        assert_eq!(MediaCounters::get(&counters.frames_encoded), 2);
+        assert!(matches!(&media.latest, Latest::Jpeg(j) if *j == jpeg));
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn snapshot_from(spec: &capture::SourceSpec, config: &Config) -> Result<Bytes, S
                     return Ok(latest.still(quality, usize::MAX, max_side)?);
                 }
             }
-            Payload::Mjpeg(j) => {
+            Payload::Mjpeg(j) | Payload::DecodedMjpeg { jpeg: j, .. } => {
                 raw_seen += 1;
                 if raw_seen >= 3 {
                     return Ok(Latest::Jpeg(j).still(quality, usize::MAX, max_side)?);
