@@ -185,16 +185,9 @@ async fn exec_h264_is_passed_through_without_the_software_encoder() {
     guard.join();
 }
 
-/// `[camera.exec] format = "yuyv"`: raw pictures of the configured size from a program are
-/// converted and encoded like a YUYV camera's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
-    if !common::require_tool("ffmpeg", "ffmpeg") {
-        return;
-    }
-    let mut config = testsrc_config();
-    config.camera.source = SourceKind::Exec;
-    config.camera.exec.command = [
+/// argv of ffmpeg writing 320x240@30 `testsrc2` to stdout, paced, with `output` options.
+fn ffmpeg_testsrc2(output: &[&str]) -> Vec<String> {
+    let input = [
         "ffmpeg",
         "-hide_banner",
         "-loglevel",
@@ -204,14 +197,25 @@ async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
         "lavfi",
         "-i",
         "testsrc2=size=320x240:rate=30",
-        "-pix_fmt",
-        "yuyv422",
-        "-f",
-        "rawvideo",
-        "-",
-    ]
-    .map(String::from)
-    .to_vec();
+    ];
+    input
+        .iter()
+        .chain(output)
+        .chain(&["-"])
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// `[camera.exec] format = "yuyv"`: raw pictures of the configured size from a program are
+/// converted and encoded like a YUYV camera's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
+    if !common::require_tool("ffmpeg", "ffmpeg") {
+        return;
+    }
+    let mut config = testsrc_config();
+    config.camera.source = SourceKind::Exec;
+    config.camera.exec.command = ffmpeg_testsrc2(&["-pix_fmt", "yuyv422", "-f", "rawvideo"]);
     config.camera.exec.format = ExecFormat::Yuyv;
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
@@ -245,26 +249,8 @@ async fn exec_mjpeg_is_decoded_and_encoded_and_stills_are_its_jpegs() {
     }
     let mut config = testsrc_config();
     config.camera.source = SourceKind::Exec;
-    config.camera.exec.command = [
-        "ffmpeg",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=30",
-        "-c:v",
-        "mjpeg",
-        "-pix_fmt",
-        "yuvj420p",
-        "-f",
-        "mjpeg",
-        "-",
-    ]
-    .map(String::from)
-    .to_vec();
+    config.camera.exec.command =
+        ffmpeg_testsrc2(&["-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-f", "mjpeg"]);
     config.camera.exec.format = ExecFormat::Mjpeg;
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
