@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AudioConfig, AudioSourceKind};
+use crate::config::{AudioConfig, AudioExecFormat, AudioSourceKind};
 use crate::thread::OwnedThread;
 
 use encoder::{frame_samples, LossPlan, OpusEncoder, FRAME_MS};
@@ -227,8 +227,8 @@ pub fn rtp_time(base: u32, t: Duration) -> u32 {
 #[derive(Clone)]
 pub struct AudioHandle {
     frames: broadcast::WeakSender<AudioBatch>,
-    /// Frames in a period: a lagged batch is this many frames lost.
-    period_frames: usize,
+    /// Frames in a batch: a lagged batch is this many frames lost.
+    batch_frames: usize,
     /// Receivers' loss reports, in percent: the worst since the audio thread last looked.
     loss_reports: Arc<AtomicU8>,
     status: watch::Receiver<AudioStatus>,
@@ -247,7 +247,7 @@ impl AudioHandle {
             rx,
             batch: None,
             next: 0,
-            period_frames: self.period_frames,
+            batch_frames: self.batch_frames,
             skipped: 0,
         }
     }
@@ -304,7 +304,7 @@ pub struct AudioSubscriber {
     /// The batch being handed out, and the index of its next frame.
     batch: Option<AudioBatch>,
     next: usize,
-    period_frames: usize,
+    batch_frames: usize,
     skipped: u64,
 }
 
@@ -354,7 +354,7 @@ impl AudioSubscriber {
     }
 
     fn lost(&mut self, batches: u64) {
-        self.skipped += batches.saturating_mul(self.period_frames as u64);
+        self.skipped += batches.saturating_mul(self.batch_frames as u64);
     }
 
     /// Frames lost by falling behind.
@@ -389,8 +389,13 @@ pub fn spawn(
     epoch: Instant,
     cancel: CancellationToken,
 ) -> std::io::Result<(AudioHandle, AudioGuard)> {
-    let period_frames = period_frames(config);
-    let (tx, _) = broadcast::channel((BROADCAST_FRAMES / period_frames).max(1));
+    // Ogg/Opus from a program is passed through a packet at a time.
+    let batch_frames = if spec == AudioSpec::Exec && config.exec_format == AudioExecFormat::Ogg {
+        1
+    } else {
+        period_frames(config)
+    };
+    let (tx, _) = broadcast::channel((BROADCAST_FRAMES / batch_frames).max(1));
     let (status_tx, status_rx) = watch::channel(AudioStatus {
         state: "starting",
         source: String::new(),
@@ -399,7 +404,7 @@ pub fn spawn(
     let loss_reports = Arc::new(AtomicU8::new(0));
     let handle = AudioHandle {
         frames: tx.downgrade(),
-        period_frames,
+        batch_frames,
         loss_reports: loss_reports.clone(),
         status: status_rx,
         counters: counters.clone(),
@@ -555,8 +560,8 @@ impl Worker {
             / self.config.channels.max(1) as usize;
         if self.frames.receiver_count() == 0 {
             // Nobody listens: keep the timeline, encode nothing.
-            for _ in 0..frames {
-                let _ = self.stamp(at, FRAME);
+            for i in 0..frames {
+                let _ = self.stamp(at + FRAME * i as u32, FRAME);
             }
             return Ok(());
         }
@@ -797,7 +802,7 @@ mod tests {
             rx,
             batch: None,
             next: 0,
-            period_frames: 2,
+            batch_frames: 2,
             skipped: 0,
         };
         for at in [0, 40, 80] {
