@@ -324,6 +324,28 @@ impl AudioSubscriber {
         }
     }
 
+    /// The next period's frames at once (what is left of it after [`recv`](Self::recv));
+    /// `None` once the pipeline has stopped. Cancel-safe.
+    pub async fn recv_batch(&mut self) -> Option<AudioBatch> {
+        if let Some(batch) = self.batch.take() {
+            let rest = batch.get(self.next..).unwrap_or_default();
+            if !rest.is_empty() {
+                return Some(if self.next == 0 {
+                    batch
+                } else {
+                    Arc::from(rest)
+                });
+            }
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(b) => return Some(b),
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lost(n),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
     /// The next frame if one is waiting (`Ok(None)`: none yet; `Err`: the pipeline stopped).
     pub fn try_recv(&mut self) -> Result<Option<AudioFrame>, AudioStopped> {
         loop {
@@ -785,6 +807,17 @@ mod tests {
                 "the next period is 60 ms away"
             );
         }
+        // Whole periods at once (the RTC engine's way), or what is left of one.
+        let batch = tokio::time::timeout(Duration::from_secs(5), sub.recv_batch())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 3);
+        let first = sub.recv().await.unwrap();
+        let rest = sub.recv_batch().await.unwrap();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0].timestamp - first.timestamp, FRAME);
+        assert_eq!(rest[0].timestamp - batch[2].timestamp, FRAME * 2);
         assert_eq!(sub.skipped(), 0);
         cancel.cancel();
         guard.join();

@@ -28,7 +28,7 @@
 //!
 //! # Adding a media input
 //! Video is [`Core::handle_frame`] → each viewer's [`Viewer::write_frame`]. A second input
-//! (audio) is the same shape: `handle_audio(frame, now)` looping over viewers that negotiated
+//! (audio) is the same shape: `handle_audio(now, frames)` looping over viewers that negotiated
 //! it, a writer on the viewer for that m-line, and (if it has its own source) a pair of
 //! subscribe/release events like [`CoreEvent::SubscribeVideo`].
 
@@ -504,11 +504,15 @@ impl Core {
         self.sweep(now);
     }
 
-    /// An Opus frame from the audio subscription: written to every viewer that takes audio.
-    pub fn handle_audio(&mut self, now: Instant, frame: &AudioFrame) {
+    /// Opus frames from the audio subscription (one period's, in order): written to every
+    /// viewer that takes audio, all of them before its output is drained, so a period costs
+    /// each viewer one turn of str0m, not one per frame.
+    pub fn handle_audio(&mut self, now: Instant, frames: &[AudioFrame]) {
         for i in 0..self.viewers.len() {
             if self.viewers[i].wants_audio() {
-                self.viewers[i].write_audio(frame, now);
+                for frame in frames {
+                    self.viewers[i].write_audio(frame, now);
+                }
                 self.process_outputs(i, now);
             }
         }

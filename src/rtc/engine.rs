@@ -32,7 +32,7 @@ use super::stun::StunClient;
 use super::turn::{TurnAllocation, TurnAuth, TurnLimits, TurnSidecar, TurnTransport};
 use super::turn_stream::{self, StreamCommand, StreamEvent, StreamTarget};
 use super::{Command, RtcHandle, Shared, ViewerId};
-use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
+use crate::audio::{AudioBatch, AudioHandle, AudioSubscriber};
 use crate::config::{self, Config, IceConfig, IceScheme, IceTransport, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
@@ -272,7 +272,7 @@ impl Engine {
                     }
                 },
                 frame = next_audio(&mut shell.audio_subscriber) => match frame {
-                    Some(frame) => core.handle_audio(Instant::now(), &frame),
+                    Some(frames) => core.handle_audio(Instant::now(), &frames),
                     // The audio thread stopped: video goes on without it.
                     None => shell.audio_subscriber = None,
                 },
@@ -600,9 +600,9 @@ async fn next_frame(sub: &mut Option<FrameSubscriber>) -> Option<EncodedFrame> {
     }
 }
 
-async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioFrame> {
+async fn next_audio(sub: &mut Option<AudioSubscriber>) -> Option<AudioBatch> {
     match sub {
-        Some(s) => s.recv().await,
+        Some(s) => s.recv_batch().await,
         None => std::future::pending().await,
     }
 }
