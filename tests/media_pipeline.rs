@@ -33,8 +33,11 @@ fn testsrc_config() -> Config {
     c
 }
 
-fn ffmpeg_x264(extra: &[&str]) -> Vec<String> {
-    let mut argv: Vec<String> = [
+/// argv of ffmpeg writing `testsrc2` of `size` at 30 fps to stdout, paced, with `output`
+/// options.
+fn ffmpeg_testsrc2(size: &str, output: &[&str]) -> Vec<String> {
+    let source = format!("testsrc2=size={size}:rate=30");
+    let input = [
         "ffmpeg",
         "-hide_banner",
         "-loglevel",
@@ -43,28 +46,41 @@ fn ffmpeg_x264(extra: &[&str]) -> Vec<String> {
         "-f",
         "lavfi",
         "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.push("testsrc2=size=640x480:rate=30".into());
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    argv.extend(
-        [
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "baseline",
-            "-tune",
-            "zerolatency",
-            "-f",
-            "h264",
-            "-",
-        ]
+        &source,
+    ];
+    input
         .iter()
-        .map(|s| s.to_string()),
-    );
-    argv
+        .chain(output)
+        .chain(&["-"])
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// ffmpeg writing 640x480 H.264 (libx264, Constrained Baseline) to stdout; `extra` output
+/// options go before the codec's.
+fn ffmpeg_x264(extra: &[&str]) -> Vec<String> {
+    let x264 = [
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "baseline",
+        "-tune",
+        "zerolatency",
+        "-f",
+        "h264",
+    ];
+    let output: Vec<&str> = extra.iter().chain(&x264).copied().collect();
+    ffmpeg_testsrc2("640x480", &output)
+}
+
+/// A still of at most `max` bytes, which must be a JPEG.
+async fn still_jpeg(media: &MediaHandle, max: usize) -> bytes::Bytes {
+    let jpeg = timeout(WAIT, media.still(max))
+        .await
+        .expect("a still within the timeout")
+        .expect("a still");
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8], "a JPEG");
+    jpeg
 }
 
 async fn next(sub: &mut FrameSubscriber) -> snaprtcd::media::EncodedFrame {
@@ -118,11 +134,7 @@ async fn testsrc_frames_reach_a_subscriber_and_stills_work() {
     assert_eq!(status.encoder, "openh264");
     assert_eq!(status.source, "testsrc");
 
-    let jpeg = timeout(WAIT, media.still(256 * 1024))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    let jpeg = still_jpeg(&media, 256 * 1024).await;
     assert!(jpeg.len() <= 256 * 1024);
 
     cancel.cancel();
@@ -176,34 +188,9 @@ async fn exec_h264_is_passed_through_without_the_software_encoder() {
         "openh264 encoded nothing but the slate shown before the program's first frame"
     );
     // A still of an H.264 source is decoded on demand.
-    let jpeg = timeout(WAIT, media.still(256 * 1024))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    still_jpeg(&media, 256 * 1024).await;
     cancel.cancel();
     guard.join();
-}
-
-/// argv of ffmpeg writing 320x240@30 `testsrc2` to stdout, paced, with `output` options.
-fn ffmpeg_testsrc2(output: &[&str]) -> Vec<String> {
-    let input = [
-        "ffmpeg",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=30",
-    ];
-    input
-        .iter()
-        .chain(output)
-        .chain(&["-"])
-        .map(|a| a.to_string())
-        .collect()
 }
 
 /// `[camera.exec] format = "yuyv"`: raw pictures of the configured size from a program are
@@ -215,7 +202,8 @@ async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
     }
     let mut config = testsrc_config();
     config.camera.source = SourceKind::Exec;
-    config.camera.exec.command = ffmpeg_testsrc2(&["-pix_fmt", "yuyv422", "-f", "rawvideo"]);
+    config.camera.exec.command =
+        ffmpeg_testsrc2("320x240", &["-pix_fmt", "yuyv422", "-f", "rawvideo"]);
     config.camera.exec.format = ExecFormat::Yuyv;
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
@@ -231,11 +219,7 @@ async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
     assert_eq!(status.encoder, "openh264");
     let captured = MediaCounters::get(&media.counters().frames_captured);
     assert!(captured > 0, "no picture captured");
-    let jpeg = timeout(WAIT, media.still(256 * 1024))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    still_jpeg(&media, 256 * 1024).await;
     cancel.cancel();
     guard.join();
 }
@@ -249,8 +233,10 @@ async fn exec_mjpeg_is_decoded_and_encoded_and_stills_are_its_jpegs() {
     }
     let mut config = testsrc_config();
     config.camera.source = SourceKind::Exec;
-    config.camera.exec.command =
-        ffmpeg_testsrc2(&["-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-f", "mjpeg"]);
+    config.camera.exec.command = ffmpeg_testsrc2(
+        "320x240",
+        &["-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-f", "mjpeg"],
+    );
     config.camera.exec.format = ExecFormat::Mjpeg;
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
@@ -267,11 +253,7 @@ async fn exec_mjpeg_is_decoded_and_encoded_and_stills_are_its_jpegs() {
     assert_eq!(status.format, "MJPEG");
     assert_eq!((status.width, status.height), (320, 240));
     assert_eq!(MediaCounters::get(&media.counters().frames_corrupt), 0);
-    let jpeg = timeout(WAIT, media.still(256 * 1024))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    still_jpeg(&media, 256 * 1024).await;
     cancel.cancel();
     guard.join();
 }
@@ -321,11 +303,7 @@ async fn nothing_is_encoded_while_nobody_subscribes_and_a_subscriber_starts_at_a
         "openh264",
         "the status still names the encoder"
     );
-    let jpeg = timeout(WAIT, media.still(256 * 1024))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    still_jpeg(&media, 256 * 1024).await;
 
     for round in 0..2 {
         // A subscriber: the very first picture encoded is an IDR (nothing skipped to reach it),
