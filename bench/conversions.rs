@@ -1,5 +1,5 @@
 //! The camera path's conversions into I420, as the media and capture threads run them: MJPEG
-//! (zune-jpeg's YCbCr output, `MjpegDecoder`), YUYV and NV12, at 1280x720. Prints ms per frame
+//! (libjpeg-turbo's planes, `MjpegDecoder`), YUYV and NV12, at 1280x720. Prints ms per frame
 //! (MB/s of input for the raw formats) and minor page faults per frame after a warm-up (0 when
 //! every buffer is reused). YUYV and NV12 run twice: as the daemon does (SSE2 / NEON row
 //! kernels) and with the scalar kernels the SIMD ones are tested against.
@@ -8,7 +8,7 @@
 //! `testsrc2`, 4:2:0 and 4:2:2, 30 frames each) into a temporary directory, removed after;
 //! without ffmpeg the MJPEG rows are skipped. `SNAPRTCD_BENCH_ROUNDS` sets the passes over the
 //! frames (default 10); `SNAPRTCD_BENCH_DEFAULT_MALLOC=1` leaves glibc's heap trimming as it
-//! is by default (see `media::keep_heap_slack`). libjpeg-turbo beside zune-jpeg:
+//! is by default (see `media::keep_heap_slack`). libjpeg-turbo beside zune-jpeg, outside the daemon:
 //! `bench/mjpeg_decode/run.sh`.
 #![allow(clippy::unwrap_used)] // bench code: a panic is a failed run, with its line
 
@@ -109,7 +109,7 @@ fn main() {
         if let Some(inputs) = jpegs(&dir, sampling) {
             let mut dec = MjpegDecoder::new(BufferPool::new(2));
             let name = format!(
-                "MJPEG 4:{}:{} (zune-jpeg YCbCr)",
+                "MJPEG 4:{}:{} (libjpeg-turbo planes)",
                 &sampling[1..2],
                 &sampling[2..]
             );

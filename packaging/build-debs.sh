@@ -66,8 +66,8 @@ if [ $install = 1 ]; then
   pkgs=(lintian binutils)
   for a in "${archs[@]}"; do
     [ "$a" = amd64 ] && continue
-    p=$(gnu_prefix "$a"); pkgs+=("gcc-$p" "g++-$p" "binutils-$p" "libasound2-dev:$a" "libopus-dev:$a")
-    # The audio libraries of the target (Debian multiarch).
+    p=$(gnu_prefix "$a"); pkgs+=("gcc-$p" "g++-$p" "binutils-$p" "libasound2-dev:$a" "libopus-dev:$a" "libturbojpeg0-dev:$a")
+    # The audio and JPEG libraries of the target (Debian multiarch).
     dpkg --print-foreign-architectures | grep -qx "$a" || dpkg --add-architecture "$a"
   done
   missing=()
@@ -104,7 +104,7 @@ if [ $build_only = 0 ]; then
 fi
 
 # --- packages --------------------------------------------------------------------------------
-allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|libasound\.so\.2|libopus\.so\.0|ld-linux.*\.so\.[0-9]+)$'
+allowed_libs='^(libc\.so\.6|libm\.so\.6|libgcc_s\.so\.1|libstdc\+\+\.so\.6|libasound\.so\.2|libopus\.so\.0|libturbojpeg\.so\.0|ld-linux.*\.so\.[0-9]+)$'
 mkdir -p target/debian
 xdir=${SNAPRTCD_CROSS_TARGET_DIR:-target}   # the --target builds' (see above)
 # One cargo invocation builds every architecture: it keeps both cores busy through each
@@ -124,7 +124,7 @@ for a in "${archs[@]}"; do
   if [ "$a" != amd64 ]; then
     tu=$(echo "$t" | tr 'a-z-' 'A-Z_'); tl=$(echo "$t" | tr '-' '_')
     export "CARGO_TARGET_${tu}_LINKER=$p-gcc" "CC_$tl=$p-gcc" "CXX_$tl=$p-g++" "AR_$tl=$p-ar"
-    # libasound and libopus (alsa-sys, audiopus_sys) from the target's multiarch -dev packages.
+    # libasound, libopus and libturbojpeg (alsa-sys, audiopus_sys, turbojpeg-sys) from the target's multiarch -dev packages.
     export PKG_CONFIG_ALLOW_CROSS=1 "PKG_CONFIG_LIBDIR_$tl=/usr/lib/$p/pkgconfig:/usr/share/pkgconfig"
   fi
 done

@@ -6,7 +6,9 @@
 //! of that picture is larger), over N frames after a warm-up of two.
 //! The encoded access unit is allocated exactly once, by the encoder, and reaches the viewers
 //! as it is: the RTC engine's frame and GOP cache copy nothing (counted from 1 KiB).
-//! (Smaller allocations remain: zune-jpeg's per-MCU-row buffers, a few KiB to tens of KiB.)
+//! (Smaller allocations remain: libjpeg-turbo's working memory for each frame, C `malloc`s this
+//! allocator does not see, tens of KiB; with `media::keep_heap_slack` glibc hands them out again
+//! without page faults, which `cargo bench --bench conversions` counts per frame.)
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 
 use std::alloc::{GlobalAlloc, Layout, System};

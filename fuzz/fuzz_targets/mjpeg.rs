@@ -3,8 +3,10 @@
 //!
 //! The input is one frame. Invariants, besides not panicking: a decoded picture has even
 //! sides within the decoder's 8192 limit, and one decoder keeps working after any input.
-//! zune-jpeg itself runs uninstrumented in CI; `FUZZ_INSTRUMENT=zune-jpeg tests/fuzz/run.sh`
-//! lets libFuzzer steer into it on a long run.
+//! libjpeg-turbo itself is C, linked from Debian's package and not instrumented, so libFuzzer
+//! steers by the daemon's own code around it (the marker walk that refuses non-sequential
+//! frames, the size checks, the plane conversions); libjpeg-turbo is fuzzed upstream
+//! (OSS-Fuzz). A decode error after a valid header leaves the decoder usable: checked here.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -8,7 +8,8 @@
 # For each architecture: packaging/build-debs.sh builds the .deb (--profile P, default
 # release), its usr/bin/snaprtcd goes into a root filesystem with exactly the shared libraries
 # it needs (from the host's Debian libc6/libgcc-s1/libstdc++6 for amd64, from the cross
-# toolchain's Debian libc6-arm64-cross etc. for arm64), its ELF interpreter, /etc/passwd with
+# toolchain's Debian libc6-arm64-cross etc. and the multiarch :arm64 packages (libopus0,
+# libasound2, libturbojpeg0) for arm64), its ELF interpreter, /etc/passwd with
 # user snaprtcd (65532), config/relay.toml as /etc/snaprtcd/relay.toml, and a writable
 # /var/lib/snaprtcd and /tmp. The binary is run from that root (natively, or under qemu-user
 # for arm64) before the image is made, so a missing library fails here, not in the cloud.
@@ -44,7 +45,7 @@ packaging/build-debs.sh --install --profile "$profile" "${archs[@]}"
 for a in "${archs[@]}"; do
   case "$a" in
     amd64) libdirs="/lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu"; multiarch=x86_64-linux-gnu ;;
-    arm64) libdirs="/usr/aarch64-linux-gnu/lib"; multiarch=aarch64-linux-gnu ;;
+    arm64) libdirs="/usr/aarch64-linux-gnu/lib /usr/lib/aarch64-linux-gnu"; multiarch=aarch64-linux-gnu ;;
   esac
   ctx=$(mktemp -d "/tmp/snaprtcd-image-$a.XXXXXX")
   rootfs=$ctx/rootfs

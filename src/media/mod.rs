@@ -32,7 +32,8 @@ const HEAP_TRIM_THRESHOLD: i32 = 8 << 20;
 
 /// Keep memory freed by one frame for the next, instead of handing it back to the kernel and
 /// faulting it in again. Frame-sized blocks are freed and re-taken on every frame by code the
-/// daemon does not own: zune-jpeg's per-MCU-row buffers (each decode), the RTC engine's copy of
+/// daemon does not own: the JPEG decoder's per-frame working memory (zune-jpeg's per-MCU-row
+/// buffers when it was the decoder, libjpeg-turbo's pools now), the RTC engine's copy of
 /// every access unit and str0m's packet buffers (what `perf record -e page-faults` showed).
 /// With glibc's defaults (mmap threshold 128 KiB, trim threshold 128 KiB, both raised
 /// only when an mmapped block is freed), the heap tops were trimmed and regrown every frame: 21

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use zune_jpeg::zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+use turbojpeg::{Colorspace, Decompressor, Subsamp, YuvImage};
 
 use super::rows;
 use super::yuv::{BufferPool, I420};
@@ -19,44 +19,48 @@ pub struct DecodeError(pub String);
 /// header, before anything the size of the picture is allocated.
 const MAX_SIDE: usize = 8192;
 
-/// Decodes a camera's MJPEG frames into I420 pictures, without an RGB step: zune-jpeg writes
-/// the JPEG's own YCbCr samples (chroma upsampled to full size, no colour matrix), luma is
-/// taken as is and chroma averaged 2x2 back to 4:2:0, both mapped from JFIF's full range to the
-/// limited range the encoder's I420 is in (`picture::rows::ycbcr_rows`: SSSE3 on x86_64, which
-/// halves the cost of that step). Its scratch buffer grows once to the camera's size
-/// and is reused; pictures come from a [`BufferPool`], so a steady stream allocates nothing of
-/// a picture's size per frame.
-///
-/// libjpeg-turbo's planar decode is faster still (docs/BENCHMARKS.md, "MJPEG decode") but is a
-/// C library to bundle for three architectures; zune-jpeg is pure Rust.
+/// Decodes a camera's MJPEG frames into I420 pictures, without an RGB step, with
+/// libjpeg-turbo's planar decode (`tjDecompressToYUV2`: SIMD on x86 and arm, no chroma
+/// upsampling, no colour matrix). A 4:2:0 JPEG of even size is decoded straight into the
+/// picture's buffer, which is laid out as I420 already; 4:2:2 (many webcams) has its chroma
+/// rows averaged in pairs; other samplings and odd sizes go through a scratch buffer (an odd
+/// last column or row is cropped). Every sample is then mapped from JFIF's full range to the
+/// limited range the encoder's I420 is in (`picture::rows::limit_luma`/`limit_chroma`: SSE2 on
+/// x86_64, NEON on aarch64). The scratch buffer grows once to the camera's size and is reused;
+/// pictures come from a [`BufferPool`], so a steady stream allocates nothing of a picture's
+/// size per frame. Chosen over zune-jpeg (pure Rust, which the daemon used before) for speed:
+/// docs/BENCHMARKS.md, "MJPEG decode".
 pub struct MjpegDecoder {
     pool: Arc<BufferPool>,
     /// Largest width or height decoded; larger frames are refused from their header.
     max_side: usize,
-    /// Interleaved Y, Cb, Cr at full size, as zune-jpeg writes it.
+    /// libjpeg-turbo's handle, made at the first frame (its creation can fail, a decode error).
+    tj: Option<Decompressor>,
+    /// Planes at the JPEG's own sampling, for what is not decoded in place.
     scratch: Vec<u8>,
     /// Frames given to [`decode`](Self::decode), good or not (which thread decodes what is
     /// a design choice tests check).
     decoded: u64,
 }
-
 impl MjpegDecoder {
     /// A decoder whose pictures come from (and go back to) `pool`.
     pub fn new(pool: Arc<BufferPool>) -> Self {
         Self {
             pool,
             max_side: MAX_SIDE,
+            tj: None,
             scratch: Vec::new(),
             decoded: 0,
         }
     }
 
     /// Another decoder with the same size limit whose pictures come from the same pool (its
-    /// scratch buffer is its own, made at its first frame).
+    /// handle and scratch buffer are its own, made at its first frame).
     pub fn sharing_pool(&self) -> Self {
         Self {
             pool: self.pool.clone(),
             max_side: self.max_side,
+            tj: None,
             scratch: Vec::new(),
             decoded: 0,
         }
@@ -77,81 +81,198 @@ impl MjpegDecoder {
     }
 
     /// Decode one JPEG into I420, cropping an odd last column or row. A truncated or corrupt
-    /// JPEG is an error (strict mode: zune-jpeg would otherwise fill what is missing with grey).
+    /// JPEG is an error (libjpeg-turbo's warnings, such as data missing at the end, count as
+    /// errors: a grey-filled picture is not shown).
     pub fn decode(&mut self, jpeg: &[u8]) -> Result<I420, DecodeError> {
         self.decoded += 1;
-        let options = DecoderOptions::default()
-            .set_strict_mode(true)
-            .set_max_width(self.max_side)
-            .set_max_height(self.max_side)
-            .jpeg_set_out_colorspace(ColorSpace::YCbCr);
-        let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
-        dec.decode_headers()
-            .map_err(|e| DecodeError(format!("{e:?}")))?;
-        let grey = match dec.input_colorspace() {
-            Some(ColorSpace::YCbCr) => false,
-            Some(ColorSpace::Luma) => {
-                dec.set_options(options.jpeg_set_out_colorspace(ColorSpace::Luma));
-                true
-            }
-            other => return Err(DecodeError(format!("unsupported colour space {other:?}"))),
+        check_sequential(jpeg)?;
+        let tj = match &mut self.tj {
+            Some(tj) => tj,
+            None => self.tj.insert(Decompressor::new().map_err(tj_error)?),
         };
-        let (w, h) = dec
-            .dimensions()
-            .ok_or_else(|| DecodeError("no header".into()))?;
+        let header = tj.read_header(jpeg).map_err(tj_error)?;
+        let (w, h) = (header.width, header.height);
+        if w > self.max_side || h > self.max_side {
+            return Err(DecodeError(format!(
+                "{w}x{h} is over the largest side decoded here ({})",
+                self.max_side
+            )));
+        }
         let (ew, eh) = (w & !1, h & !1);
         if ew < 2 || eh < 2 {
             return Err(DecodeError(format!("unusable size {w}x{h}")));
         }
-        let len = dec
-            .output_buffer_size()
-            .ok_or_else(|| DecodeError("no header".into()))?;
-        // Grows once to the camera's size; its content is overwritten.
-        if self.scratch.len() < len {
-            self.scratch.resize(len, 0);
+        if !matches!(header.colorspace, Colorspace::YCbCr | Colorspace::Gray) {
+            return Err(DecodeError(format!(
+                "unsupported colour space {:?}",
+                header.colorspace
+            )));
         }
-        let samples = &mut self.scratch[..len];
-        dec.decode_into(samples)
-            .map_err(|e| DecodeError(format!("{e:?}")))?;
+        let subsamp = header.subsamp;
         let mut out = I420::uninit_in(&self.pool, ew as u32, eh as u32)
             .map_err(|e| DecodeError(e.to_string()))?;
-        if grey {
-            luma_to_i420(samples, w, &mut out);
-        } else {
-            ycbcr_to_i420(samples, w, &mut out);
+        if subsamp == Subsamp::Sub2x2 && (w, h) == (ew, eh) {
+            // libjpeg-turbo's planes at 4:2:0, even size, no row padding: I420's layout.
+            let image = YuvImage {
+                pixels: out.as_bytes_mut(),
+                width: w,
+                align: 1,
+                height: h,
+                subsamp,
+            };
+            tj.decompress_to_yuv(jpeg, image).map_err(tj_error)?;
+            let (y, u, v) = out.planes_mut();
+            rows::limit_luma(y);
+            rows::limit_chroma(u);
+            rows::limit_chroma(v);
+            return Ok(out);
         }
+        let planes = Planes::of(w, h, subsamp);
+        // Grows once to the camera's size; its content is overwritten.
+        if self.scratch.len() < planes.len {
+            self.scratch.resize(planes.len, 0);
+        }
+        let image = YuvImage {
+            pixels: &mut self.scratch[..planes.len],
+            width: w,
+            align: 1,
+            height: h,
+            subsamp,
+        };
+        tj.decompress_to_yuv(jpeg, image).map_err(tj_error)?;
+        planes.to_i420(&self.scratch[..planes.len], &mut out);
         Ok(out)
     }
 }
 
-/// Interleaved full-size YCbCr (`width` pixels a row) into `out` (at most as large): luma
-/// copied, chroma averaged over each 2x2 block, both mapped to limited range.
-fn ycbcr_to_i420(src: &[u8], width: usize, out: &mut I420) {
-    let (w, h) = (out.width() as usize, out.height() as usize);
-    let cw = w / 2;
-    let row_bytes = width * 3;
-    let (yp, up, vp) = out.planes_mut();
-    let rows = src.chunks_exact(2 * row_bytes).take(h / 2);
-    let luma = yp.chunks_exact_mut(2 * w);
-    let chroma = up.chunks_exact_mut(cw).zip(vp.chunks_exact_mut(cw));
-    for ((pair, ys), (us, vs)) in rows.zip(luma).zip(chroma) {
-        let (a, b) = pair.split_at(row_bytes);
-        let (ya, yb) = ys.split_at_mut(w);
-        rows::ycbcr_rows(a, b, ya, yb, us, vs);
+fn tj_error(e: turbojpeg::Error) -> DecodeError {
+    DecodeError(e.to_string())
+}
+
+/// Refuse what no camera sends and what costs a decoder far more per byte than a camera's
+/// frame: progressive, lossless and arithmetic-coded JPEGs (a progressive one may hold
+/// thousands of scans, each a pass over the picture). Walks the segments from SOI to the frame
+/// header; only baseline and extended sequential Huffman frames (SOF0, SOF1) pass.
+fn check_sequential(jpeg: &[u8]) -> Result<(), DecodeError> {
+    if jpeg.get(..2) != Some(&[0xff, 0xd8]) {
+        return Err(DecodeError("not a JPEG (no SOI marker)".into()));
+    }
+    let mut i = 2;
+    loop {
+        if jpeg.get(i) != Some(&0xff) {
+            return Err(DecodeError(format!("no marker at byte {i}")));
+        }
+        // Fill bytes (0xff) may precede a marker.
+        while jpeg.get(i + 1) == Some(&0xff) {
+            i += 1;
+        }
+        let Some(&marker) = jpeg.get(i + 1) else {
+            return Err(DecodeError("no frame header".into()));
+        };
+        match marker {
+            0xc0 | 0xc1 => return Ok(()),
+            0xc2 | 0xc3 | 0xc5..=0xc7 | 0xc9..=0xcb | 0xcd..=0xcf => {
+                return Err(DecodeError(format!(
+                    "a SOF{} frame (progressive, lossless or arithmetic-coded) is not a camera \
+                     frame",
+                    marker - 0xc0
+                )))
+            }
+            0xd8..=0xda => return Err(DecodeError("no frame header before the scan".into())),
+            _ => {}
+        }
+        let len = match jpeg.get(i + 2..i + 4) {
+            Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])),
+            _ => return Err(DecodeError("no frame header".into())),
+        };
+        if len < 2 {
+            return Err(DecodeError(format!("segment length {len} at byte {i}")));
+        }
+        i += 2 + len;
     }
 }
 
-/// A greyscale JPEG's luma (`width` pixels a row) into `out`, chroma neutral.
-fn luma_to_i420(src: &[u8], width: usize, out: &mut I420) {
-    let w = out.width() as usize;
-    let (yp, up, vp) = out.planes_mut();
-    for (d, s) in yp.chunks_exact_mut(w).zip(src.chunks_exact(width)) {
-        for (d, s) in d.iter_mut().zip(s) {
-            *d = rows::limited_luma(*s);
+/// The planes `tjDecompressToYUV2` writes (no row padding) at a JPEG's own sampling.
+struct Planes {
+    /// Luma row length and row count (the picture's, rounded up to the sampling factors).
+    luma: (usize, usize),
+    /// Each chroma plane's row length and row count.
+    chroma: (usize, usize),
+    /// Chroma sampling factors (horizontal, vertical); `None` for greyscale.
+    factors: Option<(usize, usize)>,
+    /// Bytes of all the planes.
+    len: usize,
+}
+
+impl Planes {
+    fn of(width: usize, height: usize, subsamp: Subsamp) -> Self {
+        let image = YuvImage {
+            pixels: (),
+            width,
+            align: 1,
+            height,
+            subsamp,
+        };
+        let grey = subsamp == Subsamp::Gray;
+        let (luma, chroma) = (image.y_size(), image.uv_size());
+        let chroma = if grey { (0, 0) } else { chroma };
+        Self {
+            luma,
+            chroma,
+            factors: (!grey).then(|| subsamp.size()),
+            len: luma.0 * luma.1 + 2 * chroma.0 * chroma.1,
         }
     }
-    up.fill(128);
-    vp.fill(128);
+
+    /// Into `out` (at most as large as the picture): luma copied, chroma averaged over the
+    /// samples each 2x2 block of the picture covers (rounded), both mapped to limited range.
+    fn to_i420(&self, src: &[u8], out: &mut I420) {
+        let w = out.width() as usize;
+        let (luma, chroma) = src.split_at(self.luma.0 * self.luma.1);
+        let (yp, up, vp) = out.planes_mut();
+        for (d, s) in yp.chunks_exact_mut(w).zip(luma.chunks_exact(self.luma.0)) {
+            d.copy_from_slice(&s[..w]);
+        }
+        rows::limit_luma(yp);
+        let Some(factors) = self.factors else {
+            up.fill(128);
+            vp.fill(128);
+            return;
+        };
+        let (cb, cr) = chroma.split_at(self.chroma.0 * self.chroma.1);
+        for (s, d) in [(cb, up), (cr, vp)] {
+            chroma_to_half(s, self.chroma.0, factors, d, w / 2);
+            rows::limit_chroma(d);
+        }
+    }
+}
+
+/// One chroma plane (`stride` samples a row, sampled `factors` times below luma) to half the
+/// luma's size in each direction (`dst`: rows of `width`), each sample the rounded mean of the
+/// four the 2x2 block covers: a copy at 4:2:0, two rows averaged at 4:2:2.
+fn chroma_to_half(
+    src: &[u8],
+    stride: usize,
+    factors: (usize, usize),
+    dst: &mut [u8],
+    width: usize,
+) {
+    let row = |r: usize| &src[r * stride..r * stride + stride];
+    for (r, d) in dst.chunks_exact_mut(width).enumerate() {
+        match factors {
+            (2, 2) => d.copy_from_slice(&row(r)[..width]),
+            (2, 1) => rows::average_rows(&row(2 * r)[..width], &row(2 * r + 1)[..width], d),
+            (hs, vs) => {
+                for (c, d) in d.iter_mut().enumerate() {
+                    let sum: u32 = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                        .iter()
+                        .map(|&(dy, dx)| u32::from(row((2 * r + dy) / vs)[(2 * c + dx) / hs]))
+                        .sum();
+                    *d = ((sum + 2) / 4) as u8;
+                }
+            }
+        }
+    }
 }
 
 /// Decode a JPEG (a camera's frame, for a still) into I420 in a fresh buffer.

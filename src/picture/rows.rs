@@ -1,11 +1,10 @@
 //! Row kernels of the camera conversions into I420 planes: YUYV and NV12 (raw cameras), and the
-//! decoded MJPEG's interleaved YCbCr. SIMD where it pays: SSE2 on x86_64 and NEON on aarch64 for
-//! YUYV and NV12 (both part of those targets' baseline, so no run-time detection); SSSE3 on
-//! x86_64 for YCbCr (its byte shuffle is what a 3-byte stride needs; detected once at run time,
-//! every x86_64 CPU since 2006 has it). Everything else (armv7, aarch64's YCbCr, the tails of
-//! rows) runs the scalar code, which the SIMD code matches bit for bit (tests below, on random
-//! sizes and data). YUYV and NV12 only move bytes; YCbCr also averages chroma 2x2 and maps full
-//! range to limited range.
+//! range mapping of the decoded MJPEG's planes (libjpeg-turbo writes full-range JFIF samples,
+//! the encoder takes limited range). SIMD where it pays: SSE2 on x86_64 and NEON on aarch64 (both
+//! part of those targets' baseline, so no run-time detection). Everything else (armv7, the
+//! tails of rows) runs the scalar code, which the SIMD code matches bit for bit (tests below, on
+//! random sizes and data, and tests/cross/rows on the arm builds under qemu-user). YUYV and NV12
+//! only move bytes; the range maps compute `(span·v + k) / 255`.
 
 /// Full-range (JFIF) luma to the limited range of the encoder's I420 (BT.601 studio swing, what
 /// raw cameras give): `16 + y·219/255`, rounded. A table lookup per sample, no colour matrix.
@@ -39,55 +38,40 @@ pub fn limited_luma(y: u8) -> u8 {
     LUMA_TO_LIMITED[y as usize]
 }
 
-/// Two rows of interleaved full-range YCbCr (`a`, `b`: 3 bytes a pixel, at least `3·ya.len()`
-/// bytes each, as zune-jpeg writes a 4:2:0 or 4:2:2 JPEG with its chroma upsampled) into two
-/// limited-range luma rows (`ya`, `yb`, the same even length) and one chroma row of each (`u`,
-/// `v`: half that length), chroma averaged over each 2x2 block (rounded).
-pub fn ycbcr_rows(a: &[u8], b: &[u8], ya: &mut [u8], yb: &mut [u8], u: &mut [u8], v: &mut [u8]) {
-    let done = simd::ycbcr_rows(a, b, ya, yb, u, v);
-    ycbcr_rows_scalar_from(a, b, ya, yb, u, v, done);
+/// Full-range (JFIF) luma samples to limited range, in place: [`limited_luma`] on each (SSE2 on
+/// x86_64, NEON on aarch64; libjpeg-turbo's planar output).
+pub fn limit_luma(samples: &mut [u8]) {
+    let done = simd::limit(samples, simd::LUMA);
+    limit_scalar(&mut samples[done..], &LUMA_TO_LIMITED);
 }
 
-/// The whole rows in scalar code (the reference the SIMD code is tested against).
-pub fn ycbcr_rows_scalar(
-    a: &[u8],
-    b: &[u8],
-    ya: &mut [u8],
-    yb: &mut [u8],
-    u: &mut [u8],
-    v: &mut [u8],
-) {
-    ycbcr_rows_scalar_from(a, b, ya, yb, u, v, 0);
+/// Full-range chroma samples to limited range, in place.
+pub fn limit_chroma(samples: &mut [u8]) {
+    let done = simd::limit(samples, simd::CHROMA);
+    limit_scalar(&mut samples[done..], &CHROMA_TO_LIMITED);
 }
 
-/// The scalar kernel from pixel `start` on (`start` even).
-fn ycbcr_rows_scalar_from(
-    a: &[u8],
-    b: &[u8],
-    ya: &mut [u8],
-    yb: &mut [u8],
-    u: &mut [u8],
-    v: &mut [u8],
-    start: usize,
-) {
-    let w = ya.len().min(yb.len());
-    let (a, b) = (&a[start * 3..w * 3], &b[start * 3..w * 3]);
-    for (d, s) in ya[start..w].iter_mut().zip(a.chunks_exact(3)) {
-        *d = LUMA_TO_LIMITED[s[0] as usize];
+/// [`limit_luma`] in scalar code (the reference the SIMD code is tested against).
+pub fn limit_luma_scalar(samples: &mut [u8]) {
+    limit_scalar(samples, &LUMA_TO_LIMITED);
+}
+
+/// [`limit_chroma`] in scalar code.
+pub fn limit_chroma_scalar(samples: &mut [u8]) {
+    limit_scalar(samples, &CHROMA_TO_LIMITED);
+}
+
+fn limit_scalar(samples: &mut [u8], table: &[u8; 256]) {
+    for s in samples {
+        *s = table[*s as usize];
     }
-    for (d, s) in yb[start..w].iter_mut().zip(b.chunks_exact(3)) {
-        *d = LUMA_TO_LIMITED[s[0] as usize];
-    }
-    let blocks = a.chunks_exact(6).zip(b.chunks_exact(6));
-    for ((u, v), (p, q)) in u[start / 2..]
-        .iter_mut()
-        .zip(v[start / 2..].iter_mut())
-        .zip(blocks)
-    {
-        let cb = (p[1] as u16 + p[4] as u16 + q[1] as u16 + q[4] as u16 + 2) >> 2;
-        let cr = (p[2] as u16 + p[5] as u16 + q[2] as u16 + q[5] as u16 + 2) >> 2;
-        *u = CHROMA_TO_LIMITED[cb as usize];
-        *v = CHROMA_TO_LIMITED[cr as usize];
+}
+
+/// The rounded mean of two rows (`(a + b + 1) / 2`, sample by sample) into `out`: a 4:2:2
+/// JPEG's chroma rows in pairs. The compiler vectorises it (`pavgb`, `urhadd`).
+pub fn average_rows(a: &[u8], b: &[u8], out: &mut [u8]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = ((u16::from(a) + u16::from(b) + 1) >> 1) as u8;
     }
 }
 
@@ -162,50 +146,13 @@ pub fn nv12_chroma_row_scalar(src: &[u8], u: &mut [u8], v: &mut [u8]) {
     nv12_chroma_row_scalar_from(src, u, v, 0);
 }
 
+/// SSE2 (the x86_64 baseline) arithmetic of the range maps.
 #[cfg(target_arch = "x86_64")]
-mod ycbcr_ssse3 {
+mod sse2 {
     use std::arch::x86_64::{
-        __m128i, _mm_add_epi16, _mm_loadu_si128, _mm_maddubs_epi16, _mm_mullo_epi16, _mm_or_si128,
-        _mm_packus_epi16, _mm_set1_epi16, _mm_set1_epi8, _mm_setzero_si128, _mm_shuffle_epi8,
-        _mm_srli_epi16, _mm_storeu_si128, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
+        __m128i, _mm_add_epi16, _mm_mullo_epi16, _mm_packus_epi16, _mm_set1_epi16,
+        _mm_setzero_si128, _mm_srli_epi16, _mm_unpackhi_epi8, _mm_unpacklo_epi8,
     };
-
-    /// Pixels a step handles: 96 source bytes of each row, 32 luma, 16 Cb, 16 Cr.
-    const STEP: usize = 32;
-
-    /// `_mm_shuffle_epi8` masks taking channel `ch` (0 Y, 1 Cb, 2 Cr) of 16 pixels out of the
-    /// `reg`-th of their three 16-byte loads (0x80: a zero byte, filled by another load).
-    const fn mask(ch: usize, reg: usize) -> [u8; 16] {
-        let mut m = [0x80u8; 16];
-        let mut p = 0;
-        while p < 16 {
-            let at = 3 * p + ch;
-            if at / 16 == reg {
-                m[p] = (at % 16) as u8;
-            }
-            p += 1;
-        }
-        m
-    }
-
-    static MASKS: [[[u8; 16]; 3]; 3] = [
-        [mask(0, 0), mask(0, 1), mask(0, 2)],
-        [mask(1, 0), mask(1, 1), mask(1, 2)],
-        [mask(2, 0), mask(2, 1), mask(2, 2)],
-    ];
-
-    /// One channel of 16 pixels from their three loads.
-    #[inline(always)]
-    fn gather(r: &[__m128i; 3], m: &[[u8; 16]; 3]) -> __m128i {
-        // SAFETY: only called from `rows`, which runs with SSSE3 enabled; the masks are
-        // 16-byte statics.
-        unsafe {
-            let a = _mm_shuffle_epi8(r[0], _mm_loadu_si128(m[0].as_ptr().cast()));
-            let b = _mm_shuffle_epi8(r[1], _mm_loadu_si128(m[1].as_ptr().cast()));
-            let c = _mm_shuffle_epi8(r[2], _mm_loadu_si128(m[2].as_ptr().cast()));
-            _mm_or_si128(_mm_or_si128(a, b), c)
-        }
-    }
 
     /// `x / 255` on u16 lanes, exact for `x < 65535`: `(x + 1 + (x >> 8)) >> 8`.
     #[inline(always)]
@@ -217,115 +164,47 @@ mod ycbcr_ssse3 {
         }
     }
 
-    /// 16 full-range luma samples to limited range: `(219·y + 4207) / 255` (at most 60052).
+    /// 16 full-range samples to limited range: `(span·v + k) / 255` (at most 61215), where
+    /// `(span, k)` is [`super::simd::LUMA`] or [`super::simd::CHROMA`].
     #[inline(always)]
-    fn luma16(y: __m128i) -> __m128i {
+    pub fn map16(v: __m128i, (span, k): (i16, i16)) -> __m128i {
         // SAFETY: SSE2 register ops (x86_64 baseline).
         unsafe {
             let z = _mm_setzero_si128();
-            let (k, c) = (_mm_set1_epi16(219), _mm_set1_epi16(4207));
+            let (span, k) = (_mm_set1_epi16(span), _mm_set1_epi16(k));
             let lo = div255(_mm_add_epi16(
-                _mm_mullo_epi16(_mm_unpacklo_epi8(y, z), k),
-                c,
+                _mm_mullo_epi16(_mm_unpacklo_epi8(v, z), span),
+                k,
             ));
             let hi = div255(_mm_add_epi16(
-                _mm_mullo_epi16(_mm_unpackhi_epi8(y, z), k),
-                c,
+                _mm_mullo_epi16(_mm_unpackhi_epi8(v, z), span),
+                k,
             ));
             _mm_packus_epi16(lo, hi)
         }
-    }
-
-    /// 8 chroma values (u16 lanes) from 16 samples of each of two rows: the 2x2 average
-    /// `(sum + 2) >> 2`, then `(224·c + 4095) / 255` (at most 61215).
-    #[inline(always)]
-    fn chroma8(a: __m128i, b: __m128i) -> __m128i {
-        // SAFETY: only called from `rows`, which runs with SSSE3 enabled (maddubs); register ops.
-        unsafe {
-            let ones = _mm_set1_epi8(1);
-            let sum = _mm_add_epi16(_mm_maddubs_epi16(a, ones), _mm_maddubs_epi16(b, ones));
-            let c = _mm_srli_epi16(_mm_add_epi16(sum, _mm_set1_epi16(2)), 2);
-            div255(_mm_add_epi16(
-                _mm_mullo_epi16(c, _mm_set1_epi16(224)),
-                _mm_set1_epi16(4095),
-            ))
-        }
-    }
-
-    /// The whole steps of the rows; returns the pixels done (a multiple of [`STEP`]).
-    ///
-    /// # Safety
-    /// The CPU must have SSSE3.
-    #[target_feature(enable = "ssse3")]
-    pub unsafe fn rows(
-        a: &[u8],
-        b: &[u8],
-        ya: &mut [u8],
-        yb: &mut [u8],
-        u: &mut [u8],
-        v: &mut [u8],
-    ) -> usize {
-        let w = ya.len().min(yb.len()).min(2 * u.len()).min(2 * v.len());
-        let w = w.min(a.len() / 3).min(b.len() / 3);
-        let steps = w / STEP;
-        for s in 0..steps {
-            let x = s * STEP;
-            let mut cb = [_mm_setzero_si128(); 2];
-            let mut cr = [_mm_setzero_si128(); 2];
-            for half in 0..2 {
-                let p = x + 16 * half;
-                // SAFETY: p + 16 <= w: 48 bytes from 3p are within `a` and `b` (3w bytes at
-                // least), 16 bytes from p within `ya` and `yb`.
-                unsafe {
-                    let ra =
-                        [0, 1, 2].map(|i| _mm_loadu_si128(a.as_ptr().add(3 * p + 16 * i).cast()));
-                    let rb =
-                        [0, 1, 2].map(|i| _mm_loadu_si128(b.as_ptr().add(3 * p + 16 * i).cast()));
-                    _mm_storeu_si128(
-                        ya.as_mut_ptr().add(p).cast(),
-                        luma16(gather(&ra, &MASKS[0])),
-                    );
-                    _mm_storeu_si128(
-                        yb.as_mut_ptr().add(p).cast(),
-                        luma16(gather(&rb, &MASKS[0])),
-                    );
-                    cb[half] = chroma8(gather(&ra, &MASKS[1]), gather(&rb, &MASKS[1]));
-                    cr[half] = chroma8(gather(&ra, &MASKS[2]), gather(&rb, &MASKS[2]));
-                }
-            }
-            // SAFETY: x/2 + 16 <= w/2 <= u.len(), v.len().
-            unsafe {
-                _mm_storeu_si128(
-                    u.as_mut_ptr().add(x / 2).cast(),
-                    _mm_packus_epi16(cb[0], cb[1]),
-                );
-                _mm_storeu_si128(
-                    v.as_mut_ptr().add(x / 2).cast(),
-                    _mm_packus_epi16(cr[0], cr[1]),
-                );
-            }
-        }
-        steps * STEP
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    /// The YCbCr rows with SSSE3 when the CPU has it (checked once; std caches the answer).
-    pub fn ycbcr_rows(
-        a: &[u8],
-        b: &[u8],
-        ya: &mut [u8],
-        yb: &mut [u8],
-        u: &mut [u8],
-        v: &mut [u8],
-    ) -> usize {
-        if std::is_x86_feature_detected!("ssse3") {
-            // SAFETY: the CPU has SSSE3 (just checked).
-            unsafe { super::ycbcr_ssse3::rows(a, b, ya, yb, u, v) }
-        } else {
-            0
+    /// `(span, k)` of the full-to-limited range maps, `(span·v + k) / 255`: see
+    /// [`range_table`](super::range_table).
+    pub const LUMA: (i16, i16) = (219, 4207);
+    /// The chroma map's `(span, k)`.
+    pub const CHROMA: (i16, i16) = (224, 4095);
+
+    /// The whole 16-sample steps of `samples` mapped in place; returns the samples done.
+    pub fn limit(samples: &mut [u8], map: (i16, i16)) -> usize {
+        use std::arch::x86_64::{_mm_loadu_si128, _mm_storeu_si128};
+        let done = samples.len() / 16 * 16;
+        for c in samples.chunks_exact_mut(16) {
+            // SAFETY: `c` is 16 bytes: one unaligned load and one unaligned store.
+            unsafe {
+                let v = _mm_loadu_si128(c.as_ptr().cast());
+                _mm_storeu_si128(c.as_mut_ptr().cast(), super::sse2::map16(v, map));
+            }
         }
+        done
     }
 
     use std::arch::x86_64::{
@@ -417,16 +296,41 @@ mod simd {
 
 #[cfg(target_arch = "aarch64")]
 mod simd {
-    /// No SIMD kernel for YCbCr here: the scalar code does every pixel.
-    pub fn ycbcr_rows(
-        _: &[u8],
-        _: &[u8],
-        _: &mut [u8],
-        _: &mut [u8],
-        _: &mut [u8],
-        _: &mut [u8],
-    ) -> usize {
-        0
+    /// `(span, k)` of the full-to-limited range maps, `(span·v + k) / 255`: see
+    /// [`range_table`](super::range_table).
+    pub const LUMA: (i16, i16) = (219, 4207);
+    /// The chroma map's `(span, k)`.
+    pub const CHROMA: (i16, i16) = (224, 4095);
+
+    /// The whole 16-sample steps of `samples` mapped in place; returns the samples done.
+    pub fn limit(samples: &mut [u8], (span, k): (i16, i16)) -> usize {
+        use std::arch::aarch64::{vcombine_u8, vget_high_u8, vget_low_u8, vld1q_u8, vst1q_u8};
+        let done = samples.len() / 16 * 16;
+        for c in samples.chunks_exact_mut(16) {
+            // SAFETY: NEON is in the aarch64 baseline; `c` is 16 bytes: one load, one store.
+            unsafe {
+                let v = vld1q_u8(c.as_ptr());
+                let lo = map8(vget_low_u8(v), span as u8, k as u16);
+                let hi = map8(vget_high_u8(v), span as u8, k as u16);
+                vst1q_u8(c.as_mut_ptr(), vcombine_u8(lo, hi));
+            }
+        }
+        done
+    }
+
+    /// 8 samples: `(span·v + k) / 255`, the division as `(x + 1 + (x >> 8)) >> 8` (exact for
+    /// `x < 65535`).
+    #[inline(always)]
+    fn map8(v: std::arch::aarch64::uint8x8_t, span: u8, k: u16) -> std::arch::aarch64::uint8x8_t {
+        use std::arch::aarch64::{
+            vaddq_u16, vdup_n_u8, vdupq_n_u16, vmull_u8, vshrn_n_u16, vshrq_n_u16,
+        };
+        // SAFETY: NEON register ops (aarch64 baseline).
+        unsafe {
+            let x = vaddq_u16(vmull_u8(v, vdup_n_u8(span)), vdupq_n_u16(k));
+            let x1 = vaddq_u16(vaddq_u16(x, vdupq_n_u16(1)), vshrq_n_u16::<8>(x));
+            vshrn_n_u16::<8>(x1)
+        }
     }
 
     use std::arch::aarch64::{uint8x16x2_t, vld2q_u8, vld4q_u8, vst1q_u8, vst2q_u8};
@@ -492,15 +396,14 @@ mod simd {
 /// No SIMD on this target (armv7 and others): the scalar code does every pixel.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod simd {
-    /// No SIMD kernel for YCbCr here: the scalar code does every pixel.
-    pub fn ycbcr_rows(
-        _: &[u8],
-        _: &[u8],
-        _: &mut [u8],
-        _: &mut [u8],
-        _: &mut [u8],
-        _: &mut [u8],
-    ) -> usize {
+    /// `(span, k)` of the full-to-limited range maps, `(span·v + k) / 255`: see
+    /// [`range_table`](super::range_table).
+    pub const LUMA: (i16, i16) = (219, 4207);
+    /// The chroma map's `(span, k)`.
+    pub const CHROMA: (i16, i16) = (224, 4095);
+
+    /// No SIMD here: the scalar code maps every sample.
+    pub fn limit(_: &mut [u8], _: (i16, i16)) -> usize {
         0
     }
 
@@ -548,27 +451,6 @@ mod tests {
             prop_assert_eq!(v, vs);
         }
 
-        /// SIMD and scalar agree bit for bit on every width (steps and tails), on random
-        /// bytes with random padding after the rows.
-        #[test]
-        fn ycbcr_rows_match_the_scalar_code(
-            half_w in 1usize..200,
-            pad in 0usize..9,
-            seed in any::<u64>(),
-        ) {
-            let w = half_w * 2;
-            let a = bytes(w * 3 + pad, seed);
-            let b = bytes(w * 3 + pad, seed ^ 0x5555);
-            let (mut ya, mut yb, mut u, mut v) = (vec![0; w], vec![0; w], vec![0; w / 2], vec![0; w / 2]);
-            let (mut yas, mut ybs, mut us, mut vs) = (vec![0; w], vec![0; w], vec![0; w / 2], vec![0; w / 2]);
-            ycbcr_rows(&a, &b, &mut ya, &mut yb, &mut u, &mut v);
-            ycbcr_rows_scalar(&a, &b, &mut yas, &mut ybs, &mut us, &mut vs);
-            prop_assert_eq!(ya, yas);
-            prop_assert_eq!(yb, ybs);
-            prop_assert_eq!(u, us);
-            prop_assert_eq!(v, vs);
-        }
-
         #[test]
         fn nv12_rows_match_the_scalar_code(
             n in 1usize..200,
@@ -584,50 +466,55 @@ mod tests {
         }
     }
 
-    /// Every luma value and every chroma average through both kernels: the SIMD arithmetic
-    /// equals the range tables, and the tables the rounding they document.
+    /// The in-place range maps (libjpeg-turbo's planes): SIMD and scalar agree on every
+    /// length (steps and tails), and every byte maps as the tables say.
     #[test]
-    fn ycbcr_rows_map_every_value_like_the_tables() {
-        // 512 pixels: pixel i has Y = i % 256 in both rows (chroma: any bytes).
-        let w = 512;
-        let (mut a, mut b) = (bytes(w * 3, 7), bytes(w * 3, 11));
-        for i in 0..w {
-            a[3 * i] = (i % 256) as u8;
-            b[3 * i] = (i % 256) as u8;
+    fn range_maps_match_the_tables_at_every_length() {
+        let all: Vec<u8> = (0..=255).collect();
+        for len in (0..70).chain([256, 257, 1000]) {
+            let src = bytes(len, len as u64 + 3);
+            for (simd, scalar, table) in [
+                (
+                    limit_luma as fn(&mut [u8]),
+                    limit_luma_scalar as fn(&mut [u8]),
+                    &LUMA_TO_LIMITED,
+                ),
+                (limit_chroma, limit_chroma_scalar, &CHROMA_TO_LIMITED),
+            ] {
+                let (mut a, mut b) = (src.clone(), src.clone());
+                simd(&mut a);
+                scalar(&mut b);
+                assert_eq!(a, b, "length {len}");
+                let mut every = all.clone();
+                simd(&mut every);
+                assert!(every
+                    .iter()
+                    .zip(&all)
+                    .all(|(&m, &v)| m == table[v as usize]));
+            }
         }
-        let (mut ya, mut yb, mut u, mut v) =
-            (vec![0; w], vec![0; w], vec![0; w / 2], vec![0; w / 2]);
-        let (mut yas, mut ybs, mut us, mut vs) =
-            (vec![0; w], vec![0; w], vec![0; w / 2], vec![0; w / 2]);
-        ycbcr_rows(&a, &b, &mut ya, &mut yb, &mut u, &mut v);
-        ycbcr_rows_scalar(&a, &b, &mut yas, &mut ybs, &mut us, &mut vs);
-        assert_eq!((&ya, &yb, &u, &v), (&yas, &ybs, &us, &vs));
-        for (i, &y) in ya.iter().enumerate() {
-            let exact = 16.0 + (i % 256) as f64 * 219.0 / 255.0;
-            assert_eq!(y, exact.round() as u8, "luma {}", i % 256);
-        }
-        for c in 0..=255u8 {
-            let exact = 128.0 + (c as f64 - 128.0) * 224.0 / 255.0;
+        assert_eq!((LUMA_TO_LIMITED[0], LUMA_TO_LIMITED[255]), (16, 235));
+        assert_eq!(
+            (
+                CHROMA_TO_LIMITED[0],
+                CHROMA_TO_LIMITED[128],
+                CHROMA_TO_LIMITED[255]
+            ),
+            (16, 128, 240)
+        );
+    }
+
+    #[test]
+    fn average_rows_rounds_half_up() {
+        let (a, b) = (bytes(100, 5), bytes(100, 9));
+        let mut out = vec![0; 100];
+        average_rows(&a, &b, &mut out);
+        for i in 0..100 {
             assert_eq!(
-                CHROMA_TO_LIMITED[c as usize],
-                exact.round() as u8,
-                "chroma {c}"
+                out[i] as u32,
+                (a[i] as u32 + b[i] as u32).div_ceil(2),
+                "at {i}"
             );
-        }
-        // Every chroma value through the SIMD path: rows whose 2x2 blocks average to 0..=255.
-        let w = 512;
-        let mut a = vec![0u8; w * 3];
-        for i in 0..w {
-            a[3 * i + 1] = (i / 2) as u8;
-            a[3 * i + 2] = (255 - i / 2) as u8;
-        }
-        let b = a.clone();
-        let (mut ya, mut yb, mut u, mut v) =
-            (vec![0; w], vec![0; w], vec![0; w / 2], vec![0; w / 2]);
-        ycbcr_rows(&a, &b, &mut ya, &mut yb, &mut u, &mut v);
-        for c in 0..256 {
-            assert_eq!(u[c], CHROMA_TO_LIMITED[c], "Cb {c}");
-            assert_eq!(v[c], CHROMA_TO_LIMITED[255 - c], "Cr {c}");
         }
     }
 

@@ -285,6 +285,11 @@ impl I420 {
         &self.data
     }
 
+    /// The whole buffer (Y, U, V), for a decoder that writes the three planes at once.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
     fn luma_len(&self) -> usize {
         self.width as usize * self.height as usize
     }

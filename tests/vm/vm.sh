@@ -11,7 +11,7 @@
 #
 # The guest root is a debootstrap'd minbase (systemd, dbus, udev, avahi-daemon, avahi-utils,
 # curl, adduser, procps, kmod, iproute2) built once into $SNAPRTCD_VM_ROOT
-# (default /var/cache/snaprtcd-vm/bookworm-audio; the name changes when the package list does), with the host kernel's modules so that e.g.
+# (default /var/cache/snaprtcd-vm/bookworm-turbojpeg; the name changes when the package list does), with the host kernel's modules so that e.g.
 # `modprobe vivid` works. The host kernel from linux-image-amd64 boots it under qemu (TCG: no
 # KVM needed). Guest network: 10.0.2.15/24 through qemu's restricted user network, which
 # reaches nothing outside the VM.
@@ -35,7 +35,7 @@ kver=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | so
 kernel=/boot/vmlinuz-$kver
 [ -n "$kver" ] && [ -r "$kernel" ] || { echo "vm.sh: no kernel in /boot (apt-get install linux-image-amd64)" >&2; exit 2; }
 
-root=${SNAPRTCD_VM_ROOT:-/var/cache/snaprtcd-vm/bookworm-audio}
+root=${SNAPRTCD_VM_ROOT:-/var/cache/snaprtcd-vm/bookworm-turbojpeg}
 mkdir -p "$(dirname "$root")"
 # One builder at a time (tests/run starts a --prepare early; the suite's own call waits here).
 exec 9>"$root.lock"
@@ -50,7 +50,7 @@ if [ ! -e "$root/.complete" ]; then
   for m in $(awk -v r="$root.new/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do umount -l "$m"; done
   rm -rf "$root.new"; mkdir -p "$(dirname "$root")"
   debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,udev,dbus,iproute2,curl,ca-certificates,avahi-daemon,avahi-utils,kmod,procps,adduser,libgcc-s1,libasound2,libopus0 \
+    --include=systemd,systemd-sysv,udev,dbus,iproute2,curl,ca-certificates,avahi-daemon,avahi-utils,kmod,procps,adduser,libgcc-s1,libasound2,libopus0,libturbojpeg0 \
     bookworm "$root.new" "$mirror" > "$root.log" 2>&1 || { echo "vm.sh: debootstrap failed, see $root.log" >&2; exit 2; }
   mkdir -p "$root.new/lib/modules"; cp -a "/lib/modules/$kver" "$root.new/lib/modules/"
   echo snaprtcd-vm > "$root.new/etc/hostname"

@@ -1,5 +1,5 @@
-//! Runs the row kernels of `src/picture/rows.rs` (YUYV and NV12: SSE2 on x86_64, NEON on
-//! aarch64, scalar on armv7; MJPEG's YCbCr: SSSE3 on x86_64, scalar on arm) on 20 000
+//! Runs the row kernels of `src/picture/rows.rs` (YUYV, NV12 and the MJPEG planes' range maps:
+//! SSE2 on x86_64, NEON on aarch64, scalar on armv7) on 20 000
 //! pseudo-random rows (every width up to 600, with padding), fails if any
 //! differs from the scalar kernels, and prints a checksum of all outputs: tests/cross/run.sh
 //! compares it between the host and each arm build under qemu-user.
@@ -42,21 +42,18 @@ fn main() {
         rows::nv12_chroma_row(&src, &mut cu, &mut cv);
         rows::nv12_chroma_row_scalar(&src, &mut cus, &mut cvs);
         assert!(cu == cus && cv == cvs, "NV12 chroma row of {n} differs");
-        // Two rows of interleaved YCbCr (3 bytes a pixel, as zune-jpeg writes them) from the
-        // same random bytes.
-        let (a, b) = (&src[..w], &src[w..2 * w]);
-        let m = w / 3 / 2 * 2;
-        let (mut ya, mut yb, mut ku, mut kv) =
-            (vec![0; m], vec![0; m], vec![0; m / 2], vec![0; m / 2]);
-        let (mut yas, mut ybs, mut kus, mut kvs) =
-            (vec![0; m], vec![0; m], vec![0; m / 2], vec![0; m / 2]);
-        rows::ycbcr_rows(a, b, &mut ya, &mut yb, &mut ku, &mut kv);
-        rows::ycbcr_rows_scalar(a, b, &mut yas, &mut ybs, &mut kus, &mut kvs);
-        assert!(
-            ya == yas && yb == ybs && ku == kus && kv == kvs,
-            "YCbCr rows of {m} differ"
-        );
-        for out in [&y, &u, &v, &yl, &cu, &cv, &ya, &yb, &ku, &kv] {
+        // The range maps of libjpeg-turbo's planes, in place, and 4:2:2's row average.
+        let (mut ml, mut mls) = (src.clone(), src.clone());
+        rows::limit_luma(&mut ml);
+        rows::limit_luma_scalar(&mut mls);
+        assert!(ml == mls, "luma range map of {} differs", src.len());
+        let (mut mc, mut mcs) = (src.clone(), src.clone());
+        rows::limit_chroma(&mut mc);
+        rows::limit_chroma_scalar(&mut mcs);
+        assert!(mc == mcs, "chroma range map of {} differs", src.len());
+        let mut avg = vec![0; w];
+        rows::average_rows(&src[..w], &src[w..2 * w], &mut avg);
+        for out in [&y, &u, &v, &yl, &cu, &cv, &ml, &mc, &avg] {
             fnv(&mut hash, out);
         }
     }
