@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openh264::encoder::{
-    BitRate, Complexity, EncoderConfig, FrameRate, IntraFramePeriod, Profile, RateControlMode,
-    SpsPpsStrategy, UsageType,
+    BitRate, Complexity, EncoderConfig, FrameRate, IntraFramePeriod, Profile, QpRange,
+    RateControlMode, SpsPpsStrategy, UsageType,
 };
 use openh264::{OpenH264API, Timestamp};
 
@@ -140,14 +140,20 @@ impl OpenH264Encoder {
             .max_frame_rate(FrameRate::from_hz(settings.fps.max(1) as f32))
             // No frame skipping: for a live camera a skipped picture is a stall the viewer sees
             // (40 of 309 at noisy 1080p and 2 Mbit/s). The rate control raises the QP instead
-            // (up to 51), so a picture too rich for the bitrate costs quality and overshoots
-            // the rate (docs/BENCHMARKS.md, "Camera path"). openh264's warning about this at
-            // open is not printed: the crate sets its log level to quiet.
+            // (up to 51, see `qp` below), so a picture too rich for the bitrate costs quality;
+            // only one too rich for QP 51 overshoots the rate (docs/BENCHMARKS.md, "Camera
+            // path"). openh264's warning about this at open is not printed: the crate sets its
+            // log level to quiet.
             .skip_frames(false)
             .scene_change_detect(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .complexity(Complexity::Low)
+            // openh264 turns a QP range starting at 0 (the crate's default) into 12..=42, and
+            // at 42 a noisy picture overshoots the bitrate several times over
+            // (`rate_control_holds_the_bitrate_on_noise_by_raising_the_qp`); 12..=51 lets the
+            // rate control go as far as H.264 does.
+            .qp(QpRange::new(12, 51))
             .num_threads(threads);
         if threads > 1 {
             // Without a slice limit the crate asks for one slice, and openh264 then runs one
@@ -313,6 +319,44 @@ mod tests {
     /// skipping on, its rate control drops most of them (a stall a viewer sees); here every
     /// picture comes out, the quantiser pays instead (how far over the rate that goes on real
     /// content is measured in bench/camera_path; white noise like this stays far over it).
+    /// Noise around mid-grey (±32): openh264 with its QP capped at 42 sent 1 105 kbit/s for
+    /// 300 asked (3.7 times); allowed up to 51, it holds the rate.
+    #[test]
+    fn rate_control_holds_the_bitrate_on_noise_by_raising_the_qp() {
+        let (w, h, kbps) = (320, 240, 300);
+        let mut enc = OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: kbps,
+            fps: 30,
+            threads: EncoderThreads::Auto,
+        })
+        .unwrap();
+        let mut x = 0x9e37_79b9_u32;
+        let mut noise = || {
+            let data = (0..I420::len_for(w, h))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (96 + x % 65) as u8
+                })
+                .collect();
+            I420::from_vec(w, h, data).unwrap()
+        };
+        // Two seconds to settle, then two seconds measured.
+        let mut bytes = 0;
+        for i in 0..120u64 {
+            let frame = enc.encode(&noise(), i * 33, i == 0).unwrap();
+            if i >= 60 {
+                bytes += frame.map_or(0, |f| f.data.len());
+            }
+        }
+        let got_kbps = bytes as u32 * 8 / 2 / 1000;
+        assert!(
+            got_kbps <= kbps * 5 / 4,
+            "{got_kbps} kbit/s for {kbps} asked"
+        );
+    }
+
     #[test]
     fn rate_control_never_skips_a_picture_on_noise_at_a_low_bitrate() {
         let (w, h) = (320, 240);
