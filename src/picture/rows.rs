@@ -67,6 +67,60 @@ fn limit_scalar(samples: &mut [u8], table: &[u8; 256]) {
     }
 }
 
+/// Smooth a chroma plane (`width` samples a row) in place with the separable kernel
+/// `[1 6 1] / 8` in each direction (edge samples repeated), rounded once at the end. This is
+/// what a JPEG decoder's smooth ("fancy") chroma upsampling followed by a 2x2 average amounts
+/// to: a mild low-pass that takes a camera's chroma noise out before the encoder spends bits on
+/// it. `rows` holds three rows of `u16`, grown once to `width`. The compiler vectorises the
+/// loops.
+pub fn smooth_chroma(plane: &mut [u8], width: usize, rows: &mut [Vec<u16>; 3]) {
+    if width == 0 || plane.len() < width {
+        return;
+    }
+    let height = plane.len() / width;
+    for r in rows.iter_mut() {
+        r.resize(width, 0);
+    }
+    // Horizontal pass of row `r` into `out`: a[i-1] + 6·a[i] + a[i+1] (at most 2040).
+    let horizontal = |row: &[u8], out: &mut [u16]| {
+        let at = |l: u8, c: u8, r: u8| u16::from(l) + 6 * u16::from(c) + u16::from(r);
+        let last = width - 1;
+        out[0] = at(row[0], row[0], row[1.min(last)]);
+        if width > 1 {
+            out[last] = at(row[last - 1], row[last], row[last]);
+            // The interior as three shifted slices: no index arithmetic, so it vectorises.
+            let inner = out[1..last].iter_mut();
+            let taps = row[..width - 2]
+                .iter()
+                .zip(&row[1..last])
+                .zip(&row[2..width]);
+            for (o, ((&l, &c), &r)) in inner.zip(taps) {
+                *o = at(l, c, r);
+            }
+        }
+    };
+    let [above, here, below] = rows;
+    horizontal(&plane[..width], here);
+    above.copy_from_slice(here);
+    for r in 0..height {
+        // Row r + 1 is still unwritten: its horizontal sums come from the original samples.
+        let next = (r + 1).min(height - 1);
+        horizontal(&plane[next * width..next * width + width], below);
+        let out = &mut plane[r * width..r * width + width];
+        for (((o, &a), &h), &b) in out
+            .iter_mut()
+            .zip(above.iter())
+            .zip(here.iter())
+            .zip(below.iter())
+        {
+            // At most 16320: fits u16.
+            *o = ((a + 6 * h + b + 32) >> 6) as u8;
+        }
+        std::mem::swap(above, here);
+        std::mem::swap(here, below);
+    }
+}
+
 /// The rounded mean of two rows (`(a + b + 1) / 2`, sample by sample) into `out`: a 4:2:2
 /// JPEG's chroma rows in pairs. The compiler vectorises it (`pavgb`, `urhadd`).
 pub fn average_rows(a: &[u8], b: &[u8], out: &mut [u8]) {
@@ -502,6 +556,25 @@ mod tests {
             ),
             (16, 128, 240)
         );
+    }
+
+    #[test]
+    fn smoothing_keeps_flat_planes_and_handles_one_row_or_column() {
+        let mut rows = Default::default();
+        let mut flat = vec![77u8; 12 * 5];
+        smooth_chroma(&mut flat, 12, &mut rows);
+        assert!(flat.iter().all(|&v| v == 77));
+        // One row: only the horizontal kernel acts (the vertical one sees the row thrice).
+        let mut row = vec![0u8, 64, 0];
+        smooth_chroma(&mut row, 3, &mut rows);
+        assert_eq!(row, [8, 48, 8]);
+        // One column: the same, vertically.
+        let mut col = vec![0u8, 64, 0];
+        smooth_chroma(&mut col, 1, &mut rows);
+        assert_eq!(col, [8, 48, 8]);
+        // A zero width or a plane shorter than a row: nothing happens, no panic.
+        smooth_chroma(&mut [1, 2], 0, &mut rows);
+        smooth_chroma(&mut [1, 2], 3, &mut rows);
     }
 
     #[test]
