@@ -273,8 +273,8 @@ mod tests {
     /// have and at odd and even sizes: libjpeg-turbo's own planes (a second, plain decode),
     /// luma sample for sample, each chroma sample of the picture the rounded mean of the four
     /// JPEG samples its 2x2 block covers, an odd last row and column cropped, both mapped to
-    /// limited range, the chroma then smoothed (`smoothed`, written out). Luma also agrees with zune-jpeg, an independent decoder, within the
-    /// IDCTs' rounding (1).
+    /// limited range, the chroma then smoothed (`smoothed`, written out). Luma also agrees
+    /// with zune-jpeg, an independent decoder, within the IDCTs' rounding (1).
     #[test]
     fn mjpeg_conversion_matches_a_reference_bit_for_bit_and_crops_odd_edges() {
         use turbojpeg::{Decompressor, YuvImage};

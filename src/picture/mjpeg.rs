@@ -26,10 +26,11 @@ const MAX_SIDE: usize = 8192;
 /// rows averaged in pairs; other samplings and odd sizes go through a scratch buffer (an odd
 /// last column or row is cropped). Every sample is then mapped from JFIF's full range to the
 /// limited range the encoder's I420 is in (`picture::rows::limit_luma`/`limit_chroma`: SSE2 on
-/// x86_64, NEON on aarch64), and the chroma is smoothed (`[1 6 1]/8` each way, see `smooth`). The scratch buffer grows once to the camera's size and is reused;
-/// pictures come from a [`BufferPool`], so a steady stream allocates nothing of a picture's
-/// size per frame. Chosen over zune-jpeg (pure Rust, which the daemon used before) for speed:
-/// docs/BENCHMARKS.md, "MJPEG decode".
+/// x86_64, NEON on aarch64), and the chroma is smoothed (`[1 6 1]/8` each way, see `smooth`).
+/// The scratch buffer grows once to the camera's size and is reused; pictures come from a
+/// [`BufferPool`], so a steady stream allocates nothing of a picture's size per frame. Chosen
+/// over zune-jpeg (pure Rust, which the daemon used before) for speed: docs/BENCHMARKS.md,
+/// "MJPEG decode".
 pub struct MjpegDecoder {
     pool: Arc<BufferPool>,
     /// Largest width or height decoded; larger frames are refused from their header.
@@ -44,6 +45,7 @@ pub struct MjpegDecoder {
     /// a design choice tests check).
     decoded: u64,
 }
+
 impl MjpegDecoder {
     /// A decoder whose pictures come from (and go back to) `pool`.
     pub fn new(pool: Arc<BufferPool>) -> Self {
@@ -165,10 +167,10 @@ impl MjpegDecoder {
 
     /// The chroma planes through `rows::smooth_chroma` (`[1 6 1]/8` each way): what decoding
     /// with smooth upsampling and averaging back to 4:2:0 did to them before, a mild low-pass
-    /// that keeps a camera's chroma noise from taking the encoder's bits. Measured at 1080p30
-    /// and 2 Mbit/s on noisy input: without it openh264 needed QPs past 42 to hold the rate and
-    /// SSIM fell from 0.4296 to 0.4232, under x264's 0.4287 (docs/BENCHMARKS.md, "Camera
-    /// path"). About 0.06 ms a 640x360 chroma plane (both planes of a 720p picture: 0.12 ms).
+    /// that keeps a camera's chroma noise from taking the encoder's bits. Measured on noisy
+    /// input at 2 Mbit/s (docs/BENCHMARKS.md, "Camera path"): without it SSIM was 0.4461 at
+    /// 720p (0.4500 with zune-jpeg) and 0.4232 at 1080p, under x264's 0.4287; with it
+    /// 0.4496–0.4501 and 0.4283–0.4289. About 0.06 ms a 640x360 chroma plane.
     fn smooth(&mut self, out: &mut I420) {
         let cw = out.width() as usize / 2;
         let (_, u, v) = out.planes_mut();
