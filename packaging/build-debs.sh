@@ -124,7 +124,8 @@ for a in "${archs[@]}"; do
   if [ "$a" != amd64 ]; then
     tu=$(echo "$t" | tr 'a-z-' 'A-Z_'); tl=$(echo "$t" | tr '-' '_')
     export "CARGO_TARGET_${tu}_LINKER=$p-gcc" "CC_$tl=$p-gcc" "CXX_$tl=$p-g++" "AR_$tl=$p-ar"
-    # libasound, libopus and libturbojpeg (alsa-sys, audiopus_sys, turbojpeg-sys) from the target's multiarch -dev packages.
+    # libasound, libopus and libturbojpeg (alsa-sys, audiopus_sys, turbojpeg-sys) from the
+    # target's multiarch -dev packages.
     export PKG_CONFIG_ALLOW_CROSS=1 "PKG_CONFIG_LIBDIR_$tl=/usr/lib/$p/pkgconfig:/usr/share/pkgconfig"
   fi
 done

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # tests/cross/run.sh — arm64 and armhf: cross-build (rustup targets + Debian's cross gcc/g++),
 # then run the binary under qemu-user (Debian qemu-user, with the target's own Debian libraries,
-# multiarch, as its root: libc6, libstdc++6, libopus0, libasound2 and libturbojpeg0 of arm64/armhf):
-# `--version`, `check-config` on the shipped /etc/snaprtcd/snaprtcd.toml, and a 3-second
-# testsrc run that answers /health and stops cleanly on SIGTERM; the YUYV/NV12/YCbCr row kernels
-# (tests/cross/rows) match the scalar code and the host's output. Prints build times and sizes.
+# multiarch, as its root: libc6, libstdc++6, libopus0, libasound2 and libturbojpeg0 of
+# arm64/armhf): `--version`, `check-config` on the shipped /etc/snaprtcd/snaprtcd.toml, and a
+# 3-second testsrc run that answers /health and stops cleanly on SIGTERM; the row kernels
+# (tests/cross/rows: YUYV, NV12, the MJPEG planes' range maps and chroma smoothing) match the
+# scalar code and the host's output. Prints build times and sizes.
 #
 #   tests/cross/run.sh [ARCH...]      ARCH: arm64 armhf (default: both)
 #
