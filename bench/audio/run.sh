@@ -175,6 +175,9 @@ if [ -n "$listeners" ]; then
   fi
 fi
 
+# Datagrams the host's UDP stack has received so far (/proc/net/snmp, Udp InDatagrams).
+udp_datagrams() { awk '/^Udp:/ { if (++n == 2) print $2 }' /proc/net/snmp; }
+
 if [ -n "$webrtc" ]; then
   # Into the main target/ (as bench/camera_path/run.sh builds it): str0m is compiled once.
   target="${CARGO_TARGET_DIR:-$root/target}"
@@ -193,7 +196,12 @@ if [ -n "$webrtc" ]; then
         pids+=("$!")
       done
       sleep "$warmup"
+      u0=$(udp_datagrams)
       read -r a r v d < <(measure)
+      u1=$(udp_datagrams)
+      # System-wide (loopback: each datagram counted once, as the receiver's InDatagrams), so
+      # other work on the machine shows here too.
+      echo "# $n viewer(s), audio $with: $(( (u1 - u0) / window )) UDP datagrams/s in the window" >&2
       printf '%-7s %-5s %7s %8s %6s %7s\n' "$n" "$with" "$a" "$r" "$v" "$d"
       rtc[$n.$with]=$d
       stop
