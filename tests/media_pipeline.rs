@@ -33,6 +33,15 @@ fn testsrc_config() -> Config {
     c
 }
 
+/// [`testsrc_config`] with an `exec` source running `command`, whose stdout is `format`.
+fn exec_config(command: Vec<String>, format: ExecFormat) -> Config {
+    let mut c = testsrc_config();
+    c.camera.source = SourceKind::Exec;
+    c.camera.exec.command = command;
+    c.camera.exec.format = format;
+    c
+}
+
 /// argv of ffmpeg writing `testsrc2` of `size` at 30 fps to stdout, paced, with `output`
 /// options.
 fn ffmpeg_testsrc2(size: &str, output: &[&str]) -> Vec<String> {
@@ -153,10 +162,7 @@ async fn exec_h264_is_passed_through_without_the_software_encoder() {
     if !common::require_tool("ffmpeg", "ffmpeg") {
         return;
     }
-    let mut config = testsrc_config();
-    config.camera.source = SourceKind::Exec;
-    config.camera.exec.command = ffmpeg_x264(&[]);
-    config.camera.exec.format = ExecFormat::H264;
+    let mut config = exec_config(ffmpeg_x264(&[]), ExecFormat::H264);
     config.encoder.kind = EncoderKind::Auto;
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
@@ -200,11 +206,10 @@ async fn exec_raw_yuyv_is_encoded_like_a_yuyv_camera() {
     if !common::require_tool("ffmpeg", "ffmpeg") {
         return;
     }
-    let mut config = testsrc_config();
-    config.camera.source = SourceKind::Exec;
-    config.camera.exec.command =
-        ffmpeg_testsrc2("320x240", &["-pix_fmt", "yuyv422", "-f", "rawvideo"]);
-    config.camera.exec.format = ExecFormat::Yuyv;
+    let config = exec_config(
+        ffmpeg_testsrc2("320x240", &["-pix_fmt", "yuyv422", "-f", "rawvideo"]),
+        ExecFormat::Yuyv,
+    );
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
     let mut sub = media.subscribe();
@@ -231,13 +236,13 @@ async fn exec_mjpeg_is_decoded_and_encoded_and_stills_are_its_jpegs() {
     if !common::require_tool("ffmpeg", "ffmpeg") {
         return;
     }
-    let mut config = testsrc_config();
-    config.camera.source = SourceKind::Exec;
-    config.camera.exec.command = ffmpeg_testsrc2(
-        "320x240",
-        &["-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-f", "mjpeg"],
+    let config = exec_config(
+        ffmpeg_testsrc2(
+            "320x240",
+            &["-c:v", "mjpeg", "-pix_fmt", "yuvj420p", "-f", "mjpeg"],
+        ),
+        ExecFormat::Mjpeg,
     );
-    config.camera.exec.format = ExecFormat::Mjpeg;
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
     let mut sub = media.subscribe();
@@ -263,10 +268,8 @@ async fn a_program_that_dies_shows_the_slate_and_is_restarted() {
     if !common::require_tool("ffmpeg", "ffmpeg") {
         return;
     }
-    let mut config = testsrc_config();
-    config.camera.source = SourceKind::Exec;
     // One second of video, then the program exits; it is restarted after 1 s.
-    config.camera.exec.command = ffmpeg_x264(&["-t", "1"]);
+    let config = exec_config(ffmpeg_x264(&["-t", "1"]), ExecFormat::H264);
     let cancel = CancellationToken::new();
     let (media, guard) = spawn(&config, cancel.clone()).unwrap();
     let mut sub = media.subscribe();

@@ -315,33 +315,13 @@ mod tests {
         assert!(read >= 10, "only {read} pictures encoded");
     }
 
-    /// Pictures of fresh noise at a bitrate far below what they need: with openh264's frame
-    /// skipping on, its rate control drops most of them (a stall a viewer sees); here every
-    /// picture comes out, the quantiser pays instead (how far over the rate that goes on real
-    /// content is measured in bench/camera_path; white noise like this stays far over it).
     /// Noise around mid-grey (±32): openh264 with its QP capped at 42 sent 1 105 kbit/s for
     /// 300 asked (3.7 times); allowed up to 51, it holds the rate.
     #[test]
     fn rate_control_holds_the_bitrate_on_noise_by_raising_the_qp() {
-        let (w, h, kbps) = (320, 240, 300);
-        let mut enc = OpenH264Encoder::new(SoftwareSettings {
-            bitrate_kbps: kbps,
-            fps: 30,
-            threads: EncoderThreads::Auto,
-        })
-        .unwrap();
-        let mut x = 0x9e37_79b9_u32;
-        let mut noise = || {
-            let data = (0..I420::len_for(w, h))
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    (96 + x % 65) as u8
-                })
-                .collect();
-            I420::from_vec(w, h, data).unwrap()
-        };
+        let kbps = 300;
+        let mut enc = noise_encoder(kbps);
+        let mut noise = noise_pictures(|x| (96 + x % 65) as u8);
         // Two seconds to settle, then two seconds measured.
         let mut bytes = 0;
         for i in 0..120u64 {
@@ -357,27 +337,41 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rate_control_never_skips_a_picture_on_noise_at_a_low_bitrate() {
-        let (w, h) = (320, 240);
-        let mut enc = OpenH264Encoder::new(SoftwareSettings {
-            bitrate_kbps: 100,
+    /// A software encoder at `kbps`, 30 fps, for the noise tests.
+    fn noise_encoder(kbps: u32) -> OpenH264Encoder {
+        OpenH264Encoder::new(SoftwareSettings {
+            bitrate_kbps: kbps,
             fps: 30,
             threads: EncoderThreads::Auto,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    /// 320x240 pictures of fresh xorshift noise, each sample `sample(x)` of the next state.
+    fn noise_pictures(sample: impl Fn(u32) -> u8) -> impl FnMut() -> I420 {
+        let (w, h) = (320, 240);
         let mut x = 0x9e37_79b9_u32;
-        let mut noise = || {
+        move || {
             let data = (0..I420::len_for(w, h))
                 .map(|_| {
                     x ^= x << 13;
                     x ^= x >> 17;
                     x ^= x << 5;
-                    x as u8
+                    sample(x)
                 })
                 .collect();
             I420::from_vec(w, h, data).unwrap()
-        };
+        }
+    }
+
+    /// Pictures of fresh noise at a bitrate far below what they need: with openh264's frame
+    /// skipping on, its rate control drops most of them (a stall a viewer sees); here every
+    /// picture comes out, the quantiser pays instead (how far over the rate that goes on real
+    /// content is measured in bench/camera_path; white noise like this stays far over it).
+    #[test]
+    fn rate_control_never_skips_a_picture_on_noise_at_a_low_bitrate() {
+        let mut enc = noise_encoder(100);
+        let mut noise = noise_pictures(|x| x as u8);
         let pictures = 30u64;
         let mut skipped = 0;
         for i in 0..pictures {
