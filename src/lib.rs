@@ -13,7 +13,7 @@
 //!
 //! | level | modules | may import |
 //! |---|---|---|
-//! | leaves | `config`, `ids`, `picture`, `progress`, `response`, `thread` | nothing in the crate |
+//! | leaves | `config`, `ids`, `picture`, `progress`, `response`, `thread`, `udp` | nothing in the crate |
 //! | leaves | `auth`, `logging` | `config`, `ids` |
 //! | 1 | `capture`, `audio` (not each other) | leaves |
 //! | 2 | `media` | leaves, `capture` |
@@ -31,6 +31,8 @@
 //! - [`response`]: the response body type and plain answers (text, JSON, 401, 405) that `http`
 //!   and `rtc::whep` share (a leaf, so `rtc` need not import `http`).
 //! - [`thread`]: the owner of a named blocking thread (cancel and join on drop, log a panic).
+//! - [`udp`]: UDP sockets the runtime watches for reading only (a send wakes nothing), for the
+//!   RTC engine and RTSP over UDP.
 //! - [`auth`]: the bearer token (created on first start) and the request check.
 //! - [`logging`]: text, JSON or journald logs.
 //! - [`capture`]: the `Source` trait and its test pattern, V4L2 and `exec` implementations; the
@@ -96,3 +98,4 @@ pub mod rtsp;
 pub mod signaling;
 pub mod systemd;
 pub mod thread;
+pub mod udp;

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::Candidate;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +35,7 @@ use crate::audio::{AudioBatch, AudioHandle, AudioSubscriber};
 use crate::config::{self, Config, IceConfig, IceScheme, IceTransport, IceUrl};
 use crate::media::{EncodedFrame, FrameSubscriber, MediaHandle, StillError};
 use crate::progress::Heartbeat;
+use crate::udp::UdpSocket;
 
 /// Commands waiting for the engine; senders wait (HTTP handlers), never the engine.
 const COMMAND_QUEUE: usize = 64;
@@ -108,7 +108,7 @@ impl Engine {
     /// Bind the UDP socket. Fails if the port is taken.
     pub async fn bind(settings: EngineSettings, media: MediaHandle) -> io::Result<Self> {
         init_crypto();
-        let socket = UdpSocket::bind(settings.bind).await?;
+        let socket = UdpSocket::bind(settings.bind)?;
         let port = socket.local_addr()?.port();
         let mut candidates = Vec::new();
         for h in &settings.hosts {

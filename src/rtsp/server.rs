@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -31,6 +31,7 @@ use crate::audio::{AudioFrame, AudioHandle, AudioSubscriber};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::media::{EncodedFrame, FrameSubscriber, KeyframeCause, MediaHandle};
+use crate::udp::{SendSocket, UdpSocket};
 
 /// The path of the one stream.
 pub const STREAM_PATH: &str = "/stream";
@@ -207,26 +208,27 @@ impl RtspServer {
 
 /// The RTP and RTCP sockets of one UDP client.
 struct UdpPair {
-    rtp: UdpSocket,
+    /// Never read: not watched by the runtime at all.
+    rtp: SendSocket,
     rtcp: UdpSocket,
 }
 
 impl UdpPair {
     /// Two sockets on `ip`, on an even port and the next one where the OS allows (RFC 3550
     /// §11), any two ports otherwise.
-    async fn bind(ip: IpAddr) -> std::io::Result<Self> {
+    fn bind(ip: IpAddr) -> std::io::Result<Self> {
         for _ in 0..16 {
-            let rtp = UdpSocket::bind((ip, 0)).await?;
+            let rtp = SendSocket::bind((ip, 0))?;
             let port = rtp.local_addr()?.port();
             if port % 2 == 0 && port < u16::MAX {
-                if let Ok(rtcp) = UdpSocket::bind((ip, port + 1)).await {
+                if let Ok(rtcp) = UdpSocket::bind((ip, port + 1)) {
                     return Ok(Self { rtp, rtcp });
                 }
             }
         }
         Ok(Self {
-            rtp: UdpSocket::bind((ip, 0)).await?,
-            rtcp: UdpSocket::bind((ip, 0)).await?,
+            rtp: SendSocket::bind((ip, 0))?,
+            rtcp: UdpSocket::bind((ip, 0))?,
         })
     }
 
@@ -387,8 +389,11 @@ impl Connection {
                         packet,
                     } => {
                         if let Some(u) = if audio { &audio_udp } else { &udp } {
-                            let sock = if rtcp { &u.rtcp } else { &u.rtp };
-                            let _ = sock.try_send_to(&packet, to);
+                            let _ = if rtcp {
+                                u.rtcp.try_send_to(&packet, to)
+                            } else {
+                                u.rtp.try_send_to(&packet, to)
+                            };
                         }
                     }
                     Output::Subscribe => {
@@ -408,7 +413,7 @@ impl Connection {
                         }
                     }
                     Output::OpenUdp { audio } => {
-                        let pair = UdpPair::bind(local.ip()).await;
+                        let pair = UdpPair::bind(local.ip());
                         if let Err(e) = &pair {
                             warn!(error = %e, "rtsp: cannot bind UDP sockets for a client");
                         }
