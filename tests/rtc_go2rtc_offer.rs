@@ -27,40 +27,59 @@ fn m_lines(sdp: &str) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test]
-async fn a_two_way_audio_offer_is_answered_with_its_audio_rejected() {
+/// An engine on loopback with a fake pipeline, and its answer to [`OFFER`].
+async fn answer_offer(cancel: &CancellationToken) -> String {
     let (media, ports) = media::channel(ChannelLimits::default());
-    let cancel = CancellationToken::new();
     support::spawn_fake_pipeline(ports, cancel.clone(), 1000, None);
     let engine = Engine::bind(support::loopback_settings(), media)
         .await
         .unwrap();
     let rtc = engine.handle();
     tokio::spawn(engine.run(cancel.clone()));
-
     let offer = OFFER.replace('\n', "\r\n");
-    let answer = rtc.answer(offer, ViewerKind::Go2rtc).await.unwrap();
-    let lines = m_lines(&answer.sdp);
+    rtc.answer(offer, ViewerKind::Go2rtc).await.unwrap().sdp
+}
+
+#[tokio::test]
+async fn a_two_way_audio_offer_is_answered_with_its_audio_rejected() {
+    let cancel = CancellationToken::new();
+    let sdp = answer_offer(&cancel).await;
+    let lines = m_lines(&sdp);
     assert_eq!(
         lines.len(),
         3,
         "one answer m-line per offered one:\n{}",
-        answer.sdp
+        sdp
     );
     assert!(lines[0].0.starts_with("m=video 9 "), "{lines:?}");
     assert_eq!(lines[0].1, "a=sendonly", "{lines:?}");
-    assert!(answer.sdp.contains("H264/90000"));
+    assert!(sdp.contains("H264/90000"));
     // A rejected m-line leaves the BUNDLE group (RFC 8843), or browsers refuse the answer.
-    assert!(
-        answer.sdp.contains("a=group:BUNDLE 0\r\n"),
-        "{}",
-        answer.sdp
-    );
+    assert!(sdp.contains("a=group:BUNDLE 0\r\n"), "{}", sdp);
     for (m, _) in &lines[1..] {
         assert!(
             m.starts_with("m=audio 0 "),
             "audio rejected (port 0): {lines:?}"
         );
     }
+    cancel.cancel();
+}
+
+/// The stream is encoded once at the configured bitrate for every viewer: there is no
+/// per-viewer bandwidth estimate, so the answer asks for no transport-wide congestion feedback
+/// (a packet every ~100 ms from each viewer, for nothing), while keeping NACK and PLI.
+#[tokio::test]
+async fn the_answer_asks_for_no_transport_wide_congestion_feedback() {
+    let cancel = CancellationToken::new();
+    let sdp = answer_offer(&cancel).await;
+    assert!(
+        OFFER.contains("transport-wide-cc") && OFFER.contains("a=rtcp-fb:96 transport-cc"),
+        "the offer asks for it"
+    );
+    assert!(!sdp.contains("transport-wide-cc"), "{sdp}");
+    assert!(!sdp.contains("transport-cc"), "{sdp}");
+    assert!(sdp.contains(" nack pli\r\n"), "{sdp}");
+    assert!(sdp.contains("urn:ietf:params:rtp-hdrext:sdes:mid"), "{sdp}");
+    assert!(sdp.contains("playout-delay"), "{sdp}");
     cancel.cancel();
 }

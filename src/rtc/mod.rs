@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::Pt;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -439,12 +440,30 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
 const AUDIO_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
+    // str0m's standard map (`ExtensionMap::standard`) without transport-wide congestion
+    // control: the stream is encoded once for every viewer at
+    // the configured bitrate, so there is no per-viewer bandwidth estimate to feed. Without
+    // it each viewer would send a feedback packet every ~100 ms (10–17 a second each, most
+    // of what the engine receives), and each would wake the engine, be decrypted and parsed
+    // for nothing, and every packet sent would carry and record a sequence number.
+    let mut exts = ExtensionMap::empty();
+    for (id, ext) in [
+        (1, Extension::AudioLevel),
+        (2, Extension::AbsoluteSendTime),
+        (4, Extension::RtpMid),
+        (10, Extension::RtpStreamId),
+        (11, Extension::RepairedRtpStreamId),
+        (13, Extension::VideoOrientation),
+        // Lets the player render at once instead of buffering (live camera, LAN).
+        (14, Extension::PlayoutDelay),
+    ] {
+        exts.set(id, ext);
+    }
     let mut cfg = RtcConfig::new()
         .set_ice_lite(!full_ice)
         .clear_codecs()
         .set_sctp_max_buffered_amount(2 * MAX_STILL_BYTES)
-        // Lets the player render at once instead of buffering (live camera, LAN).
-        .set_extension(14, str0m::rtp::Extension::PlayoutDelay);
+        .set_extension_map(exts);
     let codecs = cfg.codec_config();
     for (pt, rtx, profile) in [H264_CB, H264_BASELINE] {
         codecs.add_h264(pt.into(), Some(rtx.into()), true, profile);
@@ -452,6 +471,10 @@ fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
     if audio {
         codecs.enable_opus(true, false);
         cfg = cfg.set_stats_interval(Some(AUDIO_STATS_INTERVAL));
+    }
+    // Nor its `a=rtcp-fb:… transport-cc` (see above).
+    for p in cfg.codec_config().iter_mut() {
+        p.set_fb_transport_cc(false);
     }
     cfg.build(now)
 }
