@@ -53,6 +53,8 @@ start() {
 [server]
 listen = "127.0.0.1:0"
 rtc_udp_port = 0
+# Room for AB_WEBRTC viewers past the default 16.
+max_viewers = 64
 [camera]
 source = "testsrc"
 width = 320
