@@ -441,11 +441,11 @@ const AUDIO_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
     // str0m's standard map (`ExtensionMap::standard`) without transport-wide congestion
-    // control: the stream is encoded once for every viewer at
-    // the configured bitrate, so there is no per-viewer bandwidth estimate to feed. Without
-    // it each viewer would send a feedback packet every ~100 ms (10–17 a second each, most
-    // of what the engine receives), and each would wake the engine, be decrypted and parsed
-    // for nothing, and every packet sent would carry and record a sequence number.
+    // control: the stream is encoded once for every viewer at the configured bitrate, so
+    // there is no per-viewer bandwidth estimate to feed. With it each viewer sends a feedback
+    // packet every ~100 ms (10–17 a second, most of what the engine receives), each of which
+    // wakes the engine to be decrypted and parsed for nothing, and every packet sent carries
+    // and records a sequence number.
     let mut exts = ExtensionMap::empty();
     for (id, ext) in [
         (1, Extension::AudioLevel),
