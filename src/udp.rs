@@ -24,8 +24,7 @@ pub struct UdpSocket {
 impl UdpSocket {
     /// Bind to `addr`. Call it inside a tokio runtime (it registers with the IO driver).
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        let socket = std::net::UdpSocket::bind(addr)?;
-        socket.set_nonblocking(true)?;
+        let SendSocket(socket) = SendSocket::bind(addr)?;
         // SAFETY: the `AsyncFd` owns the socket, whose descriptor stays open and the same
         // until the `AsyncFd` drops it.
         let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
@@ -60,7 +59,7 @@ impl UdpSocket {
 pub struct SendSocket(std::net::UdpSocket);
 
 impl SendSocket {
-    /// Bind to `addr`.
+    /// Bind to `addr`, non-blocking.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
         let socket = std::net::UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;

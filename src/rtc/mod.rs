@@ -440,25 +440,20 @@ fn check_kind(kind: &ViewerKind, summary: &offer::OfferSummary) -> Result<(), Rt
 const AUDIO_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn new_rtc(now: Instant, full_ice: bool, audio: bool) -> Rtc {
-    // str0m's standard map (`ExtensionMap::standard`) without transport-wide congestion
-    // control: the stream is encoded once for every viewer at the configured bitrate, so
-    // there is no per-viewer bandwidth estimate to feed. With it each viewer sends a feedback
-    // packet every ~100 ms (10–17 a second, most of what the engine receives), each of which
-    // wakes the engine to be decrypted and parsed for nothing, and every packet sent carries
-    // and records a sequence number.
+    // str0m's standard map without transport-wide congestion control: the stream is encoded
+    // once for every viewer at the configured bitrate, so there is no per-viewer bandwidth
+    // estimate to feed. With it each viewer sends a feedback packet every ~100 ms (10–17 a
+    // second, most of what the engine receives), each of which wakes the engine to be
+    // decrypted and parsed for nothing, and every packet sent carries and records a sequence
+    // number.
     let mut exts = ExtensionMap::empty();
-    for (id, ext) in [
-        (1, Extension::AudioLevel),
-        (2, Extension::AbsoluteSendTime),
-        (4, Extension::RtpMid),
-        (10, Extension::RtpStreamId),
-        (11, Extension::RepairedRtpStreamId),
-        (13, Extension::VideoOrientation),
-        // Lets the player render at once instead of buffering (live camera, LAN).
-        (14, Extension::PlayoutDelay),
-    ] {
-        exts.set(id, ext);
+    for (id, ext) in ExtensionMap::standard().iter() {
+        if *ext != Extension::TransportSequenceNumber {
+            exts.set(id, ext.clone());
+        }
     }
+    // Lets the player render at once instead of buffering (live camera, LAN).
+    exts.set(14, Extension::PlayoutDelay);
     let mut cfg = RtcConfig::new()
         .set_ice_lite(!full_ice)
         .clear_codecs()
