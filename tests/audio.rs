@@ -164,7 +164,7 @@ async fn a_str0m_peer_gets_the_tone_as_opus_and_the_beep_matches_the_flash() {
     let mut opus = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
     let mut h264 = openh264::decoder::Decoder::new().unwrap();
     let (fx, fy, side) = flash_rect(W, H);
-    // Per 20 ms audio frame: (RTP seconds, arrival, samples); per picture: (RTP seconds,
+    // Per audio packet (a 40 ms period): (RTP seconds, arrival, samples); per picture: (RTP seconds,
     // arrival, flash on).
     let mut sound: Vec<(f64, Instant, Vec<f32>)> = Vec::new();
     let mut pictures: Vec<(f64, Instant, bool)> = Vec::new();
@@ -183,7 +183,8 @@ async fn a_str0m_peer_gets_the_tone_as_opus_and_the_beep_matches_the_flash() {
             }
         }
         // Four seconds of both: at least three beeps and flashes.
-        sound.len() >= 200 && pictures.len() >= 90
+        sound.iter().map(|(_, _, pcm)| pcm.len()).sum::<usize>() >= 4 * 48_000
+            && pictures.len() >= 90
     })
     .await;
 
@@ -269,11 +270,12 @@ async fn fec_is_coded_only_once_a_viewer_reports_audio_loss() {
         .and_then(|pt| pt.parse().ok())
         .expect("an Opus payload type in the answer");
     p.accept(pending, &answer.sdp);
-    // A clean network: audio flows with no FEC planned (no redundancy, no cost for it).
+    // A clean network: audio flows with no FEC planned (no redundancy, no cost for it). Two
+    // seconds of 40 ms packets.
     let mut frames = 0;
     p.drive(Duration::from_secs(20), |_, e| {
         frames += usize::from(matches!(&e, Event::MediaData(d) if d.params.spec().codec == str0m::format::Codec::Opus));
-        frames >= 100
+        frames >= 50
     })
     .await;
     assert_eq!(s.audio.report().fec_loss_percent, 0, "no loss, no FEC");

@@ -1,6 +1,11 @@
 //! One Opus encoder (libopus): 20 ms frames, in-band FEC on, at the capture rate (Opus takes
 //! 8, 12, 16, 24 and 48 kHz as they are; RTP time is 48 kHz whatever the input rate).
 //!
+//! A period's frames leave in one Opus packet ([`OpusEncoder::combine`]; RFC 6716 3.2 frames
+//! several frames in one packet, RFC 7587 lets an RTP packet carry up to 120 ms): they are sent
+//! at the same instant anyway, and every receiver then costs one datagram per period, not one
+//! per frame.
+//!
 //! In-band FEC is enabled, and libopus codes it in proportion to the packet loss it is told to
 //! expect ([`OpusEncoder::set_expected_loss`]; none at 0). [`LossPlan`] sets that from what the
 //! receivers report (RTCP receiver reports), as libwebrtc does: no redundancy, and no cost for
@@ -10,12 +15,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::AudioError;
+use super::{AudioError, MAX_PERIOD_FRAMES};
 
 /// Opus frame length: 20 ms.
 pub const FRAME_MS: u32 = 20;
 /// Largest Opus packet of one frame (RFC 6716, 3.4: 1275 bytes), with room for the TOC.
 const MAX_PACKET: usize = 1500;
+/// Largest joined packet: it must fit one RTP datagram under a 1 200-byte path MTU with room
+/// for the RTP, SRTP and UDP/IP headers (32 kbit/s gives ~80 bytes a frame; only a bitrate far
+/// above the default reaches this, and its frames then go one per packet).
+pub const MAX_JOINED: usize = 1000;
 /// Most loss FEC is planned for, in percent (libwebrtc's ceiling too: beyond it redundancy
 /// takes more of the bitrate than it gives back).
 pub const MAX_EXPECTED_LOSS_PERCENT: u8 = 20;
@@ -63,6 +72,7 @@ pub struct OpusEncoder {
     /// The loss libopus was last told to expect, in percent.
     expected_loss: u8,
     out: Vec<u8>,
+    repacketizer: opus::Repacketizer,
 }
 
 impl OpusEncoder {
@@ -93,6 +103,7 @@ impl OpusEncoder {
             rate,
             expected_loss: 0,
             out: vec![0; MAX_PACKET],
+            repacketizer: opus::Repacketizer::new().map_err(e)?,
         })
     }
 
@@ -133,6 +144,27 @@ impl OpusEncoder {
             .map_err(|e| AudioError::Encoder(e.to_string()))?;
         Ok(Bytes::copy_from_slice(&self.out[..n]))
     }
+
+    /// The frames `packets` (consecutive, each one packet from [`encode`](Self::encode)) as one
+    /// Opus packet that decodes to the same samples. `None` when there is nothing to join (one
+    /// packet), when libopus refuses (it switched mode, bandwidth or channels between them, so
+    /// their TOC bytes differ) or when the result would pass [`MAX_JOINED`]: send them one by
+    /// one then.
+    pub fn combine(&mut self, packets: &[Bytes]) -> Option<Bytes> {
+        let total: usize = packets.iter().map(Bytes::len).sum();
+        if packets.len() < 2 || packets.len() > MAX_PERIOD_FRAMES || total > MAX_JOINED {
+            return None;
+        }
+        let mut parts: [&[u8]; MAX_PERIOD_FRAMES] = [&[]; MAX_PERIOD_FRAMES];
+        for (part, packet) in parts.iter_mut().zip(packets) {
+            *part = packet;
+        }
+        let n = self
+            .repacketizer
+            .combine(&parts[..packets.len()], &mut self.out)
+            .ok()?;
+        (n <= MAX_JOINED).then(|| Bytes::copy_from_slice(&self.out[..n]))
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +191,59 @@ mod tests {
         assert_eq!(plan.poll_percent(t0 + s(4) + LOSS_HOLD), 3);
         // ...and without any, the plan is back to none.
         assert_eq!(plan.poll_percent(t0 + s(3) + LOSS_HOLD * 2), 0);
+    }
+
+    fn tone(enc: &OpusEncoder, from: usize) -> Vec<i16> {
+        (from..from + enc.frame_len())
+            .map(|i| ((i as f64 * 0.13).sin() * 8000.0) as i16)
+            .collect()
+    }
+
+    #[test]
+    fn a_period_joins_into_one_packet_that_decodes_to_the_same_samples() {
+        let mut enc = OpusEncoder::new(48_000, 1, 32, 5).unwrap();
+        let frames: Vec<Bytes> = (0..3)
+            .map(|k| enc.encode(&tone(&enc, k * 960)).unwrap())
+            .collect();
+        let joined = enc.combine(&frames).unwrap();
+        assert_eq!(opus::packet::get_nb_frames(&joined).unwrap(), 3);
+        assert_eq!(opus::packet::get_nb_samples(&joined, 48_000).unwrap(), 2880);
+        assert!(joined.len() <= frames.iter().map(Bytes::len).sum::<usize>() + 8);
+        // The same samples as the frames decoded one by one.
+        let (mut one, mut all) = (
+            opus::Decoder::new(48_000, opus::Channels::Mono).unwrap(),
+            opus::Decoder::new(48_000, opus::Channels::Mono).unwrap(),
+        );
+        let mut apart = Vec::new();
+        for f in &frames {
+            let mut out = vec![0i16; 960];
+            assert_eq!(one.decode(f, &mut out, false).unwrap(), 960);
+            apart.extend_from_slice(&out);
+        }
+        let mut together = vec![0i16; 2880];
+        assert_eq!(all.decode(&joined, &mut together, false).unwrap(), 2880);
+        assert_eq!(apart, together);
+
+        // Nothing to join, too many to join, too big to send in one datagram.
+        assert!(enc.combine(&frames[..1]).is_none());
+        assert!(enc
+            .combine(&[frames.clone(), frames.clone()].concat())
+            .is_none());
+        let big = Bytes::from(vec![frames[0][0]; MAX_JOINED / 2 + 1]);
+        assert!(enc.combine(&[big.clone(), big]).is_none());
+    }
+
+    #[test]
+    fn frames_of_different_modes_are_not_joined() {
+        // 8 kbit/s codes narrowband SILK, 128 kbit/s fullband CELT: different TOC bytes.
+        let mut low = OpusEncoder::new(48_000, 1, 8, 5).unwrap();
+        let mut high = OpusEncoder::new(48_000, 1, 128, 5).unwrap();
+        let (a, b) = (
+            low.encode(&tone(&low, 0)).unwrap(),
+            high.encode(&tone(&high, 0)).unwrap(),
+        );
+        assert_ne!(a[0] >> 3, b[0] >> 3, "different configurations");
+        assert!(low.combine(&[a, b]).is_none());
     }
 
     #[test]

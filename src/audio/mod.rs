@@ -3,9 +3,11 @@
 //!
 //! One named thread (`audio`) owns the source ([`AudioSource`]: ALSA, an `exec` program, or the
 //! test tone) and the encoder ([`encoder::OpusEncoder`]: 20 ms frames, in-band FEC). It wakes
-//! once per `[audio] period_ms` (40 by default), encodes that period's 20 ms frames and
-//! publishes them as one [`AudioBatch`], so whoever sends them wakes once per period too;
-//! [`AudioSubscriber`] hands them out frame by frame. It behaves
+//! once per `[audio] period_ms` (40 by default), encodes that period's 20 ms frames, joins
+//! them into one Opus packet ([`encoder::OpusEncoder::combine`]; one datagram per receiver per
+//! period) and publishes that as one [`AudioBatch`], so whoever sends it wakes once per period
+//! too. Frames that cannot share a packet go in the same batch one packet each;
+//! [`AudioSubscriber`] hands a batch out packet by packet. It behaves
 //! like the camera's capture thread when the source goes away: it warns once, sends silence
 //! (so receivers keep a running clock and the stream stays continuous) and reopens the source
 //! with backoff, resuming by itself. While nobody subscribes, blocks are read and dropped (the
@@ -14,7 +16,7 @@
 //! Timestamps come from the video pipeline's clock ([`crate::media::MediaHandle::epoch`], handed
 //! in as an `Instant`): a frame's [`AudioFrame::timestamp`] is the capture instant of its first
 //! sample since that epoch, the same reckoning as [`crate::media::EncodedFrame::timestamp`],
-//! so lips match at the receiver. [`Timeline`] keeps the frames 20 ms apart and re-anchors when
+//! so lips match at the receiver. [`Timeline`] keeps packets their length apart and re-anchors when
 //! the source's clock drifts from the monotonic clock.
 
 pub mod alsa;
@@ -41,6 +43,8 @@ use encoder::{frame_samples, LossPlan, OpusEncoder, FRAME_MS};
 pub const RTP_CLOCK: u32 = 48_000;
 /// One frame's length.
 pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+/// One frame's length in RTP time (48 kHz).
+pub const FRAME_RTP_SAMPLES: u32 = RTP_CLOCK / (1000 / FRAME_MS);
 /// Frames buffered for the slowest subscriber (one second) before it loses its place.
 pub const BROADCAST_FRAMES: usize = 50;
 /// Longest period (`[audio] period_ms`): three frames.
@@ -48,14 +52,15 @@ pub const MAX_PERIOD_FRAMES: usize = 3;
 /// A timeline this far off the clock is re-anchored (a source's clock drifts, or it stalled).
 const RESYNC: Duration = Duration::from_millis(60);
 
-/// One Opus packet, as every receiver gets it.
+/// One Opus packet, as every receiver gets it: a period's 20 ms frames joined (40 ms by
+/// default), or one frame where they could not be joined, or what an Ogg/Opus program sent.
 #[derive(Debug, Clone)]
 pub struct AudioFrame {
-    /// The Opus packet (20 ms).
+    /// The Opus packet.
     pub data: Bytes,
     /// Capture instant of its first sample, since the shared media epoch (drives RTP time).
     pub timestamp: Duration,
-    /// Its length in 48 kHz samples (960 for 20 ms).
+    /// Its length in 48 kHz samples (960 per 20 ms frame).
     pub samples: u32,
 }
 
@@ -179,7 +184,7 @@ pub struct AudioReport {
 /// Counters the audio thread bumps.
 #[derive(Debug, Default)]
 pub struct AudioCounters {
-    /// Opus frames published (captured and silence).
+    /// 20 ms Opus frames published (captured and silence), however they were packed.
     pub frames: AtomicU64,
     /// Of those, silence sent while the source was gone.
     pub silence: AtomicU64,
@@ -612,16 +617,22 @@ impl Worker {
                 .store(planned, Ordering::Relaxed);
         }
         let len = encoder.frame_len();
-        let mut packets = [const { None }; MAX_PERIOD_FRAMES];
+        let mut packets = [const { Bytes::new() }; MAX_PERIOD_FRAMES];
+        let mut n = 0;
         for (slot, chunk) in packets.iter_mut().zip(pcm.chunks_exact(len)) {
-            *slot = Some(encoder.encode(chunk)?);
+            *slot = encoder.encode(chunk)?;
+            n += 1;
         }
-        let batch: AudioBatch = packets
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, packet)| self.frame(packet, at + FRAME * i as u32, RTP_CLOCK / 50))
-            .collect();
+        let packets = &packets[..n];
+        let batch: AudioBatch = match encoder.combine(packets) {
+            // The period in one packet: one datagram per receiver per period.
+            Some(joined) => Arc::from([self.frame(joined, at, FRAME_RTP_SAMPLES * n as u32)]),
+            None => packets
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.frame(p.clone(), at + FRAME * i as u32, FRAME_RTP_SAMPLES))
+                .collect(),
+        };
         self.send(batch);
         Ok(())
     }
@@ -636,11 +647,12 @@ impl Worker {
         t
     }
 
-    /// One frame, stamped on the timeline and counted.
+    /// One packet of `samples` (48 kHz), stamped on the timeline; its 20 ms frames counted.
     fn frame(&mut self, data: Bytes, at: Instant, samples: u32) -> AudioFrame {
         let len = Duration::from_micros(u64::from(samples) * 1_000_000 / u64::from(RTP_CLOCK));
         let timestamp = self.stamp(at, len);
-        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        let frames = u64::from(samples.div_ceil(FRAME_RTP_SAMPLES).max(1));
+        self.counters.frames.fetch_add(frames, Ordering::Relaxed);
         AudioFrame {
             data,
             timestamp,
@@ -742,7 +754,8 @@ mod tests {
         let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
         let mut pcm = Vec::new();
         let mut last = None;
-        for _ in 0..50 {
+        // A second of the default 40 ms period: each packet two 20 ms frames.
+        for _ in 0..25 {
             let fa = tokio::time::timeout(Duration::from_secs(5), a.recv())
                 .await
                 .unwrap()
@@ -750,13 +763,15 @@ mod tests {
             let fb = b.recv().await.unwrap();
             // Encoded once: both receivers hold the same bytes.
             assert_eq!(fa.data.as_ptr(), fb.data.as_ptr());
-            assert_eq!(fa.samples, 960);
+            assert_eq!(fa.samples, 1920);
+            assert_eq!(opus::packet::get_nb_frames(&fa.data).unwrap(), 2);
             if let Some(prev) = last {
-                assert_eq!(fa.timestamp - prev, FRAME, "20 ms apart");
+                assert_eq!(fa.timestamp - prev, FRAME * 2, "a period apart");
             }
             last = Some(fa.timestamp);
-            let mut out = vec![0i16; 960];
+            let mut out = vec![0i16; 1920];
             let n = decoder.decode(&fa.data, &mut out, false).unwrap();
+            assert_eq!(n, 1920);
             pcm.extend_from_slice(&out[..n]);
         }
         // The first timestamp is within a frame or two of when it was captured.
@@ -781,7 +796,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_period_of_three_frames_arrives_as_one_batch_handed_out_frame_by_frame() {
+    async fn a_period_of_three_frames_arrives_as_one_opus_packet() {
         let config = AudioConfig {
             source: AudioSourceKind::Test,
             period_ms: 60,
@@ -791,36 +806,65 @@ mod tests {
         let (audio, guard) =
             spawn(&config, AudioSpec::Test, Instant::now(), cancel.clone()).unwrap();
         let mut sub = audio.subscribe();
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let mut last = None;
         for _ in 0..3 {
-            let first = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            let packet = tokio::time::timeout(Duration::from_secs(5), sub.recv())
                 .await
                 .unwrap()
                 .unwrap();
-            // The other two frames of the period are already here: no second wake-up.
-            let second = sub.try_recv().unwrap().expect("second frame of the batch");
-            let third = sub.try_recv().unwrap().expect("third frame of the batch");
-            assert_eq!(second.timestamp - first.timestamp, FRAME);
-            assert_eq!(third.timestamp - second.timestamp, FRAME);
-            assert_eq!((first.samples, third.samples), (960, 960));
+            assert_eq!(packet.samples, 2880);
+            assert_eq!(opus::packet::get_nb_frames(&packet.data).unwrap(), 3);
+            let mut out = vec![0i16; 5760];
+            assert_eq!(decoder.decode(&packet.data, &mut out, false).unwrap(), 2880);
+            if let Some(prev) = last {
+                assert_eq!(packet.timestamp - prev, FRAME * 3);
+            }
+            last = Some(packet.timestamp);
             assert!(
                 sub.try_recv().unwrap().is_none(),
                 "the next period is 60 ms away"
             );
         }
-        // Whole periods at once (the RTC engine's way), or what is left of one.
-        let batch = tokio::time::timeout(Duration::from_secs(5), sub.recv_batch())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(batch.len(), 3);
-        let first = sub.recv().await.unwrap();
-        let rest = sub.recv_batch().await.unwrap();
-        assert_eq!(rest.len(), 2);
-        assert_eq!(rest[0].timestamp - first.timestamp, FRAME);
-        assert_eq!(rest[0].timestamp - batch[2].timestamp, FRAME * 2);
+        assert!(audio.report().frames >= 9, "frames counted, not packets");
         assert_eq!(sub.skipped(), 0);
         cancel.cancel();
         guard.join();
+    }
+
+    #[test]
+    fn a_batch_is_handed_out_packet_by_packet_or_whole() {
+        // Frames libopus would not join (a mode switch inside a period) come as one batch.
+        let (tx, rx) = broadcast::channel::<AudioBatch>(4);
+        let mut sub = AudioSubscriber {
+            rx,
+            batch: None,
+            next: 0,
+            batch_frames: 3,
+            skipped: 0,
+        };
+        let frame = |ms| AudioFrame {
+            data: Bytes::from_static(b"x"),
+            timestamp: Duration::from_millis(ms),
+            samples: 960,
+        };
+        for at in [0, 60] {
+            tx.send(Arc::from([frame(at), frame(at + 20), frame(at + 40)]))
+                .unwrap();
+        }
+        let first = sub.try_recv().unwrap().unwrap();
+        // The rest of the first batch without another wake-up, then the next one whole.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let rest = rt.block_on(sub.recv_batch()).unwrap();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0].timestamp - first.timestamp, FRAME);
+        let next = rt.block_on(sub.recv_batch()).unwrap();
+        assert_eq!(next.len(), 3);
+        assert_eq!(next[0].timestamp - rest[1].timestamp, FRAME);
+        assert!(sub.try_recv().unwrap().is_none());
+        assert_eq!(sub.skipped(), 0);
     }
 
     #[test]

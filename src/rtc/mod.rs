@@ -154,7 +154,8 @@ pub struct RtcStats {
     pub connected: usize,
     /// Video frames written to viewers (one per frame per viewer).
     pub frames_sent: u64,
-    /// Opus frames written to viewers (one per frame per viewer that takes audio).
+    /// 20 ms Opus frames written to viewers (per frame per viewer that takes audio, however
+    /// many share a packet).
     pub audio_frames_sent: u64,
     /// UDP payload bytes sent.
     pub bytes_out: u64,
