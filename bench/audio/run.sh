@@ -24,7 +24,10 @@
 #    bench's `listen` helper, built in release on first use), each taking the 320x240@15
 #    video; once without audio in the offer and once with an Opus m-line. The difference is
 #    what audio adds for WebRTC viewers: the encode (started by the first) and each viewer's
-#    SRTP and datagram per 20 ms.
+#    SRTP and datagram per period (40 ms). AB_RECV_EVERY_MS=N makes the viewers read their
+#    sockets every N ms instead of sleeping in a read: on one machine the kernel wakes a
+#    sleeping receiver inside the daemon's `sendto` and charges the daemon for it, which a
+#    network between them spares it (empty, the default: woken per datagram, as a browser).
 #
 #   flock /work/coord/bench.lock bench/audio/run.sh    # a release build of this checkout
 #   SNAPRTCD_BIN=target/debug/snaprtcd bench/audio/run.sh
@@ -35,6 +38,7 @@ window="${AB_WINDOW:-10}"
 warmup="${AB_WARMUP:-3}"
 complexities="${AB_COMPLEXITIES-0 5 10}"
 webrtc="${AB_WEBRTC-1 5}"
+recv_every="${AB_RECV_EVERY_MS:-}"
 listeners="${AB_LISTENERS-0 1 5 20}"
 bin="${SNAPRTCD_BIN:-}"
 if [ -z "$bin" ]; then
@@ -186,7 +190,7 @@ if [ -n "$webrtc" ]; then
   CARGO_TARGET_DIR="$target" cargo build --release --locked -q \
     --manifest-path "$root/bench/camera_path/Cargo.toml"
   viewer="$target/release/snaprtcd-camera-path"
-  echo "## 3. WebRTC: mono, complexity 5, N WHEP viewers of the 320x240@15 video, without and with audio"
+  echo "## 3. WebRTC: mono, complexity 5, N WHEP viewers of the 320x240@15 video, without and with audio${recv_every:+ (viewers read every $recv_every ms)}"
   printf '%-7s %-5s %7s %8s %6s %7s\n' viewers audio audio runtime video daemon
   declare -A rtc=()
   for n in $webrtc; do
@@ -194,7 +198,7 @@ if [ -n "$webrtc" ]; then
       start 1 5
       for _ in $(seq 1 "$n"); do
         "$viewer" listen --url "http://$http" --seconds $((warmup + window + 5)) --audio "$with" \
-          >>"$dir/viewers.log" 2>&1 &
+          ${recv_every:+--recv-every-ms "$recv_every"} >>"$dir/viewers.log" 2>&1 &
         pids+=("$!")
       done
       sleep "$warmup"
