@@ -1,5 +1,5 @@
 //! RTSP with other clients and beside WebRTC: GStreamer's `rtspsrc` (a second, independent
-//! RTSP client) plays 10 s over TCP and over UDP; 8 RTSP clients and 8 WebRTC (WHEP) viewers
+//! RTSP client) plays 10 s over TCP and over UDP, and decodes the Opus track; 8 RTSP clients and 8 WebRTC (WHEP) viewers
 //! watch at once and the frames encoded stay the frames captured (one encode for all).
 //!
 //! The GStreamer test needs `gst-launch-1.0` with `rtspsrc` (Debian packages
@@ -91,6 +91,70 @@ fn gstreamer_rtspsrc_plays_ten_seconds_over_tcp_and_udp() {
         assert!(took >= Duration::from_secs(9), "{protocol}: took {took:?}");
         eprintln!("gstreamer over {protocol}: {buffers} access units in {took:?}");
     }
+}
+
+#[test]
+fn gstreamer_decodes_the_opus_track_of_40_ms_packets_at_1_khz() {
+    if !common::require_tool(
+        "gst-launch-1.0",
+        "gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-base",
+    ) {
+        return;
+    }
+    let (_d, addr) = start("[audio]\nsource = \"test\"\n");
+    let dir = common::TempDir::new("gst-opus");
+    let raw = dir.0.join("audio.raw");
+    // 50 packets (two seconds: each carries a 40 ms period's two Opus frames), decoded.
+    let out = Command::new("timeout")
+        .arg("40")
+        .arg("gst-launch-1.0")
+        .args(["rtspsrc", &format!("location=rtsp://{addr}/stream")])
+        .args(["protocols=tcp", "latency=0", "name=s", "s.", "!"])
+        .args(["application/x-rtp,media=audio", "!", "rtpopusdepay", "!"])
+        .args([
+            "identity",
+            "eos-after=50",
+            "!",
+            "opusdec",
+            "!",
+            "audioconvert",
+            "!",
+        ])
+        .args([
+            "audio/x-raw,format=S16LE,channels=1,rate=48000",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", raw.display()))
+        .output()
+        .expect("gst-launch-1.0 runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gst-launch failed:\n{text}");
+    let bytes = std::fs::read(&raw).unwrap();
+    let pcm: Vec<i16> = bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    // (identity lets `eos-after - 1` packets through: 49 × 40 ms.)
+    assert!(
+        pcm.len() >= 48 * 1920,
+        "{} samples decoded\n{text}",
+        pcm.len()
+    );
+    // The tone's frequency in 50 ms windows by zero crossings: mostly 1 kHz (the 2 kHz beep
+    // takes the first 100 ms of each second).
+    let hz: Vec<usize> = pcm
+        .chunks_exact(2400)
+        .map(|w| w.windows(2).filter(|p| (p[0] < 0) != (p[1] < 0)).count() * 10)
+        .collect();
+    let near_1k = hz.iter().filter(|&&h| h.abs_diff(1000) <= 20).count();
+    assert!(near_1k * 2 > hz.len(), "tone by window: {hz:?}");
+    eprintln!(
+        "gstreamer opus: {} samples, {near_1k} of {} windows at 1 kHz",
+        pcm.len(),
+        hz.len()
+    );
 }
 
 /// An RTSP client over TCP: DESCRIBE, SETUP, PLAY, then count access units (RTP packets with
