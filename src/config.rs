@@ -509,9 +509,10 @@ pub struct AudioConfig {
     /// less (docs/BENCHMARKS.md, bench/audio).
     pub complexity: u32,
     /// Sound read and encoded per wake-up of the audio thread, in ms: 20, 40 or 60 (one, two or
-    /// three 20 ms Opus frames, sent together in one Opus packet). Each wake-up also wakes whoever sends the frames
-    /// (the RTC engine, RTSP sessions), and on a small board the wake-ups cost more than the
-    /// encoding: 40 halves them against 20 for 20 ms more delay (docs/BENCHMARKS.md).
+    /// three 20 ms Opus frames, sent together in one Opus packet). Each wake-up also wakes
+    /// whoever sends the frames (the RTC engine, RTSP sessions), and each packet costs every
+    /// receiver a datagram; on a small board both cost more than the encoding: 40 halves them
+    /// against 20 for 20 ms more delay (docs/BENCHMARKS.md).
     pub period_ms: u32,
     /// The `exec` source: argv of a program (no shell) that writes audio to stdout.
     pub exec: Vec<String>,

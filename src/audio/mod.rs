@@ -16,8 +16,8 @@
 //! Timestamps come from the video pipeline's clock ([`crate::media::MediaHandle::epoch`], handed
 //! in as an `Instant`): a frame's [`AudioFrame::timestamp`] is the capture instant of its first
 //! sample since that epoch, the same reckoning as [`crate::media::EncodedFrame::timestamp`],
-//! so lips match at the receiver. [`Timeline`] keeps packets their length apart and re-anchors when
-//! the source's clock drifts from the monotonic clock.
+//! so lips match at the receiver. [`Timeline`] keeps packets their length apart and re-anchors
+//! when the source's clock drifts from the monotonic clock.
 
 pub mod alsa;
 pub mod encoder;
