@@ -971,8 +971,8 @@ pub struct RemoteConfig {
     /// may reach an initiator that is still making its offer.
     #[serde(with = "humantime_serde")]
     pub announce_interval: Duration,
-    /// How long an initiator's exchange may take from its offer to the device's answer; after
-    /// that the session is free again.
+    /// How long an initiator's exchange may take from its offer to the device's answer, and
+    /// from the answer to its viewer connecting; after that the session is free again.
     #[serde(with = "humantime_serde")]
     pub exchange_timeout: Duration,
     /// Negotiate, WebSocket and SignalR handshake together must finish within this.

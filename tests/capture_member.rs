@@ -13,7 +13,7 @@ use serde_json::json;
 use snaprtcd::auth::Auth;
 use snaprtcd::config::{Config, JoinSessions};
 use snaprtcd::http::{AppState, CameraServices};
-use snaprtcd::signaling::capture::Answerer;
+use snaprtcd::signaling::capture::{Answerer, Connected, EngineAnswer};
 use snaprtcd::signaling::hub::SessionId;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,15 +26,18 @@ impl Answerer for FakeEngine {
         &self,
         offer: String,
         session: SessionId,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<EngineAnswer, String>> + Send>> {
         Box::pin(async move {
             if offer.contains("reject") {
                 return Err("no video".into());
             }
-            Ok(format!(
-                "answer-for {session} to {}",
-                offer.lines().next().unwrap_or("")
-            ))
+            Ok(EngineAnswer {
+                sdp: format!(
+                    "answer-for {session} to {}",
+                    offer.lines().next().unwrap_or("")
+                ),
+                connected: Connected::ready(true),
+            })
         })
     }
 }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use str0m::channel::ChannelId;
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::Input;
+use tokio::sync::oneshot;
 
 use super::candidates::LocalAddrPicker;
 use super::viewer::{VideoFrame, Viewer, ViewerEvent, ViewerOutput};
@@ -309,6 +310,10 @@ pub struct Core {
     pipeline_stopped: bool,
     /// The shell holds an audio subscription.
     audio_subscribed: bool,
+    /// Who waits to hear that a viewer connected ([`Command::WatchConnected`]); each entry is
+    /// answered when its viewer connects or goes, so there are never more than callers
+    /// waiting on live viewers.
+    watchers: Vec<(ViewerId, oneshot::Sender<bool>)>,
     /// Frames since the last keyframe: a joining viewer starts from here at once.
     gop: Gop,
     /// Limits and admission counters shared with the handles.
@@ -332,6 +337,7 @@ impl Core {
             subscribed: false,
             pipeline_stopped: false,
             audio_subscribed: false,
+            watchers: Vec::new(),
             gop: Gop::default(),
             shared,
             totals: RtcStats::default(),
@@ -404,6 +410,17 @@ impl Core {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
+            }
+            Command::WatchConnected { id, reply } => {
+                match self.viewers.iter().find(|v| v.id == id) {
+                    Some(v) if !v.is_connected() => self.watchers.push((id, reply)),
+                    Some(_) => {
+                        let _ = reply.send(true);
+                    }
+                    None => {
+                        let _ = reply.send(false);
+                    }
+                }
             }
         }
         self.sweep(now);
@@ -676,10 +693,10 @@ impl Core {
                     let after = now.saturating_duration_since(v.created);
                     let pair = v.pair_type(&relayed).map_or("?", |p| p.as_str());
                     tracing::info!(viewer = %v.id, ?after, pair, "viewer connected");
-                    self.events.push_back(CoreEvent::ViewerConnected {
-                        viewer: v.id,
-                        after,
-                    });
+                    let id = v.id;
+                    self.events
+                        .push_back(CoreEvent::ViewerConnected { viewer: id, after });
+                    self.tell_watchers(id, true);
                     connected = true;
                 }
                 ViewerOutput::Event(ViewerEvent::Keyframe(cause)) => {
@@ -830,6 +847,20 @@ impl Core {
         self.totals.stills_sent += v.stills_sent;
         self.events
             .push_back(CoreEvent::ViewerRemoved { viewer: v.id, why });
+        self.tell_watchers(v.id, false);
+    }
+
+    /// Answer everyone waiting on `viewer`'s connection.
+    fn tell_watchers(&mut self, viewer: ViewerId, connected: bool) {
+        let mut i = 0;
+        while i < self.watchers.len() {
+            if self.watchers[i].0 == viewer {
+                let (_, reply) = self.watchers.swap_remove(i);
+                let _ = reply.send(connected);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Counters for `/metrics` and `/health`.

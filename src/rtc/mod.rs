@@ -199,6 +199,12 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<RtcStats>,
     },
+    /// Answer `true` once viewer `id` is connected (at once if it is), `false` once it is
+    /// gone without connecting or if there is no such viewer.
+    WatchConnected {
+        id: ViewerId,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// The cloneable way in to the engine (HTTP handlers, the hub's capture member).
@@ -285,6 +291,27 @@ impl RtcHandle {
             .map_err(|_| RtcError::Stopped)?;
         rx.await.map_err(|_| RtcError::Stopped)??;
         Ok(answer)
+    }
+
+    /// Resolves to `true` once viewer `id` is connected (ICE and DTLS up; at once if it
+    /// already is), `false` once it is gone without connecting, if there is no such viewer,
+    /// or if the engine stopped. Owns what it needs: it may outlive this handle.
+    pub fn connected(
+        &self,
+        id: ViewerId,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let commands = self.commands.clone();
+        async move {
+            let (reply, rx) = oneshot::channel();
+            if commands
+                .send(Command::WatchConnected { id, reply })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            rx.await.unwrap_or(false)
+        }
     }
 
     /// Remove a viewer and free everything it held.

@@ -6,9 +6,11 @@
 //! SDP: SnapRTC initiators use `trickle: false`), and sends the answer back through the hub,
 //! encoded the way the offer came.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -25,7 +27,46 @@ pub trait Answerer: Send + Sync + 'static {
         &self,
         offer: String,
         session: SessionId,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+    ) -> Pin<Box<dyn Future<Output = Result<EngineAnswer, String>> + Send>>;
+}
+
+/// An answer, and the word on the viewer made for it.
+#[derive(Debug)]
+pub struct EngineAnswer {
+    /// The SDP answer.
+    pub sdp: String,
+    /// Resolves once that viewer is connected.
+    pub connected: Connected,
+}
+
+/// Resolves to `true` once a viewer is connected (ICE and DTLS up), `false` if it is gone
+/// without (failed, silent, closed) or the engine stopped.
+pub struct Connected(Pin<Box<dyn Future<Output = bool> + Send>>);
+
+impl Connected {
+    /// Wrap the engine's future.
+    pub fn new(f: impl Future<Output = bool> + Send + 'static) -> Self {
+        Self(Box::pin(f))
+    }
+
+    /// Already decided (a stand-in engine, or nothing to wait for).
+    pub fn ready(connected: bool) -> Self {
+        Self::new(std::future::ready(connected))
+    }
+}
+
+impl Future for Connected {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Connected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Connected")
+    }
 }
 
 /// From the hub task: the initiator's payload for the local `member` of `session`.
@@ -48,6 +89,9 @@ pub struct Reply {
     pub session: SessionId,
     /// The `signalInitiator` argument: a JSON string.
     pub payload: RawJson,
+    /// For an answer (not an error signal): when the viewer made for it connects. The
+    /// dial-out session keeps the session busy until then; the hub's own member needs not.
+    pub connected: Option<Connected>,
 }
 
 /// Run until `cancel` fires or the hub goes away. Answers run concurrently, one per offer.
@@ -143,7 +187,13 @@ async fn answer_offer(
     match answerer.answer(sdp, session.clone()).await {
         Ok(answer) => {
             info!(%session, "capture: answered the initiator's offer");
-            reply_with(member, session, snappeer::encode_answer(&answer, encoding))
+            let mut reply = reply_with(
+                member,
+                session,
+                snappeer::encode_answer(&answer.sdp, encoding),
+            )?;
+            reply.connected = Some(answer.connected);
+            Some(reply)
         }
         Err(e) => {
             warn!(%session, error = %e, "capture: cannot answer the offer");
@@ -160,6 +210,7 @@ fn reply_with(member: MemberId, session: SessionId, packed: String) -> Option<Re
         member,
         session,
         payload,
+        connected: None,
     })
 }
 

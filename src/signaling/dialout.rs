@@ -320,6 +320,8 @@ impl Task {
         let mut remote = Remote::new(self.settings.clone(), Instant::now(), seed);
         let mut ws: Option<Ws> = None;
         let mut connecting: Option<Connecting<'_>> = None;
+        // The viewer made for the last answer, until it connects or goes.
+        let mut viewer: Option<capture::Connected> = None;
         let mut logged = (RemoteState::Connecting, None::<String>);
         loop {
             while let Some(output) = remote.poll_output() {
@@ -395,7 +397,18 @@ impl Task {
                         }
                     }
                 }
-                Some(reply) = replies.recv() => remote.handle_answer(reply.payload, Instant::now()),
+                Some(reply) = replies.recv() => {
+                    remote.handle_answer(reply.payload, reply.connected.is_some(), Instant::now());
+                    viewer = reply.connected;
+                }
+                connected = async { viewer.as_mut().expect("guarded").await }, if viewer.is_some() => {
+                    viewer = None;
+                    if connected {
+                        remote.handle_viewer_connected(Instant::now());
+                    } else {
+                        remote.handle_viewer_gone(Instant::now());
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => remote.handle_timeout(Instant::now()),
             }
         }

@@ -25,9 +25,13 @@
 //!   make a stock page build a second peer. So announces are at least `announce_interval`
 //!   apart (longer than an initiator gathers: simple-peer gives up after 5 s), and from the
 //!   first offer on the device does not announce at all (**Serving**: the session is busy, one
-//!   initiator at a time) until it has answered and one more `announce_interval` has passed
-//!   (the initiator connects and leaves the hub), or until `exchange_timeout` when no answer
-//!   comes. Offers that arrive while busy are dropped: their answers would reach both
+//!   initiator at a time) until it has answered, the initiator's viewer has connected and one
+//!   more `announce_interval` has passed (the initiator leaves the hub once connected), or
+//!   until `exchange_timeout` when no answer comes. How long connecting takes is not ours to
+//!   guess (through TURN and NATs it can pass any interval), so the engine's word that the
+//!   viewer is connected ([`Remote::handle_viewer_connected`]) or gone
+//!   ([`Remote::handle_viewer_gone`]) is waited for, up to `exchange_timeout` after the
+//!   answer. Offers that arrive while busy are dropped: their answers would reach both
 //!   initiators.
 //! - **On a snaprtcd hub** (its negotiate response says `x-snaprtc-start-on-join: 1`), the hub
 //!   itself sends `signalStart` to an initiator that joins while a ready capture side waits.
@@ -161,8 +165,9 @@ enum Duty {
     /// Waiting for an initiator; the next announce is due at `next_announce` (`None`: no more
     /// on this connection).
     Idle { next_announce: Option<Instant> },
-    /// Busy with one initiator until `until`.
-    Serving { until: Instant, answered: bool },
+    /// Busy with one initiator until `until`; `connecting`: answered, its viewer not yet
+    /// connected.
+    Serving { until: Instant, connecting: bool },
 }
 
 /// Why the link dropped, in words for `/health` and the log.
@@ -432,9 +437,12 @@ impl Remote {
 
     /// Input: the engine's reply to the last [`RemoteOutput::Offer`] (a JSON string: the
     /// answer or an error signal, from the capture member's code). It goes out as
-    /// `SignalInitiator`, and the session stays busy one `announce_interval` more, while the
-    /// initiator connects and leaves the hub.
-    pub fn handle_answer(&mut self, payload: RawJson, now: Instant) {
+    /// `SignalInitiator`. `viewer`: the engine made a viewer for it, and the shell will say
+    /// when it connects or goes ([`Remote::handle_viewer_connected`],
+    /// [`Remote::handle_viewer_gone`]); the session stays busy until then (at most
+    /// `exchange_timeout`) and one `announce_interval` more, while the initiator leaves the
+    /// hub. Without a viewer (an error signal), one `announce_interval` from now.
+    pub fn handle_answer(&mut self, payload: RawJson, viewer: bool, now: Instant) {
         if self.link != Link::Up {
             return;
         }
@@ -447,9 +455,43 @@ impl Remote {
         );
         self.counters.answers += 1;
         self.duty = Duty::Serving {
-            until: now + self.settings.announce_interval,
-            answered: true,
+            until: now
+                + if viewer {
+                    self.settings
+                        .exchange_timeout
+                        .max(self.settings.announce_interval)
+                } else {
+                    self.settings.announce_interval
+                },
+            connecting: viewer,
         };
+    }
+
+    /// Input: the viewer made for the last answer is connected: the session stays busy one
+    /// `announce_interval` more, while the initiator leaves the hub.
+    pub fn handle_viewer_connected(&mut self, now: Instant) {
+        if let Duty::Serving {
+            connecting: true, ..
+        } = self.duty
+        {
+            self.duty = Duty::Serving {
+                until: now + self.settings.announce_interval,
+                connecting: false,
+            };
+        }
+    }
+
+    /// Input: the viewer made for the last answer is gone without connecting (ICE failed, or
+    /// silent): the session is free again (the next announce keeps its interval from the last).
+    pub fn handle_viewer_gone(&mut self, now: Instant) {
+        if let Duty::Serving {
+            connecting: true, ..
+        } = self.duty
+        {
+            if self.link == Link::Up {
+                self.become_idle(now);
+            }
+        }
     }
 
     /// Input: the time; timers due at or before `now` fire.
@@ -579,7 +621,7 @@ impl Remote {
                     self.counters.offers += 1;
                     self.duty = Duty::Serving {
                         until: now + self.settings.exchange_timeout,
-                        answered: false,
+                        connecting: false,
                     };
                     if self.start_on_join {
                         // Hold new initiators back while this one is served.
@@ -824,6 +866,7 @@ mod tests {
         assert_eq!(announces(&out), 0);
         r.handle_answer(
             RawJson::from_string("\"ANSWER\"".into()).unwrap(),
+            false,
             t0 + 11 * S,
         );
         let out = drain(&mut r);
@@ -838,6 +881,63 @@ mod tests {
         let out = run(&mut r, t0 + 21 * S, t0 + 21 * S, S);
         assert_eq!(announces(&out), 1);
         assert_eq!(r.state(), RemoteState::Idle);
+    }
+
+    #[test]
+    fn a_slow_connection_gets_no_second_signal_start_before_its_viewer_connects() {
+        let (mut r, t0, _) = connected(false);
+        r.handle_text(OFFER, t0 + S);
+        drain(&mut r);
+        let answer = RawJson::from_string("\"ANSWER\"".into()).unwrap();
+        r.handle_answer(answer, true, t0 + 2 * S);
+        drain(&mut r);
+        // Through TURN and two NATs the viewer takes 18 s to connect: an announce one
+        // interval after the answer (12 s) would reach a page that has not yet left the hub.
+        let out = run(&mut r, t0 + 2 * S, t0 + 20 * S, S / 4);
+        assert_eq!(announces(&out), 0);
+        assert_eq!(r.state(), RemoteState::Serving);
+        r.handle_viewer_connected(t0 + 20 * S);
+        // Then one interval while the initiator leaves, and free again.
+        let out = run(&mut r, t0 + 20 * S, t0 + 30 * S - S / 4, S / 4);
+        assert_eq!(announces(&out), 0);
+        let out = run(&mut r, t0 + 30 * S, t0 + 30 * S, S);
+        assert_eq!(announces(&out), 1);
+        assert_eq!(r.state(), RemoteState::Idle);
+        // A late word about a viewer changes nothing once idle.
+        r.handle_viewer_gone(t0 + 31 * S);
+        r.handle_viewer_connected(t0 + 31 * S);
+        assert_eq!(r.state(), RemoteState::Idle);
+        assert!(drain(&mut r).is_empty());
+    }
+
+    #[test]
+    fn a_viewer_that_fails_or_never_says_frees_the_session() {
+        // Gone without connecting: free at once (the last announce was long enough ago).
+        let (mut r, t0, _) = connected(false);
+        r.handle_text(OFFER, t0 + S);
+        r.handle_answer(
+            RawJson::from_string("\"A\"".into()).unwrap(),
+            true,
+            t0 + 2 * S,
+        );
+        let out = run(&mut r, t0 + 2 * S, t0 + 16 * S, S);
+        assert_eq!(announces(&out), 0);
+        r.handle_viewer_gone(t0 + 17 * S);
+        assert_eq!(announces(&drain(&mut r)), 1);
+        assert_eq!(r.state(), RemoteState::Idle);
+
+        // No word at all: free `exchange_timeout` after the answer.
+        let (mut r, t0, _) = connected(false);
+        r.handle_text(OFFER, t0 + S);
+        r.handle_answer(
+            RawJson::from_string("\"A\"".into()).unwrap(),
+            true,
+            t0 + 2 * S,
+        );
+        let out = run(&mut r, t0 + 2 * S, t0 + 32 * S - S / 4, S / 4);
+        assert_eq!(announces(&out), 0);
+        let out = run(&mut r, t0 + 32 * S, t0 + 32 * S, S);
+        assert_eq!(announces(&out), 1);
     }
 
     #[test]
@@ -862,6 +962,7 @@ mod tests {
         // The answer of the timed-out exchange still goes out if it comes.
         r.handle_answer(
             RawJson::from_string("\"late\"".into()).unwrap(),
+            false,
             t0 + 32 * S,
         );
         assert_eq!(sent(&drain(&mut r)).len(), 1);
@@ -873,7 +974,11 @@ mod tests {
         r.handle_text(OFFER, t0 + S);
         let out = drain(&mut r);
         assert!(sent(&out)[0].contains("[\"dev-1\",false]"), "{out:?}");
-        r.handle_answer(RawJson::from_string("\"A\"".into()).unwrap(), t0 + 2 * S);
+        r.handle_answer(
+            RawJson::from_string("\"A\"".into()).unwrap(),
+            false,
+            t0 + 2 * S,
+        );
         drain(&mut r);
         let out = run(&mut r, t0 + 2 * S, t0 + 12 * S, S);
         assert_eq!(
@@ -895,7 +1000,11 @@ mod tests {
         r.handle_text(b"{\"type\":3,\"invocationId\":\"1\"}\x1e", t0);
         r.handle_text(OFFER, t0 + S);
         drain(&mut r);
-        r.handle_answer(RawJson::from_string("\"A\"".into()).unwrap(), t0 + 2 * S);
+        r.handle_answer(
+            RawJson::from_string("\"A\"".into()).unwrap(),
+            false,
+            t0 + 2 * S,
+        );
         drain(&mut r);
         // The original server echoes our answer back to us.
         r.handle_text(

@@ -440,6 +440,33 @@ fn a_peer_connects_gets_video_and_a_still_on_virtual_time() {
 }
 
 #[test]
+fn whoever_waits_on_a_viewer_hears_when_it_connects_or_goes() {
+    let watch = |w: &mut World, id| {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        w.core
+            .handle_command(w.now, Command::WatchConnected { id, reply });
+        rx
+    };
+    let mut w = World::new(Duration::from_secs(15));
+    let (p, id) = w.join(peer_addr(0));
+    let mut before = watch(&mut w, id);
+    assert!(before.try_recv().is_err(), "not connected yet: no word");
+    w.run_until(Duration::from_secs(10), |w| w.peers[p].connected());
+    assert_eq!(before.try_recv(), Ok(true));
+    // Once connected: at once.
+    assert_eq!(watch(&mut w, id).try_recv(), Ok(true));
+    // No such viewer: at once, no.
+    assert_eq!(watch(&mut w, ViewerId(7)).try_recv(), Ok(false));
+
+    // A viewer that goes without connecting (its peer never speaks: silence timeout).
+    let (q, id) = w.join(peer_addr(1));
+    w.peers[q].muted = true;
+    let mut gone = watch(&mut w, id);
+    w.run_until(Duration::from_secs(30), |w| w.core.viewer_count() == 1);
+    assert_eq!(gone.try_recv(), Ok(false));
+}
+
+#[test]
 fn ice_lite_answers_dtls_before_the_peer_nominates() {
     // Browsers send their DTLS ClientHello right after their first successful check and
     // nominate some 50 ms later. The ICE-lite engine must not sit on the handshake until then:
