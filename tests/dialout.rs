@@ -3,7 +3,8 @@
 //! that joins later (a SignalR client plus a str0m peer, as a browser page would be) gets
 //! `signalStart`, an answer, a still and video. Also: the daemon reconnects and re-joins after
 //! the relay restarts; the relay emulating the original server's echo (case g of issue 13):
-//! initiators one after another, each with exactly one `signalStart`; hostile hubs.
+//! initiators one after another, each with exactly one `signalStart`, also one whose viewer
+//! takes longer than an announce interval to connect; hostile hubs.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
 
@@ -181,6 +182,54 @@ async fn initiators_in_turn_on_an_echoing_hub_each_get_one_signal_start() {
     drop(c);
     let h = health(&cam);
     eprintln!("three initiators in {:?}; {h}", started.elapsed());
+}
+
+/// The session stays busy until the answered initiator's viewer connects, however long that
+/// takes: an announce one interval after the answer (the old rule) reached a page still
+/// connecting through TURN and two NATs (natlab (e), once), and a stock page builds a second
+/// peer on a second `signalStart`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_second_signal_start_while_the_answered_initiator_is_still_connecting() {
+    let relay = Daemon::start(&format!("{RELAY}[signaling]\necho_to_sender = true\n"));
+    let mut cam = device(relay.addr, "dev-5", "announce_interval = \"6s\"\n");
+    cam.wait_for_log("remote hub: idle", common::START_TIMEOUT);
+    let mut a = Client::open(relay.addr).await;
+    a.invoke("1", "Sync", json!(["dev-5", false])).await;
+    until(&mut a, "signalStart").await;
+    let (mut peer, offer, pending) = support::Peer::new().await;
+    let payload = json!({"type": "offer", "sdp": offer}).to_string();
+    a.invoke("2", "SignalCapture", json!(["dev-5", payload]))
+        .await;
+    let (answer, _) = until(&mut a, "signalInitiator").await;
+    // Connecting takes one and a half announce intervals: no word from the device meanwhile.
+    let mut meanwhile = Vec::new();
+    let connect_at = tokio::time::Instant::now() + Duration::from_secs(9);
+    while let Some(Read::Record(r)) = a
+        .read_within(connect_at.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        meanwhile.push(r);
+    }
+    assert!(
+        !meanwhile.iter().any(|r| r["target"] == "signalStart"),
+        "a second signalStart before the viewer connected: {meanwhile:?}"
+    );
+    assert_eq!(health(&cam)["remotes"][0]["state"], "serving");
+    let signal: serde_json::Value =
+        serde_json::from_str(answer["arguments"][0].as_str().unwrap()).unwrap();
+    let from = cam.log.len();
+    peer.accept(pending, signal["sdp"].as_str().unwrap());
+    assert_eq!(&peer.first_still().await[..2], &[0xff, 0xd8]);
+    drop(a); // a stock page leaves the hub once connected
+             // Free again one interval after the viewer connected.
+    cam.wait_for_log_from(from, "viewer connected", Duration::from_secs(5));
+    let connected = std::time::Instant::now();
+    cam.wait_for_log_from(from, "remote hub: idle", Duration::from_secs(15));
+    assert!(
+        connected.elapsed() > Duration::from_secs(4),
+        "free {:?} after the viewer connected",
+        connected.elapsed()
+    );
 }
 
 /// `https://` hubs: the device speaks TLS (rustls, the system's roots: here `SSL_CERT_FILE`
