@@ -8,14 +8,18 @@
 //! - `2`: the timer fires: the clock moves to `poll_timeout()`, then `handle_timeout`;
 //! - `3`: the link fails (`handle_failed`); `4`: the socket opens (`handle_open`, the next
 //!   byte's low bit says whether the hub starts initiators itself);
-//! - `5`: the engine answers (`handle_answer`); `6`: a well-formed offer arrives;
+//! - `5`: the engine, by the next byte `% 4`: answers without a viewer (`handle_answer`, 0) or
+//!   with one (1), or says that viewer connected (2, `handle_viewer_connected`) or is gone (3,
+//!   `handle_viewer_gone`); `6`: a well-formed offer arrives;
 //! - `7`: the handshake response `{}` arrives.
 //!
 //! Invariants, besides not panicking: every record sent is one JSON object ending in the only
 //! `0x1E` it holds; two `Sync(session, true)` (announces) are never less than
 //! `announce_interval` apart, across reconnections too; none goes out while an offer waits
-//! for its answer (less than `exchange_timeout`); every `Offer` is counted; the state machine always has a timer, and never
-//! one for a time already handled.
+//! for its answer (less than `exchange_timeout`), nor while an answered viewer connects (less
+//! than `exchange_timeout` after the answer), nor within `announce_interval` after it
+//! connected; every `Offer` is counted; the state machine always has a timer, and never one
+//! for a time already handled.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -55,6 +59,10 @@ struct Checks {
     last_announce: Option<Instant>,
     /// When the offer that waits for its answer came.
     awaiting_answer: Option<Instant>,
+    /// An answered viewer is connecting (the engine has not said how it went).
+    connecting: bool,
+    /// No announce before this (an answered viewer connecting, or just connected).
+    quiet_until: Option<Instant>,
     offers: u64,
 }
 
@@ -78,6 +86,9 @@ fn drain(remote: &mut Remote, now: Instant, checks: &mut Checks) {
                     if let Some(last) = checks.last_announce {
                         assert!(now >= last + INTERVAL, "announces {:?} apart", now - last);
                     }
+                    if let Some(until) = checks.quiet_until {
+                        assert!(now >= until, "announce while the answered viewer connects");
+                    }
                     checks.last_announce = Some(now);
                 }
                 if json["target"] == "SignalInitiator" {
@@ -95,6 +106,8 @@ fn drain(remote: &mut Remote, now: Instant, checks: &mut Checks) {
     if remote.state() != RemoteState::Serving {
         // The exchange ended (timed out, or the link dropped).
         checks.awaiting_answer = None;
+        checks.connecting = false;
+        checks.quiet_until = None;
     }
     assert_eq!(remote.counters().offers, checks.offers, "offers miscounted");
     assert!(remote.poll_timeout().is_some(), "no timer");
@@ -117,6 +130,8 @@ fuzz_target!(|data: &[u8]| {
     let mut checks = Checks {
         last_announce: None,
         awaiting_answer: None,
+        connecting: false,
+        quiet_until: None,
         offers: 0,
     };
     drain(&mut remote, now, &mut checks);
@@ -144,10 +159,30 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => remote.handle_failed("socket closed", now),
             4 => remote.handle_open(script.byte().unwrap_or(0) & 1 == 1, now),
-            5 => {
-                let answer = RawJson::from_string("\"answer\"".to_owned()).expect("JSON");
-                remote.handle_answer(answer, now);
-            }
+            5 => match script.byte().unwrap_or(0) % 4 {
+                how @ (0 | 1) => {
+                    let answer = RawJson::from_string("\"answer\"".to_owned()).expect("JSON");
+                    let viewer = how == 1;
+                    remote.handle_answer(answer, viewer, now);
+                    let serving = remote.state() == RemoteState::Serving;
+                    checks.connecting = viewer && serving;
+                    checks.quiet_until = checks.connecting.then(|| now + EXCHANGE.max(INTERVAL));
+                }
+                2 => {
+                    remote.handle_viewer_connected(now);
+                    if checks.connecting {
+                        checks.connecting = false;
+                        checks.quiet_until = Some(now + INTERVAL);
+                    }
+                }
+                _ => {
+                    remote.handle_viewer_gone(now);
+                    if checks.connecting {
+                        checks.connecting = false;
+                        checks.quiet_until = None;
+                    }
+                }
+            },
             6 => remote.handle_text(
                 b"{\"type\":1,\"target\":\"signalCapture\",\"arguments\":[\"offer\"]}\x1e",
                 now,

@@ -89,8 +89,8 @@ pub struct Reply {
     pub session: SessionId,
     /// The `signalInitiator` argument: a JSON string.
     pub payload: RawJson,
-    /// For an answer (not an error signal): when the viewer made for it connects. The
-    /// dial-out session keeps the session busy until then; the hub's own member needs not.
+    /// For an answer (not an error signal): when the viewer made for it connects. A dial-out
+    /// session stays busy until then; the hub's own capture member drops it unpolled.
     pub connected: Option<Connected>,
 }
 
