@@ -301,9 +301,10 @@ impl AudioHandle {
     }
 }
 
-/// One receiver's place in the broadcast. Audio frames stand alone: one that falls behind
-/// skips what it lost and goes on. Batches come in whole and go out frame by frame, so the
-/// frames of one period are handled in one wake-up of the receiving task.
+/// One receiver's place in the broadcast. Audio packets stand alone: one that falls behind
+/// skips what it lost and goes on. Batches (a period: one joined packet, or its frames one
+/// packet each) come in whole and go out packet by packet, so a period is handled in one
+/// wake-up of the receiving task.
 pub struct AudioSubscriber {
     rx: broadcast::Receiver<AudioBatch>,
     /// The batch being handed out, and the index of its next frame.
