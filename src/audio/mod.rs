@@ -64,6 +64,13 @@ pub struct AudioFrame {
     pub samples: u32,
 }
 
+impl AudioFrame {
+    /// The 20 ms frames it carries, as counters count them (a shorter packet counts one).
+    pub fn frames(&self) -> u64 {
+        u64::from(self.samples.div_ceil(FRAME_RTP_SAMPLES).max(1))
+    }
+}
+
 /// Why an audio source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
@@ -652,13 +659,15 @@ impl Worker {
     fn frame(&mut self, data: Bytes, at: Instant, samples: u32) -> AudioFrame {
         let len = Duration::from_micros(u64::from(samples) * 1_000_000 / u64::from(RTP_CLOCK));
         let timestamp = self.stamp(at, len);
-        let frames = u64::from(samples.div_ceil(FRAME_RTP_SAMPLES).max(1));
-        self.counters.frames.fetch_add(frames, Ordering::Relaxed);
-        AudioFrame {
+        let frame = AudioFrame {
             data,
             timestamp,
             samples,
-        }
+        };
+        self.counters
+            .frames
+            .fetch_add(frame.frames(), Ordering::Relaxed);
+        frame
     }
 
     fn send(&mut self, batch: AudioBatch) {

@@ -13,7 +13,7 @@ use str0m::net::Transmit;
 use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc};
 
 use super::{RtcError, ViewerId, ViewerKind, ViewerSlot};
-use crate::audio::{AudioFrame, FRAME_RTP_SAMPLES};
+use crate::audio::AudioFrame;
 use crate::media::{EncodedFrame, KeyframeCause};
 
 /// Stills a viewer may have in flight at once; more `snap`s get a "busy" reply.
@@ -318,9 +318,7 @@ impl Viewer {
         let ticks = (frame.timestamp.as_nanos() * 48_000 / 1_000_000_000) as u64;
         let time = MediaTime::new(ticks, Frequency::FORTY_EIGHT_KHZ);
         match writer.write(pt, now, time, frame.data.to_vec()) {
-            Ok(()) => {
-                self.audio_frames_sent += u64::from((frame.samples / FRAME_RTP_SAMPLES).max(1))
-            }
+            Ok(()) => self.audio_frames_sent += frame.frames(),
             Err(e) => tracing::debug!(viewer = %self.id, error = %e, "audio write failed"),
         }
     }
