@@ -883,14 +883,19 @@ mod tests {
         assert_eq!(r.state(), RemoteState::Idle);
     }
 
-    #[test]
-    fn a_slow_connection_gets_no_second_signal_start_before_its_viewer_connects() {
+    /// On a .NET-like hub: an offer at 1 s, answered at 2 s with a viewer still connecting.
+    fn answered_with_a_viewer() -> (Remote, Instant) {
         let (mut r, t0, _) = connected(false);
         r.handle_text(OFFER, t0 + S);
-        drain(&mut r);
         let answer = RawJson::from_string("\"ANSWER\"".into()).unwrap();
         r.handle_answer(answer, true, t0 + 2 * S);
         drain(&mut r);
+        (r, t0)
+    }
+
+    #[test]
+    fn a_slow_connection_gets_no_second_signal_start_before_its_viewer_connects() {
+        let (mut r, t0) = answered_with_a_viewer();
         // Through TURN and two NATs the viewer takes 18 s to connect: an announce one
         // interval after the answer (12 s) would reach a page that has not yet left the hub.
         let out = run(&mut r, t0 + 2 * S, t0 + 20 * S, S / 4);
@@ -913,13 +918,7 @@ mod tests {
     #[test]
     fn a_viewer_that_fails_or_never_says_frees_the_session() {
         // Gone without connecting: free at once (the last announce was long enough ago).
-        let (mut r, t0, _) = connected(false);
-        r.handle_text(OFFER, t0 + S);
-        r.handle_answer(
-            RawJson::from_string("\"A\"".into()).unwrap(),
-            true,
-            t0 + 2 * S,
-        );
+        let (mut r, t0) = answered_with_a_viewer();
         let out = run(&mut r, t0 + 2 * S, t0 + 16 * S, S);
         assert_eq!(announces(&out), 0);
         r.handle_viewer_gone(t0 + 17 * S);
@@ -927,13 +926,7 @@ mod tests {
         assert_eq!(r.state(), RemoteState::Idle);
 
         // No word at all: free `exchange_timeout` after the answer.
-        let (mut r, t0, _) = connected(false);
-        r.handle_text(OFFER, t0 + S);
-        r.handle_answer(
-            RawJson::from_string("\"A\"".into()).unwrap(),
-            true,
-            t0 + 2 * S,
-        );
+        let (mut r, t0) = answered_with_a_viewer();
         let out = run(&mut r, t0 + 2 * S, t0 + 32 * S - S / 4, S / 4);
         assert_eq!(announces(&out), 0);
         let out = run(&mut r, t0 + 32 * S, t0 + 32 * S, S);
