@@ -1,8 +1,17 @@
-//! The Redis backplane's IO: one task owns this instance's two Redis connections (one for
-//! commands, pipelined; one for pub/sub) and carries out what the hub asks
-//! ([`HubOutput::Subscribe`](super::hub::HubOutput), `Publish`, `Reserve`, …) in the order it
-//! asks. Nothing here decides a protocol question: the channel names and envelope are
-//! [`backplane`](super::backplane)'s, the decisions the [`Hub`](super::hub::Hub)'s.
+//! The Redis backplane's IO: one task owns this instance's Redis connection and carries out
+//! what the hub asks ([`HubOutput::Subscribe`](super::hub::HubOutput), `Publish`, `Reserve`,
+//! …) in the order it asks. Nothing here decides a protocol question: the channel names and
+//! envelope are [`backplane`](super::backplane)'s, the decisions the [`Hub`](super::hub::Hub)'s.
+//!
+//! **One connection, RESP3.** Commands (pipelined) and subscriptions share one connection
+//! spoken in RESP3 (Redis 6 or later), where a subscribed connection may still run commands
+//! and what is published arrives as push messages between the replies. [`Deliveries`] takes
+//! those pushes as the redis crate's connection driver reads them: it drops this instance's
+//! own messages back from Redis and hands the rest straight to the hub. Against a second,
+//! RESP2 pub/sub connection that saves, per message, a wake-up of this task and (when the
+//! echo of a `PUBLISH` and its reply leave Redis together) a write in Redis and a read here.
+//! The wire format is unchanged: the original server's RESP2 subscribers read the same
+//! channels and envelopes.
 //!
 //! **State in Redis** (besides the group channels, which are the ASP.NET server's):
 //! - `{prefix}:snaprtcd:places:{session}`: a hash from instance id to the places its members
@@ -22,19 +31,21 @@
 //! places.
 //!
 //! **Bounds.** The hub's commands wait in a queue of `[backplane] max_queued_messages` (a full
-//! queue drops publishes, refuses reservations, and counts them); messages from Redis larger
-//! than `[signaling] max_payload_bytes` are refused unread, and when the hub does not take
-//! them as fast as they come, Redis's own pub/sub output limit disconnects this client, which
-//! then reconnects.
+//! queue drops publishes, refuses reservations, and counts them). Messages from Redis larger
+//! than `[signaling] max_payload_bytes` are refused undecoded, and what the hub has not taken
+//! waits in a queue of `max_queued_messages` too: when it is full, further messages are
+//! dropped and counted, so a flood from other instances never grows this one's memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
-use tokio::sync::{mpsc, oneshot};
+use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use redis::{
+    AsyncConnectionConfig, Client, IntoConnectionInfo, Msg, ProtocolVersion, PushInfo, PushKind,
+    RedisError, Value,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -240,8 +251,19 @@ pub fn spawn(
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<Link, BackplaneError> {
-    let client = Client::open(settings.config.url.as_str())
-        .map_err(|e| BackplaneError::Url(e.to_string().replace(&settings.config.url, "…")))?;
+    let url_error =
+        |e: RedisError| BackplaneError::Url(e.to_string().replace(&settings.config.url, "…"));
+    let info = settings
+        .config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(url_error)?;
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = Client::open(info.set_redis_settings(resp3)).map_err(url_error)?;
     let queue = settings.config.max_queued_messages;
     let (ops_tx, ops) = mpsc::channel(queue);
     let (events, events_rx) = mpsc::channel(queue);
@@ -297,7 +319,8 @@ enum End {
 
 struct Connected {
     conn: MultiplexedConnection,
-    sink: PubSubSink,
+    /// Told by [`Deliveries`] when the connection's driver has lost it.
+    lost: Arc<Notify>,
     reserve_sha: String,
     release_sha: String,
 }
@@ -312,8 +335,8 @@ impl Task {
                 _ = cancel.cancelled() => return,
                 result = self.connect() => result,
             };
-            let (connected, stream) = match attempt {
-                Ok(pair) => pair,
+            let connected = match attempt {
+                Ok(connected) => connected,
                 Err(e) => {
                     if was_up || backoff == Duration::from_millis(100) {
                         warn!(redis = %self.where_, error = %e, "backplane: cannot reach Redis; retrying");
@@ -343,7 +366,7 @@ impl Task {
                 return;
             }
             let mut connected = connected;
-            let end = self.serve(&mut connected, stream, &cancel).await;
+            let end = self.serve(&mut connected, &cancel).await;
             match end {
                 End::Cancelled => {
                     // Give the lease up, so the fleet stops counting this instance's places now.
@@ -367,21 +390,28 @@ impl Task {
         }
     }
 
-    /// Both connections, the scripts loaded and the lease taken.
-    async fn connect(&self) -> Result<(Connected, PubSubStream), RedisError> {
+    /// The connection, the scripts loaded and the lease taken.
+    async fn connect(&self) -> Result<Connected, RedisError> {
+        let lost = Arc::new(Notify::new());
+        let deliveries = Deliveries {
+            prefix: self.keys.prefix.clone(),
+            instance: self.keys.instance.clone(),
+            start_channel: self.keys.start(),
+            max_bytes: self.settings.max_message_bytes,
+            events: self.events.clone(),
+            counters: self.counters.clone(),
+            lost: lost.clone(),
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender(deliveries);
         let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let pubsub = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| timeout_error())??;
-        let (mut sink, stream) = pubsub.split();
         if self.settings.start_on_join {
-            within(sink.subscribe(self.keys.start())).await?;
+            within(conn.subscribe(self.keys.start())).await?;
         }
         let (reserve_sha, release_sha, ()): (String, String, ()) = redis::pipe()
             .cmd("SCRIPT")
@@ -397,84 +427,31 @@ impl Task {
             .arg(self.settings.config.instance_ttl.as_millis() as u64)
             .query_async(&mut conn)
             .await?;
-        Ok((
-            Connected {
-                conn,
-                sink,
-                reserve_sha,
-                release_sha,
-            },
-            stream,
-        ))
+        Ok(Connected {
+            conn,
+            lost,
+            reserve_sha,
+            release_sha,
+        })
     }
 
-    /// Run while connected: commands out, messages in, the lease renewed.
-    async fn serve(
-        &mut self,
-        connected: &mut Connected,
-        mut stream: PubSubStream,
-        cancel: &CancellationToken,
-    ) -> End {
+    /// Run while connected: commands out, the lease renewed; messages in go from
+    /// [`Deliveries`] to the hub without passing through here.
+    async fn serve(&mut self, connected: &mut Connected, cancel: &CancellationToken) -> End {
         let renew = self.settings.config.instance_ttl / 3;
         let mut lease = tokio::time::interval_at(tokio::time::Instant::now() + renew, renew);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let events = self.events.clone();
-        let counters = self.counters.clone();
-        let prefix = self.keys.prefix.clone();
-        let max = self.settings.max_message_bytes;
-        let instance = self.keys.instance.clone();
-        let start_channel = self.keys.start();
-        // Messages in: decoded here, handed to the hub in arrival order.
-        let reader = async move {
-            while let Some(msg) = stream.next().await {
-                if msg.get_channel_name() == start_channel {
-                    match StartMessage::decode(msg.get_payload_bytes()) {
-                        Some((session, message)) => {
-                            let start = Event::Start { session, message };
-                            if events.send(start).await.is_err() {
-                                return End::Cancelled;
-                            }
-                        }
-                        None => {
-                            counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    continue;
-                }
-                let Some(session) = session_of_channel(&prefix, msg.get_channel_name()) else {
-                    continue;
-                };
-                match Envelope::decode(msg.get_payload_bytes(), max) {
-                    // This instance's own message, back from Redis: the hub would drop it too;
-                    // dropping it here spares it a wake-up per message.
-                    Ok(envelope) if envelope.is_from(&instance) => {}
-                    Ok(envelope) => {
-                        counters.received.fetch_add(1, Ordering::Relaxed);
-                        if events
-                            .send(Event::Message { session, envelope })
-                            .await
-                            .is_err()
-                        {
-                            return End::Cancelled;
-                        }
-                    }
-                    Err(e) => {
-                        counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        debug!(%session, error = %e, "backplane message dropped");
-                    }
-                }
-            }
-            End::Lost(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "the pub/sub connection closed",
-            )))
-        };
-        tokio::pin!(reader);
+        let lost = connected.lost.clone();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
-                end = &mut reader => return end,
+                _ = lost.notified() => {
+                    return End::Lost(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "the connection closed",
+                    )));
+                }
                 _ = lease.tick() => {
                     let ttl = self.settings.config.instance_ttl.as_millis() as u64;
                     let renewed = redis::cmd("SET")
@@ -484,11 +461,7 @@ impl Task {
                         .arg(ttl)
                         .query_async::<Value>(&mut connected.conn)
                         .await;
-                    let pinged = tokio::time::timeout(RESPONSE_TIMEOUT, connected.sink.ping::<Value>())
-                        .await
-                        .map_err(|_| timeout_error())
-                        .and_then(|r| r);
-                    if let Err(e) = renewed.and(pinged) {
+                    if let Err(e) = renewed {
                         return End::Lost(e);
                     }
                 }
@@ -509,8 +482,8 @@ impl Task {
         }
     }
 
-    /// Carry out `batch` in order: subscriptions on the pub/sub connection (consecutive ones
-    /// in one command, as after a reconnect), the rest as one pipeline per run between them.
+    /// Carry out `batch` in order: subscriptions (consecutive ones in one command, as after a
+    /// reconnect), the rest as one pipeline per run between them.
     /// After an error, what is left is refused (reservations and token requests answered).
     async fn execute(&self, c: &mut Connected, batch: &mut Vec<Op>) -> Result<(), RedisError> {
         let mut ops = std::mem::take(batch).into_iter().peekable();
@@ -528,7 +501,7 @@ impl Task {
                     {
                         channels.push(group_channel(&self.keys.prefix, &s));
                     }
-                    within(c.sink.subscribe(&channels)).await
+                    within(c.conn.subscribe(&channels)).await
                 }
                 Op::Unsubscribe(session) => {
                     let mut channels = vec![group_channel(&self.keys.prefix, &session)];
@@ -537,7 +510,7 @@ impl Task {
                     {
                         channels.push(group_channel(&self.keys.prefix, &s));
                     }
-                    within(c.sink.unsubscribe(&channels)).await
+                    within(c.conn.unsubscribe(&channels)).await
                 }
                 Op::Resync(sessions) => self.resync(c, &sessions).await,
                 op => {
@@ -566,7 +539,7 @@ impl Task {
                 .iter()
                 .map(|(session, _)| group_channel(&self.keys.prefix, session))
                 .collect();
-            within(c.sink.subscribe(&channels)).await?;
+            within(c.conn.subscribe(&channels)).await?;
             let mut pipe = redis::pipe();
             for (session, count) in chunk {
                 let key = self.keys.places(session);
@@ -642,7 +615,7 @@ impl Task {
                 Op::TakeToken { token, .. } => {
                     pipe.cmd("GETDEL").arg(self.keys.token(token));
                 }
-                // Never here (`execute` sends these on the pub/sub connection); a PING would
+                // Never here (`execute` sends them as commands of their own); a PING would
                 // keep the replies aligned if one were.
                 Op::Subscribe(_) | Op::Unsubscribe(_) => {
                     pipe.cmd("PING");
@@ -746,6 +719,75 @@ impl Task {
     }
 }
 
+/// What Redis publishes on this instance's subscriptions, taken as the connection's driver
+/// reads it (the redis crate calls [`AsyncPushSender::send`] from its driver task, which must
+/// not block): decoded within the message budget, this instance's own messages dropped, the
+/// rest queued for the hub without waiting. A full queue drops the message and counts it.
+struct Deliveries {
+    prefix: String,
+    instance: String,
+    start_channel: String,
+    max_bytes: usize,
+    events: mpsc::Sender<Event>,
+    counters: Arc<BackplaneCounters>,
+    lost: Arc<Notify>,
+}
+
+impl Deliveries {
+    /// One push from Redis: what, if anything, goes to the hub.
+    fn event(&self, info: PushInfo) -> Option<Event> {
+        if info.kind == PushKind::Disconnection {
+            // The driver has lost the connection; the task reconnects.
+            self.lost.notify_one();
+            return None;
+        }
+        // Subscription confirmations and other pushes carry nothing for the hub.
+        let msg = Msg::from_push_info(info)?;
+        if msg.get_channel_name() == self.start_channel {
+            return match StartMessage::decode(msg.get_payload_bytes()) {
+                Some((session, message)) => Some(Event::Start { session, message }),
+                None => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+        }
+        let session = session_of_channel(&self.prefix, msg.get_channel_name())?;
+        match Envelope::decode(msg.get_payload_bytes(), self.max_bytes) {
+            // This instance's own message, back from Redis: the hub would drop it too.
+            Ok(envelope) if envelope.is_from(&self.instance) => None,
+            Ok(envelope) => Some(Event::Message { session, envelope }),
+            Err(e) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!(%session, error = %e, "backplane message dropped");
+                None
+            }
+        }
+    }
+}
+
+impl AsyncPushSender for Deliveries {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        if let Some(event) = self.event(info) {
+            let message = matches!(event, Event::Message { .. });
+            match self.events.try_send(event) {
+                Ok(()) if message => {
+                    self.counters.received.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        debug!("backplane message dropped: the hub's queue is full");
+                    }
+                }
+            }
+        }
+        // Never an error: that would make the driver stop handing over pushes.
+        Ok(())
+    }
+}
+
 /// A pub/sub command, bounded by [`RESPONSE_TIMEOUT`].
 async fn within(
     f: impl std::future::Future<Output = redis::RedisResult<()>>,
@@ -760,4 +802,107 @@ fn timeout_error() -> RedisError {
         std::io::ErrorKind::TimedOut,
         "Redis did not answer in time",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn deliveries(queue: usize) -> (Deliveries, mpsc::Receiver<Event>) {
+        let (events, rx) = mpsc::channel(queue);
+        let d = Deliveries {
+            prefix: "Hub".into(),
+            instance: "me".into(),
+            start_channel: "Hub:snaprtcd:start".into(),
+            max_bytes: 1024,
+            events,
+            counters: Arc::default(),
+            lost: Arc::new(Notify::new()),
+        };
+        (d, rx)
+    }
+
+    fn push(kind: PushKind, data: &[&[u8]]) -> PushInfo {
+        PushInfo {
+            kind,
+            data: data.iter().map(|d| Value::BulkString(d.to_vec())).collect(),
+        }
+    }
+
+    fn message(from: &str) -> PushInfo {
+        let envelope = Envelope::json(vec![format!("{from}.1")], Bytes::from_static(b"{}\x1e"));
+        let bytes = envelope.encode().expect("encodes");
+        push(PushKind::Message, &[b"Hub:group:s1", &bytes])
+    }
+
+    fn counts(d: &Deliveries) -> (u64, u64) {
+        (
+            d.counters.received.load(Ordering::Relaxed),
+            d.counters.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn another_instances_message_goes_to_the_hub_and_our_own_echo_does_not() {
+        let (d, mut rx) = deliveries(8);
+        d.send(message("me")).expect("never an error");
+        assert!(
+            rx.try_recv().is_err(),
+            "our own message came back to the hub"
+        );
+        d.send(message("other")).expect("never an error");
+        match rx.try_recv() {
+            Ok(Event::Message { session, envelope }) => {
+                assert_eq!(session.to_string(), "s1");
+                assert!(envelope.is_from("other"));
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+        assert_eq!(counts(&d), (1, 0));
+    }
+
+    #[test]
+    fn a_full_hub_queue_drops_and_counts_instead_of_growing() {
+        let (d, mut rx) = deliveries(2);
+        for _ in 0..10 {
+            d.send(message("other")).expect("never an error");
+        }
+        assert_eq!(counts(&d), (2, 8));
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn junk_and_other_channels_are_not_handed_on() {
+        let (d, mut rx) = deliveries(8);
+        d.send(push(PushKind::Message, &[b"Hub:group:s1", b"\xc1junk"]))
+            .expect("never an error");
+        d.send(push(PushKind::Message, &[b"Other:group:s1", b"x"]))
+            .expect("never an error");
+        d.send(push(PushKind::Message, &[b"Hub:snaprtcd:start", b"x"]))
+            .expect("never an error");
+        d.send(push(PushKind::Subscribe, &[b"Hub:group:s1"]))
+            .expect("never an error");
+        d.send(push(PushKind::Message, &[b"Hub:group:s1"]))
+            .expect("never an error");
+        assert!(rx.try_recv().is_err());
+        // The junk envelope and the unreadable start message are counted.
+        assert_eq!(counts(&d), (0, 2));
+    }
+
+    #[test]
+    fn a_lost_connection_wakes_the_task() {
+        let (d, _rx) = deliveries(8);
+        let lost = d.lost.clone();
+        assert!(lost.notified().now_or_never().is_none());
+        d.send(PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        })
+        .expect("never an error");
+        assert!(lost.notified().now_or_never().is_some());
+    }
 }
