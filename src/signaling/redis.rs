@@ -5,7 +5,7 @@
 //!
 //! **One connection, RESP3.** Commands (pipelined) and subscriptions share one connection
 //! spoken in RESP3 (Redis 6 or later), where a subscribed connection may still run commands
-//! and what is published arrives as push messages between the replies. [`Deliveries`] takes
+//! and what is published arrives as push messages between the replies. `Deliveries` takes
 //! those pushes as the redis crate's connection driver reads them: it drops this instance's
 //! own messages back from Redis and hands the rest straight to the hub. Against a second,
 //! RESP2 pub/sub connection that saves, per message, a wake-up of this task and (when the
