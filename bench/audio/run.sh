@@ -28,6 +28,12 @@
 #    sockets every N ms instead of sleeping in a read: on one machine the kernel wakes a
 #    sleeping receiver inside the daemon's `sendto` and charges the daemon for it, which a
 #    network between them spares it (empty, the default: woken per datagram, as a browser).
+#    AB_NETNS=deliver (root) puts the viewers in a network namespace of their own behind a
+#    veth pair instead of on loopback; AB_NETNS=drop also drops the audio RTP (Opus, payload
+#    type 111) going out to them in the OUTPUT hook (iptables u32), so the daemon pays its
+#    send path (socket, UDP, IP, netfilter) and nothing of the viewers' receive path: what a
+#    device pays with its viewers across a network, less routing and its NIC driver. The
+#    viewers then get no audio; the video and all else flow as before.
 #
 #   flock /work/coord/bench.lock bench/audio/run.sh    # a release build of this checkout
 #   SNAPRTCD_BIN=target/debug/snaprtcd bench/audio/run.sh
@@ -35,6 +41,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 window="${AB_WINDOW:-10}"
+netns="${AB_NETNS:-}"
 warmup="${AB_WARMUP:-3}"
 complexities="${AB_COMPLEXITIES-0 5 10}"
 webrtc="${AB_WEBRTC-1 5}"
@@ -48,14 +55,22 @@ fi
 command -v ffmpeg >/dev/null || { echo "bench/audio: needs ffmpeg" >&2; exit 2; }
 dir="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+ns=snaprtcd-ab-$$ veth=abd$$
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+  if [ -n "$netns" ]; then
+    [ "$netns" = drop ] && iptables -D OUTPUT -o "$veth" -p udp -m u32 --u32 "26&0x7F=0x6F" -j DROP 2>/dev/null
+    ip link del "$veth" 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true
+  fi
+}
 trap cleanup EXIT
 
 # start CHANNELS COMPLEXITY: the daemon on free ports; sets $pid and $rtsp.
 start() {
   cat >"$dir/snaprtcd.toml" <<TOML
 [server]
-listen = "127.0.0.1:0"
+listen = "${http_listen:-127.0.0.1:0}"
 rtc_udp_port = 0
 # Room for AB_WEBRTC viewers past the default 16.
 max_viewers = 64
@@ -181,8 +196,29 @@ if [ -n "$listeners" ]; then
   fi
 fi
 
-# Datagrams the host's UDP stack has received so far (/proc/net/snmp, Udp InDatagrams).
-udp_datagrams() { awk '/^Udp:/ { if (++n == 2) print $2 }' /proc/net/snmp; }
+# Datagrams the viewers' UDP stack has received so far (/proc/net/snmp, Udp InDatagrams: the
+# host's, or with AB_NETNS the viewers' namespace's).
+udp_datagrams() { "${in_ns[@]}" awk '/^Udp:/ { if (++n == 2) print $2 }' /proc/net/snmp; }
+
+# AB_NETNS: the viewers' namespace, 10.213.0.2 behind a veth pair from this one's 10.213.0.1.
+in_ns=()
+if [ -n "$netns" ]; then
+  case "$netns" in deliver|drop) ;; *) echo "run.sh: AB_NETNS is deliver or drop, not $netns" >&2; exit 2 ;; esac
+  ip netns add "$ns"
+  ip link add "$veth" type veth peer name abv$$
+  ip link set abv$$ netns "$ns"
+  ip addr add 10.213.0.1/24 dev "$veth" && ip link set "$veth" up
+  ip -n "$ns" addr add 10.213.0.2/24 dev abv$$ && ip -n "$ns" link set abv$$ up && ip -n "$ns" link set lo up
+  # The daemon announces every address it has; each is reached through it.
+  ip -n "$ns" route add default via 10.213.0.1
+  if [ "$netns" = drop ]; then
+    # Payload type 111 (Opus) in the second byte of the RTP header: byte 29 of the IP packet
+    # (20 bytes of IP header, 8 of UDP); RTCP, STUN and DTLS have other values there.
+    iptables -A OUTPUT -o "$veth" -p udp -m u32 --u32 "26&0x7F=0x6F" -j DROP
+  fi
+  http_listen=10.213.0.1:0
+  in_ns=(ip netns exec "$ns")
+fi
 
 if [ -n "$webrtc" ]; then
   # Into the main target/ (as bench/camera_path/run.sh builds it): str0m is compiled once.
@@ -190,14 +226,14 @@ if [ -n "$webrtc" ]; then
   CARGO_TARGET_DIR="$target" cargo build --release --locked -q \
     --manifest-path "$root/bench/camera_path/Cargo.toml"
   viewer="$target/release/snaprtcd-camera-path"
-  echo "## 3. WebRTC: mono, complexity 5, N WHEP viewers of the 320x240@15 video, without and with audio${recv_every:+ (viewers read every $recv_every ms)}"
+  echo "## 3. WebRTC: mono, complexity 5, N WHEP viewers of the 320x240@15 video, without and with audio${recv_every:+ (viewers read every $recv_every ms)}${netns:+ (viewers in a network namespace, AB_NETNS=$netns)}"
   printf '%-7s %-5s %7s %8s %6s %7s\n' viewers audio audio runtime video daemon
   declare -A rtc=()
   for n in $webrtc; do
     for with in 0 1; do
       start 1 5
       for _ in $(seq 1 "$n"); do
-        "$viewer" listen --url "http://$http" --seconds $((warmup + window + 5)) --audio "$with" \
+        "${in_ns[@]}" "$viewer" listen --url "http://$http" --seconds $((warmup + window + 5)) --audio "$with" \
           ${recv_every:+--recv-every-ms "$recv_every"} >>"$dir/viewers.log" 2>&1 &
         pids+=("$!")
       done
@@ -215,6 +251,7 @@ if [ -n "$webrtc" ]; then
   done
   # Each viewer says "video flowing", then "audio flowing" when it took audio.
   sort "$dir/viewers.log" | uniq -c | sed 's/^/# viewer lines: /' >&2
+  [ "$netns" = drop ] && iptables -L OUTPUT -v -x -n | awk -v v="$veth" '$7 == v { print "# audio datagrams dropped on the way out: " $1 }' >&2
   for n in $webrtc; do
     awk -v a="${rtc[$n.0]}" -v b="${rtc[$n.1]}" -v n="$n" \
       'BEGIN { printf "audio for %d WebRTC viewer(s), whole daemon: %.2f %% of one core\n", n, b - a }'

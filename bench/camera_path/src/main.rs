@@ -128,7 +128,7 @@ async fn whep_post(authority: &str, offer: &str) -> Result<(String, String)> {
 }
 
 async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf) -> Result<()> {
-    let (mut peer, offer, pending) = Peer::offer(false, None).await?;
+    let (mut peer, offer, pending) = Peer::offer(authority, false, None).await?;
     let (location, answer) = whep_post(authority, &offer).await?;
     peer.accept(pending, &answer)?;
 
@@ -181,6 +181,17 @@ async fn record(authority: &str, seconds: Duration, out: PathBuf, times: PathBuf
     Ok(())
 }
 
+/// The local address a datagram to `authority` (`IP:PORT`) would leave from: a route lookup
+/// through a connected UDP socket, which sends nothing. Loopback when it is not an address.
+fn local_ip_toward(authority: &str) -> Result<std::net::IpAddr> {
+    let Ok(to) = authority.parse::<SocketAddr>() else {
+        return Ok(Ipv4Addr::LOCALHOST.into());
+    };
+    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    probe.connect(to)?;
+    Ok(probe.local_addr()?.ip())
+}
+
 /// Watch (video, and audio when `audio`) for `seconds` once media flows, then leave.
 async fn listen(
     authority: &str,
@@ -188,7 +199,7 @@ async fn listen(
     audio: bool,
     recv_every: Option<Duration>,
 ) -> Result<()> {
-    let (mut peer, offer, pending) = Peer::offer(audio, recv_every).await?;
+    let (mut peer, offer, pending) = Peer::offer(authority, audio, recv_every).await?;
     let (location, answer) = whep_post(authority, &offer).await?;
     if audio && !answer.contains("opus/48000") {
         bail!("the answer has no Opus track: {answer:.400}");
@@ -350,15 +361,19 @@ enum Socket {
 
 impl Peer {
     /// A recvonly offer for video, and for audio (Opus) when `audio`; reading every
-    /// `recv_every` when given.
+    /// `recv_every` when given. The socket is on the local address the daemon at
+    /// `authority` is reached from (loopback for 127.0.0.1; another interface across a
+    /// network or a network namespace).
     async fn offer(
+        authority: &str,
         audio: bool,
         recv_every: Option<Duration>,
     ) -> Result<(Peer, String, SdpPendingOffer)> {
+        let ip = local_ip_toward(authority)?;
         let socket = match recv_every {
-            None => Socket::Woken(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?),
+            None => Socket::Woken(UdpSocket::bind((ip, 0)).await?),
             Some(every) => {
-                let s = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+                let s = std::net::UdpSocket::bind((ip, 0))?;
                 s.set_nonblocking(true)?;
                 Socket::Polled(s, every)
             }
