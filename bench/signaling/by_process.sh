@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# CPU per exchange by process: one snaprtcd alone, then 2 instances on one redis-server with
+# every pair split across them, each at BENCH_RATE (1 000) exchanges/s over
+# BENCH_CONNECTIONS (2 000) connections. CPU is read from /proc/PID/stat (utime + stime) over
+# a BENCH_WINDOW (10 s) window in the middle of the run, after every connection is up, so
+# neither the connecting nor the closing is counted. BENCH_RUNS (2) rounds, one of each.
+#
+#   bench/signaling/by_process.sh
+#   SNAPRTCD_BIN=/tmp/old/snaprtcd bench/signaling/by_process.sh   # another build
+#
+# Prints one line per measurement; docs/BENCHMARKS.md ("One RESP3 connection per instance")
+# has what it gave. Needs redis-server and the client run.sh builds (snaprtc-bench).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+connections="${BENCH_CONNECTIONS:-2000}"
+rate="${BENCH_RATE:-1000}"
+window="${BENCH_WINDOW:-10}"
+runs="${BENCH_RUNS:-2}"
+# Connections are up well before this; the run lasts past the window's end.
+settle=8
+
+[ -n "${SNAPRTCD_BIN:-}" ] || (cd "$root" && cargo build --release --locked --bin snaprtcd) >&2
+cargo build --release --locked --manifest-path "$here/Cargo.toml" >&2
+daemon="${SNAPRTCD_BIN:-$root/target/release/snaprtcd}"
+client="$here/target/release/snaprtc-bench"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+work="$(mktemp -d)"
+pids=()
+stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
+trap 'stop; rm -rf "$work"' EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# µs per exchange from a tick count over the window.
+per_exchange() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$((rate * window))" 'BEGIN { printf "%.0f", t * 1e6 / hz / n }'; }
+
+# daemon NAME [BACKPLANE-URL]: start an instance; sets $pid and $url.
+daemon() {
+  {
+    printf '[server]\nlisten = "127.0.0.1:0"\n[camera]\nsource = "none"\n[mdns]\nenabled = false\n'
+    printf '[signaling]\nmax_connections = %d\nmax_sessions = %d\n' $((connections + 100)) $((connections + 100))
+    [ -n "${2:-}" ] && printf '[backplane]\nkind = "redis"\nurl = "%s"\nmax_queued_messages = 65536\n' "$2"
+  } >"$work/$1.toml"
+  NO_COLOR=1 "$daemon" --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
+  pid=$!; pids+=("$pid")
+  local addr=
+  for _ in $(seq 1 100); do
+    addr=$(sed -nE 's/.*http listening addr=([0-9.:]+).*/\1/p' "$work/$1.log" | head -n1)
+    if [ -n "$addr" ] && { [ -z "${2:-}" ] || grep -q 'backplane connected' "$work/$1.log"; }; then break; fi
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { cat "$work/$1.log" >&2; exit 1; }
+  url="http://$addr/snaprtc-hub"
+}
+
+# measure PID...: start the client (args in $args), then the ticks of each PID over the window.
+measure() {
+  "$client" --server snaprtc "${args[@]}" --connections "$connections" --rate "$rate" \
+    --duration "$((settle + window + 5))s" >"$work/client.out" 2>&1 &
+  local cpid=$! p before=() after=()
+  sleep "$settle"
+  for p in "$@"; do before+=("$(ticks "$p")"); done
+  sleep "$window"
+  for p in "$@"; do after+=("$(ticks "$p")"); done
+  wait "$cpid" || { cat "$work/client.out" >&2; exit 1; }
+  local i out=()
+  for i in "${!before[@]}"; do out+=("$(per_exchange $((after[i] - before[i]))) µs"); done
+  echo "${out[*]} ($(grep -o 'failed_pairs=[0-9]*' "$work/client.out"))"
+}
+
+for run in $(seq 1 "$runs"); do
+  daemon one
+  args=(--url "$url" --pid "$pid")
+  echo "run $run, one instance: $(measure "$pid")"
+  stop
+
+  port=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no >"$work/redis.log" 2>&1 &
+  redis=$!; pids+=("$redis")
+  for _ in $(seq 1 100); do grep -q 'Ready to accept' "$work/redis.log" && break; sleep 0.1; done
+  daemon a "redis://127.0.0.1:$port/0"; a=$pid; args=(--url "$url" --pid "$a")
+  daemon b "redis://127.0.0.1:$port/0"; b=$pid; args+=(--url "$url" --pid "$b" --redis "127.0.0.1:$port")
+  echo "run $run, fleet (instance A, instance B, Redis): $(measure "$a" "$b" "$redis")"
+  stop
+done
