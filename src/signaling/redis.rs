@@ -783,12 +783,12 @@ impl AsyncPushSender for Deliveries {
                 }
             }
         }
-        // Never an error: that would make the driver stop handing over pushes.
+        // The driver ignores the result; what the queue could not take is counted above.
         Ok(())
     }
 }
 
-/// A pub/sub command, bounded by [`RESPONSE_TIMEOUT`].
+/// A subscription command, bounded by [`RESPONSE_TIMEOUT`].
 async fn within(
     f: impl std::future::Future<Output = redis::RedisResult<()>>,
 ) -> Result<(), RedisError> {
