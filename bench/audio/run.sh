@@ -31,9 +31,9 @@
 #    AB_NETNS=deliver (root) puts the viewers in a network namespace of their own behind a
 #    veth pair instead of on loopback; AB_NETNS=drop also drops the audio RTP (Opus, payload
 #    type 111) going out to them in the OUTPUT hook (iptables u32), so the daemon pays its
-#    send path (socket, UDP, IP, netfilter) and nothing of the viewers' receive path: what a
-#    device pays with its viewers across a network, less routing and its NIC driver. The
-#    viewers then get no audio; the video and all else flow as before.
+#    send path (socket, UDP, routing, IP, netfilter) and nothing of the viewers' receive
+#    path: what a device pays with its viewers across a network, less its NIC driver's
+#    transmit. The viewers then get no audio; the video and all else flow as before.
 #
 #   flock /work/coord/bench.lock bench/audio/run.sh    # a release build of this checkout
 #   SNAPRTCD_BIN=target/debug/snaprtcd bench/audio/run.sh
