@@ -221,7 +221,8 @@ async fn no_second_signal_start_while_the_answered_initiator_is_still_connecting
     peer.accept(pending, signal["sdp"].as_str().unwrap());
     assert_eq!(&peer.first_still().await[..2], &[0xff, 0xd8]);
     drop(a); // a stock page leaves the hub once connected
-             // Free again one interval after the viewer connected.
+
+    // Free again one interval after the viewer connected.
     cam.wait_for_log_from(from, "viewer connected", Duration::from_secs(5));
     let connected = std::time::Instant::now();
     cam.wait_for_log_from(from, "remote hub: idle", Duration::from_secs(15));
