@@ -469,9 +469,7 @@ impl Peer {
             }
         }
     }
-}
 
-impl Peer {
     /// One datagram in (what is no DTLS, STUN or RTP is ignored).
     fn receive(rtc: &mut Rtc, local: SocketAddr, data: &[u8], source: SocketAddr) -> Result<()> {
         let Ok(contents) = DatagramRecv::try_from(data) else {
