@@ -749,6 +749,13 @@ pub struct BackplaneConfig {
     /// that, messages are dropped (and counted) rather than held, and a subscription that could
     /// not be queued holds joins until the queue drains (then everything is subscribed again).
     pub max_queued_messages: usize,
+    /// While messages keep coming, at most one write to Redis per this interval: a message
+    /// that follows the last write by less waits for the rest of the interval and leaves with
+    /// whatever came meanwhile, so Redis reads, and the other instances receive, them
+    /// together. A message after a quiet spell goes at once. This costs each message up to
+    /// the interval (rounded up to the millisecond) in latency; `0ms` writes each at once.
+    #[serde(with = "humantime_serde")]
+    pub write_interval: Duration,
     /// Start an initiator at once when it joins a session where a capture side that dialled
     /// out (`[[remote]]`) waits on another instance, through snaprtcd's own channel
     /// `{prefix}:snaprtcd:start`. Only for fleets of snaprtcd instances: with an instance of
@@ -771,6 +778,7 @@ impl Default for BackplaneConfig {
             prefix: default_backplane_prefix(),
             instance_ttl: Duration::from_secs(15),
             max_queued_messages: 4096,
+            write_interval: Duration::from_millis(2),
             start_on_join: false,
         }
     }
@@ -909,6 +917,15 @@ fn validate_backplane(b: &BackplaneConfig) -> Result<(), Invalid> {
         b.max_queued_messages,
         16..=1 << 20,
     )?;
+    if b.write_interval > Duration::from_millis(100) {
+        return bad(
+            "backplane.write_interval",
+            format!(
+                "{} must be at most 100ms",
+                humantime::format_duration(b.write_interval)
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -2131,6 +2148,7 @@ mod tests {
             (b.kind, b.url.as_str(), b.prefix.as_str()),
             (BackplaneKind::None, "", "SignalingHub")
         );
+        assert_eq!(b.write_interval, Duration::from_millis(2));
         let text = "[backplane]\nkind = \"redis\"\nurl = \"rediss://app:s3cr@t@cache.example:6380/3\"\nprefix = \"MyApp.Hubs.SignalingHub\"\n";
         let c = Config::from_toml(text, "a").unwrap();
         assert_eq!(c.backplane.kind, BackplaneKind::Redis);
@@ -2201,6 +2219,11 @@ mod tests {
                 "prefix = \"my hub\"",
                 "backplane.prefix",
                 "must be 1-256 printable",
+            ),
+            (
+                "write_interval = \"1s\"",
+                "backplane.write_interval",
+                "1s must be at most 100ms",
             ),
         ] {
             let text = format!("[backplane]\n{body}\n");

@@ -300,6 +300,12 @@ const METRICS: &[Metric] = &[
         read: Read::Maybe(|s| s.signaling.backplane.map(|b| b.published as f64)),
     },
     Metric {
+        name: "snaprtcd_backplane_writes_total",
+        kind: Kind::Counter,
+        help: "Writes of commands to Redis: published per write is how many messages share one ([backplane] write_interval).",
+        read: Read::Maybe(|s| s.signaling.backplane.map(|b| b.writes as f64)),
+    },
+    Metric {
         name: "snaprtcd_backplane_received_total",
         kind: Kind::Counter,
         help: "Messages received from the backplane.",
@@ -942,6 +948,7 @@ snaprtcd_camera_fps 29.5
             backplane: Some(crate::signaling::ws::BackplaneStats {
                 up: true,
                 published: 7,
+                writes: 3,
                 received: 5,
                 dropped: 1,
             }),
@@ -968,6 +975,7 @@ snaprtcd_camera_fps 29.5
         for row in [
             "snaprtcd_backplane_up 1",
             "snaprtcd_backplane_published_total 7",
+            "snaprtcd_backplane_writes_total 3",
             "snaprtcd_backplane_received_total 5",
             "snaprtcd_backplane_dropped_total 1",
         ] {

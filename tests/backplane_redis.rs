@@ -247,6 +247,49 @@ async fn sessions_span_instances_in_order_without_echo_and_tokens_work_on_any_in
 }
 
 #[tokio::test]
+async fn a_message_soon_after_a_write_waits_for_write_interval_and_shares_the_next_write() {
+    let Some(redis) = Redis::start() else { return };
+    let a = instance(&redis, "write_interval = \"100ms\"\n", "");
+    let b = instance(&redis, "", "");
+    wait_up(&a);
+    wait_up(&b);
+    let (mut ia, mut cb) = (open(a.addr).await, open(b.addr).await);
+    exchange(&mut ia, &mut cb, "pace-1").await;
+
+    // The first message goes at once (A has been quiet); the next follows A's write within
+    // 100 ms, so it waits until 100 ms after that write, whenever it was sent.
+    let first_sent = Instant::now();
+    ia.send_call("SignalCapture", json!(["pace-1", "first"]))
+        .await;
+    assert_eq!(
+        cb.read_non_ping().await,
+        invocation("signalCapture", json!(["first"]))
+    );
+    let writes = metric(&a, "snaprtcd_backplane_writes_total");
+    for i in 0..20 {
+        ia.send_call("SignalCapture", json!(["pace-1", format!("m{i}")]))
+            .await;
+    }
+    for i in 0..20 {
+        assert_eq!(
+            cb.read_non_ping().await,
+            invocation("signalCapture", json!([format!("m{i}")]))
+        );
+    }
+    let waited = first_sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100),
+        "what followed a write arrived {waited:?} after it, within write_interval"
+    );
+    let more = metric(&a, "snaprtcd_backplane_writes_total") - writes;
+    assert!(
+        (1.0..=2.0).contains(&more),
+        "20 messages within one interval went in {more} writes"
+    );
+    quiet(&mut cb).await;
+}
+
+#[tokio::test]
 async fn max_members_per_session_holds_across_the_fleet_and_a_killed_instance_is_released() {
     let Some(redis) = Redis::start() else { return };
     let (ttl, limit) = (

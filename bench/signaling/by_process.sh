@@ -7,6 +7,7 @@
 #
 #   bench/signaling/by_process.sh
 #   SNAPRTCD_BIN=/tmp/old/snaprtcd bench/signaling/by_process.sh   # another build
+#   BENCH_WRITE_INTERVAL=0ms bench/signaling/by_process.sh           # [backplane] write_interval
 #
 # Prints one line per measurement; docs/BENCHMARKS.md ("One RESP3 connection per instance")
 # has what it gave. Needs redis-server and the client run.sh builds (snaprtc-bench).
@@ -42,6 +43,7 @@ daemon() {
     printf '[server]\nlisten = "127.0.0.1:0"\n[camera]\nsource = "none"\n[mdns]\nenabled = false\n'
     printf '[signaling]\nmax_connections = %d\nmax_sessions = %d\n' $((connections + 100)) $((connections + 100))
     [ -n "${2:-}" ] && printf '[backplane]\nkind = "redis"\nurl = "%s"\nmax_queued_messages = 65536\n' "$2"
+    [ -n "${2:-}" ] && [ -n "${BENCH_WRITE_INTERVAL:-}" ] && printf 'write_interval = "%s"\n' "$BENCH_WRITE_INTERVAL"
   } >"$work/$1.toml"
   NO_COLOR=1 "$daemon" --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
   pid=$!; pids+=("$pid")

@@ -18,7 +18,8 @@
 # initiator on one instance and its capture side on the other, `invoke`, the same two
 # scenarios; the CPU and RSS columns sum both instances and Redis, and the last column counts
 # Redis commands per exchange. Set BENCH_FLEET=0 to leave it out, BENCH_FLEET=only for just
-# it and the single snaprtcd/invoke.
+# it and the single snaprtcd/invoke; BENCH_WRITE_INTERVAL (e.g. 0ms) sets the instances'
+# [backplane] write_interval.
 # Builds the daemon (release) and the client, runs `npm ci` for PeerJS, installs Node.js and npm
 # with apt-get when missing. Prints a Markdown table for docs/BENCHMARKS.md.
 set -euo pipefail
@@ -136,6 +137,8 @@ start_fleet() {
   redis_addr="127.0.0.1:$port"
   urls=()
   fleet_pids=()
+  local write_interval=
+  [ -n "${BENCH_WRITE_INTERVAL:-}" ] && write_interval="write_interval = \"$BENCH_WRITE_INTERVAL\""
   for i in 1 2; do
     cat >"$work/fleet$i.toml" <<EOF
 [server]
@@ -149,6 +152,7 @@ max_sessions = $((connections + 100))
 kind = "redis"
 url = "redis://$redis_addr/0"
 max_queued_messages = 65536
+$write_interval
 [mdns]
 enabled = false
 [log]

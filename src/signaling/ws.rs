@@ -89,6 +89,8 @@ pub struct BackplaneStats {
     pub up: bool,
     /// Envelopes published.
     pub published: u64,
+    /// Pipelines of commands written to Redis.
+    pub writes: u64,
     /// Envelopes received from Redis.
     pub received: u64,
     /// Messages dropped (queues full, Redis down, or refused as malformed or too large).
@@ -845,6 +847,7 @@ impl HubTask {
                     backplane: self.backplane.as_ref().map(|link| BackplaneStats {
                         up: self.hub.backplane_up(),
                         published: load(&link.counters.published),
+                        writes: load(&link.counters.writes),
                         received: load(&link.counters.received),
                         dropped: load(&link.counters.dropped),
                     }),
