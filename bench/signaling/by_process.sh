@@ -9,8 +9,10 @@
 #   SNAPRTCD_BIN=/tmp/old/snaprtcd bench/signaling/by_process.sh   # another build
 #   BENCH_WRITE_INTERVAL=0ms bench/signaling/by_process.sh           # [backplane] write_interval
 #
-# Prints one line per measurement; docs/BENCHMARKS.md ("One RESP3 connection per instance")
-# has what it gave. Needs redis-server and the client run.sh builds (snaprtc-bench).
+# Prints one line per measurement: CPU per exchange and, in brackets, context switches per
+# exchange (all threads). docs/BENCHMARKS.md ("One RESP3 connection per instance", "At most
+# one write to Redis per 2 ms") has what it gave. Needs redis-server and the client run.sh
+# builds (snaprtc-bench).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -34,6 +36,8 @@ trap 'stop; rm -rf "$work"' EXIT
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Context switches of all the process's threads, voluntary and not.
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ { n += $2 } END { print n }'; }
 # µs per exchange from a tick count over the window.
 per_exchange() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$((rate * window))" 'BEGIN { printf "%.0f", t * 1e6 / hz / n }'; }
 
@@ -61,14 +65,17 @@ daemon() {
 measure() {
   "$client" --server snaprtc "${args[@]}" --connections "$connections" --rate "$rate" \
     --duration "$((settle + window + 5))s" >"$work/client.out" 2>&1 &
-  local cpid=$! p before=() after=()
+  local cpid=$! p before=() after=() cs_before=() cs_after=()
   sleep "$settle"
-  for p in "$@"; do before+=("$(ticks "$p")"); done
+  for p in "$@"; do before+=("$(ticks "$p")"); cs_before+=("$(switches "$p")"); done
   sleep "$window"
-  for p in "$@"; do after+=("$(ticks "$p")"); done
+  for p in "$@"; do after+=("$(ticks "$p")"); cs_after+=("$(switches "$p")"); done
   wait "$cpid" || { cat "$work/client.out" >&2; exit 1; }
   local i out=()
-  for i in "${!before[@]}"; do out+=("$(per_exchange $((after[i] - before[i]))) µs"); done
+  for i in "${!before[@]}"; do
+    out+=("$(per_exchange $((after[i] - before[i]))) µs [$(awk -v n=$((cs_after[i] - cs_before[i])) \
+      -v e="$((rate * window))" 'BEGIN { printf "%.1f", n / e }') switches]")
+  done
   echo "${out[*]} ($(grep -o 'failed_pairs=[0-9]*' "$work/client.out"))"
 }
 
