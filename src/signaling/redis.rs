@@ -479,8 +479,11 @@ impl Task {
                             _ = tokio::time::sleep_until(due) => None,
                         };
                         if let Some(end) = end {
-                            for op in batch.drain(..) {
-                                self.refuse(op).await;
+                            // Answer what waits, unless shutting down (nobody waits then).
+                            if matches!(end, End::Lost(_)) {
+                                for op in batch.drain(..) {
+                                    self.refuse(op).await;
+                                }
                             }
                             return end;
                         }
