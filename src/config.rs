@@ -754,6 +754,7 @@ pub struct BackplaneConfig {
     /// whatever came meanwhile, so Redis reads, and the other instances receive, them
     /// together. A message after a quiet spell goes at once. This costs each message up to
     /// the interval (rounded up to the millisecond) in latency; `0ms` writes each at once.
+    /// At most `100ms`; what comes in one interval waits in `max_queued_messages`.
     #[serde(with = "humantime_serde")]
     pub write_interval: Duration,
     /// Start an initiator at once when it joins a session where a capture side that dialled
