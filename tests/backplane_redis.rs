@@ -174,6 +174,21 @@ async fn quiet(c: &mut Client) {
     }
 }
 
+/// `count` offers (`m0`, `m1`, …) sent from `from` in `session`, all sent before any is read,
+/// arrive at `to` in order.
+async fn relay_in_order(from: &mut Client, to: &mut Client, session: &str, count: usize) {
+    for i in 0..count {
+        from.send_call("SignalCapture", json!([session, format!("m{i}")]))
+            .await;
+    }
+    for i in 0..count {
+        assert_eq!(
+            to.read_non_ping().await,
+            invocation("signalCapture", json!([format!("m{i}")]))
+        );
+    }
+}
+
 /// The SnapRTC exchange between an initiator on one instance and a capture side on another.
 async fn exchange(initiator: &mut Client, capture: &mut Client, session: &str) {
     assert_eq!(
@@ -218,16 +233,7 @@ async fn sessions_span_instances_in_order_without_echo_and_tokens_work_on_any_in
     exchange(&mut ia, &mut cb, "span-1").await;
 
     // One sender's messages arrive in order on the other instance.
-    for i in 0..50 {
-        ia.send_call("SignalCapture", json!(["span-1", format!("m{i}")]))
-            .await;
-    }
-    for i in 0..50 {
-        assert_eq!(
-            cb.read_non_ping().await,
-            invocation("signalCapture", json!([format!("m{i}")]))
-        );
-    }
+    relay_in_order(&mut ia, &mut cb, "span-1", 50).await;
     quiet(&mut ia).await;
 
     // Negotiate on A, upgrade on B: accepted once, then refused everywhere.
@@ -266,16 +272,7 @@ async fn a_message_soon_after_a_write_waits_for_write_interval_and_shares_the_ne
         invocation("signalCapture", json!(["first"]))
     );
     let writes = metric(&a, "snaprtcd_backplane_writes_total");
-    for i in 0..20 {
-        ia.send_call("SignalCapture", json!(["pace-1", format!("m{i}")]))
-            .await;
-    }
-    for i in 0..20 {
-        assert_eq!(
-            cb.read_non_ping().await,
-            invocation("signalCapture", json!([format!("m{i}")]))
-        );
-    }
+    relay_in_order(&mut ia, &mut cb, "pace-1", 20).await;
     let waited = first_sent.elapsed();
     assert!(
         waited >= Duration::from_millis(100),

@@ -451,10 +451,19 @@ impl Task {
         let lost = connected.lost.clone();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut pacing = Pacing::new(self.settings.config.write_interval);
+        // While a batch is held for `write_interval`, until when; what comes meanwhile queues
+        // without waking this task, and goes with it.
+        let mut held: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return End::Cancelled,
-                _ = lost.notified() => return End::Lost(closed_error()),
+                _ = lost.notified() => {
+                    // Answer what is held, so no reservation waits for it.
+                    for op in batch.drain(..) {
+                        self.refuse(op).await;
+                    }
+                    return End::Lost(closed_error());
+                }
                 _ = lease.tick() => {
                     let ttl = self.settings.config.instance_ttl.as_millis() as u64;
                     let renewed = redis::cmd("SET")
@@ -468,40 +477,42 @@ impl Task {
                         return End::Lost(e);
                     }
                 }
-                op = self.ops.recv() => {
+                _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
+                    held = None;
+                    if let Err(e) = self.write(connected, &mut batch, &mut pacing).await {
+                        return End::Lost(e);
+                    }
+                }
+                op = self.ops.recv(), if held.is_none() => {
                     let Some(op) = op else { return End::Cancelled };
                     batch.push(op);
-                    if let Some(due) = pacing.hold_until(Instant::now()) {
-                        // What comes meanwhile queues without waking this task, and goes with it.
-                        let end = tokio::select! {
-                            _ = cancel.cancelled() => Some(End::Cancelled),
-                            _ = lost.notified() => Some(End::Lost(closed_error())),
-                            _ = tokio::time::sleep_until(due) => None,
-                        };
-                        if let Some(end) = end {
-                            // Answer what waits, unless shutting down (nobody waits then).
-                            if matches!(end, End::Lost(_)) {
-                                for op in batch.drain(..) {
-                                    self.refuse(op).await;
-                                }
-                            }
-                            return end;
+                    held = pacing.hold_until(Instant::now());
+                    if held.is_none() {
+                        if let Err(e) = self.write(connected, &mut batch, &mut pacing).await {
+                            return End::Lost(e);
                         }
-                    }
-                    while batch.len() < MAX_BATCH {
-                        match self.ops.try_recv() {
-                            Ok(op) => batch.push(op),
-                            Err(_) => break,
-                        }
-                    }
-                    pacing.wrote(Instant::now(), batch.len());
-                    self.counters.writes.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = self.execute(connected, &mut batch).await {
-                        return End::Lost(e);
                     }
                 }
             }
         }
+    }
+
+    /// Write `batch` and whatever else waits in the queue (up to [`MAX_BATCH`]).
+    async fn write(
+        &mut self,
+        connected: &mut Connected,
+        batch: &mut Vec<Op>,
+        pacing: &mut Pacing,
+    ) -> Result<(), RedisError> {
+        while batch.len() < MAX_BATCH {
+            match self.ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        pacing.wrote(Instant::now(), batch.len());
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.execute(connected, batch).await
     }
 
     /// Carry out `batch` in order: subscriptions (consecutive ones in one command, as after a
