@@ -9,8 +9,8 @@
 #   SNAPRTCD_BIN=/tmp/old/snaprtcd bench/signaling/by_process.sh   # another build
 #   BENCH_WRITE_INTERVAL=0ms bench/signaling/by_process.sh           # [backplane] write_interval
 #
-# Prints one line per measurement: CPU per exchange and, in brackets, context switches per
-# exchange (all threads). docs/BENCHMARKS.md ("One RESP3 connection per instance", "At most
+# Prints one line per measurement: CPU per exchange (user + kernel; in parentheses, the user
+# part) and, in brackets, context switches per exchange (all threads). docs/BENCHMARKS.md ("One RESP3 connection per instance", "At most
 # one write to Redis per 2 ms") has what it gave. Needs redis-server and the client run.sh
 # builds (snaprtc-bench).
 set -euo pipefail
@@ -36,6 +36,7 @@ trap 'stop; rm -rf "$work"' EXIT
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+user_ticks() { awk '{ print $14 }' "/proc/$1/stat"; }
 # Context switches of all the process's threads, voluntary and not.
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ { n += $2 } END { print n }'; }
 # µs per exchange from a tick count over the window.
@@ -65,15 +66,20 @@ daemon() {
 measure() {
   "$client" --server snaprtc "${args[@]}" --connections "$connections" --rate "$rate" \
     --duration "$((settle + window + 5))s" >"$work/client.out" 2>&1 &
-  local cpid=$! p before=() after=() cs_before=() cs_after=()
+  local cpid=$! p before=() after=() u_before=() u_after=() cs_before=() cs_after=()
   sleep "$settle"
-  for p in "$@"; do before+=("$(ticks "$p")"); cs_before+=("$(switches "$p")"); done
+  for p in "$@"; do
+    before+=("$(ticks "$p")"); u_before+=("$(user_ticks "$p")"); cs_before+=("$(switches "$p")")
+  done
   sleep "$window"
-  for p in "$@"; do after+=("$(ticks "$p")"); cs_after+=("$(switches "$p")"); done
+  for p in "$@"; do
+    after+=("$(ticks "$p")"); u_after+=("$(user_ticks "$p")"); cs_after+=("$(switches "$p")")
+  done
   wait "$cpid" || { cat "$work/client.out" >&2; exit 1; }
   local i out=()
   for i in "${!before[@]}"; do
-    out+=("$(per_exchange $((after[i] - before[i]))) µs [$(awk -v n=$((cs_after[i] - cs_before[i])) \
+    out+=("$(per_exchange $((after[i] - before[i]))) µs (user $(per_exchange \
+      $((u_after[i] - u_before[i])))) [$(awk -v n=$((cs_after[i] - cs_before[i])) \
       -v e="$((rate * window))" 'BEGIN { printf "%.1f", n / e }') switches]")
   done
   echo "${out[*]} ($(grep -o 'failed_pairs=[0-9]*' "$work/client.out"))"
