@@ -10,8 +10,9 @@
 #   BENCH_WRITE_INTERVAL=0ms bench/signaling/by_process.sh           # [backplane] write_interval
 #
 # Prints one line per measurement: CPU per exchange (user + kernel; in parentheses, the user
-# part) and, in brackets, context switches per exchange (all threads). docs/BENCHMARKS.md ("One RESP3 connection per instance", "At most
-# one write to Redis per 2 ms") has what it gave. Needs redis-server and the client run.sh
+# part) and, in brackets, context switches per exchange (all threads). docs/BENCHMARKS.md
+# ("One RESP3 connection per instance", "At most one write to Redis per 2 ms", "The same
+# build on another machine") has what it gave. Needs redis-server and the client run.sh
 # builds (snaprtc-bench).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
