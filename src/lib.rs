@@ -13,7 +13,7 @@
 //!
 //! | level | modules | may import |
 //! |---|---|---|
-//! | leaves | `config`, `ids`, `picture`, `progress`, `response`, `thread`, `udp` | nothing in the crate |
+//! | leaves | `config`, `ids`, `picture`, `progress`, `response`, `thread`, `tls`, `udp` | nothing in the crate |
 //! | leaves | `auth`, `logging` | `config`, `ids` |
 //! | 1 | `capture`, `audio` (not each other) | leaves |
 //! | 2 | `media` | leaves, `capture` |
@@ -31,6 +31,8 @@
 //! - [`response`]: the response body type and plain answers (text, JSON, 401, 405) that `http`
 //!   and `rtc::whep` share (a leaf, so `rtc` need not import `http`).
 //! - [`thread`]: the owner of a named blocking thread (cancel and join on drop, log a panic).
+//! - [`tls`]: the TLS client configuration (rustls, system roots) for the remote hub and TURN
+//!   over TLS.
 //! - [`udp`]: UDP sockets the runtime watches for reading only (a send wakes nothing), for the
 //!   RTC engine and RTSP over UDP.
 //! - [`auth`]: the bearer token (created on first start) and the request check.
@@ -98,4 +100,5 @@ pub mod rtsp;
 pub mod signaling;
 pub mod systemd;
 pub mod thread;
+pub mod tls;
 pub mod udp;

@@ -15,6 +15,7 @@ const LOW: &[(&str, &[&str])] = &[
     ("progress", &[]),
     ("response", &[]),
     ("thread", &[]),
+    ("tls", &[]),
     ("udp", &[]),
     ("auth", &["config", "ids"]),
     ("logging", &["config"]),

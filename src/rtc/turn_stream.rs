@@ -3,13 +3,11 @@
 //! ([`super::turn::TurnOutput::Connect`]), bytes passed both ways through bounded channels.
 //!
 //! The framing (STUN messages and ChannelData back to back on the stream, RFC 8656 §11.5)
-//! is the core's: this task only moves bytes. TLS is rustls with the aws-lc-rs provider the
-//! rest of the daemon uses and the system's root certificates, the server name being the
-//! URL's host.
+//! is the core's: this task only moves bytes. TLS is [`crate::tls`]'s (rustls, the system's
+//! root certificates), the server name being the URL's host.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -56,26 +54,6 @@ pub struct StreamTarget {
     pub host: String,
 }
 
-/// The TLS client configuration: system roots, the process's aws-lc-rs provider.
-fn tls_connector() -> io::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // A root the system has but rustls cannot parse is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(io::Error::other("no system root certificates for turns:"));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -87,7 +65,10 @@ async fn connect(target: &StreamTarget) -> io::Result<(Box<dyn Stream>, SocketAd
         TurnTransport::Tls => {
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let tls = tls_connector()?.connect(name, tcp).await?;
+            let tls = crate::tls::client_connector("turns")
+                .map_err(io::Error::other)?
+                .connect(name, tcp)
+                .await?;
             Ok((Box::new(tls), local))
         }
         _ => Ok((Box::new(tcp), local)),

@@ -109,7 +109,10 @@ pub fn spawn(
             remote.url
         );
         let connector = match url.tls {
-            true => tls.get_or_insert_with(tls_connector).clone().ok(),
+            true => tls
+                .get_or_insert_with(|| crate::tls::client_connector("remote hub"))
+                .clone()
+                .ok(),
             false => None,
         };
         let settings = RemoteSettings {
@@ -145,27 +148,6 @@ pub fn spawn(
         tracker.spawn(task.run(cancel.child_token()));
     }
     handle
-}
-
-/// rustls with the system's root certificates and the aws-lc-rs provider.
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        warn!(error = %e, "remote hub: reading a system root certificate failed");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    debug!(added, ignored, "remote hub: system root certificates");
-    if added == 0 {
-        warn!("remote hub: no system root certificates (install ca-certificates); https:// hubs will fail");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Where to negotiate: a hub URL split up (a redirect may add a query).
@@ -496,7 +478,7 @@ impl Task {
         let connector = match &self.connector {
             Some(c) => c.clone(),
             // An http:// hub that redirected to https://, or a TLS setup that failed.
-            None => tls_connector()?,
+            None => crate::tls::client_connector("remote hub")?,
         };
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(|e| format!("{:?} is no TLS server name: {e}", target.host))?;

@@ -1,0 +1,34 @@
+//! TLS for the daemon's own outgoing connections: a remote hub (`https://`) and TURN over TLS
+//! (`turns:`). rustls with the process's aws-lc-rs provider, checking servers against the
+//! system's root certificates (rustls-native-certs: `SSL_CERT_FILE` and `SSL_CERT_DIR` are
+//! honoured). The Redis backplane's `rediss://` is the redis crate's, configured the same way
+//! by its `tokio-rustls-comp` feature.
+
+use std::sync::Arc;
+
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
+
+/// A client configuration for `door` (named in logs and errors, e.g. `"remote hub"`).
+pub fn client_connector(door: &str) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        warn!(door, error = %e, "reading a system root certificate failed");
+    }
+    // A root the system has but rustls cannot parse is skipped, as browsers do.
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    debug!(door, added, ignored, "system root certificates");
+    if added == 0 {
+        return Err(format!(
+            "{door}: no system root certificates to check the server with (install ca-certificates)"
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{door}: TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
