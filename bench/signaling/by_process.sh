@@ -8,6 +8,13 @@
 #   bench/signaling/by_process.sh
 #   SNAPRTCD_BIN=/tmp/old/snaprtcd bench/signaling/by_process.sh   # another build
 #   BENCH_WRITE_INTERVAL=0ms bench/signaling/by_process.sh           # [backplane] write_interval
+#   BENCH_PERF=/tmp/prof bench/signaling/by_process.sh               # profile every process too
+#
+# BENCH_PERF=DIR also runs `perf record --call-graph dwarf` on each measured process for the
+# first BENCH_PERF_SECONDS (8) of the window, into DIR/run<N>-<process>.data
+# (perf_split.py prints where each one's CPU goes), and `perf stat` of the syscall and
+# scheduler tracepoints over the whole window (printed per exchange). Profiling costs CPU, so
+# the figures of a profiled round are inflated and compare only with each other.
 #
 # Prints one line per measurement: CPU per exchange (user + kernel; in parentheses, the user
 # part) and, in brackets, context switches per exchange (all threads). docs/BENCHMARKS.md
@@ -29,6 +36,11 @@ cargo build --release --locked --manifest-path "$here/Cargo.toml" >&2
 daemon="${SNAPRTCD_BIN:-$root/target/release/snaprtcd}"
 client="$here/target/release/snaprtc-bench"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ -n "${BENCH_PERF:-}" ]; then
+  command -v perf >/dev/null || { echo "BENCH_PERF needs perf (apt-get install linux-perf)" >&2; exit 1; }
+  mkdir -p "$BENCH_PERF"
+fi
+profile_events=raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,sched:sched_switch,sched:sched_wakeup
 
 work="$(mktemp -d)"
 pids=()
@@ -64,6 +76,7 @@ daemon() {
 }
 
 # measure PID...: start the client (args in $args), then the ticks of each PID over the window.
+# With BENCH_PERF, $names holds a name for each PID (the profiles' file names).
 measure() {
   "$client" --server snaprtc "${args[@]}" --connections "$connections" --rate "$rate" \
     --duration "$((settle + window + 5))s" >"$work/client.out" 2>&1 &
@@ -72,7 +85,18 @@ measure() {
   for p in "$@"; do
     before+=("$(ticks "$p")"); u_before+=("$(user_ticks "$p")"); cs_before+=("$(switches "$p")")
   done
+  local profilers=() i=0
+  if [ -n "${BENCH_PERF:-}" ]; then
+    for p in "$@"; do
+      local out="$BENCH_PERF/run$run-${names[i]}"; i=$((i + 1))
+      perf record -q -F 9999 --call-graph dwarf,16384 -o "$out.data" -p "$p" \
+        -- sleep "${BENCH_PERF_SECONDS:-8}" >/dev/null 2>&1 & profilers+=($!)
+      perf stat -x, -e "$profile_events" -o "$out.stat" -p "$p" -- sleep "$window" >/dev/null 2>&1 &
+      profilers+=($!)
+    done
+  fi
   sleep "$window"
+  [ "${#profilers[@]}" -eq 0 ] || wait "${profilers[@]}"
   for p in "$@"; do
     after+=("$(ticks "$p")"); u_after+=("$(user_ticks "$p")"); cs_after+=("$(switches "$p")")
   done
@@ -84,11 +108,19 @@ measure() {
       -v e="$((rate * window))" 'BEGIN { printf "%.1f", n / e }') switches]")
   done
   echo "${out[*]} ($(grep -o 'failed_pairs=[0-9]*' "$work/client.out"))"
+  if [ -n "${BENCH_PERF:-}" ]; then
+    for i in "${!names[@]}"; do
+      printf '  %s, per exchange:' "${names[i]}"
+      awk -F, -v e="$((rate * window))" '!/^#/ && NF > 2 { sub(/^[a-z_]+:(sys_enter_)?/, "", $3); printf " %s %.2f", $3, $1 / e }' \
+        "$BENCH_PERF/run$run-${names[i]}.stat"
+      echo
+    done
+  fi
 }
 
 for run in $(seq 1 "$runs"); do
   daemon one
-  args=(--url "$url" --pid "$pid")
+  args=(--url "$url" --pid "$pid"); names=(one)
   echo "run $run, one instance: $(measure "$pid")"
   stop
 
@@ -98,6 +130,7 @@ for run in $(seq 1 "$runs"); do
   for _ in $(seq 1 100); do grep -q 'Ready to accept' "$work/redis.log" && break; sleep 0.1; done
   daemon a "redis://127.0.0.1:$port/0"; a=$pid; args=(--url "$url" --pid "$a")
   daemon b "redis://127.0.0.1:$port/0"; b=$pid; args+=(--url "$url" --pid "$b" --redis "127.0.0.1:$port")
+  names=(a b redis)
   echo "run $run, fleet (instance A, instance B, Redis): $(measure "$a" "$b" "$redis")"
   stop
 done
