@@ -478,7 +478,7 @@ impl Task {
         let connector = match &self.connector {
             Some(c) => c.clone(),
             // An http:// hub that redirected to https://, or a TLS setup that failed.
-            None => crate::tls::client_connector("remote hub")?,
+            None => crate::tls::client_connector("remote hub").map_err(|e| e.to_string())?,
         };
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(|e| format!("{:?} is no TLS server name: {e}", target.host))?;
