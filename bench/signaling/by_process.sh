@@ -85,13 +85,13 @@ measure() {
   for p in "$@"; do
     before+=("$(ticks "$p")"); u_before+=("$(user_ticks "$p")"); cs_before+=("$(switches "$p")")
   done
-  local profilers=() i=0
+  local profilers=() n=0 profile
   if [ -n "${BENCH_PERF:-}" ]; then
     for p in "$@"; do
-      local out="$BENCH_PERF/run$run-${names[i]}"; i=$((i + 1))
-      perf record -q -F 9999 --call-graph dwarf,16384 -o "$out.data" -p "$p" \
+      profile="$BENCH_PERF/run$run-${names[n]}"; n=$((n + 1))
+      perf record -q -F 9999 --call-graph dwarf,16384 -o "$profile.data" -p "$p" \
         -- sleep "${BENCH_PERF_SECONDS:-8}" >/dev/null 2>&1 & profilers+=($!)
-      perf stat -x, -e "$profile_events" -o "$out.stat" -p "$p" -- sleep "$window" >/dev/null 2>&1 &
+      perf stat -x, -e "$profile_events" -o "$profile.stat" -p "$p" -- sleep "$window" >/dev/null 2>&1 &
       profilers+=($!)
     done
   fi

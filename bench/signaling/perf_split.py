@@ -28,6 +28,7 @@ COMPONENTS = [
         r"|mio::poll|mio::sys::unix::(selector|waker)|\bepoll_wait\b",
     ),
 ]
+COMPILED = [(name, re.compile(pattern)) for name, pattern in COMPONENTS]
 FRAME = re.compile(r"^\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)$")
 
 
@@ -54,8 +55,6 @@ def component(stack):
                 return name
     return "other"
 
-
-COMPILED = [(name, re.compile(pattern)) for name, pattern in COMPONENTS]
 
 
 def main():
