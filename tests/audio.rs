@@ -15,6 +15,8 @@
 
 #[path = "support/rtc.rs"]
 mod support;
+#[path = "support/tone.rs"]
+mod tone;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -31,9 +33,13 @@ use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, Event, Rtc};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+use tone::{dominant_hz, tone_share};
 
 const W: u32 = 320;
 const H: u32 = 240;
+/// Samples [`dominant_hz`]'s coarse search looks at: 0.2 s, enough where no beep sounds, and
+/// cheap under software emulation in the VM.
+const COARSE: usize = 9_600;
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -42,53 +48,6 @@ fn config() -> Config {
     c.camera.fps = 30;
     c.audio.source = AudioSourceKind::Test;
     c
-}
-
-/// The strongest frequency in `x` (48 kHz) between 500 and 3000 Hz: Goertzel filters 5 Hz
-/// apart over the first 0.2 s, then 1 Hz apart around the peak over up to 1 s (no
-/// trigonometry in the inner loop: cheap enough under software emulation in the VM).
-fn dominant_hz(x: &[f32]) -> f64 {
-    let power = |x: &[f32], f: f64| {
-        let c = 2.0 * (std::f64::consts::TAU * f / 48_000.0).cos();
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &v in x {
-            let s = f64::from(v) + c * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        s1 * s1 + s2 * s2 - c * s1 * s2
-    };
-    let best = |x: &[f32], fs: Vec<f64>| {
-        fs.into_iter()
-            .max_by(|a, b| power(x, *a).total_cmp(&power(x, *b)))
-            .unwrap()
-    };
-    let coarse = best(
-        &x[..x.len().min(9_600)],
-        (100..600).map(|k| f64::from(k) * 5.0).collect(),
-    );
-    best(
-        &x[..x.len().min(48_000)],
-        (-10..=10).map(|d| coarse + f64::from(d)).collect(),
-    )
-}
-
-/// Relative power of `hz` in a block (Goertzel).
-fn tone_share(x: &[f32], hz: f64) -> f64 {
-    let w = std::f64::consts::TAU * hz / 48_000.0;
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in x {
-        let s = f64::from(v) + 2.0 * w.cos() * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-    let total: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    if total == 0.0 {
-        0.0
-    } else {
-        p / (total * x.len() as f64 / 2.0)
-    }
 }
 
 struct Setup {
@@ -196,7 +155,7 @@ async fn a_str0m_peer_gets_the_tone_as_opus_and_the_beep_matches_the_flash() {
         .take(48_000)
         .collect();
     assert!(steady.len() >= 24_000, "half a second of steady tone");
-    let hz = dominant_hz(&steady);
+    let hz = dominant_hz(&steady, COARSE);
     assert!((hz - 1000.0).abs() <= 20.0, "tone at {hz} Hz");
     eprintln!("tone: {hz} Hz");
 
@@ -459,7 +418,7 @@ async fn vm_alsa_loopback_tone_reaches_rtsp_and_survives_unplugging() {
     let mut sub = sound.subscribe();
     let mut dec = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
     let heard = receive(&mut sub, &mut dec, 1).await;
-    let hz = dominant_hz(&heard[9_600..]);
+    let hz = dominant_hz(&heard[9_600..], COARSE);
     eprintln!(
         "{}: alsa loopback -> Opus frames: {hz} Hz, rms {:.3}",
         at(),
@@ -475,7 +434,7 @@ async fn vm_alsa_loopback_tone_reaches_rtsp_and_survives_unplugging() {
         "{} samples over RTSP",
         over_rtsp.len()
     );
-    let hz = dominant_hz(&over_rtsp[24_000..]);
+    let hz = dominant_hz(&over_rtsp[24_000..], COARSE);
     eprintln!("{}: alsa loopback -> RTSP (ffmpeg): {hz} Hz", at());
     assert!((hz - 1000.0).abs() <= 20.0, "ffmpeg hears {hz} Hz");
 
@@ -503,7 +462,7 @@ async fn vm_alsa_loopback_tone_reaches_rtsp_and_survives_unplugging() {
         over_webrtc.len() >= 57_600
     })
     .await;
-    let hz = dominant_hz(&over_webrtc[9_600..]);
+    let hz = dominant_hz(&over_webrtc[9_600..], COARSE);
     eprintln!("{}: alsa loopback -> WebRTC (str0m peer): {hz} Hz", at());
     assert!((hz - 1000.0).abs() <= 20.0, "the str0m peer hears {hz} Hz");
     drop(p);
@@ -555,7 +514,7 @@ async fn vm_alsa_loopback_tone_reaches_rtsp_and_survives_unplugging() {
         assert!(Instant::now() < end, "no sound 30 s after replugging");
     }
     let back = receive(&mut sub, &mut dec, 1).await;
-    let hz = dominant_hz(&back);
+    let hz = dominant_hz(&back, COARSE);
     eprintln!("{}: back: {hz} Hz, rms {:.3}", at(), rms(&back));
     assert!((hz - 1000.0).abs() <= 20.0, "after replugging: {hz} Hz");
     let _ = player.kill();

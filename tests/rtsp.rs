@@ -8,6 +8,8 @@
 //! absence fails the test; elsewhere the test says SKIPPED and returns.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
 mod common;
+#[path = "support/tone.rs"]
+mod tone;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -493,27 +495,6 @@ fn one_client_over_max_clients_gets_503() {
     }
 }
 
-/// The strongest frequency in `x` (48 kHz mono) between 500 and 3000 Hz: a DFT 5 Hz apart,
-/// then 1 Hz apart around the peak.
-fn dominant_hz(x: &[i16]) -> f64 {
-    let power = |f: f64| {
-        let w = std::f64::consts::TAU * f / 48_000.0;
-        let (mut re, mut im) = (0.0, 0.0);
-        for (i, &v) in x.iter().enumerate() {
-            re += f64::from(v) * (w * i as f64).cos();
-            im += f64::from(v) * (w * i as f64).sin();
-        }
-        re * re + im * im
-    };
-    let best = |fs: Vec<f64>| {
-        fs.into_iter()
-            .max_by(|a, b| power(*a).total_cmp(&power(*b)))
-            .unwrap()
-    };
-    let coarse = best((100..600).map(|k| f64::from(k) * 5.0).collect());
-    best((-10..=10).map(|d| coarse + f64::from(d)).collect())
-}
-
 #[test]
 fn the_test_tone_is_an_opus_track_ffprobe_sees_and_ffmpeg_decodes_at_1_khz() {
     if !common::require_tool("ffprobe", "ffmpeg") {
@@ -578,7 +559,7 @@ fn the_test_tone_is_an_opus_track_ffprobe_sees_and_ffmpeg_decodes_at_1_khz() {
         );
         // 20 ms blocks away from the beeps (the first 100 ms of each second are 2 kHz): the
         // whole clip's strongest line is the 1 kHz tone (it sounds 90 % of the time).
-        let hz = dominant_hz(&pcm[..48_000]);
+        let hz = tone::dominant_hz(&tone::from_s16(&pcm[..48_000]), 48_000);
         assert!((hz - 1000.0).abs() <= 20.0, "{hz} Hz over {transport}");
         eprintln!(
             "rtsp {transport}: opus, {} samples, tone at {hz} Hz",
