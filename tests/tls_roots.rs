@@ -2,18 +2,16 @@
 //! the connection that wanted TLS, not a configuration that fails every handshake later. Its
 //! own test binary: it sets `SSL_CERT_FILE` and `SSL_CERT_DIR` for the whole process.
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test, with its line
+mod common;
 
 #[test]
 fn no_usable_root_certificate_is_an_error_naming_the_door() {
-    let dir = std::env::temp_dir().join(format!("snaprtcd-tls-roots-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let empty = dir.join("empty.pem");
+    let dir = common::TempDir::new("tls-roots");
+    let empty = dir.path("empty.pem");
     std::fs::write(&empty, "").unwrap();
     std::env::set_var("SSL_CERT_FILE", &empty);
-    std::env::set_var("SSL_CERT_DIR", &dir);
-    let result = snaprtcd::tls::client_connector("remote hub");
-    let _ = std::fs::remove_dir_all(&dir);
-    match result {
+    std::env::set_var("SSL_CERT_DIR", &dir.0);
+    match snaprtcd::tls::client_connector("remote hub") {
         Err(e @ snaprtcd::tls::TlsError::NoRoots { .. }) => assert_eq!(
             e.to_string(),
             "remote hub: no system root certificates to check the server with (install ca-certificates)"

@@ -56,7 +56,6 @@ def component(stack):
     return "other"
 
 
-
 def main():
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
